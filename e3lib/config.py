@@ -1,0 +1,279 @@
+"""Run configuration: defaults, validation, canonical form and run identity.
+
+A *run* is one fine-tuning job (plus its evaluation). Its configuration is a nested
+plain dict with the sections below; every field has a default in ``DEFAULTS`` and the
+resolved form (defaults filled, values checked) is what gets hashed into the run id.
+
+Notation used in field docs: E experts, K experts selected per token, M ensemble
+members, o experts shared by all members (overlap), C capacity factor, λ load-balance
+strength (importance + load auxiliary losses, each weighted λ/2).
+
+Sections
+--------
+method     name of the method (a key of ``e3lib.models.registry.METHODS``)
+seed       fine-tuning seed
+model      architecture and routing fields (size, E, K, M, overlap, noise, λ, capacity, ...)
+upstream   how the checkpoint fine-tuning starts from is obtained (pretraining job or file)
+data       dataset name, image size, data directory
+finetune   optimisation recipe (steps, lr, warmup, batch size, clipping, mixup, ...)
+eval       evaluation options (batch size, few-shot shots, which suites to run)
+
+Adding a field: put its default here and, if it has a closed set of values, its
+allowed values in ``CHOICES``. The sweep schema and the docs read from these tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from typing import Any, Mapping
+
+# Model sizes of the paper (Table 6 / reference code) plus small ones for CPU.
+# patch: patch size; hidden: H; mlp: MLP width; layers; heads; moe_last_n: default
+# number of MoE blocks for the "last-n" placement.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(patch=4, hidden=32, mlp=64, layers=4, heads=2, moe_last_n=2),
+    "mini": dict(patch=4, hidden=64, mlp=128, layers=4, heads=4, moe_last_n=2),
+    "S/32": dict(patch=32, hidden=512, mlp=2048, layers=8, heads=8, moe_last_n=2),
+    "B/32": dict(patch=32, hidden=768, mlp=3072, layers=12, heads=12, moe_last_n=2),
+    "L/32": dict(patch=32, hidden=1024, mlp=4096, layers=24, heads=16, moe_last_n=2),
+    "B/16": dict(patch=16, hidden=768, mlp=3072, layers=12, heads=12, moe_last_n=2),
+    "L/16": dict(patch=16, hidden=1024, mlp=4096, layers=24, heads=16, moe_last_n=2),
+    "H/14": dict(patch=14, hidden=1280, mlp=5120, layers=32, heads=16, moe_last_n=5),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "method": "e3",
+    "seed": 0,
+    "model": {
+        "size": "tiny",
+        "num_experts": 8,            # E
+        "num_selected": 1,           # K
+        "ensemble_size": 1,          # M (members of E3 / Tiling / Partitioning / baselines)
+        "overlap": 0,                # o: experts shared by all members (E3 with overlap)
+        "moe_placement": "last",     # "last" (last-n odd blocks) or "every" (every n-th block)
+        "moe_n": None,               # n; None = the size's default (2, or 5 for H/14)
+        "noise_mult": 1.0,           # router noise multiplier
+        "noise_scaling": "code",     # "code": σ = mult/(experts the router sees); "paper": σ = mult/E
+        "aux_weight": 0.01,          # λ: importance and load losses each weighted λ/2
+        "capacity_factor": 1.5,      # C at training time
+        "eval_capacity_factor": None,  # C at evaluation; None = same as training (code); paper: 8
+        "batch_priority": False,     # batch-prioritized routing
+        "expert_dropout": 0.0,       # dropout inside expert MLPs (Table 7 uses 0.1 at full scale)
+        "dropout": 0.0,              # dropout elsewhere
+        "group_images": 8,           # images per routing group (per member under E3)
+        "num_predictions": 1,        # Multi-pred: predictions from the last MoE layer (= K)
+        "permute_experts": False,    # Table 13: shuffle upstream experts before partitioning
+        "representation": True,      # pre-logits representation layer (Dense + tanh)
+        "dtype": "float32",
+        # Efficient-ensemble baselines (Appendix G).
+        "be_init": "random_sign",    # BatchEnsemble fast-weight init: random_sign | normal
+        "be_lr_scale": 1.0,          # BatchEnsemble fast-weight learning-rate factor
+        "mimo_input_repetition": 0.0,  # MIMO: probability that all members see the same image
+        "mimo_batch_repetition": 1,  # MIMO: times each batch is repeated
+    },
+    "upstream": {
+        "checkpoint": None,          # path to an existing checkpoint; None = pretrain here
+        "method": None,              # "vmoe" or "vit"; None = derived from the method
+        "num_experts": None,         # upstream E; None = model.num_experts
+        "num_selected": None,        # upstream K; None = model.num_selected (Table 19 differs)
+        "seed": 0,
+        "steps": 300,
+        "lr": 1e-3,
+        "warmup": 30,
+        "batch_size": 64,
+        "weight_decay": 0.1,
+        "capacity_factor": 1.05,
+        "dataset": None,             # None = the upstream set paired with data.dataset
+    },
+    "data": {
+        "dataset": "demo",
+        "image_size": 16,
+        "data_dir": None,
+    },
+    "finetune": {
+        "steps": 100,
+        "lr": 0.01,
+        "warmup": 10,
+        "schedule": "cosine",        # cosine | linear
+        "end_lr": 1e-5,
+        "batch_size": 64,
+        "momentum": 0.9,
+        "grad_clip": 10.0,
+        "mixup": 0.0,
+        "checkpoint_every": 25,
+    },
+    "eval": {
+        "batch_size": 256,
+        "fewshot_shots": [1, 5, 10, 25],
+        "corrupted": True,
+        "ood": True,
+        "fewshot": True,
+    },
+}
+
+CHOICES: dict[str, tuple] = {
+    "model.size": tuple(MODEL_SIZES),
+    "model.moe_placement": ("last", "every"),
+    "model.noise_scaling": ("code", "paper"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.be_init": ("random_sign", "normal"),
+    "upstream.method": (None, "vmoe", "vit"),
+    "finetune.schedule": ("cosine", "linear"),
+}
+
+# Fields whose value must be a non-negative number / positive integer.
+NON_NEGATIVE = (
+    "model.noise_mult", "model.aux_weight", "model.expert_dropout", "model.dropout",
+    "model.overlap", "finetune.mixup", "finetune.lr", "upstream.lr", "finetune.grad_clip",
+)
+POSITIVE_INT = (
+    "model.num_experts", "model.num_selected", "model.ensemble_size", "model.group_images",
+    "model.num_predictions", "finetune.steps", "finetune.batch_size", "upstream.steps",
+    "upstream.batch_size", "data.image_size", "eval.batch_size", "finetune.checkpoint_every",
+)
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration. ``field`` is the dotted path of the offending value."""
+
+    def __init__(self, field: str, value: Any, rule: str, source: str | None = None):
+        self.field, self.value, self.rule, self.source = field, value, rule, source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}={value!r}: {rule}")
+
+
+def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str = "") -> dict:
+    """Return ``base`` updated by ``override``; unknown keys raise ``ConfigError``."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        dotted = f"{path}{key}"
+        if key not in out:
+            raise ConfigError(dotted, value, f"unknown field; known fields here: {sorted(out)}")
+        if isinstance(out[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(dotted, value, "must be a mapping")
+            out[key] = deep_merge(out[key], value, dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(overrides: Mapping[str, Any], source: str | None = None) -> dict:
+    """Fill defaults into ``overrides`` and validate. Returns the resolved config."""
+    try:
+        cfg = deep_merge(DEFAULTS, overrides)
+        validate(cfg)
+    except ConfigError as err:
+        if source and not err.source:
+            raise ConfigError(err.field, err.value, err.rule, source) from None
+        raise
+    return cfg
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Check field types and the cross-field rules of the paper's models."""
+    from e3lib.models.registry import METHODS  # local import: registry imports models
+
+    if cfg["method"] not in METHODS:
+        raise ConfigError("method", cfg["method"], f"allowed: {sorted(METHODS)}")
+    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or cfg["seed"] < 0:
+        raise ConfigError("seed", cfg["seed"], "must be a non-negative integer")
+    for field, allowed in CHOICES.items():
+        if _get(cfg, field) not in allowed:
+            raise ConfigError(field, _get(cfg, field), f"allowed: {list(allowed)}")
+    for field in NON_NEGATIVE:
+        v = _get(cfg, field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
+            raise ConfigError(field, v, "must be a non-negative number")
+    for field in POSITIVE_INT:
+        v = _get(cfg, field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(field, v, "must be a positive integer")
+    ecf = cfg["model"]["eval_capacity_factor"]
+    if ecf is not None and (isinstance(ecf, bool) or not isinstance(ecf, (int, float)) or ecf <= 0):
+        raise ConfigError("model.eval_capacity_factor", ecf, "must be null or a positive number")
+    if cfg["model"]["capacity_factor"] <= 0:
+        raise ConfigError("model.capacity_factor", cfg["model"]["capacity_factor"], "must be > 0")
+    METHODS[cfg["method"]].validate(cfg)
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, floats in repr form."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def short_hash(obj: Any, length: int = 12) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def run_id(cfg: Mapping[str, Any]) -> str:
+    """Identity of a resolved run config: the same config always gets the same id."""
+    return short_hash(cfg)
+
+
+def upstream_config(cfg: Mapping[str, Any]) -> dict:
+    """The fields the upstream (pretraining) stage reads; its checkpoint is keyed by these.
+
+    Runs that differ only in fine-tuning fields (K, M, overlap, λ, lr, seed...) share it.
+    """
+    from e3lib.models.registry import METHODS
+
+    up = cfg["upstream"]
+    m = cfg["model"]
+    method = up["method"] or METHODS[cfg["method"]].upstream_method
+    return {
+        "checkpoint": up["checkpoint"],
+        "method": method,
+        "size": m["size"],
+        "num_experts": (up["num_experts"] or m["num_experts"]) if method == "vmoe" else None,
+        "num_selected": (up["num_selected"] or m["num_selected"]) if method == "vmoe" else None,
+        "moe_placement": m["moe_placement"] if method == "vmoe" else None,
+        "moe_n": m["moe_n"] if method == "vmoe" else None,
+        "dataset": up["dataset"] or cfg["data"]["dataset"],
+        "image_size": cfg["data"]["image_size"],
+        "data_dir": cfg["data"]["data_dir"],
+        "seed": up["seed"],
+        "steps": up["steps"],
+        "lr": up["lr"],
+        "warmup": up["warmup"],
+        "batch_size": up["batch_size"],
+        "weight_decay": up["weight_decay"],
+        "capacity_factor": up["capacity_factor"],
+        "representation": m["representation"],
+    }
+
+
+def upstream_id(cfg: Mapping[str, Any]) -> str:
+    return short_hash(upstream_config(cfg))
+
+
+def moe_layers(num_layers: int, placement: str, n: int) -> tuple[int, ...]:
+    """Indices of the blocks that hold MoE MLPs.
+
+    "last": the last n odd blocks, e.g. 8 layers, n=2 -> (5, 7).
+    "every": every n-th block, e.g. 12 layers, n=2 -> (1, 3, 5, 7, 9, 11).
+    """
+    if placement == "last":
+        return tuple(range(1, num_layers, 2))[-n:] if n > 0 else ()
+    if placement == "every":
+        return tuple(range(n - 1, num_layers, n))
+    raise ConfigError("model.moe_placement", placement, "allowed: ['last', 'every']")
+
+
+def size_spec(cfg: Mapping[str, Any]) -> dict:
+    """The size table entry of the run, with the MoE block indices resolved."""
+    m = cfg["model"]
+    spec = dict(MODEL_SIZES[m["size"]])
+    n = m["moe_n"] if m["moe_n"] is not None else spec["moe_last_n"]
+    spec["moe_layers"] = moe_layers(spec["layers"], m["moe_placement"], n)
+    return spec
