@@ -122,6 +122,8 @@ CHOICES: dict[str, tuple] = {
     "model.be_init": ("random_sign", "normal"),
     "upstream.method": (None, "vmoe", "vit"),
     "finetune.schedule": ("cosine", "linear"),
+    # The embedded default plus the real datasets e3lib.data can read (e3lib/data/__init__.py).
+    "data.dataset": ("demo", "cifar10", "cifar100", "imagenet2012"),
 }
 
 # Fields whose value must be a non-negative number / positive integer.
