@@ -1,0 +1,91 @@
+"""Synthetic result sets with known statistics, in the exact on-disk formats of the workflow.
+
+Used by the tests of aggregation and report, and to render the example report in the
+docs. Nothing here is a measured result: every value is chosen by the caller, and the
+written ``provenance.code_commit`` is ``"synthetic"`` so a report built from it says so.
+
+A *cell* is one combination of axis values; ``write_sweep`` gets, per cell, the metric
+values of each seed (a seed whose value list is ``None`` gets no results.json, i.e. a
+missing run; the string ``"diverged"`` writes ``diverged.json`` instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+def _entry_id(sweep: str, axes: Mapping[str, Any], seed: int) -> str:
+    text = json.dumps([sweep, dict(sorted(axes.items())), seed], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequence[int],
+                cells: Sequence[Mapping[str, Any]], reproduces: Sequence[str] = (),
+                title: str = "", with_predictions: bool = False) -> Path:
+    """Write index.json plus one results.json per (cell, seed); return the index path.
+
+    Each cell: ``{"axes": {...}, "metrics": {name: [v_seed0, v_seed1, ...]},
+    "gflops": float, "params": int, "members": int (default 1),
+    "member_metrics": {member: {name: [...]}} (optional), "seeds": {seed: None|"diverged"}}``.
+    """
+    root = Path(root)
+    entries = []
+    for cell in cells:
+        kind = cell.get("kind", "run")
+        for si, seed in enumerate(seeds):
+            rid = _entry_id(sweep, cell["axes"], seed)
+            sub = "ensembles" if kind == "ensemble" else "runs"
+            run_dir = root / sub / rid
+            entry = {"id": rid, "kind": kind, "seed": seed, "axes": dict(cell["axes"]),
+                     "result": f"results/{sub}/{rid}/results.json"}
+            if kind == "ensemble":
+                entry.update(members=[f"{rid}-m{m}" for m in range(2)], ensemble_kind="downstream")
+            entries.append(entry)
+            fate = (cell.get("seeds") or {}).get(seed, "ok")
+            if fate is None:
+                continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if fate == "diverged":
+                (run_dir / "diverged.json").write_text(json.dumps({"step": 3, "loss": "nan"}))
+                continue
+            records = []
+            members = {"ensemble": cell["metrics"], **cell.get("member_metrics", {})}
+            for member, metrics in members.items():
+                for name, per_seed in metrics.items():
+                    records.append({"split": "clean", "corruption": "none", "severity": 0,
+                                    "member": str(member), "metric": name,
+                                    "value": per_seed[si]})
+            result = {"run_id": rid, "status": "ok", "config": {"axes": cell["axes"]},
+                      "upstream_id": "synthetic",
+                      "provenance": {"code_commit": "synthetic", "packages": {"jax": "0.0"},
+                                     "host": "synthetic", "started": "", "finished": ""},
+                      "cost": {"gflops_per_image_train": cell.get("gflops", 1.0),
+                               "params": cell.get("params", 1000), "train_seconds": 1.0},
+                      "records": records}
+            (run_dir / "results.json").write_text(json.dumps(result))
+            if with_predictions:
+                _write_predictions(run_dir, seed, cell.get("members", 1))
+    index = {"sweep": sweep, "file": f"sweeps/{sweep}.yaml", "file_sha256": "0" * 64,
+             "variant": "small", "reproduces": list(reproduces), "title": title or sweep,
+             "axes": list(axes), "seeds": list(seeds), "entries": entries}
+    index_path = root / "sweeps" / sweep / "index.json"
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    index_path.write_text(json.dumps(index, indent=1))
+    return index_path
+
+
+def _write_predictions(run_dir: Path, seed: int, members: int, n: int = 200,
+                       classes: int = 4) -> None:
+    """Deterministic over-confident predictions: confidence 0.9, accuracy 0.7."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    correct = rng.random(n) < 0.7
+    predicted = np.where(correct, labels, (labels + 1) % classes)
+    probs = np.full((members, n, classes), 0.1 / (classes - 1))
+    probs[:, np.arange(n), predicted] = 0.9  # (M, N, C)
+    np.savez(run_dir / "predictions.npz", probs=probs, labels=labels)
