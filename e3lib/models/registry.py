@@ -88,23 +88,31 @@ class Method:
     # Number of predictions per image; default: model.ensemble_size.
     members: Callable[[Mapping[str, Any]], int] = field(
         default=lambda cfg: cfg["model"]["ensemble_size"])
+    # "module:function" building the Flax model from (cfg, num_classes); "" = not built yet.
+    builder: str = ""
 
+
+_VIT = "e3lib.models.factory:build_vit"
+_MOE = "e3lib.models.factory:build_moe"
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("vit", "dense ViT", "vit", False, _check_single, "Table 23"),
-        Method("vmoe", "V-MoE: sparse MoE MLPs, top-K routing", "vmoe", True, _check_vmoe, "§2.1"),
+        Method("vit", "dense ViT", "vit", False, _check_single, "Table 23",
+               builder=_VIT),
+        Method("vmoe", "V-MoE: sparse MoE MLPs, top-K routing", "vmoe", True, _check_vmoe, "§2.1",
+               builder=_MOE),
         Method("e3", "Efficient Ensemble of Experts: tiled tokens, M routers over disjoint "
-               "(or overlapping, model.overlap) expert subsets", "vmoe", True, _check_e3, "§3"),
+               "(or overlapping, model.overlap) expert subsets", "vmoe", True, _check_e3, "§3",
+               builder=_MOE),
         Method("tiling", "tiled tokens, one router over all E experts (§4.2.2)", "vmoe", True,
-               _check_moe, "Table 2"),
+               _check_moe, "Table 2", builder=_MOE),
         Method("partitioning", "no tiling; K experts chosen in each of M subsets (§4.2.1)",
                "vmoe", True, _check_partitioning, "Table 2",
-               members=lambda cfg: 1),
+               members=lambda cfg: 1, builder=_MOE),
         Method("multipred", "last MoE layer keeps its K expert outputs apart: K predictions "
                "(§4.2.4)", "vmoe", True, _check_multipred, "Table 4",
-               members=lambda cfg: cfg["model"]["num_selected"]),
+               members=lambda cfg: cfg["model"]["num_selected"], builder=_MOE),
         Method("batchensemble", "BatchEnsemble ViT: rank-1 fast weights in the last-n MLPs "
                "(App. G.1)", "vit", False, _no_check, "Table 5"),
         Method("mc_dropout", "MC-Dropout V-MoE: expert dropout active at evaluation, M samples "

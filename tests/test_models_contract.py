@@ -1,0 +1,64 @@
+"""The model contract of docs/architecture.md for every built method, on the tiny size."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e3lib.config import ConfigError, resolve
+from e3lib.models import build_model
+from e3lib.models.registry import num_members
+
+CASES = [
+    ("vit", {}),
+    ("vmoe", {"num_selected": 2}),
+    ("e3", {"ensemble_size": 2}),
+    ("e3", {"ensemble_size": 2, "overlap": 2, "num_selected": 2}),
+    ("tiling", {"ensemble_size": 2, "noise_mult": 2.0}),
+    ("partitioning", {"ensemble_size": 2}),
+    ("multipred", {"num_selected": 2, "num_predictions": 2}),
+]
+
+
+@pytest.mark.parametrize("method,model", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_contract_shapes(method, model):
+    cfg = resolve({"method": method, "model": model})
+    net = build_model(cfg, num_classes=5)
+    images = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    variables = net.init({"params": jax.random.key(1)}, images, train=False)
+    logits, aux = net.apply(variables, images, train=True,
+                            rngs={"dropout": jax.random.key(2), "gating": jax.random.key(3)})
+    members = num_members(cfg)
+    assert logits.shape == (4, members, 5)
+    assert aux["features"].shape == (4, members, 32)
+    assert aux["aux_loss"].shape == ()
+    # Zero-initialised head: every logit equals the head bias -log(5).
+    np.testing.assert_allclose(logits, -np.log(5.0), rtol=1e-6)
+    if method == "vit":
+        assert aux["router"] == {} and float(aux["aux_loss"]) == 0.0
+    else:
+        assert sorted(aux["router"]) == ["encoderblock_1", "encoderblock_3"]
+        total = sum(float(m["aux_loss"]) for m in aux["router"].values())
+        np.testing.assert_allclose(float(aux["aux_loss"]), total, rtol=1e-6)
+        assert float(aux["aux_loss"]) > 0
+
+
+def test_unbuilt_baseline_names_itself():
+    cfg = resolve({"method": "mimo"})
+    with pytest.raises(NotImplementedError, match="mimo"):
+        build_model(cfg, 10)
+
+
+@pytest.mark.parametrize("model,field", [
+    ({"ensemble_size": 2, "num_selected": 5}, "model.num_selected"),   # K=5 > E/M=4
+    ({"ensemble_size": 3}, "model.ensemble_size"),                    # 8 % 3 != 0
+    ({"ensemble_size": 2, "overlap": 9}, "model.overlap"),            # o > E
+    ({"ensemble_size": 4, "overlap": 2}, "model.ensemble_size"),      # (8-2) % 4 != 0
+])
+def test_invalid_e3_combinations_name_values_and_rule(model, field):
+    cfg = resolve({"method": "e3"})
+    cfg["model"].update(model)
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg, 10)
+    assert err.value.field == field
+    assert str(model[field.split(".")[1]]) in str(err.value)
