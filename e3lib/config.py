@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "num_predictions": 1,        # Multi-pred: predictions from the last MoE layer (= K)
         "permute_experts": False,    # Table 13: shuffle upstream experts before partitioning
         "representation": True,      # pre-logits representation layer (Dense + tanh)
+        "head_bias_init": None,      # initial head bias; None = -log(num_classes) (V-MoE configs)
         "dtype": "float32",
         # Efficient-ensemble baselines (Appendix G).
         "be_init": "random_sign",    # BatchEnsemble fast-weight init: random_sign | normal

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -44,6 +44,8 @@ def vit_kwargs(cfg: Mapping[str, Any], num_classes: int) -> dict:
     m = cfg["model"]
     spec = size_spec(cfg)
     bias = m.get("head_bias_init")
+    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, (int, float))):
+        raise ConfigError("model.head_bias_init", bias, "must be null or a number")
     return dict(num_classes=num_classes, patch_size=spec["patch"], hidden_size=spec["hidden"],
                 num_layers=spec["layers"], num_heads=spec["heads"],
                 dropout_rate=m["dropout"], attention_dropout_rate=0.0,
@@ -91,30 +93,44 @@ def build_vit(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
     return VisionTransformer(mlp_factory=dense_mlp_factory(cfg), **vit_kwargs(cfg, num_classes))
 
 
-def build_moe(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """V-MoE, E³ (with overlap), Tiling, Partitioning and Multi-pred (see the table above)."""
+class MoeLayout(NamedTuple):
+    """How a method's MoE layers route (see the table in the module docstring)."""
+
+    subsets: tuple[tuple[int, ...], ...]   # expert ids of each router (R, E_r)
+    tiled: bool                            # member copy m -> router m (else every router)
+    tile: int                              # rows per image from the first MoE block on (M)
+    multipred: bool                        # last MoE layer keeps its K outputs apart
+
+
+def moe_layout(cfg: Mapping[str, Any]) -> MoeLayout:
+    """Routers, expert subsets and tiling of a MoE method's config."""
     method, m = cfg["method"], cfg["model"]
     E, M, o = m["num_experts"], m["ensemble_size"], m["overlap"]
-    tile = 1
-    tiled = True
-    multipred = False
+    every = (tuple(range(E)),)
     if method == "vmoe":
-        subsets = (tuple(range(E)),)
-    elif method == "tiling" or (method == "e3" and o == E and M > 1):
-        subsets, tile = (tuple(range(E)),), M
-    elif method == "e3":
-        subsets, tile = expert_subsets(E, M, o), M
-    elif method == "partitioning":
-        subsets, tiled = expert_subsets(E, M, 0), False
-    elif method == "multipred":
-        subsets, multipred = (tuple(range(E)),), True
-    else:
-        raise NotImplementedError(f"method {method!r} has no MoE builder here")
-    noise = router_noise_std(m["noise_mult"], E, len(subsets[0]), m["noise_scaling"])
-    factory = moe_mlp_factory(cfg, subsets=subsets, tiled=tiled, members=tile,
-                              noise_std=noise, multipred_last=multipred)
+        return MoeLayout(every, True, 1, False)
+    if method == "tiling" or (method == "e3" and o == E):
+        return MoeLayout(every, True, M, False)
+    if method == "e3":
+        return MoeLayout(expert_subsets(E, M, o), True, M, False)
+    if method == "partitioning":
+        return MoeLayout(expert_subsets(E, M, 0), False, 1, False)
+    if method == "multipred":
+        return MoeLayout(every, True, 1, True)
+    raise NotImplementedError(f"method {method!r} has no MoE layout here")
+
+
+def build_moe(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """V-MoE, E³ (with overlap), Tiling, Partitioning and Multi-pred (see the table above)."""
+    m = cfg["model"]
+    layout = moe_layout(cfg)
+    noise = router_noise_std(m["noise_mult"], m["num_experts"], len(layout.subsets[0]),
+                             m["noise_scaling"])
+    factory = moe_mlp_factory(cfg, subsets=layout.subsets, tiled=layout.tiled,
+                              members=layout.tile, noise_std=noise,
+                              multipred_last=layout.multipred)
     return VisionTransformer(mlp_factory=factory, tile_before=_first_moe_block(cfg),
-                             tile_factor=tile, **vit_kwargs(cfg, num_classes))
+                             tile_factor=layout.tile, **vit_kwargs(cfg, num_classes))
 
 
 def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
