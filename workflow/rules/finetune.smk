@@ -1,0 +1,33 @@
+# Fine-tuning and evaluation of one run: one `e3 run` job (it evaluates right after
+# training, in the same process, so the trained weights never leave the job). Outputs:
+# results.json + predictions.npz (written by e3 run) and done.json (its status, written by
+# stage.py: "ok" or "diverged"). Only done.json is declared: a diverged run has no
+# results.json yet is a finished job. Checkpoints are in params, not outputs, so a retried
+# (e.g. preempted, exit 4) job resumes.
+
+
+rule finetune:
+    input:
+        upstream=lambda wc: f"{RESULTS}/upstream/{upstream_of(wc.run)}/done.json",
+    output:
+        done=f"{RESULTS}/runs/{{run}}/done.json",
+    params:
+        config=lambda wc: e3sweep.config_path(RESULTS, wc.run),
+        upstream=lambda wc: f"{RESULTS}/upstream/{upstream_of(wc.run)}",
+        out=f"{RESULTS}/runs/{{run}}",
+        checkpoints=f"{RESULTS}/checkpoints/{{run}}",
+    log:
+        f"{LOGS}/finetune/{{run}}.log",
+    threads: config["job_threads"]
+    resources:
+        tpu_type=stage_resource("finetune", "tpu_type"),
+        gpu=stage_resource("finetune", "gpus"),
+        mem_mb=stage_resource("finetune", "mem_mb"),
+        runtime=stage_resource("finetune", "runtime"),
+    conda:
+        "../../environment.yml"
+    shell:
+        "python workflow/scripts/stage.py --status {output.done} --log {log} "
+        "--expect {params.out}/results.json {params.out}/predictions.npz -- "
+        "python -m e3lib.cli run --config {params.config} --upstream {params.upstream} --out {params.out} "
+        "--checkpoints {params.checkpoints} --log-mode plain"

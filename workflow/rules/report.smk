@@ -1,0 +1,50 @@
+# HTML report: every table and figure of the configured sweeps (reports/index.html), or
+# one paper table (reports/{table}.html) from only the sweeps that reproduce it.
+
+
+localrules:
+    report,
+    report_table,
+
+
+rule report:
+    input:
+        datasets=[dataset_path(s) for s in CONFIGURED_SWEEPS],
+    output:
+        index=report(
+            f"{REPORTS}/index.html",
+            caption="../report/index.rst",
+            category="Report",
+            labels={"page": "index"},
+        ),
+    params:
+        reports=lambda wc, output: os.path.dirname(output[0]) or ".",
+    log:
+        f"{LOGS}/report/index.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} > {log} 2>&1"
+
+
+rule report_table:
+    input:
+        datasets=lambda wc: [dataset_path(s) for s in sweeps_for_table(wc.table)],
+    output:
+        html=report(
+            f"{REPORTS}/{{table}}.html",
+            caption="../report/table.rst",
+            category="Paper tables",
+            labels={"table": "{table}"},
+        ),
+        md=f"{REPORTS}/{{table}}.md",
+        tex=f"{REPORTS}/{{table}}.tex",
+    params:
+        reports=lambda wc, output: os.path.dirname(output[0]) or ".",
+    log:
+        f"{LOGS}/report/{{table}}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} --only {wildcards.table} "
+        "> {log} 2>&1"

@@ -1,0 +1,99 @@
+"""Run one workflow stage command and record its outcome in a small status file.
+
+    python workflow/scripts/stage.py [--status results/runs/ID/done.json] --log logs/finetune/ID.log \
+        [--expect results/runs/ID/results.json] [--require-ok MEMBER_DONE.json ...] -- e3 run ...
+
+Exit codes of the ``e3`` commands:
+    0  ok           the status file records "ok" (``--expect`` files must then exist)
+    3  diverged     a deterministic outcome of the config: recorded as "diverged" and the
+                    job succeeds, so the sweep's aggregate still runs and counts it
+    4  preempted    (SIGTERM) the job fails; Snakemake retries it and the command resumes
+                    from its checkpoint directory
+    other           the job fails
+With ``--require-ok``, the command is not run unless every listed status file says "ok";
+otherwise "member_failed" is recorded (a deep ensemble of a diverged run).
+
+The log is appended to, one header per attempt, so a retried job keeps its history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 4
+
+
+def write_status(path: str, status: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".status.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(status, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_status(path: str) -> str:
+    try:
+        with open(path) as f:
+            return json.load(f).get("status", "unknown")
+    except (OSError, ValueError):
+        return "unreadable"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        print("stage.py: missing '--' before the command", file=sys.stderr)
+        return 2
+    cut = argv.index("--")
+    ap = argparse.ArgumentParser(prog="stage.py")
+    ap.add_argument("--status", help="status file to write; without it the command's own "
+                    "exit code is the job's (a diverged upstream fails its job)")
+    ap.add_argument("--log", required=True)
+    ap.add_argument("--expect", nargs="*", default=[])
+    ap.add_argument("--require-ok", nargs="*", default=[])
+    args = ap.parse_args(argv[:cut])
+    command = argv[cut + 1:]
+    if not command:
+        print("stage.py: no command after '--'", file=sys.stderr)
+        return 2
+
+    not_ok = {p: s for p in args.require_ok if (s := read_status(p)) != "ok"}
+    if not_ok and args.status:
+        write_status(args.status, {"status": "member_failed", "members": not_ok})
+        return 0
+
+    os.makedirs(os.path.dirname(args.log) or ".", exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with open(args.log, "a") as log:
+        log.write(f"=== {started} {' '.join(command)}\n")
+        log.flush()
+        rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        log.write(f"=== exit code {rc}\n")
+    if rc == 0:
+        missing = [p for p in args.expect if not os.path.exists(p)]
+        if missing:
+            print(f"stage.py: command succeeded but did not write {missing}; see {args.log}",
+                  file=sys.stderr)
+            return 1
+        if args.status:
+            write_status(args.status, {"status": "ok", "exit_code": 0, "started": started})
+        return 0
+    if rc == EXIT_DIVERGED and args.status:
+        write_status(args.status, {"status": "diverged", "exit_code": rc})
+        return 0
+    what = "preempted; a retry resumes from the checkpoint" if rc == EXIT_PREEMPTED else "failed"
+    print(f"stage.py: {' '.join(command[:3])} ... {what} (exit {rc}); see {args.log}",
+          file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
