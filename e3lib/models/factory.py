@@ -120,14 +120,18 @@ def moe_layout(cfg: Mapping[str, Any]) -> MoeLayout:
     raise NotImplementedError(f"method {method!r} has no MoE layout here")
 
 
+def layer_noise_std(cfg: Mapping[str, Any]) -> float:
+    """σ of every MoE layer's router noise for this config."""
+    m = cfg["model"]
+    return router_noise_std(m["noise_mult"], m["num_experts"], len(moe_layout(cfg).subsets[0]),
+                            m["noise_scaling"])
+
+
 def build_moe(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
     """V-MoE, E³ (with overlap), Tiling, Partitioning and Multi-pred (see the table above)."""
-    m = cfg["model"]
     layout = moe_layout(cfg)
-    noise = router_noise_std(m["noise_mult"], m["num_experts"], len(layout.subsets[0]),
-                             m["noise_scaling"])
     factory = moe_mlp_factory(cfg, subsets=layout.subsets, tiled=layout.tiled,
-                              members=layout.tile, noise_std=noise,
+                              members=layout.tile, noise_std=layer_noise_std(cfg),
                               multipred_last=layout.multipred)
     return VisionTransformer(mlp_factory=factory, tile_before=_first_moe_block(cfg),
                              tile_factor=layout.tile, **vit_kwargs(cfg, num_classes))
