@@ -219,8 +219,12 @@ def _reliability(ds, out, sweep, max_panels: int = 6) -> list[Figure]:
     if not panels:
         return []
     panels = panels[:max_panels]
-    fig, axs = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
-    for ax, (label, probs, labels) in zip(axs[0], panels):
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axs.ravel()[len(panels):]:
+        ax.set_visible(False)
+    for ax, (label, probs, labels) in zip(axs.ravel(), panels):
         conf, acc, count = reliability_bins(probs, labels)
         keep = count > 0
         ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)

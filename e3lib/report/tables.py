@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -150,7 +151,9 @@ def welch_p(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided") -> flo
         better = {"less": a.mean() < b.mean(), "greater": a.mean() > b.mean(),
                   "two-sided": True}[alternative]
         return 0.0 if better else 1.0
-    return float(sps.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+    with warnings.catch_warnings():  # nearly equal samples: scipy warns, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(sps.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
 
 
 def significant_best(cells: Sequence[CellStats | None], better: str | None, alpha: float,

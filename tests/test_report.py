@@ -1,0 +1,200 @@
+"""Tables, verdicts, spec and figure helpers on synthetic result sets with known statistics."""
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from e3lib import aggregate
+from e3lib.report import spec as spec_mod, synthetic, tables, verdicts
+from e3lib.report.figures import pareto_front, reliability_bins
+from e3lib.report.tables import CellStats, Row
+
+# Table 2 style sweep, 3 seeds. Hand-derived statistics (std with ddof=1):
+#   e3            nll .60 .61 .62 → 0.610 ± 0.01/√3 = 0.00577 → "0.610 ± 0.006"
+#                 error .160 .165 .170 → 16.50 % ± 0.5/√3 = 0.289 % → "16.50 ± 0.29"
+#                 kl .20 .21 .22 → "0.210 ± 0.006"
+#   tiling σ×1    nll .64 .65 .66, kl .001 .002 .003 → kl 0.002
+#   tiling σ×4    nll .63 .64 .65
+#   partitioning  nll .612 .614 (seed 2 missing) → 0.613 ± √(2e-6)/√2 = 0.001, n = 2 of 3
+NLL_E3 = [0.60, 0.61, 0.62]
+CELLS = [
+    {"axes": {"method": "e3"}, "metrics": {"nll": NLL_E3, "error": [0.160, 0.165, 0.170],
+                                           "kl_diversity": [0.20, 0.21, 0.22]}},
+    {"axes": {"method": "tiling", "model.noise_mult": 1},
+     "metrics": {"nll": [0.64, 0.65, 0.66], "error": [0.17] * 3,
+                 "kl_diversity": [0.001, 0.002, 0.003]}},
+    {"axes": {"method": "tiling", "model.noise_mult": 4},
+     "metrics": {"nll": [0.63, 0.64, 0.65], "error": [0.17] * 3,
+                 "kl_diversity": [0.004, 0.005, 0.006]}},
+    {"axes": {"method": "partitioning"}, "metrics": {"nll": [0.612, 0.614, 0.0],
+                                                     "error": [0.17] * 3},
+     "seeds": {2: None}},
+]
+
+
+@pytest.fixture(scope="module")
+def table2_ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2")
+    index = synthetic.write_sweep(root, "ablation", ["method", "model.noise_mult"], [0, 1, 2],
+                                  CELLS, reproduces=["table2"])
+    return aggregate.build_dataset(aggregate.load_index(index), root, index)
+
+
+def _row(table, label):
+    (row,) = [r for r in table.blocks[0].rows if r[0].text == label]
+    return [c.text for c in row], [c.bold for c in row]
+
+
+def test_table2_numbers_paper_values_and_order(table2_ds):
+    t = tables.build_table("table2", [table2_ds])
+    header = t.blocks[0].header
+    assert header[:4] == ["paper row", "method", "noise_mult", "seeds"]
+    assert header[4:6] == ["NLL ↓ ours", "NLL paper"]
+    # paper order; paper rows we did not run are kept, marked "not run"
+    assert [r[0].text for r in t.blocks[0].rows] == [
+        "V-MoE (K=4)", "E³", "Tiling", "Tiling (σ×2)", "Tiling (σ×4)", "Partitioning"]
+    text, bold = _row(t, "E³")
+    assert text[1:4] == ["e3", "-", "3/3"]
+    assert text[4:6] == ["0.610 ± 0.006", "0.612 ± 0.001"]
+    assert text[6:8] == ["16.50 ± 0.29", "16.49 ± 0.02"]       # error shown in percent
+    assert text[10:12] == ["0.210 ± 0.006", "0.198 ± 0.003"]
+    text, _ = _row(t, "Partitioning")
+    assert text[3] == "2/3 †" and text[4] == "0.613 ± 0.001 † 2/3"
+    text, _ = _row(t, "Tiling (σ×2)")
+    assert text[3] == "not run" and text[4] == "—" and text[5] == "0.638 ± 0.001"
+    assert t.blocks[0].rows[1][-1].kind == "paper"
+
+
+def test_bold_only_when_welch_significant(table2_ds):
+    t = tables.build_table("table2", [table2_ds])
+    _, bold = _row(t, "E³")
+    # KL: e3 0.21 vs runner-up 0.005: Welch p ≈ 1e-4 → bold.
+    # NLL: e3 0.610 ± 0.006 vs partitioning 0.613 ± 0.001: t ≈ -0.51, p ≈ 0.65 → not bold.
+    assert bold[10] is True and bold[4] is False
+    assert not any(any(c.bold for c in r) for r in t.blocks[0].rows if r[0].text != "E³")
+    assert any("KL: best vs runner-up: Welch p" in f and "(bold)" in f for f in t.footnotes)
+
+
+def test_table2_verdicts(table2_ds):
+    t = tables.build_table("table2", [table2_ds])
+    by_claim = {v.claim.split(" (")[0]: v for v in t.verdicts}
+    kl = by_claim["E³'s KL is orders of magnitude above Tiling's"]
+    assert kl.outcome == "held" and "ratio 105" in kl.statistic   # 0.21 / 0.002
+    part = by_claim["Partitioning without tiling is worse than E³ in NLL"]
+    assert part.outcome == "not held" and "n=3 vs 2" in part.statistic
+    til = by_claim["Tiling, even with σ×4, is worse than E³ in NLL"]
+    # t = -0.03 / √(2·0.00577²) = -3.67 with 4 df → one-sided p ≈ 0.011
+    assert til.outcome == "held"
+    assert float(til.statistic.rsplit("p = ", 1)[1]) == pytest.approx(0.0107, abs=0.002)
+
+
+def test_welch_p_hand_value():
+    # a = 1,2,3; b = 4,5,6: t = -3/√(1/3+1/3) = -3.674, Welch df = 4 → two-sided p = 0.0213
+    assert tables.welch_p(np.array([1., 2, 3]), np.array([4., 5, 6])) == pytest.approx(
+        0.0213, abs=5e-4)
+    assert math.isnan(tables.welch_p(np.array([1.]), np.array([4., 5, 6])))
+
+
+def _rows(axis, values_by_level, metric="kl_diversity", extra=None):
+    out = []
+    for level, vals in values_by_level.items():
+        v = np.asarray(vals, dtype=float)
+        out.append(Row("s", {axis: str(level), **(extra or {})},
+                       {metric: CellStats(v.mean(), np.nan, len(v), len(v), v)}))
+    return out
+
+
+SPEC = spec_mod.default_spec()
+
+
+def test_trend_flat_and_not_enough_seeds():
+    falling = _rows("model.overlap", {0: [.20, .21], 2: [.15, .16], 4: [.10, .11]})
+    v = {"claim": "KL falls", "test": "trend", "metric": "kl_diversity",
+         "axis": "model.overlap", "direction": "decreasing"}
+    res = verdicts.evaluate(v, falling, SPEC)
+    assert res.outcome == "held" and "Spearman ρ = -" in res.statistic
+    assert verdicts.evaluate(dict(v, direction="increasing"), falling, SPEC).outcome == "not held"
+    one_seed = _rows("model.overlap", {0: [.20], 2: [.15, .16]})
+    assert verdicts.evaluate(v, one_seed, SPEC).outcome == "not enough seeds"
+
+    flat = {"claim": "flat", "test": "flat", "metric": "nll", "axis": "model.aux_weight",
+            "up_to": 1.0}
+    same = _rows("model.aux_weight", {0.01: [.6, .61, .62], 0.1: [.61, .6, .62],
+                                      1.0: [.62, .61, .6], 100.0: [2., 2.1, 2.2]}, "nll")
+    res = verdicts.evaluate(flat, same, SPEC)   # λ=100 is beyond up_to and left out
+    assert res.outcome == "held" and "over 3 values" in res.statistic
+    res = verdicts.evaluate(dict(flat, up_to=1000.0), same, SPEC)
+    assert res.outcome == "not held"
+
+
+def test_group_by_ambiguous_best_and_no_difference():
+    rows = (_rows("model.ensemble_size", {1: [.64, .65, .66], 4: [.57, .58, .59]}, "nll",
+                  {"model.num_selected": "1"}) +
+            _rows("model.ensemble_size", {1: [.64, .65, .66], 4: [.66, .67, .68]}, "nll",
+                  {"model.num_selected": "2"}))
+    v = {"claim": "M=4 beats M=1", "test": "better", "metric": "nll",
+         "a": {"model.ensemble_size": 4}, "b": {"model.ensemble_size": 1},
+         "group_by": ["model.num_selected"]}
+    res = verdicts.evaluate(v, rows, SPEC)
+    assert res.outcome == "not held"   # held for K=1, not for K=2
+    assert "[model.num_selected=1]" in res.statistic
+    assert verdicts.evaluate(dict(v, group_by=[]), rows, SPEC).outcome == "ambiguous"
+    nd = {"claim": "same", "test": "no_difference", "metric": "nll",
+          "a": {"model.ensemble_size": 1}, "b": {"model.ensemble_size": 4}}
+    # K=2: 0.65 vs 0.67, sd 0.01 each: t = -0.02/√(2·0.01²/3) = -2.45, df 4 → p = 0.071 ≥ 0.05
+    k2 = [r for r in rows if r.key["model.num_selected"] == "2"]
+    res = verdicts.evaluate(nd, k2, SPEC)
+    assert res.outcome == "held" and float(res.statistic.rsplit("p = ", 1)[1]) == \
+        pytest.approx(0.071, abs=0.002)
+    # K=1: 0.65 vs 0.58: t = 8.57, df 4 → p ≈ 0.001 < 0.05: they differ
+    k1 = [r for r in rows if r.key["model.num_selected"] == "1"]
+    assert verdicts.evaluate(nd, k1, SPEC).outcome == "not held"
+    best = {"claim": "best", "test": "best", "metric": "nll", "a": {"model.ensemble_size": 4}}
+    assert verdicts.evaluate(best, k1, SPEC).outcome == "held"
+
+
+def test_reference_files_validate_and_spot_values():
+    for tid in spec_mod.TABLE_IDS:
+        spec_mod.load_reference(tid)           # raises on a schema error
+    t3 = spec_mod.load_reference("table3")
+    o8 = [r for r in t3["rows"] if r["key"] == {"method": "e3", "model.overlap": 8}][0]
+    assert o8["values"]["kl_diversity"] == [0.122, 0.010]
+    assert o8["values"]["error"] == [0.1667, 0.0007]   # 16.67 ± 0.07 % as fractions
+    t17 = spec_mod.load_reference("table17")
+    assert t17["rows"][2]["values"]["nll"] == [0.577, None]   # printed without stderr
+
+
+def test_bad_spec_names_file_field_and_allowed(tmp_path):
+    doc = yaml.safe_load(spec_mod.SPEC_FILE.read_text())
+    doc["tables"]["table3"]["verdicts"][0]["test"] = "bigger"
+    bad = tmp_path / "tables.yaml"
+    bad.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    with pytest.raises(spec_mod.SpecError, match=r"tables.yaml: field tables.table3.verdicts.0"
+                                                 r".test: 'bigger' is not one of"):
+        spec_mod.load_spec(bad)
+    doc["tables"]["table3"]["verdicts"][0]["test"] = "trend"
+    doc["tables"]["table3"]["columns"] = ["nll", "accuracy"]
+    bad.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    with pytest.raises(spec_mod.SpecError, match=r"columns: unknown metric 'accuracy'; allowed"):
+        spec_mod.load_spec(bad)
+
+
+def test_table_not_built_without_matching_dataset(table2_ds):
+    assert tables.build_table("table3", [table2_ds]) is None
+
+
+def test_pareto_front_and_reliability_bins():
+    # (gflops, nll): (1, .9) (2, .8) (2, .95) (3, .85) (4, .7) → front 0, 1, 4
+    x = np.array([1., 2, 2, 3, 4])
+    y = np.array([.9, .8, .95, .85, .7])
+    assert pareto_front(x, y).tolist() == [0, 1, 4]
+    # M=2 members, N=3 images, C=2 classes; mean probs → confidence .9, .9, .62
+    probs = np.array([[[.9, .1], [.2, .8], [.62, .38]],
+                      [[.9, .1], [0., 1.], [.62, .38]]])
+    labels = np.array([0, 0, 0])
+    conf, acc, count = reliability_bins(probs, labels, n_bins=15)
+    # .9·15 = 13.5 → bin 13 holds images 0 (correct) and 1 (wrong); .62·15 = 9.3 → bin 9
+    assert count[13] == 2 and acc[13] == 0.5 and conf[13] == pytest.approx(0.9)
+    assert count[9] == 1 and acc[9] == 1.0 and count.sum() == 3
