@@ -50,6 +50,16 @@ def site(tmp_path_factory):
                     [0, 1, 2], km, ["figure2"]),
              _write(root, "figure10_lambda", ["method", "model.aux_weight"], [0, 1, 2], lam,
                     ["figure10"])]
+    sizes = [{"axes": {"method": meth, "model.size": size, "model.num_selected": k,
+                       "model.ensemble_size": m},
+              "metrics": {"nll": _vals(.7, .01)}, "gflops": g, "params": p}
+             for meth, k, m, size, g, p in [("vit", 1, 1, "S/32", 24.0, 36.5e6),
+                                            ("vit", 1, 1, "B/32", 78.0, 102.1e6),
+                                            ("e3", 1, 2, "S/32", 36.7, 166.7e6),
+                                            ("e3", 1, 2, "B/32", 105.9, 395.0e6)]]
+    paths.append(_write(root, "model_sizes", ["method", "model.size", "model.num_selected",
+                                              "model.ensemble_size"], [0, 1], sizes,
+                        ["table20", "table23"]))
     out = root / "reports"
     assert cli_report(["--datasets", *map(str, paths), "--out", str(out)]) == 0
     return root, paths, out
@@ -82,6 +92,19 @@ def test_site_pages_tables_figures_and_runs(site):
     assert json.loads(ds.attrs["code_commits"]) == ["synthetic"]
 
 
+def test_flops_and_params_tables(site):
+    _, _, out = site
+    md = (out / "table23.md").read_text()
+    # pivot over model.size, parameters shown in millions (scale 1e-6, 1 digit)
+    assert "| method | num_selected | ensemble_size | size=B/32 | size=S/32 |" in md
+    assert "| e3 | 1 | 2 | 395.0 ± 0.0 | 166.7 ± 0.0 |" in md
+    assert "**paper: Params (M)**" in md
+    t20 = (out / "table20.md").read_text()
+    assert "| vit | 1 | 1 | 78.00 ± 0.00 | 24.00 ± 0.00 |" in t20
+    assert "analytic GFLOPs per image (e3lib.flops)" in t20
+    assert "| E³-S/32, K=1, M=2 | 36.69 |" in t20     # the paper's Table 20 value
+
+
 def test_only_one_table(site, tmp_path, capsys):
     _, paths, _ = site
     out = tmp_path / "r"
@@ -111,8 +134,8 @@ def test_chromium_no_console_errors_no_broken_links_screenshot(site, tmp_path):
     shot = tmp_path / "index.png"
     res = check_site(out / "index.html", screenshot=shot)
     assert res.console_errors == [] and res.broken_links == []
-    # index, 3 table pages, 3 sweep pages
-    assert len(res.pages) == 7
+    # index, 5 table pages, 4 sweep pages
+    assert len(res.pages) == 10
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
 

@@ -145,7 +145,12 @@ def _km_heatmap(ds, df, out, sweep) -> list[Figure]:
         d = df[(df.metric == m) & (df[K_AXIS] != "-") & (df[M_AXIS] != "-")].copy()
         if d.empty:
             continue
-        d["panel"] = _row_label(d, rest)
+        merged = [a for a in rest if a != "method"]
+        if len(merged) < len(rest) and not d.duplicated(merged + [K_AXIS, M_AXIS]).any():
+            panel_axes = merged  # e.g. V-MoE at M=1 and its deep ensembles at M>1: one grid
+        else:
+            panel_axes = rest
+        d["panel"] = _row_label(d, panel_axes)
         panels = list(dict.fromkeys(d["panel"]))
         fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
         for ax, panel in zip(axs[0], panels):

@@ -217,6 +217,14 @@ def format_paper(values: Sequence | None, mcfg: Mapping) -> Cell:
     return Cell(text, kind="paper")
 
 
+def _numeric_first(label: str) -> tuple:
+    """Sort key of axis labels: numbers in numeric order, then text in given order."""
+    try:
+        return (0, float(label))
+    except ValueError:
+        return (1, 0.0)
+
+
 def _short(name: str) -> str:
     return name.split(".")[-1]
 
@@ -246,6 +254,8 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
     rows: list[Row] = []
     for ds in mine:
         rows.extend(sweep_rows(ds, columns, extra, spec))
+    where = {k: axis_label(v) for k, v in tspec.get("where", {}).items()}
+    rows = [r for r in rows if all(r.key.get(k, v) == v for k, v in where.items())]
     for r in rows:
         r.ref = match_reference(r.key, ref)
     title = (ref or {}).get("title") or tspec.get("title") or table_id
@@ -256,6 +266,8 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
         _pivot_blocks(table, tspec, spec, ref, len(mine) > 1)
     else:
         _row_blocks(table, tspec, spec, ref, len(mine) > 1)
+    if tspec.get("analytic_flops"):
+        _analytic_flops_block(table)
     table.footnotes += [
         "Ours: mean ± standard error over seeds (std with ddof=1 / √n); (n=1): a single seed, "
         "no error bar. † marks a cell with fewer seeds than the sweep requested (n/requested); "
@@ -340,14 +352,20 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
         groups: dict[tuple, dict[str, Row]] = {}
         pivots: list[str] = []
         rest_names: list[str] = []
+        merge = set(tspec.get("merge", []))
+        cells_seen = {(r.sweep, tuple((k, v) for k, v in r.key.items() if k not in merge))
+                      for r in table.rows}
+        if len(cells_seen) < len(table.rows):
+            merge = set()  # merging would put two rows in one grid cell: keep them apart
         for r in table.rows:
             if pivot not in r.key:
                 continue
-            rest = tuple((k, v) for k, v in r.key.items() if k != pivot)
+            rest = tuple((k, v) for k, v in r.key.items() if k != pivot and k not in merge)
             rest_names += [k for k, _ in rest if k not in rest_names]
             groups.setdefault(((r.sweep,) if many else ()) + rest, {})[r.key[pivot]] = r
             if r.key[pivot] not in pivots:
                 pivots.append(r.key[pivot])
+        pivots.sort(key=_numeric_first)
         cells_flat = [g[p].stats.get(m) for g in groups.values() for p in pivots if p in g]
         idx, why = (significant_best(cells_flat, mcfg.get("better"), spec["alpha"],
                                      spec["min_seeds"]) if tspec.get("bold", True)
@@ -387,3 +405,23 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
                                       header=["paper row"] + [f"{_short(pivot)}={p}"
                                                               for p in ppivots],
                                       rows=pbody))
+
+
+def _analytic_flops_block(table: Table) -> None:
+    """Our analytic GFLOPs count (e3lib.flops) at each paper row's configuration.
+
+    Optional: without e3lib.flops the table shows the paper's values and our runs' costs.
+    """
+    try:
+        from e3lib import flops
+        compared = flops.compare_with_paper(table.id)
+    except Exception as err:  # noqa: BLE001 - optional part; say why it is absent
+        table.footnotes.append(f"Analytic GFLOPs at the paper's configurations unavailable "
+                               f"({type(err).__name__}: {err}).")
+        return
+    body = [[Cell(c["label"], kind="label"), Cell(f"{c['paper']:.2f}", kind="paper"),
+             Cell(f"{c['ours']:.2f}"), Cell(f"{100 * c['rel']:+.2f} %")] for c in compared]
+    table.blocks.append(Block(
+        caption="analytic GFLOPs per image (e3lib.flops) at the paper's configurations, "
+                "computed, not measured from runs",
+        header=["paper row", "GFLOPs paper", "GFLOPs analytic", "difference"], rows=body))
