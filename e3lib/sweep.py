@@ -74,7 +74,10 @@ class SweepError(ValueError):
 
     def __init__(self, file: str, field: str, value: Any, rule: str):
         self.file, self.field, self.value, self.rule = file, field, value, rule
-        super().__init__(f"{file}: {field}={value!r}: {rule}")
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        super().__init__(f"{file}: {field}={shown}: {rule}")
 
 
 # ----------------------------------------------------------------------------- schema
@@ -110,17 +113,19 @@ def check_schema(doc: Any, file: str) -> None:
     # For oneOf failures (axis forms, seeds) the most specific sub-error names the field.
     while err.context:
         err = jsonschema.exceptions.best_match(err.context)
-    rule = err.message
+    rule, value = err.message, err.instance
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in (err.instance or {})]
+        raise SweepError(file, _json_path([*err.absolute_path, missing[0]]), None,
+                         "missing required field")
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         if allowed:
             rule += f"; allowed fields here: {allowed}"
-    elif err.validator == "required":
-        rule = f"missing required field: {rule}"
     elif err.validator == "pattern" and err.schema.get("pattern", "").startswith("^(method"):
         rule += " (an axis or condition name must be a dotted run-config path such as " \
                 "'model.overlap' or 'method')"
-    raise SweepError(file, _json_path(err.absolute_path), err.instance, rule)
+    raise SweepError(file, _json_path(err.absolute_path), value, rule)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -200,6 +205,7 @@ class Sweep:
     seeds: list[int]
     entries: list[dict] = field(default_factory=list)
     runs: dict[str, dict] = field(default_factory=dict)        # run_id -> resolved config
+    run_upstream: dict[str, str] = field(default_factory=dict)  # run_id -> upstream_id
     ensembles: dict[str, dict] = field(default_factory=dict)   # ensemble_id -> {kind, members}
 
     def index(self) -> dict:
@@ -227,7 +233,7 @@ class Plan:
         for rid, cfg in sweep.runs.items():
             if rid not in self.runs:
                 self.runs[rid] = cfg
-                uid = upstream_id(cfg)
+                uid = sweep.run_upstream[rid]
                 self.run_upstream[rid] = uid
                 self.upstreams.setdefault(uid, rid)
         self.ensembles.update(sweep.ensembles)
@@ -263,12 +269,13 @@ def _variant_doc(doc: dict, variant: str, file: str) -> dict:
 
 
 def _merge_overrides(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
-    out = copy.deepcopy(dict(base))
+    """``base`` updated by ``over`` (nested); new dicts along merged paths, leaves shared."""
+    out = dict(base)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             out[k] = _merge_overrides(out[k], v)
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = v
     return out
 
 
@@ -299,9 +306,9 @@ def _check_axes(doc: dict, file: str) -> list[str]:
             if len(set(lengths.values())) > 1:
                 raise SweepError(file, f"{where}.zip", lengths,
                                  "zipped axes must have lists of equal length")
-        for point_path in ({group["name"]} if "name" in group else
-                           set(group["zip"]) if "zip" in group else
-                           {k for case in group["cases"] for k in case}):
+        for point_path in ([group["name"]] if "name" in group else
+                           list(group["zip"]) if "zip" in group else
+                           list(dict.fromkeys(k for case in group["cases"] for k in case))):
             if point_path == "seed":
                 raise SweepError(file, where, "seed", "seeds are declared with `seeds:`, "
                                  "not as an axis")
@@ -379,22 +386,32 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
         seen[key] = rid
         if rid not in sweep.runs:
             sweep.runs[rid] = cfg
+            sweep.run_upstream[rid] = upstream_id(cfg)
         sweep.entries.append({
             "id": rid, "kind": "run", "seed": seed, "axes": axes,
-            "upstream_id": upstream_id(cfg),
+            "upstream_id": sweep.run_upstream[rid],
             "result": f"{results_root}/runs/{rid}/results.json", "config": cfg})
         return rid
 
+    resolved_points: dict[str, dict] = {}
+
     def resolved(point: dict, seed: int, extra: Mapping[str, Any] | None = None) -> dict:
-        over = copy.deepcopy(base)
-        for path, value in {**point, **(extra or {})}.items():
-            over = _merge_overrides(over, _nested(path, value))
-        over["seed"] = seed
-        try:
-            return resolve(over)
-        except ConfigError as err:
-            where = f"run ({_fmt_point(point)}, seed={seed})"
-            raise SweepError(file, f"{err.field} in {where}", err.value, err.rule) from None
+        """The resolved config of a point and seed. The cross-field rules do not involve
+        the seed, so each point is resolved (validated) once and copied per seed."""
+        full = {**point, **(extra or {})}
+        key = canonical_json(full)
+        if key not in resolved_points:
+            over = base
+            for path, value in full.items():
+                over = _merge_overrides(over, _nested(path, value))
+            over = {**over, "seed": seed}
+            try:
+                resolved_points[key] = resolve(over)
+            except ConfigError as err:
+                where = f"run ({_fmt_point(point)}, seed={seed})"
+                raise SweepError(file, f"{err.field} in {where}", err.value, err.rule) from None
+        cfg0 = resolved_points[key]
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg0.items()} | {"seed": seed}
 
     def axes_of(cfg: dict) -> dict:
         return {a: _get_dotted(cfg, a) for a in sweep.axes}
@@ -446,7 +463,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
                                 members.append(rid)
                             else:
                                 members.append(add_run(cfg, axes, s))
-                    ups = {upstream_id(sweep.runs[m]) for m in members}
+                    ups = {sweep.run_upstream[m] for m in members}
                     if ens["kind"] == "downstream" and len(ups) != 1:
                         raise SweepError(file, f"{where}.kind", "downstream",
                                          "downstream ensemble members must share one upstream "
@@ -543,17 +560,21 @@ def write_plan(plan: Plan, results_root: str = "results") -> int:
     """
     root = Path(results_root)
     written = 0
-    for rid, cfg in plan.runs.items():
-        written += _atomic_write_if_changed(Path(config_path(str(root), rid)), _json_text(cfg))
-    for uid, rid in plan.upstreams.items():
-        written += _atomic_write_if_changed(Path(upstream_config_path(str(root), uid)),
-                                            _json_text(plan.runs[rid]))
-    for eid, ens in plan.ensembles.items():
-        written += _atomic_write_if_changed(Path(ensemble_config_path(str(root), eid)),
-                                            _json_text(ens))
+    # Files named by an id hold content that the id is a hash of: existing ones are right.
+    # (Any run of an upstream serves as its config, since the id hashes what it reads.)
+    by_id = [(config_path(str(root), rid), cfg) for rid, cfg in plan.runs.items()]
+    by_id += [(upstream_config_path(str(root), uid), plan.runs[rid])
+              for uid, rid in plan.upstreams.items()]
+    by_id += [(ensemble_config_path(str(root), eid), ens) for eid, ens in plan.ensembles.items()]
+    for d in {os.path.dirname(p) for p, _ in by_id}:
+        os.makedirs(d, exist_ok=True)
+    for path, obj in by_id:
+        if not os.path.exists(path):
+            written += _atomic_write_if_changed(Path(path), _json_text(obj))
     for sweep in plan.sweeps.values():
         d = root / "sweeps" / sweep.name
-        written += _atomic_write_if_changed(d / "index.json", _json_text(sweep.index()))
+        # Compact (C encoder): a paper-scale index holds thousands of resolved configs.
+        written += _atomic_write_if_changed(d / "index.json", canonical_json(sweep.index()) + "\n")
         written += _atomic_write_if_changed(d / "index.tsv", index_tsv(sweep))
     return written
 

@@ -12,8 +12,7 @@ rule finetune:
     output:
         done=f"{RESULTS}/runs/{{run}}/done.json",
     params:
-        config=lambda wc: e3sweep.config_path(RESULTS, wc.run),
-        upstream=lambda wc: f"{RESULTS}/upstream/{upstream_of(wc.run)}",
+        config=e3sweep.config_path(RESULTS, "{run}"),
         out=f"{RESULTS}/runs/{{run}}",
         checkpoints=f"{RESULTS}/checkpoints/{{run}}",
     log:
@@ -29,5 +28,5 @@ rule finetune:
     shell:
         "python workflow/scripts/stage.py --status {output.done} --log {log} "
         "--expect {params.out}/results.json {params.out}/predictions.npz -- "
-        "python -m e3lib.cli run --config {params.config} --upstream {params.upstream} --out {params.out} "
+        "python -m e3lib.cli run --config {params.config} --upstream $(dirname {input.upstream}) --out {params.out} "
         "--checkpoints {params.checkpoints} --log-mode plain"

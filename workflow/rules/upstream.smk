@@ -7,7 +7,7 @@ rule upstream:
     output:
         done=f"{RESULTS}/upstream/{{up}}/done.json",
     params:
-        config=lambda wc: e3sweep.upstream_config_path(RESULTS, wc.up),
+        config=e3sweep.upstream_config_path(RESULTS, "{up}"),
         workdir=f"{RESULTS}/upstream/{{up}}",
     log:
         f"{LOGS}/upstream/{{up}}.log",
