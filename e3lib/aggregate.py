@@ -47,7 +47,7 @@ STATUS_FLAGS = {"ok": 0, "missing": 1, "diverged": 2, "not_requested": 3}
 MISSING_AXIS_LABEL = "-"
 # netCDF4 (HDF5 underneath) reads and writes on its own; h5netcdf would also need h5py.
 NETCDF_ENGINE = "netcdf4"
-SPLITS = ("clean", "corrupted", "ood_near", "ood_far", "fewshot")
+SPLITS = ("clean", "corrupted", "shifted", "ood_near", "ood_far", "fewshot")
 
 INDEX_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -331,7 +331,10 @@ def write_netcdf_atomic(ds: xr.Dataset, out: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
+        # metric cubes are mostly NaN (not every split has every corruption/severity)
+        encoding = {name: {"zlib": True, "complevel": 4} for name, var in ds.data_vars.items()
+                    if var.dtype.kind == "f"}
+        ds.to_netcdf(tmp, engine=NETCDF_ENGINE, encoding=encoding)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

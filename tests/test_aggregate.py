@@ -148,3 +148,34 @@ def test_duplicate_entry_is_an_error(tmp_path):
     index.write_text(json.dumps(doc))
     with pytest.raises(aggregate.AggregateError, match="entries.1: a second entry"):
         aggregate.build_dataset(aggregate.load_index(index), tmp_path, index_path=index)
+
+
+def test_record_dims_from_mixed_splits_and_null_values(tmp_path):
+    index = synthetic.write_sweep(tmp_path, "s", ["method"], [0], [
+        {"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}])
+    doc = json.loads(index.read_text())
+    result = tmp_path / "runs" / doc["entries"][0]["id"] / "results.json"
+    res = json.loads(result.read_text())
+    res["records"] += [
+        {"split": "corrupted", "corruption": "gaussian_noise", "severity": 3, "member": "1",
+         "metric": "nll", "value": 1.25},
+        {"split": "shifted", "corruption": "v2", "severity": 0, "member": "ensemble",
+         "metric": "error", "value": None},                         # undefined → NaN
+        {"split": "fewshot", "corruption": "mean", "severity": 5, "member": "joint",
+         "metric": "fewshot_error", "value": 0.4}]
+    result.write_text(json.dumps(res))
+    ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path)
+    assert list(ds["split"].values) == ["clean", "corrupted", "fewshot", "shifted"]
+    assert list(ds["severity"].values) == [0, 3, 5]
+    assert list(ds["member"].values) == ["1", "ensemble", "joint"]
+    assert sorted(json.loads(ds.attrs["metrics"])) == ["error", "fewshot_error", "nll"]
+    nll = ds["nll"].sel({"method": "e3", "seed": 0})
+    assert float(nll.sel(split="corrupted", corruption="gaussian_noise", severity=3,
+                         member="1")) == 1.25
+    assert float(nll.sel(split="clean", corruption="none", severity=0, member="ensemble")) == 0.5
+    # a combination no record names stays NaN, as does a null value
+    assert np.isnan(float(nll.sel(split="clean", corruption="none", severity=0, member="1")))
+    assert np.isnan(float(ds["error"].sel({"method": "e3", "seed": 0, "split": "shifted",
+                                           "corruption": "v2", "severity": 0,
+                                           "member": "ensemble"})))
+    assert int(np.isfinite(ds["fewshot_error"]).sum()) == 1
