@@ -198,3 +198,19 @@ def test_pareto_front_and_reliability_bins():
     # .9·15 = 13.5 → bin 13 holds images 0 (correct) and 1 (wrong); .62·15 = 9.3 → bin 9
     assert count[13] == 2 and acc[13] == 0.5 and conf[13] == pytest.approx(0.9)
     assert count[9] == 1 and acc[9] == 1.0 and count.sum() == 3
+
+
+def test_selector_max_picks_the_largest_axis_value():
+    # V-MoE single models with E = 32, 16, 8 (NLL .64, .66, .68) and an M=4 ensemble (E=8).
+    rows = []
+    for e, nll in ((32, .64), (16, .66), (8, .68)):
+        rows += _rows("model.num_experts", {e: [nll - .01, nll, nll + .01]}, "nll",
+                      {"method": "vmoe", "model.ensemble_size": "1"})
+    rows += _rows("model.num_experts", {8: [.57, .58, .59]}, "nll",
+                  {"method": "up_de", "model.ensemble_size": "4"})
+    v = {"claim": "M=4 beats the largest V-MoE", "test": "better", "metric": "nll",
+         "a": {"model.ensemble_size": 4},
+         "b": {"method": "vmoe", "model.ensemble_size": 1, "model.num_experts": "$max"}}
+    res = verdicts.evaluate(v, rows, SPEC)
+    assert res.outcome == "held" and "means 0.58 vs 0.64" in res.statistic
+    assert [r.key["model.num_experts"] for r in verdicts.select_rows(rows, v["b"])] == ["32"]

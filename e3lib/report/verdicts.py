@@ -15,6 +15,7 @@ Tests (α = spec alpha, default 0.05; seed values x_a, x_b of the rows a and b):
   no_difference  a and b do not differ: two-sided Welch t-test p ≥ α
   best           a has the best mean of all rows and beats the runner-up: one-sided Welch p < α
 ``group_by`` axes split the rows into groups; the claim must hold in every group.
+A selector value "$max" / "$min" stands for the largest / smallest value of that axis.
 """
 
 from __future__ import annotations
@@ -49,13 +50,32 @@ class _Short(Exception):
         self.outcome, self.why = outcome, why
 
 
+EXTREMES = {"$max": max, "$min": min}
+
+
 def _matches(row: Row, selector: Mapping[str, Any]) -> bool:
-    return all(row.key[k] == axis_label(v) for k, v in selector.items() if k in row.key)
+    return all(row.key[k] == axis_label(v) for k, v in selector.items()
+               if k in row.key and v not in EXTREMES)
+
+
+def select_rows(rows: Sequence[Row], selector: Mapping[str, Any]) -> list[Row]:
+    """Rows agreeing with ``selector``; a value "$max"/"$min" picks the largest/smallest
+    numeric value of that axis among the rows that agree on the other fields (so one
+    claim reads "(M=4) beats (M=1, the most experts)" whatever E values a variant uses)."""
+    found = [r for r in rows if _matches(r, selector)]
+    for k, v in selector.items():
+        if v in EXTREMES:
+            values = [_numeric(r.key[k]) for r in found if k in r.key and r.key[k] != "-"]
+            if values:
+                pick = EXTREMES[v](values)
+                found = [r for r in found if k in r.key and r.key[k] != "-"
+                         and _numeric(r.key[k]) == pick]
+    return found
 
 
 def _one(rows: Sequence[Row], selector: Mapping[str, Any], metric: str, min_seeds: int
          ) -> CellStats:
-    found = [r for r in rows if _matches(r, selector) and metric in r.stats]
+    found = [r for r in select_rows(rows, selector) if metric in r.stats]
     if not found:
         raise _Short(NOT_ENOUGH, f"no row matches {dict(selector)} (n=0)")
     if len(found) > 1:
