@@ -34,6 +34,7 @@ are asked for than disjoint groups exist). ``downstream`` members share one upst
 each has its own pretraining; such member runs that are not already rows of the sweep
 appear in the index with method ``{label}_member``. An ensemble's rows have
 ``axes.method = label`` and ``axes["model.ensemble_size"]`` = number of member runs.
+``method`` is always an axis (tables key their rows by it).
 
 Files written by ``write_plan`` (each only when its content changed, atomically):
 
@@ -368,7 +369,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
     ensembles = d.get("ensembles") or []
     if ensembles and ENSEMBLE_SIZE_AXIS not in sweep.axes:
         sweep.axes.append(ENSEMBLE_SIZE_AXIS)
-    if "method" not in sweep.axes and ensembles:
+    if "method" not in sweep.axes:   # every table row is keyed by method
         sweep.axes.insert(0, "method")
 
     seen: dict[tuple, str] = {}
@@ -594,7 +595,7 @@ SIZE_RESOURCES: dict[str, dict[str, Any]] = {
     "L/16": dict(tpu=("v3-64", "v3-256"), gpus=(8, 32), mem_mb=96000, min_per_kstep=60),
     "H/14": dict(tpu=("v3-128", "v3-512"), gpus=(16, 64), mem_mb=128000, min_per_kstep=150),
 }
-STAGES = ("upstream", "finetune")
+STAGES = ("finetune", "upstream")   # order of the (fine-tune, pretraining) pairs above
 
 
 def job_resources(cfg: Mapping[str, Any], stage: str, attempt: int = 1) -> dict[str, Any]:

@@ -1,0 +1,343 @@
+"""Sweep expansion (e3lib.sweep): axes, seeds, ensembles, identity, validation errors, files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e3lib import sweep as S
+from e3lib.config import MODEL_SIZES, resolve, run_id, upstream_id
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+def expand(doc: dict, variant: str = "small", file: str = "t.yaml") -> S.Sweep:
+    return S.expand_doc(doc, file, variant)
+
+
+def runs_of(sw: S.Sweep) -> list[dict]:
+    return [e for e in sw.entries if e["kind"] == "run"]
+
+
+BASE = {"title": "t", "reproduces": ["demo"], "base": {"model": {"num_experts": 8}}}
+
+
+# ----------------------------------------------------------------------------- axes
+
+
+def test_product_zip_and_conditional_axes():
+    doc = {**BASE, "axes": [
+        {"cases": [{"method": "e3", "model.ensemble_size": 2}, {"method": "vmoe"}]},
+        # conditional axis: only the e3 point gets overlap values
+        {"name": "model.overlap", "values": [0, 2, 4], "when": {"method": "e3"}},
+        # zipped pair applies to every point
+        {"zip": {"finetune.lr": [0.1, 0.01], "finetune.steps": [10, 20]}},
+    ], "seeds": 2}
+    sw = expand(doc)
+    # points: e3 x 3 overlaps + vmoe x 1 = 4; x 2 zipped pairs = 8; x 2 seeds = 16 runs
+    runs = runs_of(sw)
+    assert len(runs) == 16
+    assert sw.axes == ["method", "model.ensemble_size", "model.overlap", "finetune.lr",
+                       "finetune.steps"]
+    vmoe = [e for e in runs if e["axes"]["method"] == "vmoe"]
+    # vmoe was not expanded over overlap: its axis value is the resolved default 0
+    assert {e["axes"]["model.overlap"] for e in vmoe} == {0}
+    assert len(vmoe) == 4
+    # zip pairs values, never crosses them
+    pairs = {(e["axes"]["finetune.lr"], e["axes"]["finetune.steps"]) for e in runs}
+    assert pairs == {(0.1, 10), (0.01, 20)}
+    assert {e["seed"] for e in runs} == {0, 1}
+    for e in runs:
+        assert e["config"]["seed"] == e["seed"]
+        assert e["id"] == run_id(e["config"])
+        assert e["result"] == f"results/runs/{e['id']}/results.json"
+
+
+def test_seed_list_and_seed_is_the_run_config_seed():
+    sw = expand({**BASE, "seeds": [3, 7]})
+    assert sorted(e["config"]["seed"] for e in runs_of(sw)) == [3, 7]
+    assert sw.seeds == [3, 7]
+
+
+def test_variant_overlay_merges_base_and_adds_axes():
+    doc = {**BASE, "base": {"method": "e3", "model": {"ensemble_size": 2, "num_experts": 8}},
+           "axes": [{"name": "model.overlap", "values": [0, 2]}],
+           "variants": {"small": {"base": {"finetune": {"steps": 7}}, "seeds": 1},
+                        "paper": {"base": {"model": {"num_experts": 32}},
+                                  "add_axes": [{"name": "finetune.lr", "values": [0.1, 0.3]}],
+                                  "seeds": 3}}}
+    small, paper = expand(doc, "small"), expand(doc, "paper")
+    assert len(runs_of(small)) == 2 and len(runs_of(paper)) == 2 * 2 * 3
+    assert {e["config"]["finetune"]["steps"] for e in runs_of(small)} == {7}
+    # the overlay merges: ensemble_size from the top-level base survives
+    assert {e["config"]["model"]["num_experts"] for e in runs_of(paper)} == {32}
+    assert {e["config"]["model"]["ensemble_size"] for e in runs_of(paper)} == {2}
+    assert paper.axes[-1] == "finetune.lr"
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_ids_are_stable_and_adding_a_seed_or_value_only_adds():
+    doc = {**BASE, "axes": [{"name": "model.num_selected", "values": [1, 2]}], "seeds": 2}
+    before = {e["id"] for e in expand(doc).entries}
+    assert before == {e["id"] for e in expand(doc).entries}
+    more_seeds = {e["id"] for e in expand({**doc, "seeds": 3}).entries}
+    assert before < more_seeds and len(more_seeds - before) == 2      # 2 points x 1 new seed
+    more_values = {**doc, "axes": [{"name": "model.num_selected", "values": [1, 2, 4]}]}
+    assert before < {e["id"] for e in expand(more_values).entries}
+
+
+def test_same_run_in_two_sweeps_is_one_run_and_upstream_is_shared(tmp_path):
+    a = {**BASE, "name": "a", "base": {"method": "vmoe", "model": {"num_experts": 8},
+                                       "upstream": {"num_selected": 2}},
+         "axes": [{"name": "model.num_selected", "values": [1, 2]}]}
+    b = {**BASE, "name": "b", "base": {"method": "vmoe", "model": {"num_experts": 8},
+                                       "upstream": {"num_selected": 2}},
+         "axes": [{"name": "model.num_selected", "values": [2, 4]}]}
+    files = []
+    for doc in (a, b):
+        p = tmp_path / f"{doc['name']}.yaml"
+        p.write_text(yaml.safe_dump(doc))
+        files.append(p)
+    plan = S.expand_sweeps(files)
+    # K in {1,2} U {2,4}: 3 distinct runs (K=2 shared), all fine-tuned from one upstream
+    assert len(plan.runs) == 3
+    assert len(plan.upstreams) == 1
+    shared = {e["id"] for e in plan.sweeps["a"].entries} & {e["id"] for e in plan.sweeps["b"].entries}
+    assert len(shared) == 1
+
+
+def test_upstream_key_ignores_finetune_fields():
+    doc = {**BASE, "base": {"method": "e3", "model": {"num_experts": 8, "ensemble_size": 2},
+                            "upstream": {"num_selected": 2}},
+           "axes": [{"name": "model.overlap", "values": [0, 2]},
+                    {"name": "finetune.lr", "values": [0.1, 0.01]}], "seeds": 2}
+    sw = expand(doc)
+    assert len({e["upstream_id"] for e in runs_of(sw)}) == 1
+    assert len({e["id"] for e in runs_of(sw)}) == 8
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+def test_downstream_ensembles_group_seeds_of_one_point():
+    doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}},
+           "axes": [{"name": "model.num_selected", "values": [1, 2]}], "seeds": 4,
+           "ensembles": [{"label": "down_de", "kind": "downstream", "sizes": [2, 4],
+                          "of": {"model.num_selected": 1}}]}
+    sw = expand(doc)
+    ens = [e for e in sw.entries if e["kind"] == "ensemble"]
+    # K=1 only: size 2 -> 4 // 2 = 2 disjoint replicates, size 4 -> 1 replicate
+    assert sorted((e["axes"]["model.ensemble_size"], e["seed"]) for e in ens) == \
+        [(2, 0), (2, 1), (4, 0)]
+    by_seed = {e["seed"]: e["id"] for e in runs_of(sw) if e["axes"]["model.num_selected"] == 1}
+    pairs = {e["seed"]: e["members"] for e in ens if e["axes"]["model.ensemble_size"] == 2}
+    assert pairs == {0: [by_seed[0], by_seed[1]], 1: [by_seed[2], by_seed[3]]}
+    for e in ens:
+        assert e["axes"]["method"] == "down_de" and e["ensemble_kind"] == "downstream"
+        assert e["id"] == S.ensemble_id("downstream", e["members"])
+        assert e["result"] == f"results/ensembles/{e['id']}/results.json"
+    assert "model.ensemble_size" in sw.axes
+
+
+def test_upstream_ensembles_pretrain_one_upstream_per_member():
+    doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}}, "seeds": 2,
+           "ensembles": [{"label": "up_de", "kind": "upstream", "sizes": [2]}]}
+    sw = expand(doc)
+    (ens,) = [e for e in sw.entries if e["kind"] == "ensemble"]
+    members = [next(e for e in sw.entries if e["id"] == m) for m in ens["members"]]
+    assert len({m["upstream_id"] for m in members}) == 2
+    assert [m["config"]["upstream"]["seed"] for m in members] == [0, 1]
+    # seed 0 with upstream seed 0 is the sweep's own run; seed 1 / upstream seed 1 is new
+    assert members[0]["axes"]["method"] == "vmoe"
+    assert members[1]["axes"]["method"] == "up_de_member"
+
+
+def test_a_point_listed_twice_is_one_run():
+    sw = expand({**BASE, "axes": [{"cases": [{"finetune.lr": 0.1}, {"finetune.lr": 0.1}]}]})
+    assert len(runs_of(sw)) == 1
+
+
+def test_ensemble_ids_do_not_depend_on_member_order():
+    assert S.ensemble_id("downstream", ["b", "a"]) == S.ensemble_id("downstream", ["a", "b"])
+    assert S.ensemble_id("downstream", ["a", "b"]) != S.ensemble_id("upstream", ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- errors
+
+MALFORMED = [
+    # (what is wrong, document, the field the message must name, words the message must hold)
+    ("unknown method", {**BASE, "base": {"method": "e4"}}, "base.method", "'e3'"),
+    ("unknown model size", {**BASE, "base": {"model": {"size": "XL/7"}}}, "base.model.size",
+     "'tiny'"),
+    ("unknown top-level key", {**BASE, "axis": []}, "(top level)", "allowed fields here"),
+    ("missing title", {"reproduces": ["demo"]}, "title", "missing required field"),
+    ("unknown table id", {**BASE, "reproduces": ["table99"]}, "reproduces[0]", "table3"),
+    ("axis name not a config path", {**BASE, "axes": [{"name": "overlap", "values": [1]}]},
+     "axes[0].name", "dotted run-config path"),
+    ("axis on unknown field", {**BASE, "axes": [{"name": "model.overlapp", "values": [1]}]},
+     "axes[0]", "unknown run-config field"),
+    ("empty axis values", {**BASE, "axes": [{"name": "model.overlap", "values": []}]},
+     "axes[0].values", "should be non-empty"),
+    ("zip of unequal lengths", {**BASE, "axes": [{"zip": {"model.num_selected": [1, 2],
+                                                          "finetune.lr": [0.1]}}]},
+     "axes[0].zip", "equal length"),
+    ("K > E/M for E3", {**BASE, "base": {"method": "e3", "model": {"num_experts": 8,
+                                                                    "ensemble_size": 2}},
+                        "axes": [{"name": "model.num_selected", "values": [1, 8]}]},
+     "model.num_selected in run (model.num_selected=8, seed=0)", "experts per member"),
+    ("E - o not divisible by M", {**BASE, "base": {"method": "e3", "model": {
+        "num_experts": 8, "ensemble_size": 2}}, "axes": [{"name": "model.overlap",
+                                                          "values": [0, 3]}]},
+     "model.ensemble_size in run (model.overlap=3, seed=0)", "divisible by M=2"),
+    ("overlap > E", {**BASE, "base": {"method": "e3", "model": {"num_experts": 8}},
+                     "axes": [{"name": "model.overlap", "values": [16]}]},
+     "model.overlap in run (model.overlap=16, seed=0)", "<= num_experts"),
+    ("negative lambda", {**BASE, "axes": [{"name": "model.aux_weight", "values": [-0.1]}]},
+     "model.aux_weight in run (model.aux_weight=-0.1, seed=0)", "non-negative"),
+    ("unknown field in base", {**BASE, "base": {"model": {"experts": 8}}}, "base.model.experts",
+     "unknown field"),
+    ("seeds zero", {**BASE, "seeds": 0}, "seeds", "minimum"),
+    ("ensemble bigger than seeds", {**BASE, "seeds": 2, "ensembles": [
+        {"label": "de", "kind": "downstream", "sizes": [4]}]}, "ensembles[0].sizes",
+     "needs at least 4 seeds"),
+    ("ensemble kind unknown", {**BASE, "seeds": 2, "ensembles": [
+        {"label": "de", "kind": "sideways", "sizes": [2]}]}, "ensembles[0].kind", "downstream"),
+    ("ensemble matches nothing", {**BASE, "seeds": 2, "ensembles": [
+        {"label": "de", "kind": "downstream", "sizes": [2], "of": {"method": "vit"}}]},
+     "ensembles[0].of", "matches no run"),
+    ("seed as an axis", {**BASE, "axes": [{"name": "seed", "values": [1, 2]}]}, "axes[0]",
+     "seeds are declared"),
+    ("variant not defined", {**BASE, "variants": {"paper": {}}}, "variants.small",
+     "defines variants ['paper'] only"),
+    ("ensemble label is a method", {**BASE, "base": {"method": "vmoe"}, "seeds": 2,
+                                    "ensembles": [{"label": "vmoe", "kind": "downstream",
+                                                   "sizes": [2]}]},
+     "ensembles[0].label", "must differ from the sweep's method names"),
+]
+
+
+@pytest.mark.parametrize("what,doc,field,words", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_sweeps_are_rejected_with_file_field_and_rule(what, doc, field, words):
+    with pytest.raises(S.SweepError) as info:
+        S.expand_doc(doc, "sweeps/bad.yaml", "small")
+    err = info.value
+    msg = str(err)
+    assert msg.startswith("sweeps/bad.yaml: "), msg
+    assert err.field == field, msg
+    assert words in msg, msg
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("title: [unclosed\n")
+    with pytest.raises(S.SweepError, match="broken.yaml: .*not valid YAML"):
+        S.load_sweep(p)
+
+
+# ----------------------------------------------------------------------------- shipped
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_sweeps_expand_in_their_variants(path):
+    doc = yaml.safe_load(path.read_text())
+    variants = list((doc.get("variants") or {"small": {}}).keys())
+    assert "small" in variants
+    for v in variants:
+        sw = S.load_sweep(path, v)
+        assert runs_of(sw) and sw.reproduces
+        assert sw.axes[0] == "method"
+        if v == "paper":   # full-scale settings of the paper
+            cfg = runs_of(sw)[0]["config"]
+            assert cfg["data"]["image_size"] == 384
+            assert cfg["data"]["dataset"] == "imagenet2012"
+            assert {"finetune.steps", "finetune.lr"} <= set(sw.axes)
+            assert len(sw.seeds) >= 3
+        else:
+            cfg = runs_of(sw)[0]["config"]
+            assert cfg["data"]["dataset"] == "demo"
+
+
+def test_every_paper_result_of_the_issue_has_a_sweep():
+    reproduced = set()
+    for p in SHIPPED:
+        reproduced |= set(S.read_reproduces(p))
+    assert {"figure2", "table2", "table3", "table18", "table4", "table5", "table12", "table13",
+            "table17", "table19", "figure10", "table20", "demo"} <= reproduced
+
+
+def test_demo_sweep_is_small():
+    sw = S.load_sweep(REPO / "sweeps" / "demo.yaml")
+    runs = runs_of(sw)
+    assert 6 <= len(runs) <= 10
+    assert {e["config"]["model"]["size"] for e in runs} == {"tiny"}
+    assert {e["config"]["data"]["image_size"] for e in runs} == {16}
+    assert len({e["seed"] for e in runs}) >= 2
+    assert any(e["kind"] == "ensemble" for e in sw.entries)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_write_plan_writes_configs_and_index_once(tmp_path):
+    root = tmp_path / "results"
+    plan = S.expand_sweeps([REPO / "sweeps" / "demo.yaml"], results_root=str(root))
+    n = S.write_plan(plan, str(root))
+    # 6 runs + 2 upstreams + 1 ensemble + index.json + index.tsv
+    assert n == 6 + 2 + 1 + 2
+    index = json.loads((root / "sweeps" / "demo" / "index.json").read_text())
+    assert index["sweep"] == "demo" and index["variant"] == "small"
+    assert index["file"].endswith("sweeps/demo.yaml") and len(index["file_sha256"]) == 64
+    assert index["reproduces"] == ["demo"] and index["seeds"] == [0, 1]
+    assert len(index["entries"]) == 7
+    for e in index["entries"]:
+        assert set(e["axes"]) == set(index["axes"])
+        if e["kind"] == "run":
+            cfg = json.loads((root / "configs" / f"{e['id']}.json").read_text())
+            assert cfg == e["config"] and run_id(resolve(cfg)) == e["id"]
+            up = json.loads((root / "configs" / "upstream" / f"{e['upstream_id']}.json").read_text())
+            assert upstream_id(up) == e["upstream_id"]
+        else:
+            spec = json.loads((root / "configs" / "ensembles" / f"{e['id']}.json").read_text())
+            assert spec == {"kind": "downstream", "members": sorted(e["members"])}
+    tsv = (root / "sweeps" / "demo" / "index.tsv").read_text().splitlines()
+    assert tsv[0].split("\t")[:3] == ["id", "kind", "seed"] and len(tsv) == 8
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
+    assert S.write_plan(plan, str(root)) == 0          # nothing changed: nothing written
+    assert mtimes == {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
+
+
+def test_cli_expand(tmp_path, capsys):
+    root = tmp_path / "r"
+    rc = S.cli_expand([str(REPO / "sweeps" / "demo.yaml"), "--results-root", str(root)])
+    assert rc == 0
+    assert (root / "sweeps" / "demo" / "index.tsv").exists()
+    assert "6 runs, 1 ensembles" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**BASE, "base": {"method": "e4"}}))
+    assert S.cli_expand([str(bad), "--results-root", str(root)]) == 2
+    assert "bad.yaml: base.method='e4'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+def test_job_resources_follow_size_and_scale_with_attempt():
+    tiny = resolve({"model": {"size": "tiny"}})
+    big = resolve({"model": {"size": "L/16"}, "finetune": {"steps": 20000}})
+    r1, r2 = S.job_resources(big, "finetune", 1), S.job_resources(big, "finetune", 2)
+    assert r1["tpu_type"] == S.SIZE_RESOURCES["L/16"]["tpu"][0]
+    # L/16: 60 min per 1000 steps x 20 -> 1200 min; M=1 -> no member factor
+    assert r1["runtime"] == 1200 and r2["runtime"] == 2400
+    assert r2["mem_mb"] == 2 * r1["mem_mb"]
+    assert S.job_resources(tiny, "finetune")["runtime"] == 10       # floor of 10 minutes
+    assert S.job_resources(big, "upstream")["tpu_type"] == S.SIZE_RESOURCES["L/16"]["tpu"][1]
+    assert set(S.SIZE_RESOURCES) == set(MODEL_SIZES)      # every size has resources
+    with pytest.raises(ValueError, match="allowed"):
+        S.job_resources(tiny, "report")
