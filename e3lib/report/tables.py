@@ -272,8 +272,9 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
         "Ours: mean ± standard error over seeds (std with ddof=1 / √n); (n=1): a single seed, "
         "no error bar. † marks a cell with fewer seeds than the sweep requested (n/requested); "
         "it is never shown as complete.",
-        "paper: the values printed in the paper (" + (table.source or "no reference transcribed")
-        + "), in the same units; — where the paper gives none.",
+        (f"paper: the values printed in the paper ({table.source}), in the same units; — "
+         "where the paper gives none." if ref and ref.get("rows") else
+         "paper: no values of the paper are transcribed for this table."),
     ]
     table.verdicts = verdicts_mod.evaluate_all(tspec.get("verdicts", []), rows, spec)
     return table
