@@ -166,25 +166,25 @@ def cmd_drive(args: argparse.Namespace) -> int:
         update_state(args.job, rc=rc, finished=time.time())
         return 0
     deadline = time.time() + float(env("E3_TPU_PROVISION_TIMEOUT", "86400"))
+    rc, reason = 1, "driver interrupted"
     try:
         while True:
             qr = queued_resource_state(st)
             if qr == "ACTIVE":
                 break
-            if qr in PREEMPTED_STATES:
-                update_state(args.job, rc=1, reason=f"queued resource {qr} before start")
-                return 0
-            if time.time() > deadline:
-                update_state(args.job, rc=1, reason=f"no capacity (last state {qr})")
+            if qr in PREEMPTED_STATES or time.time() > deadline:
+                rc, reason = 1, f"no TPU: queued resource {qr} before the job started"
                 return 0
             time.sleep(poll)
         update_state(args.job, started=time.time())
         r = gcloud("compute", "tpus", "tpu-vm", "ssh", st["name"], *location_flags(st),
                    "--worker=all", f"--command=bash {st['jobscript']}")
-        reason = "" if r.returncode == 0 else f"ssh exit {r.returncode} (state {queued_resource_state(st)})"
-        update_state(args.job, rc=r.returncode, reason=reason, finished=time.time())
+        rc = r.returncode
+        reason = "" if rc == 0 else f"ssh exit {rc} (state {queued_resource_state(st)})"
     finally:
+        # Give the TPU back first: "success" / "failed" then also means it is released.
         delete_queued_resource(st)
+        update_state(args.job, rc=rc, reason=reason, finished=time.time())
     return 0
 
 

@@ -1,0 +1,231 @@
+"""Profiles: the tpu profile's gcloud driver against a fake `gcloud`, profile resolution from
+the repo root of a fresh checkout, and the keys the implicit `default` profile may hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TPU_VM = REPO / "profiles" / "tpu" / "tpu_vm.py"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+# A stand-in for gcloud: records every call, keeps queued resources as files, runs the
+# `tpu-vm ssh --command` locally, and simulates a spot preemption when FAKE_PREEMPT=1.
+FAKE_GCLOUD = textwrap.dedent(r'''
+    #!/usr/bin/env python3
+    import json, os, subprocess, sys
+    state = os.environ["FAKE_GCLOUD_DIR"]
+    args = sys.argv[1:]
+    with open(os.path.join(state, "calls.jsonl"), "a") as f:
+        f.write(json.dumps(args) + "\n")
+    opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    pos = [a for a in args if not a.startswith("--")]
+    def qr(name):
+        return os.path.join(state, name + ".qr")
+    if pos[:4] == ["compute", "tpus", "queued-resources", "create"]:
+        if os.environ.get("FAKE_CREATE_FAILS"):
+            print("ERROR: (gcloud) quota exceeded", file=sys.stderr)
+            sys.exit(1)
+        open(qr(pos[4]), "w").write(os.environ.get("FAKE_INITIAL_STATE", "ACTIVE"))
+    elif pos[:4] == ["compute", "tpus", "queued-resources", "describe"]:
+        if not os.path.exists(qr(pos[4])):
+            sys.exit(1)
+        print(open(qr(pos[4])).read())
+    elif pos[:4] == ["compute", "tpus", "queued-resources", "delete"]:
+        if os.path.exists(qr(pos[4])):
+            os.remove(qr(pos[4]))
+    elif pos[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+        if os.environ.get("FAKE_PREEMPT"):
+            open(qr(pos[4]), "w").write("SUSPENDED")
+            sys.exit(255)
+        sys.exit(subprocess.call(opts["command"], shell=True))
+    else:
+        sys.exit(2)
+''').lstrip()
+
+
+@pytest.fixture
+def fake_gcloud(tmp_path, monkeypatch):
+    bindir, state = tmp_path / "bin", tmp_path / "gcloud-state"
+    bindir.mkdir()
+    state.mkdir()
+    exe = bindir / "gcloud"
+    exe.write_text(FAKE_GCLOUD.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GCLOUD_DIR", str(state))
+    monkeypatch.setenv("E3_TPU_STATE_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setenv("E3_TPU_POLL_SECONDS", "0.1")
+    monkeypatch.setenv("E3_TPU_ZONE", "us-central2-b")
+    monkeypatch.delenv("E3_GCLOUD", raising=False)
+
+    def calls():
+        path = state / "calls.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    return calls
+
+
+def tpu(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TPU_VM), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def wait_status(job: str, timeout: float = 30.0) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = tpu("status", job).stdout.strip()
+        assert status in ("running", "success", "failed"), status
+        if status != "running":
+            return status
+        time.sleep(0.1)
+    return "running"
+
+
+def jobscript(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "jobscript.sh"
+    p.write_text("#!/bin/bash\n" + body + "\n")
+    return p
+
+
+def test_submit_runs_jobscript_on_a_spot_tpu_and_reports_success(tmp_path, fake_gcloud):
+    marker = tmp_path / "ran"
+    js = jobscript(tmp_path, f"echo ok > {marker}")
+    sub = tpu("submit", "--accelerator-type", "v3-8", "--runtime", "60", "--name",
+              "e3-finetune-7", str(js))
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip()
+    assert job.startswith("e3-finetune-7-")
+    assert wait_status(job) == "success"
+    assert marker.read_text() == "ok\n"
+    calls = fake_gcloud()
+    create = next(c for c in calls if c[3] == "create")
+    assert "--accelerator-type=v3-8" in create and "--spot" in create
+    assert "--zone=us-central2-b" in create and f"--node-id={job}" in create
+    ssh = next(c for c in calls if c[2] == "tpu-vm")
+    assert "--worker=all" in ssh and f"--command=bash {js}" in ssh
+    # the TPU is given back after the job
+    assert any(c[3] == "delete" and c[4] == job for c in calls)
+
+
+def test_failing_jobscript_reports_failed(tmp_path, fake_gcloud):
+    job = tpu("submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "exit 3"))).stdout.strip()
+    assert wait_status(job) == "failed"
+
+
+def test_preemption_reports_failed_and_frees_the_tpu(tmp_path, fake_gcloud, monkeypatch):
+    monkeypatch.setenv("FAKE_PREEMPT", "1")
+    job = tpu("submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "true"))).stdout.strip()
+    assert wait_status(job) == "failed"
+    state = json.loads((tmp_path / "jobs" / f"{job}.json").read_text())
+    assert "ssh exit 255" in state["reason"] and "SUSPENDED" in state["reason"]
+    assert any(c[3] == "delete" and c[4] == job for c in fake_gcloud())
+
+
+def test_preempted_while_running_is_detected_by_status(tmp_path, fake_gcloud):
+    js = jobscript(tmp_path, "sleep 30")
+    job = tpu("submit", "--accelerator-type", "v3-8", str(js)).stdout.strip()
+    deadline = time.time() + 20
+    while "started" not in json.loads((tmp_path / "jobs" / f"{job}.json").read_text()):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert tpu("status", job).stdout.strip() == "running"
+    (tmp_path / "gcloud-state" / f"{job}.qr").write_text("SUSPENDING")   # spot reclaimed
+    assert tpu("status", job).stdout.strip() == "failed"
+    assert not (tmp_path / "gcloud-state" / f"{job}.qr").exists()
+
+
+def test_waiting_for_capacity_is_running_and_cancel_deletes(tmp_path, fake_gcloud, monkeypatch):
+    monkeypatch.setenv("FAKE_INITIAL_STATE", "WAITING_FOR_RESOURCES")
+    job = tpu("submit", "--accelerator-type", "v5litepod-8", str(jobscript(tmp_path, "true"))).stdout.strip()
+    time.sleep(0.3)
+    assert tpu("status", job).stdout.strip() == "running"
+    assert tpu("cancel", job).returncode == 0
+    assert tpu("status", job).stdout.strip() == "failed"
+    assert any(c[3] == "delete" and c[4] == job for c in fake_gcloud())
+
+
+def test_create_failure_fails_the_submission(tmp_path, fake_gcloud, monkeypatch):
+    monkeypatch.setenv("FAKE_CREATE_FAILS", "1")
+    sub = tpu("submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "true")))
+    assert sub.returncode == 1
+    assert "quota exceeded" in sub.stderr and sub.stdout == ""
+
+
+def test_local_jobs_need_no_gcloud(tmp_path, fake_gcloud):
+    marker = tmp_path / "local"
+    job = tpu("submit", "--accelerator-type", "none", str(jobscript(tmp_path, f"touch {marker}"))).stdout.strip()
+    assert wait_status(job) == "success" and marker.exists()
+    assert fake_gcloud() == []
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def fresh_checkout(dest: Path) -> Path:
+    """What a clone of this working tree holds: tracked and not-ignored files (links kept)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src, dst = REPO / rel, dest / rel
+        if not src.exists() and not src.is_symlink():
+            continue   # deleted in the working tree
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        else:
+            shutil.copy2(src, dst)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    return fresh_checkout(tmp_path_factory.mktemp("clone"))
+
+
+@pytest.mark.parametrize("profile,executor", [("tpu", "cluster-generic"), ("slurm", "slurm")])
+def test_profile_dry_run_from_fresh_checkout(checkout, tmp_path, profile, executor):
+    env = {**os.environ, "HOME": str(tmp_path)}      # no ~/.config/snakemake, no credentials
+    env.pop("SNAKEMAKE_PROFILE", None)
+    r = subprocess.run([*SNAKEMAKE, "--profile", profile, "-n"], cwd=checkout, env=env,
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert f"Using profiles {profile} and workflow specific profile profiles/default" in out
+    assert "finetune" in out and "This was a dry-run" in out
+    assert not (tmp_path / ".config").exists()
+
+
+def test_tpu_jobs_carry_the_tpu_type_of_their_model_size(checkout, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}
+    r = subprocess.run([*SNAKEMAKE, "--profile", "tpu", "-n", "--config", "variant=paper",
+                        "sweeps=[sweeps/table13_permutation.yaml]", "results=res_paper"],
+                       cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    # B/32 fine-tunes on v3-8, its pretraining on v3-64 (e3lib.sweep.SIZE_RESOURCES)
+    assert "tpu_type=v3-8" in r.stdout and "tpu_type=v3-64" in r.stdout
+
+
+def test_default_profile_agrees_with_the_cluster_profiles():
+    """profiles/default overrides --profile X key by key: it may only hold keys whose value
+    is the same in every profile, and none of the execution keys."""
+    load = lambda name: yaml.safe_load((REPO / "profiles" / name / "profile.yaml").read_text())
+    default = load("default")
+    assert not set(default) & {"cores", "jobs", "executor", "resources", "default-resources",
+                               "set-resources", "retries", "latency-wait"}
+    for name in ("tpu", "slurm"):
+        prof = load(name)
+        for key, value in default.items():
+            assert prof.get(key) == value, f"profiles/{name}: {key}"
+        assert (REPO / name).resolve() == (REPO / "profiles" / name).resolve()
+    assert "{resources.tpu_type}" in load("tpu")["cluster-generic-submit-cmd"]
