@@ -43,7 +43,13 @@ def test_contract_shapes(method, model):
         assert float(aux["aux_loss"]) > 0
 
 
-def test_unbuilt_baseline_names_itself():
+def test_unbuilt_method_names_itself(monkeypatch):
+    import dataclasses
+
+    from e3lib.models import registry
+
+    unbuilt = dataclasses.replace(registry.METHODS["mimo"], builder="")
+    monkeypatch.setitem(registry.METHODS, "mimo", unbuilt)
     cfg = resolve({"method": "mimo"})
     with pytest.raises(NotImplementedError, match="mimo"):
         build_model(cfg, 10)

@@ -26,6 +26,7 @@ the router columns are grouped. Checkpoints are read with Orbax (``restore_param
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -149,7 +150,12 @@ def convert_for_config(upstream: Params, target: Params, cfg: Mapping[str, Any],
     from e3lib.models.registry import METHODS
 
     m = cfg["model"]
-    subsets = moe_layout(cfg).subsets if METHODS[cfg["method"]].uses_moe else None
+    method = METHODS[cfg["method"]]
+    if method.prepare_upstream:  # method-specific leaves (BatchEnsemble, MIMO) first
+        module_name, func = method.prepare_upstream.split(":")
+        prepare = getattr(importlib.import_module(module_name), func)
+        upstream = prepare(upstream, target, cfg, keep_head)
+    subsets = moe_layout(cfg).subsets if method.uses_moe else None
     perm = expert_permutation(m["num_experts"], cfg["seed"]) if m["permute_experts"] else None
     return convert_params(upstream, target, subsets=subsets, permutation=perm,
                           keep_head=keep_head)

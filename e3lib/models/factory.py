@@ -62,8 +62,8 @@ def dense_mlp_factory(cfg: Mapping[str, Any]) -> Callable[[int, bool], nn.Module
 
 
 def moe_mlp_factory(cfg: Mapping[str, Any], *, subsets, tiled: bool, members: int,
-                    noise_std: float, multipred_last: bool = False
-                    ) -> Callable[[int, bool], nn.Module]:
+                    noise_std: float, multipred_last: bool = False,
+                    expert_dropout_at_eval: bool = False) -> Callable[[int, bool], nn.Module]:
     """Dense MLPs, except ``MoeMlp`` (named "Moe") in the blocks of ``size_spec(cfg)``."""
     spec, m = size_spec(cfg), cfg["model"]
     moe_blocks = spec["moe_layers"]
@@ -79,6 +79,7 @@ def moe_mlp_factory(cfg: Mapping[str, Any], *, subsets, tiled: bool, members: in
             eval_capacity_factor=m["eval_capacity_factor"],
             batch_priority=m["batch_priority"], expert_dropout=m["expert_dropout"],
             keep_selections_apart=multipred_last and block == moe_blocks[-1],
+            expert_dropout_at_eval=expert_dropout_at_eval,
             dtype=DTYPES[m["dtype"]], name="Moe")
 
     return factory
@@ -117,6 +118,10 @@ def moe_layout(cfg: Mapping[str, Any]) -> MoeLayout:
         return MoeLayout(expert_subsets(E, M, 0), False, 1, False)
     if method == "multipred":
         return MoeLayout(every, True, 1, True)
+    if method == "mc_dropout":  # V-MoE routing; M dropout samples tiled at evaluation
+        return MoeLayout(every, True, M, False)
+    if method == "mimo":  # V-MoE routing; the M members share each row
+        return MoeLayout(every, True, 1, False)
     raise NotImplementedError(f"method {method!r} has no MoE layout here")
 
 

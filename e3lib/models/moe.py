@@ -115,6 +115,7 @@ class MoeMlp(nn.Module):
     batch_priority: bool = False
     expert_dropout: float = 0.0
     keep_selections_apart: bool = False    # Multi-pred: J outputs per row instead of their sum
+    expert_dropout_at_eval: bool = False   # MC-Dropout (App. G.2): expert dropout also at eval
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -139,7 +140,8 @@ class MoeMlp(nn.Module):
         experts = nn.vmap(MlpBlock, variable_axes={"params": 0},
                           split_rngs={"params": False, "dropout": True},
                           in_axes=0, out_axes=0, axis_size=self.num_experts)
-        expert_out = experts(self.mlp_dim, self.expert_dropout, deterministic=not train,
+        sample = train or self.expert_dropout_at_eval
+        expert_out = experts(self.mlp_dim, self.expert_dropout, deterministic=not sample,
                              dtype=self.dtype, name="Mlp")(buffers)      # (E, G·C, H)
         y = combine(expert_out, routing, positions, kept, groups,
                     sum_selections=not self.keep_selections_apart)

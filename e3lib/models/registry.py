@@ -10,6 +10,7 @@ Notation: E experts, K selected per token, M ensemble members, o overlap.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -77,6 +78,48 @@ def _no_check(cfg: Mapping[str, Any]) -> None:
     return None
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_batchensemble(cfg: Mapping[str, Any]) -> None:
+    from e3lib.config import size_spec
+
+    m = cfg["model"]
+    if not size_spec(cfg)["moe_layers"]:
+        raise ConfigError("model.moe_n", m["moe_n"], "BatchEnsemble needs at least one block "
+                          "with fast weights (the last-n placement of the MoE layers): must be "
+                          ">= 1")
+    scale = m["be_lr_scale"]
+    if not _is_number(scale) or scale <= 0:
+        raise ConfigError("model.be_lr_scale", scale, "must be a positive number (the paper "
+                          "sweeps 0.5, 1, 2)")
+
+
+def _check_mc_dropout(cfg: Mapping[str, Any]) -> None:
+    from e3lib.config import size_spec
+
+    _check_moe(cfg)
+    if not size_spec(cfg)["moe_layers"]:
+        raise ConfigError("model.moe_n", cfg["model"]["moe_n"], "MC-Dropout samples the expert "
+                          "dropout of the MoE layers: must be >= 1")
+    rate = cfg["model"]["expert_dropout"]
+    if rate >= 1:
+        raise ConfigError("model.expert_dropout", rate, "dropout rate must be in [0, 1) "
+                          "(MC-Dropout samples with it at evaluation)")
+
+
+def _check_mimo(cfg: Mapping[str, Any]) -> None:
+    _check_moe(cfg)
+    m = cfg["model"]
+    rho = m["mimo_input_repetition"]
+    if not _is_number(rho) or not 0 <= rho <= 1:
+        raise ConfigError("model.mimo_input_repetition", rho, "must be a probability in [0, 1]")
+    br = m["mimo_batch_repetition"]
+    if isinstance(br, bool) or not isinstance(br, int) or br < 1:
+        raise ConfigError("model.mimo_batch_repetition", br, "must be a positive integer")
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -90,6 +133,9 @@ class Method:
         default=lambda cfg: cfg["model"]["ensemble_size"])
     # "module:function" building the Flax model from (cfg, num_classes); "" = not built yet.
     builder: str = ""
+    # "module:function" rewriting upstream params into the downstream shapes before the common
+    # conversion (e3lib.models.convert): (upstream, target, cfg, keep_head) -> upstream.
+    prepare_upstream: str = ""
 
 
 _VIT = "e3lib.models.factory:build_vit"
@@ -114,11 +160,15 @@ METHODS: dict[str, Method] = {
                "(§4.2.4)", "vmoe", True, _check_multipred, "Table 4",
                members=lambda cfg: cfg["model"]["num_selected"], builder=_MOE),
         Method("batchensemble", "BatchEnsemble ViT: rank-1 fast weights in the last-n MLPs "
-               "(App. G.1)", "vit", False, _no_check, "Table 5"),
+               "(App. G.1)", "vit", False, _check_batchensemble, "Table 5",
+               builder="e3lib.models.batchensemble:build_batchensemble",
+               prepare_upstream="e3lib.models.batchensemble:prepare_upstream"),
         Method("mc_dropout", "MC-Dropout V-MoE: expert dropout active at evaluation, M samples "
-               "(App. G.2)", "vmoe", True, _check_moe, "Table 5"),
+               "(App. G.2)", "vmoe", True, _check_mc_dropout, "Table 5",
+               builder="e3lib.models.mc_dropout:build_mc_dropout"),
         Method("mimo", "MIMO V-MoE: M inputs/outputs through one V-MoE (App. G.3)", "vmoe",
-               True, _check_moe, "Table 5"),
+               True, _check_mimo, "Table 5", builder="e3lib.models.mimo:build_mimo",
+               prepare_upstream="e3lib.models.mimo:prepare_upstream"),
     ]
 }
 

@@ -1,0 +1,82 @@
+"""MC-Dropout V-MoE (Gal & Ghahramani 2016; paper Appendix G.2).
+
+Notation: B images, M dropout samples (ensemble members, ``model.ensemble_size``), T tokens
+per image, H hidden size, E experts, K experts selected per token, C classes.
+
+The model is a V-MoE (one router over all E experts, top-K) whose expert MLPs have dropout
+(``model.expert_dropout``; the paper's fine-tuned V-MoEs use 0.1):
+
+* training (``train=True``): an ordinary V-MoE fine-tune, one dropout sample per image, as
+  the paper takes already fine-tuned V-MoEs; logits (B, 1, C).
+* evaluation (``train=False``): expert dropout stays on and the rows are repeated M times
+  (member index fastest, row b·M + m) before the block holding the first MoE layer, i.e.
+  the first layer with dropout; each copy draws its own dropout mask, giving M samples:
+  logits (B, M, C). Router noise is off and the evaluation capacity factor applies, as for
+  every method at evaluation. Dropout outside the experts (``model.dropout``) is not sampled.
+
+The dropout randomness at evaluation is the ``"dropout"`` rng passed to ``apply``; when the
+caller passes none (the evaluation suite applies models with ``train=False`` and no rngs),
+it is derived from ``eval_seed`` (the run's seed) and the batch's content, so predictions
+are reproducible and batches draw different masks.
+
+Fine-tuning starts from a V-MoE checkpoint with the V-MoE conversion (same parameter tree).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from e3lib.config import size_spec
+from e3lib.models.factory import layer_noise_std, moe_layout, moe_mlp_factory, vit_kwargs
+from e3lib.models.vit import VisionTransformer
+
+Array = jax.Array
+
+
+def content_key(seed: int, images: Array) -> Array:
+    """A PRNG key from ``seed`` and the bits of the batch's pixel sum (jit-compatible)."""
+    total = jnp.sum(jnp.asarray(images, jnp.float32))
+    return jax.random.fold_in(jax.random.key(seed),
+                              jax.lax.bitcast_convert_type(total, jnp.uint32))
+
+
+class McDropoutVisionTransformer(nn.Module):
+    """The V-MoE of ``make_vit(train)`` in this module's own scope (same parameter tree as
+    a V-MoE), with a default evaluation dropout rng (see the module docstring)."""
+
+    make_vit: Callable[[bool], nn.Module]
+    eval_seed: int = 0
+
+    @nn.compact
+    def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict]:
+        vit = self.make_vit(train)
+        nn.share_scope(self, vit)
+        return vit(images, train=train)
+
+    def apply(self, variables, *args, rngs=None, **kwargs):
+        rngs = dict(rngs or {})
+        if "dropout" not in rngs and args:
+            rngs["dropout"] = content_key(self.eval_seed, args[0])
+        return super().apply(variables, *args, rngs=rngs, **kwargs)
+
+
+def build_mc_dropout(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """MC-Dropout V-MoE: V-MoE routing, expert dropout sampled M times at evaluation."""
+    layout = moe_layout(cfg)
+    first_moe_block = size_spec(cfg)["moe_layers"][0]
+    noise_std = layer_noise_std(cfg)
+    samples = cfg["model"]["ensemble_size"]
+    kwargs = vit_kwargs(cfg, num_classes)
+
+    def make_vit(train: bool) -> nn.Module:
+        rows = 1 if train else samples                   # M copies per image at evaluation
+        factory = moe_mlp_factory(cfg, subsets=layout.subsets, tiled=True, members=rows,
+                                  noise_std=noise_std, expert_dropout_at_eval=True)
+        return VisionTransformer(mlp_factory=factory, tile_before=first_moe_block,
+                                 tile_factor=rows, **kwargs)
+
+    return McDropoutVisionTransformer(make_vit=make_vit, eval_seed=cfg["seed"])
