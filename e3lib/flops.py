@@ -61,7 +61,7 @@ EW_PER_SCORE = 12              # scale + softmax of one attention score (per key
 
 DISPATCH_KINDS = ("indices", "einsum")
 ANALYTIC_METHODS = ("vit", "vmoe", "e3", "tiling", "partitioning", "multipred",
-                    "batchensemble")
+                    "batchensemble", "mc_dropout", "mimo")
 REFERENCE_DIR = Path(__file__).parent / "report" / "reference"
 
 
@@ -83,6 +83,11 @@ class Layout:
 
     blocks: list[_Block] = field(default_factory=list)
     out_rows: int = 1          # rows per image reaching the head
+    # MIMO (App. B.3): each row carries M images on the channel axis and M heads' outputs;
+    # its R = batch repetition rows per image are routed as separate inputs.
+    input_channels: int = 3
+    head_outputs: int = 1      # × classes
+    rows_are_inputs: bool = False
 
 
 def layout(cfg: Mapping[str, Any]) -> Layout:
@@ -99,7 +104,8 @@ def layout(cfg: Mapping[str, Any]) -> Layout:
         tile = M if method == "batchensemble" else 1
         blocks = [_Block(rows=tile if b >= tile_at else 1) for b in range(L)]
         return Layout(blocks, out_rows=tile)
-    tile = M if method in ("e3", "tiling") else 1
+    # MC-Dropout: the M samples of evaluation, tiled like Tiling (the paper's Table 12 cost).
+    tile = M if method in ("e3", "tiling", "mc_dropout") else 1
     if method == "e3" and o < E:
         experts_seen = (E - o) // M + o
     elif method == "partitioning":
@@ -107,7 +113,8 @@ def layout(cfg: Mapping[str, Any]) -> Layout:
     else:
         experts_seen = E
     selections = K * M if method == "partitioning" else K
-    blocks, rows = [], 1
+    rows = m["mimo_batch_repetition"] if method == "mimo" else 1
+    blocks = []
     for b in range(L):
         if b == moe_layers[0]:
             rows *= tile
@@ -119,6 +126,9 @@ def layout(cfg: Mapping[str, Any]) -> Layout:
             rows *= blk.fan_out
         else:
             blocks.append(_Block(rows=rows))
+    if method == "mimo":
+        return Layout(blocks, out_rows=rows, input_channels=3 * M, head_outputs=M,
+                      rows_are_inputs=True)
     return Layout(blocks, out_rows=rows)
 
 
@@ -148,8 +158,9 @@ def flops_breakdown(cfg: Mapping[str, Any], num_classes: int = 1000,
     mac = FLOPS_PER_MAC
     out = dict.fromkeys(("patch_embedding", "attention_projections", "attention_scores",
                          "mlp", "experts", "router", "dispatch", "head", "elementwise"), 0.0)
-    out["patch_embedding"] = INPUT_LAYER_FACTOR * mac * N * P * P * 3 * H
     lay = layout(cfg)
+    out["patch_embedding"] = (INPUT_LAYER_FACTOR * mac * lay.blocks[0].rows * N * P * P
+                              * lay.input_channels * H)
     for blk in lay.blocks:
         r = blk.rows
         out["attention_projections"] += TRAIN_MATMUL_FACTOR * r * T * mac * 4 * H * H
@@ -159,9 +170,10 @@ def flops_breakdown(cfg: Mapping[str, Any], num_classes: int = 1000,
             out["mlp"] += TRAIN_MATMUL_FACTOR * r * T * mac * 2 * H * Q
             out["elementwise"] += r * T * EW_PER_MLP * Q
             continue
-        group_tokens = gi * T * r                                   # S: gi images × M rows
+        group_rows = gi if lay.rows_are_inputs else gi * r          # gi images × M rows
+        group_tokens = group_rows * T                               # S
         C = _capacity(group_tokens, blk.selections, E, factor)
-        slots = E * C / gi                                          # expert rows per image
+        slots = E * C * r / group_rows                              # expert rows per image
         out["experts"] += TRAIN_MATMUL_FACTOR * slots * mac * 2 * H * Q
         out["elementwise"] += slots * EW_PER_MLP * Q
         out["router"] += TRAIN_MATMUL_FACTOR * r * T * mac * H * blk.experts_seen
@@ -169,7 +181,8 @@ def flops_breakdown(cfg: Mapping[str, Any], num_classes: int = 1000,
             units = EINSUM_DISPATCH_UNITS if blk.combine_einsum else 2
             out["dispatch"] += units * r * T * mac * E * C * H
     rep = H * H if m["representation"] else 0
-    out["head"] = TRAIN_MATMUL_FACTOR * lay.out_rows * mac * (rep + H * num_classes)
+    out["head"] = TRAIN_MATMUL_FACTOR * lay.out_rows * mac * (
+        rep + H * num_classes * lay.head_outputs)
     return out
 
 
@@ -186,8 +199,8 @@ def count_params(cfg: Mapping[str, Any], num_classes: int) -> int:
     (4H), attention 4H² + 4H, MLP 2HQ + Q + H (×E for MoE blocks, plus the router H·E, or
     H·M·((E−o)/M + o) under E³ with o shared experts);
     final LayerNorm 2H; representation H² + H; head H·V + V. E³, Tiling, Partitioning and
-    Multi-pred have the parameters of V-MoE; BatchEnsemble adds M·(H + Q) fast weights per
-    dense layer pair of each last-n MLP.
+    Multi-pred have the parameters of V-MoE; BatchEnsemble adds 2·M·(H + Q) fast weights and
+    (M − 1)·(H + Q) member biases per last-n MLP; MIMO has M·3 input channels and M heads.
     """
     m = cfg["model"]
     spec = size_spec(cfg)
@@ -209,11 +222,14 @@ def count_params(cfg: Mapping[str, Any], num_classes: int) -> int:
         total += E * mlp + H * router_width if b in moe_layers else mlp
     total += 2 * H
     if method == "batchensemble":
-        # rank-1 factors r (input) and s (output) of both dense layers of each last-n MLP
-        total += len(spec["moe_layers"]) * m["ensemble_size"] * 2 * (H + Q)
+        # rank-1 factors r (input) and s (output) of both dense layers of each last-n MLP,
+        # and per-member biases (M − 1 more copies of the Q + H biases)
+        total += len(spec["moe_layers"]) * (3 * m["ensemble_size"] - 1) * (H + Q)
+    heads = m["ensemble_size"] if method == "mimo" else 1   # MIMO: M·3 input channels, M heads
+    total += (heads - 1) * P * P * 3 * H
     if m["representation"]:
         total += H * H + H
-    total += H * num_classes + num_classes
+    total += heads * (H * num_classes + num_classes)
     return int(total)
 
 

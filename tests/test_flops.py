@@ -230,4 +230,4 @@ def test_unknown_dispatch_and_method_without_formula():
     with pytest.raises(ConfigError, match="dispatch"):
         flops_breakdown(cfg_of("vmoe"), dispatch="dense")
     with pytest.raises(ConfigError, match="method"):
-        flops_breakdown(cfg_of("mimo"))
+        flops_breakdown(dict(cfg_of("vmoe"), method="no_such_method"))
