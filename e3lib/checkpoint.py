@@ -84,22 +84,3 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def save_params(directory: str | os.PathLike, params: Any) -> None:
-    """Save a parameter PyTree (e.g. the final upstream model) to ``directory``."""
-    directory = Path(directory).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory, params, force=True)
-
-
-def load_params(directory: str | os.PathLike, like: Any | None = None) -> Any:
-    """Load a parameter PyTree saved by ``save_params`` (shapes from ``like`` if given)."""
-    directory = Path(directory).absolute()
-    if not directory.exists():
-        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
-    with ocp.StandardCheckpointer() as ckptr:
-        if like is None:
-            return ckptr.restore(directory)
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        return ckptr.restore(directory, abstract)

@@ -197,7 +197,7 @@ def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
     except ImportError:
         return cost
     if hasattr(flops, "analytic_gflops"):
-        cost["gflops_per_image_train"] = float(flops.analytic_gflops(cfg))
+        cost["gflops_per_image_train"] = float(flops.analytic_gflops(cfg, num_classes))
     if hasattr(flops, "count_params"):
         cost["params"] = int(flops.count_params(cfg, num_classes))
     return cost

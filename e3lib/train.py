@@ -35,10 +35,9 @@ rng and batches; each seed keeps its own batch order and randomness.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -48,8 +47,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from e3lib.checkpoint import (TrainCheckpoints, atomic_save_npz, atomic_write_json,
-                              load_params, save_params)
+from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import ConfigError, resolve, run_id, upstream_config, upstream_id
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.progress import Progress
@@ -65,7 +63,7 @@ def setup_jax_cache() -> str:
 
     cache = os.environ.get("E3_JAX_CACHE") or str(REPO / ".jax_cache")
     jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return cache
 
 
@@ -87,10 +85,28 @@ class StopFlag:
 
     def __init__(self):
         self.stop = False
+        self.previous = None
 
     def install(self) -> "StopFlag":
-        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "stop", True))
+        self.previous = signal.signal(signal.SIGTERM,
+                                      lambda signum, frame: setattr(self, "stop", True))
         return self
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _fault_injection() -> tuple[str, int] | None:
+    """``E3_FAULT_AT_STEP=kill:N`` (SIGKILL) or ``term:N`` (SIGTERM): the process sends
+    itself that signal right after step N completes. For fault-injection tests."""
+    spec = os.environ.get("E3_FAULT_AT_STEP")
+    if not spec:
+        return None
+    kind, _, step = spec.partition(":")
+    if kind not in ("kill", "term") or not step.isdigit():
+        raise ValueError(f"E3_FAULT_AT_STEP={spec!r}: expected 'kill:N' or 'term:N'")
+    return kind, int(step)
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,7 +217,7 @@ def make_train_step(job: Job) -> Callable:
         new_state = {"params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, {"loss": loss, "ce": ce, "aux_loss": aux_loss,
-                           "grad_norm": optax.global_norm(grads)}
+                           "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(jax.vmap(step_fn) if job.packed else step_fn, donate_argnums=(0,))
 
@@ -240,6 +256,7 @@ def train(job: Job, state: dict, checkpoints: TrainCheckpoints | None,
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)
     t0, compile_seconds, last = time.perf_counter(), None, {}
+    fault = _fault_injection()
     try:
         while step < job.steps:
             if stop is not None and stop.stop:
@@ -261,6 +278,8 @@ def train(job: Job, state: dict, checkpoints: TrainCheckpoints | None,
                 checkpoints.save(step, state)
             progress.update(step, float(losses.mean()))
             last = {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in metrics.items()}
+            if fault is not None and step == fault[1]:
+                os.kill(os.getpid(), signal.SIGKILL if fault[0] == "kill" else signal.SIGTERM)
     finally:
         progress.close()
     return state, {"steps": job.steps, "resumed_from_step": resumed_from,
@@ -305,7 +324,11 @@ def pretrain_upstream(ucfg: Mapping[str, Any], workdir: str | os.PathLike,
         state, summary = train(job, state, ckpt, progress_mode, stop)
     finally:
         ckpt.close()
+    from e3lib.models.convert import save_params
+
     params_dir = workdir / "params"
+    if params_dir.exists():  # left by an attempt killed before its done file: redo
+        shutil.rmtree(params_dir)
     save_params(params_dir, state["params"])
     n = min(len(data), 512)
     probs, _ = predict(model, state["params"], data.images[:n], 256)
@@ -334,7 +357,9 @@ def cli_upstream(argv: list[str]) -> int:
         if not path.exists():
             raise ConfigError("upstream.checkpoint", ucfg["checkpoint"], "path does not exist",
                               source=a.config)
-        load_params(path)  # fail now, not in every fine-tune, if it cannot be read
+        from e3lib.models.convert import restore_params
+
+        restore_params(path)  # fail now, not in every fine-tune, if it cannot be read
         done = {"upstream_id": upstream_id(cfg), "status": "ok", "config": ucfg,
                 "params_path": str(path.absolute()), "num_classes": None, "metrics": {}}
     else:
@@ -350,6 +375,8 @@ def cli_upstream(argv: list[str]) -> int:
                                "message": str(err), "step": err.step})
             print(f"e3 upstream: {err}", file=sys.stderr)
             return EXIT_DIVERGED
+        finally:
+            stop.uninstall()
         done["upstream_id"] = upstream_id(cfg)
     done["provenance"] = provenance(started)
     atomic_write_json(a.done, done)
@@ -370,57 +397,24 @@ def read_config(path: str) -> dict:
     return resolve(raw, source=path)
 
 
-def transfer_params(source: Mapping, target: Mapping, path: str = "") -> dict:
-    """Fine-tuning init: copy every upstream leaf into the matching target leaf.
-
-    Same shape → copied; same number of elements → reshaped (e.g. a V-MoE router kernel
-    (H, E) → E³'s (H, M, E/M), column e → member e // (E/M), slot e % (E/M)); the
-    classification head (``head``) and leaves absent upstream keep their fresh init.
-    Any other mismatch is an error naming the parameter and both shapes.
-    """
-    out = {}
-    for key, tgt in target.items():
-        here = f"{path}/{key}"
-        if isinstance(tgt, Mapping):
-            sub = source.get(key) if isinstance(source, Mapping) else None
-            out[key] = transfer_params(sub if isinstance(sub, Mapping) else {}, tgt, here)
-            continue
-        if "head" in here.split("/") or key not in source:
-            out[key] = tgt
-            continue
-        src = np.asarray(source[key])
-        if src.shape == tgt.shape:
-            out[key] = src.astype(tgt.dtype)
-        elif src.size == np.size(tgt):
-            out[key] = src.reshape(tgt.shape).astype(tgt.dtype)
-        else:
-            raise ValueError(f"upstream parameter {here} has shape {src.shape}; the fine-tuned "
-                             f"model needs {tuple(tgt.shape)}")
-    return out
-
-
 def adapt_upstream(upstream_params: Mapping, fresh_params: Mapping, cfg: Mapping) -> dict:
-    """Upstream params → the run's model: ``e3lib.models.adapt_upstream`` when the model
-    package provides one, else ``transfer_params``."""
-    import jax
-    import jax.numpy as jnp
+    """Upstream params → the run's model (new head, router regrouping, posemb resize,
+    optional expert permutation): ``e3lib.models.convert.convert_for_config``."""
+    from e3lib.models.convert import convert_for_config
 
-    import e3lib.models as models
-
-    fn = getattr(models, "adapt_upstream", None)
-    out = (fn(upstream_params, fresh_params, cfg) if fn is not None
-           else transfer_params(upstream_params, fresh_params))
-    return jax.tree_util.tree_map(jnp.asarray, out)
+    return convert_for_config(upstream_params, fresh_params, cfg)
 
 
 def load_upstream_params(upstream_dir: str | os.PathLike) -> dict:
+    """Parameters of the upstream stage's output dir (its done.json names where they are)."""
+    from e3lib.models.convert import restore_params
+
     done_file = Path(upstream_dir) / "done.json"
-    if done_file.is_file():
-        with open(done_file) as f:
-            params_dir = json.load(f)["params_path"]
-    else:
-        params_dir = Path(upstream_dir) / "params"
-    return load_params(params_dir)
+    if not done_file.is_file():
+        raise FileNotFoundError(f"upstream dir {upstream_dir}: no done.json (run "
+                                f"`e3 upstream` first)")
+    with open(done_file) as f:
+        return restore_params(json.load(f)["params_path"])
 
 
 def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
@@ -534,4 +528,6 @@ def cli_run(argv: list[str]) -> int:
     except Preempted as err:
         print(f"e3 run: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
+    finally:
+        stop.uninstall()
     return EXIT_OK

@@ -1,0 +1,165 @@
+"""Fine-tuning: resume after preemption and SIGKILL is bitwise equal to an uninterrupted
+run, divergence gives the diverged status and no results, packed seeds equal separate
+runs, the upstream stage writes its done file last. Tiny models, a dozen steps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e3lib import train
+from e3lib.config import resolve
+
+TINY = {
+    "method": "e3", "model": {"ensemble_size": 2},
+    "finetune": {"steps": 12, "warmup": 2, "batch_size": 16, "checkpoint_every": 4},
+    "upstream": {"steps": 6, "warmup": 1, "batch_size": 16},
+    "eval": {"corrupted": False, "fewshot": False, "batch_size": 64},
+}
+
+
+def write_cfg(path: Path, overrides=None, **top) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    for section, values in (overrides or {}).items():
+        cfg.setdefault(section, {}).update(values)
+    cfg.update(top)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def e3(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "e3lib.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def upstream_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("upstream")
+    cfg = write_cfg(d / "cfg.json")
+    rc = train.cli_upstream(["--config", str(cfg), "--workdir", str(d / "up"),
+                             "--done", str(d / "up" / "done.json"), "--log-mode", "plain"])
+    assert rc == 0
+    return d / "up"
+
+
+def test_upstream_done_file_is_written_last_with_params(upstream_dir):
+    done = json.loads((upstream_dir / "done.json").read_text())
+    assert done["status"] == "ok" and done["num_classes"] == 20  # demo upstream: 20 classes
+    assert Path(done["params_path"]).is_dir()
+    assert done["config"]["capacity_factor"] == 1.05 and done["config"]["method"] == "vmoe"
+    assert np.isfinite(done["metrics"]["final_loss"])
+
+
+def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_dir,
+                                                            monkeypatch):
+    cfg = write_cfg(tmp_path / "cfg.json")
+
+    def run_args(name):
+        return ["run", "--config", cfg, "--upstream", upstream_dir, "--out", tmp_path / name,
+                "--checkpoints", tmp_path / f"ck_{name}", "--log-mode", "plain"]
+
+    def run_here(name):
+        return train.cli_run([str(a) for a in run_args(name)[1:]])
+
+    assert run_here("a") == 0                       # the uninterrupted reference
+
+    out, ck = tmp_path / "b", tmp_path / "ck_b"
+    # SIGTERM after step 5: a checkpoint at step 5 (off the every-4 grid), exit status 4.
+    monkeypatch.setenv("E3_FAULT_AT_STEP", "term:5")
+    assert run_here("b") == train.EXIT_PREEMPTED
+    monkeypatch.delenv("E3_FAULT_AT_STEP")
+    assert sorted(p.name for p in ck.iterdir() if p.name.isdigit()) == ["4", "5"]
+    assert not (out / "results.json").exists()
+    # A separate process resumes from 5 and is SIGKILLed after step 10 (checkpoint 8).
+    killed = e3(*run_args("b"), env_extra={"E3_FAULT_AT_STEP": "kill:10"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert "8" in [p.name for p in ck.iterdir()]
+    assert not (out / "results.json").exists()
+    assert run_here("b") == 0                       # resumes from step 8
+
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    assert a["train"]["resumed_from_step"] is None
+    assert b["train"]["resumed_from_step"] == 8
+    assert a["records"] == b["records"]          # every metric value bitwise equal
+    assert a["train"]["final"] == b["train"]["final"]
+    pa, pb = np.load(tmp_path / "a" / "predictions.npz"), np.load(out / "predictions.npz")
+    assert sorted(pa.files) == sorted(pb.files)
+    for k in pa.files:
+        assert np.array_equal(pa[k], pb[k]), k
+    assert pa["probs"].shape[0] == 2             # M = 2 members (E³)
+
+
+def test_nan_loss_gives_diverged_status_and_no_results(tmp_path):
+    # lr 1e30: after warmup the first update sends params to ±inf and the loss to NaN.
+    cfg = write_cfg(tmp_path / "cfg.json", {"finetune": {"lr": 1e30, "steps": 6}})
+    rc = train.cli_run(["--config", str(cfg), "--out", str(tmp_path / "out"),
+                        "--log-mode", "plain"])
+    assert rc == train.EXIT_DIVERGED
+    diverged = json.loads((tmp_path / "out" / "diverged.json").read_text())
+    assert diverged["status"] == "diverged" and "diverged at step" in diverged["message"]
+    assert not (tmp_path / "out" / "results.json").exists()
+    assert not (tmp_path / "out" / "predictions.npz").exists()
+
+
+def test_packed_seeds_equal_separate_runs(tmp_path):
+    cfgs = [resolve(dict(TINY, seed=s)) for s in (3, 4)]
+    train.finetune_and_evaluate(cfgs, None, [tmp_path / "p3", tmp_path / "p4"], None, "plain")
+    for s, cfg in zip((3, 4), cfgs):
+        train.finetune_and_evaluate([cfg], None, [tmp_path / f"s{s}"], None, "plain")
+        packed = json.loads((tmp_path / f"p{s}" / "results.json").read_text())
+        single = json.loads((tmp_path / f"s{s}" / "results.json").read_text())
+        assert packed["run_id"] == single["run_id"]
+        assert packed["train"]["packed_seeds"] == [3, 4]
+        got = {(r["split"], r["member"], r["metric"]): r["value"] for r in packed["records"]}
+        want = {(r["split"], r["member"], r["metric"]): r["value"] for r in single["records"]}
+        assert got.keys() == want.keys()
+        for k in want:  # vmapped matmuls may round differently from unbatched ones
+            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+    # the two seeds really differ (own init, batches and router noise)
+    p3 = np.load(tmp_path / "p3" / "predictions.npz")["probs"]
+    p4 = np.load(tmp_path / "p4" / "predictions.npz")["probs"]
+    assert not np.allclose(p3, p4)
+
+
+def test_packing_rejects_configs_differing_beyond_seed(tmp_path):
+    a = write_cfg(tmp_path / "a.json", seed=0)
+    b = write_cfg(tmp_path / "b.json", {"finetune": {"lr": 0.5}}, seed=1)
+    with pytest.raises(Exception, match="differ only in seed"):
+        train.cli_run(["--config", str(a), str(b), "--out", str(tmp_path / "x"),
+                       str(tmp_path / "y")])
+
+
+def test_schedules_warmup_then_decay():
+    # cosine: 0 → peak linearly over warmup, then peak → end along a half cosine.
+    # At t = warmup + (T − warmup)/2 the cosine is at its midpoint (peak + end)/2.
+    s = train.lr_schedule("cosine", 1.0, 10, 110, 0.0)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5)
+    assert float(s(10)) == pytest.approx(1.0) and float(s(60)) == pytest.approx(0.5)
+    lin = train.lr_schedule("linear", 2.0, 4, 8, 0.0)
+    # linear: 2·t/4 during warmup, then 2·(1 − (t−4)/4)
+    assert [float(lin(t)) for t in (2, 4, 6, 8)] == pytest.approx([1.0, 2.0, 1.0, 0.0])
+    with pytest.raises(Exception, match="finetune.warmup"):
+        train.lr_schedule("cosine", 1.0, 10, 10, 0.0)
+
+
+def test_finetune_optimizer_clips_global_norm_then_sgd_momentum():
+    import jax.numpy as jnp
+
+    ft = resolve({"finetune": {"lr": 1.0, "warmup": 1, "steps": 10, "grad_clip": 10.0,
+                               "schedule": "linear", "end_lr": 1.0}})["finetune"]
+    opt = train.finetune_optimizer(ft)
+    params = {"w": jnp.zeros(2)}
+    state = opt.init(params)
+    g = {"w": jnp.array([30.0, 40.0])}          # norm 50 → clipped to norm 10: [6, 8]
+    upd, state = opt.update(g, state, params)   # step 0: lr 0 → no move
+    assert np.allclose(upd["w"], 0.0)
+    upd, state = opt.update(g, state, params)   # step 1: lr 1
+    # momentum trace after step 0: [6,8]; after step 1: [6,8] + 0.9·[6,8] = 1.9·[6,8];
+    # update = −lr·trace = −1.9·[6,8]
+    assert np.allclose(upd["w"], -1.9 * np.array([6.0, 8.0]), rtol=1e-6)
