@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from test_workflow import fresh_checkout
 
 REPO = Path(__file__).resolve().parents[1]
 TPU_VM = REPO / "profiles" / "tpu" / "tpu_vm.py"
@@ -170,22 +171,6 @@ def test_local_jobs_need_no_gcloud(tmp_path, fake_gcloud):
 
 
 # ----------------------------------------------------------------------------- resolution
-
-
-def fresh_checkout(dest: Path) -> Path:
-    """What a clone of this working tree holds: tracked and not-ignored files (links kept)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src, dst = REPO / rel, dest / rel
-        if not src.exists() and not src.is_symlink():
-            continue   # deleted in the working tree
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dst)
-        else:
-            shutil.copy2(src, dst)
-    return dest
 
 
 @pytest.fixture(scope="module")
