@@ -1,0 +1,68 @@
+"""Dry-run time of the union of all paper-scale sweeps (target: at most 20 s on 2 cores).
+
+    .venv/bin/python benchmarks/bench_dag.py [--variant paper] [--repeats 2]
+
+Runs `snakemake -n` over every sweep file except the demo, in a scratch results root, and
+prints the number of jobs, the wall-clock seconds of each dry run (the first one also
+writes the run configs), the CPU seconds, and the expansion alone (e3lib.sweep) for
+comparison. Wall time on a shared machine includes waiting for the CPU: CPU seconds is
+the machine-independent part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", default="paper", choices=["small", "paper"])
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    sweeps = sorted(p for p in glob.glob(str(REPO / "sweeps" / "*.yaml"))
+                    if not p.endswith("demo.yaml"))
+    sys.path.insert(0, str(REPO))
+    from e3lib import sweep as S
+
+    with tempfile.TemporaryDirectory() as scratch:
+        t = time.perf_counter()
+        plan = S.expand_sweeps(sweeps, args.variant, scratch)
+        expand_s = time.perf_counter() - t
+        print(f"expansion: {len(plan.sweeps)} sweeps, {len(plan.runs)} runs, "
+              f"{len(plan.ensembles)} ensembles, {len(plan.upstreams)} upstreams "
+              f"in {expand_s:.2f} s")
+        rel = [os.path.relpath(p, REPO) for p in sweeps]
+        cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--config",
+               f"variant={args.variant}", f"results={scratch}/results",
+               f"sweeps=[{','.join(rel)}]"]
+        for i in range(args.repeats):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            if r.returncode != 0:
+                print(r.stdout[-2000:], r.stderr[-2000:])
+                return 1
+            m = re.search(r"^total\s+(\d+)$", r.stdout, re.M)
+            jobs = int(m.group(1)) if m else -1
+            label = "first (writes configs)" if i == 0 else "again"
+            print(f"dry run {label}: {jobs} jobs in {wall:.1f} s wall, {cpu:.1f} s CPU "
+                  f"(target <= 20 s; ratio wall/target {wall / 20:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
