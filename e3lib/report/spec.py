@@ -61,6 +61,8 @@ SPEC_SCHEMA: dict[str, Any] = {
             "type": "object", "required": ["label"], "additionalProperties": False,
             "properties": {"label": {"type": "string"}, "better": {"enum": ["lower", "higher"]},
                            "scale": {"type": "number"}, "digits": {"type": "integer"},
+                           "sig": {"type": "integer", "minimum": 1},
+                           "bold": {"type": "boolean"},
                            "cost": {"type": "boolean"}}}},
         "select": {"type": "object"},
         "tables": {"type": "object", "propertyNames": {"enum": list(TABLE_IDS)},

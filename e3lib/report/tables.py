@@ -194,13 +194,19 @@ def match_reference(row_key: Mapping[str, str], ref: Mapping | None) -> dict | N
 # --------------------------------------------------------------------------- formatting
 
 def _fmt(x: float, mcfg: Mapping) -> str:
-    return f"{x * mcfg.get('scale', 1.0):.{mcfg.get('digits', 3)}f}"
+    """Fixed decimals (``digits``), or significant digits (``sig``) for costs whose scale
+    spans tiny demo models to H/14."""
+    x = x * mcfg.get("scale", 1.0)
+    if "sig" in mcfg:
+        return f"{x:.{mcfg['sig']}g}"
+    return f"{x:.{mcfg.get('digits', 3)}f}"
 
 
 def format_ours(c: CellStats | None, mcfg: Mapping) -> Cell:
     if c is None or c.n == 0:
-        missing = f" (0/{c.n_req} seeds)" if c is not None and c.n_req else ""
-        return Cell("—" + missing, flag=bool(c is not None and c.n_req))
+        # no value at all: the metric does not apply (KL of one member) or no run finished;
+        # the seeds column says which runs are missing
+        return Cell("—")
     if c.n < 2 or not math.isfinite(c.stderr):
         text = f"{_fmt(c.mean, mcfg)} (n={c.n})"
     else:
@@ -307,7 +313,7 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
     bold: dict[str, int | None] = {}
     if tspec.get("bold", True):
         ours_rows = [r for r, _ in ordered if r is not None]
-        for m in columns:
+        for m in [c for c in columns if spec["metrics"][c].get("bold", True)]:
             idx, why = significant_best([r.stats.get(m) for r in ours_rows],
                                         spec["metrics"][m].get("better"), spec["alpha"],
                                         spec["min_seeds"])
@@ -369,8 +375,8 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
         pivots.sort(key=_numeric_first)
         cells_flat = [g[p].stats.get(m) for g in groups.values() for p in pivots if p in g]
         idx, why = (significant_best(cells_flat, mcfg.get("better"), spec["alpha"],
-                                     spec["min_seeds"]) if tspec.get("bold", True)
-                    else (None, ""))
+                                     spec["min_seeds"])
+                    if tspec.get("bold", True) and mcfg.get("bold", True) else (None, ""))
         bold_cell = cells_flat[idx] if idx is not None else None
         header = (["sweep"] if many else []) + [_short(k) for k in rest_names] + \
             [f"{_short(pivot)}={p}" for p in pivots]
