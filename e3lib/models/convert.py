@@ -101,10 +101,10 @@ def _convert_leaf(path: str, leaf: Array, source: dict, subsets, permutation,
                   keep_head: bool) -> Array:
     parts = path.split("/")
     if parts[0] == "head" and not keep_head:
-        return leaf
+        return _fresh(path, leaf)
     if "/Moe/Router/" in path:
         if path not in source:
-            return leaf  # a ViT upstream has no router: keep the fresh one
+            return _fresh(path, leaf)  # a ViT upstream has no router: keep the fresh one
         columns = router_columns(jnp.asarray(source[path]))             # (H, E)
         if permutation is not None:
             columns = columns[:, np.asarray(permutation)]
@@ -131,6 +131,14 @@ def _convert_leaf(path: str, leaf: Array, source: dict, subsets, permutation,
     if parts[-1] == "posembed_input":
         value = resize_posemb(value, leaf.shape[1])
     return _checked(path, value, leaf)
+
+
+def _fresh(path: str, leaf: Any) -> Array:
+    """A leaf kept from the downstream initialisation (it must hold values)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        raise ConversionError(f"{path}: kept from the downstream initialisation, so the "
+                              f"target tree needs initialised arrays, not shapes")
+    return leaf
 
 
 def _checked(path: str, value: Array, leaf: Array) -> Array:
