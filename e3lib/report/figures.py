@@ -14,6 +14,7 @@ Which figures a sweep gets follows from its axes and data:
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,10 @@ def _pareto(ds, df, out, sweep) -> list[Figure]:
 
 def _km_heatmap(ds, df, out, sweep) -> list[Figure]:
     axes = dataset_axes(ds)
-    if K_AXIS not in axes or M_AXIS not in axes:
+    # Only for the K × M study itself: elsewhere K and M mix methods where they mean
+    # different things (a ViT has no K).
+    if K_AXIS not in axes or M_AXIS not in axes or \
+            "figure2" not in json.loads(ds.attrs.get("reproduces", "[]")):
         return []
     rest = [a for a in axes if a not in (K_AXIS, M_AXIS)]
     figs = []

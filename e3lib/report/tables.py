@@ -292,13 +292,15 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
     key_names: list[str] = []
     for r in table.rows:
         key_names += [k for k in r.key if k not in key_names]
-    if ref:
-        key_names += [k for k in ref.get("key", []) if k not in key_names]
-    header = (["sweep"] if many else []) + ["paper row"] + [_short(k) for k in key_names] \
-        + ["seeds"]
+    if ref and not key_names:
+        key_names = list(ref.get("key", []))   # only paper rows: show the paper's key
+    with_paper = bool(ref and ref.get("rows"))   # no paper columns for the demo table
+    header = (["sweep"] if many else []) + (["paper row"] if with_paper else []) \
+        + [_short(k) for k in key_names] + ["seeds"]
     for m in columns:
         mcfg = spec["metrics"][m]
-        header += [f"{mcfg['label']}{_arrow(mcfg)} ours", f"{mcfg['label']} paper"]
+        header += [f"{mcfg['label']}{_arrow(mcfg)} ours"] + \
+            ([f"{mcfg['label']} paper"] if with_paper else [])
 
     # Order: paper rows in the paper's order (ours matched to each, else the paper alone),
     # then our rows that match no paper row.
@@ -327,7 +329,8 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
     body = []
     for r, prow in ordered:
         cells = [Cell(r.sweep if r else "", kind="key")] if many else []
-        cells.append(Cell(prow.get("label", "") if prow else "", kind="label"))
+        if with_paper:
+            cells.append(Cell(prow.get("label", "") if prow else "", kind="label"))
         for k in key_names:
             if r is not None:
                 cells.append(Cell(r.key.get(k, ""), kind="key"))
@@ -345,7 +348,8 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
             c = format_ours(r.stats.get(m) if r else None, mcfg)
             c.bold = r is not None and bold.get(m) == id(r)
             cells.append(c)
-            cells.append(format_paper((prow or {}).get("values", {}).get(m), mcfg))
+            if with_paper:
+                cells.append(format_paper((prow or {}).get("values", {}).get(m), mcfg))
         body.append(cells)
     table.blocks.append(Block(caption="", header=header, rows=body))
 
