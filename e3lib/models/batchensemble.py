@@ -80,13 +80,12 @@ class BatchEnsembleDense(nn.Module):
         bias = self.param("bias", nn.initializers.normal(stddev=1e-6), (M, self.features))
         fast_in = self.param("fast_in", fast_weight_init(self.fast_init), (M, d_in))
         fast_out = self.param("fast_out", fast_weight_init(self.fast_init), (M, self.features))
-        # (B·M, T, D_in) -> (B, M, T, D_in): member m of image b.
-        xm = x.reshape(rows // M, M, tokens, d_in).astype(self.dtype)
-        xm = xm * fast_in[None, :, None, :].astype(self.dtype)
-        y = jnp.einsum("bmtd,df->bmtf", xm, kernel.astype(self.dtype))   # (B, M, T, D_out)
-        y = y * fast_out[None, :, None, :].astype(self.dtype)
-        y = y + bias[None, :, None, :].astype(self.dtype)
-        return y.reshape(rows, tokens, self.features)                    # (B·M, T, D_out)
+        # Per-row copies of the member vectors: (M, D) -> (B·M, 1, D), row b·M + m gets m's.
+        per_row = lambda v: jnp.tile(v, (rows // M, 1))[:, None, :].astype(self.dtype)  # noqa
+        x = x.astype(self.dtype) * per_row(fast_in)                     # (B·M, T, D_in)
+        # The shared matmul, contracted as nn.Dense does: (B·M, T, D_in) -> (B·M, T, D_out).
+        y = jax.lax.dot_general(x, kernel.astype(self.dtype), (((2,), (0,)), ((), ())))
+        return y * per_row(fast_out) + per_row(bias)
 
 
 class BatchEnsembleMlpBlock(nn.Module):
