@@ -37,7 +37,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         t = time.perf_counter()
-        plan = S.expand_sweeps(sweeps, args.variant, scratch)
+        plan = S.expand_sweeps(sweeps, args.variant)
         expand_s = time.perf_counter() - t
         print(f"expansion: {len(plan.sweeps)} sweeps, {len(plan.runs)} runs, "
               f"{len(plan.ensembles)} ensembles, {len(plan.upstreams)} upstreams "

@@ -68,6 +68,10 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "sw
 VARIANTS = ("small", "paper")
 ENSEMBLE_KINDS = ("downstream", "upstream")
 ENSEMBLE_SIZE_AXIS = "model.ensemble_size"
+# Result paths in an index are relative to the results root, spelled "results/..." (the
+# aggregate re-roots them under its --results-root), so an index stays valid when the
+# results directory is moved or configured elsewhere.
+RESULT_PREFIX = "results"
 
 
 class SweepError(ValueError):
@@ -331,8 +335,7 @@ def _seeds(doc: dict) -> list[int]:
     return list(range(s)) if isinstance(s, int) else list(s)
 
 
-def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None,
-               results_root: str = "results") -> Sweep:
+def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None) -> Sweep:
     """Validate and expand one loaded sweep document (see the module docstring)."""
     check_schema(doc, file)
     raw_sha = hashlib.sha256(canonical_json(doc).encode()).hexdigest()
@@ -391,7 +394,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
         sweep.entries.append({
             "id": rid, "kind": "run", "seed": seed, "axes": axes,
             "upstream_id": sweep.run_upstream[rid],
-            "result": f"{results_root}/runs/{rid}/results.json", "config": cfg})
+            "result": f"{RESULT_PREFIX}/runs/{rid}/results.json", "config": cfg})
         return rid
 
     resolved_points: dict[str, dict] = {}
@@ -484,7 +487,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
                     sweep.entries.append({
                         "id": eid, "kind": "ensemble", "seed": r, "axes": axes,
                         "members": members, "ensemble_kind": ens["kind"],
-                        "result": f"{results_root}/ensembles/{eid}/results.json"})
+                        "result": f"{RESULT_PREFIX}/ensembles/{eid}/results.json"})
         if not matched:
             raise SweepError(file, f"{where}.of", ens.get("of"), "matches no run of the sweep")
     return sweep
@@ -496,8 +499,7 @@ def ensemble_id(kind: str, members: Sequence[str]) -> str:
     return short_hash({"kind": kind, "members": sorted(members)})
 
 
-def load_sweep(path: str | os.PathLike, variant: str = "small",
-               results_root: str = "results") -> Sweep:
+def load_sweep(path: str | os.PathLike, variant: str = "small") -> Sweep:
     file = str(path)
     try:
         with open(path) as f:
@@ -506,15 +508,14 @@ def load_sweep(path: str | os.PathLike, variant: str = "small",
         raise SweepError(file, "(file)", file, "sweep file not found") from None
     except yaml.YAMLError as err:
         raise SweepError(file, "(yaml)", None, f"not valid YAML: {err}") from None
-    return expand_doc(doc, file, variant, results_root=results_root)
+    return expand_doc(doc, file, variant)
 
 
-def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small",
-                  results_root: str = "results") -> Plan:
+def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small") -> Plan:
     """Expand several sweep files into one plan (runs shared between sweeps appear once)."""
     plan = Plan()
     for p in paths:
-        plan.add(load_sweep(p, variant, results_root))
+        plan.add(load_sweep(p, variant))
     return plan
 
 
@@ -627,7 +628,7 @@ def cli_expand(argv: list[str]) -> int:
     ap.add_argument("--variant", default="small", choices=VARIANTS)
     args = ap.parse_args(argv)
     try:
-        plan = expand_sweeps(args.sweeps, args.variant, args.results_root)
+        plan = expand_sweeps(args.sweeps, args.variant)
     except SweepError as err:
         print(f"e3 expand: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -168,6 +169,53 @@ def test_local_jobs_need_no_gcloud(tmp_path, fake_gcloud):
     job = tpu("submit", "--accelerator-type", "none", str(jobscript(tmp_path, f"touch {marker}"))).stdout.strip()
     assert wait_status(job) == "success" and marker.exists()
     assert fake_gcloud() == []
+
+
+TOY_SNAKEFILE = textwrap.dedent('''
+    rule all:
+        input: "out/done.txt"
+
+    rule train:
+        output: "out/done.txt"
+        params: ckpt="ckpt"        # like results/checkpoints/{run}: not an output
+        resources: tpu_type="v3-8", runtime=5
+        shell: "mkdir -p {params.ckpt} && echo step >> {params.ckpt}/steps && cp {params.ckpt}/steps {output}"
+''')
+
+
+@pytest.mark.slow
+def test_tpu_profile_retries_a_preempted_job_which_resumes(tmp_path, fake_gcloud, monkeypatch):
+    """Snakemake with the tpu profile: the first TPU is preempted after the job made progress
+    (ssh exit 255); Snakemake resubmits, the retry finds the checkpoint dir and finishes."""
+    work = tmp_path / "wf"
+    (work / "profiles").mkdir(parents=True)
+    shutil.copytree(REPO / "profiles" / "tpu", work / "profiles" / "tpu")
+    os.symlink("profiles/tpu", work / "tpu")
+    (work / "Snakefile").write_text(TOY_SNAKEFILE)
+    # The fake gcloud runs the first attempt's jobscript, then drops the connection.
+    preempt_after = tmp_path / "gcloud-state" / "preempt_after_first_ssh"
+    preempt_after.write_text("1")
+    fake = (tmp_path / "bin" / "gcloud").read_text().replace(
+        '''        sys.exit(subprocess.call(opts["command"], shell=True))''',
+        '''        rc = subprocess.call(opts["command"], shell=True)
+        marker = os.path.join(state, "preempt_after_first_ssh")
+        if os.path.exists(marker):
+            os.remove(marker)
+            open(qr(pos[4]), "w").write("SUSPENDED")
+            sys.exit(255)
+        sys.exit(rc)''')
+    (tmp_path / "bin" / "gcloud").write_text(fake)
+    monkeypatch.setenv("E3_TPU_STATE_DIR", str(work / ".snakemake" / "tpu-jobs"))
+    env = {**os.environ, "HOME": str(tmp_path)}
+    r = subprocess.run([*SNAKEMAKE, "--profile", "tpu", "--latency-wait", "5",
+                        "--max-status-checks-per-second", "10"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    # two attempts, each one step: the second one saw the first one's checkpoint
+    assert (work / "out" / "done.txt").read_text() == "step\nstep\n"
+    creates = [c for c in fake_gcloud() if c[3] == "create"]
+    assert len(creates) == 2 and all("--accelerator-type=v3-8" in c for c in creates)
 
 
 # ----------------------------------------------------------------------------- resolution

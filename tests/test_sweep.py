@@ -287,7 +287,7 @@ def test_demo_sweep_is_small():
 
 def test_write_plan_writes_configs_and_index_once(tmp_path):
     root = tmp_path / "results"
-    plan = S.expand_sweeps([REPO / "sweeps" / "demo.yaml"], results_root=str(root))
+    plan = S.expand_sweeps([REPO / "sweeps" / "demo.yaml"])
     n = S.write_plan(plan, str(root))
     # 6 runs + 2 upstreams + 1 ensemble + index.json + index.tsv
     assert n == 6 + 2 + 1 + 2

@@ -190,7 +190,8 @@ def test_demo_end_to_end_through_snakemake(checkout):
     assert report.stat().st_size > 0
     index = json.loads((checkout / "res_e2e/sweeps/tiny_demo/index.json").read_text())
     for e in index["entries"]:
-        res = json.loads((checkout / e["result"]).read_text())     # res_e2e/runs/<id>/...
+        # index paths are "results/..." relative to the results root (here res_e2e)
+        res = json.loads((checkout / "res_e2e" / e["result"].split("/", 1)[1]).read_text())
         assert res["status"] == "ok" and res["records"]
     status = json.loads((checkout / "res_e2e/sweeps/tiny_demo/status.json").read_text())
     assert status["counts"] == {"ok": len(index["entries"])}

@@ -31,7 +31,7 @@ TABLE_IDS = e3sweep.table_ids()
 
 def _expand(files):
     try:
-        plan = e3sweep.expand_sweeps(files, config["variant"], RESULTS)
+        plan = e3sweep.expand_sweeps(files, config["variant"])
     except e3sweep.SweepError as err:
         raise WorkflowError(f"invalid sweep: {err}") from None
     e3sweep.write_plan(plan, RESULTS)
