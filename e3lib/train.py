@@ -182,6 +182,9 @@ def initial_state(optimizer, params, seed: int) -> dict:
     import jax.numpy as jnp
 
     k_train = jax.random.split(jax.random.key(seed))[1]
+    # Own copies: the train step donates its state, and ``params`` may share buffers with
+    # the upstream tree it was converted from.
+    params = jax.tree_util.tree_map(jnp.array, params)
     return {"params": params, "opt_state": optimizer.init(params),
             "step": jnp.asarray(0, jnp.int32), "rng": jax.random.key_data(k_train)}
 
@@ -252,6 +255,11 @@ def train(job: Job, state: dict, checkpoints: TrainCheckpoints | None,
     if checkpoints is not None and checkpoints.latest_step() is not None:
         state = checkpoints.restore(state)
         resumed_from = int(checkpoints.latest_step())
+    # Commit every leaf to the device: the step's outputs are committed, and mixing
+    # committed and uncommitted inputs would compile the step a second time.
+    import jax
+
+    state = jax.device_put(state, jax.devices()[0])
     step = int(np.asarray(state["step"]).reshape(-1)[0])
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)

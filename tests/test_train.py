@@ -55,6 +55,37 @@ def test_upstream_done_file_is_written_last_with_params(upstream_dir):
     assert np.isfinite(done["metrics"]["final_loss"])
 
 
+def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(tmp_path,
+                                                                       upstream_dir):
+    params = json.loads((upstream_dir / "done.json").read_text())["params_path"]
+    cfg = write_cfg(tmp_path / "cfg.json", {"upstream": {"checkpoint": params}})
+    rc = train.cli_upstream(["--config", str(cfg), "--workdir", str(tmp_path / "up"),
+                             "--done", str(tmp_path / "up" / "done.json")])
+    assert rc == 0
+    done = json.loads((tmp_path / "up" / "done.json").read_text())
+    assert done["params_path"] == params and "train" not in done
+    bad = write_cfg(tmp_path / "bad.json", {"upstream": {"checkpoint": str(tmp_path / "nope")}})
+    with pytest.raises(Exception, match="upstream.checkpoint"):
+        train.cli_upstream(["--config", str(bad), "--workdir", str(tmp_path / "up2"),
+                            "--done", str(tmp_path / "up2" / "done.json")])
+
+
+def test_progress_plain_lines_show_step_loss_rate_and_eta():
+    import io
+
+    from e3lib.progress import Progress
+
+    buf = io.StringIO()
+    p = Progress(20, "finetune", "plain", every=10, stream=buf)
+    for step in range(1, 21):
+        p.update(step, 0.5)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("finetune: step 10/20 loss 0.5000 ")
+    assert "steps/s eta" in lines[0]
+    with pytest.raises(ValueError, match="allowed"):
+        Progress(5, "x", "fancy")
+
+
 def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_dir,
                                                             monkeypatch):
     cfg = write_cfg(tmp_path / "cfg.json")
@@ -93,6 +124,9 @@ def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_
     for k in pa.files:
         assert np.array_equal(pa[k], pb[k]), k
     assert pa["probs"].shape[0] == 2             # M = 2 members (E³)
+    prov = b["provenance"]
+    assert prov["packages"]["jax"] and prov["code_commit"] and prov["finished"] >= prov["started"]
+    assert b["config"]["method"] == "e3" and b["upstream_id"] == a["upstream_id"]
 
 
 def test_nan_loss_gives_diverged_status_and_no_results(tmp_path):
