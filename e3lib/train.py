@@ -426,8 +426,12 @@ def load_upstream_params(upstream_dir: str | os.PathLike) -> dict:
 
 
 def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
+    from e3lib.models.batchensemble import with_fast_weight_lr_scale
+
     ft = cfgs[0]["finetune"]
-    return Job(model=model, optimizer=finetune_optimizer(ft), num_classes=suite.num_classes,
+    # BatchEnsemble: fast weights at be_lr_scale × the learning rate (App. G.1).
+    optimizer = with_fast_weight_lr_scale(finetune_optimizer(ft), cfgs[0])
+    return Job(model=model, optimizer=optimizer, num_classes=suite.num_classes,
                images=suite.train.images, labels=suite.train.labels,
                batch_size=ft["batch_size"], steps=ft["steps"],
                seeds=tuple(c["seed"] for c in cfgs), mixup=float(ft["mixup"]),
