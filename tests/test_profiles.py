@@ -195,16 +195,17 @@ def test_tpu_profile_retries_a_preempted_job_which_resumes(tmp_path, fake_gcloud
     # The fake gcloud runs the first attempt's jobscript, then drops the connection.
     preempt_after = tmp_path / "gcloud-state" / "preempt_after_first_ssh"
     preempt_after.write_text("1")
-    fake = (tmp_path / "bin" / "gcloud").read_text().replace(
-        '''        sys.exit(subprocess.call(opts["command"], shell=True))''',
-        '''        rc = subprocess.call(opts["command"], shell=True)
-        marker = os.path.join(state, "preempt_after_first_ssh")
-        if os.path.exists(marker):
-            os.remove(marker)
-            open(qr(pos[4]), "w").write("SUSPENDED")
-            sys.exit(255)
-        sys.exit(rc)''')
-    (tmp_path / "bin" / "gcloud").write_text(fake)
+    run_line = '''    sys.exit(subprocess.call(opts["command"], shell=True))'''
+    fake = (tmp_path / "bin" / "gcloud").read_text()
+    assert run_line in fake
+    (tmp_path / "bin" / "gcloud").write_text(fake.replace(run_line, '''
+    rc = subprocess.call(opts["command"], shell=True)
+    marker = os.path.join(state, "preempt_after_first_ssh")
+    if os.path.exists(marker):
+        os.remove(marker)
+        open(qr(pos[4]), "w").write("SUSPENDED")
+        sys.exit(255)
+    sys.exit(rc)'''))
     monkeypatch.setenv("E3_TPU_STATE_DIR", str(work / ".snakemake" / "tpu-jobs"))
     env = {**os.environ, "HOME": str(tmp_path)}
     r = subprocess.run([*SNAKEMAKE, "--profile", "tpu", "--latency-wait", "5",
@@ -213,7 +214,7 @@ def test_tpu_profile_retries_a_preempted_job_which_resumes(tmp_path, fake_gcloud
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     # two attempts, each one step: the second one saw the first one's checkpoint
-    assert (work / "out" / "done.txt").read_text() == "step\nstep\n"
+    assert (work / "out" / "done.txt").read_text() == "step\nstep\n", out[-4000:]
     creates = [c for c in fake_gcloud() if c[3] == "create"]
     assert len(creates) == 2 and all("--accelerator-type=v3-8" in c for c in creates)
 
