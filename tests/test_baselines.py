@@ -323,3 +323,23 @@ def test_registry_builds_all_three_with_their_upstreams():
         cfg = cfg_of(name, ensemble_size=4)
         assert METHODS[name].builder and num_members(cfg) == 4
         assert upstream_config(cfg)["method"] == upstream
+
+
+def test_finetune_job_scales_fast_weight_updates():
+    from types import SimpleNamespace
+
+    from e3lib.train import finetune_job
+
+    cfg = resolve({"method": "batchensemble", "model": {"ensemble_size": 2, "be_lr_scale": 0.5},
+                   "finetune": {"lr": 0.1, "warmup": 1, "steps": 10, "grad_clip": 0.0}})
+    data = SimpleNamespace(images=np.zeros((1, IMAGE, IMAGE, 3), np.uint8),
+                           labels=np.zeros(1, np.int32))
+    job = finetune_job([cfg], SimpleNamespace(num_classes=CLASSES, train=data), model=None)
+    params = {"kernel": jnp.ones(2), "fast_in": jnp.ones(2)}
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    state = job.optimizer.init(params)
+    _, state = job.optimizer.update(grads, state, params)      # step 0: warmup lr 0
+    updates, _ = job.optimizer.update(grads, state, params)    # step 1: lr 0.1, trace 0.9+1
+    # Slow weights: −0.1 · 1.9 = −0.19; fast weights at half the learning rate: −0.095.
+    np.testing.assert_allclose(updates["kernel"], -0.19, rtol=1e-5)
+    np.testing.assert_allclose(updates["fast_in"], -0.095, rtol=1e-5)
