@@ -94,7 +94,8 @@ def run_predictions(model, params, suite, cfg: Mapping[str, Any]) -> dict[str, n
     """Apply the model to every set the run's ``eval`` section asks for."""
     ev = cfg["eval"]
     fn = make_predict_fn(model)
-    bs = min(ev["batch_size"], _round_up(max(len(suite.test), 1), 8))
+    # No larger than needed for the test set, and whole routing groups of images.
+    bs = min(ev["batch_size"], _round_up(len(suite.test), cfg["model"]["group_images"]))
 
     def probs_of(images):
         return predict(model, params, images, bs, fn)[0]
