@@ -379,7 +379,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
 
     def add_run(cfg: dict, axes: dict, seed: int) -> str:
         rid = run_id(cfg)
-        key = (canonical_json(axes), seed)
+        key = (tuple(axes.items()), seed)      # axis values are scalars
         if key in seen:
             if seen[key] != rid:
                 raise SweepError(file, "axes", axes,
@@ -403,7 +403,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
         """The resolved config of a point and seed. The cross-field rules do not involve
         the seed, so each point is resolved (validated) once and copied per seed."""
         full = {**point, **(extra or {})}
-        key = canonical_json(full)
+        key = tuple(sorted(full.items()))
         if key not in resolved_points:
             over = base
             for path, value in full.items():
@@ -480,7 +480,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
                     sweep.ensembles[eid] = {"kind": ens["kind"], "members": sorted(members)}
                     axes = {**axes_of(sweep.runs[members[0]]), "method": ens["label"],
                             ENSEMBLE_SIZE_AXIS: size}
-                    key = (canonical_json(axes), r)
+                    key = (tuple(axes.items()), r)
                     if key in seen:
                         continue
                     seen[key] = eid
@@ -568,16 +568,27 @@ def write_plan(plan: Plan, results_root: str = "results") -> int:
     by_id += [(upstream_config_path(str(root), uid), plan.runs[rid])
               for uid, rid in plan.upstreams.items()]
     by_id += [(ensemble_config_path(str(root), eid), ens) for eid, ens in plan.ensembles.items()]
+    existing: dict[str, set[str]] = {}
     for d in {os.path.dirname(p) for p, _ in by_id}:
         os.makedirs(d, exist_ok=True)
+        existing[d] = set(os.listdir(d))
     for path, obj in by_id:
-        if not os.path.exists(path):
+        if os.path.basename(path) not in existing[os.path.dirname(path)]:
             written += _atomic_write_if_changed(Path(path), _json_text(obj))
     for sweep in plan.sweeps.values():
         d = root / "sweeps" / sweep.name
+        # The index is rewritten only when its fingerprint (the sweep file, the variant and
+        # every entry's id and axis values) changed; entry ids hash the configs.
+        fingerprint = short_hash([sweep.file_sha256, sweep.variant, sweep.axes, sweep.seeds,
+                                  [(e["id"], e["seed"], e["axes"]) for e in sweep.entries]], 64)
+        stamp = d / "index.fingerprint"
+        if (stamp.exists() and stamp.read_text() == fingerprint
+                and (d / "index.json").exists() and (d / "index.tsv").exists()):
+            continue
         # Compact (C encoder): a paper-scale index holds thousands of resolved configs.
         written += _atomic_write_if_changed(d / "index.json", canonical_json(sweep.index()) + "\n")
         written += _atomic_write_if_changed(d / "index.tsv", index_tsv(sweep))
+        _atomic_write_if_changed(stamp, fingerprint)
     return written
 
 
