@@ -88,7 +88,8 @@ def test_progress_plain_lines_show_step_loss_rate_and_eta():
 
 def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_dir,
                                                             monkeypatch):
-    cfg = write_cfg(tmp_path / "cfg.json")
+    # The full evaluation suite, so that every record is compared.
+    cfg = write_cfg(tmp_path / "cfg.json", {"eval": {"corrupted": True, "fewshot": True}})
 
     def run_args(name):
         return ["run", "--config", cfg, "--upstream", upstream_dir, "--out", tmp_path / name,
@@ -124,6 +125,15 @@ def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_
     for k in pa.files:
         assert np.array_equal(pa[k], pb[k]), k
     assert pa["probs"].shape[0] == 2             # M = 2 members (E³)
+    # the suite: 10 corruptions × 5 severities + mean, near/far OOD, 3 tasks × 4 shots
+    recs = b["records"]
+    corr = {(r["corruption"], r["severity"]) for r in recs if r["split"] == "corrupted"}
+    assert len(corr) == 10 * 5 + 1 and ("mean", 0) in corr
+    assert {r["metric"] for r in recs if r["split"] == "ood_far"} == {"auroc", "aupr", "fpr95"}
+    few = {(r["corruption"], r["severity"], r["member"]) for r in recs
+           if r["split"] == "fewshot"}
+    assert len(few) == (3 + 1) * 4 * 2                 # tasks + mean, shots, joint/disjoint
+    assert {r["member"] for r in recs if r["split"] == "clean"} == {"ensemble", "0", "1"}
     prov = b["provenance"]
     assert prov["packages"]["jax"] and prov["code_commit"] and prov["finished"] >= prov["started"]
     assert b["config"]["method"] == "e3" and b["upstream_id"] == a["upstream_id"]
