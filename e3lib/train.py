@@ -49,11 +49,12 @@ import numpy as np
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import ConfigError, resolve, run_id, upstream_config, upstream_id
+from e3lib.data.loaders import DatasetNotFoundError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.progress import Progress
 from e3lib.provenance import provenance, utc_now
 
-EXIT_OK, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 3, 4
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 2, 3, 4
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -357,14 +358,20 @@ def cli_upstream(argv: list[str]) -> int:
     p.add_argument("--log-mode", choices=PROGRESS_MODES, default="auto")
     a = p.parse_args(argv)
     setup_jax_cache()
-    cfg = read_config(a.config)
+    try:
+        cfg = read_config(a.config)
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"e3 upstream: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     ucfg = upstream_config(cfg)
     started = utc_now()
     if ucfg["checkpoint"]:
         path = Path(ucfg["checkpoint"])
         if not path.exists():
-            raise ConfigError("upstream.checkpoint", ucfg["checkpoint"], "path does not exist",
+            err = ConfigError("upstream.checkpoint", ucfg["checkpoint"], "path does not exist",
                               source=a.config)
+            print(f"e3 upstream: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         from e3lib.models.convert import restore_params
 
         restore_params(path)  # fail now, not in every fine-tune, if it cannot be read
@@ -377,6 +384,9 @@ def cli_upstream(argv: list[str]) -> int:
         except Preempted as err:
             print(f"e3 upstream: {err}", file=sys.stderr)
             return EXIT_PREEMPTED
+        except (ConfigError, DatasetNotFoundError) as err:
+            print(f"e3 upstream: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except Diverged as err:
             atomic_write_json(Path(a.workdir) / "diverged.json",
                               {"upstream_id": upstream_id(cfg), "status": "diverged",
@@ -527,9 +537,13 @@ def cli_run(argv: list[str]) -> int:
     if len(a.out) != len(a.config):
         p.error(f"--out needs one dir per --config ({len(a.config)}), got {len(a.out)}")
     setup_jax_cache()
-    cfgs = [read_config(c) for c in a.config]
-    if len(cfgs) > 1:
-        check_packable(cfgs, a.config)
+    try:
+        cfgs = [read_config(c) for c in a.config]
+        if len(cfgs) > 1:
+            check_packable(cfgs, a.config)
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"e3 run: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     stop = StopFlag().install()
     try:
         finetune_and_evaluate(cfgs, a.upstream, a.out,
@@ -540,6 +554,9 @@ def cli_run(argv: list[str]) -> int:
     except Preempted as err:
         print(f"e3 run: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except (ConfigError, DatasetNotFoundError) as err:
+        print(f"e3 run: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         stop.uninstall()
     return EXIT_OK

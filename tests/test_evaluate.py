@@ -136,7 +136,6 @@ def test_predict_pads_the_last_batch_and_drops_the_padding():
 
     def fake_predict_fn(params, images):
         calls.append(images.shape[0])
-        b = images.shape[0]
         # probs = per-image mean pixel in one class slot; features = same
         v = images.mean(axis=(1, 2, 3))
         probs = np.stack([v, 1 - v], -1)[None]          # (1, B, 2)

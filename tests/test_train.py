@@ -56,7 +56,7 @@ def test_upstream_done_file_is_written_last_with_params(upstream_dir):
 
 
 def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(tmp_path,
-                                                                       upstream_dir):
+                                                                       upstream_dir, capsys):
     params = json.loads((upstream_dir / "done.json").read_text())["params_path"]
     cfg = write_cfg(tmp_path / "cfg.json", {"upstream": {"checkpoint": params}})
     rc = train.cli_upstream(["--config", str(cfg), "--workdir", str(tmp_path / "up"),
@@ -65,9 +65,11 @@ def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(tmp_path
     done = json.loads((tmp_path / "up" / "done.json").read_text())
     assert done["params_path"] == params and "train" not in done
     bad = write_cfg(tmp_path / "bad.json", {"upstream": {"checkpoint": str(tmp_path / "nope")}})
-    with pytest.raises(Exception, match="upstream.checkpoint"):
-        train.cli_upstream(["--config", str(bad), "--workdir", str(tmp_path / "up2"),
-                            "--done", str(tmp_path / "up2" / "done.json")])
+    rc = train.cli_upstream(["--config", str(bad), "--workdir", str(tmp_path / "up2"),
+                             "--done", str(tmp_path / "up2" / "done.json")])
+    assert rc == train.EXIT_BAD_INPUT
+    assert "upstream.checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "up2" / "done.json").exists()
 
 
 def test_progress_plain_lines_show_step_loss_rate_and_eta():
@@ -171,12 +173,21 @@ def test_packed_seeds_equal_separate_runs(tmp_path):
     assert not np.allclose(p3, p4)
 
 
-def test_packing_rejects_configs_differing_beyond_seed(tmp_path):
+def test_packing_rejects_configs_differing_beyond_seed(tmp_path, capsys):
     a = write_cfg(tmp_path / "a.json", seed=0)
     b = write_cfg(tmp_path / "b.json", {"finetune": {"lr": 0.5}}, seed=1)
-    with pytest.raises(Exception, match="differ only in seed"):
-        train.cli_run(["--config", str(a), str(b), "--out", str(tmp_path / "x"),
-                       str(tmp_path / "y")])
+    rc = train.cli_run(["--config", str(a), str(b), "--out", str(tmp_path / "x"),
+                        str(tmp_path / "y")])
+    assert rc == train.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "differ only in seed" in err and "b.json" in err and "finetune" in err
+
+
+def test_bad_config_is_a_clear_error_naming_file_and_field(tmp_path, capsys):
+    bad = write_cfg(tmp_path / "bad.json", {"data": {"dataset": "mnist"}})
+    assert train.cli_run(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "data.dataset" in err and "cifar10" in err
 
 
 def test_schedules_warmup_then_decay():
