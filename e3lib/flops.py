@@ -86,6 +86,7 @@ class Layout:
     # MIMO (App. B.3): each row carries M images on the channel axis and M heads' outputs;
     # its R = batch repetition rows per image are routed as separate inputs.
     input_channels: int = 3
+    input_rows: int = 1        # rows per image through the patch embedding
     head_outputs: int = 1      # × classes
     rows_are_inputs: bool = False
 
@@ -128,7 +129,7 @@ def layout(cfg: Mapping[str, Any]) -> Layout:
             blocks.append(_Block(rows=rows))
     if method == "mimo":
         return Layout(blocks, out_rows=rows, input_channels=3 * M, head_outputs=M,
-                      rows_are_inputs=True)
+                      rows_are_inputs=True, input_rows=m["mimo_batch_repetition"])
     return Layout(blocks, out_rows=rows)
 
 
@@ -159,7 +160,7 @@ def flops_breakdown(cfg: Mapping[str, Any], num_classes: int = 1000,
     out = dict.fromkeys(("patch_embedding", "attention_projections", "attention_scores",
                          "mlp", "experts", "router", "dispatch", "head", "elementwise"), 0.0)
     lay = layout(cfg)
-    out["patch_embedding"] = (INPUT_LAYER_FACTOR * mac * lay.blocks[0].rows * N * P * P
+    out["patch_embedding"] = (INPUT_LAYER_FACTOR * mac * lay.input_rows * N * P * P
                               * lay.input_channels * H)
     for blk in lay.blocks:
         r = blk.rows
