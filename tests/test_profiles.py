@@ -130,7 +130,8 @@ def test_preemption_reports_failed_and_frees_the_tpu(tmp_path, fake_gcloud, monk
     job = tpu("submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "true"))).stdout.strip()
     assert wait_status(job) == "failed"
     state = json.loads((tmp_path / "jobs" / f"{job}.json").read_text())
-    assert "ssh exit 255" in state["reason"] and "SUSPENDED" in state["reason"]
+    # seen either by the driver (ssh exit 255) or first by a status poll: both name the state
+    assert "SUSPENDED" in state["reason"], state
     assert any(c[3] == "delete" and c[4] == job for c in fake_gcloud())
 
 
