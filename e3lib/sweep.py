@@ -41,7 +41,9 @@ Files written by ``write_plan`` (each only when its content changed, atomically)
     {root}/configs/{run_id}.json              resolved config of a run
     {root}/configs/upstream/{upstream_id}.json  a run config whose upstream this is
     {root}/configs/ensembles/{ensemble_id}.json  {"kind", "members"}
-    {root}/sweeps/{sweep}/index.json, index.tsv  the sweep's entries (ids ↔ axis values)
+    {root}/sweeps/{sweep}/index.json, index.tsv  the sweep's entries (ids ↔ axis values);
+                                               result paths in it read "results/..."
+                                               and are relative to {root}
 """
 
 from __future__ import annotations
