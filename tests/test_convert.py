@@ -11,6 +11,7 @@ from e3lib.models.convert import (ConversionError, convert_for_config, convert_p
                                   expert_permutation, resize_posemb, restore_params,
                                   router_columns, router_kernel_for, save_params)
 from e3lib.models.routing import expert_subsets
+from e3lib.models.testing import param_structure, random_params
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
 ROUTER = ("Encoder", "encoderblock_3", "Moe", "Router", "kernel")
@@ -27,10 +28,12 @@ def _cfg(method, image_size=16, **model):
     return resolve({"method": method, "model": model, "data": {"image_size": image_size}})
 
 
-def _params(cfg, images=IMAGES, shapes_only=False):
+def _params(cfg, images=IMAGES, shapes_only=False, seed=1):
+    """Model and random parameters (or their shapes); conversion does not depend on init."""
     model = build_model(cfg, 5)
-    init = lambda: model.init({"params": jax.random.key(1)}, images)["params"]  # noqa: E731
-    return model, (jax.eval_shape(init) if shapes_only else init())
+    if shapes_only:
+        return model, param_structure(model, images)
+    return model, random_params(model, images, seed=seed)
 
 
 def test_router_reshape_h_e_to_h_m_e_over_m():
@@ -57,7 +60,7 @@ def test_vmoe_to_e3_with_other_k_and_m():
     np.testing.assert_array_equal(_get(params, ROUTER),
                                   _get(up, ROUTER).reshape(32, 4, 2))    # (H, M, E/M)
     np.testing.assert_array_equal(_get(params, EXPERT_KERNEL), _get(up, EXPERT_KERNEL))
-    np.testing.assert_array_equal(params["head"]["kernel"], 0.0)          # a new head
+    np.testing.assert_array_equal(params["head"]["kernel"], target["head"]["kernel"])  # new head
     logits, _ = model.apply({"params": params}, IMAGES)
     assert logits.shape == (2, 4, 5)
 
@@ -65,7 +68,7 @@ def test_vmoe_to_e3_with_other_k_and_m():
 def test_vit_to_vmoe_tiles_the_dense_mlp_into_identical_experts():
     _, up = _params(_cfg("vit"))
     cfg = _cfg("vmoe", num_experts=4)
-    _, target = _params(cfg)
+    _, target = _params(cfg, seed=2)
     params = convert_for_config(up, target, cfg)
     dense = up["Encoder"]["encoderblock_3"]["Mlp"]["MlpBlock"]["Dense_0"]["kernel"]
     experts = _get(params, EXPERT_KERNEL)
@@ -79,11 +82,7 @@ def test_vit_to_vmoe_tiles_the_dense_mlp_into_identical_experts():
 
 def test_expert_permutation_moves_experts_and_router_columns_together():
     cfg = _cfg("vmoe", num_experts=4, num_selected=2)
-    model, up = _params(cfg)
-    key = iter(jax.random.split(jax.random.key(7), 16))
-    up = jax.tree_util.tree_map_with_path(
-        lambda p, a: jax.random.normal(next(key), a.shape)
-        if "Mlp" in str(p) and "Moe" in str(p) else a, up)               # distinct experts
+    model, up = _params(cfg)                                             # distinct experts
     perm = expert_permutation(4, seed=3)
     assert sorted(perm) == [0, 1, 2, 3] and list(perm) != [0, 1, 2, 3]
     params = convert_params(up, up, permutation=perm, keep_head=True)

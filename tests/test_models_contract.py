@@ -9,6 +9,7 @@ from e3lib.config import ConfigError, resolve
 from e3lib.models import build_model
 from e3lib.models.registry import num_members
 
+IMAGES = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
 CASES = [
     ("vit", {}),
     ("vmoe", {"num_selected": 2}),
@@ -22,25 +23,40 @@ CASES = [
 
 @pytest.mark.parametrize("method,model", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
 def test_contract_shapes(method, model):
+    # Shapes only (jax.eval_shape traces init and apply without running them).
     cfg = resolve({"method": method, "model": model})
     net = build_model(cfg, num_classes=5)
-    images = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
-    variables = net.init({"params": jax.random.key(1)}, images, train=False)
-    logits, aux = net.apply(variables, images, train=True,
-                            rngs={"dropout": jax.random.key(2), "gating": jax.random.key(3)})
+
+    def forward():
+        variables = net.init({"params": jax.random.key(1)}, IMAGES, train=False)
+        return net.apply(variables, IMAGES, train=True,
+                         rngs={"dropout": jax.random.key(2), "gating": jax.random.key(3)})
+
+    logits, aux = jax.eval_shape(forward)
     members = num_members(cfg)
     assert logits.shape == (4, members, 5)
     assert aux["features"].shape == (4, members, 32)
     assert aux["aux_loss"].shape == ()
+    expected_layers = [] if method == "vit" else ["encoderblock_1", "encoderblock_3"]
+    assert sorted(aux["router"]) == expected_layers
+
+
+def test_initial_model_values():
+    cfg = resolve({"method": "e3", "model": {"ensemble_size": 2}})
+    net = build_model(cfg, num_classes=5)
+    # One compiled program for init + forward (cheaper than running init op by op).
+    (logits, aux), variables = jax.jit(lambda k: net.init_with_output(
+        {"params": k, "dropout": jax.random.key(2), "gating": jax.random.key(3)},
+        IMAGES, train=True))(jax.random.key(1))
     # Zero-initialised head: every logit equals the head bias -log(5).
     np.testing.assert_allclose(logits, -np.log(5.0), rtol=1e-6)
-    if method == "vit":
-        assert aux["router"] == {} and float(aux["aux_loss"]) == 0.0
-    else:
-        assert sorted(aux["router"]) == ["encoderblock_1", "encoderblock_3"]
-        total = sum(float(m["aux_loss"]) for m in aux["router"].values())
-        np.testing.assert_allclose(float(aux["aux_loss"]), total, rtol=1e-6)
-        assert float(aux["aux_loss"]) > 0
+    # aux loss = Σ over the MoE layers of their (positive) aux losses.
+    total = sum(float(m["aux_loss"]) for m in aux["router"].values())
+    np.testing.assert_allclose(float(aux["aux_loss"]), total, rtol=1e-6)
+    assert float(aux["aux_loss"]) > 0
+    params = variables["params"]
+    np.testing.assert_array_equal(params["cls"], 0.0)
+    assert float(jnp.std(params["Encoder"]["posembed_input"])) == pytest.approx(0.02, rel=0.2)
 
 
 def test_unbuilt_method_names_itself(monkeypatch):
@@ -52,6 +68,13 @@ def test_unbuilt_method_names_itself(monkeypatch):
     monkeypatch.setitem(registry.METHODS, "mimo", unbuilt)
     cfg = resolve({"method": "mimo"})
     with pytest.raises(NotImplementedError, match="mimo"):
+        build_model(cfg, 10)
+
+
+def test_unknown_size_is_rejected():
+    cfg = resolve({"method": "vmoe"})
+    cfg["model"]["size"] = "XL/8"
+    with pytest.raises(ConfigError, match="model.size='XL/8'.*allowed"):
         build_model(cfg, 10)
 
 

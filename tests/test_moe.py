@@ -7,6 +7,7 @@ import pytest
 
 from e3lib.models.moe import MoeMlp, dense_moe_reference, from_groups, to_groups
 from e3lib.models.routing import NoisyTopKRouter, buffer_positions, compute_capacity
+from e3lib.models.testing import random_params
 from e3lib.models.vit import MlpBlock
 
 
@@ -17,19 +18,12 @@ def _moe(E=4, K=1, C=1.0, members=1, mlp_dim=8, **kw):
 
 
 def _init(moe, x):
-    return moe.init({"params": jax.random.key(1)}, x)["params"]
+    """Random parameters, every expert distinct (see e3lib.models.testing)."""
+    return random_params(moe, x, seed=1)
 
 
 def _apply(moe, params, x):
     return moe.apply({"params": params}, x)
-
-
-def _distinct_experts(params, key):
-    """Give every expert its own random weights (at init they are identical)."""
-    leaves, tree = jax.tree_util.tree_flatten(params["Mlp"])
-    keys = jax.random.split(key, len(leaves))
-    leaves = [0.5 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)]
-    return dict(params, Mlp=jax.tree_util.tree_unflatten(tree, leaves))
 
 
 def test_grouping_keeps_whole_images_member_fast():
@@ -52,7 +46,7 @@ def test_group_images_divide_any_batch():
 
 def test_experts_start_identical():
     x = jnp.ones((2, 4, 6))
-    params = _init(_moe(), x)
+    params = _moe().init({"params": jax.random.key(0)}, x)["params"]
     for leaf in jax.tree_util.tree_leaves(params["Mlp"]):
         assert leaf.shape[0] == 4
         np.testing.assert_array_equal(leaf, jnp.broadcast_to(leaf[:1], leaf.shape))
@@ -67,7 +61,7 @@ def test_overflow_tokens_are_dropped_and_combine_weight_is_raw_gate():
     moe = _moe(E=2, C=0.5)
     params = _init(moe, x)
     kernel = jnp.zeros((4, 1, 2)).at[0, 0].set(jnp.array([5.0, -5.0]))
-    params = _distinct_experts(dict(params, Router={"kernel": kernel}), jax.random.key(2))
+    params = dict(params, Router={"kernel": kernel})
     y, metrics = _apply(moe, params, x)
     assert int(metrics["capacity"]) == 4
     np.testing.assert_allclose(metrics["dropped_fraction"], 0.5)
@@ -85,7 +79,6 @@ def test_sparse_dispatch_equals_dense_oracle(K, C, bpr):
     x = jax.random.normal(jax.random.key(0), (4, 5, H))                  # B=4, T=5
     moe = _moe(E=E, K=K, C=C, batch_priority=bpr)
     params = _init(moe, x)
-    params = _distinct_experts(params, jax.random.key(2))
     y, metrics = _apply(moe, params, x)
     # Oracle: same routing, every expert run on every token.
     def oracle(params, x):
@@ -110,7 +103,7 @@ def test_multipred_keeps_selections_apart():
     # output; their sum is the ordinary MoE output.
     x = jax.random.normal(jax.random.key(0), (2, 5, 6))
     summed, apart = _moe(K=2, C=2.0), _moe(K=2, C=2.0, keep_selections_apart=True)
-    params = _distinct_experts(_init(summed, x), jax.random.key(2))
+    params = _init(summed, x)
     y_sum, _ = _apply(summed, params, x)
     y_apart, _ = _apply(apart, params, x)
     assert y_apart.shape == (4, 5, 6)
@@ -136,3 +129,37 @@ def test_expert_compute_grows_with_k_and_capacity_not_with_e():
     assert _flops(E=32, K=1, C=1.0) / base < 1.3
     assert _flops(E=4, K=2, C=1.0) / base > 1.7
     assert _flops(E=4, K=1, C=2.0) / base > 1.7
+
+
+def test_eval_capacity_factor_applies_only_at_evaluation():
+    # S = 2 images · 4 tokens = 8, K=1, E=2: C_f=0.5 -> ceil(2) -> 4; C_f=2 -> ceil(8) -> 8.
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4))
+    moe = _moe(E=2, C=0.5, eval_capacity_factor=2.0)
+    params = _init(moe, x)
+    _, train_metrics = moe.apply({"params": params}, x, train=True,
+                                 rngs={"gating": jax.random.key(1), "dropout": jax.random.key(2)})
+    _, eval_metrics = moe.apply({"params": params}, x, train=False)
+    assert int(train_metrics["capacity"]) == 4
+    assert int(eval_metrics["capacity"]) == 8
+
+
+def test_gradients_reach_router_and_experts():
+    # E³-style layer (two member routers over {0,1} and {2,3}, M=2 rows per image), training
+    # mode: the loss depends on the router through the gates and the aux loss, and on every
+    # expert that received tokens.
+    x = jax.random.normal(jax.random.key(0), (4, 5, 6))                  # B=2 images, M=2
+    moe = _moe(E=4, K=1, C=2.0, members=2, subsets=((0, 1), (2, 3)))
+    params = _init(moe, x)
+
+    @jax.jit
+    @jax.grad
+    def grads(p):
+        y, metrics = moe.apply({"params": p}, x, train=True,
+                               rngs={"gating": jax.random.key(1), "dropout": jax.random.key(2)})
+        return jnp.sum(y ** 2) + metrics["aux_loss"]
+
+    g = grads(params)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(g))
+    assert float(jnp.abs(g["Router"]["kernel"][:, 0]).sum()) > 0      # member 0's router
+    assert float(jnp.abs(g["Router"]["kernel"][:, 1]).sum()) > 0      # member 1's router
+    assert float(jnp.abs(g["Mlp"]["Dense_1"]["bias"]).sum()) > 0

@@ -152,3 +152,14 @@ def test_overlap_subsets_reject_bad_values():
         expert_subsets(8, 4, 2)
     with pytest.raises(ValueError, match="o=9"):
         expert_subsets(8, 2, 9)
+
+
+def test_router_kernel_shape_and_independent_member_init():
+    # E³ router with M=2 members over 4 experts each, H=64: kernel (H, M, E/M); each
+    # member's slice is its own lecun-normal draw (std 1/√H = 0.125).
+    router = NoisyTopKRouter(subsets=((0, 1, 2, 3), (4, 5, 6, 7)), num_selected=1,
+                             noise_std=0.25, aux_weight=0.01)
+    kernel = router.init(jax.random.key(0), jnp.ones((1, 4, 64)))["params"]["kernel"]
+    assert kernel.shape == (64, 2, 4)
+    assert not np.allclose(kernel[:, 0], kernel[:, 1])
+    np.testing.assert_allclose(float(jnp.std(kernel)), 0.125, rtol=0.2)
