@@ -175,6 +175,8 @@ def test_vit_s32_params_by_hand():
     ("tiling", {"ensemble_size": 2}), ("partitioning", {"ensemble_size": 2}),
     ("multipred", {"num_selected": 2, "num_predictions": 2}),
     ("e3", {"ensemble_size": 2, "overlap": 2}),
+    ("batchensemble", {"ensemble_size": 2}), ("mc_dropout", {"ensemble_size": 2}),
+    ("mimo", {"num_selected": 2, "ensemble_size": 3}),
 ])
 def test_params_equal_the_models_shapes(method, model):
     from e3lib.models.params import count_params as count_from_shapes
@@ -231,3 +233,22 @@ def test_unknown_dispatch_and_method_without_formula():
         flops_breakdown(cfg_of("vmoe"), dispatch="dense")
     with pytest.raises(ConfigError, match="method"):
         flops_breakdown(dict(cfg_of("vmoe"), method="no_such_method"))
+
+
+def test_baselines_of_table12_relations():
+    # BatchEnsemble tiles before the first last-n block like E³ but keeps dense MLPs:
+    # B/32, blocks 9, 10, 11 and the head run M times; the rest once (paper Table 12: 97.1
+    # for M=2 against ViT's 78.0).
+    vit = analytic_gflops(paper_cfg("vit", "B/32"))
+    be = paper_cfg("batchensemble", "B/32", ensemble_size=2)
+    assert [b.rows for b in layout(be).blocks] == [1] * 9 + [2] * 3
+    assert analytic_gflops(be) == pytest.approx(97.1, rel=0.03)
+    assert vit < analytic_gflops(be) < 2 * vit
+    # MIMO: M images on the channel axis and M heads; batch repetition R repeats everything.
+    mimo = lambda **m: flops_breakdown(paper_cfg("mimo", "B/32", num_selected=2, **m))  # noqa
+    one, two = mimo(ensemble_size=2), mimo(ensemble_size=2, mimo_batch_repetition=2)
+    vmoe = flops_breakdown(paper_cfg("vmoe", "B/32", num_selected=2))
+    assert one["patch_embedding"] == 2 * vmoe["patch_embedding"]
+    assert one["experts"] == vmoe["experts"]
+    assert sum(two.values()) == pytest.approx(2 * sum(one.values()))
+    assert sum(one.values()) / 1e9 == pytest.approx(96.3, rel=0.03)   # Table 12
