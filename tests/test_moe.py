@@ -165,3 +165,14 @@ def test_gradients_reach_router_and_experts():
     assert float(jnp.abs(g["Router"]["kernel"][:, 0]).sum()) > 0      # member 0's router
     assert float(jnp.abs(g["Router"]["kernel"][:, 1]).sum()) > 0      # member 1's router
     assert float(jnp.abs(g["Mlp"]["Dense_1"]["bias"]).sum()) > 0
+
+
+def test_expert_dropout_only_in_training():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4))
+    moe = _moe(E=2, C=2.0, expert_dropout=0.5)
+    params = _init(moe, x)
+    run = lambda key: moe.apply({"params": params}, x, train=True,  # noqa: E731
+                                rngs={"gating": jax.random.key(1), "dropout": key})[0]
+    assert not np.allclose(run(jax.random.key(2)), run(jax.random.key(3)))
+    np.testing.assert_array_equal(moe.apply({"params": params}, x)[0],
+                                  moe.apply({"params": params}, x)[0])
