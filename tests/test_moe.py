@@ -174,5 +174,7 @@ def test_expert_dropout_only_in_training():
     run = lambda key: moe.apply({"params": params}, x, train=True,  # noqa: E731
                                 rngs={"gating": jax.random.key(1), "dropout": key})[0]
     assert not np.allclose(run(jax.random.key(2)), run(jax.random.key(3)))
+    # Evaluation: the same output as the model without expert dropout.
+    no_dropout = _moe(E=2, C=2.0)
     np.testing.assert_array_equal(moe.apply({"params": params}, x)[0],
-                                  moe.apply({"params": params}, x)[0])
+                                  no_dropout.apply({"params": params}, x)[0])
