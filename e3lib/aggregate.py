@@ -40,6 +40,8 @@ import jsonschema
 import numpy as np
 import xarray as xr
 
+from e3lib.config import stale_fields
+
 RECORD_DIMS = ("split", "corruption", "severity", "member")
 COST_FIELDS = {"gflops": "gflops_per_image_train", "params": "params",
                "train_seconds": "train_seconds"}
@@ -256,6 +258,13 @@ def build_dataset(index: Mapping[str, Any], results_root: str | Path,
             status[cell] = STATUS_FLAGS["diverged" if result["status"] == "diverged" else "missing"]
             run_status[entry["id"]] = result["status"]
             continue
+        if entry.get("kind") == "run" and entry.get("config") and result.get("config"):
+            changed = stale_fields(result["config"], entry["config"])
+            if changed:
+                raise AggregateError(
+                    f"{result_path}: stale result of run {entry['id']}: field(s) {changed} differ "
+                    f"from the current config (a default changed since it ran); re-run it with "
+                    f"`snakemake --forcerun ...` or `e3 run`, or restore the old default")
         status[cell] = STATUS_FLAGS["ok"]
         run_status[entry["id"]] = "ok"
         for name, field in COST_FIELDS.items():

@@ -219,9 +219,51 @@ def short_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
+def non_default_fields(cfg: Mapping[str, Any], defaults: Mapping[str, Any] = DEFAULTS) -> dict:
+    """The part of a resolved config that differs from ``DEFAULTS`` (nested, same layout)."""
+    out: dict = {}
+    for key, value in cfg.items():
+        default = defaults.get(key, _MISSING)
+        if isinstance(value, Mapping) and isinstance(default, Mapping):
+            sub = non_default_fields(value, default)
+            if sub:
+                out[key] = sub
+        elif value != default or type(value) is not type(default):
+            out[key] = value
+    return out
+
+
+_MISSING = object()
+
+
 def run_id(cfg: Mapping[str, Any]) -> str:
-    """Identity of a resolved run config: the same config always gets the same id."""
-    return short_hash(cfg)
+    """Identity of a resolved run config: the same config always gets the same id.
+
+    Only the fields that differ from ``DEFAULTS`` are hashed, so adding a new field (with a
+    default that keeps the old behaviour) leaves every existing run id, and every finished
+    run, valid. Each run's results store the full resolved config; ``stale_fields``
+    detects results computed under other defaults.
+    """
+    return short_hash(non_default_fields(cfg))
+
+
+def stale_fields(stored: Mapping[str, Any], current: Mapping[str, Any], path: str = "") -> list[str]:
+    """Dotted fields whose value in a stored (finished) config differs from the current one.
+
+    Fields absent from the stored config were added to ``DEFAULTS`` after the run finished;
+    the same run id implies they hold their default, so they are not stale.
+    """
+    diffs: list[str] = []
+    for key, value in current.items():
+        dotted = f"{path}{key}"
+        if key not in stored:
+            continue
+        old = stored[key]
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            diffs += stale_fields(old, value, dotted + ".")
+        elif old != value:
+            diffs.append(dotted)
+    return diffs
 
 
 def upstream_config(cfg: Mapping[str, Any]) -> dict:

@@ -179,3 +179,23 @@ def test_record_dims_from_mixed_splits_and_null_values(tmp_path):
                                            "corruption": "v2", "severity": 0,
                                            "member": "ensemble"})))
     assert int(np.isfinite(ds["fewshot_error"]).sum()) == 1
+
+
+def test_stale_result_under_changed_default_is_an_error(tmp_path):
+    # A finished run whose stored config differs from the index's (a default changed after
+    # it ran, so its id no longer describes it) must not be averaged in silently.
+    cells = [{"axes": {"method": "e3"}, "metrics": {"nll": [0.6]}}]
+    index_path = synthetic.write_sweep(tmp_path, "s", ["method"], [0], cells)
+    index = json.loads(index_path.read_text())
+    entry = index["entries"][0]
+    entry["config"] = {"axes": {"method": "e3"}, "model": {"capacity_factor": 2.0}}
+    result_path = tmp_path / "runs" / entry["id"] / "results.json"
+    result = json.loads(result_path.read_text())
+    result["config"] = {"axes": {"method": "e3"}, "model": {"capacity_factor": 1.5}}
+    result_path.write_text(json.dumps(result))
+    with pytest.raises(aggregate.AggregateError, match=r"stale result.*model\.capacity_factor"):
+        aggregate.build_dataset(index, tmp_path, index_path=index_path)
+    result["config"] = entry["config"]
+    result_path.write_text(json.dumps(result))
+    ds = aggregate.build_dataset(index, tmp_path, index_path=index_path)
+    assert int(ds["status"].values.ravel()[0]) == aggregate.STATUS_FLAGS["ok"]

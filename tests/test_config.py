@@ -1,0 +1,42 @@
+"""Run identity: defaults-pruned hashing and stale-result detection."""
+
+import copy
+
+from e3lib import config
+
+
+def test_run_id_hashes_only_fields_that_differ_from_defaults():
+    cfg = config.resolve({"method": "e3", "model": {"ensemble_size": 2}})
+    # The id is the hash of {"model": {"ensemble_size": 2}} (method e3 and the rest are defaults).
+    assert config.non_default_fields(cfg) == {"model": {"ensemble_size": 2}}
+    assert config.run_id(cfg) == config.short_hash({"model": {"ensemble_size": 2}})
+    # Spelling a default explicitly does not change the identity.
+    same = config.resolve({"method": "e3", "model": {"ensemble_size": 2, "overlap": 0}})
+    assert config.run_id(same) == config.run_id(cfg)
+    other = config.resolve({"method": "e3", "model": {"ensemble_size": 2}, "seed": 1})
+    assert config.run_id(other) != config.run_id(cfg)
+
+
+def test_a_new_field_with_its_default_keeps_existing_ids(monkeypatch):
+    cfg = config.resolve({"method": "vmoe", "model": {"num_selected": 2}})
+    before = config.run_id(cfg)
+    defaults = copy.deepcopy(config.DEFAULTS)
+    defaults["model"]["a_future_option"] = False
+    monkeypatch.setattr(config, "DEFAULTS", defaults)
+    grown = copy.deepcopy(cfg)
+    grown["model"]["a_future_option"] = False
+    assert config.non_default_fields(grown, defaults) == {"method": "vmoe", "model": {"num_selected": 2}}
+    assert config.short_hash(config.non_default_fields(grown, defaults)) == before
+
+
+def test_int_and_float_of_equal_value_are_different_identities():
+    # 1 and 1.0 compare equal in Python but are different configs on disk; keep them apart.
+    a = config.non_default_fields({"model": {"noise_mult": 1}}, {"model": {"noise_mult": 1.0}})
+    assert a == {"model": {"noise_mult": 1}}
+
+
+def test_stale_fields_names_changed_values_and_ignores_new_fields():
+    stored = {"seed": 0, "model": {"capacity_factor": 1.5, "num_experts": 8}}
+    current = {"seed": 0, "model": {"capacity_factor": 2.0, "num_experts": 8, "new_field": 3}}
+    assert config.stale_fields(stored, current) == ["model.capacity_factor"]
+    assert config.stale_fields(stored, stored) == []
