@@ -13,6 +13,8 @@ metrics in the same format.
 ``predictions.npz`` keys (``.`` separates parts):
 
 - ``probs`` (M, N, C) and ``labels`` (N,): the clean test set (docs/architecture.md);
+- ``probs.val`` (M, N_val, C) and ``labels.val`` (N_val,): the validation split (App. A.3
+  fractions of train), read only for hyperparameter selection (e3lib.aggregate.select_grid);
 - ``probs.corrupted.{type}.{severity}``, ``labels.corrupted.{type}.{severity}``;
 - ``probs.shifted.{name}``, ``labels.shifted.{name}`` (e.g. ImageNet-A / -V2);
 - ``probs.ood_near``, ``probs.ood_far`` (M, N', C);
@@ -21,6 +23,8 @@ metrics in the same format.
 
 Records (``{"split", "corruption", "severity", "member", "metric", "value"}``):
 
+- ``val``: nll, error, ece, brier per member and "ensemble" (+ diversity when M > 1),
+  corruption "none", severity 0 — the split hyperparameters are selected on.
 - ``clean`` / ``corrupted`` (type, 1..5; plus ``mean`` severity 0 = average over all
   types × severities) / ``shifted``: nll, error, ece, brier per member "0", "1", … and
   "ensemble" (mean of member probabilities); the ensemble adds kl_diversity,
@@ -102,6 +106,9 @@ def run_predictions(model, params, suite, cfg: Mapping[str, Any]) -> dict[str, n
 
     out = {"labels": suite.test.labels}
     out["probs"], _ = predict(model, params, suite.test.images, bs, fn)
+    if suite.val is not None and len(suite.val.labels):
+        out[SEP.join(["probs", "val"])] = probs_of(suite.val.images)
+        out[SEP.join(["labels", "val"])] = suite.val.labels
     if ev["corrupted"]:
         for name, by_sev in suite.corrupted.items():
             for sev, data in by_sev.items():
@@ -144,6 +151,10 @@ def records_from_predictions(preds: Mapping[str, np.ndarray], fewshot_shots: Seq
     """All metric records of a prediction dict (see the module docstring)."""
     records = _records("clean", "none", 0, metrics.prediction_metrics(preds["probs"],
                                                                       preds["labels"]))
+    val_key = SEP.join(["probs", "val"])
+    if val_key in preds:
+        records += _records("val", "none", 0, metrics.prediction_metrics(
+            preds[val_key], preds[SEP.join(["labels", "val"])]))
     corrupted = {}
     for key in sorted(preds):
         parts = key.split(SEP)
