@@ -13,8 +13,10 @@ A sweep file (``sweeps/*.yaml``, schema ``workflow/schemas/sweep.schema.yaml``) 
     ensembles   deep ensembles of independent runs: label, kind (downstream | upstream),
                 sizes, ``of`` (which points), replicates
     reproduces  paper table / figure ids this sweep reproduces
+    select      hyperparameter selection over some axes (``over``), by a validation metric:
+                carried into index.json and applied by e3lib.aggregate.select_grid
     variants    ``small`` and/or ``paper`` overlays: base (merged), axes (replace),
-                add_axes (appended), seeds, ensembles (replace)
+                add_axes (appended), seeds, ensembles, select (replace)
 
 Checking order, all before any job exists: the file against the JSON schema, then every
 axis name against the run-config fields, then every expanded run through
@@ -74,6 +76,10 @@ ENSEMBLE_SIZE_AXIS = "model.ensemble_size"
 # aggregate re-roots them under its --results-root), so an index stays valid when the
 # results directory is moved or configured elsewhere.
 RESULT_PREFIX = "results"
+# Defaults of a `select:` block (the paper does not state its selection metric).
+SELECT_DEFAULTS = {"metric": "nll", "split": "val", "mode": "min", "member": "ensemble"}
+# Axes a selection may not range over: they are what the tables compare.
+UNSELECTABLE_AXES = ("method", ENSEMBLE_SIZE_AXIS)
 
 
 class SweepError(ValueError):
@@ -214,11 +220,15 @@ class Sweep:
     runs: dict[str, dict] = field(default_factory=dict)        # run_id -> resolved config
     run_upstream: dict[str, str] = field(default_factory=dict)  # run_id -> upstream_id
     ensembles: dict[str, dict] = field(default_factory=dict)   # ensemble_id -> {kind, members}
+    select: dict | None = None   # `select:` block with defaults filled in, or None
 
     def index(self) -> dict:
-        return {"sweep": self.name, "file": self.file, "file_sha256": self.file_sha256,
-                "variant": self.variant, "reproduces": self.reproduces, "title": self.title,
-                "axes": self.axes, "seeds": self.seeds, "entries": self.entries}
+        out = {"sweep": self.name, "file": self.file, "file_sha256": self.file_sha256,
+               "variant": self.variant, "reproduces": self.reproduces, "title": self.title,
+               "axes": self.axes, "seeds": self.seeds, "entries": self.entries}
+        if self.select is not None:
+            out["select"] = self.select
+        return out
 
 
 @dataclass
@@ -262,7 +272,7 @@ def _variant_doc(doc: dict, variant: str, file: str) -> dict:
         except ConfigError as err:
             raise SweepError(file, f"variants.{variant}.base.{err.field}", err.value,
                              err.rule) from None
-    for key in ("axes", "seeds", "ensembles"):
+    for key in ("axes", "seeds", "ensembles", "select"):
         if key in overlay:
             out[key] = copy.deepcopy(overlay[key])
     if "add_axes" in overlay:
@@ -270,7 +280,8 @@ def _variant_doc(doc: dict, variant: str, file: str) -> dict:
     out["_where"] = {"axes": f"variants.{variant}.axes" if "axes" in overlay else "axes",
                      "seeds": f"variants.{variant}.seeds" if "seeds" in overlay else "seeds",
                      "ensembles": (f"variants.{variant}.ensembles" if "ensembles" in overlay
-                                   else "ensembles")}
+                                   else "ensembles"),
+                     "select": f"variants.{variant}.select" if "select" in overlay else "select"}
     out["_n_axes_own"] = len(overlay["axes"]) if "axes" in overlay else len(doc.get("axes") or [])
     return out
 
@@ -332,6 +343,25 @@ def _check_axes(doc: dict, file: str) -> list[str]:
     return names
 
 
+def _check_select(doc: dict, axes: Sequence[str], file: str) -> dict | None:
+    """The sweep's `select:` block with defaults filled in; `over` must name its axes."""
+    block = doc.get("select")
+    if block is None:
+        return None
+    where = doc["_where"]["select"]
+    for i, axis in enumerate(block["over"]):
+        if axis in UNSELECTABLE_AXES:
+            raise SweepError(file, f"{where}.over[{i}]", axis,
+                             f"{axis} is compared by the tables, not selected; allowed: "
+                             f"{[a for a in axes if a not in UNSELECTABLE_AXES]}")
+        if axis not in axes:
+            raise SweepError(file, f"{where}.over[{i}]", axis,
+                             f"not an axis of this sweep (variant); allowed: "
+                             f"{[a for a in axes if a not in UNSELECTABLE_AXES]}")
+    return {"over": list(block["over"]),
+            **{k: block.get(k, v) for k, v in SELECT_DEFAULTS.items()}}
+
+
 def _seeds(doc: dict) -> list[int]:
     s = doc.get("seeds", 1)
     return list(range(s)) if isinstance(s, int) else list(s)
@@ -376,6 +406,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
         sweep.axes.append(ENSEMBLE_SIZE_AXIS)
     if "method" not in sweep.axes:   # every table row is keyed by method
         sweep.axes.insert(0, "method")
+    sweep.select = _check_select(d, sweep.axes, file)
 
     seen: dict[tuple, str] = {}
 
@@ -582,6 +613,7 @@ def write_plan(plan: Plan, results_root: str = "results") -> int:
         # The index is rewritten only when its fingerprint (the sweep file, the variant and
         # every entry's id and axis values) changed; entry ids hash the configs.
         fingerprint = short_hash([sweep.file_sha256, sweep.variant, sweep.axes, sweep.seeds,
+                                  sweep.select,
                                   [(e["id"], e["seed"], e["axes"]) for e in sweep.entries]], 64)
         stamp = d / "index.fingerprint"
         if (stamp.exists() and stamp.read_text() == fingerprint
