@@ -174,6 +174,36 @@ def _runs(inp: Input, out: Path) -> tuple[list[str], list[dict]]:
     return axes, runs
 
 
+def _selection(inp: Input) -> dict | None:
+    """The sweep's hyperparameter selection for its page: the validation metric of every
+    grid point (the full grid) and the point chosen per cell; None without ``select``."""
+    from e3lib.aggregate import (SELECTED_PREFIX, validation_values, seed_stats,
+                                 select_grid, selection_of)
+
+    ds = inp.ds
+    view = select_grid(ds)
+    sel = selection_of(view)
+    if sel is None:
+        return None
+    axes = dataset_axes(ds)
+    keep = dataset_axes(view)
+    stats = seed_stats(validation_values(ds, sel), ds["status"])
+    dims = [axis_dim(a) for a in axes]
+    grid = []
+    for pos in np.ndindex(*(ds.sizes[d] for d in dims)):
+        at = {d: ds[d].values[p] for d, p in zip(dims, pos)}
+        st = stats.sel(at)
+        if int(st["n_req"]) == 0:
+            continue
+        cell = {axis_dim(a): at[axis_dim(a)] for a in keep}
+        chosen = all(str(view[SELECTED_PREFIX + axis_dim(a)].sel(cell).values)
+                     == str(at[axis_dim(a)]) for a in sel["over"])
+        grid.append({"axes": [str(v) for v in at.values()], "mean": float(st["mean"]),
+                     "n": int(st["n"]), "n_req": int(st["n_req"]),
+                     "complete": bool(st["complete"]), "chosen": chosen})
+    return {"select": sel, "axes": axes, "grid": grid}
+
+
 def render_sweep_page(site: Site, inp: Input) -> None:
     a = inp.ds.attrs
     sweep = a["sweep"]
@@ -198,6 +228,7 @@ def render_sweep_page(site: Site, inp: Input) -> None:
     html = _env(True).get_template("sweep.html.j2").render(
         title=f"Sweep {sweep}", s=_sweep_summary(inp, True), provenance=provenance,
         tables=tables, axes=axes, runs=runs, figures=figures, commands=commands,
+        selection=_selection(inp),
         index_link=True, **_common())
     write_atomic(site.out / _sweep_page(inp), html)
 

@@ -24,12 +24,16 @@ def _entry_id(sweep: str, axes: Mapping[str, Any], seed: int) -> str:
 
 def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequence[int],
                 cells: Sequence[Mapping[str, Any]], reproduces: Sequence[str] = (),
-                title: str = "", with_predictions: bool = False) -> Path:
+                title: str = "", with_predictions: bool = False,
+                select: Mapping[str, Any] | None = None) -> Path:
     """Write index.json plus one results.json per (cell, seed); return the index path.
 
     Each cell: ``{"axes": {...}, "metrics": {name: [v_seed0, v_seed1, ...]},
     "gflops": float, "params": int, "members": int (default 1),
-    "member_metrics": {member: {name: [...]}} (optional), "seeds": {seed: None|"diverged"}}``.
+    "member_metrics": {member: {name: [...]}} (optional),
+    "val_metrics": {name: [...]} (optional; records of split "val", member "ensemble"),
+    "seeds": {seed: None|"diverged"}}``. ``select`` is written into the index as declared
+    (a complete block: over, metric, split, mode, member).
     """
     root = Path(root)
     entries = []
@@ -58,6 +62,9 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
                     records.append({"split": "clean", "corruption": "none", "severity": 0,
                                     "member": str(member), "metric": name,
                                     "value": per_seed[si]})
+            for name, per_seed in (cell.get("val_metrics") or {}).items():
+                records.append({"split": "val", "corruption": "none", "severity": 0,
+                                "member": "ensemble", "metric": name, "value": per_seed[si]})
             result = {"run_id": rid, "status": "ok", "config": {"axes": cell["axes"]},
                       "upstream_id": "synthetic",
                       "provenance": {"code_commit": "synthetic", "packages": {"jax": "0.0"},
@@ -71,6 +78,8 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
     index = {"sweep": sweep, "file": f"sweeps/{sweep}.yaml", "file_sha256": "0" * 64,
              "variant": "small", "reproduces": list(reproduces), "title": title or sweep,
              "axes": list(axes), "seeds": list(seeds), "entries": entries}
+    if select is not None:
+        index["select"] = dict(select)
     index_path = root / "sweeps" / sweep / "index.json"
     index_path.parent.mkdir(parents=True, exist_ok=True)
     index_path.write_text(json.dumps(index, indent=1))

@@ -8,6 +8,11 @@ One renderer serves every table: ``build_table`` turns a spec (tables.yaml) and 
 datasets that reproduce it into a ``Table`` of text cells; the Jinja2 templates
 ``table.{html,md,tex}.j2`` only lay those cells out.
 
+Hyperparameter selection: a dataset whose sweep declares ``select`` is shown through
+``e3lib.aggregate.select_grid`` (one row per cell of the other axes, at the grid point
+chosen on the validation split); the chosen values form a "selected" column (row layout)
+or footnotes (pivot layout), marked † where the grid or the chosen point lacks seeds.
+
 Bolding rule: in each metric column (or pivot grid) the row with the best mean is bold
 only if a Welch t-test (unequal variances, two-sided) of its seed values against the
 runner-up's gives p < alpha (0.05); rows with fewer than ``min_seeds`` values take no part.
@@ -26,7 +31,8 @@ import numpy as np
 import xarray as xr
 from scipy import stats as sps
 
-from e3lib.aggregate import (STATUS_FLAGS, axis_dim, axis_label, dataset_axes, seed_stats)
+from e3lib.aggregate import (SELECTED_PREFIX, STATUS_FLAGS, axis_dim, axis_label, dataset_axes,
+                             seed_stats, select_grid, selection_of)
 from e3lib.report.spec import default_spec, load_reference
 
 
@@ -52,6 +58,9 @@ class Row:
     runs_requested: int = 0
     run_ids: list[str] = field(default_factory=list)
     ref: dict | None = None             # matched paper row
+    selected: dict[str, str] | None = None  # chosen value per `select.over` axis
+    selected_score: float = math.nan        # validation metric (mean over seeds) there
+    selected_ok: bool = True            # grid and chosen point complete (else flagged)
 
 
 @dataclass
@@ -102,8 +111,12 @@ def _metric_array(ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping,
 
 def sweep_rows(ds: xr.Dataset, columns: Sequence[str], extra_dims: Sequence[str] = (),
                spec: Mapping | None = None) -> list[Row]:
-    """One ``Row`` per requested cell of the sweep, with statistics of each column metric."""
+    """One ``Row`` per requested cell of the sweep, with statistics of each column metric.
+
+    ``ds`` may be a selected view (``select_grid``): rows then carry the chosen values.
+    """
     spec = spec or default_spec()
+    selection = selection_of(ds)
     axes = dataset_axes(ds)
     extra = [d for d in extra_dims if d in ds.dims]
     dims = [axis_dim(a) for a in axes] + extra
@@ -133,11 +146,27 @@ def sweep_rows(ds: xr.Dataset, columns: Sequence[str], extra_dims: Sequence[str]
         if extra and not any(c.n for c in cells.values()):
             continue  # e.g. member "3" of a 2-member method
         run_ids = [r for r in np.asarray(ds["run_id"].sel(axis_pos).values).ravel().tolist() if r]
-        rows.append(Row(sweep=ds.attrs["sweep"],
-                        key={n: str(v) for n, v in zip(names, labels)}, stats=cells,
-                        runs_ok=int((st == STATUS_FLAGS["ok"]).sum()), runs_requested=n_req,
-                        run_ids=run_ids))
+        row = Row(sweep=ds.attrs["sweep"],
+                  key={n: str(v) for n, v in zip(names, labels)}, stats=cells,
+                  runs_ok=int((st == STATUS_FLAGS["ok"]).sum()), runs_requested=n_req,
+                  run_ids=run_ids)
+        if selection is not None:
+            row.selected = {a: str(ds[SELECTED_PREFIX + axis_dim(a)].sel(axis_pos).values)
+                            for a in selection["over"]}
+            row.selected_score = float(ds["select_score"].sel(axis_pos))
+            row.selected_ok = bool(ds["select_ok"].sel(axis_pos))
+        rows.append(row)
     return rows
+
+
+def selected_text(row: Row) -> str:
+    """``steps=20000, lr=0.01`` (+ " †" when the grid or the chosen point lacks seeds)."""
+    if row.selected is None:
+        return ""
+    if not any(row.selected.values()):
+        return "none (no validation metric) †"
+    text = ", ".join(f"{_short(a)}={v}" for a, v in row.selected.items())
+    return text + ("" if row.selected_ok else " †")
 
 
 def welch_p(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided") -> float:
@@ -255,6 +284,8 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
     mine = [ds for ds in datasets if table_id in json.loads(ds.attrs.get("reproduces", "[]"))]
     if not mine:
         return None
+    # a sweep that declares `select` is shown at its chosen grid points (one place: here)
+    mine = [select_grid(ds) for ds in mine]
     columns = tspec["columns"]
     extra = tspec.get("extra_dims", [])
     rows: list[Row] = []
@@ -282,6 +313,15 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
          "where the paper gives none." if ref and ref.get("rows") else
          "paper: no values of the paper are transcribed for this table."),
     ]
+    for ds in mine:
+        sel = selection_of(ds)
+        if sel is not None:
+            table.footnotes.append(
+                f"{ds.attrs['sweep']}: one row per configuration at the grid point of "
+                f"{', '.join(_short(a) for a in sel['over'])} with the best mean over seeds of "
+                f"{sel['split']} {sel['metric']} ({sel['mode']}, member {sel['member']}; ties: "
+                f"first in grid order); † where a grid point or the chosen one lacks seeds. "
+                f"The full grid is on the sweep page.")
     table.verdicts = verdicts_mod.evaluate_all(tspec.get("verdicts", []), rows, spec)
     return table
 
@@ -297,6 +337,9 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
     with_paper = bool(ref and ref.get("rows"))   # no paper columns for the demo table
     header = (["sweep"] if many else []) + (["paper row"] if with_paper else []) \
         + [_short(k) for k in key_names] + ["seeds"]
+    with_selected = any(r.selected is not None for r in table.rows)
+    if with_selected:
+        header.append("selected (val)")
     for m in columns:
         mcfg = spec["metrics"][m]
         header += [f"{mcfg['label']}{_arrow(mcfg)} ours"] + \
@@ -343,6 +386,9 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
             cells.append(Cell(f"{r.runs_ok}/{r.runs_requested}" +
                               (" †" if r.runs_ok < r.runs_requested else ""),
                               kind="seeds", flag=r.runs_ok < r.runs_requested))
+        if with_selected:
+            text = selected_text(r) if r is not None else ""
+            cells.append(Cell(text, kind="label", flag=r is not None and not r.selected_ok))
         for m in columns:
             mcfg = spec["metrics"][m]
             c = format_ours(r.stats.get(m) if r else None, mcfg)
@@ -396,6 +442,13 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
             body.append(cells)
         if why:
             table.footnotes.append(f"{mcfg['label']} grid: {why}.")
+        if m == tspec["columns"][0]:
+            for gkey, g in groups.items():
+                for p in pivots:
+                    if p in g and g[p].selected is not None:
+                        where = ", ".join(f"{_short(k)}={v}" for k, v in
+                                          [*(gkey[1:] if many else gkey), (pivot, p)])
+                        table.footnotes.append(f"selected at {where}: {selected_text(g[p])}")
         table.blocks.append(Block(caption=f"ours: {mcfg['label']}{_arrow(mcfg)}",
                                   header=header, rows=body))
         # paper: the same grid from the reference rows that give this metric
