@@ -3,15 +3,27 @@
 Notation: N examples, S pixels per side after resizing, 3 channels.
 
 A dataset ``name`` split ``split`` is looked for under each root directory, in order
-(roots: ``data.data_dir``, ``$E3_DATA_DIR``, ``~/tensorflow_datasets``), in these forms:
+(roots: ``data.data_dir``, ``$E3_DATA_DIR``, ``~/tensorflow_datasets``), in these forms,
+tried in this order:
 
 1. ``ROOT/NAME/SPLIT.npz``                 arrays ``images`` (N,H,W,3 uint8) and ``labels`` (N,)
-2. ``ROOT/NAME/SPLIT/CLASS/*.{png,jpg,…}`` an image folder (class folders sorted by name;
-                                            OOD sets may have no class folders)
+2. a TFDS array_record build (needs ``tensorflow_datasets`` and ``array_record``, not
+   TensorFlow), the newest version directory ``VERSION`` of
+   ``ROOT/NAME/VERSION/NAME-SPLIT.array_record-*``        (no builder config),
+   ``ROOT/NAME/SPLIT/VERSION/NAME-test.array_record-*``   (the split is a builder config:
+                                                           TFDS ``*_corrupted`` sets), or
+   ``ROOT/NAME/CONFIG/VERSION/NAME-SPLIT.array_record-*`` (one builder config, e.g.
+                                                           ``imagenet_v2/matched-frequency``)
+   with features ``image`` and ``label``;
 3. ``ROOT/NAME/SPLIT/dataset_info.json``   a Hugging Face ``datasets`` ``save_to_disk`` dir
-                                            (needs the ``datasets`` package)
-4. ``ROOT/NAME/VERSION/NAME-SPLIT.array_record*`` a TFDS array_record build (needs
-                                            ``tensorflow_datasets`` and ``array_record``)
+                                            (a ``Dataset``, or one split of a ``DatasetDict``
+                                            saved to ``ROOT/NAME``; columns ``image``/``img``
+                                            and ``label``/``fine_label``; needs ``datasets``)
+4. ``ROOT/NAME/SPLIT/CLASS/*.{png,jpg,…}`` an image folder (class folders sorted by name;
+                                            OOD sets may have no class folders)
+
+Decoded images of HF and TFDS sets may differ in size (ImageNet); each is resized to S×S
+as it is read, with the same ``resize_images`` as the npz arrays.
 
 If none is found, ``DatasetNotFoundError`` names the dataset, the split and every path
 that was looked at.
@@ -27,6 +39,8 @@ import numpy as np
 from scipy import ndimage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".JPEG")
+HF_IMAGE_COLUMNS = ("image", "img", "images")  # first present is used
+HF_LABEL_COLUMNS = ("label", "labels", "fine_label")  # CIFAR-100: fine, not coarse
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -103,34 +117,89 @@ def _read_image_folder(path: Path, size: int, need_labels: bool):
     return images, (labels if classes else None)
 
 
-def _read_hf(path: Path, need_labels: bool):
+def _stack_resized(images, size: int, where: str) -> np.ndarray:
+    """Decoded images (PIL images or (H, W[, C]) arrays, sizes may differ) → (N, S, S, 3)."""
+    out = []
+    for image in images:
+        if hasattr(image, "convert"):  # a PIL image
+            image = image.convert("RGB")
+        rgb = _as_rgb_uint8(np.asarray(image)[None], where)  # (1, H, W, 3)
+        out.append(resize_images(rgb, size)[0])
+    if not out:
+        raise ValueError(f"{where}: no examples")
+    return np.stack(out)  # (N, S, S, 3)
+
+
+def _read_hf(path: Path, size: int, need_labels: bool):
     try:
         import datasets  # type: ignore
     except ImportError as err:
-        raise ImportError(f"{path} is a Hugging Face datasets directory; "
-                          f"install the 'datasets' package to read it") from err
+        raise ImportError(f"{path} is a Hugging Face datasets directory; install the "
+                          f"'datasets' package to read it (pip install datasets)") from err
     ds = datasets.load_from_disk(str(path))
-    image_key = next((k for k in ("image", "img", "images") if k in ds.column_names), None)
-    label_key = next((k for k in ("label", "labels", "fine_label") if k in ds.column_names), None)
+    if not isinstance(ds, datasets.Dataset):
+        raise ValueError(f"{path}: expected one split saved with Dataset.save_to_disk, "
+                         f"got a {type(ds).__name__}")
+    image_key = next((k for k in HF_IMAGE_COLUMNS if k in ds.column_names), None)
+    label_key = next((k for k in HF_LABEL_COLUMNS if k in ds.column_names), None)
     if image_key is None or (need_labels and label_key is None):
-        raise ValueError(f"{path}: needs an image column and a label column, "
+        raise ValueError(f"{path}: needs an image column (one of {list(HF_IMAGE_COLUMNS)}) and "
+                         f"a label column (one of {list(HF_LABEL_COLUMNS)}); "
                          f"has {ds.column_names}")
-    images = np.stack([np.asarray(im.convert("RGB")) for im in ds[image_key]])
+    images = _stack_resized(ds[image_key], size, str(path))
     labels = np.asarray(ds[label_key], np.int32) if label_key else None
     return images, labels
 
 
-def _read_tfds(name: str, split: str, root: Path, need_labels: bool):
+def _tfds_layouts(name: str, split: str) -> tuple[tuple[str, str], ...]:
+    """(glob under ROOT/NAME, TFDS split) of the array_record layouts, in the order tried."""
+    return ((f"*/{name}-{split}.array_record-*", split),      # NAME/VERSION/
+            (f"{split}/*/{name}-test.array_record-*", "test"),  # NAME/SPLIT(config)/VERSION/
+            (f"*/*/{name}-{split}.array_record-*", split))    # NAME/CONFIG/VERSION/
+
+
+def _tfds_build_dir(base: Path, name: str, split: str) -> tuple[Path, str] | None:
+    """(version directory, TFDS split) of the newest array_record build of NAME/SPLIT."""
+    for pattern, tfds_split in _tfds_layouts(name, split):
+        dirs = {Path(f).parent for f in glob.glob(str(base / pattern))}
+        if not dirs:
+            continue
+        configs = {d.parent for d in dirs}
+        if len(configs) > 1:
+            raise ValueError(f"{base}: split {split!r} is in several builder configs "
+                             f"{sorted(c.name for c in configs)}; keep one")
+        return max(dirs, key=lambda d: _version_key(d.name)), tfds_split
+    return None
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in name.split("."))
+    except ValueError:
+        return (-1,)
+
+
+def _read_tfds(build_dir: Path, split: str, size: int, need_labels: bool):
     try:
         import tensorflow_datasets as tfds  # type: ignore
     except ImportError as err:
-        raise ImportError(f"{root / name} holds a TFDS array_record build; install "
-                          f"'tensorflow_datasets' and 'array_record' to read it") from err
-    source = tfds.data_source(name, split=split, data_dir=str(root), download=False)
-    rows = [source[i] for i in range(len(source))]
-    images = np.stack([np.asarray(r["image"]) for r in rows])
-    labels = np.asarray([r["label"] for r in rows], np.int32) if "label" in rows[0] else None
-    return images, labels
+        raise ImportError(f"{build_dir} is a TFDS array_record build; install "
+                          f"'tensorflow_datasets' and 'array_record' to read it (pip install "
+                          f"tensorflow_datasets array_record; TensorFlow is not needed)") from err
+    builder = tfds.builder_from_directory(str(build_dir))
+    source = builder.as_data_source(split=split)
+    where = f"{build_dir} split {split!r}"
+    keys = set(builder.info.features.keys())
+    if "image" not in keys or (need_labels and "label" not in keys):
+        raise ValueError(f"{where}: needs features 'image' and 'label', has {sorted(keys)}")
+    images, labels = [], []
+    for start in range(0, len(source), 1024):
+        rows = source.__getitems__(range(start, min(start + 1024, len(source))))
+        images.extend(_stack_resized([r["image"] for r in rows], size, where))
+        labels.extend(r["label"] for r in rows if "label" in r)
+    if not images:
+        raise ValueError(f"{where}: no examples")
+    return np.stack(images), (np.asarray(labels, np.int32) if "label" in keys else None)
 
 
 def load_split(name: str, split: str, data_dir: str | None, image_size: int,
@@ -144,16 +213,14 @@ def load_split(name: str, split: str, data_dir: str | None, image_size: int,
         if npz.is_file():
             images, labels = _read_npz(npz, need_labels)
             return resize_images(images, image_size), labels
+        looked.extend(str(base / pattern) for pattern, _ in _tfds_layouts(name, split))
+        build = _tfds_build_dir(base, name, split)
+        if build is not None:
+            return _read_tfds(build[0], build[1], image_size, need_labels)
         folder = base / split
         looked.append(str(folder) + "/")
         if folder.is_dir():
             if (folder / "dataset_info.json").is_file():
-                images, labels = _read_hf(folder, need_labels)
-                return resize_images(_as_rgb_uint8(images, str(folder)), image_size), labels
+                return _read_hf(folder, image_size, need_labels)
             return _read_image_folder(folder, image_size, need_labels)
-        pattern = str(base / "*" / f"{name}-{split}.array_record*")
-        looked.append(pattern)
-        if glob.glob(pattern):
-            images, labels = _read_tfds(name, split, root, need_labels)
-            return resize_images(_as_rgb_uint8(images, pattern), image_size), labels
     raise DatasetNotFoundError(name, split, looked)
