@@ -533,6 +533,13 @@ def cli_aggregate(argv: list[str]) -> int:
     a = ds.attrs
     print(f"e3 aggregate: {a['sweep']}: {a['entries_ok']} ok, {a['entries_missing']} missing, "
           f"{a['entries_diverged']} diverged → {args.out}")
+    if index.get("select"):
+        view = select_grid(ds)
+        flagged = int((~view["select_ok"]).sum())
+        print(f"e3 aggregate: {a['sweep']}: selection over {index['select']['over']} by "
+              f"{index['select']['split']} {index['select']['metric']}: "
+              f"{int(view['select_ok'].size)} cells, {flagged} flagged (incomplete grid, "
+              f"incomplete choice or no validation metric)")
     return 0
 
 

@@ -146,3 +146,24 @@ def test_predict_pads_the_last_batch_and_drops_the_padding():
     from e3lib.data import to_float
 
     assert np.allclose(probs[0, :, 0], to_float(np.arange(5, dtype=np.uint8)))
+
+
+def test_val_records_from_validation_predictions():
+    preds = two_member_preds()
+    # validation: N=2, labels [1, 1]; ensemble mean [.55, .45] (wrong), [.2, .8] (right)
+    preds["probs.val"] = np.array([[[.6, .4], [.3, .7]],
+                                   [[.5, .5], [.1, .9]]])
+    preds["labels.val"] = np.array([1, 1])
+    records = evaluate.records_from_predictions(preds, [1], 0)
+    # NLL = −(ln .45 + ln .8)/2; one error of 2
+    assert rec(records, split="val", member="ensemble", metric="nll") == pytest.approx(
+        -(math.log(.45) + math.log(.8)) / 2)
+    assert rec(records, split="val", member="ensemble", metric="error") == 0.5
+    # member 0: [.6, .4] wrong, [.3, .7] right; NLL −(ln .4 + ln .7)/2
+    assert rec(records, split="val", member="0", metric="error") == 0.5
+    assert rec(records, split="val", member="0", metric="nll") == pytest.approx(
+        -(math.log(.4) + math.log(.7)) / 2)
+    assert rec(records, split="val", member="1", metric="nll") == pytest.approx(
+        -(math.log(.5) + math.log(.9)) / 2)
+    # the clean records are unchanged by the val set
+    assert rec(records, split="clean", member="ensemble", metric="error") == 0.0

@@ -217,7 +217,12 @@ def test_tiny_run_and_ensemble_write_val_records(tmp_path):
             "eval": {"corrupted": False, "fewshot": False, "ood": False, "batch_size": 64}}
     cfgs = [resolve(dict(tiny, seed=s)) for s in (0, 1)]
     outs = [tmp_path / "r0", tmp_path / "r1"]
-    train.finetune_and_evaluate(cfgs, None, outs, None, "plain")   # two seeds packed
+    paths = [tmp_path / f"cfg{s}.json" for s in (0, 1)]
+    for path, cfg in zip(paths, cfgs):
+        path.write_text(json.dumps(cfg))
+    # `e3 run` with two seeds packed in one process (one compile)
+    assert train.cli_run(["--config", *map(str, paths), "--out", *map(str, outs),
+                          "--log-mode", "plain"]) == train.EXIT_OK
     val = load_suite(cfgs[0]).val
     for out in outs:
         res = json.loads((out / "results.json").read_text())
@@ -243,3 +248,28 @@ def test_tiny_run_and_ensemble_write_val_records(tmp_path):
     assert got == [pytest.approx(want, rel=1e-6)]
     with np.load(tmp_path / "ens" / "predictions.npz") as z:
         assert z["probs.val"].shape[:2] == (2, len(val.labels))
+
+
+def test_aggregate_cli_reports_flagged_cells_and_sweep_page_lists_full_grid(tmp_path, capsys):
+    from e3lib.aggregate import cli_aggregate, open_dataset
+    from e3lib.report.html import Input, _selection
+
+    a = {(1, .1): [.50, .70], (1, .3): [.40, .90], (2, .1): [.62, .62], (2, .3): [.70, .80]}
+    b = {(1, .1): [.3, .3], (1, .3): [.5, .5], (2, .1): [.5, .5], (2, .3): [.5, .5]}
+    cells = grid_cells("a", a) + grid_cells("b", b, {(2, .3): {1: None}})
+    index = write_sweep(tmp_path, "grid", AXES, [0, 1], cells, select=SELECT)
+    out = tmp_path / "dataset.nc"
+    assert cli_aggregate(["--index", str(index), "--results-root", str(tmp_path),
+                          "--out", str(out)]) == 0
+    # b's grid misses seed 1 of (2, 0.3): 2 cells, 1 flagged
+    assert "2 cells, 1 flagged" in capsys.readouterr().out
+    ds = open_dataset(out)
+    assert "finetune__lr" in ds.dims          # the file keeps the full grid
+    page = _selection(Input(out, ds))
+    assert len(page["grid"]) == 8
+    chosen = [g["axes"] for g in page["grid"] if g["chosen"]]
+    assert chosen == [["a", "1", "0.1"], ["b", "1", "0.1"]]
+    means = {tuple(g["axes"]): g["mean"] for g in page["grid"]}
+    assert means[("a", "1", "0.3")] == pytest.approx(0.65)      # (.40 + .90) / 2
+    incomplete = [g["axes"] for g in page["grid"] if not g["complete"]]
+    assert incomplete == [["b", "2", "0.3"]]
