@@ -29,7 +29,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from e3lib.aggregate import STATUS_FLAGS, axis_dim, dataset_axes  # noqa: E402
+from e3lib.aggregate import (STATUS_FLAGS, axis_dim, dataset_axes,  # noqa: E402
+                             select_grid)
 from e3lib.report.spec import default_spec  # noqa: E402
 from e3lib.report.tables import sweep_rows  # noqa: E402
 
@@ -245,9 +246,11 @@ def _reliability(ds, out, sweep, max_panels: int = 6) -> list[Figure]:
 
 
 def sweep_figures(ds: xr.Dataset, out: str | Path) -> list[Figure]:
-    """Every figure the sweep's axes and data allow, written under ``out``."""
+    """Every figure the sweep's axes and data allow, written under ``out`` (at the
+    grid points chosen by the sweep's ``select``, if it declares one)."""
     out = Path(out)
     sweep = ds.attrs["sweep"]
+    ds = select_grid(ds)   # a sweep with `select:` is plotted at its chosen grid points
     sns.set_theme(style="whitegrid", context="paper")
     df = tidy(ds)
     figs: list[Figure] = []
