@@ -13,7 +13,8 @@ bookkeeping ``status`` (axes..., seed): int8 with CF ``flag_values``/``flag_mean
             (ok, missing, diverged, not_requested); ``run_id`` and ``result_path``
             (axes..., seed) strings, "" where no entry exists
 attrs       provenance: sweep name/file/hash, variant, axes (original dotted names),
-            reproduces, run ids with status, code commits, package versions
+            reproduces, run ids with status, code commits, package versions; ``select``
+            (the sweep's selection block as JSON, "null" without one)
 
 Axis coordinates hold the axis values as strings (``axis_label``), so that an axis whose
 values mix numbers and text, or that is absent for some methods (conditional axes,
@@ -22,6 +23,11 @@ the coordinate's ``values_json`` attribute.
 
 Statistics (``seed_stats``) are computed here, never in templates: mean over seeds,
 standard error = std(ddof=1)/√n, n, n_req and ``complete`` = (n == n_req).
+
+Hyperparameter selection (``select_grid``): a sweep's ``select`` block (attrs ``select``,
+JSON) names grid axes; the report views the dataset with those axes removed, each cell at
+the grid point with the best mean over seeds of a validation metric. The file keeps the
+full grid; the selection is computed from it, in that one function.
 """
 
 from __future__ import annotations
