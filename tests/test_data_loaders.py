@@ -11,12 +11,46 @@ import io
 import numpy as np
 import pytest
 
-from e3lib.data.loaders import DatasetNotFoundError, load_split
+from e3lib.data.loaders import (DatasetNotFoundError, linear_resize_weights, load_split,
+                                resize_images)
 
 
 def constant_image(value: int, size: int, channels: int = 3) -> np.ndarray:
     shape = (size, size) if channels == 1 else (size, size, channels)
     return np.full(shape, value, np.uint8)
+
+
+# ---------------------------------------------------------------- resizing
+
+def test_linear_resize_hand_values():
+    # 2 → 4 pixels, corners aligned: positions 0, 1/3, 2/3, 1 of the row [0, 30]
+    # give 0, 10, 20, 30; 3 → 2: positions 0 and 2 (the end pixels).
+    np.testing.assert_allclose(linear_resize_weights(2, 4),
+                               [[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]], atol=1e-7)
+    np.testing.assert_allclose(linear_resize_weights(3, 2), [[1, 0, 0], [0, 0, 1]])
+    row = np.array([0, 30], np.uint8)[None, None, :, None]  # (1, 1, 2, 1)
+    image = np.repeat(np.repeat(row, 2, axis=1), 3, axis=3)  # (1, 2, 2, 3)
+    out = resize_images(image, 4)
+    assert out.shape == (1, 4, 4, 3) and out.dtype == np.uint8
+    assert out[0, :, :, 1].tolist() == [[0, 10, 20, 30]] * 4
+
+
+@pytest.mark.parametrize("stored, size", [(32, 16), (32, 224), (7, 5)])
+def test_resize_keeps_every_edge_pixel(stored, size):
+    # A constant image stays constant: rows of the weights sum to 1 and no sample falls
+    # outside the image (scipy's zoom with its default constant mode put a fraction of the
+    # last row/column at 0 when p = i·(n−1)/(S−1) rounded just above n − 1).
+    from scipy import ndimage
+
+    image = np.full((2, stored, stored, 3), 255, np.uint8)
+    assert (resize_images(image, size) == 255).all()
+    # and it is scipy's linear zoom with edge clamping, to float32 rounding (±1 at .5)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2, stored, stored + 3, 3)).astype(np.uint8)
+    zoomed = ndimage.zoom(image.astype(np.float64), (1, size / stored, size / (stored + 3), 1),
+                          order=1, mode="nearest")
+    expected = np.clip(np.round(zoomed), 0, 255)
+    assert np.abs(resize_images(image, size).astype(int) - expected).max() <= 1
 
 
 # ---------------------------------------------------------------- Hugging Face datasets

@@ -1,6 +1,6 @@
 """Readers for real datasets stored locally (no download at run time).
 
-Notation: N examples, S pixels per side after resizing, 3 channels.
+Notation: N examples, H × W stored pixels, S pixels per side after resizing, C = 3 channels.
 
 A dataset ``name`` split ``split`` is looked for under each root directory, in order
 (roots: ``data.data_dir``, ``$E3_DATA_DIR``, ``~/tensorflow_datasets``), in these forms,
@@ -36,7 +36,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".JPEG")
 HF_IMAGE_COLUMNS = ("image", "img", "images")  # first present is used
@@ -61,13 +60,36 @@ def data_roots(data_dir: str | None) -> list[Path]:
     return roots
 
 
+def linear_resize_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 matrix of 1-D linear interpolation, corners aligned.
+
+    Output i samples input position p = i (n_in − 1) / (n_out − 1) (first and last pixels
+    map onto each other, as ``scipy.ndimage.zoom(order=1)``) with weights 1 − (p − ⌊p⌋) at
+    ⌊p⌋ and p − ⌊p⌋ at ⌊p⌋ + 1; each row sums to 1, so no position falls outside the image.
+    """
+    weights = np.zeros((n_out, n_in), np.float32)
+    if n_in == 1 or n_out == 1:
+        weights[:, 0] = 1.0
+        return weights
+    pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+    lower = np.minimum(np.floor(pos).astype(np.int64), n_in - 2)
+    frac = pos - lower
+    weights[np.arange(n_out), lower] += 1.0 - frac
+    weights[np.arange(n_out), lower + 1] += frac
+    return weights
+
+
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, H, W, 3) → uint8 (N, size, size, 3), bilinear; unchanged if already S×S."""
-    n, h, w, _ = images.shape
+    """uint8 (N, H, W, C) → uint8 (N, S, S, C), bilinear (separable, corners aligned);
+    unchanged if already S×S."""
+    n, h, w, c = images.shape
     if (h, w) == (size, size):
         return images
-    out = ndimage.zoom(images.astype(np.float32), (1, size / h, size / w, 1), order=1)
-    return np.clip(np.round(out[:, :size, :size]), 0, 255).astype(np.uint8)
+    x = images.astype(np.float32).reshape(n, h, w * c)                  # (N, H, W·C)
+    x = linear_resize_weights(h, size) @ x                              # (N, S, W·C)
+    x = x.reshape(n, size, w, c).transpose(0, 1, 3, 2)                  # (N, S, C, W)
+    x = (x @ linear_resize_weights(w, size).T).transpose(0, 1, 3, 2)    # (N, S, S, C)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def _as_rgb_uint8(images: np.ndarray, where: str) -> np.ndarray:
