@@ -9,7 +9,7 @@ Data path of one MoE layer:
 1. (B·M, T, H) -> (G, S, H): each group holds whole images, member copies interleaved
    member-fast, S = images_per_group·T·M (reference ``reshape_to_group_size_representation``).
 2. ``NoisyTopKRouter`` gives (G, S, J) expert ids and gates; ``buffer_positions`` queues them.
-3. Dispatch: tokens are scattered into expert buffers (G, E, C, H) -> (E, G·C, H); selections
+3. Dispatch: tokens are scattered into expert buffers (E, G, C, H) = (E, G·C, H); selections
    at position ≥ C are dropped. MLP compute is E·G·C rows = about S·J·C_f per group: it grows
    with K and the capacity factor, not with E.
 4. Experts: one ``MlpBlock`` vmapped over E with stacked parameters (E, H, Q), (E, Q, H);
@@ -67,17 +67,20 @@ def from_groups(y: Array, members: int, tokens: int) -> Array:
 
 def dispatch(x: Array, routing: Routing, positions: Array, num_experts: int,
              capacity: int) -> tuple[Array, Array]:
-    """Scatter tokens into expert buffers. x: (G, S, H) -> buffers (E, G·C, H), kept (G, S, J)."""
+    """Scatter tokens into expert buffers. x: (G, S, H) -> buffers (E, G·C, H), kept (G, S, J).
+
+    The scatter writes straight into the expert-major (E, G, C, H) layout, so no transpose
+    of the buffers is needed before the expert MLPs.
+    """
     groups, tokens, hidden = x.shape
     kept = positions < capacity                                           # (G, S, J)
     slot = jnp.where(kept, positions, capacity)                           # C = out of range
     group_index = jnp.broadcast_to(jnp.arange(groups)[:, None, None], slot.shape)
     updates = jnp.broadcast_to(x[:, :, None, :], slot.shape + (hidden,))  # (G, S, J, H)
-    buffers = jnp.zeros((groups, num_experts, capacity, hidden), x.dtype)
-    buffers = buffers.at[group_index, routing.expert_index, slot].set(updates, mode="drop")
-    # (G, E, C, H) -> (E, G, C, H) -> (E, G·C, H)
-    buffers = buffers.transpose(1, 0, 2, 3).reshape(num_experts, groups * capacity, hidden)
-    return buffers, kept
+    buffers = jnp.zeros((num_experts, groups, capacity, hidden), x.dtype)
+    buffers = buffers.at[routing.expert_index, group_index, slot].set(updates, mode="drop")
+    # (E, G, C, H) -> (E, G·C, H)
+    return buffers.reshape(num_experts, groups * capacity, hidden), kept
 
 
 def combine(expert_out: Array, routing: Routing, positions: Array, kept: Array,
@@ -87,12 +90,12 @@ def combine(expert_out: Array, routing: Routing, positions: Array, kept: Array,
     expert_out: (E, G·C, H) -> (G, S, H), or (G, S, J, H) when ``sum_selections`` is False.
     """
     num_experts, _, hidden = expert_out.shape
-    # (E, G·C, H) -> (E, G, C, H) -> (G, E, C, H)
-    expert_out = expert_out.reshape(num_experts, groups, -1, hidden).transpose(1, 0, 2, 3)
+    # (E, G·C, H) -> (E, G, C, H), gathered expert-major (no transpose)
+    expert_out = expert_out.reshape(num_experts, groups, -1, hidden)
     capacity = expert_out.shape[2]
     group_index = jnp.broadcast_to(jnp.arange(groups)[:, None, None], positions.shape)
     slot = jnp.clip(positions, 0, capacity - 1)
-    gathered = expert_out[group_index, routing.expert_index, slot]        # (G, S, J, H)
+    gathered = expert_out[routing.expert_index, group_index, slot]        # (G, S, J, H)
     weights = jnp.where(kept, routing.gates, 0.0).astype(gathered.dtype)  # (G, S, J)
     contributions = gathered * weights[..., None]
     return contributions.sum(axis=2) if sum_selections else contributions

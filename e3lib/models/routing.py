@@ -49,6 +49,32 @@ def compute_capacity(num_tokens: int, num_selected: int, num_experts: int,
     return -(-capacity // multiple_of) * multiple_of
 
 
+ARGMAX_TOP_K_MAX = 4   # K up to which ``top_k`` uses K masked argmax passes instead of a sort
+
+
+def top_k(x: Array, k: int) -> tuple[Array, Array]:
+    """``jax.lax.top_k`` over the last axis: (..., N) -> values, indices (..., k).
+
+    For k ≤ ``ARGMAX_TOP_K_MAX`` it takes k masked argmax passes (each a single fused
+    reduction) instead of XLA's sort of the whole row, which dominates the router on CPU.
+    The result is the same, bit for bit, for finite inputs: a pass returns the first
+    position holding the largest remaining value, which is the order of ``lax.top_k``
+    (descending, ties by lower index), and values are taken from ``x`` unchanged, so
+    gradients flow to the same positions.
+    """
+    if k > ARGMAX_TOP_K_MAX:
+        return jax.lax.top_k(x, k)
+    remaining = x
+    picked = []
+    for _ in range(k):
+        index = jnp.argmax(remaining, axis=-1)                            # (...,)
+        picked.append(index)
+        taken = jax.nn.one_hot(index, x.shape[-1], dtype=jnp.bool_)       # (..., N)
+        remaining = jnp.where(taken, -jnp.inf, remaining)
+    indices = jnp.stack(picked, axis=-1).astype(jnp.int32)                # (..., k)
+    return jnp.take_along_axis(x, indices, axis=-1), indices
+
+
 def coefficient_of_variation_squared(values: Array, axis: int = -1) -> Array:
     """(std/mean)² along ``axis`` with the population std (ddof=0)."""
     return (jnp.std(values, axis=axis) / jnp.mean(values, axis=axis)) ** 2
@@ -66,7 +92,7 @@ def load_loss(logits_clean: Array, logits_noisy: Array, noise_std: float,
     logits: (..., S_r, E_r) -> (...). The threshold of token s is the K-th largest noisy
     logit; expert e stays selected if its clean logit plus noise exceeds it.
     """
-    threshold = jax.lax.top_k(logits_noisy, num_selected)[0][..., -1:]   # (..., S_r, 1)
+    threshold = top_k(logits_noisy, num_selected)[0][..., -1:]   # (..., S_r, 1)
     p_selected = 1.0 - norm.cdf((threshold - logits_clean) / noise_std)  # (..., S_r, E_r)
     return coefficient_of_variation_squared(jnp.mean(p_selected, axis=-2))
 
@@ -147,7 +173,7 @@ class NoisyTopKRouter(nn.Module):
             gates, load = gates_clean, jnp.zeros_like(imp)
         aux = 0.5 * self.aux_weight * (imp + load) if self.aux_weight > 0 else jnp.zeros_like(imp)
 
-        top_gates, local_index = jax.lax.top_k(gates, self.num_selected)   # (G, S_r, R, K)
+        top_gates, local_index = top_k(gates, self.num_selected)   # (G, S_r, R, K)
         subsets = jnp.asarray(self.subsets, dtype=jnp.int32)               # (R, E_r)
         global_index = subsets[jnp.arange(num_routers)[:, None], local_index]  # (G, S_r, R, K)
         if self.tiled:
