@@ -260,3 +260,25 @@ def test_tfds_corrupted_config_layout_and_unlabelled_ood(tmp_path):
     assert images.shape == (2, 8, 8, 3) and labels is None
     with pytest.raises(ValueError, match="needs features 'image' and 'label'"):
         load_split("svhn_cropped", "test", str(tmp_path), 8)
+
+
+def test_npz_folder_and_hf_give_the_same_pixels(tmp_path):
+    import datasets
+    from PIL import Image
+
+    # the same 3 random 10×10 images, one per class, in three formats → one resize
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 256, (3, 10, 10, 3)).astype(np.uint8)
+    (tmp_path / "a").mkdir()
+    np.savez(tmp_path / "a" / "train.npz", images=stored, labels=np.arange(3))
+    for c in range(3):
+        (tmp_path / "b" / "train" / f"class{c}").mkdir(parents=True)
+        Image.fromarray(stored[c]).save(tmp_path / "b" / "train" / f"class{c}" / "0.png")
+    datasets.Dataset.from_dict(
+        {"image": list(stored), "label": [0, 1, 2]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    ).save_to_disk(str(tmp_path / "c" / "train"))
+    results = [load_split(name, "train", str(tmp_path), 16) for name in "abc"]
+    for images, labels in results:
+        assert labels.tolist() == [0, 1, 2]
+        np.testing.assert_array_equal(images, results[0][0])

@@ -22,8 +22,9 @@ tried in this order:
 4. ``ROOT/NAME/SPLIT/CLASS/*.{png,jpg,…}`` an image folder (class folders sorted by name;
                                             OOD sets may have no class folders)
 
-Decoded images of HF and TFDS sets may differ in size (ImageNet); each is resized to S×S
-as it is read, with the same ``resize_images`` as the npz arrays.
+Every format is resized to S×S by the one ``resize_images`` (bilinear, corners aligned);
+decoded images (folders, HF, TFDS) may differ in size (ImageNet) and are resized one by
+one as they are read.
 
 If none is found, ``DatasetNotFoundError`` names the dataset, the split and every path
 that was looked at.
@@ -119,6 +120,19 @@ def _read_npz(path: Path, need_labels: bool):
     return images, labels
 
 
+def _stack_resized(images, size: int, where: str) -> np.ndarray:
+    """Decoded images (PIL images or (H, W[, C]) arrays, sizes may differ) → (N, S, S, 3)."""
+    out = []
+    for image in images:
+        if hasattr(image, "convert"):  # a PIL image
+            image = image.convert("RGB")
+        rgb = _as_rgb_uint8(np.asarray(image)[None], where)  # (1, H, W, 3)
+        out.append(resize_images(rgb, size)[0])
+    if not out:
+        raise ValueError(f"{where}: no examples")
+    return np.stack(out)  # (N, S, S, 3)
+
+
 def _read_image_folder(path: Path, size: int, need_labels: bool):
     from PIL import Image
 
@@ -132,24 +146,9 @@ def _read_image_folder(path: Path, size: int, need_labels: bool):
         files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix in IMAGE_SUFFIXES]
     if not files:
         raise ValueError(f"{path}: no images with suffix in {IMAGE_SUFFIXES}")
-    images = np.stack([
-        np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR))
-        for f, _ in files])
+    images = _stack_resized((Image.open(f) for f, _ in files), size, str(path))
     labels = np.asarray([c for _, c in files], np.int32)
     return images, (labels if classes else None)
-
-
-def _stack_resized(images, size: int, where: str) -> np.ndarray:
-    """Decoded images (PIL images or (H, W[, C]) arrays, sizes may differ) → (N, S, S, 3)."""
-    out = []
-    for image in images:
-        if hasattr(image, "convert"):  # a PIL image
-            image = image.convert("RGB")
-        rgb = _as_rgb_uint8(np.asarray(image)[None], where)  # (1, H, W, 3)
-        out.append(resize_images(rgb, size)[0])
-    if not out:
-        raise ValueError(f"{where}: no examples")
-    return np.stack(out)  # (N, S, S, 3)
 
 
 def _read_hf(path: Path, size: int, need_labels: bool):
