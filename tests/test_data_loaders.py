@@ -187,8 +187,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_tfds(data_dir, dataset_name, splits, config=None, image_size=8, labels=True):
-    """Prepare a tiny array_record build NAME[/CONFIG]/1.0.0 with TFDS's builder API.
+def build_tfds(data_dir, dataset_name, splits, config=None, image_size=8, labels=True,
+               version="1.0.0"):
+    """Prepare a tiny array_record build NAME[/CONFIG]/VERSION with TFDS's builder API.
 
     ``splits``: {split: n}; example i of a split is constant 30*(i % 3) + i // 3 with
     label i % 3, so the label of every read image is ``value // 30``.
@@ -201,7 +202,7 @@ def build_tfds(data_dir, dataset_name, splits, config=None, image_size=8, labels
 
     class TinyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = dataset_name
-        VERSION = tfds.core.Version("1.0.0")
+        VERSION = tfds.core.Version(version)
         BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config)] if config else []
 
         def _info(self):
@@ -260,6 +261,20 @@ def test_tfds_corrupted_config_layout_and_unlabelled_ood(tmp_path):
     assert images.shape == (2, 8, 8, 3) and labels is None
     with pytest.raises(ValueError, match="needs features 'image' and 'label'"):
         load_split("svhn_cropped", "test", str(tmp_path), 8)
+
+
+def test_tfds_newest_version_is_read_and_ambiguous_configs_are_refused(tmp_path):
+    # versions compare as numbers: 10.0.0 is newer than 9.0.0 (3 vs 5 examples)
+    build_tfds(tmp_path, "dtd", {"train": 3}, version="10.0.0")
+    build_tfds(tmp_path, "dtd", {"train": 5}, version="9.0.0")
+    images, labels = load_split("dtd", "train", str(tmp_path), 8)
+    assert images.shape == (3, 8, 8, 3)
+    # a split present in two builder configs: which one is meant is not guessed
+    build_tfds(tmp_path, "imagenet_v2", {"test": 2}, config="matched-frequency")
+    build_tfds(tmp_path, "imagenet_v2", {"test": 2}, config="threshold-0.7")
+    with pytest.raises(ValueError, match=r"several builder configs \['matched-frequency', "
+                                         r"'threshold-0.7'\]"):
+        load_split("imagenet_v2", "test", str(tmp_path), 8)
 
 
 def test_npz_folder_and_hf_give_the_same_pixels(tmp_path):
