@@ -167,7 +167,9 @@ def _read_hf(path: Path, size: int, need_labels: bool):
         raise ValueError(f"{path}: needs an image column (one of {list(HF_IMAGE_COLUMNS)}) and "
                          f"a label column (one of {list(HF_LABEL_COLUMNS)}); "
                          f"has {ds.column_names}")
-    images = _stack_resized(ds[image_key], size, str(path))
+    decoded = (image for batch in ds.select_columns([image_key]).iter(batch_size=1024)
+               for image in batch[image_key])  # decoded 1024 at a time, resized one by one
+    images = _stack_resized(decoded, size, str(path))
     labels = np.asarray(ds[label_key], np.int32) if label_key else None
     return images, labels
 
