@@ -264,17 +264,19 @@ def train(job: Job, state: dict, checkpoints: TrainCheckpoints | None,
     step = int(np.asarray(state["step"]).reshape(-1)[0])
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)
-    t0, compile_seconds, last = time.perf_counter(), None, {}
+    t0, compile_seconds, metrics = time.perf_counter(), None, None
     fault = _fault_injection()
+    batch = batch_at(job, step) if step < job.steps else None
     try:
         while step < job.steps:
             if stop is not None and stop.stop:
                 if checkpoints is not None:
                     checkpoints.save(step, state, force=True)
                 raise Preempted(step)
-            images, labels = batch_at(job, step)
             t_step = time.perf_counter()
-            state, metrics = step_fn(state, images, labels)
+            state, metrics = step_fn(state, *batch)
+            # The step runs asynchronously: gather the next batch on the host meanwhile.
+            batch = batch_at(job, step + 1) if step + 1 < job.steps else None
             losses = np.atleast_1d(np.asarray(metrics["loss"]))  # (S,) or (1,)
             if compile_seconds is None:
                 compile_seconds = time.perf_counter() - t_step
@@ -286,11 +288,12 @@ def train(job: Job, state: dict, checkpoints: TrainCheckpoints | None,
             if checkpoints is not None:
                 checkpoints.save(step, state)
             progress.update(step, float(losses.mean()))
-            last = {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in metrics.items()}
             if fault is not None and step == fault[1]:
                 os.kill(os.getpid(), signal.SIGKILL if fault[0] == "kill" else signal.SIGTERM)
     finally:
         progress.close()
+    last = {} if metrics is None else \
+        {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in metrics.items()}
     return state, {"steps": job.steps, "resumed_from_step": resumed_from,
                    "train_seconds": time.perf_counter() - t0,
                    "first_step_seconds": compile_seconds, "final": last}
