@@ -130,7 +130,13 @@ def _complete(cwd: Path, results: str, reports: str, sweep: str) -> None:
         [f"{results}/sweeps/{sweep}/dataset.nc"],
         [f"{reports}/index.html"],
     ]
-    t = index_path.stat().st_mtime + 1     # as if run after the sweep was expanded
+    # As if the sweep was expanded a minute ago and its jobs finished right after, in
+    # order: every output older than now, so a later re-expansion (which rewrites the
+    # index only when the sweep changed) is newer than what depends on it.
+    t0 = time.time() - 60
+    for expanded in (index_path, index_path.with_name("index.tsv")):
+        os.utime(expanded, (t0, t0))
+    t = t0 + 1
     for i, stage in enumerate(stages):
         for rel in stage:
             p = cwd / rel
