@@ -34,18 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import jsonschema
 import numpy as np
 import xarray as xr
 
+from e3lib import atomic
 from e3lib.config import stale_fields
 
 RECORD_DIMS = ("split", "corruption", "severity", "member")
@@ -367,21 +365,12 @@ def build_dataset(index: Mapping[str, Any], results_root: str | Path,
 
 def write_netcdf_atomic(ds: xr.Dataset, out: str | Path) -> Path:
     """Write ``ds`` to a temporary file beside ``out``, then rename it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        # metric cubes are mostly NaN (not every split has every corruption/severity)
-        encoding = {name: {"zlib": True, "complevel": 4} for name, var in ds.data_vars.items()
-                    if var.dtype.kind == "f"}
+    # metric cubes are mostly NaN (not every split has every corruption/severity)
+    encoding = {name: {"zlib": True, "complevel": 4} for name, var in ds.data_vars.items()
+                if var.dtype.kind == "f"}
+    with atomic.atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine=NETCDF_ENGINE, encoding=encoding)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return Path(out)
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:

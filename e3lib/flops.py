@@ -42,7 +42,6 @@ Three quantities, all per image:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path

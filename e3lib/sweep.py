@@ -58,13 +58,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from e3lib import atomic
 from e3lib.config import (DEFAULTS, ConfigError, canonical_json, deep_merge, resolve, run_id,
                           short_hash, upstream_id)
 
@@ -183,22 +183,7 @@ def _fmt_point(point: Mapping[str, Any]) -> str:
 
 def _atomic_write_if_changed(path: Path, text: str) -> bool:
     """Write ``text`` to ``path`` unless it already holds exactly that; True if written."""
-    try:
-        if path.read_text() == text:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return True
+    return atomic.write_text_if_changed(path, text)
 
 
 # ----------------------------------------------------------------------------- plan

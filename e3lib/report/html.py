@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +25,7 @@ import jinja2
 import numpy as np
 import xarray as xr
 
+from e3lib import atomic
 from e3lib.aggregate import STATUS_FLAGS, axis_dim, dataset_axes
 from e3lib.report.spec import TABLE_IDS, default_spec
 from e3lib.report.tables import Table, build_table
@@ -64,16 +64,7 @@ def _env(autoescape: bool) -> jinja2.Environment:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 @dataclass

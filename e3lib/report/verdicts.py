@@ -20,7 +20,6 @@ A selector value "$max" / "$min" stands for the largest / smallest value of that
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence

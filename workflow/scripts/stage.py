@@ -24,19 +24,17 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the e3lib of this checkout
+from e3lib import atomic  # noqa: E402
 
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
 
 
 def write_status(path: str, status: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".status.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(status, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(status, indent=1, sort_keys=True) + "\n")
 
 
 def read_status(path: str) -> str:

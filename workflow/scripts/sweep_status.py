@@ -14,7 +14,10 @@ import collections
 import json
 import os
 import sys
-import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the e3lib of this checkout
+from e3lib import atomic  # noqa: E402
 
 
 def entry_status(results_root: str, entry: dict) -> str:
@@ -40,12 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     statuses = {e["id"]: entry_status(args.results_root, e) for e in index["entries"]}
     counts = collections.Counter(statuses.values())
     out = {"sweep": index["sweep"], "counts": dict(sorted(counts.items())), "entries": statuses}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(args.out) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, args.out)
+    atomic.write_text(args.out, json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"{index['sweep']}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
