@@ -17,6 +17,13 @@ rule report:
             category="Report",
             labels={"page": "index"},
         ),
+        figures=report(
+            directory(f"{REPORTS}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
     params:
         reports=lambda wc, output: os.path.dirname(output[0]) or ".",
     log:
@@ -24,7 +31,8 @@ rule report:
     conda:
         "../../environment.yml"
     shell:
-        "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} > {log} 2>&1"
+        "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} > {log} 2>&1 "
+        "&& mkdir -p {output.figures}"
 
 
 rule report_table:
