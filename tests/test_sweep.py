@@ -264,7 +264,7 @@ def test_shipped_sweeps_expand_in_their_variants(path):
             assert cfg["data"]["dataset"] == "demo"
 
 
-def test_every_paper_result_of_the_issue_has_a_sweep():
+def test_every_paper_result_has_a_sweep():
     reproduced = set()
     for p in SHIPPED:
         reproduced |= set(S.read_reproduces(p))
