@@ -381,23 +381,16 @@ def cli_upstream(argv: list[str]) -> int:
         done = {"upstream_id": upstream_id(cfg), "status": "ok", "config": ucfg,
                 "params_path": str(path.absolute()), "num_classes": None, "metrics": {}}
     else:
-        stop = StopFlag().install()
-        try:
-            done = pretrain_upstream(ucfg, a.workdir, a.log_mode, stop)
-        except Preempted as err:
-            print(f"e3 upstream: {err}", file=sys.stderr)
-            return EXIT_PREEMPTED
-        except (ConfigError, DatasetNotFoundError) as err:
-            print(f"e3 upstream: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except Diverged as err:
+        def record_divergence(err: Diverged) -> None:
             atomic_write_json(Path(a.workdir) / "diverged.json",
                               {"upstream_id": upstream_id(cfg), "status": "diverged",
                                "message": str(err), "step": err.step})
-            print(f"e3 upstream: {err}", file=sys.stderr)
-            return EXIT_DIVERGED
-        finally:
-            stop.uninstall()
+
+        code, done = run_stage("e3 upstream",
+                               lambda stop: pretrain_upstream(ucfg, a.workdir, a.log_mode, stop),
+                               on_diverged=record_divergence)
+        if code != EXIT_OK:
+            return code
         done["upstream_id"] = upstream_id(cfg)
     done["provenance"] = provenance(started)
     atomic_write_json(a.done, done)
@@ -406,6 +399,30 @@ def cli_upstream(argv: list[str]) -> int:
 
 # ----------------------------------------------------------------------------------------
 # Fine-tuning.
+
+def run_stage(prog: str, job: Callable[[StopFlag], Any],
+              on_diverged: Callable[[Diverged], None] | None = None) -> tuple[int, Any]:
+    """Run a training job with SIGTERM handling; map its failures to the stage exit codes.
+
+    Returns (EXIT_OK, the job's result), or (EXIT_DIVERGED | EXIT_PREEMPTED |
+    EXIT_BAD_INPUT, None) after printing the reason to stderr.
+    """
+    stop = StopFlag().install()
+    try:
+        return EXIT_OK, job(stop)
+    except Diverged as err:
+        if on_diverged is not None:
+            on_diverged(err)
+        code, reason = EXIT_DIVERGED, err
+    except Preempted as err:
+        code, reason = EXIT_PREEMPTED, err
+    except (ConfigError, DatasetNotFoundError) as err:
+        code, reason = EXIT_BAD_INPUT, err
+    finally:
+        stop.uninstall()
+    print(f"{prog}: {reason}", file=sys.stderr)
+    return code, None
+
 
 def read_config(path: str) -> dict:
     try:
@@ -547,19 +564,7 @@ def cli_run(argv: list[str]) -> int:
     except (ConfigError, OSError, ValueError) as err:
         print(f"e3 run: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    stop = StopFlag().install()
-    try:
-        finetune_and_evaluate(cfgs, a.upstream, a.out,
-                              a.checkpoints[0] if a.checkpoints else None, a.log_mode, stop)
-    except Diverged as err:
-        print(f"e3 run: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except Preempted as err:
-        print(f"e3 run: {err}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except (ConfigError, DatasetNotFoundError) as err:
-        print(f"e3 run: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        stop.uninstall()
-    return EXIT_OK
+    checkpoints = a.checkpoints[0] if a.checkpoints else None
+    code, _ = run_stage("e3 run", lambda stop: finetune_and_evaluate(
+        cfgs, a.upstream, a.out, checkpoints, a.log_mode, stop))
+    return code
