@@ -36,7 +36,7 @@ from flax import traverse_util
 
 from e3lib.config import size_spec
 from e3lib.models.factory import DTYPES, vit_kwargs
-from e3lib.models.vit import DenseMlp, VisionTransformer
+from e3lib.models.vit import DenseMlp, MlpBlock, VisionTransformer
 
 Array = jax.Array
 
@@ -88,27 +88,16 @@ class BatchEnsembleDense(nn.Module):
         return y * per_row(fast_out) + per_row(bias)
 
 
-class BatchEnsembleMlpBlock(nn.Module):
-    """BE Dense(Q) -> gelu -> dropout -> BE Dense(H) -> dropout (the ViT ``MlpBlock`` layout:
-    parameter paths ``Dense_0`` / ``Dense_1`` as in the dense ViT, so kernels convert 1:1)."""
+class BatchEnsembleMlpBlock(MlpBlock):
+    """The ViT ``MlpBlock`` with BatchEnsemble projections: BE Dense(Q) -> gelu -> dropout ->
+    BE Dense(H) -> dropout. Parameter paths ``Dense_0`` / ``Dense_1`` as in the dense ViT, so
+    kernels convert 1:1."""
 
-    mlp_dim: int
-    members: int
+    members: int = 1
     fast_init: str = "random_sign"
-    dropout_rate: float = 0.0
-    deterministic: bool = True
-    dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        hidden = x.shape[-1]
-        y = BatchEnsembleDense(self.mlp_dim, self.members, self.fast_init, self.dtype,
-                               name="Dense_0")(x)
-        y = nn.gelu(y)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        y = BatchEnsembleDense(hidden, self.members, self.fast_init, self.dtype,
-                               name="Dense_1")(y)
-        return nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
+    def make_dense(self, features: int, name: str) -> nn.Module:
+        return BatchEnsembleDense(features, self.members, self.fast_init, self.dtype, name=name)
 
 
 class BatchEnsembleMlp(nn.Module):
@@ -122,9 +111,9 @@ class BatchEnsembleMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        return BatchEnsembleMlpBlock(self.mlp_dim, self.members, self.fast_init,
-                                     self.dropout_rate, deterministic=not train,
-                                     dtype=self.dtype, name="MlpBlock")(x)
+        return BatchEnsembleMlpBlock(self.mlp_dim, self.dropout_rate, deterministic=not train,
+                                     dtype=self.dtype, members=self.members,
+                                     fast_init=self.fast_init, name="MlpBlock")(x)
 
 
 def batchensemble_blocks(cfg: Mapping[str, Any]) -> tuple[int, ...]:

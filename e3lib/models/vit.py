@@ -50,16 +50,18 @@ class MlpBlock(nn.Module):
     deterministic: bool = True
     dtype: Any = jnp.float32
 
+    def make_dense(self, features: int, name: str) -> nn.Module:
+        """The layer type of both projections; variants (BatchEnsemble) override it."""
+        return nn.Dense(features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+                        bias_init=nn.initializers.normal(stddev=1e-6), name=name)
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
         hidden = x.shape[-1]
-        dense = lambda features: nn.Dense(  # noqa: E731
-            features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6))
-        y = dense(self.mlp_dim)(x)
+        y = self.make_dense(self.mlp_dim, "Dense_0")(x)
         y = nn.gelu(y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
-        y = dense(hidden)(y)
+        y = self.make_dense(hidden, "Dense_1")(y)
         return nn.Dropout(self.dropout_rate)(y, deterministic=self.deterministic)
 
 
