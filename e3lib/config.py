@@ -109,6 +109,9 @@ DEFAULTS: dict[str, Any] = {
     "eval": {
         "batch_size": 256,
         "fewshot_shots": [1, 5, 10, 25],
+        # How the few-shot ridge l2 is chosen: "test" (reference code: best test error) or
+        # "holdout" (best error on the task's training images not drawn as shots).
+        "fewshot_l2_selection": "test",
         "corrupted": True,
         "ood": True,
         "fewshot": True,
@@ -123,6 +126,7 @@ CHOICES: dict[str, tuple] = {
     "model.be_init": ("random_sign", "normal"),
     "upstream.method": (None, "vmoe", "vit"),
     "finetune.schedule": ("cosine", "linear"),
+    "eval.fewshot_l2_selection": ("test", "holdout"),
     # The embedded default plus the real datasets e3lib.data can read (e3lib/data/__init__.py).
     "data.dataset": ("demo", "cifar10", "cifar100", "imagenet2012"),
 }

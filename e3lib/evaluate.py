@@ -147,7 +147,7 @@ def _records(split: str, corruption: str, severity: int, by_member: Mapping[str,
 
 
 def records_from_predictions(preds: Mapping[str, np.ndarray], fewshot_shots: Sequence[int],
-                             fewshot_seed: int) -> list[dict]:
+                             fewshot_seed: int, fewshot_l2_selection: str = "test") -> list[dict]:
     """All metric records of a prediction dict (see the module docstring)."""
     records = _records("clean", "none", 0, metrics.prediction_metrics(preds["probs"],
                                                                       preds["labels"]))
@@ -192,7 +192,8 @@ def records_from_predictions(preds: Mapping[str, np.ndarray], fewshot_shots: Seq
         modes = [("ensemble", "joint")] if members == 1 else [("joint", "joint"),
                                                               ("disjoint", "disjoint")]
         for member, mode in modes:
-            errs = metrics.fewshot_errors(tasks, fewshot_shots, fewshot_seed, mode=mode)
+            errs = metrics.fewshot_errors(tasks, fewshot_shots, fewshot_seed, mode=mode,
+                                          l2_selection=fewshot_l2_selection)
             for (task, shots), value in errs.items():
                 records += _records("fewshot", task, shots, {member: {"fewshot_error": value}})
             for shots in fewshot_shots:
@@ -218,7 +219,8 @@ def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
 def evaluate_run(model, params, suite, cfg: Mapping[str, Any]):
     """(records, predictions dict, clean labels, cost) of a trained run."""
     preds = run_predictions(model, params, suite, cfg)
-    records = records_from_predictions(preds, cfg["eval"]["fewshot_shots"], cfg["seed"])
+    records = records_from_predictions(preds, cfg["eval"]["fewshot_shots"], cfg["seed"],
+                                       cfg["eval"]["fewshot_l2_selection"])
     return records, preds, preds["labels"], run_cost(cfg, suite.num_classes)
 
 
@@ -297,7 +299,8 @@ def ensemble_runs(run_dirs: Sequence[str], out: str | os.PathLike, kind: str) ->
         raise ValueError(f"ensemble lists the same run twice: {ids}")
     preds = combine_predictions([p for _, p in loaded], list(run_dirs))
     cfg0 = results[0]["config"]
-    records = records_from_predictions(preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"])
+    records = records_from_predictions(preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"],
+                                       cfg0["eval"]["fewshot_l2_selection"])
     costs = [r.get("cost", {}) for r in results]
 
     def total(field):

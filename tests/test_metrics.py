@@ -157,6 +157,30 @@ def test_fewshot_separable_task_is_solved_and_modes_agree_for_one_member():
     assert joint[("t", 5)] == 0.0
 
 
+def test_fewshot_l2_selection_test_vs_holdout(monkeypatch):
+    # A stand-in classifier whose prediction under l2 = 1 is feature 1 and under l2 = 2 is
+    # feature 2 (feature 0 is the label). On the training images feature 1 is right and
+    # feature 2 wrong; on the test images the reverse. Selecting on the test split picks
+    # l2 = 2 (test error 0); selecting on the held-out training images picks l2 = 1, whose
+    # test error is 1.
+    def stub(x_train, y_train, x_test, num_classes, l2):
+        return np.eye(num_classes)[x_test[:, int(l2)].astype(int)]
+
+    monkeypatch.setattr(metrics, "ridge_fit_predict", stub)
+    ytr, yte = np.repeat(np.arange(2), 6), np.repeat(np.arange(2), 3)
+    train = np.stack([ytr, ytr, 1 - ytr], axis=1)[None].astype(float)  # (M=1, N, 3)
+    test = np.stack([yte, 1 - yte, yte], axis=1)[None].astype(float)
+    tasks = {"t": (train, ytr, test, yte, 2)}
+    pick = lambda sel: metrics.fewshot_errors(tasks, [2], 0, l2_grid=[1.0, 2.0],  # noqa: E731
+                                              l2_selection=sel)[("t", 2)]
+    assert pick("test") == 0.0
+    assert pick("holdout") == 1.0
+    with pytest.raises(ValueError, match="allowed: \\['test', 'holdout'\\]"):
+        pick("val")
+    with pytest.raises(ValueError, match="needs the rest"):       # 6 shots = every image
+        metrics.fewshot_errors(tasks, [6], 0, l2_grid=[1.0], l2_selection="holdout")
+
+
 def test_fewshot_sample_draws_k_per_class_deterministically():
     labels = np.repeat(np.arange(4), 10)
     a = metrics.fewshot_sample(labels, 3, seed=0, task="x")
