@@ -1,8 +1,8 @@
 """Training speed of the demo fine-tune, measured in one run on this machine.
 
 Prints:
-1. steps/s of the demo fine-tune (tiny, 16 px, batch 64) for ViT, V-MoE (K=2) and
-   E³ (K=1, M=2), after the first (compiling) step, through the real training loop;
+1. steps/s of the demo fine-tune (sweeps/demo.yaml's model and data, batch 64) for ViT,
+   V-MoE (K=2) and E³ (K=1, M=2), after the first (compiling) step, through the real training loop;
 2. the E³ / V-MoE step-time ratio beside the ratio of their XLA-compiled training FLOPs;
 3. two seeds of E³ fine-tuned (and evaluated) packed in one ``e3 run`` process vs two
    separate processes, each with an empty compilation cache (compile time included).
@@ -23,8 +23,13 @@ import time
 from contextlib import redirect_stderr
 from pathlib import Path
 
-DEMO_BASE = {"model": {"size": "tiny", "num_experts": 8}, "data": {"dataset": "demo",
-                                                                  "image_size": 16}}
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+# The demo's model and data, as sweeps/demo.yaml declares them.
+DEMO_BASE = {k: v for k, v in
+             yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())["base"].items()
+             if k in ("model", "data")}
 CASES = {
     "ViT": {"method": "vit"},
     "V-MoE": {"method": "vmoe", "model": {"num_selected": 2}},
@@ -78,7 +83,8 @@ def main() -> None:
 
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
           f"(other processes slow every number below)")
-    print(f"\n1. demo fine-tune loop (tiny, 16 px, batch 64, {a.steps} steps)")
+    print(f"\n1. demo fine-tune loop ({DEMO_BASE['model']['size']}, "
+          f"{DEMO_BASE['data']['image_size']} px, batch 64, {a.steps} steps)")
     rates = {}
     for name in CASES:
         cfg = case_config(name, a.steps)
