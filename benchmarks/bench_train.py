@@ -23,13 +23,7 @@ import time
 from contextlib import redirect_stderr
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parent.parent
-# The demo's model and data, as sweeps/demo.yaml declares them.
-DEMO_BASE = {k: v for k, v in
-             yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())["base"].items()
-             if k in ("model", "data")}
+from bench_step import DEMO as DEMO_BASE  # the demo's model and data (sweeps/demo.yaml)
 CASES = {
     "ViT": {"method": "vit"},
     "V-MoE": {"method": "vmoe", "model": {"num_selected": 2}},
