@@ -91,3 +91,39 @@ def test_invalid_e3_combinations_name_values_and_rule(model, field):
         build_model(cfg, 10)
     assert err.value.field == field
     assert str(model[field.split(".")[1]]) in str(err.value)
+
+
+@pytest.mark.parametrize("method,model", [CASES[0], CASES[2]], ids=["vit", "e3"])
+def test_bfloat16_compute_keeps_float32_params_routing_and_gradients(method, model):
+    from e3lib.models.testing import param_structure, random_params
+
+    nets = {d: build_model(resolve({"method": method, "model": dict(model, dtype=d)}), 5)
+            for d in ("float32", "bfloat16")}
+    params = random_params(nets["float32"], IMAGES, train=False)
+    # One parameter tree serves both: parameters are float32 whatever the compute dtype.
+    leaves16 = jax.tree_util.tree_leaves(param_structure(nets["bfloat16"], IMAGES, train=False))
+    assert {leaf.dtype for leaf in leaves16} == {jnp.dtype("float32")}
+    forward = {d: (lambda p, net=net: net.apply({"params": p}, IMAGES, train=False))
+               for d, net in nets.items()}
+    # The backbone's matmuls do run in bfloat16 ...
+    assert "bf16[" in str(jax.make_jaxpr(forward["bfloat16"])(params))
+    assert "bf16[" not in str(jax.make_jaxpr(forward["float32"])(params))
+    (l16, a16), (l32, a32) = [jax.jit(forward[d])(params) for d in ("bfloat16", "float32")]
+    # ... and the outputs stay close: bf16 keeps 8 mantissa bits (relative step 2^-8 ≈
+    # 0.4%), so O(1) logits move by ~1e-2 at most and probabilities by less.
+    p16 = jax.nn.softmax(l16.astype(jnp.float32))
+    assert float(jnp.abs(p16 - jax.nn.softmax(l32)).max()) < 1e-2
+    # Routing and its losses stay in float32.
+    assert a16["aux_loss"].dtype == jnp.float32
+    for metrics in a16.get("router", {}).values():
+        assert metrics["aux_loss"].dtype == jnp.float32
+
+    def loss(p):
+        logits, aux = nets["bfloat16"].apply({"params": p}, IMAGES, train=True, rngs={
+            "dropout": jax.random.key(1), "gating": jax.random.key(2)})
+        return -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32))[..., 0]) + \
+            aux["aux_loss"]
+
+    grads = jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(params))
+    assert {g.dtype for g in grads} == {jnp.dtype("float32")}
+    assert all(bool(jnp.isfinite(g).all()) for g in grads)
