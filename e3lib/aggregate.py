@@ -44,7 +44,7 @@ import numpy as np
 import xarray as xr
 
 from e3lib import atomic
-from e3lib.config import stale_fields
+from e3lib.config import stale_fields, stale_size_shape
 
 RECORD_DIMS = ("split", "corruption", "severity", "member")
 COST_FIELDS = {"gflops": "gflops_per_image_train", "params": "params",
@@ -278,12 +278,14 @@ def build_dataset(index: Mapping[str, Any], results_root: str | Path,
             run_status[entry["id"]] = result["status"]
             continue
         if entry.get("kind") == "run" and entry.get("config") and result.get("config"):
-            changed = stale_fields(result["config"], entry["config"])
+            changed = stale_fields(result["config"], entry["config"]) + \
+                stale_size_shape(result.get("model_shape"), entry["config"])
             if changed:
                 raise AggregateError(
                     f"{result_path}: stale result of run {entry['id']}: field(s) {changed} differ "
-                    f"from the current config (a default changed since it ran); re-run it with "
-                    f"`snakemake --forcerun ...` or `e3 run`, or restore the old default")
+                    f"from the current config (a default, or the shape of the model size in "
+                    f"e3lib.config.MODEL_SIZES, changed since it ran); re-run it with "
+                    f"`snakemake --forcerun ...` or `e3 run`, or restore the old value")
         status[cell] = STATUS_FLAGS["ok"]
         run_status[entry["id"]] = "ok"
         for name, field in COST_FIELDS.items():

@@ -275,6 +275,24 @@ def stale_fields(stored: Mapping[str, Any], current: Mapping[str, Any], path: st
     return diffs
 
 
+def size_shape(cfg: Mapping[str, Any]) -> dict | None:
+    """The ``MODEL_SIZES`` entry of the run's size, as results store it (None if unknown).
+
+    The run id hashes the size's name, not its shape; results store the shape so that
+    ``stale_size_shape`` can tell when a size's entry was edited after the run finished.
+    """
+    size = (cfg.get("model") or {}).get("size")
+    return dict(MODEL_SIZES[size]) if size in MODEL_SIZES else None
+
+
+def stale_size_shape(stored_shape: Mapping[str, Any] | None, current: Mapping[str, Any]
+                     ) -> list[str]:
+    """["model.size"] if a result's stored shape differs from the current size entry."""
+    if stored_shape is None:
+        return []  # results written before shapes were stored: nothing to compare
+    return [] if dict(stored_shape) == size_shape(current) else ["model.size"]
+
+
 def upstream_config(cfg: Mapping[str, Any]) -> dict:
     """The fields the upstream (pretraining) stage reads; its checkpoint is keyed by these.
 

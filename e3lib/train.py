@@ -48,7 +48,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
-from e3lib.config import ConfigError, resolve, run_id, upstream_config, upstream_id
+from e3lib.config import (ConfigError, resolve, run_id, size_shape, upstream_config,
+                          upstream_id)
 from e3lib.data.loaders import DatasetNotFoundError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.progress import Progress
@@ -538,8 +539,8 @@ def finetune_and_evaluate(cfgs: Sequence[Mapping[str, Any]], upstream_dir: str |
         train_info["final"] = {k: v[i] for k, v in summary["final"].items()}
         train_info["packed_seeds"] = list(job.seeds) if job.packed else None
         write_results(out, {
-            "run_id": run_id(c), "status": "ok", "config": c, "upstream_id": upstream_id(c),
-            "provenance": provenance(started), "cost": cost, "train": train_info,
+            "run_id": run_id(c), "status": "ok", "config": c, "model_shape": size_shape(c),
+            "upstream_id": upstream_id(c), "provenance": provenance(started), "cost": cost, "train": train_info,
             "records": records}, probs, labels)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from e3lib import aggregate
+from e3lib.config import MODEL_SIZES
 from e3lib.report import synthetic
 
 # Cells of a small overlap sweep. Seed values are chosen so statistics are exact by hand:
@@ -199,3 +200,10 @@ def test_stale_result_under_changed_default_is_an_error(tmp_path):
     result_path.write_text(json.dumps(result))
     ds = aggregate.build_dataset(index, tmp_path, index_path=index_path)
     assert int(ds["status"].values.ravel()[0]) == aggregate.STATUS_FLAGS["ok"]
+    # Same config, but the size's entry in MODEL_SIZES is not the shape the run stored.
+    entry["config"]["model"]["size"] = "tiny"
+    result["config"] = entry["config"]
+    result["model_shape"] = dict(MODEL_SIZES["tiny"], hidden=48)
+    result_path.write_text(json.dumps(result))
+    with pytest.raises(aggregate.AggregateError, match=r"stale result.*model\.size.*MODEL_SIZES"):
+        aggregate.build_dataset(index, tmp_path, index_path=index_path)

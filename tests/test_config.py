@@ -40,3 +40,18 @@ def test_stale_fields_names_changed_values_and_ignores_new_fields():
     current = {"seed": 0, "model": {"capacity_factor": 2.0, "num_experts": 8, "new_field": 3}}
     assert config.stale_fields(stored, current) == ["model.capacity_factor"]
     assert config.stale_fields(stored, stored) == []
+
+
+def test_stale_size_shape_catches_an_edited_size_entry(monkeypatch):
+    cfg = config.resolve({"method": "vit", "model": {"size": "mini"}})
+    stored = config.size_shape(cfg)
+    assert stored == {"patch": 4, "hidden": 64, "mlp": 128, "layers": 4, "heads": 4,
+                      "moe_last_n": 2}
+    assert config.stale_size_shape(stored, cfg) == []
+    assert config.stale_size_shape(None, cfg) == []        # results from before shapes were stored
+    # Widening "mini" keeps the run id (it hashes the name) but makes the result stale.
+    sizes = dict(config.MODEL_SIZES, mini=dict(stored, hidden=96))
+    monkeypatch.setattr(config, "MODEL_SIZES", sizes)
+    assert config.run_id(cfg) == config.run_id(config.resolve({"method": "vit",
+                                                                "model": {"size": "mini"}}))
+    assert config.stale_size_shape(stored, cfg) == ["model.size"]
