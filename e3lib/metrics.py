@@ -37,6 +37,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from e3lib.config import CHOICES
+
 METRICS = ("nll", "error", "ece", "brier", "kl_diversity", "cos_similarity", "disagreement",
            "auroc", "aupr", "fpr95", "fewshot_error")
 DIVERSITY_METRICS = ("kl_diversity", "cos_similarity", "disagreement")
@@ -209,7 +211,7 @@ def best_l2_index(table) -> int:
     return int(np.argmin(ranks.mean(axis=0)))
 
 
-FEWSHOT_L2_SELECTION = ("test", "holdout")
+FEWSHOT_L2_SELECTION = CHOICES["eval.fewshot_l2_selection"]   # ("test", "holdout")
 
 
 def _fewshot_grid_errors(ftr, ytr, idx, fte, yte, num_classes: int, mode: str,
