@@ -500,6 +500,13 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
                             ENSEMBLE_SIZE_AXIS: size}
                     key = (tuple(axes.items()), r)
                     if key in seen:
+                        if seen[key] != eid:
+                            raise SweepError(
+                                file, f"{where}.label", ens["label"],
+                                f"two different ensembles would share one row {dict(axes)}: "
+                                f"their members differ only in fields that are not axes of "
+                                f"the row (e.g. the method); declare them separately, each "
+                                f"with its own label")
                         continue
                     seen[key] = eid
                     sweep.entries.append({

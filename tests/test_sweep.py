@@ -209,6 +209,10 @@ MALFORMED = [
      "needs at least 4 seeds"),
     ("ensemble kind unknown", {**BASE, "seeds": 2, "ensembles": [
         {"label": "de", "kind": "sideways", "sizes": [2]}]}, "ensembles[0].kind", "downstream"),
+    ("two ensembles on one row", {**BASE, "seeds": 2, "axes": [{"cases": [
+        {"method": "vit"}, {"method": "vmoe"}]}], "ensembles": [
+        {"label": "de", "kind": "downstream", "sizes": [2], "of": {"method": ["vit", "vmoe"]}}]},
+     "ensembles[0].label", "share one row"),
     ("ensemble matches nothing", {**BASE, "seeds": 2, "ensembles": [
         {"label": "de", "kind": "downstream", "sizes": [2], "of": {"method": "vit"}}]},
      "ensembles[0].of", "matches no run"),
