@@ -214,3 +214,42 @@ def test_selector_max_picks_the_largest_axis_value():
     res = verdicts.evaluate(v, rows, SPEC)
     assert res.outcome == "held" and "means 0.58 vs 0.64" in res.statistic
     assert [r.key["model.num_experts"] for r in verdicts.select_rows(rows, v["b"])] == ["32"]
+
+
+def test_shifted_set_columns_and_any_of_row_filter(tmp_path):
+    # Table 25 layout on a B/32 sweep of 2 seeds: its `where` keeps E³ (K=1, M=2), the
+    # 2-member V-MoE deep ensemble and V-MoE K=2, not ViT. Column c_nll is the NLL of the
+    # records of split "corrupted", corruption "mean"; a_nll those of shifted "imagenet_a".
+    #   E³ c_nll 1.50, 1.52 → 1.510 ± 0.01414 (std, ddof=1)/√2 = 0.010;
+    #   a_nll 5.0, 5.2 → 5.100 ± 0.1414/√2 = 0.100
+    axes = ["method", "model.num_selected", "model.ensemble_size", "model.size"]
+
+    def cell(method, k, m, nll, c_nll, a_nll):
+        return {"axes": {"method": method, "model.num_selected": k, "model.ensemble_size": m,
+                         "model.size": "B/32"},
+                "metrics": {"nll": nll},
+                "split_metrics": {"corrupted/mean": {"nll": c_nll},
+                                  "shifted/imagenet_a": {"nll": a_nll}}}
+
+    cells = [cell("e3", 1, 2, [0.62, 0.63], [1.50, 1.52], [5.0, 5.2]),
+             cell("down_de", 1, 2, [0.61, 0.62], [1.49, 1.51], [4.8, 4.9]),
+             cell("vmoe", 2, 1, [0.64, 0.65], [1.56, 1.58], [5.0, 5.1]),
+             cell("vit", 1, 1, [0.69, 0.70], [1.70, 1.71], [5.3, 5.4])]
+    index = synthetic.write_sweep(tmp_path, "sizes", axes, [0, 1], cells,
+                                  reproduces=["table25"])
+    ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index)
+    table = tables.build_table("table25", [ds])
+    assert sorted(r.key["method"] for r in table.rows) == ["down_de", "e3", "vmoe"]
+    e3 = next(r for r in table.rows if r.key["method"] == "e3")
+    assert e3.stats["nll"].mean == pytest.approx(0.625)
+    assert e3.stats["c_nll"].mean == pytest.approx(1.51)
+    assert e3.stats["c_nll"].stderr == pytest.approx(0.01)
+    assert e3.stats["a_nll"].mean == pytest.approx(5.1)
+    assert e3.stats["a_nll"].stderr == pytest.approx(0.1)
+    assert "v2_nll" not in e3.stats            # no ImageNet-V2 records: no value, not zero
+    assert e3.ref["label"] == "B/32 E³, K=1, M=2" and e3.ref["values"]["c_nll"] == [1.532, 0.005]
+    header = table.blocks[0].header
+    assert "C NLL ↓ ours" in header and "C NLL paper" in header
+    row = next(r for r in table.blocks[0].rows if r[0].text == "B/32 E³, K=1, M=2")
+    i = header.index("C NLL ↓ ours")
+    assert [c.text for c in row[i:i + 2]] == ["1.510 ± 0.010", "1.532 ± 0.005"]

@@ -20,8 +20,8 @@ REFERENCE_DIR = HERE / "reference"
 
 # The table ids `e3 report --only` accepts (sweeps name them in `reproduces:`).
 TABLE_IDS = ("table2", "table3", "table4", "table5", "table12", "table13", "table14",
-             "table17", "table18", "table19", "table20", "table22", "table23", "figure2",
-             "figure10", "demo")
+             "table17", "table18", "table19", "table20", "table22", "table23", "table25",
+             "table26", "table27", "figure2", "figure10", "demo")
 VERDICT_TESTS = ("better", "ratio_above", "trend", "flat", "no_difference", "best")
 
 _selector = {"type": "object", "minProperties": 1}
@@ -63,7 +63,9 @@ SPEC_SCHEMA: dict[str, Any] = {
                            "scale": {"type": "number"}, "digits": {"type": "integer"},
                            "sig": {"type": "integer", "minimum": 1},
                            "bold": {"type": "boolean"},
-                           "cost": {"type": "boolean"}}}},
+                           "cost": {"type": "boolean"},
+                           "variable": {"type": "string"},
+                           "select": {"type": "object"}}}},
         "select": {"type": "object"},
         "tables": {"type": "object", "propertyNames": {"enum": list(TABLE_IDS)},
                    "additionalProperties": {
@@ -73,7 +75,9 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "layout": {"enum": ["rows", "pivot"]},
                 "pivot": {"type": "string"},
                 "merge": {"type": "array", "items": {"type": "string"}},
-                "where": {"type": "object"},
+                "where": {"oneOf": [{"type": "object"},
+                                    {"type": "array", "items": {"type": "object"},
+                                     "minItems": 1}]},
                 "columns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "extra_dims": {"type": "array", "items": {"enum": ["member", "split",
                                                                    "corruption", "severity"]}},

@@ -32,6 +32,8 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
     "gflops": float, "params": int, "members": int (default 1),
     "member_metrics": {member: {name: [...]}} (optional),
     "val_metrics": {name: [...]} (optional; records of split "val", member "ensemble"),
+    "split_metrics": {"SPLIT/CORRUPTION": {name: [...]}} (optional; records of that split
+    and corruption at severity 0, member "ensemble", e.g. "corrupted/mean", "shifted/a"),
     "seeds": {seed: None|"diverged"}}``. ``select`` is written into the index as declared
     (a complete block: over, metric, split, mode, member).
     """
@@ -65,6 +67,12 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
             for name, per_seed in (cell.get("val_metrics") or {}).items():
                 records.append({"split": "val", "corruption": "none", "severity": 0,
                                 "member": "ensemble", "metric": name, "value": per_seed[si]})
+            for where, metrics in (cell.get("split_metrics") or {}).items():
+                split, corruption = where.split("/")
+                for name, per_seed in metrics.items():
+                    records.append({"split": split, "corruption": corruption, "severity": 0,
+                                    "member": "ensemble", "metric": name,
+                                    "value": per_seed[si]})
             result = {"run_id": rid, "status": "ok", "config": {"axes": cell["axes"]},
                       "upstream_id": "synthetic",
                       "provenance": {"code_commit": "synthetic", "packages": {"jax": "0.0"},

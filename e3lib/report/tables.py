@@ -96,12 +96,18 @@ class Table:
 
 def _metric_array(ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping,
                   extra_dims: Sequence[str]) -> xr.DataArray | None:
-    """The metric over (axes..., seed, extra_dims...) with the spec's record selection."""
-    if metric not in ds.data_vars:
+    """The metric over (axes..., seed, extra_dims...) with the spec's record selection.
+
+    A metric entry may name the data ``variable`` it shows (default: its own name) and
+    override the record ``select`` (e.g. NLL on the corrupted-set average).
+    """
+    variable = mcfg.get("variable", metric)
+    if variable not in ds.data_vars:
         return None
-    da = ds[metric]
+    da = ds[variable]
     if mcfg.get("cost"):
         return da
+    select = {**select, **mcfg.get("select", {})}
     sel = {d: v for d, v in select.items() if d in da.dims and d not in extra_dims}
     for d, v in sel.items():
         if v not in set(da[d].values.tolist()):
@@ -291,8 +297,12 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
     rows: list[Row] = []
     for ds in mine:
         rows.extend(sweep_rows(ds, columns, extra, spec))
-    where = {k: axis_label(v) for k, v in tspec.get("where", {}).items()}
-    rows = [r for r in rows if all(r.key.get(k, v) == v for k, v in where.items())]
+    # where: one {axis: value} selector, or a list of them (a row matching any is kept)
+    where = tspec.get("where", {})
+    wheres = [{k: axis_label(v) for k, v in w.items()}
+              for w in (where if isinstance(where, list) else [where])]
+    rows = [r for r in rows
+            if any(all(r.key.get(k, v) == v for k, v in w.items()) for w in wheres)]
     for r in rows:
         r.ref = match_reference(r.key, ref)
     title = (ref or {}).get("title") or tspec.get("title") or table_id
