@@ -253,3 +253,33 @@ def test_shifted_set_columns_and_any_of_row_filter(tmp_path):
     row = next(r for r in table.blocks[0].rows if r[0].text == "B/32 E³, K=1, M=2")
     i = header.index("C NLL ↓ ours")
     assert [c.text for c in row[i:i + 2]] == ["1.510 ± 0.010", "1.532 ± 0.005"]
+
+
+def test_fewshot_columns_take_joint_where_a_method_has_several_members(tmp_path):
+    # Few-shot records: V-MoE (one member) has member "ensemble"; E³ (M=2) has "joint" and
+    # "disjoint" only. Column fs5 prefers "ensemble", then "joint", so each row shows its own
+    # paper-default classifier: V-MoE 0.30, 0.32 → 31.00 ± 1.00 %; E³ joint 0.20, 0.22 →
+    # 21.00 ± 1.00 % (std 0.01414 / √2 = 0.01), never its disjoint 0.9.
+    axes = ["method", "model.num_selected", "model.ensemble_size", "model.size"]
+    cells = [
+        {"axes": {"method": "vmoe", "model.num_selected": 2, "model.ensemble_size": 1,
+                  "model.size": "B/32"}, "metrics": {"nll": [0.64, 0.65]},
+         "split_metrics": {"fewshot/mean/5": {"fewshot_error": [0.30, 0.32]}}},
+        {"axes": {"method": "e3", "model.num_selected": 1, "model.ensemble_size": 2,
+                  "model.size": "B/32"}, "metrics": {"nll": [0.62, 0.63]},
+         "split_metrics": {"fewshot/mean/5/joint": {"fewshot_error": [0.20, 0.22]},
+                           "fewshot/mean/5/disjoint": {"fewshot_error": [0.9, 0.9]}}},
+    ]
+    index = synthetic.write_sweep(tmp_path, "sizes", axes, [0, 1], cells,
+                                  reproduces=["table35"])
+    ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index)
+    table = tables.build_table("table35", [ds])
+    by_method = {r.key["method"]: r for r in table.rows}
+    assert by_method["vmoe"].stats["fs5"].mean == pytest.approx(0.31)
+    assert by_method["e3"].stats["fs5"].mean == pytest.approx(0.21)
+    assert by_method["e3"].stats["fs5"].stderr == pytest.approx(0.01)
+    assert "fs1" not in by_method["e3"].stats      # no 1-shot records at all: no column value
+    header = table.blocks[0].header
+    row = next(r for r in table.blocks[0].rows if r[0].text == "B/32 E³, K=1, M=2")
+    i = header.index("5-shot error (%) ↓ ours")
+    assert [c.text for c in row[i:i + 2]] == ["21.00 ± 1.00", "26.51 ± 0.11"]

@@ -32,8 +32,9 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
     "gflops": float, "params": int, "members": int (default 1),
     "member_metrics": {member: {name: [...]}} (optional),
     "val_metrics": {name: [...]} (optional; records of split "val", member "ensemble"),
-    "split_metrics": {"SPLIT/CORRUPTION": {name: [...]}} (optional; records of that split
-    and corruption at severity 0, member "ensemble", e.g. "corrupted/mean", "shifted/a"),
+    "split_metrics": {"SPLIT/CORRUPTION[/SEVERITY[/MEMBER]]": {name: [...]}} (optional;
+    records of that split and corruption, severity 0 and member "ensemble" unless given,
+    e.g. "corrupted/mean", "shifted/imagenet_a", "fewshot/mean/5/joint"),
     "seeds": {seed: None|"diverged"}}``. ``select`` is written into the index as declared
     (a complete block: over, metric, split, mode, member).
     """
@@ -68,10 +69,12 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
                 records.append({"split": "val", "corruption": "none", "severity": 0,
                                 "member": "ensemble", "metric": name, "value": per_seed[si]})
             for where, metrics in (cell.get("split_metrics") or {}).items():
-                split, corruption = where.split("/")
+                split, corruption, *rest = where.split("/")
+                severity = int(rest[0]) if rest else 0
+                member = rest[1] if len(rest) > 1 else "ensemble"
                 for name, per_seed in metrics.items():
-                    records.append({"split": split, "corruption": corruption, "severity": 0,
-                                    "member": "ensemble", "metric": name,
+                    records.append({"split": split, "corruption": corruption,
+                                    "severity": severity, "member": member, "metric": name,
                                     "value": per_seed[si]})
             result = {"run_id": rid, "status": "ok", "config": {"axes": cell["axes"]},
                       "upstream_id": "synthetic",

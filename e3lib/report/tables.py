@@ -99,7 +99,9 @@ def _metric_array(ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping,
     """The metric over (axes..., seed, extra_dims...) with the spec's record selection.
 
     A metric entry may name the data ``variable`` it shows (default: its own name) and
-    override the record ``select`` (e.g. NLL on the corrupted-set average).
+    override the record ``select`` (e.g. NLL on the corrupted-set average). A selected
+    value may be a list of preferences: each row takes the first one it has a value for
+    (few-shot error: member "ensemble" for one-member methods, else "joint").
     """
     variable = mcfg.get("variable", metric)
     if variable not in ds.data_vars:
@@ -110,9 +112,18 @@ def _metric_array(ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping,
     select = {**select, **mcfg.get("select", {})}
     sel = {d: v for d, v in select.items() if d in da.dims and d not in extra_dims}
     for d, v in sel.items():
-        if v not in set(da[d].values.tolist()):
+        present = set(da[d].values.tolist())
+        choices = [c for c in (v if isinstance(v, list) else [v]) if c in present]
+        if not choices:
             return None  # e.g. no clean split recorded at all
-    return da.sel(sel)
+        if not isinstance(v, list):
+            da = da.sel({d: v})
+            continue
+        picked = da.sel({d: choices[0]}, drop=True)
+        for other in choices[1:]:
+            picked = picked.combine_first(da.sel({d: other}, drop=True))  # fill the gaps
+        da = picked
+    return da
 
 
 def sweep_rows(ds: xr.Dataset, columns: Sequence[str], extra_dims: Sequence[str] = (),
