@@ -260,7 +260,8 @@ def test_shipped_sweeps_expand_in_their_variants(path):
         if v == "paper":   # full-scale settings of the paper
             cfg = runs_of(sw)[0]["config"]
             assert cfg["data"]["image_size"] == 384
-            assert cfg["data"]["dataset"] == "imagenet2012"
+            assert cfg["data"]["dataset"] == ("cifar10" if "cifar10" in path.stem
+                                              else "imagenet2012")
             assert {"finetune.steps", "finetune.lr"} <= set(sw.axes)
             assert len(sw.seeds) >= 3
         else:
