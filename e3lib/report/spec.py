@@ -22,7 +22,7 @@ REFERENCE_DIR = HERE / "reference"
 TABLE_IDS = ("table2", "table3", "table4", "table5", "table12", "table13", "table14",
              "table15", "table17", "table18", "table19", "table20", "table22", "table23", "table25",
              "table26", "table27", "table28", "table29", "table30", "table31", "table32",
-             "table35", "table36", "figure2", "figure10", "demo")
+             "table33", "table34", "table35", "table36", "figure2", "figure10", "demo")
 VERDICT_TESTS = ("better", "ratio_above", "trend", "flat", "no_difference", "best")
 
 _selector = {"type": "object", "minProperties": 1}
