@@ -233,7 +233,8 @@ def non_default_fields(cfg: Mapping[str, Any], defaults: Mapping[str, Any] = DEF
     out: dict = {}
     for key, value in cfg.items():
         default = defaults.get(key, _MISSING)
-        if isinstance(value, Mapping) and isinstance(default, Mapping):
+        # dict, not the Mapping ABC: this runs for every run of a paper-scale sweep union
+        if isinstance(value, dict) and isinstance(default, dict):
             sub = non_default_fields(value, default)
             if sub:
                 out[key] = sub
