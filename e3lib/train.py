@@ -540,8 +540,8 @@ def finetune_and_evaluate(cfgs: Sequence[Mapping[str, Any]], upstream_dir: str |
         train_info["packed_seeds"] = list(job.seeds) if job.packed else None
         write_results(out, {
             "run_id": run_id(c), "status": "ok", "config": c, "model_shape": size_shape(c),
-            "upstream_id": upstream_id(c), "provenance": provenance(started), "cost": cost, "train": train_info,
-            "records": records}, probs, labels)
+            "upstream_id": upstream_id(c), "provenance": provenance(started), "cost": cost,
+            "train": train_info, "records": records}, probs, labels)
 
 
 def cli_run(argv: list[str]) -> int:

@@ -43,6 +43,11 @@ def test_choice_enums_are_config_choices():
     assert covered == len(CHOICES)
 
 
+def test_reproducible_ids_are_the_report_table_ids():
+    from e3lib.report.spec import TABLE_IDS
+    assert list(S.table_ids()) == list(TABLE_IDS)
+
+
 def test_table_ids_cover_the_report_reference_tables():
     ids = set(S.table_ids())
     reference = {p.stem for p in (REPO / "e3lib/report/reference").glob("*.yaml")}
