@@ -24,11 +24,13 @@ allowed values in ``CHOICES``. The sweep schema and the docs read from these tab
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 from typing import Any, Mapping
+
+from e3lib import tree
+from e3lib.errors import ConfigError
 
 # Model sizes of the paper (Table 6 / reference code) plus small ones for CPU.
 # patch: patch size; hidden: H; mlp: MLP width; layers; heads; moe_last_n: default
@@ -148,42 +150,10 @@ POSITIVE_INT = (
 )
 
 
-class ConfigError(ValueError):
-    """An invalid run configuration. ``field`` is the dotted path of the offending value."""
-
-    def __init__(self, field: str, value: Any, rule: str, source: str | None = None):
-        self.field, self.value, self.rule, self.source = field, value, rule, source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{field}={value!r}: {rule}")
-
-
-def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str = "") -> dict:
-    """Return ``base`` updated by ``override``; unknown keys raise ``ConfigError``."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        dotted = f"{path}{key}"
-        if key not in out:
-            raise ConfigError(dotted, value, f"unknown field; known fields here: {sorted(out)}")
-        if isinstance(out[key], dict):
-            if not isinstance(value, Mapping):
-                raise ConfigError(dotted, value, "must be a mapping")
-            out[key] = deep_merge(out[key], value, dotted + ".")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def resolve(overrides: Mapping[str, Any], source: str | None = None) -> dict:
     """Fill defaults into ``overrides`` and validate. Returns the resolved config."""
     try:
-        cfg = deep_merge(DEFAULTS, overrides)
+        cfg = tree.merge_known(DEFAULTS, overrides)
         validate(cfg)
     except ConfigError as err:
         if source and not err.source:
@@ -201,14 +171,14 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or cfg["seed"] < 0:
         raise ConfigError("seed", cfg["seed"], "must be a non-negative integer")
     for field, allowed in CHOICES.items():
-        if _get(cfg, field) not in allowed:
-            raise ConfigError(field, _get(cfg, field), f"allowed: {list(allowed)}")
+        if tree.get(cfg, field) not in allowed:
+            raise ConfigError(field, tree.get(cfg, field), f"allowed: {list(allowed)}")
     for field in NON_NEGATIVE:
-        v = _get(cfg, field)
+        v = tree.get(cfg, field)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
             raise ConfigError(field, v, "must be a non-negative number")
     for field in POSITIVE_INT:
-        v = _get(cfg, field)
+        v = tree.get(cfg, field)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(field, v, "must be a positive integer")
     ecf = cfg["model"]["eval_capacity_factor"]

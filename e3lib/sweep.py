@@ -65,7 +65,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from e3lib import atomic
-from e3lib.config import (DEFAULTS, ConfigError, canonical_json, deep_merge, resolve, run_id,
+from e3lib import tree
+from e3lib.config import (DEFAULTS, ConfigError, canonical_json, resolve, run_id,
                           short_hash, upstream_id)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "sweep.schema.yaml"
@@ -364,7 +365,7 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
     if "seed" in base:
         raise SweepError(file, "base.seed", base["seed"], "seeds are declared with `seeds:`")
     try:
-        base_cfg = deep_merge(DEFAULTS, base)
+        base_cfg = tree.merge_known(DEFAULTS, base)
     except ConfigError as err:
         raise SweepError(file, f"base.{err.field}", err.value, err.rule) from None
 
