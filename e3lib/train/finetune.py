@@ -1,0 +1,211 @@
+"""The fine-tuning stage: fine-tune one run (or S packed seeds) from its upstream
+parameters and evaluate it (the ``e3 run`` command).
+
+Recipe: ``e3lib.train.optim.finetune_optimizer`` (SGD with momentum, clipping, warmup
+then cosine/linear decay); BatchEnsemble fast weights at ``be_lr_scale`` × the learning
+rate. A diverged run writes ``diverged.json`` in its out dir (never results.json); a
+finished one writes predictions.npz then results.json (``e3lib.evaluate.write_results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
+from e3lib.config import run_id, short_hash, size_shape, upstream_id
+from e3lib.errors import ConfigError
+from e3lib.progress import MODES as PROGRESS_MODES
+from e3lib.provenance import provenance, utc_now
+from e3lib.train.cache import setup_jax_cache
+from e3lib.train.loop import Job, init_params, initial_state, stack_states, train, unstack_state
+from e3lib.train.optim import finetune_optimizer
+from e3lib.train.signals import Diverged, StopFlag
+from e3lib.train.stage import EXIT_BAD_INPUT, read_config, run_stage
+
+
+def adapt_upstream(upstream_params: Mapping, fresh_params: Mapping, cfg: Mapping) -> dict:
+    """Upstream params → the run's model (new head, router regrouping, posemb resize,
+    optional expert permutation): ``e3lib.models.convert.convert_for_config``."""
+    from e3lib.models.convert import convert_for_config
+
+    return convert_for_config(upstream_params, fresh_params, cfg)
+
+
+def load_upstream_params(upstream_dir: str | os.PathLike) -> dict:
+    """Parameters of the upstream stage's output dir (its done.json names where they are)."""
+    from e3lib.models.convert import restore_params
+
+    done_file = Path(upstream_dir) / "done.json"
+    if not done_file.is_file():
+        raise FileNotFoundError(
+            f"upstream dir {upstream_dir}: no done.json (run `e3 upstream` first)"
+        )
+    with open(done_file) as f:
+        return restore_params(json.load(f)["params_path"])
+
+
+def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
+    from e3lib.models.batchensemble import with_fast_weight_lr_scale
+
+    ft = cfgs[0]["finetune"]
+    # BatchEnsemble: fast weights at be_lr_scale × the learning rate (App. G.1).
+    optimizer = with_fast_weight_lr_scale(finetune_optimizer(ft), cfgs[0])
+    return Job(
+        model=model,
+        optimizer=optimizer,
+        num_classes=suite.num_classes,
+        images=suite.train.images,
+        labels=suite.train.labels,
+        batch_size=ft["batch_size"],
+        steps=ft["steps"],
+        seeds=tuple(c["seed"] for c in cfgs),
+        mixup=float(ft["mixup"]),
+        checkpoint_every=ft["checkpoint_every"],
+        desc=f"finetune {cfgs[0]['method']}",
+    )
+
+
+def check_packable(cfgs: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
+    base = dict(cfgs[0], seed=None)
+    for c, src in zip(cfgs[1:], sources[1:]):
+        if dict(c, seed=None) != base:
+            diff = sorted(k for k in c if k != "seed" and c[k] != cfgs[0][k])
+            raise ConfigError(
+                "seed",
+                c["seed"],
+                f"packed configs may differ only in seed; "
+                f"{src} differs from {sources[0]} in {diff}",
+                source=src,
+            )
+    seeds = [c["seed"] for c in cfgs]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("seed", seeds, "packed configs need distinct seeds", source=sources[0])
+
+
+def finetune_and_evaluate(
+    cfgs: Sequence[Mapping[str, Any]],
+    upstream_dir: str | None,
+    outs: Sequence[str | os.PathLike],
+    checkpoint_dir: str | os.PathLike | None,
+    progress_mode: str = "auto",
+    stop: StopFlag | None = None,
+    upstream_params: Mapping | None = None,
+) -> None:
+    """Fine-tune one config (or several packed seeds) and write each run's results.
+
+    Raises ``Diverged`` (after writing ``diverged.json`` in every out dir) or
+    ``Preempted`` (after saving a checkpoint).
+    """
+    from e3lib.data import load_suite
+    from e3lib.evaluate import evaluate_run, write_results
+    from e3lib.models import build_model
+
+    started = utc_now()
+    cfg0 = cfgs[0]
+    suite = load_suite(cfg0)
+    model = build_model(cfg0, suite.num_classes)
+    job = finetune_job(cfgs, suite, model)
+    size = cfg0["data"]["image_size"]
+    if upstream_params is None and upstream_dir is not None:
+        upstream_params = load_upstream_params(upstream_dir)
+    states = []
+    for c in cfgs:
+        fresh = init_params(model, c["seed"], size)
+        params = adapt_upstream(upstream_params, fresh, c) if upstream_params else fresh
+        states.append(initial_state(job.optimizer, params, c["seed"]))
+    state = stack_states(states) if job.packed else states[0]
+    ckpt = None
+    if checkpoint_dir is not None:
+        directory = Path(checkpoint_dir)
+        if job.packed:
+            directory = directory / f"pack-{short_hash([run_id(c) for c in cfgs])}"
+        ckpt = TrainCheckpoints(directory, every=job.checkpoint_every)
+    try:
+        state, summary = train(job, state, ckpt, progress_mode, stop)
+    except Diverged as err:
+        bad = [0] if err.seed_index is None else [err.seed_index]
+        for i, (c, out) in enumerate(zip(cfgs, outs)):
+            msg = str(err) if i in bad else f"packed with a diverged seed: {err}"
+            atomic_write_json(
+                Path(out) / "diverged.json",
+                {
+                    "run_id": run_id(c),
+                    "status": "diverged",
+                    "message": msg,
+                    "step": err.step,
+                    "loss": err.loss if i in bad else None,
+                    "config": c,
+                },
+            )
+        raise
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    for i, (c, out) in enumerate(zip(cfgs, outs)):
+        params = unstack_state(state, i)["params"] if job.packed else state["params"]
+        records, probs, labels, cost = evaluate_run(model, params, suite, c)
+        cost["train_seconds"] = summary["train_seconds"]
+        train_info = {k: v for k, v in summary.items() if k != "final"}
+        train_info["final"] = {k: v[i] for k, v in summary["final"].items()}
+        train_info["packed_seeds"] = list(job.seeds) if job.packed else None
+        write_results(
+            out,
+            {
+                "run_id": run_id(c),
+                "status": "ok",
+                "config": c,
+                "model_shape": size_shape(c),
+                "upstream_id": upstream_id(c),
+                "provenance": provenance(started),
+                "cost": cost,
+                "train": train_info,
+                "records": records,
+            },
+            probs,
+            labels,
+        )
+
+
+def cli_run(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="e3 run",
+        description="Fine-tune and evaluate one run "
+        "(or several seeds of one config, packed in one process).",
+    )
+    p.add_argument("--config", required=True, nargs="+", help="resolved run config(s) (JSON)")
+    p.add_argument(
+        "--upstream",
+        default=None,
+        help="upstream dir (with done.json); omit to fine-tune from a fresh init",
+    )
+    p.add_argument("--out", required=True, nargs="+", help="one results dir per config")
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=None,
+        help="checkpoint dir(s); packed runs use the first",
+    )
+    p.add_argument("--log-mode", choices=PROGRESS_MODES, default="auto")
+    a = p.parse_args(argv)
+    if len(a.out) != len(a.config):
+        p.error(f"--out needs one dir per --config ({len(a.config)}), got {len(a.out)}")
+    setup_jax_cache()
+    try:
+        cfgs = [read_config(c) for c in a.config]
+        if len(cfgs) > 1:
+            check_packable(cfgs, a.config)
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"e3 run: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    checkpoints = a.checkpoints[0] if a.checkpoints else None
+    code, _ = run_stage(
+        "e3 run",
+        lambda stop: finetune_and_evaluate(cfgs, a.upstream, a.out, checkpoints, a.log_mode, stop),
+    )
+    return code

@@ -1,0 +1,210 @@
+"""The training loop shared by both stages: one job (or S packed seeds), its train step,
+deterministic batches, checkpoints, preemption and divergence.
+
+Notation: B batch size, M members (predictions per image), C classes, S seeds packed in
+one process, T total steps, t step index (0-based), H×W image size.
+
+Loss = mean over images and members of member cross-entropy + Σ-layers aux loss, with
+optional mixup (``finetune.mixup`` = α: λ ~ Beta(α, α), each image mixed with the next
+one in the batch).
+
+Determinism and resumption
+--------------------------
+The training state is ``{"params", "opt_state", "step", "rng"}``. The randomness of step
+t (router noise, dropout, mixup) is ``fold_in(rng, t)`` and its batch is
+``batch_indices(N, B, seed, t)``, so a run restored from a checkpoint at step t replays
+exactly the steps an uninterrupted run would (bitwise on CPU). Checkpoints are written
+every ``checkpoint_every`` steps (``e3lib.checkpoint``). SIGTERM saves a checkpoint at
+the current step and raises ``Preempted``; a non-finite loss raises ``Diverged``.
+
+Seed packing: several configs that differ only in ``seed`` train in one process with the
+step function ``jax.vmap``-ed over a leading seed axis S of params, optimizer state,
+rng and batches; each seed keeps its own batch order and randomness.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from e3lib.checkpoint import TrainCheckpoints
+from e3lib.progress import Progress
+from e3lib.train.signals import Diverged, Preempted, StopFlag, fault_injection, inject_fault
+
+
+@dataclass
+class Job:
+    """What the loop needs: model, optimizer, data and schedule of one (packed) job."""
+
+    model: Any
+    optimizer: Any
+    num_classes: int
+    images: np.ndarray  # (N, H, W, 3) uint8 training set
+    labels: np.ndarray  # (N,)
+    batch_size: int
+    steps: int
+    seeds: tuple[int, ...]  # one per packed run
+    mixup: float = 0.0
+    checkpoint_every: int = 25
+    desc: str = "train"
+
+    @property
+    def packed(self) -> bool:
+        return len(self.seeds) > 1
+
+
+def init_params(model, seed: int, image_size: int):
+    """Fresh parameters of ``model`` from ``seed`` (the init key is split from the seed)."""
+    import jax
+    import jax.numpy as jnp
+
+    k_init = jax.random.split(jax.random.key(seed))[0]
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return jax.jit(lambda k: model.init({"params": k}, x, train=False))(k_init)["params"]
+
+
+def initial_state(optimizer, params, seed: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    k_train = jax.random.split(jax.random.key(seed))[1]
+    # Own copies: the train step donates its state, and ``params`` may share buffers with
+    # the upstream tree it was converted from.
+    params = jax.tree_util.tree_map(jnp.array, params)
+    return {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.asarray(0, jnp.int32),
+        "rng": jax.random.key_data(k_train),
+    }
+
+
+def make_train_step(job: Job) -> Callable:
+    """(state, images (B,H,W,3), labels (B,)) → (state, metrics); vmapped over S if packed."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from e3lib.models.losses import ensemble_train_loss
+
+    model, optimizer, num_classes, alpha = job.model, job.optimizer, job.num_classes, job.mixup
+
+    def step_fn(state, images, labels):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        k_mix, k_drop, k_gate = jax.random.split(rng, 3)
+        targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # (B, C)
+        if alpha > 0:
+            lam = jax.random.beta(k_mix, alpha, alpha)
+            images = lam * images + (1 - lam) * jnp.roll(images, 1, axis=0)
+            targets = lam * targets + (1 - lam) * jnp.roll(targets, 1, axis=0)
+
+        def loss_fn(params):
+            logits, aux = model.apply(
+                {"params": params}, images, train=True, rngs={"dropout": k_drop, "gating": k_gate}
+            )
+            ce = ensemble_train_loss(logits, targets)  # logits (B, M, C)
+            return ce + aux["aux_loss"], (ce, aux["aux_loss"])
+
+        (loss, (ce, aux_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+        }
+        return new_state, {
+            "loss": loss,
+            "ce": ce,
+            "aux_loss": aux_loss,
+            "grad_norm": optax.tree.norm(grads),
+        }
+
+    return jax.jit(jax.vmap(step_fn) if job.packed else step_fn, donate_argnums=(0,))
+
+
+def batch_at(job: Job, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of ``step``: (B,H,W,3) float32, (B,); with a leading S axis if packed."""
+    from e3lib.data import batch_indices, to_float
+
+    per_seed = [batch_indices(len(job.labels), job.batch_size, s, step) for s in job.seeds]
+    idx = np.stack(per_seed) if job.packed else per_seed[0]  # (S, B) or (B,)
+    return to_float(job.images[idx]), job.labels[idx]
+
+
+def stack_states(states: Sequence[dict]) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+
+def unstack_state(state: dict, i: int) -> dict:
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: x[i], state)
+
+
+def train(
+    job: Job,
+    state: dict,
+    checkpoints: TrainCheckpoints | None,
+    progress_mode: str = "auto",
+    stop: StopFlag | None = None,
+) -> tuple[dict, dict]:
+    """Run ``job`` from ``state`` (resuming from the latest checkpoint if there is one)
+    to ``job.steps``. Returns the final state and a summary of the run."""
+    resumed_from = None
+    if checkpoints is not None and checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        resumed_from = int(checkpoints.latest_step())
+    # Commit every leaf to the device: the step's outputs are committed, and mixing
+    # committed and uncommitted inputs would compile the step a second time.
+    import jax
+
+    state = jax.device_put(state, jax.devices()[0])
+    step = int(np.asarray(state["step"]).reshape(-1)[0])
+    step_fn = make_train_step(job)
+    progress = Progress(job.steps, job.desc, progress_mode, start=step)
+    t0, compile_seconds, metrics = time.perf_counter(), None, None
+    fault = fault_injection()
+    batch = batch_at(job, step) if step < job.steps else None
+    try:
+        while step < job.steps:
+            if stop is not None and stop.stop:
+                if checkpoints is not None:
+                    checkpoints.save(step, state, force=True)
+                raise Preempted(step)
+            t_step = time.perf_counter()
+            state, metrics = step_fn(state, *batch)
+            # The step runs asynchronously: gather the next batch on the host meanwhile.
+            batch = batch_at(job, step + 1) if step + 1 < job.steps else None
+            losses = np.atleast_1d(np.asarray(metrics["loss"]))  # (S,) or (1,)
+            if compile_seconds is None:
+                compile_seconds = time.perf_counter() - t_step
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                raise Diverged(step, float(losses[bad[0]]), int(bad[0]) if job.packed else None)
+            step += 1
+            if checkpoints is not None:
+                checkpoints.save(step, state)
+            progress.update(step, float(losses.mean()))
+            inject_fault(fault, step)
+    finally:
+        progress.close()
+    last = (
+        {}
+        if metrics is None
+        else {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in metrics.items()}
+    )
+    return state, {
+        "steps": job.steps,
+        "resumed_from_step": resumed_from,
+        "train_seconds": time.perf_counter() - t0,
+        "first_step_seconds": compile_seconds,
+        "final": last,
+    }

@@ -1,0 +1,57 @@
+"""Optimizers and learning-rate schedules (Optax) of the two training stages.
+
+Notation: T total steps, t step index (0-based).
+
+- Fine-tuning (paper App. A.3/A.4, reference configs): SGD with momentum 0.9
+  (``finetune.momentum``), gradient global-norm clipping at 10 (``finetune.grad_clip``;
+  0 disables it), linear warmup to ``finetune.lr`` over ``finetune.warmup`` steps then
+  cosine or linear decay to ``finetune.end_lr`` at step T.
+- Upstream (V-MoE paper's upstream recipe, standing in for JFT checkpoints): Adam
+  (β₁ 0.9, β₂ 0.999) with decoupled weight decay ``upstream.weight_decay``, global-norm
+  clipping at 1, linear warmup then linear decay to 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from e3lib.errors import ConfigError
+
+
+def lr_schedule(
+    kind: str, peak: float, warmup: int, steps: int, end: float, field: str = "finetune"
+):
+    import optax
+
+    if warmup >= steps:
+        raise ConfigError(f"{field}.warmup", warmup, f"must be < {field}.steps = {steps}")
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end)
+    if kind == "linear":
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, peak, warmup),
+                optax.linear_schedule(peak, end, steps - warmup),
+            ],
+            [warmup],
+        )
+    raise ConfigError(f"{field}.schedule", kind, "allowed: ['cosine', 'linear']")
+
+
+def finetune_optimizer(ft: Mapping[str, Any]):
+    import optax
+
+    sched = lr_schedule(ft["schedule"], ft["lr"], ft["warmup"], ft["steps"], ft["end_lr"])
+    parts = [optax.clip_by_global_norm(ft["grad_clip"])] if ft["grad_clip"] > 0 else []
+    return optax.chain(*parts, optax.sgd(sched, momentum=ft["momentum"]))
+
+
+def upstream_optimizer(up: Mapping[str, Any]):
+    import optax
+
+    sched = lr_schedule("linear", up["lr"], up["warmup"], up["steps"], 0.0, field="upstream")
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=up["weight_decay"]),
+    )

@@ -1,0 +1,171 @@
+"""The upstream (pretraining) stage: the ``e3 upstream`` command.
+
+Pretrains the upstream model of a run config with the upstream recipe
+(``e3lib.train.optim.upstream_optimizer``, training capacity factor
+``upstream.capacity_factor``), or registers an existing checkpoint
+(``upstream.checkpoint``). Its done file (written last) names the saved parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
+from e3lib.config import resolve, upstream_config, upstream_id
+from e3lib.errors import ConfigError
+from e3lib.progress import MODES as PROGRESS_MODES
+from e3lib.provenance import provenance, utc_now
+from e3lib.train.cache import setup_jax_cache
+from e3lib.train.loop import Job, init_params, initial_state, train
+from e3lib.train.optim import upstream_optimizer
+from e3lib.train.signals import Diverged, StopFlag
+from e3lib.train.stage import EXIT_BAD_INPUT, EXIT_OK, read_config, run_stage
+
+
+def upstream_model_config(ucfg: Mapping[str, Any]) -> dict:
+    """A resolved run config describing the upstream model (for ``build_model``)."""
+    model = {
+        "size": ucfg["size"],
+        "capacity_factor": ucfg["capacity_factor"],
+        "representation": ucfg["representation"],
+    }
+    if ucfg["method"] == "vmoe":
+        model.update(
+            num_experts=ucfg["num_experts"],
+            num_selected=ucfg["num_selected"],
+            moe_placement=ucfg["moe_placement"],
+            moe_n=ucfg["moe_n"],
+        )
+    return resolve(
+        {
+            "method": ucfg["method"],
+            "seed": ucfg["seed"],
+            "model": model,
+            "data": {"image_size": ucfg["image_size"]},
+        }
+    )
+
+
+def pretrain_upstream(
+    ucfg: Mapping[str, Any],
+    workdir: str | os.PathLike,
+    progress_mode: str = "auto",
+    stop: StopFlag | None = None,
+) -> dict:
+    """Pretrain the upstream model; returns the done-file content (params saved first)."""
+    from e3lib.data import load_upstream
+    from e3lib.evaluate import predict
+    from e3lib.metrics import error, nll
+    from e3lib.models import build_model
+
+    workdir = Path(workdir)
+    data, num_classes = load_upstream(ucfg)
+    mcfg = upstream_model_config(ucfg)
+    model = build_model(mcfg, num_classes)
+    job = Job(
+        model=model,
+        optimizer=upstream_optimizer(ucfg),
+        num_classes=num_classes,
+        images=data.images,
+        labels=data.labels,
+        batch_size=ucfg["batch_size"],
+        steps=ucfg["steps"],
+        seeds=(ucfg["seed"],),
+        checkpoint_every=25,
+        desc=f"upstream {ucfg['method']}",
+    )
+    params = init_params(model, ucfg["seed"], ucfg["image_size"])
+    state = initial_state(job.optimizer, params, ucfg["seed"])
+    ckpt = TrainCheckpoints(workdir / "ckpt", every=job.checkpoint_every)
+    try:
+        state, summary = train(job, state, ckpt, progress_mode, stop)
+    finally:
+        ckpt.close()
+    from e3lib.models.convert import save_params
+
+    params_dir = workdir / "params"
+    if params_dir.exists():  # left by an attempt killed before its done file: redo
+        shutil.rmtree(params_dir)
+    save_params(params_dir, state["params"])
+    n = min(len(data), 512)
+    probs, _ = predict(model, state["params"], data.images[:n], 256)
+    return {
+        "status": "ok",
+        "config": dict(ucfg),
+        "params_path": str(params_dir.absolute()),
+        "num_classes": num_classes,
+        "metrics": {
+            "train_subset_nll": nll(probs.mean(0), data.labels[:n]),
+            "train_subset_error": error(probs.mean(0), data.labels[:n]),
+            "final_loss": summary["final"].get("loss", [None])[0],
+        },
+        "train": summary,
+    }
+
+
+def cli_upstream(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="e3 upstream", description="Pretrain (or register) the upstream model of a run config."
+    )
+    p.add_argument("--config", required=True, help="resolved run config (JSON)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--done", required=True, help="done file, written last")
+    p.add_argument("--log-mode", choices=PROGRESS_MODES, default="auto")
+    a = p.parse_args(argv)
+    setup_jax_cache()
+    try:
+        cfg = read_config(a.config)
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"e3 upstream: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ucfg = upstream_config(cfg)
+    started = utc_now()
+    if ucfg["checkpoint"]:
+        path = Path(ucfg["checkpoint"])
+        if not path.exists():
+            err = ConfigError(
+                "upstream.checkpoint", ucfg["checkpoint"], "path does not exist", source=a.config
+            )
+            print(f"e3 upstream: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        from e3lib.models.convert import restore_params
+
+        restore_params(path)  # fail now, not in every fine-tune, if it cannot be read
+        done = {
+            "upstream_id": upstream_id(cfg),
+            "status": "ok",
+            "config": ucfg,
+            "params_path": str(path.absolute()),
+            "num_classes": None,
+            "metrics": {},
+        }
+    else:
+
+        def record_divergence(err: Diverged) -> None:
+            atomic_write_json(
+                Path(a.workdir) / "diverged.json",
+                {
+                    "upstream_id": upstream_id(cfg),
+                    "status": "diverged",
+                    "message": str(err),
+                    "step": err.step,
+                },
+            )
+
+        code, done = run_stage(
+            "e3 upstream",
+            lambda stop: pretrain_upstream(ucfg, a.workdir, a.log_mode, stop),
+            on_diverged=record_divergence,
+        )
+        if code != EXIT_OK:
+            return code
+        done["upstream_id"] = upstream_id(cfg)
+    done["provenance"] = provenance(started)
+    atomic_write_json(a.done, done)
+    return EXIT_OK
