@@ -21,7 +21,11 @@ metrics in the same format.
 - ``features.fewshot.{task}.{train|test}`` (M, N, D), ``labels.fewshot.{task}.{train|test}``,
   ``num_classes.fewshot.{task}`` ().
 
-Records (``{"split", "corruption", "severity", "member", "metric", "value"}``):
+results.json (``RESULTS_FORMAT`` = 2, its ``format`` field): run/ensemble fields and
+``records``, each ``{"split", "member", "metric", "value"}`` plus where it was measured:
+``"corruption", "severity"`` for every split but few-shot, ``"task", "shots"`` for
+``fewshot`` (format 1, read by ``e3 aggregate``, put task and shots in corruption and
+severity). Records:
 
 - ``val``: nll, error, ece, brier per member and "ensemble" (+ diversity when M > 1),
   corruption "none", severity 0 — the split hyperparameters are selected on.
@@ -31,8 +35,7 @@ Records (``{"split", "corruption", "severity", "member", "metric", "value"}``):
   cos_similarity and disagreement when M > 1.
 - ``ood_near`` / ``ood_far``: auroc, aupr, fpr95 of the ensemble prediction (member
   "ensemble"), the clean test set being in-distribution.
-- ``fewshot``: fewshot_error with corruption = task (or ``mean`` over tasks), severity =
-  shots. member = "ensemble" when M = 1; with M > 1 two records, member "joint"
+- ``fewshot``: fewshot_error per ``task`` (or ``mean`` over tasks) and ``shots``. member = "ensemble" when M = 1; with M > 1 two records, member "joint"
   (concatenated member features, the paper's default) and "disjoint" (App. A.5.1).
 
 Metric values that are undefined (e.g. normalized disagreement when the ensemble makes no
@@ -56,6 +59,7 @@ from e3lib.checkpoint import atomic_save_npz, atomic_write_json
 from e3lib.provenance import provenance, utc_now
 
 SEP = "."
+RESULTS_FORMAT = 2  # results.json layout; e3lib.aggregate.formats reads 1 and 2
 
 
 def make_predict_fn(model):
@@ -146,6 +150,11 @@ def _records(split: str, corruption: str, severity: int, by_member: Mapping[str,
             for member, values in by_member.items() for metric, value in values.items()]
 
 
+def _fewshot_record(task: str, shots: int, member: str, value: float) -> dict:
+    return {"split": "fewshot", "task": task, "shots": int(shots), "member": member,
+            "metric": "fewshot_error", "value": _clean_value(value)}
+
+
 def records_from_predictions(preds: Mapping[str, np.ndarray], fewshot_shots: Sequence[int],
                              fewshot_seed: int, fewshot_l2_selection: str = "test") -> list[dict]:
     """All metric records of a prediction dict (see the module docstring)."""
@@ -195,10 +204,10 @@ def records_from_predictions(preds: Mapping[str, np.ndarray], fewshot_shots: Seq
             errs = metrics.fewshot_errors(tasks, fewshot_shots, fewshot_seed, mode=mode,
                                           l2_selection=fewshot_l2_selection)
             for (task, shots), value in errs.items():
-                records += _records("fewshot", task, shots, {member: {"fewshot_error": value}})
+                records.append(_fewshot_record(task, shots, member, value))
             for shots in fewshot_shots:
                 value = float(np.mean([errs[(t, shots)] for t in tasks]))
-                records += _records("fewshot", "mean", shots, {member: {"fewshot_error": value}})
+                records.append(_fewshot_record("mean", shots, member, value))
     return records
 
 
@@ -226,11 +235,11 @@ def evaluate_run(model, params, suite, cfg: Mapping[str, Any]):
 
 def write_results(out: str | os.PathLike, results: Mapping[str, Any],
                   preds: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> None:
-    """predictions.npz first, results.json last (both atomic)."""
+    """predictions.npz first, results.json last (both atomic), stamped with its format."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_npz(out / "predictions.npz", **{k: np.asarray(v) for k, v in preds.items()})
-    atomic_write_json(out / "results.json", results)
+    atomic_write_json(out / "results.json", {"format": RESULTS_FORMAT, **results})
 
 
 # ----------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from e3lib import aggregate
 from e3lib.config import MODEL_SIZES
 from e3lib.report import synthetic
 
+from done_files import write_done_files
+
 # Cells of a small overlap sweep. Seed values are chosen so statistics are exact by hand:
 #   e3, o=0:     nll 0.60, 0.61, 0.62  → mean 0.61, std(ddof=1) 0.01, stderr 0.01/√3
 #   e3, o=4:     nll 0.62, 0.63, 0.64  → mean 0.63, same spread
@@ -32,9 +34,16 @@ CELLS = [
 ]
 
 
+def write_sweep(root, *args, **kwargs):
+    """A synthetic result set with the done.json status files the workflow writes."""
+    index = synthetic.write_sweep(root, *args, **kwargs)
+    write_done_files(root, index)
+    return index
+
+
 @pytest.fixture
 def sweep(tmp_path):
-    index = synthetic.write_sweep(tmp_path, "overlap", ["method", "model.overlap"], [0, 1, 2],
+    index = write_sweep(tmp_path, "overlap", ["method", "model.overlap"], [0, 1, 2],
                                   CELLS, reproduces=["table3"])
     ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index_path=index)
     return tmp_path, index, ds
@@ -122,7 +131,7 @@ def test_failed_write_keeps_previous_file(sweep, tmp_path, monkeypatch):
 
 
 def test_bad_index_and_results_name_file_and_field(tmp_path, capsys):
-    index = synthetic.write_sweep(tmp_path, "s", ["method"], [0], [
+    index = write_sweep(tmp_path, "s", ["method"], [0], [
         {"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}])
     doc = json.loads(index.read_text())
     doc["entries"][0]["kind"] = "bogus"
@@ -142,7 +151,7 @@ def test_bad_index_and_results_name_file_and_field(tmp_path, capsys):
 
 
 def test_duplicate_entry_is_an_error(tmp_path):
-    index = synthetic.write_sweep(tmp_path, "s", ["method"], [0], [
+    index = write_sweep(tmp_path, "s", ["method"], [0], [
         {"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}])
     doc = json.loads(index.read_text())
     doc["entries"].append(dict(doc["entries"][0], id="other"))
@@ -152,7 +161,7 @@ def test_duplicate_entry_is_an_error(tmp_path):
 
 
 def test_record_dims_from_mixed_splits_and_null_values(tmp_path):
-    index = synthetic.write_sweep(tmp_path, "s", ["method"], [0], [
+    index = write_sweep(tmp_path, "s", ["method"], [0], [
         {"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}])
     doc = json.loads(index.read_text())
     result = tmp_path / "runs" / doc["entries"][0]["id"] / "results.json"
@@ -186,7 +195,7 @@ def test_stale_result_under_changed_default_is_an_error(tmp_path):
     # A finished run whose stored config differs from the index's (a default changed after
     # it ran, so its id no longer describes it) must not be averaged in silently.
     cells = [{"axes": {"method": "e3"}, "metrics": {"nll": [0.6]}}]
-    index_path = synthetic.write_sweep(tmp_path, "s", ["method"], [0], cells)
+    index_path = write_sweep(tmp_path, "s", ["method"], [0], cells)
     index = json.loads(index_path.read_text())
     entry = index["entries"][0]
     entry["config"] = {"axes": {"method": "e3"}, "model": {"capacity_factor": 2.0}}

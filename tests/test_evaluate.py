@@ -10,7 +10,7 @@ from e3lib import evaluate, metrics
 
 
 def rec(records, **key):
-    hits = [r["value"] for r in records if all(r[k] == v for k, v in key.items())]
+    hits = [r["value"] for r in records if all(r.get(k) == v for k, v in key.items())]
     assert len(hits) == 1, (key, hits)
     return hits[0]
 
@@ -60,10 +60,14 @@ def test_fewshot_records_name_joint_and_disjoint_for_ensembles():
     records = evaluate.records_from_predictions(preds, [1, 5], 0)
     members = {r["member"] for r in records if r["split"] == "fewshot"}
     assert members == {"joint", "disjoint"}
-    assert rec(records, split="fewshot", corruption="t", severity=5, member="joint",
+    assert rec(records, split="fewshot", task="t", shots=5, member="joint",
                metric="fewshot_error") == 0.0
-    assert rec(records, split="fewshot", corruption="mean", severity=5, member="joint",
+    assert rec(records, split="fewshot", task="mean", shots=5, member="joint",
                metric="fewshot_error") == 0.0
+    # format 2: few-shot records name task and shots, and nothing else says where
+    few = [r for r in records if r["split"] == "fewshot"]
+    assert len(few) == 2 * 2 * 2                   # (task t + mean) × 2 shot counts × 2 modes
+    assert all(set(r) == {"split", "task", "shots", "member", "metric", "value"} for r in few)
     single = {k: (v[:1] if k.startswith(("probs", "features")) else v) for k, v in preds.items()}
     members = {r["member"] for r in evaluate.records_from_predictions(single, [1], 0)
                if r["split"] == "fewshot"}

@@ -13,8 +13,18 @@ import pytest
 from e3lib import metrics
 from e3lib.aggregate import (AggregateError, build_dataset, load_index, select_grid,
                              selection_of)
-from e3lib.report.synthetic import write_sweep
+from e3lib.report import synthetic
 from e3lib.sweep import SweepError, expand_doc, load_sweep
+
+from done_files import write_done_files
+
+
+def write_sweep(root, *args, **kwargs):
+    """A synthetic result set with the done.json status files the workflow writes."""
+    index = synthetic.write_sweep(root, *args, **kwargs)
+    write_done_files(root, index)
+    return index
+
 
 SELECT = {"over": ["finetune.steps", "finetune.lr"], "metric": "nll", "split": "val",
           "mode": "min", "member": "ensemble"}

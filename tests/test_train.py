@@ -132,13 +132,13 @@ def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_
     corr = {(r["corruption"], r["severity"]) for r in recs if r["split"] == "corrupted"}
     assert len(corr) == 10 * 5 + 1 and ("mean", 0) in corr
     assert {r["metric"] for r in recs if r["split"] == "ood_far"} == {"auroc", "aupr", "fpr95"}
-    few = {(r["corruption"], r["severity"], r["member"]) for r in recs
-           if r["split"] == "fewshot"}
+    few = {(r["task"], r["shots"], r["member"]) for r in recs if r["split"] == "fewshot"}
     assert len(few) == (3 + 1) * 4 * 2                 # tasks + mean, shots, joint/disjoint
     assert {r["member"] for r in recs if r["split"] == "clean"} == {"ensemble", "0", "1"}
     prov = b["provenance"]
     assert prov["packages"]["jax"] and prov["code_commit"] and prov["finished"] >= prov["started"]
     assert b["config"]["method"] == "e3" and b["upstream_id"] == a["upstream_id"]
+    assert b["format"] == 2
 
 
 def test_nan_loss_gives_diverged_status_and_no_results(tmp_path):
