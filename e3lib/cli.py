@@ -8,23 +8,66 @@
     e3 report     render tables, figures and the HTML report
     e3 flops      print GFLOPs per image and parameter count of a config, before launching
 
-Each subcommand lives next to the code it drives and takes its own arguments
-(``e3 <subcommand> --help``).
+Each subcommand takes its own arguments (``e3 <subcommand> --help``). The functions below
+import their command where it is called, so ``e3 expand`` does not pay for importing JAX.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
+from collections.abc import Callable
 
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "upstream": ("e3lib.train", "cli_upstream"),
-    "run": ("e3lib.train", "cli_run"),
-    "ensemble": ("e3lib.evaluate", "cli_ensemble"),
-    "expand": ("e3lib.sweep", "cli_expand"),
-    "aggregate": ("e3lib.aggregate", "cli_aggregate"),
-    "report": ("e3lib.report", "cli_report"),
-    "flops": ("e3lib.flops", "cli_flops"),
+
+def upstream(argv: list[str]) -> int:
+    from e3lib.train.upstream import cli_upstream
+
+    return cli_upstream(argv)
+
+
+def run(argv: list[str]) -> int:
+    from e3lib.train.finetune import cli_run
+
+    return cli_run(argv)
+
+
+def ensemble(argv: list[str]) -> int:
+    from e3lib.evaluate import cli_ensemble
+
+    return cli_ensemble(argv)
+
+
+def expand(argv: list[str]) -> int:
+    from e3lib.sweep import cli_expand
+
+    return cli_expand(argv)
+
+
+def aggregate(argv: list[str]) -> int:
+    from e3lib.aggregate.cli import cli_aggregate
+
+    return cli_aggregate(argv)
+
+
+def report(argv: list[str]) -> int:
+    from e3lib.report import cli_report
+
+    return cli_report(argv)
+
+
+def flops(argv: list[str]) -> int:
+    from e3lib.flops import cli_flops
+
+    return cli_flops(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "upstream": upstream,
+    "run": run,
+    "ensemble": ensemble,
+    "expand": expand,
+    "aggregate": aggregate,
+    "report": report,
+    "flops": flops,
 }
 
 
@@ -37,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"e3: unknown subcommand {name!r}; allowed: {sorted(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    module, func = SUBCOMMANDS[name]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    return int(SUBCOMMANDS[name](rest) or 0)
 
 
 if __name__ == "__main__":
