@@ -1,5 +1,6 @@
 # Entry points. `make demo` installs everything into .venv and runs the embedded demo sweep
-# end to end (ending in reports/index.html); `make test` runs the whole test suite.
+# end to end (ending in reports/index.html); `make test` runs the whole test suite; `make check`
+# runs the linters: ruff (lint + format), snakefmt and the import-layering contracts.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
@@ -7,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export E3_JAX_CACHE ?= $(abspath .jax_cache)
 CORES ?= 2
 
-.PHONY: setup demo test lint clean-results
+.PHONY: setup demo test lint check clean-results
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,12 @@ test: setup
 
 lint: setup
 	$(BIN)/snakemake --lint
+
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/
+	$(BIN)/lint-imports
 
 clean-results:
 	rm -rf results logs reports/*.html reports/*/ .snakemake
