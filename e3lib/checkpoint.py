@@ -48,7 +48,9 @@ class TrainCheckpoints:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False))
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            ),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -35,8 +35,9 @@ severity). Records:
   cos_similarity and disagreement when M > 1.
 - ``ood_near`` / ``ood_far``: auroc, aupr, fpr95 of the ensemble prediction (member
   "ensemble"), the clean test set being in-distribution.
-- ``fewshot``: fewshot_error per ``task`` (or ``mean`` over tasks) and ``shots``. member = "ensemble" when M = 1; with M > 1 two records, member "joint"
-  (concatenated member features, the paper's default) and "disjoint" (App. A.5.1).
+- ``fewshot``: fewshot_error per ``task`` (or ``mean`` over tasks) and ``shots``. member =
+  "ensemble" when M = 1; with M > 1 two records, member "joint" (concatenated member
+  features, the paper's default) and "disjoint" (App. A.5.1).
 
 Metric values that are undefined (e.g. normalized disagreement when the ensemble makes no
 error) are written as null.
@@ -49,8 +50,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,14 +71,15 @@ def make_predict_fn(model):
 
     def fn(params, images):
         logits, aux = model.apply({"params": params}, images, train=False)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)      # (B, M, C)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # (B, M, C)
         return probs.transpose(1, 0, 2), aux["features"].astype(jnp.float32).transpose(1, 0, 2)
 
     return jax.jit(fn)
 
 
-def predict(model, params, images_uint8: np.ndarray, batch_size: int, predict_fn=None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model, params, images_uint8: np.ndarray, batch_size: int, predict_fn=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (M, N, C) and pre-logits features (M, N, D) of a uint8 image set.
 
     Batches have a fixed size (the last one padded with copies of its last image and the
@@ -88,13 +91,13 @@ def predict(model, params, images_uint8: np.ndarray, batch_size: int, predict_fn
     n = len(images_uint8)
     probs, feats = [], []
     for lo in range(0, n, batch_size):
-        chunk = images_uint8[lo:lo + batch_size]
+        chunk = images_uint8[lo : lo + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
         p, f = fn(params, to_float(chunk))
-        probs.append(np.asarray(p)[:, :batch_size - pad])
-        feats.append(np.asarray(f)[:, :batch_size - pad])
+        probs.append(np.asarray(p)[:, : batch_size - pad])
+        feats.append(np.asarray(f)[:, : batch_size - pad])
     return np.concatenate(probs, axis=1), np.concatenate(feats, axis=1)
 
 
@@ -130,7 +133,8 @@ def run_predictions(model, params, suite, cfg: Mapping[str, Any]) -> dict[str, n
         for task, t in suite.fewshot.items():
             for part, data in (("train", t.train), ("test", t.test)):
                 out[SEP.join(["features", "fewshot", task, part])] = predict(
-                    model, params, data.images, bs, fn)[1]
+                    model, params, data.images, bs, fn
+                )[1]
                 out[SEP.join(["labels", "fewshot", task, part])] = data.labels
             out[SEP.join(["num_classes", "fewshot", task])] = np.asarray(t.num_classes)
     return out
@@ -145,64 +149,109 @@ def _clean_value(v: float) -> float | None:
 
 
 def _records(split: str, corruption: str, severity: int, by_member: Mapping[str, Mapping]):
-    return [{"split": split, "corruption": corruption, "severity": int(severity),
-             "member": member, "metric": metric, "value": _clean_value(value)}
-            for member, values in by_member.items() for metric, value in values.items()]
+    return [
+        {
+            "split": split,
+            "corruption": corruption,
+            "severity": int(severity),
+            "member": member,
+            "metric": metric,
+            "value": _clean_value(value),
+        }
+        for member, values in by_member.items()
+        for metric, value in values.items()
+    ]
 
 
 def _fewshot_record(task: str, shots: int, member: str, value: float) -> dict:
-    return {"split": "fewshot", "task": task, "shots": int(shots), "member": member,
-            "metric": "fewshot_error", "value": _clean_value(value)}
+    return {
+        "split": "fewshot",
+        "task": task,
+        "shots": int(shots),
+        "member": member,
+        "metric": "fewshot_error",
+        "value": _clean_value(value),
+    }
 
 
-def records_from_predictions(preds: Mapping[str, np.ndarray], fewshot_shots: Sequence[int],
-                             fewshot_seed: int, fewshot_l2_selection: str = "test") -> list[dict]:
+def records_from_predictions(
+    preds: Mapping[str, np.ndarray],
+    fewshot_shots: Sequence[int],
+    fewshot_seed: int,
+    fewshot_l2_selection: str = "test",
+) -> list[dict]:
     """All metric records of a prediction dict (see the module docstring)."""
-    records = _records("clean", "none", 0, metrics.prediction_metrics(preds["probs"],
-                                                                      preds["labels"]))
+    records = _records(
+        "clean", "none", 0, metrics.prediction_metrics(preds["probs"], preds["labels"])
+    )
     val_key = SEP.join(["probs", "val"])
     if val_key in preds:
-        records += _records("val", "none", 0, metrics.prediction_metrics(
-            preds[val_key], preds[SEP.join(["labels", "val"])]))
+        records += _records(
+            "val",
+            "none",
+            0,
+            metrics.prediction_metrics(preds[val_key], preds[SEP.join(["labels", "val"])]),
+        )
     corrupted = {}
     for key in sorted(preds):
         parts = key.split(SEP)
         if parts[:2] == ["probs", "corrupted"]:
             name, sev = parts[2], int(parts[3])
             corrupted[(name, sev)] = metrics.prediction_metrics(
-                preds[key], preds[SEP.join(["labels", "corrupted", name, str(sev)])])
+                preds[key], preds[SEP.join(["labels", "corrupted", name, str(sev)])]
+            )
             records += _records("corrupted", name, sev, corrupted[(name, sev)])
         elif parts[:2] == ["probs", "shifted"]:
-            records += _records("shifted", parts[2], 0, metrics.prediction_metrics(
-                preds[key], preds[SEP.join(["labels", "shifted", parts[2]])]))
+            records += _records(
+                "shifted",
+                parts[2],
+                0,
+                metrics.prediction_metrics(
+                    preds[key], preds[SEP.join(["labels", "shifted", parts[2]])]
+                ),
+            )
     if corrupted:
         mean = {}
         for member in next(iter(corrupted.values())):
             names = next(iter(corrupted.values()))[member]
-            mean[member] = {m: float(np.mean([c[member][m] for c in corrupted.values()]))
-                            for m in names}
+            mean[member] = {
+                m: float(np.mean([c[member][m] for c in corrupted.values()])) for m in names
+            }
         records += _records("corrupted", "mean", 0, mean)
     for split in ("ood_near", "ood_far"):
         key = SEP.join(["probs", split])
         if key in preds:
-            records += _records(split, "none", 0, {"ensemble": metrics.ood_metrics(
-                preds["probs"], preds[key])})
+            records += _records(
+                split, "none", 0, {"ensemble": metrics.ood_metrics(preds["probs"], preds[key])}
+            )
     tasks = {}
     for key in sorted(preds):
         parts = key.split(SEP)
         if parts[:2] == ["features", "fewshot"] and parts[3] == "train":
             task = parts[2]
-            f = lambda part, kind: preds[SEP.join([kind, "fewshot", task, part])]  # noqa: E731
-            tasks[task] = (f("train", "features"), f("train", "labels"), f("test", "features"),
-                           f("test", "labels"), int(preds[SEP.join(["num_classes", "fewshot",
-                                                                    task])]))
+            part = {
+                (kind, split): preds[SEP.join([kind, "fewshot", task, split])]
+                for kind in ("features", "labels")
+                for split in ("train", "test")
+            }
+            tasks[task] = (
+                part["features", "train"],
+                part["labels", "train"],
+                part["features", "test"],
+                part["labels", "test"],
+                int(preds[SEP.join(["num_classes", "fewshot", task])]),
+            )
     if tasks:
         members = next(iter(tasks.values()))[0].shape[0]
-        modes = [("ensemble", "joint")] if members == 1 else [("joint", "joint"),
-                                                              ("disjoint", "disjoint")]
+        modes = (
+            [("ensemble", "joint")]
+            if members == 1
+            else [("joint", "joint"), ("disjoint", "disjoint")]
+        )
         for member, mode in modes:
-            errs = metrics.fewshot_errors(tasks, fewshot_shots, fewshot_seed, mode=mode,
-                                          l2_selection=fewshot_l2_selection)
+            errs = metrics.fewshot_errors(
+                tasks, fewshot_shots, fewshot_seed, mode=mode, l2_selection=fewshot_l2_selection
+            )
             for (task, shots), value in errs.items():
                 records.append(_fewshot_record(task, shots, member, value))
             for shots in fewshot_shots:
@@ -228,13 +277,18 @@ def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
 def evaluate_run(model, params, suite, cfg: Mapping[str, Any]):
     """(records, predictions dict, clean labels, cost) of a trained run."""
     preds = run_predictions(model, params, suite, cfg)
-    records = records_from_predictions(preds, cfg["eval"]["fewshot_shots"], cfg["seed"],
-                                       cfg["eval"]["fewshot_l2_selection"])
+    records = records_from_predictions(
+        preds, cfg["eval"]["fewshot_shots"], cfg["seed"], cfg["eval"]["fewshot_l2_selection"]
+    )
     return records, preds, preds["labels"], run_cost(cfg, suite.num_classes)
 
 
-def write_results(out: str | os.PathLike, results: Mapping[str, Any],
-                  preds: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> None:
+def write_results(
+    out: str | os.PathLike,
+    results: Mapping[str, Any],
+    preds: Mapping[str, np.ndarray],
+    labels: np.ndarray | None = None,
+) -> None:
     """predictions.npz first, results.json last (both atomic), stamped with its format."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +318,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     return results, preds
 
 
-def combine_predictions(run_preds: Sequence[Mapping[str, np.ndarray]],
-                        run_names: Sequence[str]) -> dict[str, np.ndarray]:
+def combine_predictions(
+    run_preds: Sequence[Mapping[str, np.ndarray]], run_names: Sequence[str]
+) -> dict[str, np.ndarray]:
     """Deep ensemble of R runs: run r's prediction is the mean of its members' probs; the
     ensemble's members are the R runs: probs (R, N, C). Few-shot features of all members
     of all runs are concatenated: (Σ M_r, N, D). Label arrays must agree across runs."""
@@ -273,15 +328,16 @@ def combine_predictions(run_preds: Sequence[Mapping[str, np.ndarray]],
     for preds, name in zip(run_preds[1:], run_names[1:]):
         if set(preds) != keys:
             missing = sorted(keys ^ set(preds))
-            raise ValueError(f"run {name} has different evaluation sets than {run_names[0]}: "
-                             f"{missing[:5]}")
+            raise ValueError(
+                f"run {name} has different evaluation sets than {run_names[0]}: {missing[:5]}"
+            )
     out = {}
     for key in sorted(keys):
         arrays = [p[key] for p in run_preds]
         if key.startswith("probs"):
-            out[key] = np.stack([a.mean(axis=0) for a in arrays])          # (R, N, C)
+            out[key] = np.stack([a.mean(axis=0) for a in arrays])  # (R, N, C)
         elif key.startswith("features"):
-            out[key] = np.concatenate(arrays, axis=0)                      # (ΣM, N, D)
+            out[key] = np.concatenate(arrays, axis=0)  # (ΣM, N, D)
         else:
             for a, name in zip(arrays[1:], run_names[1:]):
                 if not np.array_equal(a, arrays[0]):
@@ -308,29 +364,42 @@ def ensemble_runs(run_dirs: Sequence[str], out: str | os.PathLike, kind: str) ->
         raise ValueError(f"ensemble lists the same run twice: {ids}")
     preds = combine_predictions([p for _, p in loaded], list(run_dirs))
     cfg0 = results[0]["config"]
-    records = records_from_predictions(preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"],
-                                       cfg0["eval"]["fewshot_l2_selection"])
+    records = records_from_predictions(
+        preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"], cfg0["eval"]["fewshot_l2_selection"]
+    )
     costs = [r.get("cost", {}) for r in results]
 
     def total(field):
         vals = [c.get(field) for c in costs]
         return None if any(v is None for v in vals) else sum(vals)
 
-    res = {"run_id": Path(out).name, "status": "ok",
-           "config": {"kind": kind, "runs": ids, "method": cfg0["method"],
-                      "run_configs": [r["config"] for r in results]},
-           "upstream_id": ups[0] if kind == "downstream" else ups,
-           "provenance": provenance(started),
-           "cost": {"gflops_per_image_train": total("gflops_per_image_train"),
-                    "params": total("params"), "train_seconds": total("train_seconds")},
-           "records": records}
+    res = {
+        "run_id": Path(out).name,
+        "status": "ok",
+        "config": {
+            "kind": kind,
+            "runs": ids,
+            "method": cfg0["method"],
+            "run_configs": [r["config"] for r in results],
+        },
+        "upstream_id": ups[0] if kind == "downstream" else ups,
+        "provenance": provenance(started),
+        "cost": {
+            "gflops_per_image_train": total("gflops_per_image_train"),
+            "params": total("params"),
+            "train_seconds": total("train_seconds"),
+        },
+        "records": records,
+    }
     write_results(out, res, preds)
     return res
 
 
 def cli_ensemble(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="e3 ensemble", description="Deep ensemble of independent "
-                                "runs, from their saved predictions.")
+    p = argparse.ArgumentParser(
+        prog="e3 ensemble",
+        description="Deep ensemble of independent runs, from their saved predictions.",
+    )
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--kind", choices=ENSEMBLE_KINDS, required=True)

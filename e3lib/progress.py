@@ -13,8 +13,15 @@ MODES = ("auto", "bar", "plain")
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, mode: str = "auto", start: int = 0,
-                 every: int | None = None, stream=None):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        mode: str = "auto",
+        start: int = 0,
+        every: int | None = None,
+        stream=None,
+    ):
         if mode not in MODES:
             raise ValueError(f"progress mode {mode!r}; allowed: {list(MODES)}")
         self.stream = stream or sys.stderr
@@ -28,8 +35,14 @@ class Progress:
         if mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=desc, file=self.stream,
-                            unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                initial=start,
+                desc=desc,
+                file=self.stream,
+                unit="step",
+                dynamic_ncols=True,
+            )
 
     def rate(self) -> float:
         """Steps per second since this process started the loop."""
@@ -45,8 +58,12 @@ class Progress:
         if step % self.every == 0 or step == self.total:
             rate = self.rate()
             eta = (self.total - step) / rate if rate > 0 else float("nan")
-            print(f"{self.desc}: step {step}/{self.total} loss {loss:.4f} "
-                  f"{rate:.2f} steps/s eta {eta:.0f}s", file=self.stream, flush=True)
+            print(
+                f"{self.desc}: step {step}/{self.total} loss {loss:.4f} "
+                f"{rate:.2f} steps/s eta {eta:.0f}s",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -6,12 +6,11 @@ import os
 
 import numpy as np
 import pytest
+from done_files import write_done_files
 
 from e3lib import aggregate
 from e3lib.config import MODEL_SIZES
 from e3lib.report import synthetic
-
-from done_files import write_done_files
 
 # Cells of a small overlap sweep. Seed values are chosen so statistics are exact by hand:
 #   e3, o=0:     nll 0.60, 0.61, 0.62  → mean 0.61, std(ddof=1) 0.01, stderr 0.01/√3
@@ -20,17 +19,30 @@ from done_files import write_done_files
 #                std = √((0.01²+0.01²)/1) = 0.01414, stderr = 0.01414/√2 = 0.01
 #   vmoe, o=-:   seed 1 diverged, seed 2 missing → n=1, stderr undefined (NaN)
 CELLS = [
-    {"axes": {"method": "e3", "model.overlap": 0},
-     "metrics": {"nll": [0.60, 0.61, 0.62], "kl_diversity": [0.20, 0.21, 0.22]},
-     "gflops": 131.0, "params": 395},
-    {"axes": {"method": "e3", "model.overlap": 4},
-     "metrics": {"nll": [0.62, 0.63, 0.64], "kl_diversity": [0.14, 0.15, 0.16]},
-     "gflops": 131.0, "params": 395},
-    {"axes": {"method": "tiling"}, "metrics": {"nll": [0.64, 0.66, 0.0],
-                                               "kl_diversity": [0.0, 0.0, 0.0]},
-     "seeds": {2: None}, "gflops": 138.0},
-    {"axes": {"method": "vmoe"}, "metrics": {"nll": [0.70, 0.0, 0.0]},
-     "seeds": {1: "diverged", 2: None}, "gflops": 95.0},
+    {
+        "axes": {"method": "e3", "model.overlap": 0},
+        "metrics": {"nll": [0.60, 0.61, 0.62], "kl_diversity": [0.20, 0.21, 0.22]},
+        "gflops": 131.0,
+        "params": 395,
+    },
+    {
+        "axes": {"method": "e3", "model.overlap": 4},
+        "metrics": {"nll": [0.62, 0.63, 0.64], "kl_diversity": [0.14, 0.15, 0.16]},
+        "gflops": 131.0,
+        "params": 395,
+    },
+    {
+        "axes": {"method": "tiling"},
+        "metrics": {"nll": [0.64, 0.66, 0.0], "kl_diversity": [0.0, 0.0, 0.0]},
+        "seeds": {2: None},
+        "gflops": 138.0,
+    },
+    {
+        "axes": {"method": "vmoe"},
+        "metrics": {"nll": [0.70, 0.0, 0.0]},
+        "seeds": {1: "diverged", 2: None},
+        "gflops": 95.0,
+    },
 ]
 
 
@@ -43,16 +55,24 @@ def write_sweep(root, *args, **kwargs):
 
 @pytest.fixture
 def sweep(tmp_path):
-    index = write_sweep(tmp_path, "overlap", ["method", "model.overlap"], [0, 1, 2],
-                                  CELLS, reproduces=["table3"])
+    index = write_sweep(
+        tmp_path, "overlap", ["method", "model.overlap"], [0, 1, 2], CELLS, reproduces=["table3"]
+    )
     ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index_path=index)
     return tmp_path, index, ds
 
 
 def test_dims_coords_and_safe_axis_names(sweep):
     _, _, ds = sweep
-    assert ds["nll"].dims == ("method", "model__overlap", "seed", "split", "corruption",
-                              "severity", "member")
+    assert ds["nll"].dims == (
+        "method",
+        "model__overlap",
+        "seed",
+        "split",
+        "corruption",
+        "severity",
+        "member",
+    )
     assert list(ds["method"].values) == ["e3", "tiling", "vmoe"]
     # numbers first in numeric order, then the placeholder of a conditional axis
     assert list(ds["model__overlap"].values) == ["0", "4", "-"]
@@ -69,9 +89,15 @@ def test_values_status_and_provenance(sweep):
     flags = aggregate.STATUS_FLAGS
     st = ds["status"]
     assert list(st.sel({"method": "tiling", "model__overlap": "-"}).values) == [
-        0, 0, flags["missing"]]
+        0,
+        0,
+        flags["missing"],
+    ]
     assert list(st.sel({"method": "vmoe", "model__overlap": "-"}).values) == [
-        0, flags["diverged"], flags["missing"]]
+        0,
+        flags["diverged"],
+        flags["missing"],
+    ]
     # e3 has no "-" overlap cell, tiling has no numeric overlap: never requested
     assert (st.sel({"method": "tiling", "model__overlap": "0"}) == flags["not_requested"]).all()
     assert ds.attrs["entries_ok"] == 9 and ds.attrs["entries_missing"] == 2
@@ -104,16 +130,18 @@ def test_seed_stats_known_mean_stderr_and_incomplete_flag(sweep):
 def test_netcdf_roundtrip_atomic_and_cli(sweep, tmp_path):
     root, index, ds = sweep
     out = tmp_path / "out" / "dataset.nc"
-    rc = aggregate.cli_aggregate(["--index", str(index), "--results-root", str(root),
-                                  "--out", str(out)])
+    rc = aggregate.cli_aggregate(
+        ["--index", str(index), "--results-root", str(root), "--out", str(out)]
+    )
     assert rc == 0
     assert [p.name for p in out.parent.iterdir()] == ["dataset.nc"]  # no temp file left
     back = aggregate.open_dataset(out)
     np.testing.assert_allclose(back["nll"].values, ds["nll"].values, equal_nan=True)
     assert back.attrs["axes"] == ds.attrs["axes"]
     assert back["model__overlap"].attrs["axis_name"] == "model.overlap"
-    assert list(back["run_id"].sel({"method": "e3", "model__overlap": "0"}).values) == \
-        list(ds["run_id"].sel({"method": "e3", "model__overlap": "0"}).values)
+    assert list(back["run_id"].sel({"method": "e3", "model__overlap": "0"}).values) == list(
+        ds["run_id"].sel({"method": "e3", "model__overlap": "0"}).values
+    )
 
 
 def test_failed_write_keeps_previous_file(sweep, tmp_path, monkeypatch):
@@ -123,6 +151,7 @@ def test_failed_write_keeps_previous_file(sweep, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
+
     monkeypatch.setattr(type(ds), "to_netcdf", boom)
     with pytest.raises(OSError):
         aggregate.write_netcdf_atomic(ds, out)
@@ -131,13 +160,15 @@ def test_failed_write_keeps_previous_file(sweep, tmp_path, monkeypatch):
 
 
 def test_bad_index_and_results_name_file_and_field(tmp_path, capsys):
-    index = write_sweep(tmp_path, "s", ["method"], [0], [
-        {"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}])
+    index = write_sweep(
+        tmp_path, "s", ["method"], [0], [{"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}]
+    )
     doc = json.loads(index.read_text())
     doc["entries"][0]["kind"] = "bogus"
     index.write_text(json.dumps(doc))
-    rc = aggregate.cli_aggregate(["--index", str(index), "--results-root", str(tmp_path),
-                                  "--out", str(tmp_path / "x.nc")])
+    rc = aggregate.cli_aggregate(
+        ["--index", str(index), "--results-root", str(tmp_path), "--out", str(tmp_path / "x.nc")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and str(index) in err and "entries.0.kind" in err and "run" in err
     doc["entries"][0]["kind"] = "run"
@@ -151,8 +182,9 @@ def test_bad_index_and_results_name_file_and_field(tmp_path, capsys):
 
 
 def test_duplicate_entry_is_an_error(tmp_path):
-    index = write_sweep(tmp_path, "s", ["method"], [0], [
-        {"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}])
+    index = write_sweep(
+        tmp_path, "s", ["method"], [0], [{"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}]
+    )
     doc = json.loads(index.read_text())
     doc["entries"].append(dict(doc["entries"][0], id="other"))
     index.write_text(json.dumps(doc))
@@ -161,18 +193,38 @@ def test_duplicate_entry_is_an_error(tmp_path):
 
 
 def test_record_dims_from_mixed_splits_and_null_values(tmp_path):
-    index = write_sweep(tmp_path, "s", ["method"], [0], [
-        {"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}])
+    index = write_sweep(
+        tmp_path, "s", ["method"], [0], [{"axes": {"method": "e3"}, "metrics": {"nll": [0.5]}}]
+    )
     doc = json.loads(index.read_text())
     result = tmp_path / "runs" / doc["entries"][0]["id"] / "results.json"
     res = json.loads(result.read_text())
     res["records"] += [
-        {"split": "corrupted", "corruption": "gaussian_noise", "severity": 3, "member": "1",
-         "metric": "nll", "value": 1.25},
-        {"split": "shifted", "corruption": "v2", "severity": 0, "member": "ensemble",
-         "metric": "error", "value": None},                         # undefined → NaN
-        {"split": "fewshot", "corruption": "mean", "severity": 5, "member": "joint",
-         "metric": "fewshot_error", "value": 0.4}]
+        {
+            "split": "corrupted",
+            "corruption": "gaussian_noise",
+            "severity": 3,
+            "member": "1",
+            "metric": "nll",
+            "value": 1.25,
+        },
+        {
+            "split": "shifted",
+            "corruption": "v2",
+            "severity": 0,
+            "member": "ensemble",
+            "metric": "error",
+            "value": None,
+        },  # undefined → NaN
+        {
+            "split": "fewshot",
+            "corruption": "mean",
+            "severity": 5,
+            "member": "joint",
+            "metric": "fewshot_error",
+            "value": 0.4,
+        },
+    ]
     result.write_text(json.dumps(res))
     ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path)
     assert list(ds["split"].values) == ["clean", "corrupted", "fewshot", "shifted"]
@@ -180,14 +232,27 @@ def test_record_dims_from_mixed_splits_and_null_values(tmp_path):
     assert list(ds["member"].values) == ["1", "ensemble", "joint"]
     assert sorted(json.loads(ds.attrs["metrics"])) == ["error", "fewshot_error", "nll"]
     nll = ds["nll"].sel({"method": "e3", "seed": 0})
-    assert float(nll.sel(split="corrupted", corruption="gaussian_noise", severity=3,
-                         member="1")) == 1.25
+    assert (
+        float(nll.sel(split="corrupted", corruption="gaussian_noise", severity=3, member="1"))
+        == 1.25
+    )
     assert float(nll.sel(split="clean", corruption="none", severity=0, member="ensemble")) == 0.5
     # a combination no record names stays NaN, as does a null value
     assert np.isnan(float(nll.sel(split="clean", corruption="none", severity=0, member="1")))
-    assert np.isnan(float(ds["error"].sel({"method": "e3", "seed": 0, "split": "shifted",
-                                           "corruption": "v2", "severity": 0,
-                                           "member": "ensemble"})))
+    assert np.isnan(
+        float(
+            ds["error"].sel(
+                {
+                    "method": "e3",
+                    "seed": 0,
+                    "split": "shifted",
+                    "corruption": "v2",
+                    "severity": 0,
+                    "member": "ensemble",
+                }
+            )
+        )
+    )
     assert int(np.isfinite(ds["fewshot_error"]).sum()) == 1
 
 

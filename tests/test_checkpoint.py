@@ -11,9 +11,12 @@ from e3lib.checkpoint import TrainCheckpoints, atomic_save_npz, atomic_write_jso
 
 
 def state(step, value):
-    return {"params": {"w": jnp.full((2, 3), value, jnp.float32)},
-            "opt_state": (jnp.asarray([value, 2 * value]),), "step": jnp.asarray(step, jnp.int32),
-            "rng": jnp.asarray([1, 2], jnp.uint32)}
+    return {
+        "params": {"w": jnp.full((2, 3), value, jnp.float32)},
+        "opt_state": (jnp.asarray([value, 2 * value]),),
+        "step": jnp.asarray(step, jnp.int32),
+        "rng": jnp.asarray([1, 2], jnp.uint32),
+    }
 
 
 def test_checkpoints_every_n_keep_latest_and_restore_exactly(tmp_path):
@@ -22,7 +25,7 @@ def test_checkpoints_every_n_keep_latest_and_restore_exactly(tmp_path):
     assert saved == [4, 8, 12]
     assert ck.latest_step() == 12
     assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.isdigit()) == ["12", "8"]
-    assert ck.save(13, state(13, 1.0), force=True)       # preemption: off the grid
+    assert ck.save(13, state(13, 1.0), force=True)  # preemption: off the grid
     restored = ck.restore(state(0, 0.0))
     assert int(restored["step"]) == 13
     assert np.array_equal(restored["params"]["w"], np.full((2, 3), 1.0, np.float32))
@@ -45,6 +48,6 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "results.json"
     atomic_write_json(target, {"old": True})
     with pytest.raises(TypeError):
-        atomic_write_json(target, {"bad": object()})   # not JSON-serialisable
+        atomic_write_json(target, {"bad": object()})  # not JSON-serialisable
     assert json.loads(target.read_text()) == {"old": True}
     assert os.listdir(tmp_path) == ["results.json"]

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from e3lib.config import ConfigError, resolve
-from e3lib.data import (DatasetNotFoundError, batch_indices, check_dataset, load_suite,
-                        load_upstream, to_float)
+from e3lib.data import (
+    DatasetNotFoundError,
+    batch_indices,
+    check_dataset,
+    load_suite,
+    load_upstream,
+    to_float,
+)
 from e3lib.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from e3lib.data.embedded import demo_suite, upstream_set
 from e3lib.data.loaders import load_split
@@ -31,8 +37,9 @@ def test_demo_suite_has_the_papers_structure():
 def test_demo_splits_are_disjoint_and_deterministic():
     a, b = demo_suite.__wrapped__(16), demo_suite.__wrapped__(16)  # rebuilt, not cached
     assert np.array_equal(a.train.images, b.train.images)
-    assert np.array_equal(a.corrupted["gaussian_noise"][3].images,
-                          b.corrupted["gaussian_noise"][3].images)
+    assert np.array_equal(
+        a.corrupted["gaussian_noise"][3].images, b.corrupted["gaussian_noise"][3].images
+    )
     rows = {img.tobytes() for img in a.train.images}
     assert not any(img.tobytes() in rows for img in a.test.images)
 
@@ -103,8 +110,11 @@ def test_missing_real_dataset_names_dataset_and_paths(tmp_path):
 def write_npz(path, n, size, classes, seed):
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8),
-             labels=np.arange(n) % classes)
+    np.savez(
+        path,
+        images=rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8),
+        labels=np.arange(n) % classes,
+    )
 
 
 def test_npz_and_image_folder_loaders(tmp_path):
@@ -136,8 +146,12 @@ def test_real_cifar10_suite_from_npz_files(tmp_path):
     write_npz(root / "cifar10" / "test.npz", 20, 32, 10, 2)
     write_npz(root / "cifar100" / "test.npz", 7, 32, 100, 3)
     write_npz(root / "svhn_cropped" / "test.npz", 9, 32, 10, 4)
-    cfg = resolve({"data": {"dataset": "cifar10", "data_dir": str(root)},
-                   "eval": {"corrupted": False, "fewshot": False}})
+    cfg = resolve(
+        {
+            "data": {"dataset": "cifar10", "data_dir": str(root)},
+            "eval": {"corrupted": False, "fewshot": False},
+        }
+    )
     s = load_suite(cfg)
     assert s.num_classes == 10
     assert (len(s.train), len(s.val), len(s.test)) == (98, 2, 20)  # 2% validation (App. A.3)
@@ -154,7 +168,8 @@ def test_upstream_of_demo_and_of_a_local_dataset(tmp_path):
     data, classes = load_upstream(upstream_config(resolve({})))
     assert classes == 20
     write_npz(tmp_path / "imagenet21k" / "train.npz", 12, 16, 6, 5)
-    ucfg = upstream_config(resolve({"upstream": {"dataset": "imagenet21k"},
-                                    "data": {"data_dir": str(tmp_path)}}))
+    ucfg = upstream_config(
+        resolve({"upstream": {"dataset": "imagenet21k"}, "data": {"data_dir": str(tmp_path)}})
+    )
     data, classes = load_upstream(ucfg)
     assert classes == 6 and len(data) == 12

@@ -11,8 +11,12 @@ import io
 import numpy as np
 import pytest
 
-from e3lib.data.loaders import (DatasetNotFoundError, linear_resize_weights, load_split,
-                                resize_images)
+from e3lib.data.loaders import (
+    DatasetNotFoundError,
+    linear_resize_weights,
+    load_split,
+    resize_images,
+)
 
 
 def constant_image(value: int, size: int, channels: int = 3) -> np.ndarray:
@@ -22,11 +26,13 @@ def constant_image(value: int, size: int, channels: int = 3) -> np.ndarray:
 
 # ---------------------------------------------------------------- resizing
 
+
 def test_linear_resize_hand_values():
     # 2 → 4 pixels, corners aligned: positions 0, 1/3, 2/3, 1 of the row [0, 30]
     # give 0, 10, 20, 30; 3 → 2: positions 0 and 2 (the end pixels).
-    np.testing.assert_allclose(linear_resize_weights(2, 4),
-                               [[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]], atol=1e-7)
+    np.testing.assert_allclose(
+        linear_resize_weights(2, 4), [[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]], atol=1e-7
+    )
     np.testing.assert_allclose(linear_resize_weights(3, 2), [[1, 0, 0], [0, 0, 1]])
     row = np.array([0, 30], np.uint8)[None, None, :, None]  # (1, 1, 2, 1)
     image = np.repeat(np.repeat(row, 2, axis=1), 3, axis=3)  # (1, 2, 2, 3)
@@ -47,13 +53,18 @@ def test_resize_keeps_every_edge_pixel(stored, size):
     # and it is scipy's linear zoom with edge clamping, to float32 rounding (±1 at .5)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (2, stored, stored + 3, 3)).astype(np.uint8)
-    zoomed = ndimage.zoom(image.astype(np.float64), (1, size / stored, size / (stored + 3), 1),
-                          order=1, mode="nearest")
+    zoomed = ndimage.zoom(
+        image.astype(np.float64),
+        (1, size / stored, size / (stored + 3), 1),
+        order=1,
+        mode="nearest",
+    )
     expected = np.clip(np.round(zoomed), 0, 255)
     assert np.abs(resize_images(image, size).astype(int) - expected).max() <= 1
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
+
 
 def test_hf_cifar10_layout_img_and_label(tmp_path):
     import datasets
@@ -64,8 +75,10 @@ def test_hf_cifar10_layout_img_and_label(tmp_path):
     n = 5
     ds = datasets.Dataset.from_dict(
         {"img": [constant_image(20 * i, 8) for i in range(n)], "label": [i % 3 for i in range(n)]},
-        features=datasets.Features({"img": datasets.Image(),
-                                    "label": datasets.ClassLabel(num_classes=3)}))
+        features=datasets.Features(
+            {"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)}
+        ),
+    )
     ds.save_to_disk(str(tmp_path / "cifar10" / "test"))
     images, labels = load_split("cifar10", "test", str(tmp_path), 16)
     assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
@@ -82,7 +95,8 @@ def test_hf_images_round_trip_exactly_at_their_own_size(tmp_path):
     stored = rng.integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
     ds = datasets.Dataset.from_dict(
         {"image": list(stored), "label": [2, 0, 1]},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
     ds.save_to_disk(str(tmp_path / "pets" / "train"))
     images, labels = load_split("pets", "train", str(tmp_path), 8)
     np.testing.assert_array_equal(images, stored)
@@ -100,16 +114,26 @@ def test_hf_cifar100_datasetdict_fine_label_grey_and_mixed_sizes(tmp_path):
 
     def split(n, offset):
         return datasets.Dataset.from_dict(
-            {"img": [Image.fromarray(constant_image(offset + i, 6 + 4 * (i % 2), channels=1))
-                     for i in range(n)],
-             "fine_label": [10 * i + 7 for i in range(n)],
-             "coarse_label": [i for i in range(n)]},
-            features=datasets.Features({"img": datasets.Image(),
-                                        "fine_label": datasets.Value("int64"),
-                                        "coarse_label": datasets.Value("int64")}))
+            {
+                "img": [
+                    Image.fromarray(constant_image(offset + i, 6 + 4 * (i % 2), channels=1))
+                    for i in range(n)
+                ],
+                "fine_label": [10 * i + 7 for i in range(n)],
+                "coarse_label": [i for i in range(n)],
+            },
+            features=datasets.Features(
+                {
+                    "img": datasets.Image(),
+                    "fine_label": datasets.Value("int64"),
+                    "coarse_label": datasets.Value("int64"),
+                }
+            ),
+        )
 
     datasets.DatasetDict({"train": split(4, 100), "test": split(2, 200)}).save_to_disk(
-        str(tmp_path / "cifar100"))
+        str(tmp_path / "cifar100")
+    )
     images, labels = load_split("cifar100", "train", str(tmp_path), 12)
     assert images.shape == (4, 12, 12, 3) and images.dtype == np.uint8
     assert labels.tolist() == [7, 17, 27, 37]
@@ -122,8 +146,9 @@ def test_hf_without_a_label_column_names_the_directory_and_columns(tmp_path):
     import datasets
 
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
-    ds = datasets.Dataset.from_dict({"image": [constant_image(1, 4)], "caption": ["x"]},
-                                    features=features)
+    ds = datasets.Dataset.from_dict(
+        {"image": [constant_image(1, 4)], "caption": ["x"]}, features=features
+    )
     path = tmp_path / "svhn_cropped" / "test"
     ds.save_to_disk(str(path))
     with pytest.raises(ValueError) as err:
@@ -143,11 +168,14 @@ def test_missing_dataset_names_it_and_every_path_looked_at(tmp_path, monkeypatch
     msg = str(err.value)
     assert "'cifar10'" in msg and "'test'" in msg
     base = tmp_path / "cifar10"
-    for path in (base / "test.npz", f"{base / 'test'}/",
-                 base / "*" / "cifar10-test.array_record-*",
-                 base / "test" / "*" / "cifar10-test.array_record-*",
-                 base / "*" / "*" / "cifar10-test.array_record-*",
-                 tmp_path / "home" / "tensorflow_datasets" / "cifar10" / "test.npz"):
+    for path in (
+        base / "test.npz",
+        f"{base / 'test'}/",
+        base / "*" / "cifar10-test.array_record-*",
+        base / "test" / "*" / "cifar10-test.array_record-*",
+        base / "*" / "*" / "cifar10-test.array_record-*",
+        tmp_path / "home" / "tensorflow_datasets" / "cifar10" / "test.npz",
+    ):
         assert str(path) in msg
 
 
@@ -177,6 +205,7 @@ def test_missing_packages_are_named_with_how_to_install(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- TFDS array_record
 
+
 def png_bytes(image: np.ndarray) -> bytes:
     # TFDS's own numpy → PNG encoder runs through TensorFlow; the stored bytes are the same
     # kind (PNG), written with PIL, as in TFDS's CIFAR builds.
@@ -187,8 +216,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_tfds(data_dir, dataset_name, splits, config=None, image_size=8, labels=True,
-               version="1.0.0"):
+def build_tfds(
+    data_dir, dataset_name, splits, config=None, image_size=8, labels=True, version="1.0.0"
+):
     """Prepare a tiny array_record build NAME[/CONFIG]/VERSION with TFDS's builder API.
 
     ``splits``: {split: n}; example i of a split is constant 30*(i % 3) + i // 3 with
@@ -206,22 +236,23 @@ def build_tfds(data_dir, dataset_name, splits, config=None, image_size=8, labels
         BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config)] if config else []
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self,
-                                         features=tfds.features.FeaturesDict(features))
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(n) for split, n in splits.items()}
 
         def _generate_examples(self, n):
             for i in range(n):
-                example = {"image": png_bytes(constant_image(30 * (i % 3) + i // 3,
-                                                             image_size))}
+                example = {"image": png_bytes(constant_image(30 * (i % 3) + i // 3, image_size))}
                 if labels:
                     example["label"] = i % 3
                 yield i, example
 
-    builder = TinyBuilder(data_dir=str(data_dir), file_format="array_record",
-                      **({"config": config} if config else {}))
+    builder = TinyBuilder(
+        data_dir=str(data_dir), file_format="array_record", **({"config": config} if config else {})
+    )
     builder.download_and_prepare()
     return builder
 
@@ -272,8 +303,11 @@ def test_tfds_newest_version_is_read_and_ambiguous_configs_are_refused(tmp_path)
     # a split present in two builder configs: which one is meant is not guessed
     build_tfds(tmp_path, "imagenet_v2", {"test": 2}, config="matched-frequency")
     build_tfds(tmp_path, "imagenet_v2", {"test": 2}, config="threshold-0.7")
-    with pytest.raises(ValueError, match=r"several builder configs \['matched-frequency', "
-                                         r"'threshold-0.7'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"several builder configs \['matched-frequency', "
+        r"'threshold-0.7'\]",
+    ):
         load_split("imagenet_v2", "test", str(tmp_path), 8)
 
 

@@ -25,8 +25,9 @@ def lint(root: Path, *contracts: str) -> subprocess.CompletedProcess:
 
 def test_core_and_report_contracts_hold_and_catch_a_forbidden_import(tmp_path):
     assert lint(REPO, "core-below-stages", "report-is-leaf").returncode == 0
-    shutil.copytree(REPO / "e3lib", tmp_path / "e3lib",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "e3lib", tmp_path / "e3lib", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(REPO / "pyproject.toml", tmp_path)
     metrics = tmp_path / "e3lib" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\nfrom e3lib.report import tables  # noqa\n")

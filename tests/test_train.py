@@ -15,7 +15,8 @@ from e3lib import train
 from e3lib.config import resolve
 
 TINY = {
-    "method": "e3", "model": {"ensemble_size": 2},
+    "method": "e3",
+    "model": {"ensemble_size": 2},
     "finetune": {"steps": 12, "warmup": 2, "batch_size": 16, "checkpoint_every": 4},
     "upstream": {"steps": 6, "warmup": 1, "batch_size": 16},
     "eval": {"corrupted": False, "fewshot": False, "batch_size": 64},
@@ -33,16 +34,31 @@ def write_cfg(path: Path, overrides=None, **top) -> Path:
 
 def e3(*args, env_extra=None):
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "e3lib.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "e3lib.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def upstream_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("upstream")
     cfg = write_cfg(d / "cfg.json")
-    rc = train.cli_upstream(["--config", str(cfg), "--workdir", str(d / "up"),
-                             "--done", str(d / "up" / "done.json"), "--log-mode", "plain"])
+    rc = train.cli_upstream(
+        [
+            "--config",
+            str(cfg),
+            "--workdir",
+            str(d / "up"),
+            "--done",
+            str(d / "up" / "done.json"),
+            "--log-mode",
+            "plain",
+        ]
+    )
     assert rc == 0
     return d / "up"
 
@@ -55,18 +71,35 @@ def test_upstream_done_file_is_written_last_with_params(upstream_dir):
     assert np.isfinite(done["metrics"]["final_loss"])
 
 
-def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(tmp_path,
-                                                                       upstream_dir, capsys):
+def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(
+    tmp_path, upstream_dir, capsys
+):
     params = json.loads((upstream_dir / "done.json").read_text())["params_path"]
     cfg = write_cfg(tmp_path / "cfg.json", {"upstream": {"checkpoint": params}})
-    rc = train.cli_upstream(["--config", str(cfg), "--workdir", str(tmp_path / "up"),
-                             "--done", str(tmp_path / "up" / "done.json")])
+    rc = train.cli_upstream(
+        [
+            "--config",
+            str(cfg),
+            "--workdir",
+            str(tmp_path / "up"),
+            "--done",
+            str(tmp_path / "up" / "done.json"),
+        ]
+    )
     assert rc == 0
     done = json.loads((tmp_path / "up" / "done.json").read_text())
     assert done["params_path"] == params and "train" not in done
     bad = write_cfg(tmp_path / "bad.json", {"upstream": {"checkpoint": str(tmp_path / "nope")}})
-    rc = train.cli_upstream(["--config", str(bad), "--workdir", str(tmp_path / "up2"),
-                             "--done", str(tmp_path / "up2" / "done.json")])
+    rc = train.cli_upstream(
+        [
+            "--config",
+            str(bad),
+            "--workdir",
+            str(tmp_path / "up2"),
+            "--done",
+            str(tmp_path / "up2" / "done.json"),
+        ]
+    )
     assert rc == train.EXIT_BAD_INPUT
     assert "upstream.checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "up2" / "done.json").exists()
@@ -88,19 +121,29 @@ def test_progress_plain_lines_show_step_loss_rate_and_eta():
         Progress(5, "x", "fancy")
 
 
-def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_dir,
-                                                            monkeypatch):
+def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_dir, monkeypatch):
     # The full evaluation suite, so that every record is compared.
     cfg = write_cfg(tmp_path / "cfg.json", {"eval": {"corrupted": True, "fewshot": True}})
 
     def run_args(name):
-        return ["run", "--config", cfg, "--upstream", upstream_dir, "--out", tmp_path / name,
-                "--checkpoints", tmp_path / f"ck_{name}", "--log-mode", "plain"]
+        return [
+            "run",
+            "--config",
+            cfg,
+            "--upstream",
+            upstream_dir,
+            "--out",
+            tmp_path / name,
+            "--checkpoints",
+            tmp_path / f"ck_{name}",
+            "--log-mode",
+            "plain",
+        ]
 
     def run_here(name):
         return train.cli_run([str(a) for a in run_args(name)[1:]])
 
-    assert run_here("a") == 0                       # the uninterrupted reference
+    assert run_here("a") == 0  # the uninterrupted reference
 
     out, ck = tmp_path / "b", tmp_path / "ck_b"
     # SIGTERM after step 5: a checkpoint at step 5 (off the every-4 grid), exit status 4.
@@ -114,26 +157,26 @@ def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert "8" in [p.name for p in ck.iterdir()]
     assert not (out / "results.json").exists()
-    assert run_here("b") == 0                       # resumes from step 8
+    assert run_here("b") == 0  # resumes from step 8
 
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
     assert a["train"]["resumed_from_step"] is None
     assert b["train"]["resumed_from_step"] == 8
-    assert a["records"] == b["records"]          # every metric value bitwise equal
+    assert a["records"] == b["records"]  # every metric value bitwise equal
     assert a["train"]["final"] == b["train"]["final"]
     pa, pb = np.load(tmp_path / "a" / "predictions.npz"), np.load(out / "predictions.npz")
     assert sorted(pa.files) == sorted(pb.files)
     for k in pa.files:
         assert np.array_equal(pa[k], pb[k]), k
-    assert pa["probs"].shape[0] == 2             # M = 2 members (E³)
+    assert pa["probs"].shape[0] == 2  # M = 2 members (E³)
     # the suite: 10 corruptions × 5 severities + mean, near/far OOD, 3 tasks × 4 shots
     recs = b["records"]
     corr = {(r["corruption"], r["severity"]) for r in recs if r["split"] == "corrupted"}
     assert len(corr) == 10 * 5 + 1 and ("mean", 0) in corr
     assert {r["metric"] for r in recs if r["split"] == "ood_far"} == {"auroc", "aupr", "fpr95"}
     few = {(r["task"], r["shots"], r["member"]) for r in recs if r["split"] == "fewshot"}
-    assert len(few) == (3 + 1) * 4 * 2                 # tasks + mean, shots, joint/disjoint
+    assert len(few) == (3 + 1) * 4 * 2  # tasks + mean, shots, joint/disjoint
     assert {r["member"] for r in recs if r["split"] == "clean"} == {"ensemble", "0", "1"}
     prov = b["provenance"]
     assert prov["packages"]["jax"] and prov["code_commit"] and prov["finished"] >= prov["started"]
@@ -144,8 +187,9 @@ def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_
 def test_nan_loss_gives_diverged_status_and_no_results(tmp_path):
     # lr 1e30: after warmup the first update sends params to ±inf and the loss to NaN.
     cfg = write_cfg(tmp_path / "cfg.json", {"finetune": {"lr": 1e30, "steps": 6}})
-    rc = train.cli_run(["--config", str(cfg), "--out", str(tmp_path / "out"),
-                        "--log-mode", "plain"])
+    rc = train.cli_run(
+        ["--config", str(cfg), "--out", str(tmp_path / "out"), "--log-mode", "plain"]
+    )
     assert rc == train.EXIT_DIVERGED
     diverged = json.loads((tmp_path / "out" / "diverged.json").read_text())
     assert diverged["status"] == "diverged" and "diverged at step" in diverged["message"]
@@ -176,8 +220,9 @@ def test_packed_seeds_equal_separate_runs(tmp_path):
 def test_packing_rejects_configs_differing_beyond_seed(tmp_path, capsys):
     a = write_cfg(tmp_path / "a.json", seed=0)
     b = write_cfg(tmp_path / "b.json", {"finetune": {"lr": 0.5}}, seed=1)
-    rc = train.cli_run(["--config", str(a), str(b), "--out", str(tmp_path / "x"),
-                        str(tmp_path / "y")])
+    rc = train.cli_run(
+        ["--config", str(a), str(b), "--out", str(tmp_path / "x"), str(tmp_path / "y")]
+    )
     assert rc == train.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "differ only in seed" in err and "b.json" in err and "finetune" in err
@@ -206,15 +251,25 @@ def test_schedules_warmup_then_decay():
 def test_finetune_optimizer_clips_global_norm_then_sgd_momentum():
     import jax.numpy as jnp
 
-    ft = resolve({"finetune": {"lr": 1.0, "warmup": 1, "steps": 10, "grad_clip": 10.0,
-                               "schedule": "linear", "end_lr": 1.0}})["finetune"]
+    ft = resolve(
+        {
+            "finetune": {
+                "lr": 1.0,
+                "warmup": 1,
+                "steps": 10,
+                "grad_clip": 10.0,
+                "schedule": "linear",
+                "end_lr": 1.0,
+            }
+        }
+    )["finetune"]
     opt = train.finetune_optimizer(ft)
     params = {"w": jnp.zeros(2)}
     state = opt.init(params)
-    g = {"w": jnp.array([30.0, 40.0])}          # norm 50 → clipped to norm 10: [6, 8]
-    upd, state = opt.update(g, state, params)   # step 0: lr 0 → no move
+    g = {"w": jnp.array([30.0, 40.0])}  # norm 50 → clipped to norm 10: [6, 8]
+    upd, state = opt.update(g, state, params)  # step 0: lr 0 → no move
     assert np.allclose(upd["w"], 0.0)
-    upd, state = opt.update(g, state, params)   # step 1: lr 1
+    upd, state = opt.update(g, state, params)  # step 1: lr 1
     # momentum trace after step 0: [6,8]; after step 1: [6,8] + 0.9·[6,8] = 1.9·[6,8];
     # update = −lr·trace = −1.9·[6,8]
     assert np.allclose(upd["w"], -1.9 * np.array([6.0, 8.0]), rtol=1e-6)

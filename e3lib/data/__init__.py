@@ -22,8 +22,9 @@ tasks of real runs are the paper's 8 datasets (App. A.5), splits ``train`` (pool
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -32,15 +33,46 @@ from e3lib.data.embedded import demo_suite, upstream_set
 from e3lib.data.loaders import DatasetNotFoundError, load_split
 from e3lib.data.suite import DataSuite, FewShotTask, Labeled, batch_indices, to_float
 
-__all__ = ["DATASETS", "DataSuite", "DatasetNotFoundError", "FewShotTask", "Labeled",
-           "batch_indices", "check_dataset", "load_suite", "load_upstream", "to_float"]
+__all__ = [
+    "DATASETS",
+    "DataSuite",
+    "DatasetNotFoundError",
+    "FewShotTask",
+    "Labeled",
+    "batch_indices",
+    "check_dataset",
+    "load_suite",
+    "load_upstream",
+    "to_float",
+]
 
 BENCHMARK_CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
-    "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
-    "elastic_transform", "pixelate", "jpeg_compression")
-FEWSHOT_DATASETS = ("caltech_birds2011", "caltech101", "cars196", "cifar100",
-                    "colorectal_histology", "dtd", "oxford_iiit_pet", "uc_merced")
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
+FEWSHOT_DATASETS = (
+    "caltech_birds2011",
+    "caltech101",
+    "cars196",
+    "cifar100",
+    "colorectal_histology",
+    "dtd",
+    "oxford_iiit_pet",
+    "uc_merced",
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +88,9 @@ class RealDataset:
 REAL: dict[str, RealDataset] = {
     "cifar10": RealDataset(10, 0.02, "cifar10_corrupted", "cifar100", "svhn_cropped"),
     "cifar100": RealDataset(100, 0.02, "cifar100_corrupted", "cifar10", "svhn_cropped"),
-    "imagenet2012": RealDataset(1000, 0.01, "imagenet2012_corrupted", None, None,
-                                ("imagenet_a", "imagenet_v2")),
+    "imagenet2012": RealDataset(
+        1000, 0.01, "imagenet2012_corrupted", None, None, ("imagenet_a", "imagenet_v2")
+    ),
 }
 
 DATASETS: tuple[str, ...] = CHOICES["data.dataset"]
@@ -98,24 +131,25 @@ def _real_suite(name: str, size: int, data_dir: str | None, ev: Mapping[str, Any
     suite = DataSuite(name=name, num_classes=spec.num_classes, train=train, val=val, test=test)
     if ev["corrupted"] and spec.corrupted:
         suite.corrupted = {
-            c: {s: Labeled(*load_split(spec.corrupted, f"{c}_{s}", data_dir, size))
-                for s in range(1, 6)}
-            for c in BENCHMARK_CORRUPTIONS}
-        suite.shifted = {s: Labeled(*load_split(s, "test", data_dir, size))
-                         for s in spec.shifted}
+            c: {
+                s: Labeled(*load_split(spec.corrupted, f"{c}_{s}", data_dir, size))
+                for s in range(1, 6)
+            }
+            for c in BENCHMARK_CORRUPTIONS
+        }
+        suite.shifted = {s: Labeled(*load_split(s, "test", data_dir, size)) for s in spec.shifted}
     if ev["ood"]:
         if spec.ood_near:
-            suite.ood_near = load_split(spec.ood_near, "test", data_dir, size,
-                                        need_labels=False)[0]
+            suite.ood_near = load_split(spec.ood_near, "test", data_dir, size, need_labels=False)[0]
         if spec.ood_far:
-            suite.ood_far = load_split(spec.ood_far, "test", data_dir, size,
-                                       need_labels=False)[0]
+            suite.ood_far = load_split(spec.ood_far, "test", data_dir, size, need_labels=False)[0]
     if ev["fewshot"]:
         for task in FEWSHOT_DATASETS:
             pool = Labeled(*load_split(task, "train", data_dir, size))
             tst = Labeled(*load_split(task, "test", data_dir, size))
-            suite.fewshot[task] = FewShotTask(pool, tst, int(max(pool.labels.max(),
-                                                                 tst.labels.max())) + 1)
+            suite.fewshot[task] = FewShotTask(
+                pool, tst, int(max(pool.labels.max(), tst.labels.max())) + 1
+            )
     return suite
 
 

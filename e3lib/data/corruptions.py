@@ -12,7 +12,7 @@ with severity.
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -67,8 +67,9 @@ def _pixelate(x, s, rng):
     n, h, w, c = x.shape
     small = max(2, int(round(h * keep)))
     zoom_down = ndimage.zoom(x, (1, small / h, small / w, 1), order=0)
-    return ndimage.zoom(zoom_down, (1, h / zoom_down.shape[1], w / zoom_down.shape[2], 1),
-                        order=0)[:, :h, :w]
+    return ndimage.zoom(zoom_down, (1, h / zoom_down.shape[1], w / zoom_down.shape[2], 1), order=0)[
+        :, :h, :w
+    ]
 
 
 def _jpeg(x, s, rng):
@@ -91,7 +92,7 @@ def _occlusion(x, s, rng):
     tops = rng.integers(0, h - side + 1, n)
     lefts = rng.integers(0, w - side + 1, n)
     for i in range(n):
-        out[i, tops[i]:tops[i] + side, lefts[i]:lefts[i] + side] = 0.5
+        out[i, tops[i] : tops[i] + side, lefts[i] : lefts[i] + side] = 0.5
     return out
 
 

@@ -30,13 +30,21 @@ from scipy import ndimage
 from e3lib.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from e3lib.data.suite import DataSuite, FewShotTask, Labeled
 
-DOWNSTREAM_CLASSES = 8          # digits 0..7; 8 and 9 are the near-OOD set
-UPSTREAM_CLASSES = 20           # 10 digits × {upright, rotated 90°}
+DOWNSTREAM_CLASSES = 8  # digits 0..7; 8 and 9 are the near-OOD set
+UPSTREAM_CLASSES = 20  # 10 digits × {upright, rotated 90°}
 TEXTURE_SOURCES = ("brick", "grass", "gravel", "cell", "immunohistochemistry")
-PHOTO_SOURCES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-                 "coins", "clock")
+PHOTO_SOURCES = (
+    "camera",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "coins",
+    "clock",
+)
 FEWSHOT_TEST_PER_CLASS = 20
-FEWSHOT_POOL_PER_CLASS = 30     # ≥ 25, the largest shot count of the paper
+FEWSHOT_POOL_PER_CLASS = 30  # ≥ 25, the largest shot count of the paper
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +87,7 @@ def _crops(sources, per_source: int, size: int, rng: np.random.Generator):
         for _ in range(per_source):
             side = int(rng.integers(24, 65))
             top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            crop = img[top:top + side, left:left + side]  # (side, side, 3)
+            crop = img[top : top + side, left : left + side]  # (side, side, 3)
             crop = ndimage.zoom(crop, (size / side, size / side, 1), order=1)[:size, :size]
             images.append(np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8))
             labels.append(label)
@@ -99,7 +107,7 @@ def _split_by_class(labels: np.ndarray, fractions, rng) -> list[np.ndarray]:
 
 def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(1234).permutation(n)
-    return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
 
 
 @functools.lru_cache(maxsize=4)
@@ -108,8 +116,8 @@ def upstream_set(image_size: int = 16) -> tuple[Labeled, int]:
     gray8, digit = _digits()
     half_a, _ = _halves(len(digit))
     g = gray8[half_a]
-    rotated = np.rot90(g, k=1, axes=(1, 2))           # (N, 8, 8)
-    gray = np.concatenate([g, rotated])                # (2N, 8, 8)
+    rotated = np.rot90(g, k=1, axes=(1, 2))  # (N, 8, 8)
+    gray = np.concatenate([g, rotated])  # (2N, 8, 8)
     labels = np.concatenate([digit[half_a], digit[half_a] + 10])
     rng = np.random.default_rng(2024)
     fg = rng.uniform(0.55, 1.0, (len(gray), 3))
@@ -137,17 +145,27 @@ def demo_suite(image_size: int = 16, corrupted: bool = True) -> DataSuite:
 
     corrupted_sets = {}
     if corrupted:
-        corrupted_sets = {name: {s: Labeled(corrupt(test.images, name, s, seed=0), test.labels)
-                                 for s in SEVERITIES}
-                          for name in CORRUPTIONS}
+        corrupted_sets = {
+            name: {
+                s: Labeled(corrupt(test.images, name, s, seed=0), test.labels) for s in SEVERITIES
+            }
+            for name in CORRUPTIONS
+        }
 
     ood_near = downstream_images(near)
     ood_far, _ = _crops(PHOTO_SOURCES, 25, image_size, np.random.default_rng(11))
 
     return DataSuite(
-        name="demo", num_classes=DOWNSTREAM_CLASSES, train=train, val=val, test=test,
-        corrupted=corrupted_sets, ood_near=ood_near, ood_far=ood_far,
-        fewshot=_fewshot_tasks(gray8, digit, half_a, half_b, image_size))
+        name="demo",
+        num_classes=DOWNSTREAM_CLASSES,
+        train=train,
+        val=val,
+        test=test,
+        corrupted=corrupted_sets,
+        ood_near=ood_near,
+        ood_far=ood_far,
+        fewshot=_fewshot_tasks(gray8, digit, half_a, half_b, image_size),
+    )
 
 
 def _take_per_class(labels, per_class, rng):
@@ -155,7 +173,7 @@ def _take_per_class(labels, per_class, rng):
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         pool.extend(idx[:per_class])
-        test.extend(idx[per_class:per_class + FEWSHOT_TEST_PER_CLASS])
+        test.extend(idx[per_class : per_class + FEWSHOT_TEST_PER_CLASS])
     return np.sort(np.asarray(pool)), np.sort(np.asarray(test))
 
 
@@ -176,13 +194,15 @@ def _fewshot_tasks(gray8, digit, half_a, half_b, size) -> dict[str, FewShotTask]
     imgs = _colourise(_resize(gray8[half_b], size), fg, bg)
     lab = digit[half_b]
     pool, test = _take_per_class(lab, FEWSHOT_POOL_PER_CLASS, rng)
-    tasks["inverted"] = FewShotTask(Labeled(imgs[pool], lab[pool]),
-                                    Labeled(imgs[test], lab[test]), 10)
+    tasks["inverted"] = FewShotTask(
+        Labeled(imgs[pool], lab[pool]), Labeled(imgs[test], lab[test]), 10
+    )
 
     # textures: which scikit-image texture a random crop comes from.
     per = FEWSHOT_POOL_PER_CLASS + FEWSHOT_TEST_PER_CLASS
     imgs, lab = _crops(TEXTURE_SOURCES, per, size, np.random.default_rng(5))
     pool, test = _take_per_class(lab, FEWSHOT_POOL_PER_CLASS, rng)
-    tasks["textures"] = FewShotTask(Labeled(imgs[pool], lab[pool]),
-                                    Labeled(imgs[test], lab[test]), len(TEXTURE_SOURCES))
+    tasks["textures"] = FewShotTask(
+        Labeled(imgs[pool], lab[pool]), Labeled(imgs[test], lab[test]), len(TEXTURE_SOURCES)
+    )
     return tasks

@@ -47,8 +47,10 @@ class DatasetNotFoundError(FileNotFoundError):
     def __init__(self, name: str, split: str, looked: list[str]):
         self.name, self.split, self.looked = name, split, looked
         paths = "\n  ".join(looked)
-        super().__init__(f"dataset {name!r} split {split!r} not found; looked at:\n  {paths}\n"
-                         f"(set data.data_dir or $E3_DATA_DIR; formats: see e3lib/data/loaders.py)")
+        super().__init__(
+            f"dataset {name!r} split {split!r} not found; looked at:\n  {paths}\n"
+            f"(set data.data_dir or $E3_DATA_DIR; formats: see e3lib/data/loaders.py)"
+        )
 
 
 def data_roots(data_dir: str | None) -> list[Path]:
@@ -86,10 +88,10 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     n, h, w, c = images.shape
     if (h, w) == (size, size):
         return images
-    x = images.astype(np.float32).reshape(n, h, w * c)                  # (N, H, W·C)
-    x = linear_resize_weights(h, size) @ x                              # (N, S, W·C)
-    x = x.reshape(n, size, w, c).transpose(0, 1, 3, 2)                  # (N, S, C, W)
-    x = (x @ linear_resize_weights(w, size).T).transpose(0, 1, 3, 2)    # (N, S, S, C)
+    x = images.astype(np.float32).reshape(n, h, w * c)  # (N, H, W·C)
+    x = linear_resize_weights(h, size) @ x  # (N, S, W·C)
+    x = x.reshape(n, size, w, c).transpose(0, 1, 3, 2)  # (N, S, C, W)
+    x = (x @ linear_resize_weights(w, size).T).transpose(0, 1, 3, 2)  # (N, S, S, C)
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
@@ -138,8 +140,12 @@ def _read_image_folder(path: Path, size: int, need_labels: bool):
 
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if classes:
-        files = [(f, c) for c, name in enumerate(classes)
-                 for f in sorted((path / name).iterdir()) if f.suffix in IMAGE_SUFFIXES]
+        files = [
+            (f, c)
+            for c, name in enumerate(classes)
+            for f in sorted((path / name).iterdir())
+            if f.suffix in IMAGE_SUFFIXES
+        ]
     elif need_labels:
         raise ValueError(f"{path}: an image folder needs one sub-folder per class")
     else:
@@ -155,20 +161,28 @@ def _read_hf(path: Path, size: int, need_labels: bool):
     try:
         import datasets  # type: ignore
     except ImportError as err:
-        raise ImportError(f"{path} is a Hugging Face datasets directory; install the "
-                          f"'datasets' package to read it (pip install datasets)") from err
+        raise ImportError(
+            f"{path} is a Hugging Face datasets directory; install the "
+            f"'datasets' package to read it (pip install datasets)"
+        ) from err
     ds = datasets.load_from_disk(str(path))
     if not isinstance(ds, datasets.Dataset):
-        raise ValueError(f"{path}: expected one split saved with Dataset.save_to_disk, "
-                         f"got a {type(ds).__name__}")
+        raise ValueError(
+            f"{path}: expected one split saved with Dataset.save_to_disk, got a {type(ds).__name__}"
+        )
     image_key = next((k for k in HF_IMAGE_COLUMNS if k in ds.column_names), None)
     label_key = next((k for k in HF_LABEL_COLUMNS if k in ds.column_names), None)
     if image_key is None or (need_labels and label_key is None):
-        raise ValueError(f"{path}: needs an image column (one of {list(HF_IMAGE_COLUMNS)}) and "
-                         f"a label column (one of {list(HF_LABEL_COLUMNS)}); "
-                         f"has {ds.column_names}")
-    decoded = (image for batch in ds.select_columns([image_key]).iter(batch_size=1024)
-               for image in batch[image_key])  # decoded 1024 at a time, resized one by one
+        raise ValueError(
+            f"{path}: needs an image column (one of {list(HF_IMAGE_COLUMNS)}) and "
+            f"a label column (one of {list(HF_LABEL_COLUMNS)}); "
+            f"has {ds.column_names}"
+        )
+    decoded = (
+        image
+        for batch in ds.select_columns([image_key]).iter(batch_size=1024)
+        for image in batch[image_key]
+    )  # decoded 1024 at a time, resized one by one
     images = _stack_resized(decoded, size, str(path))
     labels = np.asarray(ds[label_key], np.int32) if label_key else None
     return images, labels
@@ -176,9 +190,11 @@ def _read_hf(path: Path, size: int, need_labels: bool):
 
 def _tfds_layouts(name: str, split: str) -> tuple[tuple[str, str], ...]:
     """(glob under ROOT/NAME, TFDS split) of the array_record layouts, in the order tried."""
-    return ((f"*/{name}-{split}.array_record-*", split),      # NAME/VERSION/
-            (f"{split}/*/{name}-test.array_record-*", "test"),  # NAME/SPLIT(config)/VERSION/
-            (f"*/*/{name}-{split}.array_record-*", split))    # NAME/CONFIG/VERSION/
+    return (
+        (f"*/{name}-{split}.array_record-*", split),  # NAME/VERSION/
+        (f"{split}/*/{name}-test.array_record-*", "test"),  # NAME/SPLIT(config)/VERSION/
+        (f"*/*/{name}-{split}.array_record-*", split),
+    )  # NAME/CONFIG/VERSION/
 
 
 def _tfds_build_dir(base: Path, name: str, split: str) -> tuple[Path, str] | None:
@@ -189,8 +205,10 @@ def _tfds_build_dir(base: Path, name: str, split: str) -> tuple[Path, str] | Non
             continue
         configs = {d.parent for d in dirs}
         if len(configs) > 1:
-            raise ValueError(f"{base}: split {split!r} is in several builder configs "
-                             f"{sorted(c.name for c in configs)}; keep one")
+            raise ValueError(
+                f"{base}: split {split!r} is in several builder configs "
+                f"{sorted(c.name for c in configs)}; keep one"
+            )
         return max(dirs, key=lambda d: _version_key(d.name)), tfds_split
     return None
 
@@ -206,9 +224,11 @@ def _read_tfds(build_dir: Path, split: str, size: int, need_labels: bool):
     try:
         import tensorflow_datasets as tfds  # type: ignore
     except ImportError as err:
-        raise ImportError(f"{build_dir} is a TFDS array_record build; install "
-                          f"'tensorflow_datasets' and 'array_record' to read it (pip install "
-                          f"tensorflow_datasets array_record; TensorFlow is not needed)") from err
+        raise ImportError(
+            f"{build_dir} is a TFDS array_record build; install "
+            f"'tensorflow_datasets' and 'array_record' to read it (pip install "
+            f"tensorflow_datasets array_record; TensorFlow is not needed)"
+        ) from err
     builder = tfds.builder_from_directory(str(build_dir))
     source = builder.as_data_source(split=split)
     where = f"{build_dir} split {split!r}"
@@ -225,8 +245,9 @@ def _read_tfds(build_dir: Path, split: str, size: int, need_labels: bool):
     return np.stack(images), (np.asarray(labels, np.int32) if "label" in keys else None)
 
 
-def load_split(name: str, split: str, data_dir: str | None, image_size: int,
-               need_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def load_split(
+    name: str, split: str, data_dir: str | None, image_size: int, need_labels: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Images uint8 (N, S, S, 3) and labels (N,) (or None) of one stored split."""
     looked: list[str] = []
     for root in data_roots(data_dir):

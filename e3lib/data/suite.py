@@ -79,6 +79,6 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
         epoch, offset = divmod(start + filled, num_examples)
         perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
         take = min(batch_size - filled, num_examples - offset)
-        out[filled:filled + take] = perm[offset:offset + take]
+        out[filled : filled + take] = perm[offset : offset + take]
         filled += take
     return out
