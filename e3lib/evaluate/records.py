@@ -1,0 +1,161 @@
+"""Metric records of a prediction dict, and the results.json they are written to
+(layout: ``e3lib.evaluate``). Notation: M members, N examples, C classes, D feature size."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e3lib import metrics
+from e3lib.checkpoint import atomic_save_npz, atomic_write_json
+
+SEP = "."
+RESULTS_FORMAT = 2  # results.json layout; e3lib.aggregate.formats reads 1 and 2
+
+
+def _clean_value(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _records(split: str, corruption: str, severity: int, by_member: Mapping[str, Mapping]):
+    return [
+        {
+            "split": split,
+            "corruption": corruption,
+            "severity": int(severity),
+            "member": member,
+            "metric": metric,
+            "value": _clean_value(value),
+        }
+        for member, values in by_member.items()
+        for metric, value in values.items()
+    ]
+
+
+def _fewshot_record(task: str, shots: int, member: str, value: float) -> dict:
+    return {
+        "split": "fewshot",
+        "task": task,
+        "shots": int(shots),
+        "member": member,
+        "metric": "fewshot_error",
+        "value": _clean_value(value),
+    }
+
+
+def records_from_predictions(
+    preds: Mapping[str, np.ndarray],
+    fewshot_shots: Sequence[int],
+    fewshot_seed: int,
+    fewshot_l2_selection: str = "test",
+) -> list[dict]:
+    """All metric records of a prediction dict (see the module docstring)."""
+    records = _records(
+        "clean", "none", 0, metrics.prediction_metrics(preds["probs"], preds["labels"])
+    )
+    val_key = SEP.join(["probs", "val"])
+    if val_key in preds:
+        records += _records(
+            "val",
+            "none",
+            0,
+            metrics.prediction_metrics(preds[val_key], preds[SEP.join(["labels", "val"])]),
+        )
+    corrupted = {}
+    for key in sorted(preds):
+        parts = key.split(SEP)
+        if parts[:2] == ["probs", "corrupted"]:
+            name, sev = parts[2], int(parts[3])
+            corrupted[(name, sev)] = metrics.prediction_metrics(
+                preds[key], preds[SEP.join(["labels", "corrupted", name, str(sev)])]
+            )
+            records += _records("corrupted", name, sev, corrupted[(name, sev)])
+        elif parts[:2] == ["probs", "shifted"]:
+            records += _records(
+                "shifted",
+                parts[2],
+                0,
+                metrics.prediction_metrics(
+                    preds[key], preds[SEP.join(["labels", "shifted", parts[2]])]
+                ),
+            )
+    if corrupted:
+        mean = {}
+        for member in next(iter(corrupted.values())):
+            names = next(iter(corrupted.values()))[member]
+            mean[member] = {
+                m: float(np.mean([c[member][m] for c in corrupted.values()])) for m in names
+            }
+        records += _records("corrupted", "mean", 0, mean)
+    for split in ("ood_near", "ood_far"):
+        key = SEP.join(["probs", split])
+        if key in preds:
+            records += _records(
+                split, "none", 0, {"ensemble": metrics.ood_metrics(preds["probs"], preds[key])}
+            )
+    tasks = {}
+    for key in sorted(preds):
+        parts = key.split(SEP)
+        if parts[:2] == ["features", "fewshot"] and parts[3] == "train":
+            task = parts[2]
+            part = {
+                (kind, split): preds[SEP.join([kind, "fewshot", task, split])]
+                for kind in ("features", "labels")
+                for split in ("train", "test")
+            }
+            tasks[task] = (
+                part["features", "train"],
+                part["labels", "train"],
+                part["features", "test"],
+                part["labels", "test"],
+                int(preds[SEP.join(["num_classes", "fewshot", task])]),
+            )
+    if tasks:
+        members = next(iter(tasks.values()))[0].shape[0]
+        modes = (
+            [("ensemble", "joint")]
+            if members == 1
+            else [("joint", "joint"), ("disjoint", "disjoint")]
+        )
+        for member, mode in modes:
+            errs = metrics.fewshot_errors(
+                tasks, fewshot_shots, fewshot_seed, mode=mode, l2_selection=fewshot_l2_selection
+            )
+            for (task, shots), value in errs.items():
+                records.append(_fewshot_record(task, shots, member, value))
+            for shots in fewshot_shots:
+                value = float(np.mean([errs[(t, shots)] for t in tasks]))
+                records.append(_fewshot_record("mean", shots, member, value))
+    return records
+
+
+def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
+    """GFLOPs per image and parameter count from ``e3lib.flops`` (null if unavailable)."""
+    cost = {"gflops_per_image_train": None, "params": None}
+    try:
+        from e3lib import flops
+    except ImportError:
+        return cost
+    if hasattr(flops, "analytic_gflops"):
+        cost["gflops_per_image_train"] = float(flops.analytic_gflops(cfg, num_classes))
+    if hasattr(flops, "count_params"):
+        cost["params"] = int(flops.count_params(cfg, num_classes))
+    return cost
+
+
+def write_results(
+    out: str | os.PathLike,
+    results: Mapping[str, Any],
+    preds: Mapping[str, np.ndarray],
+    labels: np.ndarray | None = None,
+) -> None:
+    """predictions.npz first, results.json last (both atomic), stamped with its format."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_npz(out / "predictions.npz", **{k: np.asarray(v) for k, v in preds.items()})
+    atomic_write_json(out / "results.json", {"format": RESULTS_FORMAT, **results})
