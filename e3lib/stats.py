@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -129,10 +129,10 @@ def _welch_parts(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, str
     """(d, se, ν, reason); reason non-empty when the test is degenerate."""
     if len(a) < 2 or len(b) < 2:
         return math.nan, math.nan, math.nan, "fewer than 2 values on a side"
+    if np.ptp(a) == 0 and np.ptp(b) == 0:   # exact: var() of equal floats may be 1e-33
+        return math.nan, 0.0, math.nan, "zero variance on both sides"
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:
-        return math.nan, 0.0, math.nan, "zero variance on both sides"
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     return float(a.mean() - b.mean()), se, float(df), ""
 
