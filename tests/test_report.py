@@ -204,3 +204,107 @@ def test_fewshot_columns_take_joint_where_a_method_has_several_members(tmp_path)
     row = next(r for r in table.blocks[0].rows if r[0].text == "B/32 E³, K=1, M=2")
     i = header.index("5-shot error (%) ↓ ours")
     assert [c.text for c in row[i:i + 2]] == ["21.00 ± 1.00", "26.51 ± 0.11"]
+
+
+# ----------------------------------------------------------------- alignment by meaning
+
+SMALL = {"model": {"size": "tiny", "num_experts": 8}, "data": {"dataset": "demo"},
+         "finetune": {"steps": 300}}
+
+
+def _overlap_ds(root, config):
+    # Tables 3/18 small variant: E=8, o ∈ {0, 2, 4, 8}, K ∈ {2, 1}; NLL rises with o
+    cells = [{"axes": {"model.num_selected": k, "model.overlap": o},
+              "metrics": {"nll": [0.60 + o / 100 + d for d in (-.001, 0, .001)],
+                          "kl_diversity": [0.2 - o / 50 + d for d in (-.001, 0, .001)]}}
+             for k in (2, 1) for o in (0, 2, 4, 8)]
+    index = synthetic.write_sweep(root, "table3_overlap",
+                                  ["model.num_selected", "model.overlap"], [0, 1, 2], cells,
+                                  reproduces=["table3", "table18"], config=config)
+    return aggregate.build_dataset(aggregate.load_index(index), root, index)
+
+
+def test_overlap_rows_align_by_o_over_e(tmp_path):
+    ds = _overlap_ds(tmp_path, SMALL)
+    t3 = tables.build_table("table3", [ds])
+    by_o = {r.key["model.overlap"]: r for r in t3.rows}
+    # o/E: ours 0, 2/8, 4/8, 8/8 ↔ the paper's o = 0, 8, 16, 32 of E = 32 (not o = 2, 4, 8)
+    assert {o: r.ref["label"] for o, r in by_o.items()} == {
+        "0": "o=0 of E=32 (=E³)", "2": "o=8 of E=32", "4": "o=16 of E=32",
+        "8": "o=32 of E=32 (=Tiling)"}
+    assert by_o["2"].ref["values"]["kl_diversity"] == [0.122, 0.010]
+    header = t3.blocks[0].header
+    assert header[:4] == ["paper row", "o/E", "num_selected", "overlap"]
+    table = {r[0].text: [c.text for c in r] for r in t3.blocks[0].rows}
+    assert table["o=8 of E=32"][1:4] == ["1/4", "2", "2"]
+    assert table["o=32 of E=32 (=Tiling)"][1:4] == ["1", "2", "8"]
+    # paper rows with no small counterpart: their o/E, no value in our overlap column
+    assert table["o=2 of E=32"][1:5] == ["1/16", "", "", "not run"]
+    assert any("o/E = 1/4: ours overlap=2 ↔ paper overlap=8" in f for f in t3.footnotes)
+    # Table 18 (K=1) has no paper row at o = E: our o=8 stays unmatched, below the others
+    t18 = tables.build_table("table18", [ds])
+    o8 = next(r for r in t18.rows if r.key["model.overlap"] == "8")
+    assert o8.ref is None and t18.blocks[0].rows[-1][0].text == ""
+    assert t18.blocks[0].rows[-1][1].text == "1"
+
+
+def test_page_states_the_configuration_that_ran(tmp_path):
+    t3 = tables.build_table("table3", [_overlap_ds(tmp_path, SMALL)])
+    assert t3.title == "Table 3: overlapping expert subsets — small variant"
+    assert t3.paper_title.startswith("Table 3: overlapping expert subsets (E³-B/32, K=M=2, E=32)")
+    (ran,) = t3.ran
+    assert ran["variant"] == "small"
+    assert ran["text"] == ("size tiny, E=8, data demo, fine-tune steps 300; axes: num_selected, "
+                           "overlap; seeds 0, 1, 2 (3)")
+    # every paper title loses its configuration (size, E, dataset) in a variant's title
+    for tid in spec_mod.TABLE_IDS:
+        ref = spec_mod.load_reference(tid)
+        if ref:
+            sub = tables.subject(ref["title"])
+            assert not any(w in sub for w in ("ImageNet", "E=32", "B/32", "S/32", "CIFAR")), sub
+
+
+def test_alignment_needs_the_experts_that_ran(tmp_path):
+    # without E in the runs' configuration o/E is unknown: no paper row is guessed
+    t3 = tables.build_table("table3", [_overlap_ds(tmp_path, {})])
+    assert all(r.ref is None for r in t3.rows)
+    assert "configuration not recorded" in t3.ran[0]["text"]
+
+
+def test_fewer_experts_rows_align_by_e_ratio(tmp_path):
+    # Table 17 small variant: V-MoE with E = 8, 4, 2 and up-DEs of M=2 (E=4) and M=4 (E=2)
+    axes = ["model.num_selected", "model.num_experts", "method", "model.ensemble_size"]
+
+    def cell(e, method, m):
+        return {"axes": {"model.num_selected": 1, "model.num_experts": e, "method": method,
+                         "model.ensemble_size": m}, "metrics": {"nll": [0.6, 0.61, 0.62]}}
+
+    cells = [cell(8, "vmoe", 1), cell(4, "vmoe", 1), cell(2, "vmoe", 1), cell(4, "up_de", 2),
+             cell(2, "up_de", 4)]
+    index = synthetic.write_sweep(tmp_path, "table17_fewer_experts", axes, [0, 1, 2], cells,
+                                  reproduces=["table17"], config={"model": {"size": "tiny"}})
+    ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index)
+    t = tables.build_table("table17", [ds])
+    got = {(r.key["method"], r.key["model.num_experts"]): (r.ref or {}).get("label")
+           for r in t.rows}
+    assert got == {("vmoe", "8"): "V-MoE, K=1, M=1, E=32", ("vmoe", "4"): None,
+                   ("vmoe", "2"): None, ("up_de", "4"): "Up-DE, K=1, M=2, E=16",
+                   ("up_de", "2"): "Up-DE, K=1, M=4, E=8"}
+    up4 = next(r for r in t.rows if r.key["model.ensemble_size"] == "4")
+    assert up4.align_ratio == "1/4" and "E/E_max = 1/4" in up4.ref_note
+
+
+def test_partitioning_k_reading_matches_table22():
+    from e3lib.report.alignment import match_reference
+
+    ref = spec_mod.load_reference("table22")
+    key = {"method": "partitioning", "model.num_selected": "1", "model.ensemble_size": "2"}
+    row, note = match_reference(key, ref, {})        # absent partition_k reads per_subset
+    assert row["label"].startswith("Partitioning") and note == ""
+    row, _ = match_reference(key, ref, {"model.partition_k": "per_subset"})
+    assert row["values"]["gflops"] == [97.885, None]
+    k2 = dict(key, **{"model.num_selected": "2"})
+    assert match_reference(k2, ref, {"model.partition_k": "per_subset"})[0] is None
+    row, note = match_reference(k2, ref, {"model.partition_k": "total"})
+    assert row["values"]["gflops"] == [97.885, None] and "partition_k=total" in note
+    assert match_reference(key, ref, {"model.partition_k": "total"})[0] is None
