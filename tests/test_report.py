@@ -1,15 +1,12 @@
 """Tables, verdicts, spec and figure helpers on synthetic result sets with known statistics."""
 
-import math
-
 import numpy as np
 import pytest
 import yaml
 
 from e3lib import aggregate
-from e3lib.report import spec as spec_mod, synthetic, tables, verdicts
+from e3lib.report import spec as spec_mod, synthetic, tables
 from e3lib.report.figures import pareto_front, reliability_bins
-from e3lib.report.tables import CellStats, Row
 
 # Table 2 style sweep, 3 seeds. Hand-derived statistics (std with ddof=1):
 #   e3            nll .60 .61 .62 → 0.610 ± 0.01/√3 = 0.00577 → "0.610 ± 0.006"
@@ -70,11 +67,14 @@ def test_table2_numbers_paper_values_and_order(table2_ds):
 def test_bold_only_when_welch_significant(table2_ds):
     t = tables.build_table("table2", [table2_ds])
     _, bold = _row(t, "E³")
-    # KL: e3 0.21 vs runner-up 0.005: Welch p ≈ 1e-4 → bold.
-    # NLL: e3 0.610 ± 0.006 vs partitioning 0.613 ± 0.001: t ≈ -0.51, p ≈ 0.65 → not bold.
-    assert bold[10] is True and bold[4] is False
+    # Partitioning has n=2 < min_seeds 3 and takes no part. NLL: e3 .61 vs tiling σ×4 .64,
+    # sd .01 each: t = -0.03/√(2·1e-4/3) = -3.674, ν = 4 → two-sided p = 0.021 → bold.
+    # KL: e3 0.21 vs runner-up 0.005: p ≈ 1e-4 → bold. Error: e3 16.5 % (sd 0.5) vs tiling
+    # 17 % (no spread): t = -0.005/(0.005/√3) = -1.732, ν = 2 → p = 0.225 → not bold.
+    assert bold[4] is True and bold[10] is True and bold[6] is False
     assert not any(any(c.bold for c in r) for r in t.blocks[0].rows if r[0].text != "E³")
     assert any("KL: best vs runner-up: Welch p" in f and "(bold)" in f for f in t.footnotes)
+    assert any(f.startswith("Error (%): best vs runner-up: Welch p = 0.225") for f in t.footnotes)
 
 
 def test_table2_verdicts(table2_ds):
@@ -83,76 +83,13 @@ def test_table2_verdicts(table2_ds):
     kl = by_claim["E³'s KL is orders of magnitude above Tiling's"]
     assert kl.outcome == "held" and "ratio 105" in kl.statistic   # 0.21 / 0.002
     part = by_claim["Partitioning without tiling is worse than E³ in NLL"]
-    assert part.outcome == "not held" and "n=3 vs 2" in part.statistic
+    assert part.outcome == "not enough seeds" and "n=2, need 3" in part.statistic
     til = by_claim["Tiling, even with σ×4, is worse than E³ in NLL"]
     # t = -0.03 / √(2·0.00577²) = -3.67 with 4 df → one-sided p ≈ 0.011
-    assert til.outcome == "held"
-    assert float(til.statistic.rsplit("p = ", 1)[1]) == pytest.approx(0.0107, abs=0.002)
-
-
-def test_welch_p_hand_value():
-    # a = 1,2,3; b = 4,5,6: t = -3/√(1/3+1/3) = -3.674, Welch df = 4 → two-sided p = 0.0213
-    assert tables.welch_p(np.array([1., 2, 3]), np.array([4., 5, 6])) == pytest.approx(
-        0.0213, abs=5e-4)
-    assert math.isnan(tables.welch_p(np.array([1.]), np.array([4., 5, 6])))
-
-
-def _rows(axis, values_by_level, metric="kl_diversity", extra=None):
-    out = []
-    for level, vals in values_by_level.items():
-        v = np.asarray(vals, dtype=float)
-        out.append(Row("s", {axis: str(level), **(extra or {})},
-                       {metric: CellStats(v.mean(), np.nan, len(v), len(v), v)}))
-    return out
-
-
-SPEC = spec_mod.default_spec()
-
-
-def test_trend_flat_and_not_enough_seeds():
-    falling = _rows("model.overlap", {0: [.20, .21], 2: [.15, .16], 4: [.10, .11]})
-    v = {"claim": "KL falls", "test": "trend", "metric": "kl_diversity",
-         "axis": "model.overlap", "direction": "decreasing"}
-    res = verdicts.evaluate(v, falling, SPEC)
-    assert res.outcome == "held" and "Spearman ρ = -" in res.statistic
-    assert verdicts.evaluate(dict(v, direction="increasing"), falling, SPEC).outcome == "not held"
-    one_seed = _rows("model.overlap", {0: [.20], 2: [.15, .16]})
-    assert verdicts.evaluate(v, one_seed, SPEC).outcome == "not enough seeds"
-
-    flat = {"claim": "flat", "test": "flat", "metric": "nll", "axis": "model.aux_weight",
-            "up_to": 1.0}
-    same = _rows("model.aux_weight", {0.01: [.6, .61, .62], 0.1: [.61, .6, .62],
-                                      1.0: [.62, .61, .6], 100.0: [2., 2.1, 2.2]}, "nll")
-    res = verdicts.evaluate(flat, same, SPEC)   # λ=100 is beyond up_to and left out
-    assert res.outcome == "held" and "over 3 values" in res.statistic
-    res = verdicts.evaluate(dict(flat, up_to=1000.0), same, SPEC)
-    assert res.outcome == "not held"
-
-
-def test_group_by_ambiguous_best_and_no_difference():
-    rows = (_rows("model.ensemble_size", {1: [.64, .65, .66], 4: [.57, .58, .59]}, "nll",
-                  {"model.num_selected": "1"}) +
-            _rows("model.ensemble_size", {1: [.64, .65, .66], 4: [.66, .67, .68]}, "nll",
-                  {"model.num_selected": "2"}))
-    v = {"claim": "M=4 beats M=1", "test": "better", "metric": "nll",
-         "a": {"model.ensemble_size": 4}, "b": {"model.ensemble_size": 1},
-         "group_by": ["model.num_selected"]}
-    res = verdicts.evaluate(v, rows, SPEC)
-    assert res.outcome == "not held"   # held for K=1, not for K=2
-    assert "[model.num_selected=1]" in res.statistic
-    assert verdicts.evaluate(dict(v, group_by=[]), rows, SPEC).outcome == "ambiguous"
-    nd = {"claim": "same", "test": "no_difference", "metric": "nll",
-          "a": {"model.ensemble_size": 1}, "b": {"model.ensemble_size": 4}}
-    # K=2: 0.65 vs 0.67, sd 0.01 each: t = -0.02/√(2·0.01²/3) = -2.45, df 4 → p = 0.071 ≥ 0.05
-    k2 = [r for r in rows if r.key["model.num_selected"] == "2"]
-    res = verdicts.evaluate(nd, k2, SPEC)
-    assert res.outcome == "held" and float(res.statistic.rsplit("p = ", 1)[1]) == \
-        pytest.approx(0.071, abs=0.002)
-    # K=1: 0.65 vs 0.58: t = 8.57, df 4 → p ≈ 0.001 < 0.05: they differ
-    k1 = [r for r in rows if r.key["model.num_selected"] == "1"]
-    assert verdicts.evaluate(nd, k1, SPEC).outcome == "not held"
-    best = {"claim": "best", "test": "best", "metric": "nll", "a": {"model.ensemble_size": 4}}
-    assert verdicts.evaluate(best, k1, SPEC).outcome == "held"
+    assert til.outcome == "held" and til.n == "3 vs 3" and til.margin == "—"
+    assert til.method.startswith("Welch t-test (one-sided, a < b)")
+    p = float(til.statistic.split("p = ", 1)[1].split(" ")[0].rstrip(","))
+    assert p == pytest.approx(0.0107, abs=0.002)
 
 
 def test_reference_files_validate_and_spot_values():
@@ -198,22 +135,6 @@ def test_pareto_front_and_reliability_bins():
     # .9·15 = 13.5 → bin 13 holds images 0 (correct) and 1 (wrong); .62·15 = 9.3 → bin 9
     assert count[13] == 2 and acc[13] == 0.5 and conf[13] == pytest.approx(0.9)
     assert count[9] == 1 and acc[9] == 1.0 and count.sum() == 3
-
-
-def test_selector_max_picks_the_largest_axis_value():
-    # V-MoE single models with E = 32, 16, 8 (NLL .64, .66, .68) and an M=4 ensemble (E=8).
-    rows = []
-    for e, nll in ((32, .64), (16, .66), (8, .68)):
-        rows += _rows("model.num_experts", {e: [nll - .01, nll, nll + .01]}, "nll",
-                      {"method": "vmoe", "model.ensemble_size": "1"})
-    rows += _rows("model.num_experts", {8: [.57, .58, .59]}, "nll",
-                  {"method": "up_de", "model.ensemble_size": "4"})
-    v = {"claim": "M=4 beats the largest V-MoE", "test": "better", "metric": "nll",
-         "a": {"model.ensemble_size": 4},
-         "b": {"method": "vmoe", "model.ensemble_size": 1, "model.num_experts": "$max"}}
-    res = verdicts.evaluate(v, rows, SPEC)
-    assert res.outcome == "held" and "means 0.58 vs 0.64" in res.statistic
-    assert [r.key["model.num_experts"] for r in verdicts.select_rows(rows, v["b"])] == ["32"]
 
 
 def test_shifted_set_columns_and_any_of_row_filter(tmp_path):
@@ -283,3 +204,107 @@ def test_fewshot_columns_take_joint_where_a_method_has_several_members(tmp_path)
     row = next(r for r in table.blocks[0].rows if r[0].text == "B/32 E³, K=1, M=2")
     i = header.index("5-shot error (%) ↓ ours")
     assert [c.text for c in row[i:i + 2]] == ["21.00 ± 1.00", "26.51 ± 0.11"]
+
+
+# ----------------------------------------------------------------- alignment by meaning
+
+SMALL = {"model": {"size": "tiny", "num_experts": 8}, "data": {"dataset": "demo"},
+         "finetune": {"steps": 300}}
+
+
+def _overlap_ds(root, config):
+    # Tables 3/18 small variant: E=8, o ∈ {0, 2, 4, 8}, K ∈ {2, 1}; NLL rises with o
+    cells = [{"axes": {"model.num_selected": k, "model.overlap": o},
+              "metrics": {"nll": [0.60 + o / 100 + d for d in (-.001, 0, .001)],
+                          "kl_diversity": [0.2 - o / 50 + d for d in (-.001, 0, .001)]}}
+             for k in (2, 1) for o in (0, 2, 4, 8)]
+    index = synthetic.write_sweep(root, "table3_overlap",
+                                  ["model.num_selected", "model.overlap"], [0, 1, 2], cells,
+                                  reproduces=["table3", "table18"], config=config)
+    return aggregate.build_dataset(aggregate.load_index(index), root, index)
+
+
+def test_overlap_rows_align_by_o_over_e(tmp_path):
+    ds = _overlap_ds(tmp_path, SMALL)
+    t3 = tables.build_table("table3", [ds])
+    by_o = {r.key["model.overlap"]: r for r in t3.rows}
+    # o/E: ours 0, 2/8, 4/8, 8/8 ↔ the paper's o = 0, 8, 16, 32 of E = 32 (not o = 2, 4, 8)
+    assert {o: r.ref["label"] for o, r in by_o.items()} == {
+        "0": "o=0 of E=32 (=E³)", "2": "o=8 of E=32", "4": "o=16 of E=32",
+        "8": "o=32 of E=32 (=Tiling)"}
+    assert by_o["2"].ref["values"]["kl_diversity"] == [0.122, 0.010]
+    header = t3.blocks[0].header
+    assert header[:4] == ["paper row", "o/E", "num_selected", "overlap"]
+    table = {r[0].text: [c.text for c in r] for r in t3.blocks[0].rows}
+    assert table["o=8 of E=32"][1:4] == ["1/4", "2", "2"]
+    assert table["o=32 of E=32 (=Tiling)"][1:4] == ["1", "2", "8"]
+    # paper rows with no small counterpart: their o/E, no value in our overlap column
+    assert table["o=2 of E=32"][1:5] == ["1/16", "", "", "not run"]
+    assert any("o/E = 1/4: ours overlap=2 ↔ paper overlap=8" in f for f in t3.footnotes)
+    # Table 18 (K=1) has no paper row at o = E: our o=8 stays unmatched, below the others
+    t18 = tables.build_table("table18", [ds])
+    o8 = next(r for r in t18.rows if r.key["model.overlap"] == "8")
+    assert o8.ref is None and t18.blocks[0].rows[-1][0].text == ""
+    assert t18.blocks[0].rows[-1][1].text == "1"
+
+
+def test_page_states_the_configuration_that_ran(tmp_path):
+    t3 = tables.build_table("table3", [_overlap_ds(tmp_path, SMALL)])
+    assert t3.title == "Table 3: overlapping expert subsets — small variant"
+    assert t3.paper_title.startswith("Table 3: overlapping expert subsets (E³-B/32, K=M=2, E=32)")
+    (ran,) = t3.ran
+    assert ran["variant"] == "small"
+    assert ran["text"] == ("size tiny, E=8, data demo, fine-tune steps 300; axes: num_selected, "
+                           "overlap; seeds 0, 1, 2 (3)")
+    # every paper title loses its configuration (size, E, dataset) in a variant's title
+    for tid in spec_mod.TABLE_IDS:
+        ref = spec_mod.load_reference(tid)
+        if ref:
+            sub = tables.subject(ref["title"])
+            assert not any(w in sub for w in ("ImageNet", "E=32", "B/32", "S/32", "CIFAR")), sub
+
+
+def test_alignment_needs_the_experts_that_ran(tmp_path):
+    # without E in the runs' configuration o/E is unknown: no paper row is guessed
+    t3 = tables.build_table("table3", [_overlap_ds(tmp_path, {})])
+    assert all(r.ref is None for r in t3.rows)
+    assert "configuration not recorded" in t3.ran[0]["text"]
+
+
+def test_fewer_experts_rows_align_by_e_ratio(tmp_path):
+    # Table 17 small variant: V-MoE with E = 8, 4, 2 and up-DEs of M=2 (E=4) and M=4 (E=2)
+    axes = ["model.num_selected", "model.num_experts", "method", "model.ensemble_size"]
+
+    def cell(e, method, m):
+        return {"axes": {"model.num_selected": 1, "model.num_experts": e, "method": method,
+                         "model.ensemble_size": m}, "metrics": {"nll": [0.6, 0.61, 0.62]}}
+
+    cells = [cell(8, "vmoe", 1), cell(4, "vmoe", 1), cell(2, "vmoe", 1), cell(4, "up_de", 2),
+             cell(2, "up_de", 4)]
+    index = synthetic.write_sweep(tmp_path, "table17_fewer_experts", axes, [0, 1, 2], cells,
+                                  reproduces=["table17"], config={"model": {"size": "tiny"}})
+    ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index)
+    t = tables.build_table("table17", [ds])
+    got = {(r.key["method"], r.key["model.num_experts"]): (r.ref or {}).get("label")
+           for r in t.rows}
+    assert got == {("vmoe", "8"): "V-MoE, K=1, M=1, E=32", ("vmoe", "4"): None,
+                   ("vmoe", "2"): None, ("up_de", "4"): "Up-DE, K=1, M=2, E=16",
+                   ("up_de", "2"): "Up-DE, K=1, M=4, E=8"}
+    up4 = next(r for r in t.rows if r.key["model.ensemble_size"] == "4")
+    assert up4.align_ratio == "1/4" and "E/E_max = 1/4" in up4.ref_note
+
+
+def test_partitioning_k_reading_matches_table22():
+    from e3lib.report.alignment import match_reference
+
+    ref = spec_mod.load_reference("table22")
+    key = {"method": "partitioning", "model.num_selected": "1", "model.ensemble_size": "2"}
+    row, note = match_reference(key, ref, {})        # absent partition_k reads per_subset
+    assert row["label"].startswith("Partitioning") and note == ""
+    row, _ = match_reference(key, ref, {"model.partition_k": "per_subset"})
+    assert row["values"]["gflops"] == [97.885, None]
+    k2 = dict(key, **{"model.num_selected": "2"})
+    assert match_reference(k2, ref, {"model.partition_k": "per_subset"})[0] is None
+    row, note = match_reference(k2, ref, {"model.partition_k": "total"})
+    assert row["values"]["gflops"] == [97.885, None] and "partition_k=total" in note
+    assert match_reference(key, ref, {"model.partition_k": "total"})[0] is None

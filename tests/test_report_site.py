@@ -45,7 +45,8 @@ def site(tmp_path_factory):
                         "ece": _vals(.02, .001)}, "gflops": 100.0}
            for meth, base in (("vmoe", .64), ("e3", .62)) for lam in (1e-3, 1e-2, 1.0)]
     paths = [_write(root, "table3_overlap", ["method", "model.overlap"], [0, 1, 2], overlap,
-                    ["table3"], with_predictions=True),
+                    ["table3"], with_predictions=True,
+                    config={"model": {"size": "S/32", "num_experts": 32}}),  # o/E as the paper
              _write(root, "figure2_km", ["method", "model.num_selected", "model.ensemble_size"],
                     [0, 1, 2], km, ["figure2"]),
              _write(root, "figure10_lambda", ["method", "model.aux_weight"], [0, 1, 2], lam,
@@ -75,12 +76,22 @@ def test_site_pages_tables_figures_and_runs(site):
     assert "synthetic result sets" in index                  # never passed off as trained runs
     assert "snakemake " + out.as_posix() + "/table3.html" in index
     t3 = (out / "table3.html").read_text()
-    # e3 o=0: nll .608 .610 .612 → "0.610 ± 0.001" (0.002/√3 = 0.00115); paper 0.612 ± 0.001
-    assert "<td class=\"ours\">0.610 ± 0.001</td><td class=\"paper\">0.612 ± 0.001</td>" in t3
+    # e3 o=0: nll .608 .610 .612 → "0.610 ± 0.001" (0.002/√3 = 0.00115); paper 0.612 ± 0.001;
+    # bold: o=4 has 2 < 3 seeds, so the runner-up is o=16 (.626): Welch p ≈ 1e-4
+    assert "<td class=\"ours\"><b>0.610 ± 0.001</b></td><td class=\"paper\">0.612 ± 0.001</td>" \
+        in t3
+    # the configuration that ran beside the paper's; o/E of each row
+    assert "our runs (table3_overlap, small variant)" in t3 and "size S/32, E=32" in t3
+    assert "<th>o/E</th>" in t3 and "<title>Table 3: overlapping expert subsets — small" in t3
+    # every verdict row: claim, outcome, test, statistic, n, margin
+    assert "<th>test</th><th>statistic</th><th>n</th><th>margin</th>" in t3
+    # o=4 lost a seed: a trend over it needs 3 seed values at every level
+    assert ">not enough seeds</td><td class=\"label\">—</td><td class=\"label\">model.overlap=4: " \
+        "n=2, need 3</td><td class=\"label\">2</td>" in t3
     # o=4 keeps seeds 0, 1 only: nll .612, .614 → mean .613, std √2·0.001, stderr 0.001;
     # flagged in the seeds column and in each of its 4 metric cells
     assert "0.613 ± 0.001 † 2/3" in t3 and "2/3 †" in t3 and t3.count("† 2/3") == 4
-    assert "KL falls as overlap grows" in t3 and "Spearman" in t3
+    assert "KL falls as overlap grows" in t3
     figs = sorted(p.name for p in (out / "figures").iterdir())
     for name in ("fig_table3_overlap_pareto_nll.png", "fig_figure2_km_km_nll.png",
                  "fig_figure10_lambda_vs_aux_weight.png", "fig_table3_overlap_vs_overlap.png",

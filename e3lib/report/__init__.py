@@ -3,10 +3,12 @@
     e3 report --datasets results/sweeps/*/dataset.nc --out reports            # whole site
     e3 report --datasets results/sweeps/*/dataset.nc --out reports --only table3
 
-Modules: ``spec`` (tables.yaml and reference/*.yaml, validated), ``tables`` (seed
-statistics per cell, paper layout, significance bolding), ``verdicts`` (the paper's
-claims as tests), ``figures`` (seaborn), ``html`` (Jinja2 pages), ``synthetic``
-(result sets with known statistics, for tests and docs).
+Modules: ``spec`` (tables.yaml and reference/*.yaml, validated), ``rows`` (seed
+statistics per cell), ``alignment`` (which paper row each row stands beside; the
+configuration that ran), ``cells`` (text cells and number formats), ``tables`` (paper
+layout, significance bolding), ``verdicts`` (the paper's claims, tested with
+``e3lib.stats``), ``figures`` (seaborn), ``html`` (Jinja2 pages), ``synthetic`` (result
+sets with known statistics, for tests and docs).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Seaborn figures of a sweep dataset (matplotlib Agg backend, PNG files).
 
 Notation: M members, N test images, C classes; per-cell statistics are over seeds
-(mean and standard error, from ``tables.sweep_rows``).
+(mean and standard error, from ``rows.sweep_rows``).
 
 Which figures a sweep gets follows from its axes and data:
   pareto       metric vs GFLOPs per method (and model size), Pareto front dashed
@@ -32,7 +32,7 @@ import xarray as xr  # noqa: E402
 from e3lib.aggregate import (STATUS_FLAGS, axis_dim, dataset_axes,  # noqa: E402
                              select_grid)
 from e3lib.report.spec import default_spec  # noqa: E402
-from e3lib.report.tables import sweep_rows  # noqa: E402
+from e3lib.report.rows import sweep_rows  # noqa: E402
 
 PLOT_METRICS = ("nll", "error", "ece", "kl_diversity")
 K_AXIS, M_AXIS = "model.num_selected", "model.ensemble_size"

@@ -168,8 +168,8 @@ def _runs(inp: Input, out: Path) -> tuple[list[str], list[dict]]:
 def _selection(inp: Input) -> dict | None:
     """The sweep's hyperparameter selection for its page: the validation metric of every
     grid point (the full grid) and the point chosen per cell; None without ``select``."""
-    from e3lib.aggregate import (SELECTED_PREFIX, validation_values, seed_stats,
-                                 select_grid, selection_of)
+    from e3lib.aggregate import SELECTED_PREFIX, select_grid, selection_of, validation_values
+    from e3lib.stats import seed_stats
 
     ds = inp.ds
     view = select_grid(ds)
@@ -232,7 +232,8 @@ def render_index(site: Site) -> None:
         if t is not None:
             outcomes = [v.outcome for v in t.verdicts]
             counts = " / ".join(str(outcomes.count(o)) for o in
-                                ("held", "not held", "not enough seeds"))
+                                ("held", "not held", "inconclusive", "not computable",
+                                 "not enough seeds"))
         rows.append({"id": tid, "href": f"{tid}.html" if t else None,
                      "title": t.title if t else "", "counts": counts,
                      "why": "no given dataset reproduces it",

@@ -23,7 +23,10 @@ TABLE_IDS = ("table2", "table3", "table4", "table5", "table12", "table13", "tabl
              "table15", "table17", "table18", "table19", "table20", "table22", "table23", "table25",
              "table26", "table27", "table28", "table29", "table30", "table31", "table32",
              "table33", "table34", "table35", "table36", "figure2", "figure10", "demo")
-VERDICT_TESTS = ("better", "ratio_above", "trend", "flat", "no_difference", "best")
+VERDICT_TESTS = ("better", "ratio_above", "trend", "flat", "no_difference", "best", "monotone")
+EQUIVALENCE_TESTS = ("flat", "no_difference")
+DEFAULT_MIN_SEEDS = 3       # seed values per compared cell before any verdict
+DEFAULT_MARGIN_REL = 0.02   # equivalence margin: 2 % of |mean| of the reference cell
 
 _selector = {"type": "object", "minProperties": 1}
 _verdict = {
@@ -40,15 +43,19 @@ _verdict = {
         "direction": {"enum": ["increasing", "decreasing"]},
         "up_to": {"type": "number"},
         "group_by": {"type": "array", "items": {"type": "string"}},
+        "margin": {"type": "number", "exclusiveMinimum": 0},
+        "margin_rel": {"type": "number", "exclusiveMinimum": 0},
     },
     "allOf": [
         {"if": {"properties": {"test": {"enum": ["better", "ratio_above", "no_difference"]}}},
          "then": {"required": ["a", "b"]}},
         {"if": {"properties": {"test": {"const": "ratio_above"}}}, "then": {"required": ["factor"]}},
         {"if": {"properties": {"test": {"const": "best"}}}, "then": {"required": ["a"]}},
-        {"if": {"properties": {"test": {"const": "trend"}}},
+        {"if": {"properties": {"test": {"enum": ["trend", "monotone"]}}},
          "then": {"required": ["axis", "direction"]}},
         {"if": {"properties": {"test": {"const": "flat"}}}, "then": {"required": ["axis", "up_to"]}},
+        {"if": {"properties": {"test": {"not": {"enum": list(EQUIVALENCE_TESTS)}}}},
+         "then": {"not": {"anyOf": [{"required": ["margin"]}, {"required": ["margin_rel"]}]}}},
     ],
 }
 SPEC_SCHEMA: dict[str, Any] = {
@@ -58,6 +65,7 @@ SPEC_SCHEMA: dict[str, Any] = {
     "properties": {
         "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
         "min_seeds": {"type": "integer", "minimum": 2},
+        "margin_rel": {"type": "number", "exclusiveMinimum": 0},
         "metrics": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["label"], "additionalProperties": False,
             "properties": {"label": {"type": "string"}, "better": {"enum": ["lower", "higher"]},
@@ -99,10 +107,21 @@ REFERENCE_SCHEMA: dict[str, Any] = {
         "setting": {"type": "string"}, "note": {"type": "string"},
         "key": {"type": "array", "items": {"type": "string"}},
         "units": {"type": "object"},
+        "align": {"type": "object", "additionalProperties": False,
+                  "required": ["axis", "denominator", "paper_denominator", "label"],
+                  "properties": {"axis": {"type": "string"}, "denominator": {"type": "string"},
+                                 "paper_denominator": {"type": "number", "exclusiveMinimum": 0},
+                                 "label": {"type": "string"}}},
+        "defaults": {"type": "object"},
         "rows": {"type": "array", "items": {
             "type": "object", "required": ["key", "values"],
             "properties": {
                 "key": {"type": "object"}, "label": {"type": "string"},
+                "context": {"type": "object"},
+                "readings": {"type": "array", "items": {
+                    "type": "object", "required": ["key"], "additionalProperties": False,
+                    "properties": {"key": {"type": "object"}, "context": {"type": "object"},
+                                   "label": {"type": "string"}}}},
                 "values": {"type": "object", "additionalProperties": {
                     "type": "array", "minItems": 2, "maxItems": 2,
                     "prefixItems": [{"type": "number"}, {"type": ["number", "null"]}]}}}}},
@@ -142,8 +161,16 @@ def load_spec(path: str | Path = SPEC_FILE) -> dict:
             if v["metric"] not in spec["metrics"]:
                 raise SpecError(f"{path}: field tables.{tid}.verdicts.{i}.metric: unknown metric "
                                 f"{v['metric']!r}; allowed: {sorted(spec['metrics'])}")
+            deterministic = bool(spec["metrics"][v["metric"]].get("cost"))
+            if (v["test"] == "monotone") != deterministic:
+                raise SpecError(
+                    f"{path}: field tables.{tid}.verdicts.{i}.test: {v['test']!r} on "
+                    f"{'cost' if deterministic else 'seed-dependent'} metric {v['metric']!r}; "
+                    f"allowed: {['monotone'] if deterministic else sorted(set(VERDICT_TESTS) - {'monotone'})}"
+                    f" (costs are deterministic: checked without seeds)")
     spec.setdefault("alpha", 0.05)
-    spec.setdefault("min_seeds", 2)
+    spec.setdefault("min_seeds", DEFAULT_MIN_SEEDS)
+    spec.setdefault("margin_rel", DEFAULT_MARGIN_REL)
     return spec
 
 

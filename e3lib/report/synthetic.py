@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from e3lib import tree
+
 
 def _entry_id(sweep: str, axes: Mapping[str, Any], seed: int) -> str:
     text = json.dumps([sweep, dict(sorted(axes.items())), seed], sort_keys=True)
@@ -25,7 +27,8 @@ def _entry_id(sweep: str, axes: Mapping[str, Any], seed: int) -> str:
 def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequence[int],
                 cells: Sequence[Mapping[str, Any]], reproduces: Sequence[str] = (),
                 title: str = "", with_predictions: bool = False,
-                select: Mapping[str, Any] | None = None) -> Path:
+                select: Mapping[str, Any] | None = None,
+                config: Mapping[str, Any] | None = None, variant: str = "small") -> Path:
     """Write index.json plus one results.json per (cell, seed); return the index path.
 
     Each cell: ``{"axes": {...}, "metrics": {name: [v_seed0, v_seed1, ...]},
@@ -36,7 +39,9 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
     records of that split and corruption, severity 0 and member "ensemble" unless given,
     e.g. "corrupted/mean", "shifted/imagenet_a", "fewshot/mean/5/joint"),
     "seeds": {seed: None|"diverged"}}``. ``select`` is written into the index as declared
-    (a complete block: over, metric, split, mode, member).
+    (a complete block: over, metric, split, mode, member). ``config`` (nested) is the run
+    configuration every run shares; each run's results.json ``config`` holds it with the
+    cell's axes set (``variant`` names the sweep variant in the index).
     """
     root = Path(root)
     entries = []
@@ -76,7 +81,8 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
                     records.append({"split": split, "corruption": corruption,
                                     "severity": severity, "member": member, "metric": name,
                                     "value": per_seed[si]})
-            result = {"run_id": rid, "status": "ok", "config": {"axes": cell["axes"]},
+            run_config = tree.merge(config or {}, tree.unflatten(cell["axes"]))
+            result = {"run_id": rid, "status": "ok", "config": {"axes": cell["axes"], **run_config},
                       "upstream_id": "synthetic",
                       "provenance": {"code_commit": "synthetic", "packages": {"jax": "0.0"},
                                      "host": "synthetic", "started": "", "finished": ""},
@@ -87,7 +93,7 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
             if with_predictions:
                 _write_predictions(run_dir, seed, cell.get("members", 1))
     index = {"sweep": sweep, "file": f"sweeps/{sweep}.yaml", "file_sha256": "0" * 64,
-             "variant": "small", "reproduces": list(reproduces), "title": title or sweep,
+             "variant": variant, "reproduces": list(reproduces), "title": title or sweep,
              "axes": list(axes), "seeds": list(seeds), "entries": entries}
     if select is not None:
         index["select"] = dict(select)

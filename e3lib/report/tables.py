@@ -1,12 +1,10 @@
-"""Tables in the paper's layout: per-cell seed statistics, paper values beside ours, bolding.
-
-Notation: a *row* is one cell of a sweep (one combination of axis values, plus the
-``extra_dims`` of the spec such as ``member``); its statistics are over seeds S:
-mean, stderr = std(ddof=1)/√n, n seeds with a value, n_req seeds requested.
+"""Tables in the paper's layout: our seed statistics beside the paper's values, bolding.
 
 One renderer serves every table: ``build_table`` turns a spec (tables.yaml) and the
-datasets that reproduce it into a ``Table`` of text cells; the Jinja2 templates
-``table.{html,md,tex}.j2`` only lay those cells out.
+datasets that reproduce it into a ``Table`` of text cells (``cells``); the Jinja2
+templates ``table.{html,md,tex}.j2`` only lay those cells out. Rows and their seed
+statistics come from ``rows``, the paper row each one is shown beside from ``alignment``
+(matched by the relationship the table is about), the claims from ``verdicts``.
 
 Hyperparameter selection: a dataset whose sweep declares ``select`` is shown through
 ``e3lib.aggregate.select_grid`` (one row per cell of the other axes, at the grid point
@@ -15,191 +13,32 @@ or footnotes (pivot layout), marked † where the grid or the chosen point lacks
 
 Bolding rule: in each metric column (or pivot grid) the row with the best mean is bold
 only if a Welch t-test (unequal variances, two-sided) of its seed values against the
-runner-up's gives p < alpha (0.05); rows with fewer than ``min_seeds`` values take no part.
+runner-up's gives p < alpha (0.05); rows with fewer than ``min_seeds`` values take no part,
+and a test that is not computable bolds nothing.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import warnings
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import xarray as xr
-from scipy import stats as sps
 
-from e3lib.aggregate import (SELECTED_PREFIX, STATUS_FLAGS, axis_dim, axis_label, dataset_axes,
-                             seed_stats, select_grid, selection_of)
+from e3lib.aggregate import axis_label, select_grid, selection_of
+from e3lib.report import alignment, verdicts
+from e3lib.report.cells import (
+    Block,
+    Cell,
+    Table,
+    _arrow,
+    _numeric_first,
+    format_ours,
+    format_paper,
+)
+from e3lib.report.rows import CellStats, Row, selected_text, short, sweep_rows
 from e3lib.report.spec import default_spec, load_reference
-
-
-@dataclass
-class CellStats:
-    mean: float
-    stderr: float
-    n: int
-    n_req: int
-    values: np.ndarray  # (n,) finite seed values
-
-    @property
-    def complete(self) -> bool:
-        return self.n_req > 0 and self.n == self.n_req
-
-
-@dataclass
-class Row:
-    sweep: str
-    key: dict[str, str]                 # dotted axis name (or record dim) → axis label
-    stats: dict[str, CellStats]         # metric → statistics over seeds
-    runs_ok: int = 0
-    runs_requested: int = 0
-    run_ids: list[str] = field(default_factory=list)
-    ref: dict | None = None             # matched paper row
-    selected: dict[str, str] | None = None  # chosen value per `select.over` axis
-    selected_score: float = math.nan        # validation metric (mean over seeds) there
-    selected_ok: bool = True            # grid and chosen point complete (else flagged)
-
-
-@dataclass
-class Cell:
-    text: str
-    kind: str = "ours"                  # key | label | seeds | ours | paper
-    bold: bool = False
-    flag: bool = False                  # fewer seeds than requested
-
-
-@dataclass
-class Block:
-    caption: str
-    header: list[str]
-    rows: list[list[Cell]]
-
-
-@dataclass
-class Table:
-    id: str
-    title: str
-    source: str = ""
-    setting: str = ""
-    note: str = ""
-    blocks: list[Block] = field(default_factory=list)
-    footnotes: list[str] = field(default_factory=list)
-    verdicts: list[Any] = field(default_factory=list)
-    sweeps: list[dict] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- statistics
-
-def _metric_array(ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping,
-                  extra_dims: Sequence[str]) -> xr.DataArray | None:
-    """The metric over (axes..., seed, extra_dims...) with the spec's record selection.
-
-    A metric entry may name the data ``variable`` it shows (default: its own name) and
-    override the record ``select`` (e.g. NLL on the corrupted-set average). A selected
-    value may be a list of preferences: each row takes the first one it has a value for
-    (few-shot error: member "ensemble" for one-member methods, else "joint").
-    """
-    variable = mcfg.get("variable", metric)
-    if variable not in ds.data_vars:
-        return None
-    da = ds[variable]
-    if mcfg.get("cost"):
-        return da
-    select = {**select, **mcfg.get("select", {})}
-    sel = {d: v for d, v in select.items() if d in da.dims and d not in extra_dims}
-    for d, v in sel.items():
-        present = set(da[d].values.tolist())
-        choices = [c for c in (v if isinstance(v, list) else [v]) if c in present]
-        if not choices:
-            return None  # e.g. no clean split recorded at all
-        if not isinstance(v, list):
-            da = da.sel({d: v})
-            continue
-        picked = da.sel({d: choices[0]}, drop=True)
-        for other in choices[1:]:
-            picked = picked.combine_first(da.sel({d: other}, drop=True))  # fill the gaps
-        da = picked
-    return da
-
-
-def sweep_rows(ds: xr.Dataset, columns: Sequence[str], extra_dims: Sequence[str] = (),
-               spec: Mapping | None = None) -> list[Row]:
-    """One ``Row`` per requested cell of the sweep, with statistics of each column metric.
-
-    ``ds`` may be a selected view (``select_grid``): rows then carry the chosen values.
-    """
-    spec = spec or default_spec()
-    selection = selection_of(ds)
-    axes = dataset_axes(ds)
-    extra = [d for d in extra_dims if d in ds.dims]
-    dims = [axis_dim(a) for a in axes] + extra
-    names = axes + extra
-    status = ds["status"]
-    arrays, stats = {}, {}
-    for m in columns:
-        da = _metric_array(ds, m, spec["metrics"][m], spec["select"], extra)
-        if da is not None:
-            arrays[m] = da
-            stats[m] = seed_stats(da, status)
-    rows = []
-    for labels in itertools.product(*(ds[d].values.tolist() for d in dims)):
-        pos = dict(zip(dims, labels))
-        axis_pos = {d: pos[d] for d in dims if d in status.dims}
-        st = status.sel(axis_pos)
-        n_req = int((st != STATUS_FLAGS["not_requested"]).sum())
-        if n_req == 0:
-            continue
-        cells = {}
-        for m, da in arrays.items():
-            here = {d: v for d, v in pos.items() if d in da.dims}
-            s = stats[m].sel(here)
-            vals = np.asarray(da.sel(here).values, dtype=float).ravel()  # (S,)
-            cells[m] = CellStats(float(s["mean"]), float(s["stderr"]), int(s["n"]),
-                                 int(s["n_req"]), vals[np.isfinite(vals)])
-        if extra and not any(c.n for c in cells.values()):
-            continue  # e.g. member "3" of a 2-member method
-        run_ids = [r for r in np.asarray(ds["run_id"].sel(axis_pos).values).ravel().tolist() if r]
-        row = Row(sweep=ds.attrs["sweep"],
-                  key={n: str(v) for n, v in zip(names, labels)}, stats=cells,
-                  runs_ok=int((st == STATUS_FLAGS["ok"]).sum()), runs_requested=n_req,
-                  run_ids=run_ids)
-        if selection is not None:
-            row.selected = {a: str(ds[SELECTED_PREFIX + axis_dim(a)].sel(axis_pos).values)
-                            for a in selection["over"]}
-            row.selected_score = float(ds["select_score"].sel(axis_pos))
-            row.selected_ok = bool(ds["select_ok"].sel(axis_pos))
-        rows.append(row)
-    return rows
-
-
-def selected_text(row: Row) -> str:
-    """``steps=20000, lr=0.01`` (+ " †" when the grid or the chosen point lacks seeds)."""
-    if row.selected is None:
-        return ""
-    if not any(row.selected.values()):
-        return "none (no validation metric) †"
-    text = ", ".join(f"{_short(a)}={v}" for a, v in row.selected.items())
-    return text + ("" if row.selected_ok else " †")
-
-
-def welch_p(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided") -> float:
-    """p-value of Welch's t-test (unequal variances); NaN if either side has < 2 values."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
-        # no spread at all: the means differ for certain, or not at all
-        if a.mean() == b.mean():
-            return 1.0
-        better = {"less": a.mean() < b.mean(), "greater": a.mean() > b.mean(),
-                  "two-sided": True}[alternative]
-        return 0.0 if better else 1.0
-    with warnings.catch_warnings():  # nearly equal samples: scipy warns, the p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(sps.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+from e3lib.stats import welch_test
 
 
 def significant_best(cells: Sequence[CellStats | None], better: str | None, alpha: float,
@@ -209,80 +48,38 @@ def significant_best(cells: Sequence[CellStats | None], better: str | None, alph
         return None, ""
     cand = [(i, c) for i, c in enumerate(cells) if c is not None and c.n >= min_seeds]
     if len(cand) < 2:
-        return None, "fewer than two rows with enough seeds"
+        return None, f"fewer than two rows with ≥ {min_seeds} seeds"
     sign = 1 if better == "lower" else -1
     cand.sort(key=lambda ic: sign * ic[1].mean)
     (i_best, best), (_, second) = cand[0], cand[1]
-    p = welch_p(best.values, second.values)
-    verdict = "bold" if p < alpha else "not bold"
-    return (i_best if p < alpha else None), f"best vs runner-up: Welch p = {p:.3g} ({verdict})"
+    res = welch_test(best.values, second.values, alpha=alpha)
+    bold = res.p < alpha        # NaN (not computable) → False
+    if not res.computable:
+        return None, f"best vs runner-up: Welch t-test not computable ({res.reason}; not bold)"
+    return ((i_best if bold else None),
+            f"best vs runner-up: Welch p = {res.p:.3g} ({'bold' if bold else 'not bold'})")
 
 
-# --------------------------------------------------------------------------- reference
+# --------------------------------------------------------------------------- titles
 
-def match_reference(row_key: Mapping[str, str], ref: Mapping | None) -> dict | None:
-    """The paper row whose key agrees with ``row_key`` on the most shared axes (≥ 1).
-
-    Reference keys naming an axis the sweep does not have are ignored; a reference key
-    that disagrees on any shared axis does not match. Ties go to the earlier paper row.
-    """
-    if not ref:
-        return None
-    best, best_score = None, 0
-    for prow in ref["rows"]:
-        shared = [k for k in prow["key"] if k in row_key]
-        if shared and all(axis_label(prow["key"][k]) == row_key[k] for k in shared):
-            if len(shared) > best_score:
-                best, best_score = prow, len(shared)
-    return best
+_PAPER_CONFIG = [r"\s*\((?:[^()]|\([^()]*\))*\)",          # "(E³-B/32, K=M=2, E=32)"
+                 r"-[SBLH]/\d+",                                 # "V-MoE-B/32" → "V-MoE"
+                 r",?\s*\b(?:ImageNet|CIFAR10|CIFAR100)\b,?"]   # the paper's dataset
 
 
-# --------------------------------------------------------------------------- formatting
-
-def _fmt(x: float, mcfg: Mapping) -> str:
-    """Fixed decimals (``digits``), or significant digits (``sig``) for costs whose scale
-    spans tiny demo models to H/14."""
-    x = x * mcfg.get("scale", 1.0)
-    if "sig" in mcfg:
-        return f"{x:.{mcfg['sig']}g}"
-    return f"{x:.{mcfg.get('digits', 3)}f}"
+def subject(title: str) -> str:
+    """The paper's table title without the paper's configuration (size, E, dataset)."""
+    prefix, _, rest = title.partition(": ")
+    for pattern in _PAPER_CONFIG:
+        rest = re.sub(pattern, "", rest)
+    rest = re.sub(r"\s+", " ", rest).strip(" ,")
+    return f"{prefix}: {rest}" if rest else prefix
 
 
-def format_ours(c: CellStats | None, mcfg: Mapping) -> Cell:
-    if c is None or c.n == 0:
-        # no value at all: the metric does not apply (KL of one member) or no run finished;
-        # the seeds column says which runs are missing
-        return Cell("—")
-    if c.n < 2 or not math.isfinite(c.stderr):
-        text = f"{_fmt(c.mean, mcfg)} (n={c.n})"
-    else:
-        text = f"{_fmt(c.mean, mcfg)} ± {_fmt(c.stderr, mcfg)}"
-    flag = not c.complete
-    return Cell(text + (f" † {c.n}/{c.n_req}" if flag else ""), flag=flag)
-
-
-def format_paper(values: Sequence | None, mcfg: Mapping) -> Cell:
-    if values is None:
-        return Cell("—", kind="paper")
-    mean, se = values
-    text = _fmt(mean, mcfg) + ("" if se is None else f" ± {_fmt(se, mcfg)}")
-    return Cell(text, kind="paper")
-
-
-def _numeric_first(label: str) -> tuple:
-    """Sort key of axis labels: numbers in numeric order, then text in given order."""
-    try:
-        return (0, float(label))
-    except ValueError:
-        return (1, 0.0)
-
-
-def _short(name: str) -> str:
-    return name.split(".")[-1]
-
-
-def _arrow(mcfg: Mapping) -> str:
-    return {"lower": " ↓", "higher": " ↑"}.get(mcfg.get("better", ""), "")
+def _ran(ds: xr.Dataset) -> dict:
+    config = alignment.run_configuration(ds)
+    return {"sweep": ds.attrs["sweep"], "variant": ds.attrs.get("variant", ""),
+            "config": config, "text": alignment.describe_run(ds, config)}
 
 
 # --------------------------------------------------------------------------- building
@@ -293,8 +90,6 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
 
     Returns None when no dataset declares the table in ``reproduces`` (nothing to show).
     """
-    from e3lib.report import verdicts as verdicts_mod
-
     spec = spec or default_spec()
     tspec = spec["tables"][table_id]
     ref = reference if reference is not None else load_reference(table_id)
@@ -305,21 +100,34 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
     mine = [select_grid(ds) for ds in mine]
     columns = tspec["columns"]
     extra = tspec.get("extra_dims", [])
+    ran = [_ran(ds) for ds in mine]
     rows: list[Row] = []
-    for ds in mine:
+    config_of: dict[str, dict] = {}
+    for ds, r in zip(mine, ran):
         rows.extend(sweep_rows(ds, columns, extra, spec))
+        config_of[ds.attrs["sweep"]] = r["config"]
     # where: one {axis: value} selector, or a list of them (a row matching any is kept)
     where = tspec.get("where", {})
     wheres = [{k: axis_label(v) for k, v in w.items()}
               for w in (where if isinstance(where, list) else [where])]
     rows = [r for r in rows
             if any(all(r.key.get(k, v) == v for k, v in w.items()) for w in wheres)]
-    for r in rows:
-        r.ref = match_reference(r.key, ref)
-    title = (ref or {}).get("title") or tspec.get("title") or table_id
+    align = (ref or {}).get("align")
+    for sweep, config in config_of.items():
+        mine_rows = [r for r in rows if r.sweep == sweep]
+        dens = alignment.our_denominators(align, [r.key for r in mine_rows], config)
+        for i, r in enumerate(mine_rows):
+            r.ref, r.ref_note = alignment.match_reference(r.key, ref, config, dens.get(i))
+            if align:
+                r.align_ratio = alignment.ratio_text(alignment.our_ratio(align, r.key, dens.get(i)))
+    paper_title = (ref or {}).get("title") or tspec.get("title") or table_id
+    at_paper = all(r["variant"] == "paper" for r in ran)
+    title = paper_title if at_paper or not ref else \
+        f"{subject(paper_title)} — {', '.join(sorted({r['variant'] or '?' for r in ran}))} variant"
     table = Table(id=table_id, title=title, source=(ref or {}).get("source", ""),
                   setting=(ref or {}).get("setting", ""), note=(ref or {}).get("note", ""),
-                  rows=rows, sweeps=[dict(ds.attrs) for ds in mine])
+                  rows=rows, sweeps=[dict(ds.attrs) for ds in mine], paper_title=paper_title,
+                  ran=ran)
     if tspec.get("layout", "rows") == "pivot":
         _pivot_blocks(table, tspec, spec, ref, len(mine) > 1)
     else:
@@ -327,23 +135,29 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
     if tspec.get("analytic_flops"):
         _analytic_flops_block(table)
     table.footnotes += [
-        "Ours: mean ± standard error over seeds (std with ddof=1 / √n); (n=1): a single seed, "
-        "no error bar. † marks a cell with fewer seeds than the sweep requested (n/requested); "
-        "it is never shown as complete.",
+        ("Ours: mean ± standard error over seeds (std with ddof=1 / √n); (n=1): a single seed, "
+         "no error bar. † marks a cell with fewer seeds than the sweep requested "
+         "(n/requested); it is never shown as complete."),
         (f"paper: the values printed in the paper ({table.source}), in the same units; — "
          "where the paper gives none." if ref and ref.get("rows") else
          "paper: no values of the paper are transcribed for this table."),
     ]
+    notes = [f"{r.sweep} {', '.join(f'{short(k)}={v}' for k, v in r.key.items())} → "
+             f"{r.ref.get('label', '?')} ({r.ref_note})" for r in rows if r.ref and r.ref_note]
+    if notes:
+        why = (f"by {align['label']}, the relationship this table is about, not by absolute "
+               f"value" if align else "under the stated reading")
+        table.footnotes.append(f"Paper rows matched {why}: " + "; ".join(notes) + ".")
     for ds in mine:
         sel = selection_of(ds)
         if sel is not None:
             table.footnotes.append(
                 f"{ds.attrs['sweep']}: one row per configuration at the grid point of "
-                f"{', '.join(_short(a) for a in sel['over'])} with the best mean over seeds of "
+                f"{', '.join(short(a) for a in sel['over'])} with the best mean over seeds of "
                 f"{sel['split']} {sel['metric']} ({sel['mode']}, member {sel['member']}; ties: "
                 f"first in grid order); † where a grid point or the chosen one lacks seeds. "
                 f"The full grid is on the sweep page.")
-    table.verdicts = verdicts_mod.evaluate_all(tspec.get("verdicts", []), rows, spec)
+    table.verdicts = verdicts.evaluate_all(tspec.get("verdicts", []), rows, spec)
     return table
 
 
@@ -356,8 +170,9 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
     if ref and not key_names:
         key_names = list(ref.get("key", []))   # only paper rows: show the paper's key
     with_paper = bool(ref and ref.get("rows"))   # no paper columns for the demo table
+    align = (ref or {}).get("align") if with_paper else None
     header = (["sweep"] if many else []) + (["paper row"] if with_paper else []) \
-        + [_short(k) for k in key_names] + ["seeds"]
+        + ([align["label"]] if align else []) + [short(k) for k in key_names] + ["seeds"]
     with_selected = any(r.selected is not None for r in table.rows)
     if with_selected:
         header.append("selected (val)")
@@ -395,12 +210,17 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
         cells = [Cell(r.sweep if r else "", kind="key")] if many else []
         if with_paper:
             cells.append(Cell(prow.get("label", "") if prow else "", kind="label"))
+        if align:   # the aligned quantity: ours, or the paper row's when we ran none
+            text = r.align_ratio if r is not None else alignment.ratio_text(
+                alignment.paper_ratio(align, (prow or {}).get("key", {})))
+            cells.append(Cell(text, kind="key"))
         for k in key_names:
             if r is not None:
                 cells.append(Cell(r.key.get(k, ""), kind="key"))
-            else:
+            else:   # a paper row we did not run: its key, unless it is on another scale
                 v = (prow or {}).get("key", {}).get(k)
-                cells.append(Cell("" if v is None else axis_label(v), kind="key"))
+                on_scale = v is not None and not (align and k == align["axis"])
+                cells.append(Cell(axis_label(v) if on_scale else "", kind="key"))
         if r is None:
             cells.append(Cell("not run", kind="seeds"))
         else:
@@ -449,8 +269,8 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
                                      spec["min_seeds"])
                     if tspec.get("bold", True) and mcfg.get("bold", True) else (None, ""))
         bold_cell = cells_flat[idx] if idx is not None else None
-        header = (["sweep"] if many else []) + [_short(k) for k in rest_names] + \
-            [f"{_short(pivot)}={p}" for p in pivots]
+        header = (["sweep"] if many else []) + [short(k) for k in rest_names] + \
+            [f"{short(pivot)}={p}" for p in pivots]
         body = []
         for gkey, g in groups.items():
             kv = dict(gkey[1:] if many else gkey)
@@ -467,7 +287,7 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
             for gkey, g in groups.items():
                 for p in pivots:
                     if p in g and g[p].selected is not None:
-                        where = ", ".join(f"{_short(k)}={v}" for k, v in
+                        where = ", ".join(f"{short(k)}={v}" for k, v in
                                           [*(gkey[1:] if many else gkey), (pivot, p)])
                         table.footnotes.append(f"selected at {where}: {selected_text(g[p])}")
         table.blocks.append(Block(caption=f"ours: {mcfg['label']}{_arrow(mcfg)}",
@@ -480,14 +300,14 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
             for p in prows:
                 pv = axis_label(p["key"][pivot])
                 ppivots += [pv] if pv not in ppivots else []
-                label = ", ".join(f"{_short(k)}={axis_label(v)}"
+                label = ", ".join(f"{short(k)}={axis_label(v)}"
                                   for k, v in p["key"].items() if k != pivot)
                 pgroups.setdefault(label, {})[pv] = format_paper(p["values"][m], mcfg)
             pbody = [[Cell(label, kind="label")] + [g.get(pv, Cell("—", kind="paper"))
                                                     for pv in ppivots]
                      for label, g in pgroups.items()]
             table.blocks.append(Block(caption=f"paper: {mcfg['label']}",
-                                      header=["paper row"] + [f"{_short(pivot)}={p}"
+                                      header=["paper row"] + [f"{short(pivot)}={p}"
                                                               for p in ppivots],
                                       rows=pbody))
 

@@ -1,52 +1,80 @@
-"""The paper's qualitative claims, checked on our seed values.
+"""The paper's qualitative claims, checked on our seed values with ``e3lib.stats``.
 
-Each claim in tables.yaml names a test; each test returns "held", "not held" or
-"not enough seeds" (any row involved has fewer than ``min_seeds`` values, or no row
-matches) together with the statistic it used, so a reader can judge it. A claim whose
-selector matches several rows is "ambiguous" (the spec or the sweep must be made precise).
+Each claim in tables.yaml names a kind; each check returns one outcome with the test it
+used, its statistic, the values per compared cell (n) and the equivalence margin:
 
-Tests (α = spec alpha, default 0.05; seed values x_a, x_b of the rows a and b):
-  better         a is better than b in the metric's direction: one-sided Welch t-test p < α
-  ratio_above    mean(a) > factor·mean(b): one-sided Welch t-test of x_a against factor·x_b
-  trend          the metric rises/falls with a numeric axis: Spearman ρ over all
-                 (axis value, seed value) pairs has the claimed sign and p < α
-  flat           the metric does not change with the axis for axis values ≤ up_to:
-                 one-way ANOVA across those levels gives p ≥ α
-  no_difference  a and b do not differ: two-sided Welch t-test p ≥ α
-  best           a has the best mean of all rows and beats the runner-up: one-sided Welch p < α
-``group_by`` axes split the rows into groups; the claim must hold in every group.
-A selector value "$max" / "$min" stands for the largest / smallest value of that axis.
+  held              the data support the claim at level α
+  not held          the data support the opposite (a significant reverse difference, a
+                    reverse trend, a difference beyond the margin, a non-monotone cost)
+  inconclusive      neither: absence of evidence is never read as a pass
+  not computable    the test is degenerate (n < 2 on a side, zero variance on both sides,
+                    a NaN statistic, a zero margin)
+  not enough seeds  a compared cell has fewer than ``min_seeds`` values (default 3), or no
+                    row matches a selector (n=0)
+  ambiguous         a selector matches several rows (the spec or the sweep must be precise)
+
+Kinds (α = spec alpha, default 0.05; x_a, x_b the seed values of rows a and b):
+  better         one-sided Welch t-test of a better than b (the metric's direction)
+  ratio_above    one-sided Welch t-test of x_a > factor·x_b
+  trend          Spearman ρ over (axis value, seed value) pairs; claimed sign and p < α
+  best           a has the best mean; one-sided Welch t-test against the runner-up
+  no_difference  TOST: mean(a) − mean(b) within ±margin
+  flat           TOST of every axis value ≤ up_to against the smallest one, all within ±margin
+  monotone       deterministic (costs: GFLOPs, parameters): strictly monotone over the axis,
+                 one value per level suffices, no seeds and no test needed
+Margins (equivalence kinds): the claim's ``margin`` (absolute, in stored units), else its
+``margin_rel`` or the spec's ``margin_rel`` (default 0.02) times |mean| of the reference
+cell (b, or the smallest axis value). ``group_by`` axes split the rows into groups; the
+claim holds only if it holds in every group. A selector value "$max" / "$min" stands for the
+largest / smallest value of that axis.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
+from e3lib import stats
 from e3lib.aggregate import axis_label
-from e3lib.report.tables import CellStats, Row, welch_p
+from e3lib.report.rows import CellStats, Row
+from e3lib.report.spec import DEFAULT_MARGIN_REL
 
-HELD, NOT_HELD, NOT_ENOUGH, AMBIGUOUS = "held", "not held", "not enough seeds", "ambiguous"
+HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
+NOT_COMPUTABLE, NOT_ENOUGH, AMBIGUOUS = "not computable", "not enough seeds", "ambiguous"
+# how groups combine: the first outcome of this list present in any group wins
+PRECEDENCE = (AMBIGUOUS, NOT_HELD, NOT_COMPUTABLE, NOT_ENOUGH, INCONCLUSIVE, HELD)
 
 
 @dataclass
 class Verdict:
     claim: str
-    test: str
+    test: str           # the claim's kind (better, flat, ...)
     outcome: str
-    statistic: str
+    statistic: str      # statistic, p and means, per group
+    method: str = ""    # the statistical test used
+    n: str = ""         # values per compared cell, per group
+    margin: str = "—"   # equivalence margin, per group
+
+
+@dataclass
+class _Check:
+    outcome: str
+    detail: str
+    method: str
+    n: str
+    margin: str = "—"
 
 
 class _Short(Exception):
-    """Raised inside a test when the data cannot decide the claim."""
+    """Raised inside a check when the data cannot decide the claim."""
 
-    def __init__(self, outcome: str, why: str):
+    def __init__(self, outcome: str, why: str, n: str = ""):
         super().__init__(why)
-        self.outcome, self.why = outcome, why
+        self.outcome, self.why, self.n = outcome, why, n
 
 
 EXTREMES = {"$max": max, "$min": min}
@@ -55,6 +83,13 @@ EXTREMES = {"$max": max, "$min": min}
 def _matches(row: Row, selector: Mapping[str, Any]) -> bool:
     return all(row.key[k] == axis_label(v) for k, v in selector.items()
                if k in row.key and v not in EXTREMES)
+
+
+def _numeric(label: str) -> float:
+    try:
+        return float(label)
+    except ValueError:
+        raise _Short(NOT_COMPUTABLE, f"axis value {label!r} is not a number") from None
 
 
 def select_rows(rows: Sequence[Row], selector: Mapping[str, Any]) -> list[Row]:
@@ -72,16 +107,20 @@ def select_rows(rows: Sequence[Row], selector: Mapping[str, Any]) -> list[Row]:
     return found
 
 
+def _need(c: CellStats, where: str, min_seeds: int) -> None:
+    if c.n < min_seeds:
+        raise _Short(NOT_ENOUGH, f"{where}: n={c.n}, need {min_seeds}", str(c.n))
+
+
 def _one(rows: Sequence[Row], selector: Mapping[str, Any], metric: str, min_seeds: int
          ) -> CellStats:
     found = [r for r in select_rows(rows, selector) if metric in r.stats]
     if not found:
-        raise _Short(NOT_ENOUGH, f"no row matches {dict(selector)} (n=0)")
+        raise _Short(NOT_ENOUGH, f"no row matches {dict(selector)} (n=0, need {min_seeds})", "0")
     if len(found) > 1:
         raise _Short(AMBIGUOUS, f"{len(found)} rows match {dict(selector)}")
     c = found[0].stats[metric]
-    if c.n < min_seeds:
-        raise _Short(NOT_ENOUGH, f"{dict(selector)} has n={c.n} < {min_seeds} seeds")
+    _need(c, str(dict(selector)), min_seeds)
     return c
 
 
@@ -92,33 +131,54 @@ def _direction(spec: Mapping, metric: str) -> str:
     return better
 
 
+def _directional(res: stats.TestResult, reverse: stats.TestResult, prefix: str) -> _Check:
+    """held: significant in the claimed direction; not held: in the reverse one."""
+    n = " vs ".join(str(k) for k in res.n)
+    if not res.computable:
+        return _Check(NOT_COMPUTABLE, f"{prefix}; {res.describe()}", res.test, n)
+    outcome = HELD if res.p < res.alpha else NOT_HELD if reverse.p < res.alpha else INCONCLUSIVE
+    return _Check(outcome, f"{prefix}; {res.describe()}; reverse direction p = {reverse.p:.3g}",
+                  f"{res.test}, α = {res.alpha:g}", n)
+
+
 def _better(rows, v, spec):
     a = _one(rows, v["a"], v["metric"], spec["min_seeds"])
     b = _one(rows, v["b"], v["metric"], spec["min_seeds"])
-    alt = "less" if _direction(spec, v["metric"]) == "lower" else "greater"
-    p = welch_p(a.values, b.values, alt)
-    return p < spec["alpha"], (f"means {a.mean:.4g} vs {b.mean:.4g} (n={a.n} vs {b.n}); "
-                               f"one-sided Welch t-test p = {p:.3g}")
+    alt, rev = (("less", "greater") if _direction(spec, v["metric"]) == "lower"
+                else ("greater", "less"))
+    return _directional(stats.welch_test(a.values, b.values, alt, spec["alpha"]),
+                        stats.welch_test(a.values, b.values, rev, spec["alpha"]),
+                        f"means {a.mean:.4g} vs {b.mean:.4g} (n={a.n} vs {b.n})")
 
 
 def _ratio_above(rows, v, spec):
     a = _one(rows, v["a"], v["metric"], spec["min_seeds"])
     b = _one(rows, v["b"], v["metric"], spec["min_seeds"])
     f = float(v["factor"])
-    p = welch_p(a.values, f * b.values, "greater")
     ratio = a.mean / b.mean if b.mean else math.inf
-    return p < spec["alpha"], (f"means {a.mean:.4g} vs {b.mean:.4g}, ratio {ratio:.3g}; "
-                               f"one-sided Welch t-test of a > {f:g}·b: p = {p:.3g}")
+    return _directional(stats.welch_test(a.values, f * b.values, "greater", spec["alpha"]),
+                        stats.welch_test(a.values, f * b.values, "less", spec["alpha"]),
+                        f"means {a.mean:.4g} vs {b.mean:.4g}, ratio {ratio:.3g}; "
+                        f"test of a > {f:g}·b")
 
 
-def _numeric(label: str) -> float:
-    try:
-        return float(label)
-    except ValueError:
-        raise _Short(NOT_ENOUGH, f"axis value {label!r} is not a number") from None
+def _best(rows, v, spec):
+    metric = v["metric"]
+    a = _one(rows, v["a"], metric, spec["min_seeds"])
+    others = [r.stats[metric] for r in rows
+              if metric in r.stats and r.stats[metric] is not a and r.stats[metric].n]
+    if not others:
+        raise _Short(NOT_ENOUGH, "no other row to compare with (n=0)", "0")
+    lower = _direction(spec, metric) == "lower"
+    runner = min(others, key=lambda c: c.mean) if lower else max(others, key=lambda c: c.mean)
+    _need(runner, "best other row", spec["min_seeds"])
+    alt, rev = ("less", "greater") if lower else ("greater", "less")
+    return _directional(stats.welch_test(a.values, runner.values, alt, spec["alpha"]),
+                        stats.welch_test(a.values, runner.values, rev, spec["alpha"]),
+                        f"mean {a.mean:.4g} vs best other {runner.mean:.4g}")
 
 
-def _levels(rows, v, spec, keep=lambda x: True):
+def _levels(rows, v, min_seeds, keep=lambda x: True) -> dict[float, np.ndarray]:
     axis, metric = v["axis"], v["metric"]
     levels: dict[float, np.ndarray] = {}
     for r in rows:
@@ -129,62 +189,82 @@ def _levels(rows, v, spec, keep=lambda x: True):
             continue
         if x in levels:
             raise _Short(AMBIGUOUS, f"several rows at {axis}={r.key[axis]}; add group_by")
-        if r.stats[metric].n < spec["min_seeds"]:
-            raise _Short(NOT_ENOUGH, f"{axis}={r.key[axis]} has n={r.stats[metric].n}")
+        _need(r.stats[metric], f"{axis}={r.key[axis]}", min_seeds)
         levels[x] = r.stats[metric].values
     if len(levels) < 2:
-        raise _Short(NOT_ENOUGH, f"{len(levels)} level(s) of {axis} with data")
-    return levels
+        raise _Short(NOT_ENOUGH, f"{len(levels)} level(s) of {axis} with data, need 2")
+    return dict(sorted(levels.items()))
+
+
+def _n_text(levels: Mapping[float, np.ndarray]) -> str:
+    return ", ".join(f"{x:g}: {len(vals)}" for x, vals in levels.items())
 
 
 def _trend(rows, v, spec):
-    levels = _levels(rows, v, spec)
-    xs = np.concatenate([np.full(len(vals), x) for x, vals in levels.items()])
-    ys = np.concatenate(list(levels.values()))
-    rho, p = sps.spearmanr(xs, ys)
+    levels = _levels(rows, v, spec["min_seeds"])
+    res = stats.spearman_test(levels, spec["alpha"])
+    detail = f"{res.describe()} over {len(levels)} values of {v['axis']}"
+    if not res.computable:
+        return _Check(NOT_COMPUTABLE, detail, res.test, _n_text(levels))
     want = -1 if v["direction"] == "decreasing" else 1
-    held = bool(np.isfinite(rho) and np.sign(rho) == want and p < spec["alpha"])
-    return held, (f"Spearman ρ = {rho:.3f}, p = {p:.3g} over {len(ys)} seed values at "
-                  f"{len(levels)} values of {v['axis']}")
+    significant = res.p < spec["alpha"]
+    outcome = (HELD if significant and np.sign(res.statistic) == want else
+               NOT_HELD if significant else INCONCLUSIVE)
+    return _Check(outcome, detail, f"{res.test} (two-sided), α = {spec['alpha']:g}",
+                  _n_text(levels))
 
 
-def _flat(rows, v, spec):
-    levels = _levels(rows, v, spec, keep=lambda x: x <= v["up_to"])
-    res = sps.f_oneway(*levels.values())
-    means = [vals.mean() for vals in levels.values()]
-    p = float(res.pvalue) if np.isfinite(res.pvalue) else 1.0
-    return p >= spec["alpha"], (f"one-way ANOVA over {len(levels)} values of {v['axis']} ≤ "
-                                f"{v['up_to']:g}: F = {res.statistic:.3g}, p = {p:.3g}; "
-                                f"spread of means {max(means) - min(means):.4g}")
+def _monotone(rows, v, spec):
+    levels = _levels(rows, v, 1)    # deterministic: one value per level is enough
+    res = stats.monotone(levels, v["direction"])
+    series = ", ".join(f"{x:g}: {vals[0]:.4g}" for x, vals in levels.items() if len(vals))
+    outcome = {stats.MONOTONE: HELD, stats.NOT_MONOTONE: NOT_HELD}.get(res.outcome,
+                                                                          NOT_COMPUTABLE)
+    return _Check(outcome, f"{res.describe()}; values by {v['axis']}: {series}", res.test,
+                  _n_text(levels))
+
+
+def _margin(v: Mapping, spec: Mapping, reference_mean: float) -> float:
+    if "margin" in v:
+        return float(v["margin"])
+    rel = float(v.get("margin_rel", spec.get("margin_rel", DEFAULT_MARGIN_REL)))
+    margin = rel * abs(reference_mean)
+    if not (math.isfinite(margin) and margin > 0):
+        raise _Short(NOT_COMPUTABLE, f"margin {rel:g}·|mean {reference_mean:.4g}| is not > 0")
+    return margin
+
+
+_EQUIV = {stats.EQUIVALENT: HELD, stats.DIFFERENT: NOT_HELD, stats.INCONCLUSIVE: INCONCLUSIVE,
+          stats.NOT_COMPUTABLE: NOT_COMPUTABLE}
 
 
 def _no_difference(rows, v, spec):
     a = _one(rows, v["a"], v["metric"], spec["min_seeds"])
     b = _one(rows, v["b"], v["metric"], spec["min_seeds"])
-    p = welch_p(a.values, b.values)
-    return p >= spec["alpha"], (f"means {a.mean:.4g} vs {b.mean:.4g} (n={a.n} vs {b.n}); "
-                                f"two-sided Welch t-test p = {p:.3g}")
+    margin = _margin(v, spec, b.mean)
+    res = stats.tost(a.values, b.values, margin, spec["alpha"])
+    return _Check(_EQUIV[res.outcome], f"means {a.mean:.4g} vs {b.mean:.4g}; {res.describe()}",
+                  f"{res.test}, α = {spec['alpha']:g}", f"{a.n} vs {b.n}", f"±{margin:.3g}")
 
 
-def _best(rows, v, spec):
-    metric = v["metric"]
-    a = _one(rows, v["a"], metric, spec["min_seeds"])
-    others = [r.stats[metric] for r in rows
-              if metric in r.stats and r.stats[metric] is not a and r.stats[metric].n]
-    if not others:
-        raise _Short(NOT_ENOUGH, "no other row to compare with")
-    lower = _direction(spec, metric) == "lower"
-    runner = min(others, key=lambda c: c.mean) if lower else max(others, key=lambda c: c.mean)
-    if runner.n < spec["min_seeds"]:
-        raise _Short(NOT_ENOUGH, f"runner-up has n={runner.n}")
-    p = welch_p(a.values, runner.values, "less" if lower else "greater")
-    return p < spec["alpha"], (f"mean {a.mean:.4g} vs best other {runner.mean:.4g}; "
-                               f"one-sided Welch t-test p = {p:.3g}")
+def _flat(rows, v, spec):
+    levels = _levels(rows, v, spec["min_seeds"], keep=lambda x: x <= v["up_to"])
+    (x0, ref), *rest = levels.items()
+    margin = _margin(v, spec, float(ref.mean()))
+    results = [(x, stats.tost(vals, ref, margin, spec["alpha"])) for x, vals in rest]
+    outcomes = {_EQUIV[r.outcome] for _, r in results}
+    outcome = next(o for o in (NOT_HELD, NOT_COMPUTABLE, INCONCLUSIVE, HELD) if o in outcomes)
+    parts = [f"{v['axis'].split('.')[-1]}={x:g} vs {x0:g}: mean {vals.mean():.4g} vs "
+             f"{ref.mean():.4g}, {r.describe().split(': ', 1)[1]}"
+             for (x, r), vals in zip(results, [levels[x] for x, _ in results])]
+    return _Check(outcome, "; ".join(parts),
+                  f"TOST of each value ≤ {v['up_to']:g} against the smallest, α = "
+                  f"{spec['alpha']:g}", _n_text(levels), f"±{margin:.3g}")
 
 
-TESTS: dict[str, Callable[[Sequence[Row], Mapping, Mapping], tuple[bool, str]]] = {
+CHECKS: dict[str, Callable[[Sequence[Row], Mapping, Mapping], _Check]] = {
     "better": _better, "ratio_above": _ratio_above, "trend": _trend, "flat": _flat,
-    "no_difference": _no_difference, "best": _best,
+    "no_difference": _no_difference, "best": _best, "monotone": _monotone,
 }
 
 
@@ -194,23 +274,26 @@ def evaluate(v: Mapping[str, Any], rows: Sequence[Row], spec: Mapping) -> Verdic
         gkey = tuple((k, r.key[k]) for k in v.get("group_by", []) if k in r.key)
         groups.setdefault(gkey, []).append(r)
     if not groups:
-        return Verdict(v["claim"], v["test"], NOT_ENOUGH, "no rows (n=0)")
-    outcomes, parts = [], []
+        return Verdict(v["claim"], v["test"], NOT_ENOUGH, "no rows (n=0)", n="0")
+    checks: list[tuple[str, _Check]] = []
     for gkey, grows in groups.items():
         prefix = ", ".join(f"{k}={val}" for k, val in gkey)
         try:
-            held, stat = TESTS[v["test"]](grows, v, spec)
-            outcomes.append(HELD if held else NOT_HELD)
+            check = CHECKS[v["test"]](grows, v, spec)
         except _Short as short:
-            outcomes.append(short.outcome)
-            stat = short.why
-        parts.append(f"[{prefix}] {stat}" if prefix else stat)
-    for outcome in (AMBIGUOUS, NOT_HELD, NOT_ENOUGH):
-        if outcome in outcomes:
-            break
-    else:
-        outcome = HELD
-    return Verdict(v["claim"], v["test"], outcome, "; ".join(parts))
+            check = _Check(short.outcome, short.why, "", short.n)
+        checks.append((prefix, check))
+
+    def joined(attr: str) -> str:
+        vals = [(p, getattr(c, attr)) for p, c in checks if getattr(c, attr)]
+        if len({val for _, val in vals}) <= 1:
+            return vals[0][1] if vals else ""
+        return "; ".join(f"[{p}] {val}" if p else val for p, val in vals)
+
+    outcome = next(o for o in PRECEDENCE if any(c.outcome == o for _, c in checks))
+    detail = "; ".join(f"[{p}] {c.detail}" if p else c.detail for p, c in checks)
+    return Verdict(v["claim"], v["test"], outcome, detail, joined("method") or "—",
+                   joined("n") or "—", joined("margin") or "—")
 
 
 def evaluate_all(verdict_specs: Sequence[Mapping], rows: Sequence[Row], spec: Mapping
