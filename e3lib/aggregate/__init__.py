@@ -5,7 +5,7 @@ hyperparameter selection (the ``e3 aggregate`` command).
     formats    results.json formats 1 and 2, done.json statuses, STATUS_FLAGS
     axes       sweep axes as dims: axis_dim, axis_label, dataset_axes
     dataset    load_index, build_dataset, write_netcdf_atomic, open_dataset
-    stats      seed_stats, cell_seed_values
+    (seed statistics: e3lib.stats)
     selection  select_grid (the only place a hyperparameter selection is made)
     cli        ``e3 aggregate``
 
@@ -64,7 +64,7 @@ from e3lib.aggregate.selection import (
     selection_of,
     validation_values,
 )
-from e3lib.aggregate.stats import cell_seed_values, seed_stats
+from e3lib.stats import cell_seed_values, seed_stats
 
 __all__ = [
     "COST_FIELDS",

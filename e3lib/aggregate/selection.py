@@ -20,7 +20,7 @@ import xarray as xr
 
 from e3lib.aggregate.axes import axis_dim, dataset_axes
 from e3lib.aggregate.schemas import AggregateError
-from e3lib.aggregate.stats import seed_stats
+from e3lib.stats import seed_stats
 
 SELECTED_PREFIX = "selected__"  # coordinate of the chosen value of an `over` axis
 

@@ -62,6 +62,7 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
             run_dir.mkdir(parents=True, exist_ok=True)
             if fate == "diverged":
                 (run_dir / "diverged.json").write_text(json.dumps({"step": 3, "loss": "nan"}))
+                (run_dir / "done.json").write_text(json.dumps({"status": "diverged"}))
                 continue
             records = []
             members = {"ensemble": cell["metrics"], **cell.get("member_metrics", {})}
@@ -90,6 +91,7 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
                                "params": cell.get("params", 1000), "train_seconds": 1.0},
                       "records": records}
             (run_dir / "results.json").write_text(json.dumps(result))
+            (run_dir / "done.json").write_text(json.dumps({"status": "ok"}))
             if with_predictions:
                 _write_predictions(run_dir, seed, cell.get("members", 1))
     index = {"sweep": sweep, "file": f"sweeps/{sweep}.yaml", "file_sha256": "0" * 64,
