@@ -155,3 +155,22 @@ def test_train_val_split_matches_the_in_memory_suite():
     perm = np.random.default_rng(0).permutation(100)
     assert val.tolist() == sorted(perm[:2].tolist()) and len(train) == 98
     assert not set(train) & set(val)
+
+
+def test_step_batches_seek_and_packed_seeds(records):
+    from e3lib.data.stream import StepBatches
+
+    src = open_source("toy", "train", str(records))
+    pp = "decode|flip_lr|value_range(-1,1)"
+    seq = StepBatches(src, pp, 4, seeds=[0, 1], process_index=0, process_count=1)
+    want = [seq.batch(t) for t in range(7)]
+    assert want[0][0].shape == (2, 4, 4, 4, 3) and want[0][1].shape == (2, 4)
+    assert not (want[0][1][0] == want[0][1][1]).all() or \
+        not (want[1][1][0] == want[1][1][1]).all()            # two seeds, two orders
+    resumed = StepBatches(src, pp, 4, seeds=[0, 1], process_index=0, process_count=1)
+    for t in (5, 6):                                            # a run resumed at step 5
+        images, labels = resumed.batch(t)
+        np.testing.assert_array_equal(images, want[t][0])
+        np.testing.assert_array_equal(labels, want[t][1])
+    single = StepBatches(src, pp, 4, seeds=[1], process_index=0, process_count=1)
+    np.testing.assert_array_equal(single.batch(0)[0], want[0][0][1])

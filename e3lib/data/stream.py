@@ -316,3 +316,37 @@ def split_train_val(num_examples: int, val_fraction: float) -> tuple[np.ndarray,
     n_val = max(1, int(round(val_fraction * num_examples)))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
+
+
+class StepBatches:
+    """The training loop's view of a stream: ``batch(step)`` → (images (B, S, S, 3) float32,
+    labels (B,)), with a leading S axis for packed runs (one stream per seed).
+
+    Sequential steps read the next batch of each stream; any other step (a resumed run)
+    seeks there: the pipeline is a MapDataset, whose iterator state is the batch index.
+    ``get_state``/``set_state`` give the per-seed iterator states the checkpoint stores.
+    """
+
+    def __init__(self, source, pp: str, batch_size: int, seeds: Sequence[int],
+                 workers: int = 0, process_index: int | None = None,
+                 process_count: int | None = None):
+        self.datasets = [train_dataset(source, pp, batch_size, s, process_index, process_count)
+                         for s in seeds]
+        self.streams = [Stream(d, workers) for d in self.datasets]
+        self.next_step = 0
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        if step != self.next_step:
+            self.set_state([{"next_index": step}] * len(self.streams))
+        batches = [next(s) for s in self.streams]
+        self.next_step = step + 1
+        images = np.stack([b["image"] for b in batches])                  # (S, b, H, W, 3)
+        labels = np.stack([b["label"] for b in batches])                  # (S, b)
+        return (images, labels) if len(batches) > 1 else (images[0], labels[0])
+
+    def get_state(self) -> list[dict]:
+        return [s.get_state() for s in self.streams]
+
+    def set_state(self, states: Sequence[dict]) -> None:
+        for s, st in zip(self.streams, states):
+            s.set_state(st)
