@@ -113,7 +113,8 @@ def resize(image: np.ndarray, height: int, width: int | None = None) -> np.ndarr
         return image
     x = image.astype(np.float32).reshape(h, w * c)                       # (H, W·C)
     x = (resize_weights(h, height) @ x).reshape(height, w, c)            # (S, W, C)
-    x = np.einsum("ow,hwc->hoc", resize_weights(w, width), x)            # (S, S', C)
+    x = x.transpose(0, 2, 1) @ resize_weights(w, width).T                # (S, C, S')
+    x = x.transpose(0, 2, 1)                                             # (S, S', C)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
