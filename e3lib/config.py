@@ -100,6 +100,12 @@ DEFAULTS: dict[str, Any] = {
         "dataset": "demo",
         "image_size": 16,
         "data_dir": None,
+        # Preprocessing op strings (e3lib/data/preprocess.py), e.g. the reference's
+        # "decode_jpeg_and_inception_crop(384)|flip_lr|value_range(-1,1)". None = the
+        # in-memory path: splits read whole, resized at load, mapped to [-1, 1].
+        "pp_train": None,
+        "pp_eval": None,
+        "input_workers": 0,          # grain worker processes decoding the stream
     },
     "finetune": {
         "steps": 100,
@@ -186,7 +192,19 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("model.eval_capacity_factor", ecf, "must be null or a positive number")
     if cfg["model"]["capacity_factor"] <= 0:
         raise ConfigError("model.capacity_factor", cfg["model"]["capacity_factor"], "must be > 0")
+    _validate_pp(cfg["data"])
     METHODS[cfg["method"]].validate(cfg)
+
+
+def _validate_pp(data: Mapping[str, Any]) -> None:
+    from e3lib.data.preprocess import parse_pp  # local import: e3lib.data imports config
+
+    for key in ("pp_train", "pp_eval"):
+        if data[key] is not None:
+            parse_pp(data[key], f"data.{key}")
+    w = data["input_workers"]
+    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        raise ConfigError("data.input_workers", w, "must be a non-negative integer")
 
 
 def canonical_json(obj: Any) -> str:

@@ -123,21 +123,33 @@ def _roc_points(scores_in, scores_out):
     return tp, fp, tp / len(scores_out), fp / len(scores_in)
 
 
-def auroc(probs_in, probs_out) -> float:
-    tp, fp, tpr, fpr = _roc_points(ood_score(probs_in), ood_score(probs_out))
+def auroc_from_scores(scores_in, scores_out) -> float:
+    tp, fp, tpr, fpr = _roc_points(scores_in, scores_out)
     tpr, fpr = np.r_[0.0, tpr], np.r_[0.0, fpr]
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoids (ties = ½)
 
 
-def aupr(probs_in, probs_out) -> float:
-    tp, fp, tpr, _ = _roc_points(ood_score(probs_in), ood_score(probs_out))
+def aupr_from_scores(scores_in, scores_out) -> float:
+    tp, fp, tpr, _ = _roc_points(scores_in, scores_out)
     precision = tp / (tp + fp)
     return float(np.sum(np.diff(np.r_[0.0, tpr]) * precision))
 
 
-def fpr95(probs_in, probs_out) -> float:
-    _, _, tpr, fpr = _roc_points(ood_score(probs_in), ood_score(probs_out))
+def fpr95_from_scores(scores_in, scores_out) -> float:
+    _, _, tpr, fpr = _roc_points(scores_in, scores_out)
     return float(fpr[np.argmax(tpr >= 0.95)])
+
+
+def auroc(probs_in, probs_out) -> float:
+    return auroc_from_scores(ood_score(probs_in), ood_score(probs_out))
+
+
+def aupr(probs_in, probs_out) -> float:
+    return aupr_from_scores(ood_score(probs_in), ood_score(probs_out))
+
+
+def fpr95(probs_in, probs_out) -> float:
+    return fpr95_from_scores(ood_score(probs_in), ood_score(probs_out))
 
 
 def prediction_metrics(member_probs, labels) -> dict[str, dict[str, float]]:

@@ -51,6 +51,7 @@ class Job:
     mixup: float = 0.0
     checkpoint_every: int = 25
     desc: str = "train"
+    stream: Any = None  # e3lib.data.stream.StepBatches; None = images/labels above
 
     @property
     def packed(self) -> bool:
@@ -131,6 +132,8 @@ def batch_at(job: Job, step: int) -> tuple[np.ndarray, np.ndarray]:
     """The batch of ``step``: (B,H,W,3) float32, (B,); with a leading S axis if packed."""
     from e3lib.data import batch_indices, to_float
 
+    if job.stream is not None:
+        return job.stream.batch(step)
     per_seed = [batch_indices(len(job.labels), job.batch_size, s, step) for s in job.seeds]
     idx = np.stack(per_seed) if job.packed else per_seed[0]  # (S, B) or (B,)
     return to_float(job.images[idx]), job.labels[idx]
