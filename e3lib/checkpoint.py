@@ -19,7 +19,6 @@ the manifest) is refused the same way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from e3lib import atomic
+from e3lib.integrity import compare_digests, file_digests
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -135,29 +135,3 @@ class TrainCheckpoints:
     def close(self) -> None:
         self.manager.close()
 
-
-def file_digests(root: str | os.PathLike) -> dict[str, str]:
-    """SHA-256 of every file under ``root``, keyed by its path relative to ``root``."""
-    root = Path(root)
-    out: dict[str, str] = {}
-    if not root.is_dir():
-        return out
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        out[path.relative_to(root).as_posix()] = h.hexdigest()
-    return out
-
-
-def compare_digests(expected: dict[str, str], actual: dict[str, str]) -> str | None:
-    """None if equal, else a short description of the first differences."""
-    problems = [f"{f}: missing" for f in sorted(set(expected) - set(actual))]
-    problems += [f"{f}: checksum differs" for f in sorted(expected)
-                 if f in actual and actual[f] != expected[f]]
-    problems += [f"{f}: unexpected file" for f in sorted(set(actual) - set(expected))]
-    if not problems:
-        return None
-    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-    return "; ".join(problems[:3]) + more

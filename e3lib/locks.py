@@ -19,8 +19,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from e3lib import atomic
 
