@@ -8,11 +8,21 @@ the step is on disk (a SIGKILL right after loses nothing).
 
 Data position is not stored separately: the batch of step t is a function of
 (seed, t) (``e3lib.data.batch_indices``), so the step is the data position.
+
+Integrity: after each save, the SHA-256 of every file of the step is written to
+``directory/integrity/<step>.json``. ``restore_verified`` checks the latest step against its
+manifest before restoring it; a step whose files differ, are missing, or fail to restore is
+moved to ``directory/damaged/`` and the previous good step is used instead (``fallbacks``
+says which steps were refused and why). A step with no manifest (killed between the save and
+the manifest) is refused the same way.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from e3lib import atomic
+from e3lib.integrity import compare_digests, file_digests
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -45,6 +56,7 @@ class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, every: int, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()
         self.every = every
+        self.fallbacks: list[dict] = []  # steps refused by restore_verified, newest first
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -55,6 +67,57 @@ class TrainCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    # -- integrity ---------------------------------------------------------------------------
+    def _manifest_path(self, step: int) -> Path:
+        return self.directory / "integrity" / f"{step}.json"
+
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def _write_manifest(self, step: int) -> None:
+        atomic.write_json(
+            self._manifest_path(step), {"step": step, "files": file_digests(self._step_dir(step))}
+        )
+        kept = {str(s) for s in self.manager.all_steps()}
+        for old in (self.directory / "integrity").glob("*.json"):
+            if old.stem not in kept:
+                old.unlink(missing_ok=True)
+
+    def verify(self, step: int) -> str | None:
+        """None if ``step``'s files match its manifest, else what is wrong."""
+        try:
+            manifest = json.loads(self._manifest_path(step).read_text())
+        except FileNotFoundError:
+            return "no integrity manifest (the save did not complete)"
+        except (OSError, ValueError) as e:
+            return f"unreadable integrity manifest: {e}"
+        return compare_digests(manifest.get("files", {}), file_digests(self._step_dir(step)))
+
+    def _set_aside(self, step: int, reason: str) -> None:
+        """Move a refused step out of Orbax's sight (kept for inspection under damaged/)."""
+        dest = self.directory / "damaged" / f"{step}-{int(time.time())}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if self._step_dir(step).exists():
+            shutil.move(str(self._step_dir(step)), dest)
+        self._manifest_path(step).unlink(missing_ok=True)
+        self.fallbacks.append({"step": step, "reason": reason, "moved_to": dest.name})
+        self.manager.reload()
+
+    def restore_verified(self, like: Any) -> tuple[Any, int | None]:
+        """The newest step that passes its integrity check and restores: (state, step).
+
+        Refused steps are set aside (see ``fallbacks``); ``(None, None)`` if none is good.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = self.verify(step)
+            if problem is None:
+                try:
+                    return self.restore(like, step=step), step
+                except Exception as e:  # noqa: BLE001 - any failed restore means a bad step
+                    problem = f"restore failed: {type(e).__name__}: {e}"[:500]
+            self._set_aside(step, problem)
+        return None, None
+
     def save(self, step: int, state: Any, force: bool = False) -> bool:
         """Save ``state`` at ``step`` if it is a multiple of ``every`` (or ``force``)."""
         if not force and step % self.every:
@@ -63,6 +126,7 @@ class TrainCheckpoints:
             return False
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
+        self._write_manifest(step)
         return True
 
     def restore(self, like: Any, step: int | None = None) -> Any:

@@ -162,9 +162,11 @@ def train(
     """Run ``job`` from ``state`` (resuming from the latest checkpoint if there is one)
     to ``job.steps``. Returns the final state and a summary of the run."""
     resumed_from = None
-    if checkpoints is not None and checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
-        resumed_from = int(checkpoints.latest_step())
+    if checkpoints is not None:
+        # The newest step that passes its integrity check; damaged ones are set aside.
+        restored, resumed_from = checkpoints.restore_verified(state)
+        if restored is not None:
+            state = restored
     # Commit every leaf to the device: the step's outputs are committed, and mixing
     # committed and uncommitted inputs would compile the step a second time.
     import jax
@@ -207,6 +209,7 @@ def train(
     return state, {
         "steps": job.steps,
         "resumed_from_step": resumed_from,
+        "checkpoint_fallbacks": [] if checkpoints is None else checkpoints.fallbacks,
         "train_seconds": time.perf_counter() - t0,
         "first_step_seconds": compile_seconds,
         "final": last,

@@ -1,0 +1,100 @@
+"""Checksums of result files, recorded when they are written and checked before they are used.
+
+A finished entry's ``done.json`` lists its output files with their size and SHA-256
+(``record``). ``check`` compares them with the files on disk: a fast check (existence and
+size, done for every entry when the workflow starts) or a deep one (SHA-256, done by the
+aggregate step before it reads a file). A damaged entry is set aside (``set_aside``: its
+``done.json`` is renamed), so a plain rerun of the workflow recomputes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(root: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, keyed by its path relative to ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {
+        p.relative_to(root).as_posix(): sha256(p)
+        for p in sorted(q for q in root.rglob("*") if q.is_file())
+    }
+
+
+def compare_digests(expected: dict[str, str], actual: dict[str, str]) -> str | None:
+    """None if equal, else a short description of the first differences."""
+    problems = [f"{f}: missing" for f in sorted(set(expected) - set(actual))]
+    problems += [
+        f"{f}: checksum differs"
+        for f in sorted(expected)
+        if f in actual and actual[f] != expected[f]
+    ]
+    problems += [f"{f}: unexpected file" for f in sorted(set(actual) - set(expected))]
+    if not problems:
+        return None
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+def record(paths: Iterable[str | os.PathLike], root: str | os.PathLike) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of ``paths`` (relative to ``root``)."""
+    root = Path(root)
+    return {
+        Path(p).resolve().relative_to(root.resolve()).as_posix(): {
+            "size": os.path.getsize(p),
+            "sha256": sha256(p),
+        }
+        for p in paths
+    }
+
+
+def check(done_path: str | os.PathLike, deep: bool = False) -> str | None:
+    """None if ``done_path`` is readable and every file it records is intact, else why not.
+
+    Files are relative to the directory of ``done_path``. ``deep`` also compares SHA-256.
+    """
+    done_path = Path(done_path)
+    try:
+        done = json.loads(done_path.read_text())
+    except FileNotFoundError:
+        return f"{done_path}: missing"
+    except (OSError, ValueError) as e:
+        return f"{done_path}: unreadable ({e})"
+    if not isinstance(done, dict) or "status" not in done:
+        return f"{done_path}: no status"
+    for name, want in (done.get("files") or {}).items():
+        path = done_path.parent / name
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return f"{path}: missing (recorded in {done_path.name})"
+        if size != want.get("size"):
+            return f"{path}: {size} bytes, {want.get('size')} recorded"
+        if deep and sha256(path) != want.get("sha256"):
+            return f"{path}: checksum differs from the one recorded at write time"
+    return None
+
+
+def set_aside(done_path: str | os.PathLike, reason: str) -> Path:
+    """Rename a damaged entry's ``done.json`` so that the workflow recomputes the entry."""
+    done_path = Path(done_path)
+    dest = done_path.with_name(f"{done_path.name}.damaged-{int(time.time())}")
+    os.replace(done_path, dest)
+    with open(dest, "a") as f:
+        f.write(f"\n# set aside: {reason}\n")
+    return dest
