@@ -211,3 +211,16 @@ def write_text_logged(path: str | os.PathLike, text: str, log: str | os.PathLike
     atomic.write_text(path, text)
     atomic.write_text(log, f"wrote {path} ({len(text)} bytes)\n")
 
+
+
+def write_index_logged(sweep: Sweep, json_path: str, tsv_path: str, stamp: str,
+                       log: str) -> None:
+    """The workflow's index job: rewrite index.json + index.tsv, drop the stamps of other
+    plan fingerprints (so a sweep edited back to an earlier plan is rewritten again)."""
+    write_index(sweep, json_path, tsv_path, only_if_changed=False)
+    stamps = Path(stamp).parent
+    dropped = [p.name for p in stamps.iterdir() if p.name != Path(stamp).name]
+    for name in dropped:
+        (stamps / name).unlink()
+    atomic.write_text(log, f"wrote {json_path} and {tsv_path} ({len(sweep.entries)} entries, "
+                           f"plan {Path(stamp).name}); dropped plan stamps {dropped}\n")
