@@ -379,3 +379,40 @@ def test_job_resources_follow_size_and_scale_with_attempt():
     assert set(S.SIZE_RESOURCES) == set(MODEL_SIZES)      # every size has resources
     with pytest.raises(ValueError, match="allowed"):
         S.job_resources(tiny, "report")
+
+
+# ----------------------------------------------------------------------------- catalog
+
+
+def test_catalog_finds_table_sweeps_without_writing_or_touching_the_configured_plan(tmp_path):
+    cwd = os.getcwd()
+    os.chdir(tmp_path)            # any file written relative to the working dir would show
+    try:
+        cat = S.Catalog([str(REPO / "sweeps" / "demo.yaml")], "small", str(REPO / "sweeps"))
+        assert cat.sweeps_for_table("demo") == ["demo"]
+        assert cat.sweeps_for_table("table13") == ["table13_permutation"]
+        assert list(cat.configured.sweeps) == ["demo"]          # not merged into the plan
+        entry = next(e for e in cat.sweep("table13_permutation").entries if e["kind"] == "run")
+        assert cat.run(entry["id"]) == entry["config"]
+        assert cat.upstream_of(entry["id"]) == entry["upstream_id"]
+        assert upstream_id(cat.upstream_config(entry["upstream_id"])) == entry["upstream_id"]
+        demo_ens = next(e for e in cat.sweep("demo").entries if e["kind"] == "ensemble")
+        assert cat.ensemble(demo_ens["id"])["members"] == sorted(demo_ens["members"])
+        with pytest.raises(S.SweepError, match="not configured"):
+            cat.sweep("nope")
+        with pytest.raises(S.SweepError, match="no configured sweep"):
+            cat.run("0" * 12)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        os.chdir(cwd)
+
+
+def test_fingerprint_changes_with_entries_not_with_comments(tmp_path):
+    p = tmp_path / "s.yaml"
+    doc = {**BASE, "seeds": 2}
+    p.write_text(yaml.safe_dump(doc))
+    fp = S.load_sweep(p).fingerprint()
+    p.write_text("# a comment\n" + yaml.safe_dump(doc))
+    assert S.load_sweep(p).fingerprint() == fp
+    p.write_text(yaml.safe_dump({**doc, "seeds": 3}))
+    assert S.load_sweep(p).fingerprint() != fp
