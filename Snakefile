@@ -1,5 +1,6 @@
-# E3 ablation workflow: sweep files → validated runs → upstream / fine-tune+evaluate /
-# ensemble jobs → one dataset per sweep → HTML report. See docs/workflow.md.
+# E3 ablation workflow: sweep files → validated plan (in memory) → upstream / fine-tune +
+# evaluate / ensemble jobs → sweep index + one dataset per sweep → HTML report.
+# Parsing (and `snakemake -n`) writes nothing. See docs/workflow.md.
 #
 #   snakemake --cores 2                                   # the demo (sweeps/demo.yaml)
 #   snakemake --cores 2 reports/table3.html               # one paper table (small variant)
@@ -18,12 +19,13 @@ include: "workflow/rules/common.smk"
 rule all:
     default_target: True
     input:
-        f"{REPORTS}/index.html",
+        report=f"{REPORTS}/index.html",
+        plans=[plan_stamp(s) for s in CONFIGURED_SWEEPS],
 
 
+include: "workflow/rules/plan.smk"
 include: "workflow/rules/upstream.smk"
 include: "workflow/rules/finetune.smk"
-include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
@@ -31,7 +33,6 @@ include: "workflow/rules/report.smk"
 
 localrules:
     all,
-    evaluate,
 
 
 onsuccess:

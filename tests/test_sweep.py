@@ -129,26 +129,54 @@ def test_upstream_key_ignores_finetune_fields():
 def test_downstream_ensembles_group_seeds_of_one_point():
     doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}},
            "axes": [{"name": "model.num_selected", "values": [1, 2]}], "seeds": 4,
-           "ensembles": [{"label": "down_de", "kind": "downstream", "sizes": [2, 4],
+           "ensembles": [{"label": "down_de", "kind": "downstream", "runs": [2, 4],
                           "of": {"model.num_selected": 1}}]}
     sw = expand(doc)
     ens = [e for e in sw.entries if e["kind"] == "ensemble"]
     # K=1 only: size 2 -> 4 // 2 = 2 disjoint replicates, size 4 -> 1 replicate
-    assert sorted((e["axes"]["model.ensemble_size"], e["seed"]) for e in ens) == \
+    assert sorted((e["axes"]["ensemble.runs"], e["replicate"]) for e in ens) == \
         [(2, 0), (2, 1), (4, 0)]
     by_seed = {e["seed"]: e["id"] for e in runs_of(sw) if e["axes"]["model.num_selected"] == 1}
-    pairs = {e["seed"]: e["members"] for e in ens if e["axes"]["model.ensemble_size"] == 2}
+    pairs = {e["replicate"]: e["members"] for e in ens if e["axes"]["ensemble.runs"] == 2}
     assert pairs == {0: [by_seed[0], by_seed[1]], 1: [by_seed[2], by_seed[3]]}
     for e in ens:
         assert e["axes"]["method"] == "down_de" and e["ensemble_kind"] == "downstream"
         assert e["id"] == S.ensemble_id("downstream", e["members"])
         assert e["result"] == f"results/ensembles/{e['id']}/results.json"
-    assert "model.ensemble_size" in sw.axes
+        assert e["done"] == f"results/ensembles/{e['id']}/done.json"
+    # the number of member runs has its own axis; ordinary runs are ensembles of one run
+    assert sw.axes[-1] == "ensemble.runs" and "model.ensemble_size" not in sw.axes
+    assert {e["axes"]["ensemble.runs"] for e in runs_of(sw)} == {1}
+    assert all(e["done"] == f"results/runs/{e['id']}/done.json" for e in runs_of(sw))
+
+
+def test_member_runs_and_m_of_e3_are_two_axes():
+    """model.ensemble_size is M of one model; a deep ensemble's size is ensemble.runs."""
+    sw = S.load_sweep(REPO / "sweeps" / "demo.yaml")
+    assert sw.axes == ["method", "model.num_selected", "model.ensemble_size", "ensemble.runs"]
+    rows = {(e["axes"]["method"], e["axes"]["model.ensemble_size"], e["axes"]["ensemble.runs"])
+            for e in sw.entries}
+    # E3 with M=2 is one run; the deep ensemble of two V-MoEs (M=1 each) has 2 runs
+    assert rows == {("vit", 1, 1), ("vmoe", 1, 1), ("e3", 2, 1), ("down_de", 1, 2)}
+    (ens,) = [e for e in sw.entries if e["kind"] == "ensemble"]
+    assert ens["replicate"] == 0 and len(ens["members"]) == 2
+
+
+@pytest.mark.parametrize("where", ["top", "variant"])
+def test_old_ensemble_field_sizes_is_refused_naming_runs(where):
+    ens = [{"label": "de", "kind": "downstream", "sizes": [2]}]
+    doc = {**BASE, "seeds": 2, "ensembles": ens} if where == "top" else \
+        {**BASE, "seeds": 2, "variants": {"small": {"ensembles": ens}}}
+    with pytest.raises(S.SweepError) as info:
+        expand(doc)
+    field = "ensembles[0].sizes" if where == "top" else "variants.small.ensembles[0].sizes"
+    assert info.value.field == field
+    assert "renamed to `runs`" in str(info.value) and "model.ensemble_size" in str(info.value)
 
 
 def test_upstream_ensembles_pretrain_one_upstream_per_member():
     doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}}, "seeds": 2,
-           "ensembles": [{"label": "up_de", "kind": "upstream", "sizes": [2]}]}
+           "ensembles": [{"label": "up_de", "kind": "upstream", "runs": [2]}]}
     sw = expand(doc)
     (ens,) = [e for e in sw.entries if e["kind"] == "ensemble"]
     members = [next(e for e in sw.entries if e["id"] == m) for m in ens["members"]]
@@ -205,16 +233,16 @@ MALFORMED = [
      "unknown field"),
     ("seeds zero", {**BASE, "seeds": 0}, "seeds", "minimum"),
     ("ensemble bigger than seeds", {**BASE, "seeds": 2, "ensembles": [
-        {"label": "de", "kind": "downstream", "sizes": [4]}]}, "ensembles[0].sizes",
+        {"label": "de", "kind": "downstream", "runs": [4]}]}, "ensembles[0].runs",
      "needs at least 4 seeds"),
     ("ensemble kind unknown", {**BASE, "seeds": 2, "ensembles": [
-        {"label": "de", "kind": "sideways", "sizes": [2]}]}, "ensembles[0].kind", "downstream"),
+        {"label": "de", "kind": "sideways", "runs": [2]}]}, "ensembles[0].kind", "downstream"),
     ("two ensembles on one row", {**BASE, "seeds": 2, "axes": [{"cases": [
         {"method": "vit"}, {"method": "vmoe"}]}], "ensembles": [
-        {"label": "de", "kind": "downstream", "sizes": [2], "of": {"method": ["vit", "vmoe"]}}]},
+        {"label": "de", "kind": "downstream", "runs": [2], "of": {"method": ["vit", "vmoe"]}}]},
      "ensembles[0].label", "share one row"),
     ("ensemble matches nothing", {**BASE, "seeds": 2, "ensembles": [
-        {"label": "de", "kind": "downstream", "sizes": [2], "of": {"method": "vit"}}]},
+        {"label": "de", "kind": "downstream", "runs": [2], "of": {"method": "vit"}}]},
      "ensembles[0].of", "matches no run"),
     ("seed as an axis", {**BASE, "axes": [{"name": "seed", "values": [1, 2]}]}, "axes[0]",
      "seeds are declared"),
@@ -222,7 +250,7 @@ MALFORMED = [
      "defines variants ['paper'] only"),
     ("ensemble label is a method", {**BASE, "base": {"method": "vmoe"}, "seeds": 2,
                                     "ensembles": [{"label": "vmoe", "kind": "downstream",
-                                                   "sizes": [2]}]},
+                                                   "runs": [2]}]},
      "ensembles[0].label", "must differ from the sweep's method names"),
 ]
 
@@ -299,6 +327,7 @@ def test_write_plan_writes_configs_and_index_once(tmp_path):
     # 6 runs + 2 upstreams + 1 ensemble + index.json + index.tsv
     assert n == 6 + 2 + 1 + 2
     index = json.loads((root / "sweeps" / "demo" / "index.json").read_text())
+    assert index["format"] == S.INDEX_FORMAT == 2
     assert index["sweep"] == "demo" and index["variant"] == "small"
     assert index["file"].endswith("sweeps/demo.yaml") and len(index["file_sha256"]) == 64
     assert index["reproduces"] == ["demo"] and index["seeds"] == [0, 1]
@@ -314,7 +343,9 @@ def test_write_plan_writes_configs_and_index_once(tmp_path):
             spec = json.loads((root / "configs" / "ensembles" / f"{e['id']}.json").read_text())
             assert spec == {"kind": "downstream", "members": sorted(e["members"])}
     tsv = (root / "sweeps" / "demo" / "index.tsv").read_text().splitlines()
-    assert tsv[0].split("\t")[:3] == ["id", "kind", "seed"] and len(tsv) == 8
+    assert tsv[0].split("\t")[:4] == ["id", "kind", "seed", "replicate"] and len(tsv) == 8
+    ens_row = next(r.split("\t") for r in tsv if "\tensemble\t" in r)
+    assert ens_row[2:4] == ["", "0"]          # an ensemble has a replicate, not a seed
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
     assert S.write_plan(plan, str(root)) == 0          # nothing changed: nothing written
     assert mtimes == {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
@@ -348,3 +379,40 @@ def test_job_resources_follow_size_and_scale_with_attempt():
     assert set(S.SIZE_RESOURCES) == set(MODEL_SIZES)      # every size has resources
     with pytest.raises(ValueError, match="allowed"):
         S.job_resources(tiny, "report")
+
+
+# ----------------------------------------------------------------------------- catalog
+
+
+def test_catalog_finds_table_sweeps_without_writing_or_touching_the_configured_plan(tmp_path):
+    cwd = os.getcwd()
+    os.chdir(tmp_path)            # any file written relative to the working dir would show
+    try:
+        cat = S.Catalog([str(REPO / "sweeps" / "demo.yaml")], "small", str(REPO / "sweeps"))
+        assert cat.sweeps_for_table("demo") == ["demo"]
+        assert cat.sweeps_for_table("table13") == ["table13_permutation"]
+        assert list(cat.configured.sweeps) == ["demo"]          # not merged into the plan
+        entry = next(e for e in cat.sweep("table13_permutation").entries if e["kind"] == "run")
+        assert cat.run(entry["id"]) == entry["config"]
+        assert cat.upstream_of(entry["id"]) == entry["upstream_id"]
+        assert upstream_id(cat.upstream_config(entry["upstream_id"])) == entry["upstream_id"]
+        demo_ens = next(e for e in cat.sweep("demo").entries if e["kind"] == "ensemble")
+        assert cat.ensemble(demo_ens["id"])["members"] == sorted(demo_ens["members"])
+        with pytest.raises(S.SweepError, match="not configured"):
+            cat.sweep("nope")
+        with pytest.raises(S.SweepError, match="no configured sweep"):
+            cat.run("0" * 12)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        os.chdir(cwd)
+
+
+def test_fingerprint_changes_with_entries_not_with_comments(tmp_path):
+    p = tmp_path / "s.yaml"
+    doc = {**BASE, "seeds": 2}
+    p.write_text(yaml.safe_dump(doc))
+    fp = S.load_sweep(p).fingerprint()
+    p.write_text("# a comment\n" + yaml.safe_dump(doc))
+    assert S.load_sweep(p).fingerprint() == fp
+    p.write_text(yaml.safe_dump({**doc, "seeds": 3}))
+    assert S.load_sweep(p).fingerprint() != fp

@@ -1,6 +1,7 @@
-"""The Snakemake workflow: lint, planning of the demo, validation before any job, incremental
-re-planning (nothing twice, only the delta), per-table targets, and the demo end to end
-through the real `e3` commands with the tiniest settings.
+"""The Snakemake workflow: lint, planning of the demo (a dry run writes nothing), validation
+before any job, incremental re-planning (nothing twice, only the delta), per-table targets,
+job-side writes and statuses (stage.py), and the demo end to end through the real `e3`
+commands with the tiniest settings.
 
 Every test runs Snakemake in its own copy of the checkout (tracked + not-ignored files), so
 nothing here touches the repository's results/, logs/ or reports/.
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from e3lib import sweep as S
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -71,7 +74,7 @@ def write_sweep(cwd: Path, name: str, seeds: int, **extra) -> str:
            "axes": [{"cases": [{"method": "vmoe"},
                                {"method": "e3", "model.ensemble_size": 2}]}],
            "seeds": seeds,
-           "ensembles": [{"label": "down_de", "kind": "downstream", "sizes": [2],
+           "ensembles": [{"label": "down_de", "kind": "downstream", "runs": [2],
                           "of": {"method": "vmoe"}}], **extra}
     path = cwd / "testsweeps" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)
@@ -85,16 +88,41 @@ def test_lint_is_clean(checkout):
     assert "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
 
 
-def test_demo_dry_run_plans_the_whole_pipeline(checkout):
+def files_under(root: Path) -> set[str]:
+    """Every file below ``root`` except Snakemake's own bookkeeping and the test's HOME."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")
+            if p.is_file() and p.relative_to(root).parts[0] not in (".snakemake", ".home")}
+
+
+def test_demo_dry_run_plans_the_whole_pipeline_and_writes_nothing(checkout):
+    before = files_under(checkout)
     r = smk(checkout, "-n", "--cores", "2", "--config", "results=res_dry", "reports=rep_dry")
     assert r.returncode == 0, r.stderr[-3000:]
     # sweeps/demo.yaml: ViT, V-MoE, E3 x 2 seeds; ViT and V-MoE upstreams (E3 shares the
-    # V-MoE one, upstream K=2); one downstream ensemble of the two V-MoEs.
-    assert job_counts(r.stdout) == {"upstream": 2, "finetune": 6, "ensemble": 1, "evaluate": 1,
-                                    "aggregate": 1, "report": 1, "all": 1, "total": 13}
+    # V-MoE one, upstream K=2); one downstream ensemble of the two V-MoEs; the sweep's
+    # plan stamp and index.
+    assert job_counts(r.stdout) == {"sweep_plan": 1, "sweep_index": 1, "upstream": 2,
+                                    "finetune": 6, "ensemble": 1, "aggregate": 1,
+                                    "report": 1, "all": 1, "total": 14}
     assert "rep_dry/index.html" in r.stdout
-    index = json.loads((checkout / "res_dry/sweeps/demo/index.json").read_text())
-    assert len(index["entries"]) == 7
+    # parsing and planning wrote no config, index or results folder
+    assert not (checkout / "res_dry").exists()
+    assert files_under(checkout) == before
+
+
+def test_rules_have_no_evaluate_and_aggregate_reads_the_done_files(checkout):
+    r = smk(checkout, "--list-rules")
+    rules = set(r.stdout.split())
+    assert {"sweep_plan", "sweep_index", "finetune", "ensemble", "aggregate"} <= rules
+    assert "evaluate" not in rules
+    d = smk(checkout, "-n", "--cores", "1", "res_rules/sweeps/demo/dataset.nc", "--config",
+            "results=res_rules", "reports=rep_rules")
+    sweep = S.load_sweep(checkout / "sweeps" / "demo.yaml")
+    block = d.stdout.split("rule aggregate:", 1)[1].split("\n\n", 1)[0]
+    inputs = block.split("input:", 1)[1].splitlines()[0].split(", ")
+    expected = ["res_rules/sweeps/demo/index.json"] + \
+        [f"res_rules/{e['done'].split('/', 1)[1]}" for e in sweep.entries]
+    assert sorted(i.strip() for i in inputs) == sorted(expected)
 
 
 def test_invalid_sweep_stops_before_any_job(checkout):
@@ -116,27 +144,23 @@ def test_invalid_workflow_config_is_rejected(checkout):
     assert "variant" in r.stdout + r.stderr and "'small'" in r.stdout + r.stderr
 
 
-def _complete(cwd: Path, results: str, reports: str, sweep: str) -> None:
+def _complete(cwd: Path, results: str, reports: str, sweep_file: str) -> None:
     """Mark every job of a sweep finished, outputs written in dependency order."""
-    index_path = cwd / results / "sweeps" / sweep / "index.json"
-    index = json.loads(index_path.read_text())
+    sweep = S.load_sweep(cwd / sweep_file)
+    runs = [e for e in sweep.entries if e["kind"] == "run"]
     stages = [
-        [f"{results}/upstream/{e['upstream_id']}/done.json" for e in index["entries"]
-         if e["kind"] == "run"],
-        [f"{results}/runs/{e['id']}/done.json" for e in index["entries"] if e["kind"] == "run"],
-        [f"{results}/ensembles/{e['id']}/done.json" for e in index["entries"]
+        [f"{results}/sweeps/{sweep.name}/plan/{sweep.fingerprint()}"],
+        [f"{results}/sweeps/{sweep.name}/index.json", f"{results}/sweeps/{sweep.name}/index.tsv"],
+        [f"{results}/upstream/{e['upstream_id']}/done.json" for e in runs],
+        [f"{results}/runs/{e['id']}/done.json" for e in runs],
+        [f"{results}/ensembles/{e['id']}/done.json" for e in sweep.entries
          if e["kind"] == "ensemble"],
-        [f"{results}/sweeps/{sweep}/status.json"],
-        [f"{results}/sweeps/{sweep}/dataset.nc"],
+        [f"{results}/sweeps/{sweep.name}/dataset.nc"],
         [f"{reports}/index.html"],
     ]
-    # As if the sweep was expanded a minute ago and its jobs finished right after, in
-    # order: every output older than now, so a later re-expansion (which rewrites the
-    # index only when the sweep changed) is newer than what depends on it.
-    t0 = time.time() - 60
-    for expanded in (index_path, index_path.with_name("index.tsv")):
-        os.utime(expanded, (t0, t0))
-    t = t0 + 1
+    # As if the jobs finished a minute ago, in order, after the sweep file was written.
+    t = time.time() - 60
+    os.utime(cwd / sweep_file, (t - 1, t - 1))
     for i, stage in enumerate(stages):
         for rel in stage:
             p = cwd / rel
@@ -150,20 +174,35 @@ def test_second_invocation_does_nothing_and_a_new_seed_runs_only_its_jobs(checko
     conf = ["--config", f"sweeps=[{two}]", "results=res_grow", "reports=rep_grow"]
     first = smk(checkout, "-n", "--cores", "1", *conf)
     assert job_counts(first.stdout)["finetune"] == 4, first.stdout[-2000:]
-    _complete(checkout, "res_grow", "rep_grow", "grow")
+    _complete(checkout, "res_grow", "rep_grow", two)
     again = smk(checkout, "-n", "--cores", "1", *conf)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # as if e3lib now expanded the unchanged sweep file differently: the default target
+    # notices the plan's new fingerprint and rewrites the index (and what follows it)
+    (stamp,) = (checkout / "res_grow/sweeps/grow/plan").iterdir()
+    stamp.rename(stamp.with_name("0" * 16))
+    stale = job_counts(smk(checkout, "-n", "--cores", "1", *conf).stdout)
+    assert stale.get("sweep_plan") == stale.get("sweep_index") == stale.get("aggregate") == 1
+    assert "finetune" not in stale
+    stamp.with_name("0" * 16).rename(stamp)
+
     write_sweep(checkout, "grow", 3)                      # one more seed
     grown = smk(checkout, "-n", "--cores", "1", *conf)
     counts = job_counts(grown.stdout)
-    # seed 2 of V-MoE and of E3; no upstream (shared) and no new ensemble (3 // 2 = 1)
+    # seed 2 of V-MoE and of E3; no upstream (shared) and no new ensemble (3 // 2 = 1); the
+    # changed plan rewrites the index, and the dataset and report follow
     assert counts["finetune"] == 2 and "upstream" not in counts and "ensemble" not in counts
-    index = json.loads((checkout / "res_grow/sweeps/grow/index.json").read_text())
-    new = {e["id"] for e in index["entries"] if e["kind"] == "run" and e["seed"] == 2}
+    assert counts["sweep_plan"] == counts["sweep_index"] == counts["aggregate"] == 1
+    sweep = S.load_sweep(checkout / two)
+    new = {e["id"] for e in sweep.entries if e["kind"] == "run" and e["seed"] == 2}
     planned = set(re.findall(r"output: res_grow/runs/([0-9a-f]{12})/done.json", grown.stdout))
     assert planned == new
+
+    write_sweep(checkout, "grow", 2)        # back to the first plan: its index is rewritten
+    back = smk(checkout, "-n", "--cores", "1", *conf)
+    assert job_counts(back.stdout).get("sweep_index") == 1, back.stdout[-2000:]
 
 
 def test_table_target_runs_only_the_sweeps_of_that_table(checkout):
@@ -176,6 +215,37 @@ def test_table_target_runs_only_the_sweeps_of_that_table(checkout):
     assert "report" not in counts
     assert "res_t/sweeps/table13_permutation/dataset.nc" in r.stdout
     assert "res_t/sweeps/demo/dataset.nc" not in r.stdout
+    assert not (checkout / "res_t").exists()
+
+
+STAGE = [sys.executable, str(REPO / "workflow" / "scripts" / "stage.py")]
+
+
+def test_stage_records_member_failed_naming_the_failed_member(tmp_path):
+    ok, bad = tmp_path / "a" / "done.json", tmp_path / "b" / "done.json"
+    for path, status in ((ok, "ok"), (bad, "diverged")):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"status": status}))
+    out = tmp_path / "ens" / "done.json"
+    r = subprocess.run([*STAGE, "--status", str(out), "--log", str(tmp_path / "l.log"),
+                        "--require-ok", str(ok), str(bad), "--", "false"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr     # a finished job: the sweep still aggregates
+    assert json.loads(out.read_text()) == {"status": "member_failed",
+                                           "members": {str(bad): "diverged"}}
+
+
+def test_stage_writes_the_config_its_command_reads_only_when_changed(tmp_path):
+    cfg, log = tmp_path / "configs" / "r.json", tmp_path / "l.log"
+    read = [sys.executable, "-c", f"print(open({str(cfg)!r}).read())"]
+    r = subprocess.run([*STAGE, "--log", str(log), "--write", str(cfg), '{"a":1}\n', "--", *read],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert cfg.read_text() == '{"a":1}\n' and '{"a":1}' in log.read_text()
+    os.utime(cfg, (1, 1))
+    subprocess.run([*STAGE, "--log", str(log), "--write", str(cfg), '{"a":1}\n', "--", "true"],
+                   check=True)
+    assert cfg.stat().st_mtime == 1                      # same content: not rewritten
 
 
 @pytest.mark.slow
@@ -199,8 +269,13 @@ def test_demo_end_to_end_through_snakemake(checkout):
         # index paths are "results/..." relative to the results root (here res_e2e)
         res = json.loads((checkout / "res_e2e" / e["result"].split("/", 1)[1]).read_text())
         assert res["status"] == "ok" and res["records"]
-    status = json.loads((checkout / "res_e2e/sweeps/tiny_demo/status.json").read_text())
-    assert status["counts"] == {"ok": len(index["entries"])}
+    for e in index["entries"]:
+        done = json.loads((checkout / "res_e2e" / e["done"].split("/", 1)[1]).read_text())
+        assert done["status"] == "ok"
+        if e["kind"] == "run":   # written by the job itself, what `e3 run` read
+            cfg = json.loads((checkout / "res_e2e" / "configs" / f"{e['id']}.json").read_text())
+            assert cfg == e["config"]
+    assert not (checkout / "res_e2e/sweeps/tiny_demo/status.json").exists()
     import xarray as xr
     with xr.open_dataset(checkout / "res_e2e/sweeps/tiny_demo/dataset.nc") as ds:
         assert "seed" in ds.dims and "nll" in ds.data_vars

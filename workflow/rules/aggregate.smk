@@ -1,5 +1,7 @@
-# All entries of a sweep → one xarray Dataset (netCDF). Missing or failed entries are
-# counted in the dataset by `e3 aggregate`, never dropped silently.
+# All entries of a sweep → one xarray Dataset (netCDF). Inputs: the sweep's index and the
+# done.json of every entry (runs and deep ensembles; each entry's `done` path in the
+# index), whose status ("ok", "diverged", "member_failed") `e3 aggregate` records. Missing
+# or failed entries are counted in the dataset, never dropped silently.
 
 
 localrules:
@@ -9,7 +11,7 @@ localrules:
 rule aggregate:
     input:
         index=f"{RESULTS}/sweeps/{{sweep}}/index.json",
-        status=f"{RESULTS}/sweeps/{{sweep}}/status.json",
+        done=lambda wc: sorted({entry_done(e) for e in sweep_of(wc.sweep).entries}),
     output:
         dataset=report(
             f"{RESULTS}/sweeps/{{sweep}}/dataset.nc",
@@ -17,12 +19,12 @@ rule aggregate:
             category="Datasets",
             labels={"sweep": "{sweep}"},
         ),
-    params:
-        results=lambda wc, input: str(Path(input.index).parents[2]),
     log:
         f"{LOGS}/aggregate/{{sweep}}.log",
     conda:
         "../../environment.yml"
+    params:
+        results=lambda wc, input: str(Path(input.index).parents[2]),
     shell:
         "python -m e3lib.cli aggregate --index {input.index} --results-root {params.results} "
         "--out {output.dataset} > {log} 2>&1"

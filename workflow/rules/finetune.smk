@@ -1,9 +1,10 @@
 # Fine-tuning and evaluation of one run: one `e3 run` job (it evaluates right after
-# training, in the same process, so the trained weights never leave the job). Outputs:
-# results.json + predictions.npz (written by e3 run) and done.json (its status, written by
-# stage.py: "ok" or "diverged"). Only done.json is declared: a diverged run has no
-# results.json yet is a finished job. Checkpoints are in params, not outputs, so a retried
-# (e.g. preempted, exit 4) job resumes.
+# training, in the same process, so the trained weights never leave the job). The job
+# first writes its resolved config (configs/{run}.json, from the in-memory plan, only if
+# changed) and then runs `e3 run` on it. Outputs: results.json + predictions.npz (written
+# by e3 run) and done.json (its status, written by stage.py: "ok" or "diverged"). Only
+# done.json is declared: a diverged run has no results.json yet is a finished job.
+# Checkpoints are in params, not outputs, so a retried (e.g. preempted, exit 4) job resumes.
 
 
 rule finetune:
@@ -11,22 +12,24 @@ rule finetune:
         upstream=lambda wc: f"{RESULTS}/upstream/{upstream_of(wc.run)}/done.json",
     output:
         done=f"{RESULTS}/runs/{{run}}/done.json",
-    params:
-        config=e3sweep.config_path(RESULTS, "{run}"),
-        out=f"{RESULTS}/runs/{{run}}",
-        checkpoints=f"{RESULTS}/checkpoints/{{run}}",
     log:
         f"{LOGS}/finetune/{{run}}.log",
+    conda:
+        "../../environment.yml"
     threads: config["job_threads"]
     resources:
         tpu_type=stage_resource("finetune", "tpu_type"),
         gpu=stage_resource("finetune", "gpus"),
         mem_mb=stage_resource("finetune", "mem_mb"),
         runtime=stage_resource("finetune", "runtime"),
-    conda:
-        "../../environment.yml"
+    params:
+        config=lambda wc: e3sweep.config_path(RESULTS, wc.run),
+        config_text=lambda wc: e3sweep.config_text(run_config(wc.run)),
+        out=f"{RESULTS}/runs/{{run}}",
+        checkpoints=f"{RESULTS}/checkpoints/{{run}}",
     shell:
         "python workflow/scripts/stage.py --status {output.done} --log {log} "
+        "--write {params.config} {params.config_text:q} "
         "--expect {params.out}/results.json {params.out}/predictions.npz -- "
         "python -m e3lib.cli run --config {params.config} --upstream $(dirname {input.upstream}) --out {params.out} "
         "--checkpoints {params.checkpoints} --log-mode plain"

@@ -24,12 +24,12 @@ rule report:
             category="Figures",
             labels={"figure": "{name}"},
         ),
-    params:
-        reports=lambda wc, output: os.path.dirname(output[0]) or ".",
     log:
         f"{LOGS}/report/index.log",
     conda:
         "../../environment.yml"
+    params:
+        reports=lambda wc, output: os.path.dirname(output[0]) or ".",
     shell:
         "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} > {log} 2>&1 "
         "&& mkdir -p {output.figures}"
@@ -47,12 +47,12 @@ rule report_table:
         ),
         md=f"{REPORTS}/{{table}}.md",
         tex=f"{REPORTS}/{{table}}.tex",
-    params:
-        reports=lambda wc, output: os.path.dirname(output[0]) or ".",
     log:
         f"{LOGS}/report/{{table}}.log",
     conda:
         "../../environment.yml"
+    params:
+        reports=lambda wc, output: os.path.dirname(output[0]) or ".",
     shell:
         "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} --only {wildcards.table} "
         "> {log} 2>&1"

@@ -1,7 +1,11 @@
 """Run one workflow stage command and record its outcome in a small status file.
 
     python workflow/scripts/stage.py [--status results/runs/ID/done.json] --log logs/finetune/ID.log \
-        [--expect results/runs/ID/results.json] [--require-ok MEMBER_DONE.json ...] -- e3 run ...
+        [--write results/configs/ID.json TEXT] [--expect results/runs/ID/results.json] \
+        [--require-ok MEMBER_DONE.json ...] -- e3 run ...
+
+``--write PATH TEXT`` (repeatable) first writes the file the command reads (a run config
+from the workflow's in-memory plan), atomically and only when its content changed.
 
 Exit codes of the ``e3`` commands:
     0  ok           the status file records "ok" (``--expect`` files must then exist)
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", required=True)
     ap.add_argument("--expect", nargs="*", default=[])
     ap.add_argument("--require-ok", nargs="*", default=[])
+    ap.add_argument("--write", nargs=2, action="append", default=[], metavar=("PATH", "TEXT"))
     args = ap.parse_args(argv[:cut])
     command = argv[cut + 1:]
     if not command:
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         write_status(args.status, {"status": "member_failed", "members": not_ok})
         return 0
 
+    for path, text in args.write:
+        atomic.write_text_if_changed(path, text)
     os.makedirs(os.path.dirname(args.log) or ".", exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with open(args.log, "a") as log:

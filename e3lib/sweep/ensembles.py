@@ -1,0 +1,128 @@
+"""Deep ensembles of independent runs: which runs form each replicate, and their ids.
+
+A sweep's ``ensembles:`` item ``{label, kind, runs: [2, 4], of: {...}, replicates}`` adds,
+for every point matching ``of`` and every ensemble size n in ``runs``, ``replicates``
+ensembles of n runs of that point (default: as many disjoint groups as the seeds allow).
+
+Members: the runs of one point are ordered by seed; replicate r of size n takes the seeds at
+positions r·n … r·n+n-1 (wrapping around when more replicates are asked for than disjoint
+groups exist; members of one replicate never repeat). ``downstream`` members share one
+upstream; ``upstream`` members are the same fine-tunes with ``upstream.seed`` set to their
+seed, so each has its own pretraining; such member runs that are not already rows of the
+sweep appear in the index with method ``{label}_member``.
+
+Rows: an ensemble's row has the axis values of its members, ``method = label``, the axis
+``ensemble.runs`` = n (ordinary runs: 1) and ``replicate`` = r. ``model.ensemble_size``
+keeps its meaning, M of one E³-style model (the members' own value).
+
+Identity: an ensemble's id hashes its kind and sorted member run ids.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from e3lib import tree
+from e3lib.config import short_hash
+from e3lib.sweep.plan import ensemble_entry
+from e3lib.sweep.schema import SweepError
+
+if TYPE_CHECKING:   # the expansion passes itself in; no import cycle at run time
+    from e3lib.sweep.expand import Expansion
+    from e3lib.sweep.load import SweepDoc
+
+ENSEMBLE_KINDS = ("downstream", "upstream")
+# Axis of every row of a sweep with ensembles: the number of member runs (runs: 1).
+ENSEMBLE_RUNS_AXIS = "ensemble.runs"
+
+
+def ensemble_id(kind: str, members: Sequence[str]) -> str:
+    if kind not in ENSEMBLE_KINDS:
+        raise ValueError(f"ensemble kind {kind!r}; allowed: {list(ENSEMBLE_KINDS)}")
+    return short_hash({"kind": kind, "members": sorted(members)})
+
+
+def replicate_seeds(seeds: Sequence[int], size: int, replicate: int) -> list[int]:
+    """Seeds of the members of replicate ``replicate`` of an ensemble of ``size`` runs."""
+    return [seeds[(replicate * size + k) % len(seeds)] for k in range(size)]
+
+
+def matches(condition: Mapping[str, Any] | None, values: Mapping[str, Any]) -> bool:
+    """True when ``values`` has, for every path of ``condition``, one of its values."""
+    for path, want in (condition or {}).items():
+        if values.get(path) not in (want if isinstance(want, list) else [want]):
+            return False
+    return True
+
+
+def add_ensembles(x: Expansion, doc: SweepDoc,
+                  point_runs: Sequence[tuple[dict, dict[int, str]]]) -> None:
+    """Add every ensemble row of ``doc.ensembles`` to the expansion ``x``."""
+    for j, ens in enumerate(doc.ensembles):
+        where = f"{doc.where['ensembles']}[{j}]"
+        methods = {e["axes"].get("method") for e in x.sweep.entries if e["kind"] == "run"}
+        if ens["label"] in methods:
+            raise SweepError(x.file, f"{where}.label", ens["label"],
+                             "an ensemble label must differ from the sweep's method names")
+        for cond in ens.get("of") or {}:
+            if not tree.has_leaf(x.defaults, cond):
+                raise SweepError(x.file, f"{where}.of", cond, "unknown run-config field")
+        matched = 0
+        for point, by_seed in point_runs:
+            cfg0 = x.sweep.runs[by_seed[doc.seeds[0]]]
+            if not matches(ens.get("of"), {c: tree.get(cfg0, c) for c in ens.get("of") or {}}):
+                continue
+            matched += 1
+            for size in ens["runs"]:
+                _add_size(x, doc, ens, where, point, by_seed, size)
+        if not matched:
+            raise SweepError(x.file, f"{where}.of", ens.get("of"), "matches no run of the sweep")
+
+
+def _add_size(x: Expansion, doc: SweepDoc, ens: dict, where: str, point: dict,
+              by_seed: dict[int, str], size: int) -> None:
+    """The replicates of one point's ensembles of ``size`` runs."""
+    seeds = doc.seeds
+    if len(seeds) < size:
+        raise SweepError(x.file, f"{where}.runs", size,
+                         f"an ensemble of {size} runs needs at least {size} seeds; "
+                         f"the sweep has {len(seeds)}")
+    for r in range(ens.get("replicates") or len(seeds) // size):
+        member_seeds = replicate_seeds(seeds, size, r)
+        if len(set(member_seeds)) < size:
+            raise SweepError(x.file, f"{where}.replicates", ens.get("replicates"),
+                             "too many replicates: members would repeat")
+        members = [_member(x, ens, point, by_seed, s) for s in member_seeds]
+        ups = {x.sweep.run_upstream[m] for m in members}
+        if ens["kind"] == "downstream" and len(ups) != 1:
+            raise SweepError(x.file, f"{where}.kind", "downstream",
+                             "downstream ensemble members must share one upstream but the "
+                             "seeds change it; use kind: upstream")
+        if ens["kind"] == "upstream" and len(ups) != size:
+            raise SweepError(x.file, f"{where}.kind", "upstream",
+                             "upstream ensemble members must have distinct upstreams "
+                             "(is upstream.checkpoint set?)")
+        eid = ensemble_id(ens["kind"], members)
+        x.sweep.ensembles[eid] = {"kind": ens["kind"], "members": sorted(members)}
+        axes = {**x.axes_of(x.sweep.runs[members[0]]), "method": ens["label"],
+                ENSEMBLE_RUNS_AXIS: size}
+        owner = x.claim_row(axes, r, eid)
+        if owner is None:
+            x.sweep.entries.append(ensemble_entry(eid, r, axes, members, ens["kind"]))
+        elif owner != eid:
+            raise SweepError(x.file, f"{where}.label", ens["label"],
+                             f"two different ensembles would share one row {dict(axes)}: "
+                             "their members differ only in fields that are not axes of the "
+                             "row (e.g. the method); declare them separately, each with its "
+                             "own label")
+
+
+def _member(x: Expansion, ens: dict, point: dict, by_seed: dict[int, str], seed: int) -> str:
+    """The run id of the member with ``seed``; upstream members pretrain with that seed."""
+    if ens["kind"] == "downstream":
+        return by_seed[seed]
+    cfg = x.resolved(point, seed, {"upstream.seed": seed})
+    rid = x.run_id(cfg)
+    if rid == by_seed[seed]:
+        return rid
+    return x.add_run(cfg, {**x.axes_of(cfg), "method": f"{ens['label']}_member"}, seed)

@@ -1,0 +1,235 @@
+"""Sweep document → validated runs and ensembles (a ``Sweep``), and files → a ``Plan``.
+
+Steps of ``expand_doc``, all before any job exists, each raising ``SweepError`` naming the
+file, the field, the value and what is allowed:
+
+1. ``check_schema``: the file against ``workflow/schemas/sweep.schema.yaml``;
+2. ``variant_doc``: the ``small`` / ``paper`` overlay;
+3. ``axis_names``: every axis and condition name against the run-config fields;
+4. ``base_config``: the base overrides against ``e3lib.config.DEFAULTS``;
+5. ``expand_points``: the axis groups' product (``when`` groups only where they match);
+6. ``Expansion.add_point``: every point x seed through ``e3lib.config.resolve`` (cross-field
+   rules: K <= E/M, E - o divisible by M, ...), one run each;
+7. ``add_ensembles`` (``e3lib.sweep.ensembles``) and ``check_select``.
+
+Identity: a run's id is ``e3lib.config.run_id`` of its resolved config, so the same run in
+two sweeps is one run; an upstream's id is ``e3lib.config.upstream_id``. Adding seeds or
+axis values adds entries and leaves every existing id unchanged. ``method`` is always an
+axis (tables key their rows by it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from e3lib import tree
+from e3lib.config import DEFAULTS, ConfigError, canonical_json, resolve, run_id, upstream_id
+from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS, add_ensembles, matches
+from e3lib.sweep.load import SweepDoc, read_doc, refuse_renamed_fields, variant_doc
+from e3lib.sweep.plan import Plan, Sweep, run_entry
+from e3lib.sweep.schema import SweepError, check_schema
+
+# Defaults of a `select:` block (the paper does not state its selection metric).
+SELECT_DEFAULTS = {"metric": "nll", "split": "val", "mode": "min", "member": "ensemble"}
+# Axes a selection may not range over: they are what the tables compare.
+UNSELECTABLE_AXES = ("method", "model.ensemble_size", ENSEMBLE_RUNS_AXIS)
+
+
+def _fmt_point(point: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in point.items()) or "base"
+
+
+def group_points(group: Mapping[str, Any]) -> list[dict]:
+    """The assignments one axis group contributes: a list of {path: value}."""
+    if "name" in group:
+        return [{group["name"]: v} for v in group["values"]]
+    if "zip" in group:
+        names = list(group["zip"])
+        return [dict(zip(names, vals)) for vals in zip(*(group["zip"][n] for n in names))]
+    return [dict(case) for case in group["cases"]]
+
+
+def _group_paths(group: Mapping[str, Any]) -> list[str]:
+    if "name" in group:
+        return [group["name"]]
+    if "zip" in group:
+        return list(group["zip"])
+    return list(dict.fromkeys(k for case in group["cases"] for k in case))
+
+
+def axis_names(doc: SweepDoc) -> list[str]:
+    """Check axis and condition names; return the ordered list of axis names."""
+    names: list[str] = []
+    for i, group in enumerate(doc.axes):
+        where = doc.axis_field(i)
+        if "zip" in group:
+            lengths = {n: len(v) for n, v in group["zip"].items()}
+            if len(set(lengths.values())) > 1:
+                raise SweepError(doc.file, f"{where}.zip", lengths,
+                                 "zipped axes must have lists of equal length")
+        for path in _group_paths(group):
+            if path == "seed":
+                raise SweepError(doc.file, where, "seed",
+                                 "seeds are declared with `seeds:`, not as an axis")
+            if not tree.has_leaf(DEFAULTS, path):
+                sections = sorted(k for k in DEFAULTS if isinstance(DEFAULTS[k], dict))
+                raise SweepError(doc.file, where, path,
+                                 f"unknown run-config field; allowed: method or a field of "
+                                 f"{sections} (see e3lib/config.py DEFAULTS)")
+            if path not in names:
+                names.append(path)
+        for cond in group.get("when") or {}:
+            if not tree.has_leaf(DEFAULTS, cond):
+                raise SweepError(doc.file, f"{where}.when", cond, "unknown run-config field")
+    return names
+
+
+def base_config(doc: SweepDoc) -> dict:
+    """DEFAULTS updated by the sweep's base (unknown fields refused)."""
+    if "seed" in doc.base:
+        raise SweepError(doc.file, "base.seed", doc.base["seed"],
+                         "seeds are declared with `seeds:`")
+    try:
+        return tree.merge_known(DEFAULTS, doc.base)
+    except ConfigError as err:
+        raise SweepError(doc.file, f"base.{err.field}", err.value, err.rule) from None
+
+
+def expand_points(groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any]) -> list[dict]:
+    """Product of the axis groups in order; a group with ``when`` only expands the points
+    whose current values (assigned, else the base config's) match it."""
+    points: list[dict] = [{}]
+    for group in groups:
+        assignments = group_points(group)
+        cond = group.get("when") or {}
+        new_points = []
+        for p in points:
+            current = {path: p.get(path, tree.get(base_cfg, path)) for path in cond}
+            if matches(cond, current):
+                new_points.extend({**p, **a} for a in assignments)
+            else:
+                new_points.append(p)
+        points = new_points
+    return points
+
+
+def check_select(doc: SweepDoc, axes: Sequence[str]) -> dict | None:
+    """The sweep's `select:` block with defaults filled in; `over` must name its axes."""
+    block = doc.select
+    if block is None:
+        return None
+    allowed = [a for a in axes if a not in UNSELECTABLE_AXES]
+    for i, axis in enumerate(block["over"]):
+        field = f"{doc.where['select']}.over[{i}]"
+        if axis in UNSELECTABLE_AXES:
+            raise SweepError(doc.file, field, axis,
+                             f"{axis} is compared by the tables, not selected; allowed: {allowed}")
+        if axis not in axes:
+            raise SweepError(doc.file, field, axis,
+                             f"not an axis of this sweep (variant); allowed: {allowed}")
+    return {"over": list(block["over"]),
+            **{k: block.get(k, v) for k, v in SELECT_DEFAULTS.items()}}
+
+
+class Expansion:
+    """A sweep being filled: resolves points, adds runs, and owns each row of its tables."""
+
+    defaults = DEFAULTS
+    run_id = staticmethod(run_id)
+
+    def __init__(self, sweep: Sweep, base: dict, file: str):
+        self.sweep, self.base, self.file = sweep, base, file
+        self._rows: dict[tuple, str] = {}        # (axis values, seed or replicate) -> id
+        self._resolved: dict[tuple, dict] = {}   # point -> resolved config (seed 0)
+
+    def resolved(self, point: dict, seed: int, extra: Mapping[str, Any] | None = None) -> dict:
+        """The resolved config of a point and seed. The cross-field rules do not involve
+        the seed, so each point is resolved (validated) once and copied per seed."""
+        full = {**point, **(extra or {})}
+        key = tuple(sorted(full.items()))
+        if key not in self._resolved:
+            over = self.base
+            for path, value in full.items():
+                over = tree.merge(over, tree.nest(path, value))
+            try:
+                self._resolved[key] = resolve({**over, "seed": seed})
+            except ConfigError as err:
+                where = f"run ({_fmt_point(point)}, seed={seed})"
+                raise SweepError(self.file, f"{err.field} in {where}", err.value,
+                                 err.rule) from None
+        cfg0 = self._resolved[key]
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg0.items()} | {"seed": seed}
+
+    def axes_of(self, cfg: Mapping[str, Any]) -> dict:
+        """A run's row: its value of every axis (``ensemble.runs``: 1)."""
+        return {a: 1 if a == ENSEMBLE_RUNS_AXIS else tree.get(cfg, a) for a in self.sweep.axes}
+
+    def claim_row(self, axes: Mapping[str, Any], position: int, entry_id: str) -> str | None:
+        """Record ``entry_id`` as the row (axes, seed or replicate); the earlier id if taken."""
+        key = (tuple(axes.items()), position)     # axis values are scalars
+        if key in self._rows:
+            return self._rows[key]
+        self._rows[key] = entry_id
+        return None
+
+    def add_run(self, cfg: dict, axes: dict, seed: int) -> str:
+        rid = run_id(cfg)
+        owner = self.claim_row(axes, seed, rid)
+        if owner is not None:
+            if owner != rid:
+                raise SweepError(self.file, "axes", axes,
+                                 f"two runs with seed {seed} have these axis values but "
+                                 "different configs; make the field in which they differ an "
+                                 "axis")
+            return rid
+        if rid not in self.sweep.runs:
+            self.sweep.runs[rid] = cfg
+            self.sweep.run_upstream[rid] = upstream_id(cfg)
+        self.sweep.entries.append(run_entry(rid, seed, axes, self.sweep.run_upstream[rid], cfg))
+        return rid
+
+    def add_point(self, point: dict, seeds: Sequence[int]) -> dict[int, str]:
+        """One run per seed of ``point``; returns seed -> run id."""
+        by_seed = {}
+        for s in seeds:
+            cfg = self.resolved(point, s)
+            by_seed[s] = self.add_run(cfg, self.axes_of(cfg), s)
+        return by_seed
+
+
+def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None) -> Sweep:
+    """Validate and expand one loaded sweep document (see the module docstring)."""
+    refuse_renamed_fields(doc, file)
+    check_schema(doc, file)
+    d = variant_doc(doc, variant, file)
+    axes = axis_names(d)
+    if d.ensembles:
+        axes.append(ENSEMBLE_RUNS_AXIS)
+    if "method" not in axes:   # every table row is keyed by method
+        axes.insert(0, "method")
+    base_cfg = base_config(d)
+    sweep = Sweep(name=d.name or name or Path(file).stem, file=file,
+                  file_sha256=hashlib.sha256(canonical_json(doc).encode()).hexdigest(),
+                  variant=variant, title=d.title, reproduces=d.reproduces, axes=axes,
+                  seeds=d.seeds)
+    sweep.select = check_select(d, sweep.axes)
+    x = Expansion(sweep, d.base, file)
+    point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg)]
+    add_ensembles(x, d, point_runs)
+    return sweep
+
+
+def load_sweep(path: str | os.PathLike, variant: str = "small") -> Sweep:
+    """Read, validate and expand one sweep file."""
+    return expand_doc(read_doc(path), str(path), variant)
+
+
+def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small") -> Plan:
+    """Expand several sweep files into one plan (runs shared between sweeps appear once)."""
+    plan = Plan()
+    for p in paths:
+        plan.add(load_sweep(p, variant))
+    return plan
