@@ -31,13 +31,13 @@ def run(argv: list[str]) -> int:
 
 
 def ensemble(argv: list[str]) -> int:
-    from e3lib.evaluate import cli_ensemble
+    from e3lib.evaluate.ensemble import cli_ensemble
 
     return cli_ensemble(argv)
 
 
 def expand(argv: list[str]) -> int:
-    from e3lib.sweep import cli_expand
+    from e3lib.sweep.cli import cli_expand
 
     return cli_expand(argv)
 
