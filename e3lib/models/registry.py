@@ -223,6 +223,63 @@ def _prepare_mimo(upstream, target, cfg, keep_head):
 
 
 # --------------------------------------------------------------------------------------
+# Soft MoE (e3lib/models/soft_moe.py): P = E_r·n slots per router, n slots per expert.
+
+def _check_soft_moe(cfg: Cfg, spec: Spec) -> None:
+    m = cfg["model"]
+    n = m["slots_per_expert"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("model.slots_per_expert", n, "must be a positive integer")
+    if not isinstance(m["soft_moe_normalize"], bool):
+        raise ConfigError("model.soft_moe_normalize", m["soft_moe_normalize"],
+                          "must be true or false")
+    if cfg["method"] == "soft_moe":
+        _check_single(cfg, spec)
+    elif m["num_experts"] % m["ensemble_size"] or m["overlap"]:
+        raise ConfigError("model.ensemble_size", m["ensemble_size"], f"soft_e3 gives each "
+                          f"member E/M experts of its own: E={m['num_experts']} must be "
+                          f"divisible by M and model.overlap must be 0")
+
+
+def _soft_e3_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
+    m = cfg["model"]
+    return MoeLayout(expert_subsets(m["num_experts"], m["ensemble_size"], 0), True,
+                     m["ensemble_size"])
+
+
+def _soft_moe_flops(blk: Any) -> dict:
+    """Logits XΦ, slot inputs DᵀX, experts on r·P slots, outputs CỸ, and two softmaxes."""
+    H, Q, T, r = blk.spec["hidden"], blk.spec["mlp"], blk.tokens, blk.rows
+    P = len(blk.layout.subsets[0]) * blk.cfg["model"]["slots_per_expert"]
+    return {"router": blk.train_matmul(r * T, H, P),
+            "dispatch": blk.train_matmul(r * P, T, H) + blk.train_matmul(r * T, P, H),
+            "experts": blk.train_matmul(r * P, H, 2 * Q),
+            "elementwise": blk.mlp_elementwise(r * P) + 2 * SOFTMAX_FLOPS * r * T * P}
+
+
+def _soft_moe_params(cfg: Cfg, spec: Spec, layout: MoeLayout) -> int:
+    H, Q, m = spec["hidden"], spec["mlp"], cfg["model"]
+    slots = len(layout.subsets) * len(layout.subsets[0]) * m["slots_per_expert"]
+    return m["num_experts"] * (2 * H * Q + Q + H) + H * slots + int(m["soft_moe_normalize"])
+
+
+def _build_soft_moe(cfg, spec, layout, num_classes):
+    from e3lib.models.soft_moe import build_soft_moe
+    return build_soft_moe(cfg, spec, layout, num_classes)
+
+
+def _prepare_soft_moe(upstream, target, cfg, keep_head):
+    from e3lib.models.soft_moe import prepare_upstream
+    return prepare_upstream(upstream, target, cfg, keep_head)
+
+
+# Elementwise FLOPs per softmax entry, forward + backward (exp, sum, divide and their
+# gradients), as XLA counts them (tests/test_soft_moe.py compares with XLA).
+SOFTMAX_FLOPS = 8
+_SOFT_FIELDS = {"model.slots_per_expert": 1, "model.soft_moe_normalize": False}
+
+
+# --------------------------------------------------------------------------------------
 
 def _ensemble_size(cfg: Cfg) -> int:
     return cfg["model"]["ensemble_size"]
@@ -282,6 +339,14 @@ METHODS: dict[str, Method] = {
         Method("mimo", "MIMO V-MoE: M inputs/outputs through one V-MoE (App. G.3)", "vmoe",
                _build_mimo, _check_mimo, "Table 5", layout=_one_router,
                backbone=_mimo_backbone, prepare_upstream=_prepare_mimo),
+        Method("soft_moe", "Soft MoE: every slot a softmax-weighted mix of all tokens, no "
+               "dropping (Puigcerver et al. 2024)", "vmoe", _build_soft_moe, _check_soft_moe,
+               layout=_one_router, moe_flops=_soft_moe_flops, moe_params=_soft_moe_params,
+               prepare_upstream=_prepare_soft_moe, fields=_SOFT_FIELDS),
+        Method("soft_e3", "E³ of Soft MoEs: tiled tokens, member m's slots over the m-th "
+               "disjoint E/M experts", "vmoe", _build_soft_moe, _check_soft_moe,
+               layout=_soft_e3_layout, moe_flops=_soft_moe_flops, moe_params=_soft_moe_params,
+               prepare_upstream=_prepare_soft_moe),
     ]
 }
 
