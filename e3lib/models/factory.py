@@ -1,11 +1,11 @@
-"""Run config -> Flax model: the one entry point ``build_model(cfg, num_classes)``.
+"""The shared builders: ViT and top-K MoE models from a resolved config, size spec and layout.
 
 Notation: E experts, K selected per token (per router), M ensemble size, o overlap,
 R routers per MoE layer, σ router noise std, λ auxiliary-loss strength.
 
-``build_model`` looks the method up in ``e3lib.models.registry``, resolves the size
-(``sizes.size_spec``) and the MoE layout (``Method.layout``) once, and hands both to the
-method's builder. How each method of §4.2 maps onto the shared pieces
+``e3lib.models.build.build_model`` looks the method up in ``e3lib.models.registry``,
+resolves the size (``sizes.size_spec``) and the MoE layout (``Method.layout``) once, and
+hands both to the method's builder. How each method of §4.2 maps onto the shared pieces
 (``vit.VisionTransformer`` + ``moe.MoeMlp``), as the registry's layouts say:
 
 =============  ============  ======================  ===============  =====================
@@ -35,11 +35,8 @@ from typing import Any, Callable, Mapping, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from e3lib.errors import ConfigError
-from e3lib.models.layout import MoeLayout, router_noise_std
+from e3lib.models.layout import MoeLayout, default_backbone, router_noise_std
 from e3lib.models.moe import MoeMlp
-from e3lib.models.registry import METHODS, default_backbone
-from e3lib.models.sizes import size_spec
 from e3lib.models.vit import DenseMlp, VisionTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -117,17 +114,3 @@ def build_moe(cfg: Cfg, spec: Spec, layout: MoeLayout, num_classes: int) -> nn.M
     return VisionTransformer(mlp_factory=factory, tile_before=rows.tile_before,
                              ensemble_size=rows.ensemble_size,
                              **vit_kwargs(cfg, spec, num_classes))
-
-
-def build_model(cfg: Cfg, num_classes: int) -> nn.Module:
-    """The Flax module of a resolved run config (see docs/architecture.md, "Model contract").
-
-    ``cfg`` comes from ``e3lib.config.resolve``, which checked every field and the method's
-    cross-field rules; it is not validated again here.
-    """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError("num_classes", num_classes, "must be a positive integer")
-    method = METHODS[cfg["method"]]
-    spec = size_spec(cfg)
-    layout = method.layout(cfg, spec) if method.layout else None
-    return method.build(cfg, spec, layout, num_classes)

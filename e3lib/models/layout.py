@@ -9,7 +9,7 @@ E_r experts one router sees, S tokens per group, J selections per token, C capac
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 
 class MoeLayout(NamedTuple):
@@ -84,3 +84,11 @@ class Backbone(NamedTuple):
     input_channels: int = 3                # channels of one row's input (MIMO: 3·M)
     head_outputs: int = 1                  # heads of C classes per row (MIMO: M)
     rows_are_inputs: bool = False          # routing groups count rows, not images (MIMO)
+
+
+def default_backbone(cfg: Any, spec: Mapping[str, Any], layout: MoeLayout | None) -> Backbone:
+    """Rows tiled ``layout.ensemble_size`` times before the first MoE block (none: dense)."""
+    if layout is None:
+        return Backbone()
+    first = spec["moe_layers"][0] if spec["moe_layers"] else None
+    return Backbone(tile_before=first, ensemble_size=layout.ensemble_size)

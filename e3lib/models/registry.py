@@ -5,11 +5,13 @@ fine-tunes from and how upstream leaves are prepared for it, its cross-field con
 (and any config fields of its own), the layout of its MoE layers (routers, expert subsets,
 tiling), how many predictions per image it yields, how rows flow through the backbone (for
 the analytic FLOPs and parameter counts) and the function that builds its Flax model. The
-config validation, ``factory.build_model``, ``convert``, ``e3lib.cost`` and the sweep
+config validation, ``build.build_model``, ``convert``, ``e3lib.cost`` and the sweep
 schema's method check all read this table; a new method is one model module plus one entry.
 
 This module stays free of JAX: the config reads it when a sweep file is parsed. Builders
-and upstream hooks therefore import their model module when called (``_build_*``).
+and upstream hooks therefore import their model module when called (``_build_*``); no
+model module imports this one (``build.build_model`` and ``convert`` do), so there is no
+import cycle.
 
 Notation: E experts, K selected per token, M ensemble size, o overlap, H hidden size,
 Q MLP width, L blocks, R routers per MoE layer, E_r experts per router.
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from e3lib.errors import ConfigError
-from e3lib.models.layout import Backbone, MoeLayout, expert_subsets
+from e3lib.models.layout import Backbone, MoeLayout, default_backbone, expert_subsets
 
 Cfg = Mapping[str, Any]
 Spec = Mapping[str, Any]          # ``sizes.size_spec(cfg)``
@@ -157,14 +159,6 @@ def _partitioning_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
 
 def _multipred_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
     return MoeLayout(_all_experts(cfg), True, 1, multipred_last=True)
-
-
-def default_backbone(cfg: Cfg, spec: Spec, layout: Optional[MoeLayout]) -> Backbone:
-    """Rows tiled ``layout.ensemble_size`` times before the first MoE block (none: dense)."""
-    if layout is None:
-        return Backbone()
-    first = spec["moe_layers"][0] if spec["moe_layers"] else None
-    return Backbone(tile_before=first, ensemble_size=layout.ensemble_size)
 
 
 def _batchensemble_backbone(cfg: Cfg, spec: Spec, layout: Optional[MoeLayout]) -> Backbone:

@@ -36,8 +36,7 @@ import numpy as np
 from flax import traverse_util
 
 from e3lib.models.factory import DTYPES, dense_mlp, vit_kwargs
-from e3lib.models.layout import MoeLayout
-from e3lib.models.registry import default_backbone
+from e3lib.models.layout import MoeLayout, default_backbone
 from e3lib.models.vit import MlpBlock, VisionTransformer
 
 Array = jax.Array
