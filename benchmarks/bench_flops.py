@@ -9,7 +9,7 @@
    beside the analytic count, and the time each takes;
 4. with --calibrate: the elementwise coefficients (FLOPs per token per block, per unit of
    H, of Q and per attention score) fitted by least squares to XLA's count of real ViTs,
-   beside the constants e3lib.flops uses.
+   beside the constants e3lib.cost.analytic uses.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e3lib import flops  # noqa: E402
-from e3lib.config import resolve, size_spec  # noqa: E402
+from e3lib.config import resolve  # noqa: E402
+from e3lib.cost import analytic, xla  # noqa: E402
+from e3lib.models.sizes import size_spec  # noqa: E402
+from e3lib.report import flops_reference  # noqa: E402
 
 
 def paper_tables() -> None:
     for table_id in ("table20", "table22"):
-        rows = flops.compare_with_paper(table_id)
+        rows = flops_reference.compare_with_paper(table_id)
         print(f"\n== {table_id}: GFLOPs per image, training step "
               f"({'index' if table_id == 'table20' else 'one-hot einsum'} dispatch)")
         print(f"{'row':58s} {'paper':>10s} {'ours':>10s} {'error':>7s}")
@@ -37,7 +39,7 @@ def paper_tables() -> None:
             print(f"{r['label']:58s} {r['paper']:10.3f} {r['ours']:10.3f} {100 * r['rel']:+6.2f}%")
         worst = max(abs(r["rel"]) for r in rows)
         print(f"{len(rows)} cells, largest |error| {100 * worst:.2f}%")
-    rows = flops.compare_with_paper("table21")
+    rows = flops_reference.compare_with_paper("table21")
     print("\n== table21: FLOPs of E³ (K=1, M=2) relative to V-MoE (K=1) and to a down-DE of two")
     print(f"{'row':58s} {'paper %':>10s} {'ours %':>10s} {'diff':>7s}")
     for r in rows:
@@ -48,13 +50,13 @@ def paper_tables() -> None:
 def params_table() -> None:
     import yaml
 
-    table = yaml.safe_load(open(flops.REFERENCE_DIR / "table23.yaml"))
+    table = yaml.safe_load(open(flops_reference.REFERENCE_DIR / "table23.yaml"))
     print("\n== table23: parameters (JFT head 18,291 classes, representation layer, 224 px)")
     for row in table["rows"]:
         cfg = resolve({"method": row["key"]["method"],
                        "model": {"size": row["key"]["model.size"], "num_experts": 32},
                        "data": {"image_size": 224}})
-        ours = flops.count_params(cfg, 18291)
+        ours = analytic.analytic_params(cfg, 18291)
         paper = row["values"]["params"][0]
         print(f"{row['label']:24s} paper {paper / 1e6:8.1f}M  ours {ours:>13,} "
               f"({ours / 1e6:.1f}M)")
@@ -78,12 +80,12 @@ def xla_checks() -> None:
         cfg = resolve({"method": method, "model": dict(size=size, num_experts=32, **model),
                        "data": {"image_size": 384}})
         t0 = time.perf_counter()
-        ours = flops.analytic_gflops(cfg)
+        ours = analytic.analytic_gflops(cfg)
         t_analytic = time.perf_counter() - t0
         t0 = time.perf_counter()
-        xla = flops.xla_gflops(cfg)
+        xla = xla.xla_gflops(cfg)
         t_xla = time.perf_counter() - t0
-        ref = flops.paper_gflops(cfg)
+        ref = flops_reference.paper_gflops(cfg)
         paper = f"{ref[2]:8.2f}" if ref else f"{'-':>8s}"
         label = f"{method} {size} " + " ".join(f"{k}={v}" for k, v in model.items())
         print(f"{label:40s} {xla:9.3f} {ours:9.3f} {ours / xla:7.4f} {paper} {t_xla:9.1f} "
@@ -99,9 +101,9 @@ def calibrate() -> None:
     design, target = [], []
     for size, image in cases:
         cfg = resolve({"method": "vit", "model": {"size": size}, "data": {"image_size": image}})
-        terms = flops.flops_breakdown(cfg)
+        terms = analytic.flops_breakdown(cfg)
         matmul = sum(v for k, v in terms.items() if k != "elementwise")
-        xla = flops.xla_gflops(cfg) * 1e9
+        xla = xla.xla_gflops(cfg) * 1e9
         spec = size_spec(cfg)
         T = (image // spec["patch"]) ** 2 + 1
         L, H, Q, A = spec["layers"], spec["hidden"], spec["mlp"], spec["heads"]
@@ -110,8 +112,8 @@ def calibrate() -> None:
         print(f"vit {size} {image} px: XLA {xla / 1e9:.4f} GFLOPs, matmuls {matmul / 1e9:.4f}")
     coef, *_ = np.linalg.lstsq(np.array(design, float), np.array(target), rcond=None)
     print(f"fitted per token per block: {coef[0]:.1f}·H + {coef[1]:.1f}·Q + "
-          f"{coef[2]:.1f}·T·A   (e3lib.flops uses {flops.EW_PER_HIDDEN}·H + "
-          f"{flops.EW_PER_MLP}·Q + {flops.EW_PER_SCORE}·T·A)")
+          f"{coef[2]:.1f}·T·A   (e3lib.cost.analytic uses {analytic.EW_PER_HIDDEN}·H + "
+          f"{analytic.EW_PER_MLP}·Q + {analytic.EW_PER_SCORE}·T·A)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -248,8 +248,8 @@ def dispatch_scaling(reps: int) -> dict:
 
 def memory(batch: int) -> dict:
     section("5. compiled peak memory of training steps vs the Appendix C.3 estimate")
-    from e3lib.config import size_spec
-    from e3lib.flops import compiled_train_step
+    from e3lib.cost.xla import compiled_train_step
+    from e3lib.models.sizes import size_spec
 
     out = {}
     for size in ("B/32", "L/32"):

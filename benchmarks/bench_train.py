@@ -73,7 +73,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
     a = p.parse_args()
-    from e3lib import flops
+    from e3lib.cost import xla
 
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
           f"(other processes slow every number below)")
@@ -87,8 +87,8 @@ def main() -> None:
         print(f"   {name:6s} {rate:7.1f} steps/s   first step (compile) {first:5.1f} s")
 
     e3_cfg, vmoe_cfg = case_config("E3", a.steps), case_config("V-MoE", a.steps)
-    f_e3 = flops.xla_gflops(e3_cfg, 8, batch=64)
-    f_vmoe = flops.xla_gflops(vmoe_cfg, 8, batch=64)
+    f_e3 = xla.xla_gflops(e3_cfg, 8, batch=64)
+    f_vmoe = xla.xla_gflops(vmoe_cfg, 8, batch=64)
     print("\n2. E3 (K=1, M=2) vs V-MoE (K=2)")
     print(f"   step-time ratio E3/V-MoE      {rates['V-MoE'] / rates['E3']:.2f}")
     print(f"   compiled-FLOPs ratio E3/V-MoE {f_e3 / f_vmoe:.2f}   "

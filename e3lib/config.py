@@ -10,7 +10,8 @@ strength (importance + load auxiliary losses, each weighted λ/2).
 
 Sections
 --------
-method     name of the method (a key of ``e3lib.models.registry.METHODS``)
+method     name of the method (a key of ``e3lib.models.registry.METHODS``, whose entry also
+           holds the method's cross-field rules and any config fields of its own)
 seed       fine-tuning seed
 model      architecture and routing fields (size, E, K, M, overlap, noise, λ, capacity, ...)
 upstream   how the checkpoint fine-tuning starts from is obtained (pretraining job or file)
@@ -19,7 +20,10 @@ finetune   optimisation recipe (steps, lr, warmup, batch size, clipping, mixup, 
 eval       evaluation options (batch size, few-shot shots, which suites to run)
 
 Adding a field: put its default here and, if it has a closed set of values, its
-allowed values in ``CHOICES``. The sweep schema and the docs read from these tables.
+allowed values in ``CHOICES``. The sweep schema and the docs read from these tables. A field
+only one method reads is declared by that method's registry entry (``Method.fields``) and
+added to ``DEFAULTS`` below. Import order: this module imports the registry, never the
+reverse (``e3lib.models.registry`` and ``e3lib.models.sizes`` import no config).
 """
 
 from __future__ import annotations
@@ -31,25 +35,8 @@ from typing import Any, Mapping
 
 from e3lib import tree
 from e3lib.errors import ConfigError
-
-# Model sizes of the paper (Table 6 / reference code) plus small ones for CPU.
-# patch: patch size; hidden: H; mlp: MLP width; layers; heads; moe_last_n: default
-# number of MoE blocks for the "last-n" placement.
-# tiny and mini keep tests and the small sweep variants fast; their kernels are so small
-# that a CPU step is bound by per-kernel overhead (~10% of the matmul rate). "demo", the
-# embedded demo's size, has ViT-Ti's width (H=192, 3 heads of 64) in 4 blocks: large
-# enough for a compute-bound CPU step (docs/flops.md, "Training-step performance").
-MODEL_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(patch=4, hidden=32, mlp=64, layers=4, heads=2, moe_last_n=2),
-    "mini": dict(patch=4, hidden=64, mlp=128, layers=4, heads=4, moe_last_n=2),
-    "demo": dict(patch=4, hidden=192, mlp=768, layers=4, heads=3, moe_last_n=2),
-    "S/32": dict(patch=32, hidden=512, mlp=2048, layers=8, heads=8, moe_last_n=2),
-    "B/32": dict(patch=32, hidden=768, mlp=3072, layers=12, heads=12, moe_last_n=2),
-    "L/32": dict(patch=32, hidden=1024, mlp=4096, layers=24, heads=16, moe_last_n=2),
-    "B/16": dict(patch=16, hidden=768, mlp=3072, layers=12, heads=12, moe_last_n=2),
-    "L/16": dict(patch=16, hidden=1024, mlp=4096, layers=24, heads=16, moe_last_n=2),
-    "H/14": dict(patch=14, hidden=1280, mlp=5120, layers=32, heads=16, moe_last_n=5),
-}
+from e3lib.models.registry import METHODS, method_of
+from e3lib.models.sizes import MODEL_SIZES, size_spec
 
 DEFAULTS: dict[str, Any] = {
     "method": "e3",
@@ -131,6 +118,21 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+
+
+def _with_method_fields(base: dict) -> dict:
+    """``base`` plus the fields the registry's methods declare (``Method.fields``)."""
+    out = base
+    for method in METHODS.values():
+        for dotted, default in method.fields.items():
+            if tree.has_leaf(out, dotted):
+                raise ValueError(f"method {method.name!r} declares {dotted!r}, which exists")
+            out = tree.merge(out, tree.nest(dotted, default))
+    return out
+
+
+DEFAULTS = _with_method_fields(DEFAULTS)
+
 CHOICES: dict[str, tuple] = {
     "model.size": tuple(MODEL_SIZES),
     "model.moe_placement": ("last", "every"),
@@ -169,11 +171,12 @@ def resolve(overrides: Mapping[str, Any], source: str | None = None) -> dict:
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Check field types and the cross-field rules of the paper's models."""
-    from e3lib.models.registry import METHODS  # local import: registry imports models
+    """Check field types and the cross-field rules of the run's method (its registry entry).
 
-    if cfg["method"] not in METHODS:
-        raise ConfigError("method", cfg["method"], f"allowed: {sorted(METHODS)}")
+    The one validation of a run config: ``resolve`` calls it where a config enters (sweep
+    expansion, ``e3 run``); model builders trust the resolved config.
+    """
+    method = method_of(cfg)
     if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or cfg["seed"] < 0:
         raise ConfigError("seed", cfg["seed"], "must be a non-negative integer")
     for field, allowed in CHOICES.items():
@@ -192,8 +195,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("model.eval_capacity_factor", ecf, "must be null or a positive number")
     if cfg["model"]["capacity_factor"] <= 0:
         raise ConfigError("model.capacity_factor", cfg["model"]["capacity_factor"], "must be > 0")
+    bias = cfg["model"]["head_bias_init"]
+    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, (int, float))):
+        raise ConfigError("model.head_bias_init", bias, "must be null or a number")
     _validate_pp(cfg["data"])
-    METHODS[cfg["method"]].validate(cfg)
+    method.check(cfg, size_spec(cfg))
 
 
 def _validate_pp(data: Mapping[str, Any]) -> None:
@@ -287,11 +293,9 @@ def upstream_config(cfg: Mapping[str, Any]) -> dict:
 
     Runs that differ only in fine-tuning fields (K, M, overlap, λ, lr, seed...) share it.
     """
-    from e3lib.models.registry import METHODS
-
     up = cfg["upstream"]
     m = cfg["model"]
-    method = up["method"] or METHODS[cfg["method"]].upstream_method
+    method = up["method"] or method_of(cfg).upstream_method
     return {
         "checkpoint": up["checkpoint"],
         "method": method,
@@ -316,25 +320,3 @@ def upstream_config(cfg: Mapping[str, Any]) -> dict:
 
 def upstream_id(cfg: Mapping[str, Any]) -> str:
     return short_hash(upstream_config(cfg))
-
-
-def moe_layers(num_layers: int, placement: str, n: int) -> tuple[int, ...]:
-    """Indices of the blocks that hold MoE MLPs.
-
-    "last": the last n odd blocks, e.g. 8 layers, n=2 -> (5, 7).
-    "every": every n-th block, e.g. 12 layers, n=2 -> (1, 3, 5, 7, 9, 11).
-    """
-    if placement == "last":
-        return tuple(range(1, num_layers, 2))[-n:] if n > 0 else ()
-    if placement == "every":
-        return tuple(range(n - 1, num_layers, n))
-    raise ConfigError("model.moe_placement", placement, "allowed: ['last', 'every']")
-
-
-def size_spec(cfg: Mapping[str, Any]) -> dict:
-    """The size table entry of the run, with the MoE block indices resolved."""
-    m = cfg["model"]
-    spec = dict(MODEL_SIZES[m["size"]])
-    n = m["moe_n"] if m["moe_n"] is not None else spec["moe_last_n"]
-    spec["moe_layers"] = moe_layers(spec["layers"], m["moe_placement"], n)
-    return spec

@@ -130,7 +130,7 @@ def test_batchensemble_dense_with_unit_fast_weights_is_the_dense_layer_bitwise()
     from e3lib.models.batchensemble import BatchEnsembleDense
 
     x = jax.random.normal(jax.random.key(0), (6, 5, 32))            # (B·M = 3·2, T, D_in)
-    layer = BatchEnsembleDense(features=64, members=2)
+    layer = BatchEnsembleDense(features=64, ensemble_size=2)
     params = layer.init(jax.random.key(1), x)["params"]
     dense = {"kernel": params["kernel"], "bias": params["bias"][0]}
     params = dict(params, fast_in=jnp.ones((2, 32)), fast_out=jnp.ones((2, 64)),
@@ -317,11 +317,11 @@ def test_invalid_baseline_configs_name_file_field_and_rule(method, model, field)
 
 def test_registry_builds_all_three_with_their_upstreams():
     from e3lib.config import upstream_config
-    from e3lib.models.registry import METHODS, num_members
+    from e3lib.models.registry import METHODS, predictions_per_image
 
     for name, upstream in [("batchensemble", "vit"), ("mc_dropout", "vmoe"), ("mimo", "vmoe")]:
         cfg = cfg_of(name, ensemble_size=4)
-        assert METHODS[name].builder and num_members(cfg) == 4
+        assert METHODS[name].build and predictions_per_image(cfg) == 4
         assert upstream_config(cfg)["method"] == upstream
 
 

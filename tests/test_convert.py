@@ -4,14 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import param_structure, random_params
 
 from e3lib.config import resolve
 from e3lib.models import build_model
 from e3lib.models.convert import (ConversionError, convert_for_config, convert_params,
                                   expert_permutation, resize_posemb, restore_params,
                                   router_columns, router_kernel_for, save_params)
-from e3lib.models.routing import expert_subsets
-from e3lib.models.testing import param_structure, random_params
+from e3lib.models.layout import expert_subsets
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
 ROUTER = ("Encoder", "encoderblock_3", "Moe", "Router", "kernel")

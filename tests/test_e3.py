@@ -4,13 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import random_params
 
 from e3lib.config import resolve
 from e3lib.models import build_model
 from e3lib.models.convert import convert_for_config
-from e3lib.models.factory import moe_layout
+from e3lib.models.registry import moe_layout
 from e3lib.models.routing import NoisyTopKRouter
-from e3lib.models.testing import random_params
+from e3lib.models.sizes import size_spec
 
 IMAGES = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
 RNGS = {"dropout": jax.random.key(1), "gating": jax.random.key(2)}
@@ -22,7 +23,7 @@ def _cfg(method, **model):
 
 def _init(cfg, num_classes=5):
     """Model and random parameters (distinct experts, random head; see
-    e3lib.models.testing) of a config."""
+    tests/model_helpers.py) of a config."""
     model = build_model(cfg, num_classes)
     return model, random_params(model, IMAGES, seed=3)
 
@@ -79,7 +80,7 @@ def test_noise_is_drawn_per_member():
 @pytest.mark.parametrize("overlap,K", [(0, 2), (2, 2)])
 def test_token_copy_of_member_m_only_reaches_subset_m(overlap, K):
     cfg = _cfg("e3", num_experts=8, ensemble_size=2, overlap=overlap, num_selected=K)
-    subsets = moe_layout(cfg).subsets
+    subsets = moe_layout(cfg, size_spec(cfg)).subsets
     model, params = _init(cfg)
     kernel = params["Encoder"]["encoderblock_1"]["Moe"]["Router"]["kernel"]
     assert kernel.shape == (32, 2, len(subsets[0]))          # (H, M, (E-o)/M + o)

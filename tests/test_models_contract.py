@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import param_structure, random_params
 
 from e3lib.config import ConfigError, resolve
 from e3lib.models import build_model
-from e3lib.models.registry import num_members
+from e3lib.models.registry import predictions_per_image
 
 IMAGES = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
 CASES = [
@@ -33,9 +34,9 @@ def test_contract_shapes(method, model):
                          rngs={"dropout": jax.random.key(2), "gating": jax.random.key(3)})
 
     logits, aux = jax.eval_shape(forward)
-    members = num_members(cfg)
-    assert logits.shape == (4, members, 5)
-    assert aux["features"].shape == (4, members, 32)
+    predictions = predictions_per_image(cfg)
+    assert logits.shape == (4, predictions, 5)
+    assert aux["features"].shape == (4, predictions, 32)
     assert aux["aux_loss"].shape == ()
     expected_layers = [] if method == "vit" else ["encoderblock_1", "encoderblock_3"]
     assert sorted(aux["router"]) == expected_layers
@@ -59,23 +60,9 @@ def test_initial_model_values():
     assert float(jnp.std(params["Encoder"]["posembed_input"])) == pytest.approx(0.02, rel=0.2)
 
 
-def test_unbuilt_method_names_itself(monkeypatch):
-    import dataclasses
-
-    from e3lib.models import registry
-
-    unbuilt = dataclasses.replace(registry.METHODS["mimo"], builder="")
-    monkeypatch.setitem(registry.METHODS, "mimo", unbuilt)
-    cfg = resolve({"method": "mimo"})
-    with pytest.raises(NotImplementedError, match="mimo"):
-        build_model(cfg, 10)
-
-
-def test_unknown_size_is_rejected():
-    cfg = resolve({"method": "vmoe"})
-    cfg["model"]["size"] = "XL/8"
+def test_unknown_size_is_rejected_where_the_config_enters():
     with pytest.raises(ConfigError, match="model.size='XL/8'.*allowed"):
-        build_model(cfg, 10)
+        resolve({"method": "vmoe", "model": {"size": "XL/8"}})
 
 
 @pytest.mark.parametrize("model,field", [
@@ -85,18 +72,24 @@ def test_unknown_size_is_rejected():
     ({"ensemble_size": 4, "overlap": 2}, "model.ensemble_size"),      # (8-2) % 4 != 0
 ])
 def test_invalid_e3_combinations_name_values_and_rule(model, field):
-    cfg = resolve({"method": "e3"})
-    cfg["model"].update(model)
     with pytest.raises(ConfigError) as err:
-        build_model(cfg, 10)
+        resolve({"method": "e3", "model": model})
     assert err.value.field == field
     assert str(model[field.split(".")[1]]) in str(err.value)
 
 
+def test_builders_trust_the_resolved_config():
+    # Validation happens once, in resolve; build_model does not re-check the fields
+    # (a negative λ slipped past resolve would reach the router unchanged).
+    cfg = resolve({"method": "vmoe"})
+    cfg["model"]["aux_weight"] = -1.0
+    net = build_model(cfg, 10)
+    variables = jax.eval_shape(lambda: net.init({"params": jax.random.key(0)}, IMAGES))
+    assert "Encoder" in variables["params"]
+
+
 @pytest.mark.parametrize("method,model", [CASES[0], CASES[2]], ids=["vit", "e3"])
 def test_bfloat16_compute_keeps_float32_params_routing_and_gradients(method, model):
-    from e3lib.models.testing import param_structure, random_params
-
     nets = {d: build_model(resolve({"method": method, "model": dict(model, dtype=d)}), 5)
             for d in ("float32", "bfloat16")}
     params = random_params(nets["float32"], IMAGES, train=False)

@@ -5,21 +5,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model_helpers import random_params
+
+from e3lib.models.layout import compute_capacity
 from e3lib.models.moe import MoeMlp, dense_moe_reference, from_groups, to_groups
-from e3lib.models.routing import NoisyTopKRouter, buffer_positions, compute_capacity
-from e3lib.models.testing import random_params
+from e3lib.models.routing import NoisyTopKRouter, buffer_positions
 from e3lib.models.vit import MlpBlock
 
 
-def _moe(E=4, K=1, C=1.0, members=1, mlp_dim=8, **kw):
+def _moe(E=4, K=1, C=1.0, ensemble_size=1, mlp_dim=8, **kw):
     subsets = kw.pop("subsets", (tuple(range(E)),))
     return MoeMlp(num_experts=E, mlp_dim=mlp_dim, subsets=subsets, num_selected=K,
                   noise_std=1.0 / E,
-                  aux_weight=0.01, members=members, group_images=2, capacity_factor=C, **kw)
+                  aux_weight=0.01, ensemble_size=ensemble_size, group_images=2, capacity_factor=C, **kw)
 
 
 def _init(moe, x):
-    """Random parameters, every expert distinct (see e3lib.models.testing)."""
+    """Random parameters, every expert distinct (see tests/model_helpers.py)."""
     return random_params(moe, x, seed=1)
 
 
@@ -32,7 +34,7 @@ def test_grouping_keeps_whole_images_member_fast():
     B, M, T = 2, 2, 3
     vals = np.array([[[100 * b + 10 * m + t] for t in range(T)]
                      for b in range(B) for m in range(M)])
-    groups, images = to_groups(jnp.asarray(vals, jnp.float32), members=M, group_images=1)
+    groups, images = to_groups(jnp.asarray(vals, jnp.float32), ensemble_size=M, group_images=1)
     assert images == 1 and groups.shape == (2, 6, 1)
     # Group 0 is image 0, tokens in order, the two member copies of each token adjacent.
     np.testing.assert_array_equal(groups[0, :, 0], [0, 10, 1, 11, 2, 12])
@@ -42,7 +44,7 @@ def test_grouping_keeps_whole_images_member_fast():
 
 def test_group_images_divide_any_batch():
     # B=6 with group_images=4: gcd(6, 4) = 2 images per group, 3 groups.
-    groups, images = to_groups(jnp.zeros((6, 5, 2)), members=1, group_images=4)
+    groups, images = to_groups(jnp.zeros((6, 5, 2)), ensemble_size=1, group_images=4)
     assert images == 2 and groups.shape == (3, 10, 2)
 
 
@@ -150,7 +152,7 @@ def test_gradients_reach_router_and_experts():
     # mode: the loss depends on the router through the gates and the aux loss, and on every
     # expert that received tokens.
     x = jax.random.normal(jax.random.key(0), (4, 5, 6))                  # B=2 images, M=2
-    moe = _moe(E=4, K=1, C=2.0, members=2, subsets=((0, 1), (2, 3)))
+    moe = _moe(E=4, K=1, C=2.0, ensemble_size=2, subsets=((0, 1), (2, 3)))
     params = _init(moe, x)
 
     @jax.jit

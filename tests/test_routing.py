@@ -9,8 +9,10 @@ import pytest
 
 from e3lib.config import resolve
 from e3lib.models.factory import layer_noise_std
-from e3lib.models.routing import (NoisyTopKRouter, buffer_positions, compute_capacity,
-                                  expert_subsets, importance_loss, load_loss)
+from e3lib.models.layout import compute_capacity, expert_subsets
+from e3lib.models.registry import moe_layout
+from e3lib.models.routing import NoisyTopKRouter, buffer_positions, importance_loss, load_loss
+from e3lib.models.sizes import size_spec
 
 
 @pytest.mark.parametrize("S,K,E,C,expected", [
@@ -107,7 +109,8 @@ def test_noise_std_is_the_configured_sigma():
     ("partitioning", {"num_experts": 8, "ensemble_size": 2}, 2 / 8),
 ])
 def test_noise_std_scaling_per_method(method, model, expected):
-    assert layer_noise_std(resolve({"method": method, "model": model})) == pytest.approx(expected)
+    cfg = resolve({"method": method, "model": model})
+    assert layer_noise_std(cfg, moe_layout(cfg, size_spec(cfg))) == pytest.approx(expected)
 
 
 def test_buffer_positions_k_major_and_batch_priority():
@@ -129,7 +132,7 @@ def test_partitioning_router_selects_k_in_every_subset():
     x = jax.random.normal(jax.random.key(0), (2, 8, 4))
     kernel = jax.random.normal(jax.random.key(1), (4, 2, 2))
     apply = _router_with_kernel(kernel, subsets=((0, 1), (2, 3)), num_selected=1,
-                                noise_std=0.5, aux_weight=0.01, tiled=False)
+                                noise_std=0.5, aux_weight=0.01, router_per_copy=False)
     routing, _ = apply(x)
     assert routing.expert_index.shape == (2, 8, 2)
     assert set(np.unique(routing.expert_index[..., 0])) <= {0, 1}

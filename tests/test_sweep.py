@@ -201,7 +201,9 @@ def test_ensemble_ids_do_not_depend_on_member_order():
 
 MALFORMED = [
     # (what is wrong, document, the field the message must name, words the message must hold)
-    ("unknown method", {**BASE, "base": {"method": "e4"}}, "base.method", "'e3'"),
+    # methods are checked against the registry by resolve (the schema lists none)
+    ("unknown method", {**BASE, "base": {"method": "e4"}}, "method in run (base, seed=0)",
+     "'e4': allowed: ['batchensemble', 'e3'"),
     ("unknown model size", {**BASE, "base": {"model": {"size": "XL/7"}}}, "base.model.size",
      "'tiny'"),
     ("unknown top-level key", {**BASE, "axis": []}, "(top level)", "allowed fields here"),
@@ -360,7 +362,7 @@ def test_cli_expand(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**BASE, "base": {"method": "e4"}}))
     assert S.cli_expand([str(bad), "--results-root", str(root)]) == 2
-    assert "bad.yaml: base.method='e4'" in capsys.readouterr().err
+    assert "bad.yaml: method in run (base, seed=0)='e4': allowed" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- resources

@@ -13,7 +13,7 @@ __all__ = ["build_model", "count_params"]
 
 def __getattr__(name: str) -> Any:
     if name == "build_model":
-        from e3lib.models.factory import build_model
+        from e3lib.models.build import build_model
         return build_model
     if name == "count_params":
         from e3lib.models.params import count_params

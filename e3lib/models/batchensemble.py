@@ -9,7 +9,7 @@ elementwise products with the member's *fast weights* r_m (D_in,) and s_m (D_out
 member also has its own bias b_m (D_out,) (``bias`` is (M, D_out)).
 
 Placement follows the V-MoE "last-n" design (App. G.1): both dense layers of the MLPs of the
-blocks ``size_spec(cfg)["moe_layers"]`` (the last n odd blocks, ``model.moe_n``) are
+blocks ``spec["moe_layers"]`` (``e3lib.models.sizes.size_spec``) (the last n odd blocks, ``model.moe_n``) are
 BatchEnsemble layers; every other block stays a dense ViT block. Rows are repeated M times
 (member index fastest, row b·M + m) before the first such block, so the blocks before it
 run once per image and the head gives (B, M, C).
@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from e3lib.config import size_spec
-from e3lib.models.factory import DTYPES, vit_kwargs
-from e3lib.models.vit import DenseMlp, MlpBlock, VisionTransformer
+from e3lib.models.factory import DTYPES, dense_mlp, vit_kwargs
+from e3lib.models.vit import MlpBlock, VisionTransformer
 
 Array = jax.Array
 
@@ -66,14 +65,14 @@ class BatchEnsembleDense(nn.Module):
     """
 
     features: int
-    members: int
+    ensemble_size: int                     # M
     fast_init: str = "random_sign"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         rows, tokens, d_in = x.shape
-        M = self.members
+        M = self.ensemble_size
         if rows % M:
             raise ValueError(f"BatchEnsembleDense: {rows} rows are not a multiple of M={M}")
         kernel = self.param("kernel", nn.initializers.xavier_uniform(), (d_in, self.features))
@@ -93,18 +92,19 @@ class BatchEnsembleMlpBlock(MlpBlock):
     BE Dense(H) -> dropout. Parameter paths ``Dense_0`` / ``Dense_1`` as in the dense ViT, so
     kernels convert 1:1."""
 
-    members: int = 1
+    ensemble_size: int = 1
     fast_init: str = "random_sign"
 
     def make_dense(self, features: int, name: str) -> nn.Module:
-        return BatchEnsembleDense(features, self.members, self.fast_init, self.dtype, name=name)
+        return BatchEnsembleDense(features, self.ensemble_size, self.fast_init, self.dtype,
+                                  name=name)
 
 
 class BatchEnsembleMlp(nn.Module):
     """A block's BatchEnsemble MLP with the ``mlp(x, train)`` calling convention."""
 
     mlp_dim: int
-    members: int
+    ensemble_size: int
     fast_init: str = "random_sign"
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
@@ -112,35 +112,31 @@ class BatchEnsembleMlp(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         return BatchEnsembleMlpBlock(self.mlp_dim, self.dropout_rate, deterministic=not train,
-                                     dtype=self.dtype, members=self.members,
+                                     dtype=self.dtype, ensemble_size=self.ensemble_size,
                                      fast_init=self.fast_init, name="MlpBlock")(x)
 
 
-def batchensemble_blocks(cfg: Mapping[str, Any]) -> tuple[int, ...]:
-    """Indices of the blocks whose MLPs are BatchEnsemble MLPs (the last-n placement)."""
-    return tuple(size_spec(cfg)["moe_layers"])
-
-
-def batchensemble_mlp_factory(cfg: Mapping[str, Any]) -> Callable[[int, bool], nn.Module]:
-    """Dense MLPs, except ``BatchEnsembleMlp`` (named "Mlp") in ``batchensemble_blocks``."""
-    spec, m = size_spec(cfg), cfg["model"]
-    be_blocks = batchensemble_blocks(cfg)
+def batchensemble_mlp_factory(cfg: Mapping[str, Any], spec: Mapping[str, Any]
+                              ) -> Callable[[int, bool], nn.Module]:
+    """Dense MLPs, except ``BatchEnsembleMlp`` (named "Mlp") in the last-n blocks."""
+    m = cfg["model"]
 
     def factory(block: int, train: bool) -> nn.Module:
-        if block not in be_blocks:
-            return DenseMlp(spec["mlp"], m["dropout"], dtype=DTYPES[m["dtype"]], name="Mlp")
+        if block not in spec["moe_layers"]:
+            return dense_mlp(cfg, spec)
         return BatchEnsembleMlp(spec["mlp"], m["ensemble_size"], m["be_init"], m["dropout"],
                                 dtype=DTYPES[m["dtype"]], name="Mlp")
 
     return factory
 
 
-def build_batchensemble(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+def build_batchensemble(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: None,
+                        num_classes: int) -> nn.Module:
     """BatchEnsemble ViT: rows tiled M times before the first BatchEnsemble block."""
-    return VisionTransformer(mlp_factory=batchensemble_mlp_factory(cfg),
-                             tile_before=batchensemble_blocks(cfg)[0],
-                             tile_factor=cfg["model"]["ensemble_size"],
-                             **vit_kwargs(cfg, num_classes))
+    return VisionTransformer(mlp_factory=batchensemble_mlp_factory(cfg, spec),
+                             tile_before=spec["moe_layers"][0],
+                             ensemble_size=cfg["model"]["ensemble_size"],
+                             **vit_kwargs(cfg, spec, num_classes))
 
 
 # ----------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ the router columns are grouped. Checkpoints are read with Orbax (``restore_param
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -34,6 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from e3lib.models.registry import method_of, moe_layout
+from e3lib.models.sizes import size_spec
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -87,7 +89,7 @@ def convert_params(upstream: Params, target: Params, *,
 
     upstream: upstream ``params``; target: the downstream model's initialised ``params``
     (arrays; their values are kept where the rules say so, e.g. the new head);
-    subsets: expert ids of each downstream router (``factory.moe_layout(cfg).subsets``);
+    subsets: expert ids of each downstream router (``registry.moe_layout(cfg, spec).subsets``);
     permutation: optional expert permutation π (length E).
     """
     source = traverse_util.flatten_dict(dict(upstream), sep="/")
@@ -150,20 +152,17 @@ def _checked(path: str, value: Array, leaf: Array) -> Array:
 
 def convert_for_config(upstream: Params, target: Params, cfg: Mapping[str, Any],
                        keep_head: bool = False) -> dict:
-    """``convert_params`` with the subsets and permutation the run config asks for.
+    """``convert_params`` with the rules of the run's method (its registry entry): its
+    ``prepare_upstream`` hook first, then the router subsets of its MoE layout.
 
     The permutation (``model.permute_experts``) is seeded by the run's ``seed``.
     """
-    from e3lib.models.factory import moe_layout
-    from e3lib.models.registry import METHODS
-
     m = cfg["model"]
-    method = METHODS[cfg["method"]]
+    method = method_of(cfg)
     if method.prepare_upstream:  # method-specific leaves (BatchEnsemble, MIMO) first
-        module_name, func = method.prepare_upstream.split(":")
-        prepare = getattr(importlib.import_module(module_name), func)
-        upstream = prepare(upstream, target, cfg, keep_head)
-    subsets = moe_layout(cfg).subsets if method.uses_moe else None
+        upstream = method.prepare_upstream(upstream, target, cfg, keep_head)
+    layout = moe_layout(cfg, size_spec(cfg))
+    subsets = layout.subsets if layout is not None else None
     perm = expert_permutation(m["num_experts"], cfg["seed"]) if m["permute_experts"] else None
     return convert_params(upstream, target, subsets=subsets, permutation=perm,
                           keep_head=keep_head)

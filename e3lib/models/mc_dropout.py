@@ -30,8 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from e3lib.config import size_spec
-from e3lib.models.factory import layer_noise_std, moe_layout, moe_mlp_factory, vit_kwargs
+from e3lib.models.factory import moe_mlp_factory, vit_kwargs
+from e3lib.models.layout import MoeLayout
 from e3lib.models.vit import VisionTransformer
 
 Array = jax.Array
@@ -64,19 +64,17 @@ class McDropoutVisionTransformer(nn.Module):
         return super().apply(variables, *args, rngs=rngs, **kwargs)
 
 
-def build_mc_dropout(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+def build_mc_dropout(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout,
+                     num_classes: int) -> nn.Module:
     """MC-Dropout V-MoE: V-MoE routing, expert dropout sampled M times at evaluation."""
-    layout = moe_layout(cfg)
-    first_moe_block = size_spec(cfg)["moe_layers"][0]
-    noise_std = layer_noise_std(cfg)
-    samples = cfg["model"]["ensemble_size"]
-    kwargs = vit_kwargs(cfg, num_classes)
+    first_moe_block = spec["moe_layers"][0]
+    kwargs = vit_kwargs(cfg, spec, num_classes)
 
     def make_vit(train: bool) -> nn.Module:
-        rows = 1 if train else samples                   # M copies per image at evaluation
-        factory = moe_mlp_factory(cfg, subsets=layout.subsets, tiled=True, members=rows,
-                                  noise_std=noise_std, expert_dropout_at_eval=True)
+        copies = 1 if train else layout.ensemble_size    # M samples per image at evaluation
+        factory = moe_mlp_factory(cfg, spec, layout, ensemble_size=copies,
+                                  expert_dropout_at_eval=True)
         return VisionTransformer(mlp_factory=factory, tile_before=first_moe_block,
-                                 tile_factor=rows, **kwargs)
+                                 ensemble_size=copies, **kwargs)
 
     return McDropoutVisionTransformer(make_vit=make_vit, eval_seed=cfg["seed"])

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from e3lib.models.factory import layer_noise_std, moe_layout, moe_mlp_factory, vit_kwargs
+from e3lib.models.factory import moe_mlp_factory, vit_kwargs
+from e3lib.models.layout import MoeLayout
 from e3lib.models.vit import VisionTransformer
 
 Array = jax.Array
@@ -50,7 +51,7 @@ def shuffled_rows(rows: int, input_repetition: float) -> int:
     return int(math.floor(rows * (1.0 - input_repetition) + 1e-9))
 
 
-def member_positions(key: Array, batch: int, members: int, input_repetition: float,
+def member_positions(key: Array, batch: int, ensemble_size: int, input_repetition: float,
                      batch_repetition: int) -> Array:
     """P (M, N): the batch position member m reads in row i (position j holds image j // R).
 
@@ -61,19 +62,19 @@ def member_positions(key: Array, batch: int, members: int, input_repetition: flo
     shuffled = shuffled_rows(rows, input_repetition)
     k_main, k_members = jax.random.split(key)
     main = jax.random.permutation(k_main, rows)                                # (N,)
-    keys = jax.random.split(k_members, members)
+    keys = jax.random.split(k_members, ensemble_size)
     head = jax.vmap(lambda k: jax.random.permutation(k, main[:shuffled]))(keys)  # (M, N')
-    tail = jnp.broadcast_to(main[shuffled:], (members, rows - shuffled))       # (M, N−N')
+    tail = jnp.broadcast_to(main[shuffled:], (ensemble_size, rows - shuffled))       # (M, N−N')
     return jnp.concatenate([head, tail], axis=1)                               # (M, N)
 
 
 def stack_member_images(images: Array, positions: Array, batch_repetition: int) -> Array:
     """(B, H, W, 3) images and positions P (M, N) -> (N, H, W, 3·M) MIMO inputs."""
     member_images = images[positions // batch_repetition]        # (M, N, H, W, 3)
-    members, rows, height, width, channels = member_images.shape
+    ensemble_size, rows, height, width, channels = member_images.shape
     # (M, N, H, W, 3) -> (N, H, W, M, 3) -> (N, H, W, 3·M): channel 3·m + c.
     return member_images.transpose(1, 2, 3, 0, 4).reshape(rows, height, width,
-                                                          members * channels)
+                                                          ensemble_size * channels)
 
 
 def unshuffle(outputs: Array, positions: Array, batch_repetition: int) -> Array:
@@ -82,14 +83,14 @@ def unshuffle(outputs: Array, positions: Array, batch_repetition: int) -> Array:
     outputs[i, m] concerns position P[m, i]; the result's [b, r·M + m] is member m's output
     at position b·R + r.
     """
-    rows, members, features = outputs.shape
+    rows, ensemble_size, features = outputs.shape
     inverse = jnp.argsort(positions, axis=1)                        # (M, N): row of position j
     per_member = outputs.transpose(1, 0, 2)                         # (M, N, X)
     at_position = jnp.take_along_axis(per_member, inverse[..., None], axis=1)  # (M, N, X)
     batch = rows // batch_repetition
     # (M, N, X) -> (M, B, R, X) -> (B, R, M, X) -> (B, R·M, X)
-    at_position = at_position.reshape(members, batch, batch_repetition, features)
-    return at_position.transpose(1, 2, 0, 3).reshape(batch, batch_repetition * members,
+    at_position = at_position.reshape(ensemble_size, batch, batch_repetition, features)
+    return at_position.transpose(1, 2, 0, 3).reshape(batch, batch_repetition * ensemble_size,
                                                      features)
 
 
@@ -98,7 +99,7 @@ class MimoVisionTransformer(nn.Module):
     this module's own scope: parameter paths are the V-MoE's."""
 
     make_vit: Callable[[], nn.Module]
-    members: int
+    ensemble_size: int                     # M
     num_classes: int
     input_repetition: float = 0.0
     batch_repetition: int = 1
@@ -107,7 +108,7 @@ class MimoVisionTransformer(nn.Module):
     def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict]:
         vit = self.make_vit()
         nn.share_scope(self, vit)
-        M, C = self.members, self.num_classes
+        M, C = self.ensemble_size, self.num_classes
         batch = images.shape[0]
         if train:
             R = self.batch_repetition
@@ -128,17 +129,16 @@ class MimoVisionTransformer(nn.Module):
         return logits, dict(aux, features=features)
 
 
-def build_mimo(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+def build_mimo(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout,
+               num_classes: int) -> nn.Module:
     """MIMO V-MoE: V-MoE routing over rows that carry M images on the channel axis."""
     m = cfg["model"]
     M = m["ensemble_size"]
-    layout = moe_layout(cfg)
-    factory = moe_mlp_factory(cfg, subsets=layout.subsets, tiled=True, members=1,
-                              noise_std=layer_noise_std(cfg))
-    kwargs = vit_kwargs(cfg, num_classes)          # head bias −log(C) for each member's C
+    factory = moe_mlp_factory(cfg, spec, layout, ensemble_size=1)   # rows are not tiled
+    kwargs = vit_kwargs(cfg, spec, num_classes)    # head bias −log(C) for each member's C
     kwargs["num_classes"] = M * num_classes
     return MimoVisionTransformer(make_vit=lambda: VisionTransformer(mlp_factory=factory, **kwargs),
-                                 members=M, num_classes=num_classes,
+                                 ensemble_size=M, num_classes=num_classes,
                                  input_repetition=float(m["mimo_input_repetition"]),
                                  batch_repetition=m["mimo_batch_repetition"])
 

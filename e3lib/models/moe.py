@@ -1,13 +1,13 @@
 """Sparse MoE MLP with real sparse dispatch (gather/scatter into per-expert buffers).
 
-Notation: B images, M rows per image (member copies; 1 without tiling), T tokens per image,
+Notation: B images, M copies of each image (``ensemble_size``; 1 without tiling), T tokens per image,
 H hidden size, Q expert MLP width, G groups, S tokens per group, E experts, K selected per
 token, J selections per token (K, or K·R for Partitioning), C capacity.
 
 Data path of one MoE layer:
 
-1. (B·M, T, H) -> (G, S, H): each group holds whole images, member copies interleaved
-   member-fast, S = images_per_group·T·M (reference ``reshape_to_group_size_representation``).
+1. (B·M, T, H) -> (G, S, H): each group holds whole images, their M copies interleaved
+   copy-fast, S = images_per_group·T·M (reference ``reshape_to_group_size_representation``).
 2. ``NoisyTopKRouter`` gives (G, S, J) expert ids and gates; ``buffer_positions`` queues them.
 3. Dispatch: tokens are scattered into expert buffers (E, G, C, H) = (E, G·C, H); selections
    at position ≥ C are dropped. MLP compute is E·G·C rows = about S·J·C_f per group: it grows
@@ -30,27 +30,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from e3lib.models.routing import NoisyTopKRouter, Routing, buffer_positions, compute_capacity
+from e3lib.models.layout import compute_capacity
+from e3lib.models.routing import NoisyTopKRouter, Routing, buffer_positions
 from e3lib.models.vit import MlpBlock
 
 Array = jax.Array
 
 
-def to_groups(x: Array, members: int, group_images: int) -> tuple[Array, int]:
-    """(B·M, T, H) -> (G, S, H) with whole images per group and member copies interleaved.
+def to_groups(x: Array, ensemble_size: int, group_images: int) -> tuple[Array, int]:
+    """(B·M, T, H) -> (G, S, H) with whole images per group and their M copies interleaved.
 
     Images per group = gcd(B, group_images), so any batch size splits into equal groups.
     Returns the grouped array and the number of images per group.
     """
     rows, tokens, hidden = x.shape
-    batch = rows // members
+    batch = rows // ensemble_size
     images = math.gcd(batch, group_images)
     # (B·M, T, H) -> (B, M, T, H) -> (B, T, M, H) -> (G, S, H)
-    x = x.reshape(batch, members, tokens, hidden).transpose(0, 2, 1, 3)
-    return x.reshape(batch // images, images * tokens * members, hidden), images
+    x = x.reshape(batch, ensemble_size, tokens, hidden).transpose(0, 2, 1, 3)
+    return x.reshape(batch // images, images * tokens * ensemble_size, hidden), images
 
 
-def from_groups(y: Array, members: int, tokens: int) -> Array:
+def from_groups(y: Array, ensemble_size: int, tokens: int) -> Array:
     """Inverse of ``to_groups`` for (G, S, H) or fanned-out (G, S, F, H) arrays.
 
     (G, S, H) -> (B, T, M, H) -> (B, M, T, H) -> (B·M, T, H);
@@ -58,10 +59,10 @@ def from_groups(y: Array, members: int, tokens: int) -> Array:
     """
     hidden = y.shape[-1]
     if y.ndim == 3:
-        y = y.reshape(-1, tokens, members, hidden).transpose(0, 2, 1, 3)
+        y = y.reshape(-1, tokens, ensemble_size, hidden).transpose(0, 2, 1, 3)
         return y.reshape(-1, tokens, hidden)
     fan = y.shape[2]
-    y = y.reshape(-1, tokens, members, fan, hidden).transpose(0, 2, 3, 1, 4)
+    y = y.reshape(-1, tokens, ensemble_size, fan, hidden).transpose(0, 2, 3, 1, 4)
     return y.reshape(-1, tokens, hidden)
 
 
@@ -110,9 +111,9 @@ class MoeMlp(nn.Module):
     num_selected: int                      # K per router
     noise_std: float                       # σ
     aux_weight: float                      # λ
-    tiled: bool = True                     # member copy m -> router m (else every router)
-    members: int = 1                       # M rows per image entering this layer
-    group_images: int = 8                  # images (per member) per routing group
+    router_per_copy: bool = True           # copy m -> router m (else every router)
+    ensemble_size: int = 1                 # M copies of each image entering this layer
+    group_images: int = 8                  # images (each with its M copies) per routing group
     capacity_factor: float = 1.5
     eval_capacity_factor: Optional[float] = None  # None: same as training
     batch_priority: bool = False
@@ -124,11 +125,11 @@ class MoeMlp(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict]:
         _, tokens, _ = x.shape
-        xg, _ = to_groups(x, self.members, self.group_images)            # (G, S, H)
+        xg, _ = to_groups(x, self.ensemble_size, self.group_images)            # (G, S, H)
         groups, group_size, _ = xg.shape
         routing, metrics = NoisyTopKRouter(
             subsets=self.subsets, num_selected=self.num_selected, noise_std=self.noise_std,
-            aux_weight=self.aux_weight, tiled=self.tiled, deterministic=not train,
+            aux_weight=self.aux_weight, router_per_copy=self.router_per_copy, deterministic=not train,
             name="Router")(xg)
         selections = routing.expert_index.shape[-1]                       # J
         factor = self.capacity_factor
@@ -152,7 +153,7 @@ class MoeMlp(nn.Module):
         self.sow("intermediates", "kept", kept)
         metrics = dict(metrics, capacity=jnp.asarray(capacity),
                        dropped_fraction=1.0 - jnp.mean(kept.astype(jnp.float32)))
-        return from_groups(y, self.members, tokens).astype(x.dtype), metrics
+        return from_groups(y, self.ensemble_size, tokens).astype(x.dtype), metrics
 
 
 def dense_moe_reference(expert_params: Any, mlp_dim: int, x: Array, routing: Routing,

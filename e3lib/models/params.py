@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 def param_shapes(cfg: Mapping[str, Any], num_classes: int, image_size: int | None = None) -> Any:
     """The parameter tree of the run's model as ``jax.ShapeDtypeStruct`` leaves."""
-    from e3lib.models.factory import build_model
+    from e3lib.models.build import build_model
 
     size = image_size or cfg["data"]["image_size"]
     model = build_model(cfg, num_classes)

@@ -3,7 +3,7 @@
 Notation: G groups, S tokens per group (all member copies included), H hidden size,
 E experts in the layer, K experts selected per token by one router, R routers in the layer
 (1 for V-MoE and Tiling, M for E³ / overlap / Partitioning), E_r experts one router sees,
-S_r tokens one router sees per group (S/M when each member copy has its own router, else S),
+S_r tokens one router sees per group (S/M when each copy has its own router, else S),
 J expert selections per token (K, or K·R when every token visits every router), C capacity
 (buffer slots per expert per group).
 
@@ -18,15 +18,14 @@ Numerics (vmoe-reference.md §3, §4, §11):
   ``p[s,e] = 1 − Φ((τ_s − z[s,e])/σ)``, ``CV²(mean_s p[s, e])``.
 * per (group, router): aux = λ/2·(importance + load) (evaluation: λ/2·importance); the layer's
   aux is the mean over groups and routers (Ω_partition of Appendix C.2 when R = M).
-* capacity ``C = roundup4(ceil(S·J·C_f/E))``; buffer positions are assigned K-major (every
+* capacity ``C = roundup4(ceil(S·J·C_f/E))`` (``layout.compute_capacity``); buffer positions are assigned K-major (every
   token's first choice before any second choice), in token order or, with batch-prioritized
   routing, in order of decreasing top-1 gate; selections at position ≥ C are dropped.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -34,19 +33,6 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 Array = jax.Array
-
-
-def compute_capacity(num_tokens: int, num_selected: int, num_experts: int,
-                     capacity_factor: float, multiple_of: int = 4) -> int:
-    """Buffer slots per expert per group: ceil(S·K·C_f / E) rounded up to ``multiple_of``.
-
-    Example (reference S/32 pretraining): S=400, K=2, E=8, C_f=1.05 -> ceil(105.0) -> 108.
-    """
-    if num_tokens < 1 or num_selected < 1 or num_experts < 1 or capacity_factor <= 0:
-        raise ValueError(f"capacity needs positive sizes, got S={num_tokens}, K={num_selected}, "
-                         f"E={num_experts}, capacity_factor={capacity_factor}")
-    capacity = int(math.ceil(num_tokens * num_selected * capacity_factor / num_experts))
-    return -(-capacity // multiple_of) * multiple_of
 
 
 ARGMAX_TOP_K_MAX = 4   # K up to which ``top_k`` uses K masked argmax passes instead of a sort
@@ -126,9 +112,10 @@ class Routing(NamedTuple):
 class NoisyTopKRouter(nn.Module):
     """R noisy top-K routers, router r choosing among the experts ``subsets[r]``.
 
-    tiled=True: the S tokens of a group are member copies interleaved member-fast
+    router_per_copy=True: the S tokens of a group are copies interleaved copy-fast
     (s = t·R + r) and copy r is routed by router r only (E³, overlap; V-MoE/Tiling with R=1).
-    tiled=False: every token is routed by every router, J = K·R selections (Partitioning).
+    router_per_copy=False: every token is routed by every router, J = K·R selections
+    (Partitioning). See ``e3lib.models.layout.MoeLayout``.
     The kernel is stored as (H, R, E_r): a V-MoE kernel (H, E) is (H, 1, E).
     """
 
@@ -136,7 +123,7 @@ class NoisyTopKRouter(nn.Module):
     num_selected: int                      # K per router
     noise_std: float                       # σ, already divided by the experts it scales with
     aux_weight: float                      # λ
-    tiled: bool = True
+    router_per_copy: bool = True
     deterministic: bool = True
 
     @nn.compact
@@ -150,7 +137,7 @@ class NoisyTopKRouter(nn.Module):
             "kernel", nn.initializers.lecun_normal(in_axis=0, out_axis=-1, batch_axis=(1,)),
             (hidden, num_routers, experts_per_router))
         x = x.astype(jnp.float32)
-        if self.tiled:
+        if self.router_per_copy:
             if tokens % num_routers:
                 raise ValueError(f"group size S={tokens} not divisible by routers R={num_routers}")
             # (G, S, H) -> (G, S/R, R, H): copy r of each token goes to router r.
@@ -176,7 +163,7 @@ class NoisyTopKRouter(nn.Module):
         top_gates, local_index = top_k(gates, self.num_selected)   # (G, S_r, R, K)
         subsets = jnp.asarray(self.subsets, dtype=jnp.int32)               # (R, E_r)
         global_index = subsets[jnp.arange(num_routers)[:, None], local_index]  # (G, S_r, R, K)
-        if self.tiled:
+        if self.router_per_copy:
             # (G, S/R, R, K) -> (G, S, K): token s = t·R + r.
             expert_index = global_index.reshape(groups, tokens, self.num_selected)
             sel_gates = top_gates.reshape(groups, tokens, self.num_selected)
@@ -187,37 +174,3 @@ class NoisyTopKRouter(nn.Module):
         metrics = {"aux_loss": jnp.mean(aux), "importance_loss": jnp.mean(imp),
                    "load_loss": jnp.mean(load)}
         return Routing(expert_index, sel_gates, jnp.max(sel_gates, axis=-1)), metrics
-
-
-def expert_subsets(num_experts: int, ensemble_size: int, overlap: int = 0
-                   ) -> tuple[tuple[int, ...], ...]:
-    """Expert ids seen by each member: (E−o)/M unique contiguous experts plus the o shared ones.
-
-    Unique experts of member m: [m·u, (m+1)·u) with u = (E−o)/M; shared: the last o experts
-    [E−o, E). o = 0 is the contiguous partition of E³; e.g. E=8, M=2, o=2 ->
-    ((0, 1, 2, 6, 7), (3, 4, 5, 6, 7)).
-    """
-    E, M, o = num_experts, ensemble_size, overlap
-    if not 0 <= o <= E:
-        raise ValueError(f"overlap o={o} must be in [0, E={E}]")
-    if (E - o) % M:
-        raise ValueError(f"E - overlap = {E} - {o} = {E - o} must be divisible by M={M}")
-    unique = (E - o) // M
-    shared = tuple(range(E - o, E))
-    return tuple(tuple(range(m * unique, (m + 1) * unique)) + shared for m in range(M))
-
-
-def router_noise_std(noise_mult: float, num_experts: int, experts_seen: int,
-                     scaling: str) -> float:
-    """σ of the router noise: "code" divides by the experts the router sees, "paper" by E."""
-    if scaling == "code":
-        return noise_mult / experts_seen
-    if scaling == "paper":
-        return noise_mult / num_experts
-    raise ValueError(f"noise_scaling={scaling!r}; allowed: ['code', 'paper']")
-
-
-def selections_per_token(subsets: Sequence[Sequence[Any]], num_selected: int,
-                         tiled: bool) -> int:
-    """J: expert selections per token (K, or K·R when every token visits every router)."""
-    return num_selected if tiled else num_selected * len(subsets)

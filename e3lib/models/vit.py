@@ -1,7 +1,7 @@
 """Vision Transformer backbone shared by every method (ViT, V-MoE, E³, ablations, baselines).
 
-Notation: B images, T tokens per image (patches + class token), H hidden size, M rows per
-image after tiling (ensemble members; 1 before tiling), D representation size (= H), Q MLP width.
+Notation: B images, T tokens per image (patches + class token), H hidden size, M copies of
+each image after tiling (``ensemble_size``; 1 before tiling), F predictions per image, D representation size (= H), Q MLP width.
 
 Numerics follow the reference code (vmoe-reference.md §2): patch embedding by a strided
 convolution, a zero-initialised class token prepended, learned position embeddings
@@ -16,7 +16,7 @@ Seams for other methods:
   live under ``encoderblock_{b}/<name>``. An MLP module is called as ``mlp(x, train=...)``
   and returns ``y`` or ``(y, metrics)``. ``y`` may have ``F`` times more rows than ``x``
   (rows ``r·F + f``, as Multi-pred does); the residual is then repeated to match.
-* ``tile_before`` / ``tile_factor``: rows are repeated M times (``repeat_members``) before
+* ``tile_before`` / ``ensemble_size``: rows are repeated M times (``repeat_rows``) before
   that block, so the block holding the first MoE layer already runs on the M copies.
 """
 
@@ -33,13 +33,13 @@ Metrics = Mapping[str, Any]
 MlpFactory = Callable[[int, bool], nn.Module]
 
 
-def repeat_members(x: Array, factor: int) -> Array:
-    """Tile each image's rows ``factor`` times, member index fastest.
+def repeat_rows(x: Array, times: int) -> Array:
+    """Repeat each row ``times`` times, copy index fastest (tiling: ``times`` = M).
 
     (B, ...) -> (B·M, ...), row ``b·M + m`` is copy ``m`` of image ``b`` (``jnp.repeat`` as in
     the reference code, not ``jnp.tile``).
     """
-    return x if factor == 1 else jnp.repeat(x, factor, axis=0)
+    return x if times == 1 else jnp.repeat(x, times, axis=0)
 
 
 class MlpBlock(nn.Module):
@@ -103,7 +103,7 @@ class EncoderBlock(nn.Module):
         out = mlp(y, train=train)
         y, metrics = out if isinstance(out, tuple) else (out, None)
         if y.shape[0] != x.shape[0]:  # the MLP fanned each row out into F rows (r·F + f)
-            x = repeat_members(x, y.shape[0] // x.shape[0])
+            x = repeat_rows(x, y.shape[0] // x.shape[0])
         return x + y, metrics
 
 
@@ -116,7 +116,7 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     tile_before: Optional[int] = None   # block index before which rows are repeated
-    tile_factor: int = 1                # M
+    ensemble_size: int = 1              # M copies made there
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -127,11 +127,11 @@ class Encoder(nn.Module):
         x = x + posemb
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         metrics: dict = {}
-        tiled = False
+        repeated = False
         for b in range(self.num_layers):
             if b == self.tile_before:
-                x = repeat_members(x, self.tile_factor)  # (B, T, H) -> (B·M, T, H)
-                tiled = True
+                x = repeat_rows(x, self.ensemble_size)  # (B, T, H) -> (B·M, T, H)
+                repeated = True
             x, block_metrics = EncoderBlock(
                 block_index=b, num_heads=self.num_heads, mlp_factory=self.mlp_factory,
                 dropout_rate=self.dropout_rate,
@@ -139,17 +139,17 @@ class Encoder(nn.Module):
                 name=f"encoderblock_{b}")(x, train=train)
             if block_metrics is not None:
                 metrics[f"encoderblock_{b}"] = block_metrics
-        if not tiled and self.tile_factor > 1:  # no block to tile before: copies at the end
-            x = repeat_members(x, self.tile_factor)
+        if not repeated and self.ensemble_size > 1:  # no block to tile before: copy at the end
+            x = repeat_rows(x, self.ensemble_size)
         return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x), metrics
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier returning ``(logits (B, M, C), aux)`` (the model contract).
+    """ViT classifier returning ``(logits (B, F, C), aux)`` (the model contract).
 
-    ``aux = {"aux_loss": scalar Σ over MoE layers, "features": (B, M, D), "router": {...}}``.
-    M is the number of rows per image leaving the encoder (1 for ViT/V-MoE, M for E³ and
-    Tiling, K for Multi-pred).
+    ``aux = {"aux_loss": scalar Σ over MoE layers, "features": (B, F, D), "router": {...}}``.
+    F is the number of predictions per image, the rows per image leaving the encoder (1 for
+    ViT/V-MoE, M for E³ and Tiling, K for Multi-pred).
     """
 
     num_classes: int
@@ -163,7 +163,7 @@ class VisionTransformer(nn.Module):
     representation: bool = True
     head_bias_init: float = 0.0
     tile_before: Optional[int] = None
-    tile_factor: int = 1
+    ensemble_size: int = 1
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -179,17 +179,17 @@ class VisionTransformer(nn.Module):
         x, router_metrics = Encoder(
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_factory=self.mlp_factory,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            tile_before=self.tile_before, tile_factor=self.tile_factor, dtype=self.dtype,
+            tile_before=self.tile_before, ensemble_size=self.ensemble_size, dtype=self.dtype,
             name="Encoder")(x, train=train)
-        x = x[:, 0]  # class token: (B·M, H)
+        x = x[:, 0]  # class token: (B·F, H)
         if self.representation:
             x = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name="pre_logits")(x))
         logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                           bias_init=nn.initializers.constant(self.head_bias_init),
                           name="head")(x)
-        members = logits.shape[0] // batch
-        # (B·M, C) -> (B, M, C): row b·M + m is member m of image b.
-        logits = logits.reshape(batch, members, -1).astype(jnp.float32)
-        features = x.reshape(batch, members, -1).astype(jnp.float32)
+        predictions = logits.shape[0] // batch
+        # (B·F, C) -> (B, F, C): row b·F + f is prediction f of image b.
+        logits = logits.reshape(batch, predictions, -1).astype(jnp.float32)
+        features = x.reshape(batch, predictions, -1).astype(jnp.float32)
         aux_loss = sum((m["aux_loss"] for m in router_metrics.values()), jnp.zeros(()))
         return logits, {"aux_loss": aux_loss, "features": features, "router": router_metrics}

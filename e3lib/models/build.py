@@ -1,0 +1,24 @@
+"""Run config -> Flax model: the one entry point ``build_model(cfg, num_classes)``."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from e3lib.errors import ConfigError
+from e3lib.models.registry import method_of
+from e3lib.models.sizes import size_spec
+
+
+def build_model(cfg: Mapping[str, Any], num_classes: int) -> Any:
+    """The Flax module of a resolved run config (see docs/architecture.md, "Model contract").
+
+    The size spec and the MoE layout are resolved here, once, and handed to the method's
+    builder. ``cfg`` comes from ``e3lib.config.resolve``, which checked every field and the
+    method's cross-field rules; it is not validated again.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError("num_classes", num_classes, "must be a positive integer")
+    method = method_of(cfg)
+    spec = size_spec(cfg)
+    layout = method.layout(cfg, spec) if method.layout else None
+    return method.build(cfg, spec, layout, num_classes)
