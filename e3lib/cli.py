@@ -55,7 +55,7 @@ def report(argv: list[str]) -> int:
 
 
 def flops(argv: list[str]) -> int:
-    from e3lib.flops import cli_flops
+    from e3lib.flops_cli import cli_flops
 
     return cli_flops(argv)
 

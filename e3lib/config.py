@@ -31,12 +31,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from e3lib import tree
 from e3lib.errors import ConfigError
 from e3lib.models.registry import METHODS, method_of
 from e3lib.models.sizes import MODEL_SIZES, size_spec
+from e3lib.ppspec import parse_pp
 
 DEFAULTS: dict[str, Any] = {
     "method": "e3",
@@ -133,6 +135,10 @@ def _with_method_fields(base: dict) -> dict:
 
 DEFAULTS = _with_method_fields(DEFAULTS)
 
+# Deep ensembles of independent runs: members fine-tuned from one upstream (downstream) or
+# each from its own upstream (upstream), Table 15.
+ENSEMBLE_KINDS = ("downstream", "upstream")
+
 CHOICES: dict[str, tuple] = {
     "model.size": tuple(MODEL_SIZES),
     "model.moe_placement": ("last", "every"),
@@ -203,8 +209,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 
 def _validate_pp(data: Mapping[str, Any]) -> None:
-    from e3lib.data.preprocess import parse_pp  # local import: e3lib.data imports config
-
     for key in ("pp_train", "pp_eval"):
         if data[key] is not None:
             parse_pp(data[key], f"data.{key}")

@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from e3lib import flops, sweep
+from e3lib import sweep
+from e3lib.cost.analytic import analytic_params
 from e3lib.models import build_model
 from e3lib.models.params import count_tree
-from e3lib.models.registry import num_members
+from e3lib.models.registry import predictions_per_image
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 BASELINES = ("batchensemble", "mc_dropout", "mimo")
@@ -45,8 +46,8 @@ def test_table12_small_variant_builds_every_baseline_row():
                                        x)
             logits, _ = jax.eval_shape(lambda v, x: net.apply(v, x, train=False),
                                        variables, x)
-            assert logits.shape == (2, num_members(cfg), 10)
-            assert flops.count_params(cfg, 10) == count_tree(variables["params"])
+            assert logits.shape == (2, predictions_per_image(cfg), 10)
+            assert analytic_params(cfg, 10) == count_tree(variables["params"])
             assert flops.analytic_gflops(cfg, 10) > 0
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from e3lib.config import ConfigError, resolve
 from e3lib.cost.analytic import analytic_gflops, analytic_params, flops_breakdown, rows_per_block
-from e3lib.cost.cli import cli_flops
+from e3lib.flops_cli import cli_flops
 from e3lib.cost.xla import xla_cost
 from e3lib.report.flops_reference import REFERENCE_DIR, compare_with_paper, paper_gflops
 

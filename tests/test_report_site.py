@@ -113,7 +113,7 @@ def test_flops_and_params_tables(site):
     assert "**paper: Params (M)**" in md
     t20 = (out / "table20.md").read_text()
     assert "| vit | 1 | 1 | 78 ± 0 | 24 ± 0 |" in t20
-    assert "analytic GFLOPs per image (e3lib.flops)" in t20
+    assert "analytic GFLOPs per image (e3lib.cost)" in t20
     assert "| E³-S/32, K=1, M=2 | 36.69 |" in t20     # the paper's Table 20 value
 
 

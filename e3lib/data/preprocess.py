@@ -25,15 +25,15 @@ Mixup is not a per-example op: it mixes images within a batch inside the train s
 
 from __future__ import annotations
 
-import ast
 import io
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from e3lib.data import randaugment
-from e3lib.errors import ConfigError
+from e3lib.ppspec import OP_NAMES, parse_pp
 
 ASPECT_RATIO_RANGE = (0.75, 1.33)
 MAX_ATTEMPTS = 100
@@ -159,33 +159,7 @@ OPS: dict[str, tuple[Callable, bool]] = {
     "value_range": (lambda im, rng, *a, **k: value_range(im, *a, **k), False),
     "randaug": (lambda im, rng, n=2, m=10: randaugment.randaugment(im, n, m, rng), True),
 }
-
-
-def parse_pp(spec: str, field: str = "data.pp_train") -> list[tuple[str, tuple, dict]]:
-    """``'a(1)|b|c(x=2)'`` → [(name, args, kwargs), …]; literal arguments only."""
-    if not isinstance(spec, str):
-        raise ConfigError(field, spec, "must be a pp string such as 'resize(32)|flip_lr'")
-    ops = []
-    for part in (p.strip() for p in spec.split("|")):
-        if not part:
-            continue
-        try:
-            node = ast.parse(part, mode="eval").body
-            if isinstance(node, ast.Name):
-                name, args, kwargs = node.id, (), {}
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                name = node.func.id
-                args = tuple(ast.literal_eval(a) for a in node.args)
-                kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-            else:
-                raise ValueError(part)
-        except (SyntaxError, ValueError) as err:
-            raise ConfigError(field, spec, f"cannot parse op {part!r} (ops look like "
-                              f"name or name(literal, key=literal))") from err
-        if name not in OPS:
-            raise ConfigError(field, spec, f"unknown op {name!r}; allowed: {sorted(OPS)}")
-        ops.append((name, args, kwargs))
-    return ops
+assert set(OPS) == set(OP_NAMES), "e3lib.ppspec.OP_NAMES and the implemented OPS disagree"
 
 
 class Preprocess:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from e3lib.config import ENSEMBLE_KINDS
 from e3lib.evaluate.records import records_from_predictions, write_results
 from e3lib.provenance import provenance, utc_now
-
-ENSEMBLE_KINDS = ("downstream", "upstream")
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:

@@ -135,12 +135,11 @@ def records_from_predictions(
 
 
 def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
-    """GFLOPs per image and parameter count from ``e3lib.flops`` (null if unavailable)."""
-    cost = {"gflops_per_image_train": None, "params": None}
-    try:
-        from e3lib import flops
-    except ImportError:
-        return cost
+    """Analytic GFLOPs per image (training step, Table 20) and parameter count of ``cfg``."""
+    from e3lib.cost.analytic import analytic_gflops, analytic_params
+
+    return {"gflops_per_image_train": float(analytic_gflops(cfg, num_classes)),
+            "params": int(analytic_params(cfg, num_classes))}
     if hasattr(flops, "analytic_gflops"):
         cost["gflops_per_image_train"] = float(flops.analytic_gflops(cfg, num_classes))
     if hasattr(flops, "count_params"):

@@ -313,20 +313,13 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
 
 
 def _analytic_flops_block(table: Table) -> None:
-    """Our analytic GFLOPs count (e3lib.flops) at each paper row's configuration.
+    """Our analytic GFLOPs count (e3lib.cost) at each paper row's configuration."""
+    from e3lib.report.flops_reference import compare_with_paper
 
-    Optional: without e3lib.flops the table shows the paper's values and our runs' costs.
-    """
-    try:
-        from e3lib import flops
-        compared = flops.compare_with_paper(table.id)
-    except Exception as err:  # noqa: BLE001 - optional part; say why it is absent
-        table.footnotes.append(f"Analytic GFLOPs at the paper's configurations unavailable "
-                               f"({type(err).__name__}: {err}).")
-        return
+    compared = compare_with_paper(table.id)
     body = [[Cell(c["label"], kind="label"), Cell(f"{c['paper']:.2f}", kind="paper"),
              Cell(f"{c['ours']:.2f}"), Cell(f"{100 * c['rel']:+.2f} %")] for c in compared]
     table.blocks.append(Block(
-        caption="analytic GFLOPs per image (e3lib.flops) at the paper's configurations, "
+        caption="analytic GFLOPs per image (e3lib.cost) at the paper's configurations, "
                 "computed, not measured from runs",
         header=["paper row", "GFLOPs paper", "GFLOPs analytic", "difference"], rows=body))

@@ -20,10 +20,11 @@ Identity: an ensemble's id hashes its kind and sorted member run ids.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from e3lib import tree
-from e3lib.config import short_hash
+from e3lib.config import ENSEMBLE_KINDS, short_hash
 from e3lib.sweep.plan import ensemble_entry
 from e3lib.sweep.schema import SweepError
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:   # the expansion passes itself in; no import cycle at run tim
     from e3lib.sweep.expand import Expansion
     from e3lib.sweep.load import SweepDoc
 
-ENSEMBLE_KINDS = ("downstream", "upstream")
 # Axis of every row of a sweep with ensembles: the number of member runs (runs: 1).
 ENSEMBLE_RUNS_AXIS = "ensemble.runs"
 
