@@ -138,29 +138,35 @@ def test_pareto_front_and_reliability_bins():
 
 
 def test_shifted_set_columns_and_any_of_row_filter(tmp_path):
-    # Table 25 layout on a B/32 sweep of 2 seeds: its `where` keeps E³ (K=1, M=2), the
-    # 2-member V-MoE deep ensemble and V-MoE K=2, not ViT. Column c_nll is the NLL of the
-    # records of split "corrupted", corruption "mean"; a_nll those of shifted "imagenet_a".
+    # Table 25 layout on a B/32 sweep of 2 seeds (the model_sizes expansion: every row has
+    # model.ensemble_size and ensemble.runs): its `where` keeps E³ (K=1, M=2), the down-DE
+    # of 2 runs (ensemble.runs=2, members' model.ensemble_size=1) and V-MoE K=2, not ViT.
+    # Column c_nll is the NLL of the records of split "corrupted", corruption "mean"; a_nll
+    # those of shifted "imagenet_a".
     #   E³ c_nll 1.50, 1.52 → 1.510 ± 0.01414 (std, ddof=1)/√2 = 0.010;
     #   a_nll 5.0, 5.2 → 5.100 ± 0.1414/√2 = 0.100
-    axes = ["method", "model.num_selected", "model.ensemble_size", "model.size"]
+    axes = ["method", "model.num_selected", "model.ensemble_size", "model.size", "ensemble.runs"]
 
-    def cell(method, k, m, nll, c_nll, a_nll):
+    def cell(method, k, m, nll, c_nll, a_nll, runs=1):
         return {"axes": {"method": method, "model.num_selected": k, "model.ensemble_size": m,
-                         "model.size": "B/32"},
+                         "model.size": "B/32", "ensemble.runs": runs},
                 "metrics": {"nll": nll},
                 "split_metrics": {"corrupted/mean": {"nll": c_nll},
                                   "shifted/imagenet_a": {"nll": a_nll}}}
 
-    cells = [cell("e3", 1, 2, [0.62, 0.63], [1.50, 1.52], [5.0, 5.2]),
-             cell("down_de", 1, 2, [0.61, 0.62], [1.49, 1.51], [4.8, 4.9]),
+    de = dict(cell("down_de", 1, 1, [0.61, 0.62], [1.49, 1.51], [4.8, 4.9], runs=2),
+              kind="ensemble", replicates=2)
+    de4 = dict(cell("down_de", 1, 1, [0.60], [1.48], [4.7], runs=4), kind="ensemble")
+    cells = [cell("e3", 1, 2, [0.62, 0.63], [1.50, 1.52], [5.0, 5.2]), de, de4,
              cell("vmoe", 2, 1, [0.64, 0.65], [1.56, 1.58], [5.0, 5.1]),
              cell("vit", 1, 1, [0.69, 0.70], [1.70, 1.71], [5.3, 5.4])]
     index = synthetic.write_sweep(tmp_path, "sizes", axes, [0, 1], cells,
                                   reproduces=["table25"])
     ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index)
     table = tables.build_table("table25", [ds])
-    assert sorted(r.key["method"] for r in table.rows) == ["down_de", "e3", "vmoe"]
+    # the down-DE of 4 runs is Table 26's, not this one's
+    assert sorted((r.key["method"], r.members) for r in table.rows) == \
+        [("down_de", "2"), ("e3", "2"), ("vmoe", "1")]
     e3 = next(r for r in table.rows if r.key["method"] == "e3")
     assert e3.stats["nll"].mean == pytest.approx(0.625)
     assert e3.stats["c_nll"].mean == pytest.approx(1.51)
@@ -169,11 +175,22 @@ def test_shifted_set_columns_and_any_of_row_filter(tmp_path):
     assert e3.stats["a_nll"].stderr == pytest.approx(0.1)
     assert "v2_nll" not in e3.stats            # no ImageNet-V2 records: no value, not zero
     assert e3.ref["label"] == "B/32 E³, K=1, M=2" and e3.ref["values"]["c_nll"] == [1.532, 0.005]
+    down = next(r for r in table.rows if r.key["method"] == "down_de")
+    # 2 replicates: c_nll 1.49, 1.51 → 1.500 ± 0.010; the paper's down-DE of 2 V-MoEs
+    assert down.ref["label"] == "B/32 down-DE, K=1, M=2" and down.runs_requested == 2
     header = table.blocks[0].header
     assert "C NLL ↓ ours" in header and "C NLL paper" in header
+    # one column M: E³'s model.ensemble_size and the down-DE's ensemble.runs
+    assert header[1:5] == ["method", "num_selected", "M", "size"]
     row = next(r for r in table.blocks[0].rows if r[0].text == "B/32 E³, K=1, M=2")
     i = header.index("C NLL ↓ ours")
     assert [c.text for c in row[i:i + 2]] == ["1.510 ± 0.010", "1.532 ± 0.005"]
+    row = next(r for r in table.blocks[0].rows if r[0].text == "B/32 down-DE, K=1, M=2")
+    assert [c.text for c in row[1:5]] == ["down_de", "1", "2", "B/32"]
+    assert [c.text for c in row[i:i + 2]] == ["1.500 ± 0.010", "1.510 ± 0.005"]
+    # a paper row we did not run shows its own M (ensemble.runs of its key)
+    row = next(r for r in table.blocks[0].rows if r[0].text == "H/14 down-DE, K=1, M=2")
+    assert [c.text for c in row[1:6]] == ["down_de", "1", "2", "H/14", "not run"]
 
 
 def test_fewshot_columns_take_joint_where_a_method_has_several_members(tmp_path):
@@ -271,16 +288,22 @@ def test_alignment_needs_the_experts_that_ran(tmp_path):
     assert "configuration not recorded" in t3.ran[0]["text"]
 
 
-def test_fewer_experts_rows_align_by_e_ratio(tmp_path):
-    # Table 17 small variant: V-MoE with E = 8, 4, 2 and up-DEs of M=2 (E=4) and M=4 (E=2)
-    axes = ["model.num_selected", "model.num_experts", "method", "model.ensemble_size"]
+def test_fewer_experts_rows_align_by_e_ratio_and_runs(tmp_path):
+    # Table 17 small variant as the expansion writes it (axes method, K, E, ensemble.runs):
+    # V-MoE with E = 8, 4, 2 (runs 1), the up-DE members' own runs (up_de_member, runs 1),
+    # up-DEs of 2 runs (E=4) and of 4 runs (E=2); 3 replicates each (``replicates: 3``).
+    axes = ["method", "model.num_selected", "model.num_experts", "ensemble.runs"]
 
-    def cell(e, method, m):
-        return {"axes": {"model.num_selected": 1, "model.num_experts": e, "method": method,
-                         "model.ensemble_size": m}, "metrics": {"nll": [0.6, 0.61, 0.62]}}
+    def cell(method, e, runs, nll, **kw):
+        return {"axes": {"method": method, "model.num_selected": 1, "model.num_experts": e,
+                         "ensemble.runs": runs}, "metrics": {"nll": nll}, **kw}
 
-    cells = [cell(8, "vmoe", 1), cell(4, "vmoe", 1), cell(2, "vmoe", 1), cell(4, "up_de", 2),
-             cell(2, "up_de", 4)]
+    ens = {"kind": "ensemble", "ensemble_kind": "upstream", "replicates": 3}
+    cells = [cell("vmoe", 8, 1, [0.64, 0.65, 0.66]), cell("vmoe", 4, 1, [0.65, 0.66, 0.67]),
+             cell("vmoe", 2, 1, [0.66, 0.67, 0.68]), cell("up_de_member", 4, 1, [0.65] * 3),
+             cell("up_de_member", 2, 1, [0.66] * 3),
+             cell("up_de", 4, 2, [0.60, 0.61, 0.62], **ens),
+             cell("up_de", 2, 4, [0.57, 0.58, 0.59], **ens)]
     index = synthetic.write_sweep(tmp_path, "table17_fewer_experts", axes, [0, 1, 2], cells,
                                   reproduces=["table17"], config={"model": {"size": "tiny"}})
     ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index)
@@ -288,10 +311,25 @@ def test_fewer_experts_rows_align_by_e_ratio(tmp_path):
     got = {(r.key["method"], r.key["model.num_experts"]): (r.ref or {}).get("label")
            for r in t.rows}
     assert got == {("vmoe", "8"): "V-MoE, K=1, M=1, E=32", ("vmoe", "4"): None,
-                   ("vmoe", "2"): None, ("up_de", "4"): "Up-DE, K=1, M=2, E=16",
+                   ("vmoe", "2"): None, ("up_de_member", "4"): None,
+                   ("up_de_member", "2"): None, ("up_de", "4"): "Up-DE, K=1, M=2, E=16",
                    ("up_de", "2"): "Up-DE, K=1, M=4, E=8"}
-    up4 = next(r for r in t.rows if r.key["model.ensemble_size"] == "4")
+    up4 = next(r for r in t.rows if r.key["ensemble.runs"] == "4")
     assert up4.align_ratio == "1/4" and "E/E_max = 1/4" in up4.ref_note
+    assert up4.stats["nll"].mean == pytest.approx(0.58) and up4.runs_requested == 3
+    header = t.blocks[0].header
+    assert header[:6] == ["paper row", "E/E_max", "method", "num_selected", "num_experts", "M"]
+    rows = {r[0].text: [c.text for c in r] for r in t.blocks[0].rows}
+    assert rows["Up-DE, K=1, M=4, E=8"][1:7] == ["1/4", "up_de", "1", "2", "4", "3/3"]
+    assert rows["Up-DE, K=2, M=2, E=16"][1:7] == ["1/2", "", "2", "", "2", "not run"]
+    # both claims address the ensembles by ensemble.runs. Hand-derived, sd 0.01 per row:
+    # runs=4 (.58) vs V-MoE at the largest E (.65): t = -0.07/√(2e-4/3) = -8.57, ν = 4;
+    # runs=4 vs runs=2 (.61): t = -0.03/0.008165 = -3.674, ν = 4, one-sided p = 0.0107
+    by_claim = {v.claim: v for v in t.verdicts}
+    v1 = by_claim["(M=4, E=8) beats (M=1, E=32) in NLL (Table 17)"]
+    v2 = by_claim["(M=4, E=8) beats (M=2, E=16) in NLL (Table 17)"]
+    assert v1.outcome == "held" and v1.n == "3 vs 3" and "t = -8.57" in v1.statistic
+    assert v2.outcome == "held" and "p = 0.0107" in v2.statistic
 
 
 def test_partitioning_k_reading_matches_table22():
@@ -308,3 +346,192 @@ def test_partitioning_k_reading_matches_table22():
     row, note = match_reference(k2, ref, {"model.partition_k": "total"})
     assert row["values"]["gflops"] == [97.885, None] and "partition_k=total" in note
     assert match_reference(key, ref, {"model.partition_k": "total"})[0] is None
+
+
+# ----------------------------------------------------------------- deep ensembles: ensemble.runs
+
+def test_members_label_reads_runs_for_deep_ensembles_and_m_otherwise():
+    from e3lib.report.rows import display_key, members_label
+
+    assert members_label({"method": "e3", "model.ensemble_size": "2", "ensemble.runs": "1"}) == "2"
+    assert members_label({"method": "down_de", "model.ensemble_size": "1",
+                          "ensemble.runs": "4"}) == "4"
+    assert members_label({"ensemble.runs": 2}) == "2"              # a paper key (YAML int)
+    assert members_label({"model.ensemble_size": 2, "ensemble.runs": 3}) == "3×2"
+    assert members_label({"method": "vit"}) is None
+    assert members_label({"model.ensemble_size": "-"}) is None     # axis does not apply
+    assert display_key(["method", "model.ensemble_size", "model.size", "ensemble.runs"]) == \
+        ["method", "M", "model.size"]
+    # a pivot over one of them keeps both apart
+    assert display_key(["model.num_selected", "model.ensemble_size"],
+                       exclude=["ensemble.runs"]) == ["model.num_selected", "model.ensemble_size"]
+
+
+def _ds(root, sweep, axes, seeds, cells, reproduces, **kw):
+    index = synthetic.write_sweep(root, sweep, axes, seeds, cells, reproduces=reproduces, **kw)
+    return aggregate.build_dataset(aggregate.load_index(index), root, index)
+
+
+def test_table15_deep_ensembles_by_runs(tmp_path):
+    # Table 15 as sweeps/table15_upstream_ensembles.yaml expands (axes method, model.size,
+    # ensemble.runs; V-MoE and up-DE member runs at runs=1), at B/32 with 6 seeds: the
+    # ensembles of 2 runs have 6 // 2 = 3 replicates, those of 4 runs 6 // 4 = 1.
+    axes = ["method", "model.size", "ensemble.runs"]
+
+    def cell(method, runs, nll, kl, kind="run", **kw):
+        return {"axes": {"method": method, "model.size": "B/32", "ensemble.runs": runs},
+                "metrics": {"nll": nll, "kl_diversity": kl}, "kind": kind, **kw}
+
+    six = [0.64, 0.65, 0.66, 0.64, 0.65, 0.66]
+    cells = [cell("vmoe", 1, six, [0.0] * 6), cell("up_de_member", 1, six, [0.0] * 6),
+             cell("down_de", 2, [0.62, 0.63, 0.64], [0.07, 0.08, 0.09], "ensemble"),
+             cell("down_de", 4, [0.61], [0.08], "ensemble"),
+             cell("up_de", 2, [0.58, 0.59, 0.60], [0.20, 0.21, 0.22], "ensemble",
+                  ensemble_kind="upstream"),
+             cell("up_de", 4, [0.56], [0.21], "ensemble", ensemble_kind="upstream")]
+    ds = _ds(tmp_path, "table15_upstream_ensembles", axes, list(range(6)), cells, ["table15"])
+    t = tables.build_table("table15", [ds])
+    # `where` keeps the ensembles only; each matches the paper row of its own number of runs
+    got = {(r.key["method"], r.key["ensemble.runs"]): (r.ref["label"], r.runs_requested)
+           for r in t.rows}
+    assert got == {("down_de", "2"): ("B/32 down-DE, M=2", 3),
+                   ("down_de", "4"): ("B/32 down-DE, M=4", 1),
+                   ("up_de", "2"): ("B/32 up-DE, M=2", 3), ("up_de", "4"): ("B/32 up-DE, M=4", 1)}
+    header = t.blocks[0].header
+    assert header[:5] == ["paper row", "method", "size", "M", "seeds"]
+    rows = {r[0].text: [c.text for c in r] for r in t.blocks[0].rows}
+    # down-DE of 2 runs: nll .62 .63 .64 → 0.630 ± 0.01/√3 = 0.006; paper 0.620 ± 0.001
+    assert rows["B/32 down-DE, M=2"][1:7] == ["down_de", "B/32", "2", "3/3", "0.630 ± 0.006",
+                                              "0.620 ± 0.001"]
+    # one replicate: no error bar; paper 0.607 ± 0.000
+    assert rows["B/32 down-DE, M=4"][3:7] == ["4", "1/1", "0.610 (n=1)", "0.607 ± 0.000"]
+    assert rows["H/14 up-DE, M=4"][1:5] == ["up_de", "H/14", "4", "not run"]
+    # claims at M=2 (ensemble.runs=2), per size: up .59 vs down .63, sd .01, n = 3 each:
+    # t = -0.04/√(2e-4/3) = -4.90, ν = 4; KL .21 vs .08: t = 0.13/0.008165 = 15.9
+    by_claim = {v.claim: v for v in t.verdicts}
+    nll = by_claim["up-DE beats down-DE in NLL at every size, M=2 (Table 15)"]
+    assert nll.outcome == "held" and nll.n == "3 vs 3" and "t = -4.9" in nll.statistic
+    kl = by_claim["up-DE is more diverse (KL) than down-DE at every size, M=2 (Table 15)"]
+    assert kl.outcome == "held" and "t = 15.9" in kl.statistic
+
+
+def test_table14_one_m_column_for_e3_and_deep_ensembles(tmp_path):
+    # Table 14 as sweeps/table14_members.yaml expands: E³ (K=1, M=2 = model.ensemble_size)
+    # and the down-DE of 2 V-MoEs (ensemble.runs=2, model.ensemble_size=1), member dim.
+    axes = ["method", "model.num_selected", "model.ensemble_size", "ensemble.runs"]
+    cells = [
+        {"axes": {"method": "e3", "model.num_selected": 1, "model.ensemble_size": 2},
+         "metrics": {"nll": [0.62, 0.63]},
+         "member_metrics": {"0": {"nll": [0.67, 0.68]}, "1": {"nll": [0.68, 0.69]}}},
+        {"axes": {"method": "vmoe", "model.num_selected": 1, "model.ensemble_size": 1},
+         "metrics": {"nll": [0.64, 0.65]}},
+        {"axes": {"method": "down_de", "model.num_selected": 1, "model.ensemble_size": 1,
+                  "ensemble.runs": 2}, "kind": "ensemble", "replicates": 2,
+         "metrics": {"nll": [0.61, 0.63]},
+         "member_metrics": {"0": {"nll": [0.64, 0.65]}, "1": {"nll": [0.65, 0.66]}}},
+    ]
+    ds = _ds(tmp_path, "table14_members", axes, [0, 1], cells, ["table14"])
+    t = tables.build_table("table14", [ds])
+    labels = {(r.key["method"], r.key["member"]): (r.ref or {}).get("label") for r in t.rows}
+    assert labels[("e3", "ensemble")] == "E³ (K=1), M=2, ensemble"
+    assert labels[("down_de", "ensemble")] == "Down-DE (V-MoE, K=1), M=2, ensemble"
+    assert labels[("down_de", "1")] == "Down-DE (V-MoE, K=1), M=2, member 1"
+    assert labels[("vmoe", "ensemble")] is None
+    header = t.blocks[0].header
+    assert header[:5] == ["paper row", "method", "num_selected", "M", "member"]
+    rows = {r[0].text: [c.text for c in r] for r in t.blocks[0].rows}
+    # down-DE ensemble nll .61 .63 → 0.620 ± 0.01414/√2 = 0.010; paper 0.620 ± 0.001
+    assert rows["Down-DE (V-MoE, K=1), M=2, ensemble"][1:8] == [
+        "down_de", "1", "2", "ensemble", "2/2", "0.620 ± 0.010", "0.620 ± 0.001"]
+    assert rows["E³ (K=1), M=2, member 0"][1:8] == [
+        "e3", "1", "2", "0", "2/2", "0.675 ± 0.005", "0.671 ± 0.003"]
+    assert rows["Up-DE (V-MoE, K=1), M=4, member 3"][1:6] == ["up_de", "", "4", "3", "not run"]
+
+
+def test_table12_efficient_ensembles_keep_m_of_one_model(tmp_path):
+    # Table 12's sweep has no deep ensemble: E³, MIMO, MC Dropout and BatchEnsemble stay on
+    # model.ensemble_size (axes as sweeps/table12_efficient_ensembles.yaml small expands).
+    axes = ["method", "model.ensemble_size", "model.num_selected", "model.expert_dropout",
+            "model.mimo_batch_repetition"]
+
+    def cell(method, m, k, nll, br=1, drop=0.0):
+        return {"axes": {"method": method, "model.ensemble_size": m, "model.num_selected": k,
+                         "model.expert_dropout": drop, "model.mimo_batch_repetition": br},
+                "metrics": {"nll": nll}}
+
+    cells = [cell("vit", 1, 1, [0.69, 0.70]), cell("batchensemble", 2, 1, [0.68, 0.69]),
+             cell("mimo", 2, 2, [0.63, 0.64], br=2), cell("mc_dropout", 2, 1, [0.64, 0.65], drop=0.1),
+             cell("e3", 2, 1, [0.62, 0.63])]
+    ds = _ds(tmp_path, "table12_efficient_ensembles", axes, [0, 1], cells, ["table12"])
+    t = tables.build_table("table12", [ds])
+    labels = {r.key["method"]: (r.ref or {}).get("label") for r in t.rows}
+    assert labels == {"vit": "ViT", "batchensemble": "BE ViT, M=2",
+                      "mimo": "MIMO V-MoE (BR=2), K=2, M=2",
+                      "mc_dropout": "MC Dropout V-MoE, K=1, M=2", "e3": "E³, K=1, M=2"}
+    header = t.blocks[0].header
+    assert header[1:3] == ["method", "M"]
+    rows = {r[0].text: [c.text for c in r] for r in t.blocks[0].rows}
+    assert rows["E³, K=1, M=2"][1:3] == ["e3", "2"] and rows["ViT"][1:3] == ["vit", "1"]
+    assert rows["E³, K=2, M=4"][1:4] == ["e3", "4", "2"]    # not run: its paper key
+
+
+def test_figure2_grid_over_deep_ensemble_runs(tmp_path):
+    # Figure 2 as sweeps/figure2_km_grid.yaml expands: V-MoE runs (ensemble.runs=1) and
+    # their down-DEs (runs 2, 4), per K; 3 replicates each. NLL falls with runs and with K.
+    axes = ["method", "model.num_selected", "ensemble.runs"]
+    cells = []
+    for k in (1, 2):
+        for runs in (1, 2, 4):
+            nll = [0.80 - 0.02 * k - 0.01 * runs + d for d in (-0.001, 0, 0.001)]
+            c = {"axes": {"method": "vmoe" if runs == 1 else "down_de", "model.num_selected": k,
+                          "ensemble.runs": runs}, "metrics": {"nll": nll},
+                 "gflops": 10.0 * runs * (1 + 0.2 * k)}
+            cells.append(dict(c, kind="ensemble", replicates=3) if runs > 1 else c)
+    ds = _ds(tmp_path, "figure2_km_grid", axes, [0, 1, 2], cells, ["figure2"])
+    t = tables.build_table("figure2", [ds])
+    nll = t.blocks[0]
+    # method merged: one grid row per K, one column per number of runs
+    assert nll.header == ["num_selected", "runs=1", "runs=2", "runs=4"]
+    assert [c.text for c in nll.rows[0]] == ["1", "0.770 ± 0.001", "0.760 ± 0.001",
+                                             "0.740 ± 0.001"]
+    assert [v.outcome for v in t.verdicts] == ["held", "held", "held"]
+    from e3lib.report import figures
+
+    df = figures.tidy(ds)
+    assert sorted(set(df["M"])) == ["1", "2", "4"]
+    figs = figures._km_heatmap(ds, df, tmp_path / "fig", "figure2_km_grid")
+    assert [f.kind for f in figs] == ["km_heatmap", "km_heatmap"] and figs[0].path.exists()
+
+
+def _deep_ensemble_labels() -> set[str]:
+    """Labels of every deep ensemble the shipped sweeps declare (any variant)."""
+    from pathlib import Path
+
+    labels = set()
+    for path in Path(__file__).parent.parent.joinpath("sweeps").glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        blocks = [doc.get("ensembles") or []] + [
+            (v or {}).get("ensembles") or [] for v in (doc.get("variants") or {}).values()]
+        labels |= {e["label"] for b in blocks for e in b}
+    return labels
+
+
+def test_deep_ensemble_rows_are_addressed_by_runs_everywhere():
+    # every selector of tables.yaml and every paper key that names a deep-ensemble method
+    # gives its size as ensemble.runs, never as model.ensemble_size (M of one model)
+    labels = _deep_ensemble_labels()
+    assert {"down_de", "up_de", "vit_de"} <= labels
+    spec = spec_mod.default_spec()
+    selectors = []
+    for tid, t in spec["tables"].items():
+        where = t.get("where", [])
+        selectors += [(tid, w) for w in (where if isinstance(where, list) else [where])]
+        selectors += [(tid, v[s]) for v in t.get("verdicts", []) for s in ("a", "b") if s in v]
+    for tid in spec_mod.TABLE_IDS:
+        ref = spec_mod.load_reference(tid) or {"rows": []}
+        selectors += [(tid, r["key"]) for r in ref["rows"]]
+    de = [(tid, s) for tid, s in selectors if s.get("method") in labels]
+    assert len(de) > 50
+    bad = [(tid, s) for tid, s in de          # (a bare {method: …} names every size)
+           if "model.ensemble_size" in s or "ensemble.runs" not in s and len(s) > 1]
+    assert not bad, bad

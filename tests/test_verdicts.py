@@ -174,16 +174,17 @@ def test_every_equivalence_claim_states_its_margin():
 
 
 def test_selector_max_picks_the_largest_axis_value():
-    # V-MoE single models with E = 32, 16, 8 (NLL .64, .66, .68) and an M=4 ensemble (E=8).
+    # V-MoE single models with E = 32, 16, 8 (NLL .64, .66, .68) and an upstream deep
+    # ensemble of 4 runs (E=8), addressed by ensemble.runs as Table 17's claims do.
     rows = []
     for e, nll in ((32, .64), (16, .66), (8, .68)):
         rows += _rows("model.num_experts", {e: [nll - .01, nll, nll + .01]}, "nll",
-                      {"method": "vmoe", "model.ensemble_size": "1"})
+                      {"method": "vmoe", "ensemble.runs": "1"})
     rows += _rows("model.num_experts", {8: [.57, .58, .59]}, "nll",
-                  {"method": "up_de", "model.ensemble_size": "4"})
+                  {"method": "up_de", "ensemble.runs": "4"})
     v = {"claim": "M=4 beats the largest V-MoE", "test": "better", "metric": "nll",
-         "a": {"model.ensemble_size": 4},
-         "b": {"method": "vmoe", "model.ensemble_size": 1, "model.num_experts": "$max"}}
+         "a": {"ensemble.runs": 4},
+         "b": {"method": "vmoe", "ensemble.runs": 1, "model.num_experts": "$max"}}
     res = verdicts.evaluate(v, rows, SPEC)
     assert res.outcome == "held" and "means 0.58 vs 0.64" in res.statistic
     assert [r.key["model.num_experts"] for r in verdicts.select_rows(rows, v["b"])] == ["32"]

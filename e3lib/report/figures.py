@@ -6,7 +6,8 @@ Notation: M members, N test images, C classes; per-cell statistics are over seed
 Which figures a sweep gets follows from its axes and data:
   pareto       metric vs GFLOPs per method (and model size), Pareto front dashed
                (needs the ``gflops`` cost)                      — Figures 3–8 style
-  km_heatmap   mean NLL and GFLOPs over K × M                   — Figure 2
+  km_heatmap   mean NLL and GFLOPs over K × M, M = each row's members (rows.members_label:
+               the runs of a deep ensemble, or M of one model)  — Figure 2
   sensitivity  metrics against λ (log scale) or the overlap o    — Figure 10, Tables 3/18
   reliability  accuracy vs confidence in 15 bins, from the runs' predictions.npz
 """
@@ -31,11 +32,14 @@ import xarray as xr  # noqa: E402
 
 from e3lib.aggregate import (STATUS_FLAGS, axis_dim, dataset_axes,  # noqa: E402
                              select_grid)
+from e3lib.report.cells import _numeric_first  # noqa: E402
+from e3lib.report.rows import MEMBER_AXES, MEMBERS, sweep_rows  # noqa: E402
 from e3lib.report.spec import default_spec  # noqa: E402
-from e3lib.report.rows import sweep_rows  # noqa: E402
 
 PLOT_METRICS = ("nll", "error", "ece", "kl_diversity")
-K_AXIS, M_AXIS = "model.num_selected", "model.ensemble_size"
+K_AXIS = "model.num_selected"
+# M of the K × M grid is the derived column MEMBERS ("M") of ``tidy``: ensemble.runs for a
+# deep ensemble (Figure 2: V-MoE runs=1 and its down-DEs), model.ensemble_size otherwise.
 SENSITIVITY_AXES = {"model.aux_weight": ("λ (load-balancing strength)", "log"),
                     "model.overlap": ("overlap o (shared experts)", "linear")}
 
@@ -48,14 +52,16 @@ class Figure:
 
 
 def tidy(ds: xr.Dataset, metrics: Sequence[str] = PLOT_METRICS + ("gflops",)) -> pd.DataFrame:
-    """One row per (sweep cell, metric): axis labels, mean, stderr, n, n_req."""
+    """One row per (sweep cell, metric): axis labels, members (column ``MEMBERS``, "-"
+    where the sweep has no member axis), mean, stderr, n, n_req."""
     spec = default_spec()
     metrics = [m for m in metrics if m in ds.data_vars and m in spec["metrics"]]
     records = []
     for r in sweep_rows(ds, metrics, (), spec):
         for m, c in r.stats.items():
             scale = spec["metrics"][m].get("scale", 1.0)
-            records.append({**r.key, "metric": m, "mean": c.mean * scale,
+            records.append({**r.key, MEMBERS: r.members or "-", "metric": m,
+                            "mean": c.mean * scale,
                             "stderr": c.stderr * scale, "n": c.n, "n_req": c.n_req})
     return pd.DataFrame.from_records(records)
 
@@ -141,17 +147,17 @@ def _km_heatmap(ds, df, out, sweep) -> list[Figure]:
     axes = dataset_axes(ds)
     # Only for the K × M study itself: elsewhere K and M mix methods where they mean
     # different things (a ViT has no K).
-    if K_AXIS not in axes or M_AXIS not in axes or \
+    if K_AXIS not in axes or not any(a in axes for a in MEMBER_AXES) or \
             "figure2" not in json.loads(ds.attrs.get("reproduces", "[]")):
         return []
-    rest = [a for a in axes if a not in (K_AXIS, M_AXIS)]
+    rest = [a for a in axes if a != K_AXIS and a not in MEMBER_AXES]
     figs = []
     for m in ("nll", "gflops"):
-        d = df[(df.metric == m) & (df[K_AXIS] != "-") & (df[M_AXIS] != "-")].copy()
+        d = df[(df.metric == m) & (df[K_AXIS] != "-") & (df[MEMBERS] != "-")].copy()
         if d.empty:
             continue
         merged = [a for a in rest if a != "method"]
-        if len(merged) < len(rest) and not d.duplicated(merged + [K_AXIS, M_AXIS]).any():
+        if len(merged) < len(rest) and not d.duplicated(merged + [K_AXIS, MEMBERS]).any():
             panel_axes = merged  # e.g. V-MoE at M=1 and its deep ensembles at M>1: one grid
         else:
             panel_axes = rest
@@ -160,13 +166,13 @@ def _km_heatmap(ds, df, out, sweep) -> list[Figure]:
         fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
         for ax, panel in zip(axs[0], panels):
             p = d[d.panel == panel]
-            grid = p.pivot_table(index=M_AXIS, columns=K_AXIS, values="mean")
-            grid = grid.reindex(index=sorted(grid.index, key=float),
+            grid = p.pivot_table(index=MEMBERS, columns=K_AXIS, values="mean")
+            grid = grid.reindex(index=sorted(grid.index, key=_numeric_first),
                                 columns=sorted(grid.columns, key=float))
             cmap = "viridis_r" if m in ("nll", "gflops") else "viridis"
             sns.heatmap(grid, annot=True, fmt=".3g", cmap=cmap, ax=ax, cbar=True)
             ax.invert_yaxis()
-            ax.set(xlabel="K (experts per token)", ylabel="M (ensemble size)", title=panel)
+            ax.set(xlabel="K (experts per token)", ylabel="M (members)", title=panel)
         label = default_spec()["metrics"][m]["label"]
         fig.suptitle(f"{sweep}: {label} over K × M")
         figs.append(Figure(_save(fig, out / f"fig_{sweep}_km_{m}.png"),

@@ -4,6 +4,14 @@ Notation: a *row* is one cell of a sweep (one combination of axis values, plus t
 ``extra_dims`` of the spec such as ``member``); its statistics are over seeds S:
 mean, stderr = std(ddof=1)/√n, n seeds with a value, n_req seeds requested
 (``e3lib.stats.seed_stats``).
+
+Members (the paper's column M): two axes count the members of a row's combined prediction,
+``model.ensemble_size`` (M of one E³-style model: E³, MIMO, BatchEnsemble, MC Dropout, …)
+and ``ensemble.runs`` (the runs of a deep ensemble; 1 for every ordinary run). A row's
+``members_label`` is the one that is not 1 ("R×M" when both are, a deep ensemble of
+multi-member models); tables show it as one column M in place of the two axes, so E³ (M=2)
+and a deep ensemble of two V-MoEs stand in one column. Selectors and paper keys address the
+axes themselves: a deep ensemble by ``ensemble.runs``, one model by ``model.ensemble_size``.
 """
 
 from __future__ import annotations
@@ -20,11 +28,17 @@ from e3lib.aggregate import (
     SELECTED_PREFIX,
     STATUS_FLAGS,
     axis_dim,
+    axis_label,
     dataset_axes,
     selection_of,
 )
 from e3lib.report.spec import default_spec
 from e3lib.stats import seed_stats
+from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS
+
+ENSEMBLE_SIZE_AXIS = "model.ensemble_size"
+MEMBER_AXES = (ENSEMBLE_RUNS_AXIS, ENSEMBLE_SIZE_AXIS)   # shown together as one column
+MEMBERS = "M"                                             # that column's header
 
 
 @dataclass
@@ -54,6 +68,53 @@ class Row:
     selected_ok: bool = True            # grid and chosen point complete (else flagged)
     ref_note: str = ""                  # how the paper row was matched (alignment, reading)
     align_ratio: str = ""               # the aligned quantity of this row (e.g. o/E = 1/4)
+
+    @property
+    def members(self) -> str | None:
+        return members_label(self.key)
+
+
+def _count(value) -> int | None:
+    try:
+        n = float(axis_label(value))
+    except ValueError:                  # "-": the axis does not apply to this row
+        return None
+    return int(n) if n.is_integer() and n >= 1 else None
+
+
+def members_label(key: Mapping[str, object]) -> str | None:
+    """Members of a row's combined prediction, as the paper's column M counts them.
+
+    ``ensemble.runs`` for a deep ensemble, ``model.ensemble_size`` for one model (a missing
+    axis counts 1), "R×M" for a deep ensemble of R models of M members each; None when the
+    key has neither axis (or neither applies). Works on our row keys (labels) and on paper
+    keys (YAML values) alike.
+    """
+    runs, size = (_count(key[a]) if a in key else None for a in MEMBER_AXES)
+    if runs is None and size is None:
+        return None
+    runs, size = runs or 1, size or 1
+    return f"{runs}×{size}" if runs > 1 and size > 1 else str(max(runs, size))
+
+
+def display_key(names: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
+    """Key columns as shown: the member axes among ``names`` become one column ``MEMBERS``
+    (at the place of the first), unless one of them is in ``exclude`` (a pivot axis)."""
+    if any(a in exclude for a in MEMBER_AXES):
+        return list(names)
+    out: list[str] = []
+    for n in names:
+        name = MEMBERS if n in MEMBER_AXES else n
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def key_cell(key: Mapping[str, object], name: str) -> str:
+    """The text of key column ``name`` (a ``display_key`` name) for one row or paper key."""
+    if name == MEMBERS:
+        return members_label(key) or ""
+    return axis_label(key[name]) if name in key else ""
 
 
 

@@ -7,6 +7,12 @@ written ``provenance.code_commit`` is ``"synthetic"`` so a report built from it 
 A *cell* is one combination of axis values; ``write_sweep`` gets, per cell, the metric
 values of each seed (a seed whose value list is ``None`` gets no results.json, i.e. a
 missing run; the string ``"diverged"`` writes ``diverged.json`` instead).
+
+Deep ensembles follow the expansion's layout (``e3lib.sweep.ensembles``): a sweep whose
+``axes`` include ``ensemble.runs`` gives every run cell ``ensemble.runs: 1`` unless set; an
+ensemble cell (``kind: "ensemble"``) with ``ensemble.runs: n`` has that many members and,
+like the expansion, ``len(seeds) // n`` replicates (``replicates`` overrides) at seed
+positions 0, 1, …; its metric lists are indexed by replicate.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from e3lib import tree
+from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS
 
 
 def _entry_id(sweep: str, axes: Mapping[str, Any], seed: int) -> str:
@@ -38,7 +45,9 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
     "split_metrics": {"SPLIT/CORRUPTION[/SEVERITY[/MEMBER]]": {name: [...]}} (optional;
     records of that split and corruption, severity 0 and member "ensemble" unless given,
     e.g. "corrupted/mean", "shifted/imagenet_a", "fewshot/mean/5/joint"),
-    "seeds": {seed: None|"diverged"}}``. ``select`` is written into the index as declared
+    "seeds": {seed: None|"diverged"}}``; an ensemble cell also ``"kind": "ensemble"``,
+    optionally ``"ensemble_kind"`` (downstream), ``"member_method"`` (the members' method,
+    vmoe) and ``"replicates"``. ``select`` is written into the index as declared
     (a complete block: over, metric, split, mode, member). ``config`` (nested) is the run
     configuration every run shares; each run's results.json ``config`` holds it with the
     cell's axes set (``variant`` names the sweep variant in the index).
@@ -47,14 +56,26 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
     entries = []
     for cell in cells:
         kind = cell.get("kind", "run")
-        for si, seed in enumerate(seeds):
-            rid = _entry_id(sweep, cell["axes"], seed)
+        cell_axes = dict(cell["axes"])
+        n_runs = cell_axes.get(ENSEMBLE_RUNS_AXIS)
+        if ENSEMBLE_RUNS_AXIS in axes and n_runs is None:
+            if kind == "ensemble":
+                raise ValueError(f"ensemble cell {cell_axes} lacks the axis {ENSEMBLE_RUNS_AXIS}")
+            cell_axes[ENSEMBLE_RUNS_AXIS] = n_runs = 1      # every ordinary run: one run
+        cell_seeds = list(seeds)
+        if kind == "ensemble" and n_runs is not None:       # replicate r sits at seed r
+            cell_seeds = list(range(cell.get("replicates", len(seeds) // int(n_runs))))
+        for si, seed in enumerate(cell_seeds):
+            rid = _entry_id(sweep, cell_axes, seed)
             sub = "ensembles" if kind == "ensemble" else "runs"
             run_dir = root / sub / rid
-            entry = {"id": rid, "kind": kind, "seed": seed, "axes": dict(cell["axes"]),
+            entry = {"id": rid, "kind": kind, "seed": seed, "axes": cell_axes,
                      "result": f"results/{sub}/{rid}/results.json"}
+            members_ids: list[str] = []
             if kind == "ensemble":
-                entry.update(members=[f"{rid}-m{m}" for m in range(2)], ensemble_kind="downstream")
+                members_ids = [f"{rid}-m{m}" for m in range(int(n_runs or 2))]
+                entry.update(replicate=si, members=members_ids,
+                             ensemble_kind=cell.get("ensemble_kind", "downstream"))
             entries.append(entry)
             fate = (cell.get("seeds") or {}).get(seed, "ok")
             if fate is None:
@@ -82,8 +103,15 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
                     records.append({"split": split, "corruption": corruption,
                                     "severity": severity, "member": member, "metric": name,
                                     "value": per_seed[si]})
-            run_config = tree.merge(config or {}, tree.unflatten(cell["axes"]))
-            result = {"run_id": rid, "status": "ok", "config": {"axes": cell["axes"], **run_config},
+            run_config = tree.merge(config or {}, tree.unflatten(
+                {k: v for k, v in cell_axes.items() if k != ENSEMBLE_RUNS_AXIS}))
+            run_config = {"axes": cell_axes, **run_config}
+            if kind == "ensemble":       # as e3lib.evaluate.ensemble writes it
+                member = {**run_config, "method": cell.get("member_method", "vmoe")}
+                run_config = {"kind": entry["ensemble_kind"], "runs": members_ids,
+                              "method": member["method"],
+                              "run_configs": [member] * len(members_ids)}
+            result = {"run_id": rid, "status": "ok", "config": run_config,
                       "upstream_id": "synthetic",
                       "provenance": {"code_commit": "synthetic", "packages": {"jax": "0.0"},
                                      "host": "synthetic", "started": "", "finished": ""},

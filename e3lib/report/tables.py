@@ -36,7 +36,16 @@ from e3lib.report.cells import (
     format_ours,
     format_paper,
 )
-from e3lib.report.rows import CellStats, Row, selected_text, short, sweep_rows
+from e3lib.report.rows import (
+    MEMBERS,
+    CellStats,
+    Row,
+    display_key,
+    key_cell,
+    selected_text,
+    short,
+    sweep_rows,
+)
 from e3lib.report.spec import default_spec, load_reference
 from e3lib.stats import welch_test
 
@@ -169,6 +178,7 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
         key_names += [k for k in r.key if k not in key_names]
     if ref and not key_names:
         key_names = list(ref.get("key", []))   # only paper rows: show the paper's key
+    key_names = display_key(key_names)          # model.ensemble_size, ensemble.runs → M
     with_paper = bool(ref and ref.get("rows"))   # no paper columns for the demo table
     align = (ref or {}).get("align") if with_paper else None
     header = (["sweep"] if many else []) + (["paper row"] if with_paper else []) \
@@ -216,11 +226,11 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
             cells.append(Cell(text, kind="key"))
         for k in key_names:
             if r is not None:
-                cells.append(Cell(r.key.get(k, ""), kind="key"))
+                cells.append(Cell(key_cell(r.key, k), kind="key"))
             else:   # a paper row we did not run: its key, unless it is on another scale
-                v = (prow or {}).get("key", {}).get(k)
-                on_scale = v is not None and not (align and k == align["axis"])
-                cells.append(Cell(axis_label(v) if on_scale else "", kind="key"))
+                pkey = (prow or {}).get("key", {})
+                on_scale = k == MEMBERS or k in pkey and not (align and k == align["axis"])
+                cells.append(Cell(key_cell(pkey, k) if on_scale else "", kind="key"))
         if r is None:
             cells.append(Cell("not run", kind="seeds"))
         else:
@@ -269,13 +279,14 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
                                      spec["min_seeds"])
                     if tspec.get("bold", True) and mcfg.get("bold", True) else (None, ""))
         bold_cell = cells_flat[idx] if idx is not None else None
-        header = (["sweep"] if many else []) + [short(k) for k in rest_names] + \
+        shown = display_key(rest_names, exclude=[pivot])   # member axes → one column M
+        header = (["sweep"] if many else []) + [short(k) for k in shown] + \
             [f"{short(pivot)}={p}" for p in pivots]
         body = []
         for gkey, g in groups.items():
             kv = dict(gkey[1:] if many else gkey)
             cells = ([Cell(gkey[0], kind="key")] if many else []) + \
-                [Cell(kv.get(k, ""), kind="key") for k in rest_names]
+                [Cell(key_cell(kv, k), kind="key") for k in shown]
             for p in pivots:
                 c = format_ours(g[p].stats.get(m) if p in g else None, mcfg)
                 c.bold = p in g and bold_cell is not None and g[p].stats.get(m) is bold_cell
