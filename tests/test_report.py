@@ -535,3 +535,58 @@ def test_deep_ensemble_rows_are_addressed_by_runs_everywhere():
     bad = [(tid, s) for tid, s in de          # (a bare {method: …} names every size)
            if "model.ensemble_size" in s or "ensemble.runs" not in s and len(s) > 1]
     assert not bad, bad
+
+
+def _expanded_ds(root, sweep_file, reproduces):
+    """A dataset on exactly the rows ``e3 expand`` makes of a shipped sweep's small variant:
+    its axes, its run cells (all seeds) and its ensemble cells (their replicates), with
+    synthetic NLL 0.70 − 0.01·runs (+ 0.001 per seed position; member "0": 0.75 + …), KL
+    0.1·runs, GFLOPs 10·runs."""
+    from e3lib.sweep import ENSEMBLE_RUNS_AXIS, load_sweep
+
+    sw = load_sweep(f"sweeps/{sweep_file}.yaml", "small")
+    cells: dict[tuple, dict] = {}
+    for e in sw.entries:
+        c = cells.setdefault(tuple(sorted(e["axes"].items())), {
+            "axes": e["axes"], "kind": e["kind"], "replicates": 0,
+            "ensemble_kind": e.get("ensemble_kind", "downstream")})
+        c["replicates"] += 1
+    seeds = sorted({e["seed"] for e in sw.entries if e["kind"] == "run"})
+    for c in cells.values():
+        n = len(seeds) if c["kind"] == "run" else c["replicates"]
+        runs = c["axes"][ENSEMBLE_RUNS_AXIS]
+        c["metrics"] = {"nll": [0.70 - 0.01 * runs + 0.001 * i for i in range(n)],
+                        "kl_diversity": [0.1 * runs] * n}
+        c["member_metrics"] = {"0": {"nll": [0.75 + 0.001 * i for i in range(n)]}}
+        c["gflops"] = 10.0 * runs
+    return sw, _ds(root, sweep_file, sw.axes, seeds, list(cells.values()), reproduces)
+
+
+# (sweep, table, deep-ensemble rows shown, whether each meets its paper row). Small
+# variants: Tables 15/25/26 run tiny/mini models, which no paper row (S/32 … H/14) matches;
+# Table 14 shows members ensemble and 0 of each; Table 25 keeps down-DE(2), Table 26 (4).
+@pytest.mark.parametrize("sweep_file, table_id, n_de, matched", [
+    ("table15_upstream_ensembles", "table15", 8, False),
+    ("table17_fewer_experts", "table17", 4, True), ("table14_members", "table14", 8, True),
+    ("figure2_km_grid", "figure2", 6, False), ("model_sizes", "table25", 2, False),
+    ("model_sizes", "table26", 2, False)])
+def test_deep_ensemble_rows_of_real_expansions_reach_their_tables(tmp_path, sweep_file,
+                                                                  table_id, n_de, matched):
+    # every deep-ensemble row the expansion makes for the table shows with M = its runs, and
+    # every claim's selectors find their rows (none "no row matches", none ambiguous)
+    sw, ds = _expanded_ds(tmp_path, sweep_file, [table_id])
+    t = tables.build_table(table_id, [ds])
+    de = [r for r in t.rows if r.key.get("ensemble.runs", "1") != "1"]
+    assert len(de) == n_de
+    assert all(r.members == r.key["ensemble.runs"] for r in de)
+    if matched:     # the paper row of the same method (or E ratio), runs and member
+        for r in de:
+            assert r.ref is not None and f"M={r.key['ensemble.runs']}" in r.ref["label"], r.key
+    for r in de:
+        base = 0.70 - 0.01 * int(r.key["ensemble.runs"]) if r.key.get("member", "ensemble") \
+            == "ensemble" else 0.75
+        assert r.stats["nll"].mean == pytest.approx(base + 0.0005 * (r.runs_requested - 1))
+    claims = spec_mod.default_spec()["tables"][table_id].get("verdicts", [])
+    for claim, v in zip(claims, t.verdicts, strict=True):
+        if claim["metric"] in ("nll", "kl_diversity", "gflops"):   # the metrics written
+            assert v.outcome != "ambiguous" and "no row matches" not in v.statistic, v

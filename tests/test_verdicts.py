@@ -149,6 +149,31 @@ def test_group_by_ambiguous_and_best():
     assert verdicts.evaluate(best, k1, SPEC).outcome == "held"
 
 
+def test_groups_are_those_of_the_rows_a_claim_is_about():
+    # Table 14: E³ at M=2 and M=4 (ensemble vs member 0) beside V-MoE rows at M=1; the
+    # claim is checked per M among E³'s rows only, not "no row matches" at M=1
+    rows = []
+    for m, ens, mem in (("2", .62, .67), ("4", .63, .68)):
+        for member, nll in (("ensemble", ens), ("0", mem)):
+            rows += _rows("member", {member: [nll - .01, nll, nll + .01]}, "nll",
+                          {"method": "e3", "model.ensemble_size": m})
+    rows += _rows("member", {"ensemble": [.64, .65, .66]}, "nll",
+                  {"method": "vmoe", "model.ensemble_size": "1"})
+    v = {"claim": "E³'s ensemble beats its member 0", "test": "better", "metric": "nll",
+         "a": {"method": "e3", "member": "ensemble"}, "b": {"method": "e3", "member": "0"},
+         "group_by": ["model.ensemble_size"]}
+    res = verdicts.evaluate(v, rows, SPEC)
+    # each group: .62 vs .67 (and .63 vs .68), sd .01: t = -0.05/0.008165 = -6.12, ν = 4
+    assert res.outcome == "held"
+    assert "[model.ensemble_size=2]" in res.statistic and "ensemble_size=1" not in res.statistic
+    # a group where only one side has a row still says so
+    rows += _rows("member", {"ensemble": [.61, .62, .63]}, "nll",
+                  {"method": "e3", "model.ensemble_size": "8"})
+    res = verdicts.evaluate(v, rows, SPEC)
+    assert res.outcome == "not enough seeds" and "[model.ensemble_size=8] no row matches" in \
+        res.statistic
+
+
 def test_spec_refuses_seed_tests_on_costs_and_margins_on_directional_claims(tmp_path):
     doc = yaml.safe_load(spec_mod.SPEC_FILE.read_text())
     claim = doc["tables"]["figure2"]["verdicts"][2]

@@ -24,8 +24,9 @@ Kinds (α = spec alpha, default 0.05; x_a, x_b the seed values of rows a and b):
                  one value per level suffices, no seeds and no test needed
 Margins (equivalence kinds): the claim's ``margin`` (absolute, in stored units), else its
 ``margin_rel`` or the spec's ``margin_rel`` (default 0.02) times |mean| of the reference
-cell (b, or the smallest axis value). ``group_by`` axes split the rows into groups; the
-claim holds only if it holds in every group. A selector value "$max" / "$min" stands for the
+cell (b, or the smallest axis value). ``group_by`` axes split the rows into groups, one per
+value found among the rows the claim's selectors (a, b) match; the claim holds only if it
+holds in every group. A selector value "$max" / "$min" stands for the
 largest / smallest value of that axis.
 """
 
@@ -269,10 +270,17 @@ CHECKS: dict[str, Callable[[Sequence[Row], Mapping, Mapping], _Check]] = {
 
 
 def evaluate(v: Mapping[str, Any], rows: Sequence[Row], spec: Mapping) -> Verdict:
-    groups: dict[tuple, list[Row]] = {}
+    def gkey(r: Row) -> tuple:
+        return tuple((k, r.key[k]) for k in v.get("group_by", []) if k in r.key)
+
+    # the groups are those of the rows the claim is about: rows its selectors match (every
+    # row for a claim over an axis), so Table 14's V-MoE rows (M=1) form no group of E³
+    selectors = [v[s] for s in ("a", "b") if s in v]
+    about = [r for r in rows if not selectors or any(_matches(r, s) for s in selectors)]
+    groups: dict[tuple, list[Row]] = {k: [] for k in dict.fromkeys(map(gkey, about))}
     for r in rows:
-        gkey = tuple((k, r.key[k]) for k in v.get("group_by", []) if k in r.key)
-        groups.setdefault(gkey, []).append(r)
+        if gkey(r) in groups:
+            groups[gkey(r)].append(r)
     if not groups:
         return Verdict(v["claim"], v["test"], NOT_ENOUGH, "no rows (n=0)", n="0")
     checks: list[tuple[str, _Check]] = []
