@@ -460,7 +460,8 @@ def test_table12_efficient_ensembles_keep_m_of_one_model(tmp_path):
                 "metrics": {"nll": nll}}
 
     cells = [cell("vit", 1, 1, [0.69, 0.70]), cell("batchensemble", 2, 1, [0.68, 0.69]),
-             cell("mimo", 2, 2, [0.63, 0.64], br=2), cell("mc_dropout", 2, 1, [0.64, 0.65], drop=0.1),
+             cell("mimo", 2, 2, [0.63, 0.64], br=2),
+             cell("mc_dropout", 2, 1, [0.64, 0.65], drop=0.1),
              cell("e3", 2, 1, [0.62, 0.63])]
     ds = _ds(tmp_path, "table12_efficient_ensembles", axes, [0, 1], cells, ["table12"])
     t = tables.build_table("table12", [ds])
