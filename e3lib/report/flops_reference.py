@@ -15,6 +15,7 @@ from e3lib import tree
 from e3lib.config import resolve
 from e3lib.cost.analytic import analytic_gflops
 from e3lib.errors import ConfigError
+from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
 
@@ -41,13 +42,13 @@ def paper_gflops(cfg: Mapping[str, Any], deep_ensemble: int = 1, dispatch: str =
     {field: (paper value, config value)}.
     """
     flat = _flat(cfg)
-    flat["deep_ensemble"] = deep_ensemble
+    flat[ENSEMBLE_RUNS_AXIS] = deep_ensemble    # a deep ensemble of that many runs
     table_id = "table20" if dispatch == "indices" else "table22"
     table = _load_reference(table_id)
     for row in table["rows"]:
         wanted = dict(table.get("setting_fields", {}))
         wanted.update(row["key"])
-        wanted.setdefault("deep_ensemble", 1)
+        wanted.setdefault(ENSEMBLE_RUNS_AXIS, 1)
         differing = {k: (v, flat.get(k)) for k, v in wanted.items() if flat.get(k) != v}
         if set(differing) <= set(ignore):
             return table_id, row["label"], row["values"]["gflops"][0], differing
@@ -57,9 +58,9 @@ def paper_gflops(cfg: Mapping[str, Any], deep_ensemble: int = 1, dispatch: str =
 def row_config(table: Mapping[str, Any], row_key: Mapping[str, Any]) -> tuple[dict, int]:
     """The resolved run config of a Table 20/22 row, and its deep-ensemble size."""
     flat = dict(table.get("setting_fields", {}))
-    flat.update({k: v for k, v in row_key.items() if k != "deep_ensemble"})
+    flat.update({k: v for k, v in row_key.items() if k != ENSEMBLE_RUNS_AXIS})
     source = str(REFERENCE_DIR / f"{table['id']}.yaml")
-    return resolve(tree.unflatten(flat), source=source), int(row_key.get("deep_ensemble", 1))
+    return resolve(tree.unflatten(flat), source=source), int(row_key.get(ENSEMBLE_RUNS_AXIS, 1))
 
 
 def compare_with_paper(table_id: str, num_classes: int = 1000) -> list[dict]:
