@@ -155,7 +155,7 @@ class Expansion:
             for path, value in full.items():
                 over = tree.merge(over, tree.nest(path, value))
             try:
-                self._resolved[key] = resolve({**over, "seed": seed})
+                self._resolved[key] = resolve({**over, "seed": seed}, job=True)
             except ConfigError as err:
                 where = f"run ({_fmt_point(point)}, seed={seed})"
                 raise SweepError(self.file, f"{err.field} in {where}", err.value,
