@@ -118,9 +118,10 @@ def loads(
     finite: bool = True,
 ) -> Any:
     """Parse YAML ``text`` strictly (see the module docstring); errors name ``file``."""
-    loader = _StrictLoader(text)
-    loader.max_aliases = max_aliases
+    loader = None
     try:
+        loader = _StrictLoader(text)   # the reader refuses control characters here
+        loader.max_aliases = max_aliases
         doc = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -130,7 +131,8 @@ def loads(
     except yaml.YAMLError as e:
         raise YamlInputError(file, "", f"invalid YAML: {e}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     size = _expanded_size(doc, max_nodes)
     if size > max_nodes:
         raise YamlInputError(

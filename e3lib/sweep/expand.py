@@ -69,12 +69,12 @@ def axis_names(doc: SweepDoc) -> list[str]:
     names: list[str] = []
     for i, group in enumerate(doc.axes):
         where = doc.axis_field(i)
-        guards.check_axis_values(group, where, doc.file)
         if "zip" in group:
             lengths = {n: len(v) for n, v in group["zip"].items()}
             if len(set(lengths.values())) > 1:
                 raise SweepError(doc.file, f"{where}.zip", lengths,
                                  "zipped axes must have lists of equal length")
+        guards.check_axis_values(group, where, doc.file)
         for path in _group_paths(group):
             if path == "seed":
                 raise SweepError(doc.file, where, "seed",
