@@ -251,3 +251,31 @@ def test_shipped_sweeps_fit_the_default_limit():
         doc = yaml.safe_load(path.read_text())
         for v in (doc.get("variants") or {"small": {}}):
             assert len(S.load_sweep(path, v).entries) <= S.DEFAULT_MAX_RUNS
+
+
+@pytest.mark.slow
+def test_snakemake_dry_run_stops_at_parse_with_the_message(tmp_path):
+    """A bad sweep (and an unusable results path) stop `snakemake -n` before any job."""
+    import subprocess
+    import sys
+
+    from test_workflow import fresh_checkout
+
+    cwd = fresh_checkout(tmp_path / "wf")
+    bad = cwd / "bad.yaml"
+    bad.write_text("title: t\nreproduces: [demo]\nseeds: 1000000000\n")
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("SNAKEMAKE_PROFILE", None)
+
+    def run(*conf):
+        return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                               "--config", *conf], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    r = run("sweeps=[bad.yaml]", "results=res_bad")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "invalid sweep: bad.yaml: seeds=1000000000: more seeds than max_runs" in out
+    r = run("results=/")
+    assert r.returncode != 0 and "invalid config: --config: results='/'" in r.stdout + r.stderr
+    assert not (cwd / "res_bad").exists()
