@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from e3lib import tree
+from e3lib.config_rules import check_pixels, check_training, check_types
 from e3lib.errors import ConfigError
 from e3lib.models.registry import METHODS, method_of
 from e3lib.models.sizes import MODEL_SIZES, size_spec
@@ -88,6 +88,10 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "dataset": "demo",
         "image_size": 16,
+        # True: the patch embedding drops the last image_size mod P pixel rows and columns
+        # (the reference code's VALID convolution: the paper's H/14 at 384 px sees 378 px);
+        # False: an image size not divisible by the patch size P is refused.
+        "crop_to_patch": False,
         "data_dir": None,
         # Preprocessing op strings (e3lib/data/preprocess.py), e.g. the reference's
         # "decode_jpeg_and_inception_crop(384)|flip_lr|value_range(-1,1)". None = the
@@ -152,23 +156,20 @@ CHOICES: dict[str, tuple] = {
     "data.dataset": ("demo", "cifar10", "cifar100", "imagenet2012"),
 }
 
-# Fields whose value must be a non-negative number / positive integer.
-NON_NEGATIVE = (
-    "model.noise_mult", "model.aux_weight", "model.expert_dropout", "model.dropout",
-    "model.overlap", "finetune.mixup", "finetune.lr", "upstream.lr", "finetune.grad_clip",
-)
-POSITIVE_INT = (
-    "model.num_experts", "model.num_selected", "model.ensemble_size", "model.group_images",
-    "model.num_predictions", "finetune.steps", "finetune.batch_size", "upstream.steps",
-    "upstream.batch_size", "data.image_size", "eval.batch_size", "finetune.checkpoint_every",
-)
+def resolve(overrides: Mapping[str, Any], source: str | None = None, job: bool = False) -> dict:
+    """Fill defaults into ``overrides`` and validate. Returns the resolved config.
 
-
-def resolve(overrides: Mapping[str, Any], source: str | None = None) -> dict:
-    """Fill defaults into ``overrides`` and validate. Returns the resolved config."""
+    ``job=True`` (sweep expansion, ``e3 run``, ``e3 upstream``): the config will be trained,
+    so its images must also split into whole patches (``config_rules.check_pixels``).
+    """
     try:
+        if not isinstance(overrides, Mapping):
+            raise ConfigError("(top level)", overrides, "a run config must be a mapping of "
+                              f"fields; allowed sections: {sorted(DEFAULTS)}")
         cfg = tree.merge_known(DEFAULTS, overrides)
         validate(cfg)
+        if job:
+            check_pixels(cfg, size_spec(cfg))
     except ConfigError as err:
         if source and not err.source:
             raise ConfigError(err.field, err.value, err.rule, source) from None
@@ -177,44 +178,29 @@ def resolve(overrides: Mapping[str, Any], source: str | None = None) -> dict:
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Check field types and the cross-field rules of the run's method (its registry entry).
+    """Check every field's type and range (``e3lib.config_rules.FIELDS``), the allowed
+    values (``CHOICES``), the cross-field rules of the run's method (its registry entry)
+    and those of the training stages (``config_rules.check_training``).
 
     The one validation of a run config: ``resolve`` calls it where a config enters (sweep
-    expansion, ``e3 run``); model builders trust the resolved config.
+    expansion, ``e3 run``, ``e3 upstream``, ``e3 flops``), before the config is hashed;
+    model builders and the training code trust the resolved config.
     """
+    check_types(cfg)
     method = method_of(cfg)
-    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or cfg["seed"] < 0:
-        raise ConfigError("seed", cfg["seed"], "must be a non-negative integer")
     for field, allowed in CHOICES.items():
         if tree.get(cfg, field) not in allowed:
             raise ConfigError(field, tree.get(cfg, field), f"allowed: {list(allowed)}")
-    for field in NON_NEGATIVE:
-        v = tree.get(cfg, field)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
-            raise ConfigError(field, v, "must be a non-negative number")
-    for field in POSITIVE_INT:
-        v = tree.get(cfg, field)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(field, v, "must be a positive integer")
-    ecf = cfg["model"]["eval_capacity_factor"]
-    if ecf is not None and (isinstance(ecf, bool) or not isinstance(ecf, (int, float)) or ecf <= 0):
-        raise ConfigError("model.eval_capacity_factor", ecf, "must be null or a positive number")
-    if cfg["model"]["capacity_factor"] <= 0:
-        raise ConfigError("model.capacity_factor", cfg["model"]["capacity_factor"], "must be > 0")
-    bias = cfg["model"]["head_bias_init"]
-    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, (int, float))):
-        raise ConfigError("model.head_bias_init", bias, "must be null or a number")
     _validate_pp(cfg["data"])
-    method.check(cfg, size_spec(cfg))
+    spec = size_spec(cfg)
+    method.check(cfg, spec)
+    check_training(cfg, spec)
 
 
 def _validate_pp(data: Mapping[str, Any]) -> None:
     for key in ("pp_train", "pp_eval"):
         if data[key] is not None:
             parse_pp(data[key], f"data.{key}")
-    w = data["input_workers"]
-    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-        raise ConfigError("data.input_workers", w, "must be a non-negative integer")
 
 
 def canonical_json(obj: Any) -> str:

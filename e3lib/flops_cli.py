@@ -41,9 +41,13 @@ def cli_flops(argv: list[str]) -> int:
     overrides: dict = {}
     try:
         if args.config:
-            import yaml
-            with open(args.config) as f:
-                loaded = yaml.safe_load(f) or {}
+            from e3lib.safeyaml import YamlInputError, load_config_file
+            try:
+                loaded = load_config_file(args.config) or {}
+            except YamlInputError as err:
+                raise ConfigError("--config", args.config,
+                                  f"{err.where}: {err.problem}" if err.where else err.problem,
+                                  ) from None
             if not isinstance(loaded, dict):
                 raise ConfigError("<root>", type(loaded).__name__, "must be a mapping",
                                   args.config)

@@ -118,9 +118,10 @@ def loads(
     finite: bool = True,
 ) -> Any:
     """Parse YAML ``text`` strictly (see the module docstring); errors name ``file``."""
-    loader = _StrictLoader(text)
-    loader.max_aliases = max_aliases
+    loader = None
     try:
+        loader = _StrictLoader(text)   # the reader refuses control characters here
+        loader.max_aliases = max_aliases
         doc = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -130,7 +131,8 @@ def loads(
     except yaml.YAMLError as e:
         raise YamlInputError(file, "", f"invalid YAML: {e}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     size = _expanded_size(doc, max_nodes)
     if size > max_nodes:
         raise YamlInputError(
@@ -177,3 +179,51 @@ def load_file(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES, **kwargs) 
             file, f"byte {e.start}", "not UTF-8 text; save the file as UTF-8"
         ) from None
     return loads(text, file, **kwargs)
+
+
+def _no_duplicates(file: str):
+    def hook(pairs: list) -> dict:
+        out: dict = {}
+        for k, v in pairs:
+            if k in out:
+                raise YamlInputError(file, f"key {k!r}", "duplicate key; JSON would silently "
+                                     "keep only the last value")
+            out[k] = v
+        return out
+    return hook
+
+
+def _no_constant(file: str):
+    def hook(name: str):
+        raise YamlInputError(file, "", f"numbers must be finite (got {name})")
+    return hook
+
+
+def load_config_file(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> Any:
+    """A run-config file: ``.json`` parsed strictly (no duplicate keys, no NaN/Infinity,
+    UTF-8, a regular file of at most ``max_bytes``), anything else as YAML (``load_file``)."""
+    file = os.fspath(path)
+    if not file.endswith(".json"):
+        return load_file(file, max_bytes=max_bytes)
+    import json
+
+    if not os.path.exists(file):
+        raise YamlInputError(file, "", "no such file")
+    if not os.path.isfile(file):
+        raise YamlInputError(file, "", "is a directory or not a regular file; expected a "
+                             "JSON file")
+    if os.path.getsize(file) > max_bytes:
+        raise YamlInputError(file, "", f"over the limit of {max_bytes} bytes")
+    try:
+        with open(file, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise YamlInputError(file, "", f"cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise YamlInputError(file, f"byte {e.start}", "not UTF-8 text") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates(file),
+                          parse_constant=_no_constant(file))
+    except json.JSONDecodeError as e:
+        raise YamlInputError(file, f"line {e.lineno}, column {e.colno}",
+                             f"invalid JSON: {e.msg}") from None

@@ -36,7 +36,7 @@ def test_product_zip_and_conditional_axes():
         # conditional axis: only the e3 point gets overlap values
         {"name": "model.overlap", "values": [0, 2, 4], "when": {"method": "e3"}},
         # zipped pair applies to every point
-        {"zip": {"finetune.lr": [0.1, 0.01], "finetune.steps": [10, 20]}},
+        {"zip": {"finetune.lr": [0.1, 0.01], "finetune.steps": [20, 40]}},
     ], "seeds": 2}
     sw = expand(doc)
     # points: e3 x 3 overlaps + vmoe x 1 = 4; x 2 zipped pairs = 8; x 2 seeds = 16 runs
@@ -50,7 +50,7 @@ def test_product_zip_and_conditional_axes():
     assert len(vmoe) == 4
     # zip pairs values, never crosses them
     pairs = {(e["axes"]["finetune.lr"], e["axes"]["finetune.steps"]) for e in runs}
-    assert pairs == {(0.1, 10), (0.01, 20)}
+    assert pairs == {(0.1, 20), (0.01, 40)}
     assert {e["seed"] for e in runs} == {0, 1}
     for e in runs:
         assert e["config"]["seed"] == e["seed"]
@@ -67,13 +67,13 @@ def test_seed_list_and_seed_is_the_run_config_seed():
 def test_variant_overlay_merges_base_and_adds_axes():
     doc = {**BASE, "base": {"method": "e3", "model": {"ensemble_size": 2, "num_experts": 8}},
            "axes": [{"name": "model.overlap", "values": [0, 2]}],
-           "variants": {"small": {"base": {"finetune": {"steps": 7}}, "seeds": 1},
+           "variants": {"small": {"base": {"finetune": {"steps": 17}}, "seeds": 1},
                         "paper": {"base": {"model": {"num_experts": 32}},
                                   "add_axes": [{"name": "finetune.lr", "values": [0.1, 0.3]}],
                                   "seeds": 3}}}
     small, paper = expand(doc, "small"), expand(doc, "paper")
     assert len(runs_of(small)) == 2 and len(runs_of(paper)) == 2 * 2 * 3
-    assert {e["config"]["finetune"]["steps"] for e in runs_of(small)} == {7}
+    assert {e["config"]["finetune"]["steps"] for e in runs_of(small)} == {17}
     # the overlay merges: ensemble_size from the top-level base survives
     assert {e["config"]["model"]["num_experts"] for e in runs_of(paper)} == {32}
     assert {e["config"]["model"]["ensemble_size"] for e in runs_of(paper)} == {2}
@@ -187,8 +187,9 @@ def test_upstream_ensembles_pretrain_one_upstream_per_member():
     assert members[1]["axes"]["method"] == "up_de_member"
 
 
-def test_a_point_listed_twice_is_one_run():
-    sw = expand({**BASE, "axes": [{"cases": [{"finetune.lr": 0.1}, {"finetune.lr": 0.1}]}]})
+def test_the_same_point_from_two_cases_is_one_run():
+    # identical cases are refused (tests/test_bad_input.py); cases that resolve alike are one run
+    sw = expand({**BASE, "axes": [{"cases": [{"finetune.lr": 0.01}, {"model.overlap": 0}]}]})
     assert len(runs_of(sw)) == 1
 
 

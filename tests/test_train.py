@@ -13,6 +13,7 @@ import pytest
 
 from e3lib import train
 from e3lib.config import resolve
+from e3lib.errors import ConfigError
 
 TINY = {
     "method": "e3",
@@ -244,8 +245,9 @@ def test_schedules_warmup_then_decay():
     lin = train.lr_schedule("linear", 2.0, 4, 8, 0.0)
     # linear: 2·t/4 during warmup, then 2·(1 − (t−4)/4)
     assert [float(lin(t)) for t in (2, 4, 6, 8)] == pytest.approx([1.0, 2.0, 1.0, 0.0])
-    with pytest.raises(Exception, match="finetune.warmup"):
-        train.lr_schedule("cosine", 1.0, 10, 10, 0.0)
+    # warmup >= steps is refused by the config validation, before any job starts
+    with pytest.raises(ConfigError, match="finetune.warmup=10: must be < finetune.steps = 10"):
+        resolve({"finetune": {"warmup": 10, "steps": 10}})
 
 
 def test_finetune_optimizer_clips_global_norm_then_sgd_momentum():

@@ -26,6 +26,8 @@ Modules, by stage (each importable on its own; this package re-exports the publi
     ensembles   deep ensembles of runs: members, replicates, ids (``ENSEMBLE_KINDS``)
     plan        ``Sweep``, ``Plan``, index format, file paths, ``write_plan``
     catalog     lookups by id for the workflow (pure: writes nothing)
+    guards      limits and checks against hanging or silently wrong input (``max_runs``)
+    outputs     ``check_output_dirs``: results / reports / logs usable, refused at parse
     resources   ``job_resources`` per job for Snakemake
     cli         ``e3 expand``
 """
@@ -36,7 +38,9 @@ from e3lib.sweep.ensembles import (ENSEMBLE_KINDS, ENSEMBLE_RUNS_AXIS, ensemble_
                                    replicate_seeds)
 from e3lib.sweep.expand import (SELECT_DEFAULTS, UNSELECTABLE_AXES, expand_doc, expand_sweeps,
                                 load_sweep)
+from e3lib.sweep.guards import DEFAULT_MAX_RUNS
 from e3lib.sweep.load import VARIANTS, read_reproduces
+from e3lib.sweep.outputs import check_output_dirs
 from e3lib.sweep.plan import (INDEX_FORMAT, RESULT_PREFIX, Plan, Sweep, config_path, config_text,
                               ensemble_config_path, index_path, index_tsv, index_tsv_path,
                               upstream_config_path, write_index, write_plan)
@@ -50,5 +54,5 @@ __all__ = [
     "Sweep", "config_path", "config_text", "ensemble_config_path", "index_path", "index_tsv",
     "index_tsv_path", "upstream_config_path", "write_index", "write_plan", "SIZE_RESOURCES",
     "STAGES", "job_resources", "SCHEMA_PATH", "SweepError", "check_schema", "load_schema",
-    "table_ids",
+    "table_ids", "DEFAULT_MAX_RUNS", "check_output_dirs",
 ]

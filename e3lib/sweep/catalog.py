@@ -18,9 +18,10 @@ from e3lib.sweep.schema import SweepError
 
 
 class Catalog:
-    def __init__(self, sweep_files: list[str], variant: str, sweep_dir: str):
-        self.variant, self.sweep_dir = variant, sweep_dir
-        self.configured: Plan = expand_sweeps(sweep_files, variant)
+    def __init__(self, sweep_files: list[str], variant: str, sweep_dir: str,
+                 max_runs: int | None = None):
+        self.variant, self.sweep_dir, self.max_runs = variant, sweep_dir, max_runs
+        self.configured: Plan = expand_sweeps(sweep_files, variant, max_runs)
         self._table_plans: dict[str, Plan] = {}
         self._dir_plan: Plan | None = None
 
@@ -41,7 +42,7 @@ class Catalog:
             if not files:
                 raise SweepError(self.sweep_dir, "(table)", table,
                                  f"no sweep file in {self.sweep_dir}/ reproduces it")
-            self._table_plans[table] = expand_sweeps(files, self.variant)
+            self._table_plans[table] = expand_sweeps(files, self.variant, self.max_runs)
         return list(self._table_plans[table].sweeps)
 
     def sweep(self, name: str) -> Sweep:
@@ -78,7 +79,8 @@ class Catalog:
         # sweep_dir, expanded once.
         if self._dir_plan is None:
             files = [str(p) for p in sorted(Path(self.sweep_dir).glob("*.y*ml"))]
-            self._dir_plan = expand_sweeps(files, self.variant) if files else Plan()
+            self._dir_plan = (expand_sweeps(files, self.variant, self.max_runs) if files
+                              else Plan())
         found = getattr(self._dir_plan, table)
         if key in found:
             return found[key]

@@ -17,9 +17,12 @@ def cli_expand(argv: list[str]) -> int:
     ap.add_argument("sweeps", nargs="+", help="sweep YAML files")
     ap.add_argument("--results-root", default="results")
     ap.add_argument("--variant", default="small", choices=VARIANTS)
+    ap.add_argument("--max-runs", type=int, default=None,
+                    help="the most jobs one sweep file may expand to (default: the sweep's "
+                         "max_runs:, else 20000)")
     args = ap.parse_args(argv)
     try:
-        plan = expand_sweeps(args.sweeps, args.variant)
+        plan = expand_sweeps(args.sweeps, args.variant, args.max_runs)
     except SweepError as err:
         print(f"e3 expand: {err}", file=sys.stderr)
         return 2

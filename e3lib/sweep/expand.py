@@ -7,7 +7,9 @@ file, the field, the value and what is allowed:
 2. ``variant_doc``: the ``small`` / ``paper`` overlay;
 3. ``axis_names``: every axis and condition name against the run-config fields;
 4. ``base_config``: the base overrides against ``e3lib.config.DEFAULTS``;
-5. ``expand_points``: the axis groups' product (``when`` groups only where they match);
+5. ``guards``: seeds, replicates and the number of jobs (``max_runs``), counted before any
+   point exists; ``expand_points``: the axis groups' product (``when`` groups only where
+   they match; a field assigned twice to one point is refused);
 6. ``Expansion.add_point``: every point x seed through ``e3lib.config.resolve`` (cross-field
    rules: K <= E/M, E - o divisible by M, ...), one run each;
 7. ``add_ensembles`` (``e3lib.sweep.ensembles``) and ``check_select``.
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from e3lib import tree
 from e3lib.config import DEFAULTS, ConfigError, canonical_json, resolve, run_id, upstream_id
+from e3lib.sweep import guards
 from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS, add_ensembles, matches
 from e3lib.sweep.load import SweepDoc, read_doc, refuse_renamed_fields, variant_doc
 from e3lib.sweep.plan import Plan, Sweep, run_entry
@@ -70,6 +74,7 @@ def axis_names(doc: SweepDoc) -> list[str]:
             if len(set(lengths.values())) > 1:
                 raise SweepError(doc.file, f"{where}.zip", lengths,
                                  "zipped axes must have lists of equal length")
+        guards.check_axis_values(group, where, doc.file)
         for path in _group_paths(group):
             if path == "seed":
                 raise SweepError(doc.file, where, "seed",
@@ -98,22 +103,41 @@ def base_config(doc: SweepDoc) -> dict:
         raise SweepError(doc.file, f"base.{err.field}", err.value, err.rule) from None
 
 
-def expand_points(groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any]) -> list[dict]:
+def iter_points(groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any],
+                doc: SweepDoc | None = None, i: int = 0, point: dict | None = None
+                ) -> Iterator[dict]:
+    """The points of ``groups[i:]`` extending ``point``, lazily, in product order. A group
+    may not re-assign a field an earlier group assigned to the same point (its values would
+    silently replace the earlier ones): refused, naming both groups."""
+    point = {} if point is None else point
+    if i == len(groups):
+        yield point
+        return
+    group = groups[i]
+    cond = group.get("when") or {}
+    current = {path: point.get(path, tree.get(base_cfg, path)) for path in cond}
+    if not matches(cond, current):
+        yield from iter_points(groups, base_cfg, doc, i + 1, point)
+        return
+    for a in group_points(group):
+        again = [k for k in a if k in point]
+        if again:
+            file, where = (doc.file, doc.axis_field(i)) if doc else ("(sweep)", f"axes[{i}]")
+            first = next(j for j in range(i) if again[0] in _group_paths(groups[j]))
+            first_at = doc.axis_field(first) if doc else f"axes[{first}]"
+            raise SweepError(file, where, again[0],
+                             f"this field is already an axis ({first_at}) of the points it "
+                             f"applies to (e.g. {_fmt_point(point)}); an axis listed twice "
+                             "would silently replace the earlier values: list it once, or "
+                             "give the groups disjoint `when:` conditions")
+        yield from iter_points(groups, base_cfg, doc, i + 1, {**point, **a})
+
+
+def expand_points(groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any],
+                  doc: SweepDoc | None = None) -> list[dict]:
     """Product of the axis groups in order; a group with ``when`` only expands the points
     whose current values (assigned, else the base config's) match it."""
-    points: list[dict] = [{}]
-    for group in groups:
-        assignments = group_points(group)
-        cond = group.get("when") or {}
-        new_points = []
-        for p in points:
-            current = {path: p.get(path, tree.get(base_cfg, path)) for path in cond}
-            if matches(cond, current):
-                new_points.extend({**p, **a} for a in assignments)
-            else:
-                new_points.append(p)
-        points = new_points
-    return points
+    return list(iter_points(groups, base_cfg, doc))
 
 
 def check_select(doc: SweepDoc, axes: Sequence[str]) -> dict | None:
@@ -155,13 +179,14 @@ class Expansion:
             for path, value in full.items():
                 over = tree.merge(over, tree.nest(path, value))
             try:
-                self._resolved[key] = resolve({**over, "seed": seed})
+                self._resolved[key] = resolve({**over, "seed": seed}, job=True)
             except ConfigError as err:
                 where = f"run ({_fmt_point(point)}, seed={seed})"
                 raise SweepError(self.file, f"{err.field} in {where}", err.value,
                                  err.rule) from None
         cfg0 = self._resolved[key]
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg0.items()} | {"seed": seed}
+        copied = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg0.items()}
+        return copied | {"seed": seed}
 
     def axes_of(self, cfg: Mapping[str, Any]) -> dict:
         """A run's row: its value of every axis (``ensemble.runs``: 1)."""
@@ -200,36 +225,48 @@ class Expansion:
         return by_seed
 
 
-def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None) -> Sweep:
-    """Validate and expand one loaded sweep document (see the module docstring)."""
+def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None,
+               max_runs: int | None = None) -> Sweep:
+    """Validate and expand one loaded sweep document (see the module docstring).
+
+    ``max_runs``: the most jobs this file may expand to (``--config max_runs=N``); None: the
+    sweep's ``max_runs:`` field, else ``guards.DEFAULT_MAX_RUNS``.
+    """
+    guards.check_plain(doc, file)
     refuse_renamed_fields(doc, file)
     check_schema(doc, file)
-    d = variant_doc(doc, variant, file)
+    d = variant_doc(doc, variant, file, max_runs)
     axes = axis_names(d)
     if d.ensembles:
         axes.append(ENSEMBLE_RUNS_AXIS)
     if "method" not in axes:   # every table row is keyed by method
         axes.insert(0, "method")
     base_cfg = base_config(d)
+    per_point = len(d.seeds) + guards.check_ensembles(d.ensembles, d.where["ensembles"],
+                                                      len(d.seeds), file)
+    guards.check_size(d.axes, lambda: iter_points(d.axes, base_cfg, d), per_point,
+                      len(d.seeds), d.max_runs, file, d.where["axes"])
     sweep = Sweep(name=d.name or name or Path(file).stem, file=file,
                   file_sha256=hashlib.sha256(canonical_json(doc).encode()).hexdigest(),
                   variant=variant, title=d.title, reproduces=d.reproduces, axes=axes,
                   seeds=d.seeds)
     sweep.select = check_select(d, sweep.axes)
     x = Expansion(sweep, d.base, file)
-    point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg)]
+    point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg, d)]
     add_ensembles(x, d, point_runs)
     return sweep
 
 
-def load_sweep(path: str | os.PathLike, variant: str = "small") -> Sweep:
+def load_sweep(path: str | os.PathLike, variant: str = "small",
+               max_runs: int | None = None) -> Sweep:
     """Read, validate and expand one sweep file."""
-    return expand_doc(read_doc(path), str(path), variant)
+    return expand_doc(read_doc(path), str(path), variant, max_runs=max_runs)
 
 
-def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small") -> Plan:
+def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small",
+                  max_runs: int | None = None) -> Plan:
     """Expand several sweep files into one plan (runs shared between sweeps appear once)."""
     plan = Plan()
     for p in paths:
-        plan.add(load_sweep(p, variant))
+        plan.add(load_sweep(p, variant, max_runs))
     return plan

@@ -12,9 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from e3lib import tree
+from e3lib import safeyaml, tree
+from e3lib.sweep import guards
 from e3lib.sweep.schema import SweepError
 
 VARIANTS = ("small", "paper")
@@ -29,15 +28,17 @@ RENAMED_ENSEMBLE_FIELDS = {
 
 
 def read_doc(path: str | os.PathLike) -> Any:
-    """The YAML document of a sweep file; a SweepError if it cannot be read or parsed."""
+    """The YAML document of a sweep file, read strictly (``e3lib.safeyaml``: size limit,
+    UTF-8, no duplicate keys, no alias bombs, finite numbers); a SweepError naming the file
+    and the line or field if it cannot be read or parsed."""
     file = str(path)
+    if not os.path.exists(file):
+        raise SweepError(file, "(file)", file, "sweep file not found")
     try:
-        with open(path) as f:
-            return yaml.safe_load(f)
-    except FileNotFoundError:
-        raise SweepError(file, "(file)", file, "sweep file not found") from None
-    except yaml.YAMLError as err:
-        raise SweepError(file, "(yaml)", None, f"not valid YAML: {err}") from None
+        return safeyaml.load_file(file)
+    except safeyaml.YamlInputError as err:
+        problem = err.problem.replace("invalid YAML: ", "not valid YAML: ", 1)
+        raise SweepError(file, err.where or "(file)", file, problem) from None
 
 
 def read_reproduces(path: str | os.PathLike) -> list[str]:
@@ -76,6 +77,7 @@ class SweepDoc:
     seeds: list[int]
     ensembles: list[dict]
     select: dict | None
+    max_runs: int = guards.DEFAULT_MAX_RUNS
     # where each replaceable field came from: "axes" or "variants.paper.axes", ...
     where: dict[str, str] = field(default_factory=dict)
     n_axes_own: int = 0   # axis groups before the overlay's add_axes
@@ -87,8 +89,9 @@ class SweepDoc:
         return f"add_axes[{i - self.n_axes_own}]"
 
 
-def variant_doc(doc: dict, variant: str, file: str) -> SweepDoc:
-    """The sweep document with the chosen variant's overlay applied."""
+def variant_doc(doc: dict, variant: str, file: str, max_runs: int | None = None) -> SweepDoc:
+    """The sweep document with the chosen variant's overlay applied. ``max_runs`` (from
+    ``--config``) overrides the overlay's and the file's ``max_runs:``."""
     if variant not in VARIANTS:
         raise SweepError(file, "variant", variant, f"allowed: {list(VARIANTS)}")
     variants = doc.get("variants") or {}
@@ -105,11 +108,15 @@ def variant_doc(doc: dict, variant: str, file: str) -> SweepDoc:
     axes = list(out["axes"] or [])
     if "add_axes" in overlay:
         axes += copy.deepcopy(overlay["add_axes"])
-    seeds = 1 if out["seeds"] is None else out["seeds"]
     where = {k: f"variants.{variant}.{k}" if k in overlay else k for k in REPLACED}
+    if max_runs is None:
+        max_runs = overlay.get("max_runs", doc.get("max_runs", guards.DEFAULT_MAX_RUNS))
+    if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+        raise SweepError(file, "max_runs", max_runs, "must be a positive integer")
+    seeds = guards.seeds(out["seeds"], where["seeds"], file, max_runs)
     return SweepDoc(
         file=file, variant=variant, name=doc.get("name"), title=doc["title"],
         reproduces=list(doc["reproduces"]), base=out["base"] or {}, axes=axes,
-        seeds=list(range(seeds)) if isinstance(seeds, int) else list(seeds),
-        ensembles=list(out["ensembles"] or []), select=out["select"], where=where,
+        seeds=seeds, ensembles=list(out["ensembles"] or []), select=out["select"],
+        max_runs=max_runs, where=where,
         n_axes_own=len(overlay["axes"]) if "axes" in overlay else len(doc.get("axes") or []))

@@ -22,10 +22,9 @@ from e3lib.errors import ConfigError
 def lr_schedule(
     kind: str, peak: float, warmup: int, steps: int, end: float, field: str = "finetune"
 ):
+    """Warmup then decay; ``warmup < steps`` is a config rule (e3lib.config_rules)."""
     import optax
 
-    if warmup >= steps:
-        raise ConfigError(f"{field}.warmup", warmup, f"must be < {field}.steps = {steps}")
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end)
     if kind == "linear":

@@ -7,7 +7,6 @@ outcome of the config), 4 preempted (SIGTERM; a retry resumes from the checkpoin
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,21 +14,20 @@ from typing import Any
 from e3lib.config import resolve
 from e3lib.data.loaders import DatasetNotFoundError
 from e3lib.errors import ConfigError
+from e3lib.safeyaml import YamlInputError, load_config_file
 from e3lib.train.signals import Diverged, Preempted, StopFlag
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 2, 3, 4
 
 
 def read_config(path: str) -> dict:
-    """The resolved run config of a JSON file: defaults filled in and validated, once."""
+    """The resolved run config of a JSON (or YAML) file, read strictly (e3lib.safeyaml):
+    defaults filled in and validated once, with the rules of sweep expansion (``job=True``)."""
     try:
-        with open(path) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"run config {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"run config {path}: not valid JSON ({err})") from None
-    return resolve(raw, source=path)
+        raw = load_config_file(path)
+    except YamlInputError as err:
+        raise ValueError(f"run config {err}") from None
+    return resolve(raw, source=path, job=True)
 
 
 def run_stage(

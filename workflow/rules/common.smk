@@ -15,6 +15,11 @@ from e3lib import sweep as e3sweep  # noqa: E402
 
 validate(config, "../schemas/config.schema.yaml")
 
+try:  # unusable output directories are refused before any job (writes nothing)
+    e3sweep.check_output_dirs(config)
+except ValueError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+
 RESULTS = config["results"]
 REPORTS = config["reports"]
 LOGS = config["logs"]
@@ -41,7 +46,11 @@ def _lookup(what, *args):
 
 # The plan of the configured sweeps, computed in memory (e3lib.sweep.Catalog).
 PLANS = _lookup(
-    e3sweep.Catalog, config["sweeps"], config["variant"], config["sweep_dir"]
+    e3sweep.Catalog,
+    config["sweeps"],
+    config["variant"],
+    config["sweep_dir"],
+    config.get("max_runs"),
 )
 CONFIGURED_SWEEPS = list(PLANS.configured.sweeps)
 

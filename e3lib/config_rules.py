@@ -1,0 +1,225 @@
+"""Field types and the training stages' cross-field rules of a run config, checked in one place.
+
+``e3lib.config.validate`` calls ``check_types`` (every field: type, range, finiteness) before
+anything reads or hashes a value, then the method's registry rules, then ``check_training``:
+the rules the training stages would otherwise discover only when a job starts (warmup <
+steps, end_lr <= lr, MoE blocks that exist, image size divisible by the patch). Each error is
+a ``ConfigError`` naming the dotted field, the value and what is allowed. A leaf module below
+``e3lib.config``: it imports only the model sizes and the errors.
+
+Notation: L blocks, P patch size, n MoE blocks (``model.moe_n``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from e3lib.errors import ConfigError
+
+# Largest seed: PRNG keys, NumPy and the input pipeline all take it as a 32-bit integer.
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one field may hold: ``kind`` int | number | bool | str | choice | int_list."""
+
+    kind: str
+    lo: float | None = None          # inclusive lower bound (numbers and ints)
+    hi: float | None = None          # upper bound, inclusive unless ``hi_open``
+    lo_open: bool = False            # lower bound exclusive
+    hi_open: bool = False
+    null: bool = False               # None allowed
+
+    def allowed(self) -> str:
+        """What the field allows, in words ("a non-negative number", "null or ...")."""
+        fixed = {"bool": "true or false", "str": "a string",
+                 "int_list": "a list of positive integers"}
+        noun = "integer" if self.kind == "int" else "finite number"
+        if self.kind in fixed:
+            what = fixed[self.kind]
+        elif self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            what = f"{'an' if self.kind == 'int' else 'a'} {noun} in {left}{self.lo}, " \
+                   f"{self.hi}{right}"
+        elif self.lo == 0 or (self.lo == 1 and self.kind == "int"):
+            what = f"a {'non-negative' if self.lo == 0 and not self.lo_open else 'positive'} " \
+                   f"{noun}"
+        elif self.lo is not None:
+            what = f"a {noun} {'>' if self.lo_open else '>='} {self.lo}"
+        else:
+            what = f"a {noun}"
+        return ("null or " if self.null else "") + what
+
+
+def _int(lo: int | None = None, hi: int | None = None, null: bool = False) -> Field:
+    return Field("int", lo, hi, null=null)
+
+
+def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+         hi_open: bool = False, null: bool = False) -> Field:
+    return Field("number", lo, hi, lo_open, hi_open, null)
+
+
+BOOL, STR, CHOICE = Field("bool"), Field("str"), Field("choice")
+STR_OR_NULL = Field("str", null=True)
+
+# Every leaf of e3lib.config.DEFAULTS (tests/test_bad_input.py checks the coverage).
+# ``choice`` fields are checked against e3lib.config.CHOICES (``method``: the registry).
+FIELDS: dict[str, Field] = {
+    "method": STR,
+    "seed": _int(0, MAX_SEED),
+    "model.size": CHOICE,
+    "model.num_experts": _int(1),
+    "model.num_selected": _int(1),
+    "model.ensemble_size": _int(1),
+    "model.overlap": _int(0),
+    "model.moe_placement": CHOICE,
+    "model.moe_n": _int(1, null=True),
+    "model.noise_mult": _num(0),
+    "model.noise_scaling": CHOICE,
+    "model.aux_weight": _num(0),
+    "model.capacity_factor": _num(0, lo_open=True),
+    "model.eval_capacity_factor": _num(0, lo_open=True, null=True),
+    "model.batch_priority": BOOL,
+    "model.expert_dropout": _num(0, 1, hi_open=True),
+    "model.dropout": _num(0, 1, hi_open=True),
+    "model.group_images": _int(1),
+    "model.num_predictions": _int(1),
+    "model.permute_experts": BOOL,
+    "model.representation": BOOL,
+    "model.head_bias_init": _num(null=True),
+    "model.dtype": CHOICE,
+    "model.be_init": CHOICE,
+    "model.be_lr_scale": _num(0, lo_open=True),
+    "model.mimo_input_repetition": _num(0, 1),
+    "model.mimo_batch_repetition": _int(1),
+    "model.slots_per_expert": _int(1),
+    "model.soft_moe_normalize": BOOL,
+    "upstream.checkpoint": STR_OR_NULL,
+    "upstream.method": CHOICE,
+    "upstream.num_experts": _int(1, null=True),
+    "upstream.num_selected": _int(1, null=True),
+    "upstream.seed": _int(0, MAX_SEED),
+    "upstream.steps": _int(1),
+    "upstream.lr": _num(0),
+    "upstream.warmup": _int(0),
+    "upstream.batch_size": _int(1),
+    "upstream.weight_decay": _num(0),
+    "upstream.capacity_factor": _num(0, lo_open=True),
+    "upstream.dataset": STR_OR_NULL,
+    "data.dataset": CHOICE,
+    "data.image_size": _int(1),
+    "data.crop_to_patch": BOOL,
+    "data.data_dir": STR_OR_NULL,
+    "data.pp_train": STR_OR_NULL,
+    "data.pp_eval": STR_OR_NULL,
+    "data.input_workers": _int(0),
+    "finetune.steps": _int(1),
+    "finetune.lr": _num(0),
+    "finetune.warmup": _int(0),
+    "finetune.schedule": CHOICE,
+    "finetune.end_lr": _num(0),
+    "finetune.batch_size": _int(1),
+    "finetune.momentum": _num(0, 1, hi_open=True),
+    "finetune.grad_clip": _num(0),
+    "finetune.mixup": _num(0),
+    "finetune.checkpoint_every": _int(1),
+    "eval.batch_size": _int(1),
+    "eval.fewshot_shots": Field("int_list"),
+    "eval.fewshot_l2_selection": CHOICE,
+    "eval.corrupted": BOOL,
+    "eval.ood": BOOL,
+    "eval.fewshot": BOOL,
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _in_range(spec: Field, v: float) -> bool:
+    if spec.lo is not None and (v <= spec.lo if spec.lo_open else v < spec.lo):
+        return False
+    return spec.hi is None or (v < spec.hi if spec.hi_open else v <= spec.hi)
+
+
+def check_value(dotted: str, v: Any, spec: Field) -> None:
+    """ConfigError unless ``v`` is what ``spec`` allows (type first, then range)."""
+    if v is None and spec.null:
+        return
+    if spec.kind == "choice":
+        if isinstance(v, (list, dict)):
+            raise ConfigError(dotted, v, "must be a single value, not a list or mapping")
+        return   # the allowed values are checked against CHOICES
+    bad = ConfigError(dotted, v, f"must be {spec.allowed()}")
+    if spec.kind == "bool":
+        if not isinstance(v, bool):
+            raise bad
+    elif spec.kind == "str":
+        if not isinstance(v, str):
+            raise bad
+    elif spec.kind == "int":
+        if not _is_int(v) or not _in_range(spec, v):
+            raise bad
+    elif spec.kind == "number":
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise bad
+        if not math.isfinite(v) or not _in_range(spec, v):
+            raise bad
+    elif spec.kind == "int_list":
+        if not isinstance(v, list) or not all(_is_int(x) and x >= 1 for x in v):
+            raise bad
+
+
+def check_types(cfg: Mapping[str, Any]) -> None:
+    """Every field of a merged config against ``FIELDS`` (before anything reads it)."""
+    for dotted, spec in FIELDS.items():
+        node: Any = cfg
+        for part in dotted.split("."):
+            node = node[part]
+        check_value(dotted, node, spec)
+
+
+def max_moe_n(layers: int, placement: str) -> int:
+    """Largest n that places n distinct MoE blocks: last-n of the odd blocks, or every n-th."""
+    return layers // 2 if placement == "last" else layers
+
+
+def check_training(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    """Cross-field rules the training stages rely on (``spec``: ``sizes.size_spec(cfg)``)."""
+    m, ft, up, data = cfg["model"], cfg["finetune"], cfg["upstream"], cfg["data"]
+    if ft["warmup"] >= ft["steps"]:
+        raise ConfigError("finetune.warmup", ft["warmup"],
+                          f"must be < finetune.steps = {ft['steps']}")
+    if up["checkpoint"] is None and up["warmup"] >= up["steps"]:
+        raise ConfigError("upstream.warmup", up["warmup"],
+                          f"must be < upstream.steps = {up['steps']}")
+    if ft["end_lr"] > ft["lr"]:
+        raise ConfigError("finetune.end_lr", ft["end_lr"],
+                          f"must be <= finetune.lr = {ft['lr']} (the {ft['schedule']} schedule "
+                          "decays from lr to end_lr)")
+    n, placement, L = m["moe_n"], m["moe_placement"], spec["layers"]
+    top = max_moe_n(L, placement)
+    if n is not None and n > top:
+        raise ConfigError("model.moe_n", n,
+                          f"size {m['size']} has {L} blocks: placement {placement!r} allows "
+                          f"n in [1, {top}] (or null for the size's default)")
+    if data["image_size"] < spec["patch"]:
+        raise ConfigError("data.image_size", data["image_size"], f"must be >= the patch size "
+                          f"{spec['patch']} of model.size {m['size']}")
+
+
+def check_pixels(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    """A job's images must split into whole patches, unless ``data.crop_to_patch`` says to
+    drop the remainder (checked for configs that will be trained; pricing one is allowed)."""
+    P, size, m = spec["patch"], cfg["data"]["image_size"], cfg["model"]
+    if size % P and not cfg["data"]["crop_to_patch"]:
+        raise ConfigError("data.image_size", size,
+                          f"must be divisible by the patch size {P} of model.size {m['size']} "
+                          f"(e.g. {size - size % P} or {size - size % P + P}); set "
+                          f"data.crop_to_patch: true to drop the last {size % P} pixel rows and "
+                          "columns as the reference code does")
