@@ -18,9 +18,11 @@ from e3lib.sweep.schema import SweepError
 
 
 class Catalog:
-    def __init__(self, sweep_files: list[str], variant: str, sweep_dir: str):
+    def __init__(self, sweep_files: list[str], variant: str, sweep_dir: str,
+                 checkpoints: dict[str, str] | None = None):
         self.variant, self.sweep_dir = variant, sweep_dir
-        self.configured: Plan = expand_sweeps(sweep_files, variant)
+        self.checkpoints = dict(checkpoints or {})   # published name -> path (--config)
+        self.configured: Plan = self._expand(sweep_files)
         self._table_plans: dict[str, Plan] = {}
         self._dir_plan: Plan | None = None
 
@@ -41,7 +43,7 @@ class Catalog:
             if not files:
                 raise SweepError(self.sweep_dir, "(table)", table,
                                  f"no sweep file in {self.sweep_dir}/ reproduces it")
-            self._table_plans[table] = expand_sweeps(files, self.variant)
+            self._table_plans[table] = self._expand(files)
         return list(self._table_plans[table].sweeps)
 
     def sweep(self, name: str) -> Sweep:
@@ -66,6 +68,9 @@ class Catalog:
     def ensemble(self, ensemble_id: str) -> dict:
         return self._find("ensembles", ensemble_id)
 
+    def _expand(self, files: list[str]) -> Plan:
+        return expand_sweeps(files, self.variant, self.checkpoints)
+
     def _plans(self):
         yield self.configured
         yield from self._table_plans.values()
@@ -78,7 +83,7 @@ class Catalog:
         # sweep_dir, expanded once.
         if self._dir_plan is None:
             files = [str(p) for p in sorted(Path(self.sweep_dir).glob("*.y*ml"))]
-            self._dir_plan = expand_sweeps(files, self.variant) if files else Plan()
+            self._dir_plan = self._expand(files) if files else Plan()
         found = getattr(self._dir_plan, table)
         if key in found:
             return found[key]

@@ -4,12 +4,14 @@ Steps of ``expand_doc``, all before any job exists, each raising ``SweepError`` 
 file, the field, the value and what is allowed:
 
 1. ``check_schema``: the file against ``workflow/schemas/sweep.schema.yaml``;
-2. ``variant_doc``: the ``small`` / ``paper`` overlay;
+2. ``variant_doc``: the ``small`` / ``paper`` / ``public`` overlay (and its recipe file);
 3. ``axis_names``: every axis and condition name against the run-config fields;
 4. ``base_config``: the base overrides against ``e3lib.config.DEFAULTS``;
 5. ``expand_points``: the axis groups' product (``when`` groups only where they match);
 6. ``Expansion.add_point``: every point x seed through ``e3lib.config.resolve`` (cross-field
-   rules: K <= E/M, E - o divisible by M, ...), one run each;
+   rules: K <= E/M, E - o divisible by M, ...), one run each; a published checkpoint's name
+   becomes its path (``checkpoints`` overrides first) and a local checkpoint's checksum is
+   pinned (``e3lib.upstreams.identity.pinned_config``);
 7. ``add_ensembles`` (``e3lib.sweep.ensembles``) and ``check_select``.
 
 Identity: a run's id is ``e3lib.config.run_id`` of its resolved config, so the same run in
@@ -31,6 +33,8 @@ from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS, add_ensembles, matches
 from e3lib.sweep.load import SweepDoc, read_doc, refuse_renamed_fields, variant_doc
 from e3lib.sweep.plan import Plan, Sweep, run_entry
 from e3lib.sweep.schema import SweepError, check_schema
+from e3lib.upstreams.catalog import check_overrides
+from e3lib.upstreams.identity import pinned_config
 
 # Defaults of a `select:` block (the paper does not state its selection metric).
 SELECT_DEFAULTS = {"metric": "nll", "split": "val", "mode": "min", "member": "ensemble"}
@@ -140,8 +144,10 @@ class Expansion:
     defaults = DEFAULTS
     run_id = staticmethod(run_id)
 
-    def __init__(self, sweep: Sweep, base: dict, file: str):
+    def __init__(self, sweep: Sweep, base: dict, file: str,
+                 checkpoints: Mapping[str, str] | None = None):
         self.sweep, self.base, self.file = sweep, base, file
+        self.checkpoints = dict(checkpoints or {})   # published name -> path
         self._rows: dict[tuple, str] = {}        # (axis values, seed or replicate) -> id
         self._resolved: dict[tuple, dict] = {}   # point -> resolved config (seed 0)
 
@@ -155,7 +161,8 @@ class Expansion:
             for path, value in full.items():
                 over = tree.merge(over, tree.nest(path, value))
             try:
-                self._resolved[key] = resolve({**over, "seed": seed})
+                self._resolved[key] = pinned_config(resolve({**over, "seed": seed}),
+                                                    self.checkpoints)
             except ConfigError as err:
                 where = f"run ({_fmt_point(point)}, seed={seed})"
                 raise SweepError(self.file, f"{err.field} in {where}", err.value,
@@ -200,8 +207,11 @@ class Expansion:
         return by_seed
 
 
-def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None) -> Sweep:
-    """Validate and expand one loaded sweep document (see the module docstring)."""
+def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None,
+               checkpoints: Mapping[str, str] | None = None) -> Sweep:
+    """Validate and expand one loaded sweep document (see the module docstring).
+
+    checkpoints: published checkpoint name -> path, replacing the published URL."""
     refuse_renamed_fields(doc, file)
     check_schema(doc, file)
     d = variant_doc(doc, variant, file)
@@ -216,20 +226,30 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
                   variant=variant, title=d.title, reproduces=d.reproduces, axes=axes,
                   seeds=d.seeds)
     sweep.select = check_select(d, sweep.axes)
-    x = Expansion(sweep, d.base, file)
+    x = Expansion(sweep, d.base, file, checkpoints)
     point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg)]
     add_ensembles(x, d, point_runs)
     return sweep
 
 
-def load_sweep(path: str | os.PathLike, variant: str = "small") -> Sweep:
+def load_sweep(path: str | os.PathLike, variant: str = "small",
+               checkpoints: Mapping[str, str] | None = None) -> Sweep:
     """Read, validate and expand one sweep file."""
-    return expand_doc(read_doc(path), str(path), variant)
+    return expand_doc(read_doc(path), str(path), variant, checkpoints=checkpoints)
 
 
-def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small") -> Plan:
-    """Expand several sweep files into one plan (runs shared between sweeps appear once)."""
+def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small",
+                  checkpoints: Mapping[str, str] | None = None,
+                  checkpoints_option: str = "upstream_checkpoints") -> Plan:
+    """Expand several sweep files into one plan (runs shared between sweeps appear once).
+
+    checkpoints: published checkpoint name -> path (``e3lib.upstreams.catalog``); a name
+    that is not a published checkpoint's is refused, naming ``checkpoints_option``."""
+    try:
+        checkpoints = check_overrides(checkpoints, checkpoints_option)
+    except ConfigError as err:
+        raise SweepError(checkpoints_option, err.field, err.value, err.rule) from None
     plan = Plan()
     for p in paths:
-        plan.add(load_sweep(p, variant))
+        plan.add(load_sweep(p, variant, checkpoints))
     return plan
