@@ -7,6 +7,7 @@
     e3 aggregate  gather the results of a sweep into one xarray Dataset (netCDF)
     e3 report     render tables, figures and the HTML report
     e3 flops      print GFLOPs per image and parameter count of a config, before launching
+    e3 checkpoint inspect a published upstream checkpoint (and its mapping onto a run)
 
 Each subcommand takes its own arguments (``e3 <subcommand> --help``). The functions below
 import their command where it is called, so ``e3 expand`` does not pay for importing JAX.
@@ -60,6 +61,12 @@ def flops(argv: list[str]) -> int:
     return cli_flops(argv)
 
 
+def checkpoint(argv: list[str]) -> int:
+    from e3lib.upstreams.inspect import cli_checkpoint
+
+    return cli_checkpoint(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "upstream": upstream,
     "run": run,
@@ -68,6 +75,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "aggregate": aggregate,
     "report": report,
     "flops": flops,
+    "checkpoint": checkpoint,
 }
 
 

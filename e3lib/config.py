@@ -72,7 +72,12 @@ DEFAULTS: dict[str, Any] = {
         "mimo_batch_repetition": 1,  # MIMO: times each batch is repeated
     },
     "upstream": {
-        "checkpoint": None,          # path to an existing checkpoint; None = pretrain here
+        # Checkpoint to fine-tune from instead of pretraining here: an Orbax directory, a
+        # published .npz / V-MoE sharded prefix (local path or gs:// URL), or the name of a
+        # published checkpoint (e3lib/upstreams/catalog.py; docs/checkpoints.md).
+        "checkpoint": None,
+        "checkpoint_sha256": None,   # content checksum (pinned at expansion for local files)
+        "fresh": ["head"],           # leaves that start from their initialisation, not the checkpoint
         "method": None,              # "vmoe" or "vit"; None = derived from the method
         "num_experts": None,         # upstream E; None = model.num_experts
         "num_selected": None,        # upstream K; None = model.num_selected (Table 19 differs)
@@ -192,9 +197,24 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if tree.get(cfg, field) not in allowed:
             raise ConfigError(field, tree.get(cfg, field), f"allowed: {list(allowed)}")
     _validate_pp(cfg["data"])
+    _validate_upstream_checkpoint(cfg["upstream"])
     spec = size_spec(cfg)
     method.check(cfg, spec)
     check_training(cfg, spec)
+
+
+def _validate_upstream_checkpoint(up: Mapping[str, Any]) -> None:
+    fresh = up["fresh"]
+    if not isinstance(fresh, list) or not all(isinstance(p, str) and p for p in fresh):
+        raise ConfigError("upstream.fresh", fresh, "must be a list of leaf names or name "
+                          "parts (e.g. [head, pre_logits, Router])")
+    for field in ("checkpoint", "checkpoint_sha256"):
+        if up[field] is not None and (not isinstance(up[field], str) or not up[field]):
+            raise ConfigError(f"upstream.{field}", up[field], "must be null or a string")
+    sha = up["checkpoint_sha256"]
+    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise ConfigError("upstream.checkpoint_sha256", sha, "must be 64 lowercase hex digits "
+                          "(as `e3 checkpoint inspect` prints)")
 
 
 def _validate_pp(data: Mapping[str, Any]) -> None:
@@ -282,11 +302,14 @@ def upstream_config(cfg: Mapping[str, Any]) -> dict:
     """The fields the upstream (pretraining) stage reads; its checkpoint is keyed by these.
 
     Runs that differ only in fine-tuning fields (K, M, overlap, λ, lr, seed...) share it.
+    With ``upstream.checkpoint`` set, its content checksum ``checkpoint_sha256`` is part of
+    it (pinned at sweep expansion, ``e3lib.upstreams.identity``), so runs from different
+    checkpoint contents never share an id.
     """
     up = cfg["upstream"]
     m = cfg["model"]
     method = up["method"] or method_of(cfg).upstream_method
-    return {
+    out = {
         "checkpoint": up["checkpoint"],
         "method": method,
         "size": m["size"],
@@ -306,6 +329,9 @@ def upstream_config(cfg: Mapping[str, Any]) -> dict:
         "capacity_factor": up["capacity_factor"],
         "representation": m["representation"],
     }
+    if up["checkpoint"]:  # absent otherwise: upstream ids without a checkpoint are unchanged
+        out["checkpoint_sha256"] = up["checkpoint_sha256"]
+    return out
 
 
 def upstream_id(cfg: Mapping[str, Any]) -> str:

@@ -25,7 +25,8 @@ MAX_SEED = 2**31 - 1
 
 @dataclass(frozen=True)
 class Field:
-    """What one field may hold: ``kind`` int | number | bool | str | choice | int_list."""
+    """What one field may hold: ``kind`` int | number | bool | str | choice | int_list |
+    str_list."""
 
     kind: str
     lo: float | None = None          # inclusive lower bound (numbers and ints)
@@ -37,7 +38,8 @@ class Field:
     def allowed(self) -> str:
         """What the field allows, in words ("a non-negative number", "null or ...")."""
         fixed = {"bool": "true or false", "str": "a string",
-                 "int_list": "a list of positive integers"}
+                 "int_list": "a list of positive integers",
+                 "str_list": "a list of non-empty strings"}
         noun = "integer" if self.kind == "int" else "finite number"
         if self.kind in fixed:
             what = fixed[self.kind]
@@ -100,6 +102,8 @@ FIELDS: dict[str, Field] = {
     "model.slots_per_expert": _int(1),
     "model.soft_moe_normalize": BOOL,
     "upstream.checkpoint": STR_OR_NULL,
+    "upstream.checkpoint_sha256": STR_OR_NULL,   # format checked in config
+    "upstream.fresh": Field("str_list"),
     "upstream.method": CHOICE,
     "upstream.num_experts": _int(1, null=True),
     "upstream.num_selected": _int(1, null=True),
@@ -172,6 +176,9 @@ def check_value(dotted: str, v: Any, spec: Field) -> None:
             raise bad
     elif spec.kind == "int_list":
         if not isinstance(v, list) or not all(_is_int(x) and x >= 1 for x in v):
+            raise bad
+    elif spec.kind == "str_list":
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
             raise bad
 
 

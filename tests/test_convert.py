@@ -69,6 +69,10 @@ def test_vit_to_vmoe_tiles_the_dense_mlp_into_identical_experts():
     _, up = _params(_cfg("vit"))
     cfg = _cfg("vmoe", num_experts=4)
     _, target = _params(cfg, seed=2)
+    with pytest.raises(ConversionError, match=r"Moe/Router/kernel \(32, 1, 4\)"):  # never silent
+        convert_for_config(up, target, cfg)
+    cfg = resolve({"method": "vmoe", "model": {"num_experts": 4},
+                   "upstream": {"fresh": ["head", "Router"]}})
     params = convert_for_config(up, target, cfg)
     dense = up["Encoder"]["encoderblock_3"]["Mlp"]["MlpBlock"]["Dense_0"]["kernel"]
     experts = _get(params, EXPERT_KERNEL)
@@ -109,14 +113,14 @@ def test_permute_experts_config_is_seeded():
 
 
 def test_posemb_resize_hand_derived():
-    # Old grid 2×2 (T=5) with value = column index j ∈ {0, 1}; bilinear upsampling to 4×4
-    # samples columns at (j'+.5)/2 - .5 = -.25, .25, .75, 1.25 -> edges clamp: 0, .25, .75, 1.
+    # Old grid 2×2 (T=5) with value = column index j ∈ {0, 1}; the corner-aligned zoom to
+    # 4×4 samples columns at j'·(2-1)/(4-1) = 0, 1/3, 2/3, 1.
     grid = jnp.tile(jnp.array([0.0, 1.0]), (2, 1))                      # (2, 2)
     posemb = jnp.concatenate([jnp.full((1, 1, 1), 9.0), grid.reshape(1, 4, 1)], axis=1)
     out = resize_posemb(posemb, 17)
     assert out.shape == (1, 17, 1)
     assert float(out[0, 0, 0]) == 9.0                                   # class token kept
-    np.testing.assert_allclose(out[0, 1:, 0].reshape(4, 4), np.tile([0, 0.25, 0.75, 1.0], (4, 1)),
+    np.testing.assert_allclose(out[0, 1:, 0].reshape(4, 4), np.tile([0, 1 / 3, 2 / 3, 1.0], (4, 1)),
                                atol=1e-6)
     with pytest.raises(ConversionError, match="square"):
         resize_posemb(posemb, 11)                                       # 10 is not a square
@@ -141,6 +145,17 @@ def test_shape_mismatch_names_the_leaf():
     _, target = _params(_cfg("vmoe"), shapes_only=True)
     with pytest.raises(ConversionError, match="head/bias"):
         convert_params(up, target)
+
+
+def test_unused_upstream_leaf_is_an_error_naming_it():
+    _, up = _params(_cfg("vmoe"))
+    up = dict(up, extra={"kernel": jnp.zeros((3, 2))})
+    cfg = _cfg("vmoe")
+    _, target = _params(cfg, seed=2)
+    with pytest.raises(ConversionError, match=r"no downstream leaf uses:\n    extra/kernel \(3, 2\)"):
+        convert_for_config(up, target, cfg)
+    listed = resolve({"method": "vmoe", "upstream": {"fresh": ["head", "extra"]}})
+    assert "extra" not in convert_for_config(up, target, listed)        # dropped, as stated
 
 
 def test_orbax_round_trip(tmp_path):

@@ -295,9 +295,66 @@ def test_shipped_sweeps_expand_in_their_variants(path):
             assert cfg["data"]["dataset"] == expected.get(path.stem, "imagenet2012")
             assert {"finetune.steps", "finetune.lr"} <= set(sw.axes)
             assert len(sw.seeds) >= 3
+        elif v == "public":   # a published checkpoint, the shared paper recipe, no pretraining
+            recipe = yaml.safe_load((REPO / "sweeps" / doc["variants"]["public"]["recipe"])
+                                    .read_text())
+            for e in runs_of(sw):
+                cfg = e["config"]
+                assert cfg["upstream"]["checkpoint"].startswith("gs://")
+                assert cfg["finetune"]["grad_clip"] == recipe["finetune"]["grad_clip"]
+                assert cfg["finetune"]["batch_size"] == recipe["finetune"]["batch_size"]
         else:
             cfg = runs_of(sw)[0]["config"]
             assert cfg["data"]["dataset"] == "demo"
+
+
+def test_public_variant_recipe_is_merged_under_the_overlay_base(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "r.yaml").write_text(
+        "finetune: {batch_size: 32, momentum: 0.5}\nmodel: {expert_dropout: 0.1}\n")
+    doc = {**BASE, "variants": {"public": {"recipe": "recipes/r.yaml",
+                                           "base": {"finetune": {"batch_size": 16}}}}}
+    file = str(tmp_path / "s.yaml")
+    cfg = runs_of(S.expand_doc(doc, file, "public"))[0]["config"]
+    # the overlay's own base wins over the recipe; the recipe over the sweep's base
+    assert cfg["finetune"]["batch_size"] == 16 and cfg["finetune"]["momentum"] == 0.5
+    assert cfg["model"]["expert_dropout"] == 0.1 and cfg["model"]["num_experts"] == 8
+    doc["variants"]["public"]["recipe"] = "recipes/missing.yaml"
+    with pytest.raises(S.SweepError, match=r"variants\.public\.recipe.*no such file"):
+        S.expand_doc(doc, file, "public")
+
+
+def test_published_checkpoint_names_paths_and_pinned_checksums(tmp_path):
+    import hashlib
+
+    from published_writers import write_vmoe_sharded
+
+    table3 = REPO / "sweeps" / "table3_overlap.yaml"
+    public = runs_of(S.load_sweep(table3, "public"))
+    assert {e["config"]["upstream"]["checkpoint"] for e in public} == \
+        {"gs://vmoe_checkpoints/vmoe_b16_imagenet21k_randaug_strong"}
+    assert {e["config"]["upstream"]["checkpoint_sha256"] for e in public} == {None}
+    # a local copy named on the command line: its index checksum is pinned into the config
+    prefix = str(tmp_path / "vmoe_b16")
+    write_vmoe_sharded(prefix, {"cls": __import__("numpy").zeros((1, 1, 4), "float32")},
+                       shard_count=1)
+    sha = hashlib.sha256((tmp_path / "vmoe_b16.index").read_bytes()).hexdigest()
+    local = runs_of(S.expand_sweeps([table3], "public", checkpoints={"vmoe_b16_in21k": prefix})
+                    .sweeps["table3_overlap"])
+    assert {e["config"]["upstream"]["checkpoint"] for e in local} == {prefix}
+    assert {e["config"]["upstream"]["checkpoint_sha256"] for e in local} == {sha}
+    # different checkpoints (contents) never share a run or an upstream id
+    assert not {e["id"] for e in local} & {e["id"] for e in public}
+    assert len({e["upstream_id"] for e in local} | {e["upstream_id"] for e in public}) == 2
+    with pytest.raises(S.SweepError, match=r"upstream_checkpoints.*vmoe_b16_21k.*known: "):
+        S.expand_sweeps([table3], "public", checkpoints={"vmoe_b16_21k": prefix})
+
+
+def test_ids_without_a_checkpoint_do_not_see_the_checkpoint_fields():
+    cfg = resolve({"method": "e3", "model": {"ensemble_size": 2}})
+    assert "checkpoint_sha256" not in __import__("e3lib.config").config.upstream_config(cfg)
+    assert run_id(cfg) == run_id(resolve({"method": "e3", "model": {"ensemble_size": 2},
+                                          "upstream": {"fresh": ["head"]}}))
 
 
 def test_every_paper_result_has_a_sweep():

@@ -284,3 +284,36 @@ def test_demo_end_to_end_through_snakemake(checkout):
         assert (checkout / "logs" / kind / f"{e['id']}.log").exists()
     again = smk(checkout, "-n", "--cores", "2", *conf)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_public_variant_fine_tunes_from_the_published_checkpoint_with_no_upstream_job(checkout):
+    r = smk(checkout, "-n", "--cores", "2", "--config", "variant=public",
+            "sweeps=[sweeps/table3_overlap.yaml]", "results=res_pub", "reports=rep_pub",
+            "logs=log_pub", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = job_counts(r.stdout)
+    # 2 K x 4 overlaps x 4 steps x 4 learning rates x 8 seeds, from vmoe_b16_in21k
+    assert counts["finetune"] == 2 * 4 * 4 * 4 * 8
+    assert "upstream" not in counts
+    assert not (checkout / "res_pub").exists()
+
+
+def test_published_checkpoint_paths_come_from_the_command_line(checkout):
+    from published_writers import write_vmoe_sharded
+
+    (checkout / "ck").mkdir(exist_ok=True)
+    write_vmoe_sharded(str(checkout / "ck" / "b16"), {"cls": __import__("numpy").zeros(
+        (1, 1, 4), "float32")}, shard_count=1)
+    sweep = write_sweep(checkout, "pubck", 2, base={
+        "model": {"size": "tiny", "num_experts": 4}, "upstream": {"checkpoint": "vmoe_b16_in21k"}})
+    r = smk(checkout, "-n", "-p", "--cores", "1", "--config", f"sweeps=[{sweep}]",
+            "results=res_ck", "reports=rep_ck", "logs=log_ck",
+            'upstream_checkpoints={"vmoe_b16_in21k": "ck/b16"}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "upstream" not in job_counts(r.stdout) and job_counts(r.stdout)["finetune"] == 4
+    assert '\\"checkpoint\\":\\"ck/b16\\"' in r.stdout or '"checkpoint":"ck/b16"' in r.stdout
+    bad = smk(checkout, "-n", "--cores", "1", "--config", f"sweeps=[{sweep}]",
+              "results=res_ck", 'upstream_checkpoints={"vmoe_b16": "ck/b16"}')
+    assert bad.returncode != 0
+    out = bad.stdout + bad.stderr
+    assert "upstream_checkpoints.vmoe_b16" in out and "vmoe_b16_in21k" in out   # the known names

@@ -147,8 +147,10 @@ def build_soft_moe(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeL
 def prepare_upstream(upstream: Mapping, target: Mapping, cfg: Mapping[str, Any],
                      keep_head: bool = False) -> dict:
     """V-MoE upstream -> Soft MoE: Φ and its scale keep the target's initialisation; the
-    expert MLPs and everything else convert as for V-MoE (the upstream router is unused)."""
-    source = dict(traverse_util.flatten_dict(dict(upstream), sep="/"))
+    expert MLPs and everything else convert as for V-MoE. The upstream router is not used:
+    its leaves are removed here (a stated choice, not a silently unused leaf)."""
+    source = {p: v for p, v in traverse_util.flatten_dict(dict(upstream), sep="/").items()
+              if "/Moe/Router/" not in p}
     for path, leaf in traverse_util.flatten_dict(dict(target), sep="/").items():
         if path.rsplit("/", 1)[-1] in FRESH_LEAVES:
             source[path] = leaf

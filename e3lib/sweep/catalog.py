@@ -19,9 +19,10 @@ from e3lib.sweep.schema import SweepError
 
 class Catalog:
     def __init__(self, sweep_files: list[str], variant: str, sweep_dir: str,
-                 max_runs: int | None = None):
+                 max_runs: int | None = None, checkpoints: dict[str, str] | None = None):
         self.variant, self.sweep_dir, self.max_runs = variant, sweep_dir, max_runs
-        self.configured: Plan = expand_sweeps(sweep_files, variant, max_runs)
+        self.checkpoints = dict(checkpoints or {})   # published name -> path (--config)
+        self.configured: Plan = self._expand(sweep_files)
         self._table_plans: dict[str, Plan] = {}
         self._dir_plan: Plan | None = None
 
@@ -42,7 +43,7 @@ class Catalog:
             if not files:
                 raise SweepError(self.sweep_dir, "(table)", table,
                                  f"no sweep file in {self.sweep_dir}/ reproduces it")
-            self._table_plans[table] = expand_sweeps(files, self.variant, self.max_runs)
+            self._table_plans[table] = self._expand(files)
         return list(self._table_plans[table].sweeps)
 
     def sweep(self, name: str) -> Sweep:
@@ -67,6 +68,9 @@ class Catalog:
     def ensemble(self, ensemble_id: str) -> dict:
         return self._find("ensembles", ensemble_id)
 
+    def _expand(self, files: list[str]) -> Plan:
+        return expand_sweeps(files, self.variant, self.max_runs, self.checkpoints)
+
     def _plans(self):
         yield self.configured
         yield from self._table_plans.values()
@@ -79,8 +83,7 @@ class Catalog:
         # sweep_dir, expanded once.
         if self._dir_plan is None:
             files = [str(p) for p in sorted(Path(self.sweep_dir).glob("*.y*ml"))]
-            self._dir_plan = (expand_sweeps(files, self.variant, self.max_runs) if files
-                              else Plan())
+            self._dir_plan = self._expand(files) if files else Plan()
         found = getattr(self._dir_plan, table)
         if key in found:
             return found[key]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from e3lib import tree
+from e3lib.errors import ConfigError
 from e3lib.sweep.expand import expand_sweeps
 from e3lib.sweep.load import VARIANTS
 from e3lib.sweep.plan import write_plan
@@ -12,7 +14,8 @@ from e3lib.sweep.schema import SweepError
 
 
 def cli_expand(argv: list[str]) -> int:
-    """e3 expand SWEEP.yaml [...] --results-root results [--variant small|paper]"""
+    """e3 expand SWEEP.yaml [...] --results-root results [--variant small|paper|public]
+    [--checkpoint NAME=PATH ...]"""
     ap = argparse.ArgumentParser(prog="e3 expand", description=cli_expand.__doc__)
     ap.add_argument("sweeps", nargs="+", help="sweep YAML files")
     ap.add_argument("--results-root", default="results")
@@ -20,10 +23,15 @@ def cli_expand(argv: list[str]) -> int:
     ap.add_argument("--max-runs", type=int, default=None,
                     help="the most jobs one sweep file may expand to (default: the sweep's "
                          "max_runs:, else 20000)")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                    help="path of a published checkpoint named in the sweeps (repeatable; "
+                    "docs/checkpoints.md)")
     args = ap.parse_args(argv)
     try:
-        plan = expand_sweeps(args.sweeps, args.variant, args.max_runs)
-    except SweepError as err:
+        checkpoints = tree.parse_assignments(args.checkpoint, "--checkpoint")
+        plan = expand_sweeps(args.sweeps, args.variant, args.max_runs, checkpoints,
+                             "--checkpoint")
+    except (SweepError, ConfigError) as err:
         print(f"e3 expand: {err}", file=sys.stderr)
         return 2
     written = write_plan(plan, args.results_root)

@@ -4,14 +4,16 @@ Steps of ``expand_doc``, all before any job exists, each raising ``SweepError`` 
 file, the field, the value and what is allowed:
 
 1. ``check_schema``: the file against ``workflow/schemas/sweep.schema.yaml``;
-2. ``variant_doc``: the ``small`` / ``paper`` overlay;
+2. ``variant_doc``: the ``small`` / ``paper`` / ``public`` overlay (and its recipe file);
 3. ``axis_names``: every axis and condition name against the run-config fields;
 4. ``base_config``: the base overrides against ``e3lib.config.DEFAULTS``;
 5. ``guards``: seeds, replicates and the number of jobs (``max_runs``), counted before any
    point exists; ``expand_points``: the axis groups' product (``when`` groups only where
    they match; a field assigned twice to one point is refused);
 6. ``Expansion.add_point``: every point x seed through ``e3lib.config.resolve`` (cross-field
-   rules: K <= E/M, E - o divisible by M, ...), one run each;
+   rules: K <= E/M, E - o divisible by M, ...), one run each; a published checkpoint's name
+   becomes its path (``checkpoints`` overrides first) and a local checkpoint's checksum is
+   pinned (``e3lib.upstreams.identity.pinned_config``);
 7. ``add_ensembles`` (``e3lib.sweep.ensembles``) and ``check_select``.
 
 Identity: a run's id is ``e3lib.config.run_id`` of its resolved config, so the same run in
@@ -35,6 +37,8 @@ from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS, add_ensembles, matches
 from e3lib.sweep.load import SweepDoc, read_doc, refuse_renamed_fields, variant_doc
 from e3lib.sweep.plan import Plan, Sweep, run_entry
 from e3lib.sweep.schema import SweepError, check_schema
+from e3lib.upstreams.catalog import check_overrides
+from e3lib.upstreams.identity import pinned_config
 
 # Defaults of a `select:` block (the paper does not state its selection metric).
 SELECT_DEFAULTS = {"metric": "nll", "split": "val", "mode": "min", "member": "ensemble"}
@@ -164,8 +168,10 @@ class Expansion:
     defaults = DEFAULTS
     run_id = staticmethod(run_id)
 
-    def __init__(self, sweep: Sweep, base: dict, file: str):
+    def __init__(self, sweep: Sweep, base: dict, file: str,
+                 checkpoints: Mapping[str, str] | None = None):
         self.sweep, self.base, self.file = sweep, base, file
+        self.checkpoints = dict(checkpoints or {})   # published name -> path
         self._rows: dict[tuple, str] = {}        # (axis values, seed or replicate) -> id
         self._resolved: dict[tuple, dict] = {}   # point -> resolved config (seed 0)
 
@@ -179,7 +185,8 @@ class Expansion:
             for path, value in full.items():
                 over = tree.merge(over, tree.nest(path, value))
             try:
-                self._resolved[key] = resolve({**over, "seed": seed}, job=True)
+                self._resolved[key] = pinned_config(resolve({**over, "seed": seed}, job=True),
+                                                    self.checkpoints)
             except ConfigError as err:
                 where = f"run ({_fmt_point(point)}, seed={seed})"
                 raise SweepError(self.file, f"{err.field} in {where}", err.value,
@@ -226,11 +233,13 @@ class Expansion:
 
 
 def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None,
-               max_runs: int | None = None) -> Sweep:
+               max_runs: int | None = None,
+               checkpoints: Mapping[str, str] | None = None) -> Sweep:
     """Validate and expand one loaded sweep document (see the module docstring).
 
     ``max_runs``: the most jobs this file may expand to (``--config max_runs=N``); None: the
-    sweep's ``max_runs:`` field, else ``guards.DEFAULT_MAX_RUNS``.
+    sweep's ``max_runs:`` field, else ``guards.DEFAULT_MAX_RUNS``. ``checkpoints``: published
+    checkpoint name -> path, replacing the published URL.
     """
     guards.check_plain(doc, file)
     refuse_renamed_fields(doc, file)
@@ -251,22 +260,33 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
                   variant=variant, title=d.title, reproduces=d.reproduces, axes=axes,
                   seeds=d.seeds)
     sweep.select = check_select(d, sweep.axes)
-    x = Expansion(sweep, d.base, file)
+    x = Expansion(sweep, d.base, file, checkpoints)
     point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg, d)]
     add_ensembles(x, d, point_runs)
     return sweep
 
 
 def load_sweep(path: str | os.PathLike, variant: str = "small",
-               max_runs: int | None = None) -> Sweep:
+               max_runs: int | None = None,
+               checkpoints: Mapping[str, str] | None = None) -> Sweep:
     """Read, validate and expand one sweep file."""
-    return expand_doc(read_doc(path), str(path), variant, max_runs=max_runs)
+    return expand_doc(read_doc(path), str(path), variant, max_runs=max_runs,
+                      checkpoints=checkpoints)
 
 
 def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small",
-                  max_runs: int | None = None) -> Plan:
-    """Expand several sweep files into one plan (runs shared between sweeps appear once)."""
+                  max_runs: int | None = None,
+                  checkpoints: Mapping[str, str] | None = None,
+                  checkpoints_option: str = "upstream_checkpoints") -> Plan:
+    """Expand several sweep files into one plan (runs shared between sweeps appear once).
+
+    checkpoints: published checkpoint name -> path (``e3lib.upstreams.catalog``); a name
+    that is not a published checkpoint's is refused, naming ``checkpoints_option``."""
+    try:
+        checkpoints = check_overrides(checkpoints, checkpoints_option)
+    except ConfigError as err:
+        raise SweepError(checkpoints_option, err.field, err.value, err.rule) from None
     plan = Plan()
     for p in paths:
-        plan.add(load_sweep(p, variant, max_runs))
+        plan.add(load_sweep(p, variant, max_runs, checkpoints))
     return plan

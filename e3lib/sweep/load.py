@@ -1,4 +1,6 @@
-"""Reading sweep files: YAML loading, renamed fields, and the ``small`` / ``paper`` overlays.
+"""Reading sweep files: YAML loading, renamed fields, and the ``small`` / ``paper`` /
+``public`` overlays (an overlay's ``recipe:`` names a shared file of run-config overrides,
+relative to the sweep file, merged under its ``base``: e.g. ``recipes/paper_finetune.yaml``).
 
 ``read_doc`` is the one place a sweep file's text becomes a document; ``variant_doc``
 applies the chosen variant's overlay and remembers where each field came from, so later
@@ -16,7 +18,7 @@ from e3lib import safeyaml, tree
 from e3lib.sweep import guards
 from e3lib.sweep.schema import SweepError
 
-VARIANTS = ("small", "paper")
+VARIANTS = ("small", "paper", "public")
 # Fields an overlay replaces wholesale (``base`` is merged, ``add_axes`` appended).
 REPLACED = ("axes", "seeds", "ensembles", "select")
 # Fields that were renamed: old name -> (new name, why). Files using the old name are
@@ -63,6 +65,19 @@ def refuse_renamed_fields(doc: Any, file: str) -> None:
                                      f"renamed to `{new}`: {why}")
 
 
+def read_recipe(file: str, recipe: str, field: str) -> dict:
+    """Run-config overrides of a recipe file, relative to the sweep file's directory."""
+    path = os.path.join(os.path.dirname(file), recipe)
+    try:
+        doc = safeyaml.load_file(path)
+    except safeyaml.YamlInputError as err:
+        raise SweepError(file, field, recipe, f"recipe file: {err}") from None
+    if not isinstance(doc, dict):
+        raise SweepError(file, field, recipe, f"{path}: a recipe is a mapping of run-config "
+                         f"overrides (sections of e3lib.config.DEFAULTS)")
+    return doc
+
+
 @dataclass
 class SweepDoc:
     """A schema-valid sweep document with one variant applied."""
@@ -100,6 +115,9 @@ def variant_doc(doc: dict, variant: str, file: str, max_runs: int | None = None)
                          f"this sweep defines variants {sorted(variants)} only")
     overlay = variants.get(variant) or {}
     out = {k: copy.deepcopy(doc.get(k)) for k in ("base", *REPLACED)}
+    if "recipe" in overlay:  # shared recipe file, under the overlay's own base
+        recipe = read_recipe(file, overlay["recipe"], f"variants.{variant}.recipe")
+        out["base"] = tree.merge(out["base"] or {}, recipe)
     if "base" in overlay:   # merged; unknown fields are refused with the merged base
         out["base"] = tree.merge(out["base"] or {}, overlay["base"])
     for key in REPLACED:

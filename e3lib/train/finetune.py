@@ -27,6 +27,7 @@ from e3lib.train.loop import Job, init_params, initial_state, stack_states, trai
 from e3lib.train.optim import finetune_optimizer
 from e3lib.train.signals import Diverged, StopFlag
 from e3lib.train.stage import EXIT_BAD_INPUT, read_config, run_stage
+from e3lib.upstreams.load import load_checkpoint_for_run, upstream_checkpoint
 
 
 def adapt_upstream(upstream_params: Mapping, fresh_params: Mapping, cfg: Mapping) -> dict:
@@ -112,12 +113,18 @@ def finetune_and_evaluate(
     model = build_model(cfg0, suite.num_classes)
     job = finetune_job(cfgs, suite, model)
     size = cfg0["data"]["image_size"]
-    if upstream_params is None and upstream_dir is not None:
+    # A checkpoint named by upstream.checkpoint (no upstream stage), or a published one the
+    # upstream stage registered, is read and converted by e3lib.upstreams.
+    checkpoint = None if upstream_params is not None else upstream_checkpoint(cfg0, upstream_dir)
+    if checkpoint is None and upstream_params is None and upstream_dir is not None:
         upstream_params = load_upstream_params(upstream_dir)
     states = []
     for c in cfgs:
         fresh = init_params(model, c["seed"], size)
-        params = adapt_upstream(upstream_params, fresh, c) if upstream_params else fresh
+        if checkpoint is not None:
+            params = load_checkpoint_for_run(checkpoint, fresh, c)
+        else:
+            params = adapt_upstream(upstream_params, fresh, c) if upstream_params else fresh
         states.append(initial_state(job.optimizer, params, c["seed"]))
     state = stack_states(states) if job.packed else states[0]
     ckpt = None
@@ -182,7 +189,8 @@ def cli_run(argv: list[str]) -> int:
     p.add_argument(
         "--upstream",
         default=None,
-        help="upstream dir (with done.json); omit to fine-tune from a fresh init",
+        help="upstream dir (with done.json); omit to start from upstream.checkpoint if "
+        "the config sets one, else from a fresh init",
     )
     p.add_argument("--out", required=True, nargs="+", help="one results dir per config")
     p.add_argument(

@@ -3,7 +3,8 @@
 Pretrains the upstream model of a run config with the upstream recipe
 (``e3lib.train.optim.upstream_optimizer``, training capacity factor
 ``upstream.capacity_factor``), or registers an existing checkpoint
-(``upstream.checkpoint``). Its done file (written last) names the saved parameters.
+(``upstream.checkpoint``: an Orbax directory or a published checkpoint, e3lib.upstreams).
+Its done file (written last) names the saved parameters.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from e3lib.train.loop import Job, init_params, initial_state, train
 from e3lib.train.optim import upstream_optimizer
 from e3lib.train.signals import Diverged, StopFlag
 from e3lib.train.stage import EXIT_BAD_INPUT, EXIT_OK, read_config, run_stage
+from e3lib.upstreams.catalog import checkpoint_path
+from e3lib.upstreams.load import open_checked
+from e3lib.upstreams.source import is_published
 
 
 def upstream_model_config(ucfg: Mapping[str, Any]) -> dict:
@@ -127,21 +131,26 @@ def cli_upstream(argv: list[str]) -> int:
     ucfg = upstream_config(cfg)
     started = utc_now()
     if ucfg["checkpoint"]:
-        path = Path(ucfg["checkpoint"])
-        if not path.exists():
-            err = ConfigError(
-                "upstream.checkpoint", ucfg["checkpoint"], "path does not exist", source=a.config
-            )
-            print(f"e3 upstream: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        from e3lib.models.convert import restore_params
+        path = checkpoint_path(ucfg["checkpoint"])
+        try:  # fail now, not in every fine-tune, if it cannot be read
+            if is_published(path):
+                open_checked(path, cfg)
+            elif not Path(path).exists():
+                raise ConfigError("upstream.checkpoint", path, "path does not exist")
+            else:
+                from e3lib.models.convert import restore_params
 
-        restore_params(path)  # fail now, not in every fine-tune, if it cannot be read
+                restore_params(path)
+                path = str(Path(path).absolute())
+        except ConfigError as err:
+            print(f"e3 upstream: {ConfigError(err.field, err.value, err.rule, a.config)}",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
         done = {
             "upstream_id": upstream_id(cfg),
             "status": "ok",
             "config": ucfg,
-            "params_path": str(path.absolute()),
+            "params_path": path,
             "num_classes": None,
             "metrics": {},
         }

@@ -51,6 +51,7 @@ PLANS = _lookup(
     config["variant"],
     config["sweep_dir"],
     config.get("max_runs"),
+    config["upstream_checkpoints"],
 )
 CONFIGURED_SWEEPS = list(PLANS.configured.sweeps)
 
@@ -73,6 +74,20 @@ def run_config(run):
 
 def upstream_of(run):
     return _lookup(PLANS.upstream_of, run)
+
+
+def upstream_done(run):
+    """The upstream stage's done file of a run; none when upstream.checkpoint names the
+    checkpoint (`e3 run` reads it itself: no pretraining job)."""
+    if run_config(run)["upstream"]["checkpoint"]:
+        return []
+    return f"{RESULTS}/upstream/{upstream_of(run)}/done.json"
+
+
+def upstream_arg(run):
+    """`e3 run`'s --upstream option of a run ('' when it has no upstream stage)."""
+    done = upstream_done(run)
+    return f"--upstream {os.path.dirname(done)}" if done else ""
 
 
 def upstream_run_config(up):

@@ -5,11 +5,13 @@
 # by e3 run) and done.json (its status, written by stage.py: "ok" or "diverged"). Only
 # done.json is declared: a diverged run has no results.json yet is a finished job.
 # Checkpoints are in params, not outputs, so a retried (e.g. preempted, exit 4) job resumes.
+# A run whose config sets upstream.checkpoint has no upstream input: `e3 run` reads that
+# checkpoint itself, and no pretraining job is scheduled (docs/checkpoints.md).
 
 
 rule finetune:
     input:
-        upstream=lambda wc: f"{RESULTS}/upstream/{upstream_of(wc.run)}/done.json",
+        upstream=lambda wc: upstream_done(wc.run),
     output:
         done=f"{RESULTS}/runs/{{run}}/done.json",
     log:
@@ -27,9 +29,10 @@ rule finetune:
         config_text=lambda wc: e3sweep.config_text(run_config(wc.run)),
         out=f"{RESULTS}/runs/{{run}}",
         checkpoints=f"{RESULTS}/checkpoints/{{run}}",
+        upstream=lambda wc: upstream_arg(wc.run),
     shell:
         "python workflow/scripts/stage.py --status {output.done} --log {log} "
         "--write {params.config} {params.config_text:q} "
         "--expect {params.out}/results.json {params.out}/predictions.npz -- "
-        "python -m e3lib.cli run --config {params.config} --upstream $(dirname {input.upstream}) --out {params.out} "
+        "python -m e3lib.cli run --config {params.config} {params.upstream} --out {params.out} "
         "--checkpoints {params.checkpoints} --log-mode plain"
