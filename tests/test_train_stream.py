@@ -91,3 +91,37 @@ def test_streamed_resume_restores_the_saved_iterator_state(tmp_path, tfds_root, 
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert b["train"]["resumed_from_step"] == 6
     assert a["train"]["final"] != b["train"]["final"]
+
+
+def test_deep_ensemble_of_streamed_runs_equals_in_memory(tmp_path, tfds_root, monkeypatch):
+    # Two streamed runs (seeds 0, 1) keep only their params; their deep ensemble
+    # re-evaluates them batch by batch and equals the in-memory evaluation of the same
+    # params on the same (whole-array) splits.
+    from e3lib.config import resolve
+    from e3lib.data import load_suite
+    from e3lib.evaluate import (
+        combine_predictions,
+        ensemble_runs,
+        records_from_predictions,
+        run_predictions,
+    )
+    from e3lib.models import build_model
+    from e3lib.models.convert import restore_params
+    from tests.test_evaluate_stream import assert_same_records
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["data_dir"] = str(tfds_root)
+    cfg["finetune"].update(steps=3, warmup=1)
+    for seed in (0, 1):
+        assert run(tmp_path, f"s{seed}", dict(cfg, seed=seed), monkeypatch) == 0
+    res = ensemble_runs([str(tmp_path / "s0"), str(tmp_path / "s1")], tmp_path / "ens",
+                        "downstream")
+    resolved = resolve(cfg)
+    suite = load_suite(resolved)
+    model = build_model(resolved, suite.num_classes)
+    preds = [run_predictions(model, restore_params(tmp_path / f"s{s}" / "params", key=None),
+                             suite, resolved) for s in (0, 1)]
+    want = records_from_predictions(combine_predictions(preds, ["s0", "s1"]), [1], 0)
+    assert_same_records(res["records"], want)
+    with np.load(tmp_path / "ens" / "predictions.npz") as z:
+        assert z.files == ["streamed"]

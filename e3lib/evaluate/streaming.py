@@ -164,3 +164,22 @@ def evaluate_streamed(model, params, suite, cfg: Mapping[str, Any], out):
     cost = run_cost(cfg, suite.num_classes)
     cost["eval_examples"] = sizes
     return records, {STREAMED_KEY: np.asarray(True)}, None, cost
+
+
+def ensemble_streamed_records(run_dirs, results: Sequence[Mapping]) -> list[dict]:
+    """Records of a deep ensemble of streamed runs: each member's model is rebuilt from its
+    config and parameters (``run/params``) and every set is re-read batch by batch."""
+    from pathlib import Path
+
+    from e3lib.data.stream_suite import open_stream_suite
+    from e3lib.models import build_model
+    from e3lib.models.convert import restore_params
+
+    cfg0 = results[0]["config"]
+    suite = open_stream_suite(cfg0)
+    predictors = []
+    for run_dir, res in zip(run_dirs, results):
+        model = build_model(res["config"], suite.num_classes)
+        params = restore_params(Path(run_dir) / PARAMS_DIR, key=None)
+        predictors.append(run_predictor(model, params))
+    return stream_records(predictors, suite, cfg0)[0]
