@@ -9,10 +9,15 @@ Prints:
      this machine's JAX backend) and the input cores it needs: (2) / (1);
   3. peak RSS of a fresh process running the training stream, and of one running a
      streaming evaluation (``e3lib.metrics_stream``, 1000 classes) over two generated
-     array_record sets, the larger several times the process's RSS: flat memory means the
-     split is never materialised.
+     array_record sets (high-detail 384×384 JPEGs, ~170 KB each, so that a few thousand
+     make gigabytes), the larger several times the process's RSS: flat memory means the
+     split is never materialised. The sets are written under $TMPDIR and deleted.
 
-    .venv/bin/python benchmarks/bench_input.py          # (1) and (3), ~1-2 minutes on 2 cores
+Peak RSS is the child's own high-water mark (``VmHWM`` of /proc/self/status).
+``getrusage``'s ``ru_maxrss`` is not: Linux keeps it across ``exec``, so a child started
+by a parent that had compiled the 384 px step reported the parent's peak (~2.4 GiB).
+
+    .venv/bin/python benchmarks/bench_input.py          # (1) and (3), ~5 minutes on 2 cores
     .venv/bin/python benchmarks/bench_input.py --step   # adds (2): compiles S/32 at 384 px
                                                         # (minutes on a CPU)
 """
@@ -34,18 +39,21 @@ TRAIN_PP = "decode_jpeg_and_inception_crop(384)|flip_lr|randaug(2,15)|value_rang
 EVAL_PP = "decode|value_range(-1,1)"
 
 
-def jpeg_pool(n: int, h: int, w: int, seed: int = 0) -> list[bytes]:
-    """``n`` distinct JPEGs of smooth random images (compress like photos, ~q90)."""
-    from PIL import Image
+def jpeg_pool(n: int, h: int, w: int, seed: int = 0, block: int = 16,
+              quality: int = 90) -> list[bytes]:
+    """``n`` distinct JPEGs of random images, smooth over ``block`` pixels (16: compress
+    like photos; 1: pixel noise, the largest JPEGs)."""
     import io
+
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        small = rng.integers(0, 256, (h // 16, w // 16, 3)).astype(np.uint8)
+        small = rng.integers(0, 256, (h // block, w // block, 3)).astype(np.uint8)
         image = Image.fromarray(small).resize((w, h), Image.BILINEAR)
         buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=90)
+        image.save(buf, format="JPEG", quality=quality)
         out.append(buf.getvalue())
     return out
 
@@ -57,10 +65,16 @@ def write_set(path: Path, pool: list[bytes], n: int) -> int:
     return path.stat().st_size
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM; see the module docstring)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024                         # kB → MiB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def child(args: argparse.Namespace) -> None:
     """Run in a fresh process; prints one JSON line with images/s and peak RSS."""
-    import resource
-
     from e3lib.data.stream import RecordSource, Stream, eval_dataset, train_dataset
 
     src = RecordSource([args.path])
@@ -86,9 +100,8 @@ def child(args: argparse.Namespace) -> None:
             seen += int(batch["valid"].sum())
         assert acc.result()["ensemble"]["nll"] > 0
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     print(json.dumps({"images": seen, "seconds": seconds, "images_per_s": seen / seconds,
-                      "peak_rss_mib": rss}))
+                      "peak_rss_mib": peak_rss_mib()}))
 
 
 def run_child(mode: str, path: Path, batch: int, batches: int = 0) -> dict:
@@ -117,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--step", action="store_true", help="also time the 384 px train step")
-    ap.add_argument("--small", type=int, default=300, help="records of the small eval set")
-    ap.add_argument("--factor", type=int, default=6, help="large set = factor × small")
+    ap.add_argument("--small", type=int, default=3500, help="records of the small eval set")
+    ap.add_argument("--factor", type=int, default=5, help="large set = factor × small")
     args = ap.parse_args(argv)
     if args.child:
         child(args)
@@ -138,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {consume:.1f} images/s; input cores needed to keep up: "
                   f"{consume / train['images_per_s']:.2f}")
         print("== 3. peak RSS of a streaming evaluation vs dataset size "
-              f"({EVAL_PP}, 384×384 JPEGs)")
-        pool = jpeg_pool(32, 384, 384, seed=1)
+              f"({EVAL_PP}, 384×384 high-detail JPEGs)")
+        pool = jpeg_pool(32, 384, 384, seed=1, block=1, quality=95)
         rows = []
         for n in (args.small, args.small * args.factor):
             path = tmp / f"eval_{n}.array_record"

@@ -6,8 +6,11 @@ into a temporary directory and renames it when complete, so a process killed mid
 leaves the previous step as the latest one. Saves are synchronous: when ``save`` returns,
 the step is on disk (a SIGKILL right after loses nothing).
 
-Data position is not stored separately: the batch of step t is a function of
-(seed, t) (``e3lib.data.batch_indices``), so the step is the data position.
+Data position: for in-memory data the batch of step t is a function of (seed, t)
+(``e3lib.data.batch_indices``), so the step is the data position. A streamed run passes
+its input iterator state (``extra``, JSON) to ``save``: it is written as
+``directory/<step>/input_state.json`` before the integrity manifest, so the manifest covers
+it, and ``input_state(step)`` reads it back on resume.
 
 Integrity: after each save, the SHA-256 of every file of the step is written to
 ``directory/integrity/<step>.json``. ``restore_verified`` checks the latest step against its
@@ -32,6 +35,8 @@ import orbax.checkpoint as ocp
 
 from e3lib import atomic
 from e3lib.integrity import compare_digests, file_digests
+
+INPUT_STATE = "input_state.json"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -118,16 +123,24 @@ class TrainCheckpoints:
             self._set_aside(step, problem)
         return None, None
 
-    def save(self, step: int, state: Any, force: bool = False) -> bool:
-        """Save ``state`` at ``step`` if it is a multiple of ``every`` (or ``force``)."""
+    def save(self, step: int, state: Any, force: bool = False, extra: Any = None) -> bool:
+        """Save ``state`` at ``step`` if it is a multiple of ``every`` (or ``force``), with
+        ``extra`` (JSON-able, e.g. the input iterator state) beside it when given."""
         if not force and step % self.every:
             return False
         if self.manager.latest_step() == step:
             return False
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
+        if extra is not None:
+            atomic.write_json(self._step_dir(step) / INPUT_STATE, extra)
         self._write_manifest(step)
         return True
+
+    def input_state(self, step: int) -> Any:
+        """The ``extra`` saved with ``step`` (None if there is none)."""
+        path = self._step_dir(step) / INPUT_STATE
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def restore(self, like: Any, step: int | None = None) -> Any:
         """Restore the state at ``step`` (default: latest) with the structure of ``like``."""

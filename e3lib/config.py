@@ -38,7 +38,7 @@ from e3lib.config_rules import check_pixels, check_training, check_types
 from e3lib.errors import ConfigError
 from e3lib.models.registry import METHODS, method_of
 from e3lib.models.sizes import MODEL_SIZES, size_spec
-from e3lib.ppspec import parse_pp
+from e3lib.ppspec import RECIPES, parse_pp, pp_string
 
 DEFAULTS: dict[str, Any] = {
     "method": "e3",
@@ -52,7 +52,8 @@ DEFAULTS: dict[str, Any] = {
         "moe_placement": "last",     # "last" (last-n odd blocks) or "every" (every n-th block)
         "moe_n": None,               # n; None = the size's default (2, or 5 for H/14)
         "noise_mult": 1.0,           # router noise multiplier
-        "noise_scaling": "code",     # "code": σ = mult/(experts the router sees); "paper": σ = mult/E
+        # "code": σ = mult/(experts the router sees); "paper": σ = mult/E
+        "noise_scaling": "code",
         "aux_weight": 0.01,          # λ: importance and load losses each weighted λ/2
         "capacity_factor": 1.5,      # C at training time
         "eval_capacity_factor": None,  # C at evaluation; None = same as training (code); paper: 8
@@ -99,8 +100,10 @@ DEFAULTS: dict[str, Any] = {
         "crop_to_patch": False,
         "data_dir": None,
         # Preprocessing op strings (e3lib/data/preprocess.py), e.g. the reference's
-        # "decode_jpeg_and_inception_crop(384)|flip_lr|value_range(-1,1)". None = the
-        # in-memory path: splits read whole, resized at load, mapped to [-1, 1].
+        # "decode_jpeg_and_inception_crop(384)|flip_lr|value_range(-1,1)", or a recipe name
+        # of e3lib.ppspec.RECIPES ("paper", "medium2", "plain"). A set pp_train, or any
+        # dataset but the embedded demo, streams the data (e3lib.data.stream); None there =
+        # "plain". The demo with None keeps its in-memory arrays.
         "pp_train": None,
         "pp_eval": None,
         "input_workers": 0,          # grain worker processes decoding the stream
@@ -218,9 +221,12 @@ def _validate_upstream_checkpoint(up: Mapping[str, Any]) -> None:
 
 
 def _validate_pp(data: Mapping[str, Any]) -> None:
-    for key in ("pp_train", "pp_eval"):
+    for key, which in (("pp_train", "train"), ("pp_eval", "eval")):
         if data[key] is not None:
-            parse_pp(data[key], f"data.{key}")
+            if not isinstance(data[key], str) or not data[key].strip():
+                raise ConfigError(f"data.{key}", data[key],
+                                  f"must be a pp string or a recipe {sorted(RECIPES)}")
+            parse_pp(pp_string(data[key], data["image_size"], which), f"data.{key}")
 
 
 def canonical_json(obj: Any) -> str:
@@ -261,7 +267,9 @@ def run_id(cfg: Mapping[str, Any]) -> str:
     return short_hash(non_default_fields(cfg))
 
 
-def stale_fields(stored: Mapping[str, Any], current: Mapping[str, Any], path: str = "") -> list[str]:
+def stale_fields(
+    stored: Mapping[str, Any], current: Mapping[str, Any], path: str = ""
+) -> list[str]:
     """Dotted fields whose value in a stored (finished) config differs from the current one.
 
     Fields absent from the stored config were added to ``DEFAULTS`` after the run finished;

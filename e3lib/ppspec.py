@@ -41,3 +41,28 @@ def parse_pp(spec: str, field: str = "data.pp_train") -> list[tuple[str, tuple, 
             raise ConfigError(field, spec, f"unknown op {name!r}; allowed: {sorted(OP_NAMES)}")
         ops.append((name, args, kwargs))
     return ops
+
+
+# Named recipes (``data.pp_train`` / ``data.pp_eval`` may name one): (train, eval) pp
+# strings with S = ``data.image_size``. ``paper``: the fine-tuning recipe of App. A.3 (the
+# reference configs' inception crop + flip; resize for evaluation). ``medium2``: App. K's
+# V-MoE setting (kept for E³), RandAugment(2, 15), to be used with ``finetune.mixup: 0.5``.
+# ``plain``: no augmentation (what a file-backed dataset gets when no pp is set).
+RECIPES: dict[str, tuple[str, str]] = {
+    "paper": ("decode_jpeg_and_inception_crop({S})|flip_lr|value_range(-1,1)",
+              "decode|resize({S})|value_range(-1,1)"),
+    "medium2": ("decode_jpeg_and_inception_crop({S})|flip_lr|randaug(2,15)|value_range(-1,1)",
+                "decode|resize({S})|value_range(-1,1)"),
+    "plain": ("decode|resize({S})|value_range(-1,1)", "decode|resize({S})|value_range(-1,1)"),
+}
+
+
+def pp_string(spec: str | None, image_size: int, which: str = "train") -> str:
+    """The pp string of a config value: a recipe name (module ``RECIPES``) for ``which``
+    ("train" | "eval") at ``image_size``, ``None`` = ``plain``, any other string as given."""
+    if which not in ("train", "eval"):
+        raise ValueError(f"which={which!r}; allowed: ['train', 'eval']")
+    name = "plain" if spec is None else spec
+    if isinstance(name, str) and name in RECIPES:
+        return RECIPES[name][which == "eval"].format(S=int(image_size))
+    return spec

@@ -242,3 +242,20 @@ def test_randaugment_layers_and_determinism():
                                   ra.apply_op(image, name, 10.0, expect_rng))
     with pytest.raises(ValueError, match="uint8"):
         ra.randaugment(image.astype(np.float32), 1, 10, rng)
+
+
+def test_pp_recipes_by_name_at_the_run_image_size():
+    from e3lib.config import resolve
+    from e3lib.errors import ConfigError
+    from e3lib.ppspec import pp_string
+
+    assert pp_string("paper", 384, "train") == \
+        "decode_jpeg_and_inception_crop(384)|flip_lr|value_range(-1,1)"
+    assert pp_string("paper", 384, "eval") == "decode|resize(384)|value_range(-1,1)"
+    assert pp_string("medium2", 128, "train") == \
+        "decode_jpeg_and_inception_crop(128)|flip_lr|randaug(2,15)|value_range(-1,1)"
+    assert pp_string(None, 32, "train") == "decode|resize(32)|value_range(-1,1)"
+    assert pp_string("flip_lr", 32, "train") == "flip_lr"        # a string is kept as given
+    resolve({"data": {"pp_train": "medium2", "pp_eval": "paper"}})
+    with pytest.raises(ConfigError, match="data.pp_train.*unknown op 'papr'"):
+        resolve({"data": {"pp_train": "papr"}})

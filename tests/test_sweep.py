@@ -293,6 +293,8 @@ def test_shipped_sweeps_expand_in_their_variants(path):
             assert cfg["data"]["image_size"] == 384
             expected = {"model_sizes_cifar10": "cifar10", "model_sizes_cifar100": "cifar100"}
             assert cfg["data"]["dataset"] == expected.get(path.stem, "imagenet2012")
+            # the fine-tuning recipe of App. A.3 (e3lib.ppspec.RECIPES["paper"])
+            assert cfg["data"]["pp_train"] == cfg["data"]["pp_eval"] == "paper"
             assert {"finetune.steps", "finetune.lr"} <= set(sw.axes)
             assert len(sw.seeds) >= 3
         elif v == "public":   # a published checkpoint, the shared paper recipe, no pretraining

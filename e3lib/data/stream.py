@@ -32,14 +32,19 @@ import glob
 import io
 import json
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import grain
 import numpy as np
 
-from e3lib.data.loaders import (DatasetNotFoundError, IMAGE_SUFFIXES, _tfds_build_dir,
-                                _tfds_layouts, data_roots)
+from e3lib.data.loaders import (
+    IMAGE_SUFFIXES,
+    DatasetNotFoundError,
+    _tfds_build_dir,
+    _tfds_layouts,
+    data_roots,
+)
 from e3lib.data.preprocess import Preprocess
 
 RECORD_MAGIC = b"E3R1"
@@ -322,9 +327,10 @@ class StepBatches:
     """The training loop's view of a stream: ``batch(step)`` → (images (B, S, S, 3) float32,
     labels (B,)), with a leading S axis for packed runs (one stream per seed).
 
-    Sequential steps read the next batch of each stream; any other step (a resumed run)
-    seeks there: the pipeline is a MapDataset, whose iterator state is the batch index.
-    ``get_state``/``set_state`` give the per-seed iterator states the checkpoint stores.
+    Sequential steps read the next batch of each stream; any other step seeks there (the
+    pipeline is a MapDataset: its iterator state is a batch index). ``state_at(step)`` is
+    the iterator states (one per seed) just before batch ``step`` was read: what a
+    checkpoint of step ``step`` stores; ``restore(states, step)`` continues from them.
     """
 
     def __init__(self, source, pp: str, batch_size: int, seeds: Sequence[int],
@@ -332,17 +338,36 @@ class StepBatches:
                  process_count: int | None = None):
         self.datasets = [train_dataset(source, pp, batch_size, s, process_index, process_count)
                          for s in seeds]
+        self.workers = workers
         self.streams = [Stream(d, workers) for d in self.datasets]
         self.next_step = 0
+        self._before: dict[int, list[dict]] = {}
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         if step != self.next_step:
-            self.set_state([{"next_index": step}] * len(self.streams))
+            self.set_state([_seek_state(s.get_state(), step, self.workers)
+                            for s in self.streams])
+        self._before = {k: v for k, v in self._before.items() if k >= step - 2}
+        self._before[step] = self.get_state()
         batches = [next(s) for s in self.streams]
         self.next_step = step + 1
         images = np.stack([b["image"] for b in batches])                  # (S, b, H, W, 3)
         labels = np.stack([b["label"] for b in batches])                  # (S, b)
         return (images, labels) if len(batches) > 1 else (images[0], labels[0])
+
+    def state_at(self, step: int) -> list[dict]:
+        if step == self.next_step and step not in self._before:
+            return self.get_state()
+        if step not in self._before:
+            raise KeyError(f"no iterator state recorded before step {step} "
+                           f"(recorded: {sorted(self._before)})")
+        return self._before[step]
+
+    def restore(self, states: Sequence[dict], step: int) -> None:
+        if len(states) != len(self.streams):
+            raise ValueError(f"{len(states)} iterator states for {len(self.streams)} streams")
+        self.set_state(states)
+        self.next_step = step
 
     def get_state(self) -> list[dict]:
         return [s.get_state() for s in self.streams]
@@ -350,3 +375,21 @@ class StepBatches:
     def set_state(self, states: Sequence[dict]) -> None:
         for s, st in zip(self.streams, states):
             s.set_state(st)
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.close()
+
+
+def _seek_state(template: dict, step: int, workers: int) -> dict:
+    """The iterator state whose next batch is ``step``: ``{"next_index": step}`` in
+    process; with k worker processes (grain's ``mp_prefetch``: worker i reads batches
+    i, i + k, …) the next worker is step mod k and worker i has read ⌈(step − i)/k⌉."""
+    if workers <= 0:
+        return {"next_index": step}
+    state = json.loads(json.dumps(template))
+    k = len(state["iterators_in_use_states"])
+    state["next_index_in_cycle"] = step % k
+    for i, worker in enumerate(state["iterators_in_use_states"]):
+        worker["next_index"] = max(0, -(-(step - i) // k))
+    return state

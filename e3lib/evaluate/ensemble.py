@@ -1,5 +1,9 @@
 """Deep ensembles of R independent runs from their saved predictions (``e3 ensemble``).
-Notation: R runs, M members of a run, N examples, C classes, D feature size."""
+Notation: R runs, M members of a run, N examples, C classes, D feature size.
+
+Streamed runs (``e3lib.evaluate.streaming``) save no per-example predictions: their
+ensemble rebuilds each member from its parameters and re-reads every set batch by batch
+(``ensemble_streamed_records``), so its memory does not grow with the sets either."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 
 from e3lib.config import ENSEMBLE_KINDS
 from e3lib.evaluate.records import records_from_predictions, write_results
+from e3lib.evaluate.streaming import STREAMED_KEY, ensemble_streamed_records
 from e3lib.provenance import provenance, utc_now
 
 
@@ -77,11 +82,19 @@ def ensemble_runs(run_dirs: Sequence[str], out: str | os.PathLike, kind: str) ->
     ids = [r["run_id"] for r in results]
     if len(set(ids)) != len(ids):
         raise ValueError(f"ensemble lists the same run twice: {ids}")
-    preds = combine_predictions([p for _, p in loaded], list(run_dirs))
     cfg0 = results[0]["config"]
-    records = records_from_predictions(
-        preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"], cfg0["eval"]["fewshot_l2_selection"]
-    )
+    streamed = [STREAMED_KEY in p for _, p in loaded]
+    if any(streamed):
+        if not all(streamed):
+            raise ValueError(f"ensemble mixes streamed and in-memory runs: {list(run_dirs)}")
+        preds = {STREAMED_KEY: np.asarray(True)}
+        records = ensemble_streamed_records(run_dirs, results)
+    else:
+        preds = combine_predictions([p for _, p in loaded], list(run_dirs))
+        records = records_from_predictions(
+            preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"],
+            cfg0["eval"]["fewshot_l2_selection"]
+        )
     costs = [r.get("cost", {}) for r in results]
 
     def total(field):

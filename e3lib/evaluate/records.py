@@ -55,18 +55,12 @@ def records_from_predictions(
     fewshot_l2_selection: str = "test",
 ) -> list[dict]:
     """All metric records of a prediction dict (see the module docstring)."""
-    records = _records(
-        "clean", "none", 0, metrics.prediction_metrics(preds["probs"], preds["labels"])
-    )
+    clean = metrics.prediction_metrics(preds["probs"], preds["labels"])
+    val = None
     val_key = SEP.join(["probs", "val"])
     if val_key in preds:
-        records += _records(
-            "val",
-            "none",
-            0,
-            metrics.prediction_metrics(preds[val_key], preds[SEP.join(["labels", "val"])]),
-        )
-    corrupted = {}
+        val = metrics.prediction_metrics(preds[val_key], preds[SEP.join(["labels", "val"])])
+    corrupted, shifted = {}, {}
     for key in sorted(preds):
         parts = key.split(SEP)
         if parts[:2] == ["probs", "corrupted"]:
@@ -74,30 +68,15 @@ def records_from_predictions(
             corrupted[(name, sev)] = metrics.prediction_metrics(
                 preds[key], preds[SEP.join(["labels", "corrupted", name, str(sev)])]
             )
-            records += _records("corrupted", name, sev, corrupted[(name, sev)])
         elif parts[:2] == ["probs", "shifted"]:
-            records += _records(
-                "shifted",
-                parts[2],
-                0,
-                metrics.prediction_metrics(
-                    preds[key], preds[SEP.join(["labels", "shifted", parts[2]])]
-                ),
+            shifted[parts[2]] = metrics.prediction_metrics(
+                preds[key], preds[SEP.join(["labels", "shifted", parts[2]])]
             )
-    if corrupted:
-        mean = {}
-        for member in next(iter(corrupted.values())):
-            names = next(iter(corrupted.values()))[member]
-            mean[member] = {
-                m: float(np.mean([c[member][m] for c in corrupted.values()])) for m in names
-            }
-        records += _records("corrupted", "mean", 0, mean)
+    ood = {}
     for split in ("ood_near", "ood_far"):
         key = SEP.join(["probs", split])
         if key in preds:
-            records += _records(
-                split, "none", 0, {"ensemble": metrics.ood_metrics(preds["probs"], preds[key])}
-            )
+            ood[split] = metrics.ood_metrics(preds["probs"], preds[key])
     tasks = {}
     for key in sorted(preds):
         parts = key.split(SEP)
@@ -115,22 +94,58 @@ def records_from_predictions(
                 part["labels", "test"],
                 int(preds[SEP.join(["num_classes", "fewshot", task])]),
             )
+    fewshot = {}
     if tasks:
         members = next(iter(tasks.values()))[0].shape[0]
-        modes = (
-            [("ensemble", "joint")]
-            if members == 1
-            else [("joint", "joint"), ("disjoint", "disjoint")]
-        )
-        for member, mode in modes:
-            errs = metrics.fewshot_errors(
+        for member, mode in fewshot_modes(members):
+            fewshot[member] = metrics.fewshot_errors(
                 tasks, fewshot_shots, fewshot_seed, mode=mode, l2_selection=fewshot_l2_selection
             )
-            for (task, shots), value in errs.items():
-                records.append(_fewshot_record(task, shots, member, value))
-            for shots in fewshot_shots:
-                value = float(np.mean([errs[(t, shots)] for t in tasks]))
-                records.append(_fewshot_record("mean", shots, member, value))
+    return records_from_metrics(clean, val, corrupted, shifted, ood, fewshot, fewshot_shots)
+
+
+def fewshot_modes(members: int) -> list[tuple[str, str]]:
+    """(record member, feature mode) of the few-shot records of an M-member model."""
+    return [("ensemble", "joint")] if members == 1 else [("joint", "joint"),
+                                                          ("disjoint", "disjoint")]
+
+
+def records_from_metrics(
+    clean: Mapping,
+    val: Mapping | None,
+    corrupted: Mapping[tuple[str, int], Mapping],
+    shifted: Mapping[str, Mapping],
+    ood: Mapping[str, Mapping],
+    fewshot: Mapping[str, Mapping[tuple[str, int], float]],
+    fewshot_shots: Sequence[int],
+) -> list[dict]:
+    """Records of computed metrics: ``prediction_metrics`` dicts per split (corrupted by
+    (type, severity)), ``ood_metrics`` by split, few-shot errors by record member."""
+    records = _records("clean", "none", 0, clean)
+    if val is not None:
+        records += _records("val", "none", 0, val)
+    for name, sev in sorted(corrupted, key=lambda k: (k[0], str(k[1]))):
+        records += _records("corrupted", name, sev, corrupted[(name, sev)])
+    for name in sorted(shifted):
+        records += _records("shifted", name, 0, shifted[name])
+    if corrupted:
+        first = next(iter(corrupted.values()))
+        mean = {
+            member: {m: float(np.mean([c[member][m] for c in corrupted.values()]))
+                     for m in first[member]}
+            for member in first
+        }
+        records += _records("corrupted", "mean", 0, mean)
+    for split in ("ood_near", "ood_far"):
+        if split in ood:
+            records += _records(split, "none", 0, {"ensemble": ood[split]})
+    for member, errs in fewshot.items():
+        for (task, shots), value in errs.items():
+            records.append(_fewshot_record(task, shots, member, value))
+        tasks = sorted({t for t, _ in errs})
+        for shots in fewshot_shots:
+            value = float(np.mean([errs[(t, shots)] for t in tasks]))
+            records.append(_fewshot_record("mean", shots, member, value))
     return records
 
 
@@ -140,11 +155,6 @@ def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
 
     return {"gflops_per_image_train": float(analytic_gflops(cfg, num_classes)),
             "params": int(analytic_params(cfg, num_classes))}
-    if hasattr(flops, "analytic_gflops"):
-        cost["gflops_per_image_train"] = float(flops.analytic_gflops(cfg, num_classes))
-    if hasattr(flops, "count_params"):
-        cost["params"] = int(flops.count_params(cfg, num_classes))
-    return cost
 
 
 def write_results(

@@ -5,6 +5,10 @@ Recipe: ``e3lib.train.optim.finetune_optimizer`` (SGD with momentum, clipping, w
 then cosine/linear decay); BatchEnsemble fast weights at ``be_lr_scale`` × the learning
 rate. A diverged run writes ``diverged.json`` in its out dir (never results.json); a
 finished one writes predictions.npz then results.json (``e3lib.evaluate.write_results``).
+A streamed run (``e3lib.data.stream_suite.uses_stream``: a file-backed dataset or a set
+``data.pp_train``) trains from a ``StepBatches`` stream and evaluates batch by batch
+(``e3lib.evaluate.streaming``); its predictions.npz is compact and its final parameters
+are kept in ``out/params`` for deep ensembles.
 """
 
 from __future__ import annotations
@@ -52,20 +56,29 @@ def load_upstream_params(upstream_dir: str | os.PathLike) -> dict:
 
 
 def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
+    """The training job of packed configs; ``suite`` is a ``DataSuite`` (in-memory arrays)
+    or a ``StreamSuite`` (its train source read through a ``StepBatches`` stream)."""
+    from e3lib.data.stream import StepBatches
+    from e3lib.data.stream_suite import StreamSuite
     from e3lib.models.batchensemble import with_fast_weight_lr_scale
 
     ft = cfgs[0]["finetune"]
     # BatchEnsemble: fast weights at be_lr_scale × the learning rate (App. G.1).
     optimizer = with_fast_weight_lr_scale(finetune_optimizer(ft), cfgs[0])
+    seeds = tuple(c["seed"] for c in cfgs)
+    streamed = isinstance(suite, StreamSuite)
+    stream = (StepBatches(suite.train, suite.pp_train, ft["batch_size"], seeds,
+                          workers=cfgs[0]["data"]["input_workers"]) if streamed else None)
     return Job(
         model=model,
         optimizer=optimizer,
         num_classes=suite.num_classes,
-        images=suite.train.images,
-        labels=suite.train.labels,
+        images=None if streamed else suite.train.images,
+        labels=None if streamed else suite.train.labels,
+        stream=stream,
         batch_size=ft["batch_size"],
         steps=ft["steps"],
-        seeds=tuple(c["seed"] for c in cfgs),
+        seeds=seeds,
         mixup=float(ft["mixup"]),
         checkpoint_every=ft["checkpoint_every"],
         desc=f"finetune {cfgs[0]['method']}",
@@ -104,12 +117,14 @@ def finetune_and_evaluate(
     ``Preempted`` (after saving a checkpoint).
     """
     from e3lib.data import load_suite
+    from e3lib.data.stream_suite import open_stream_suite, uses_stream
     from e3lib.evaluate import evaluate_run, write_results
+    from e3lib.evaluate.streaming import evaluate_streamed
     from e3lib.models import build_model
 
     started = utc_now()
     cfg0 = cfgs[0]
-    suite = load_suite(cfg0)
+    suite = open_stream_suite(cfg0) if uses_stream(cfg0) else load_suite(cfg0)
     model = build_model(cfg0, suite.num_classes)
     job = finetune_job(cfgs, suite, model)
     size = cfg0["data"]["image_size"]
@@ -154,9 +169,14 @@ def finetune_and_evaluate(
     finally:
         if ckpt is not None:
             ckpt.close()
+        if job.stream is not None:
+            job.stream.close()
     for i, (c, out) in enumerate(zip(cfgs, outs)):
         params = unstack_state(state, i)["params"] if job.packed else state["params"]
-        records, probs, labels, cost = evaluate_run(model, params, suite, c)
+        if job.stream is not None:
+            records, probs, labels, cost = evaluate_streamed(model, params, suite, c, out)
+        else:
+            records, probs, labels, cost = evaluate_run(model, params, suite, c)
         cost["train_seconds"] = summary["train_seconds"]
         train_info = {k: v for k, v in summary.items() if k != "final"}
         train_info["final"] = {k: v[i] for k, v in summary["final"].items()}

@@ -13,9 +13,12 @@ Determinism and resumption
 The training state is ``{"params", "opt_state", "step", "rng"}``. The randomness of step
 t (router noise, dropout, mixup) is ``fold_in(rng, t)`` and its batch is
 ``batch_indices(N, B, seed, t)``, so a run restored from a checkpoint at step t replays
-exactly the steps an uninterrupted run would (bitwise on CPU). Checkpoints are written
-every ``checkpoint_every`` steps (``e3lib.checkpoint``). SIGTERM saves a checkpoint at
-the current step and raises ``Preempted``; a non-finite loss raises ``Diverged``.
+exactly the steps an uninterrupted run would (bitwise on CPU). A streamed job
+(``Job.stream``, e3lib.data.stream.StepBatches) saves its input iterator state inside each
+checkpoint and restores it on resume, so it continues at the exact next example.
+Checkpoints are written every ``checkpoint_every`` steps (``e3lib.checkpoint``). SIGTERM
+saves a checkpoint at the current step and raises ``Preempted``; a non-finite loss
+raises ``Diverged``.
 
 Seed packing: several configs that differ only in ``seed`` train in one process with the
 step function ``jax.vmap``-ed over a leading seed axis S of params, optimizer state,
@@ -139,6 +142,11 @@ def batch_at(job: Job, step: int) -> tuple[np.ndarray, np.ndarray]:
     return to_float(job.images[idx]), job.labels[idx]
 
 
+def _input_state(job: Job, step: int):
+    """The stream's iterator states just before batch ``step`` (None for in-memory data)."""
+    return None if job.stream is None else job.stream.state_at(step)
+
+
 def stack_states(states: Sequence[dict]) -> dict:
     import jax
     import jax.numpy as jnp
@@ -167,6 +175,9 @@ def train(
         restored, resumed_from = checkpoints.restore_verified(state)
         if restored is not None:
             state = restored
+            input_state = checkpoints.input_state(resumed_from)
+            if job.stream is not None and input_state is not None:
+                job.stream.restore(input_state, int(np.asarray(state["step"]).reshape(-1)[0]))
     # Commit every leaf to the device: the step's outputs are committed, and mixing
     # committed and uncommitted inputs would compile the step a second time.
     import jax
@@ -182,7 +193,7 @@ def train(
         while step < job.steps:
             if stop is not None and stop.stop:
                 if checkpoints is not None:
-                    checkpoints.save(step, state, force=True)
+                    checkpoints.save(step, state, force=True, extra=_input_state(job, step))
                 raise Preempted(step)
             t_step = time.perf_counter()
             state, metrics = step_fn(state, *batch)
@@ -196,7 +207,7 @@ def train(
                 raise Diverged(step, float(losses[bad[0]]), int(bad[0]) if job.packed else None)
             step += 1
             if checkpoints is not None:
-                checkpoints.save(step, state)
+                checkpoints.save(step, state, extra=_input_state(job, step))
             progress.update(step, float(losses.mean()))
             inject_fault(fault, step)
     finally:

@@ -1,0 +1,185 @@
+"""Evaluation of a streamed run (or a deep ensemble of streamed runs) batch by batch:
+every set of a ``StreamSuite`` is read through ``e3lib.data.stream.eval_dataset`` (the
+eval pp) and fed to the accumulators of ``e3lib.metrics_stream``, so memory does not grow
+with the split. The records are those of ``records_from_predictions`` on the same
+predictions (tests/test_evaluate_stream.py).
+
+Notation: M members of a run, R runs of a deep ensemble, B eval batch, C classes,
+D feature size, N examples of a set.
+
+A predictor maps float images (B, H, W, 3) to (probs (M, B, C), features (M, B, D)). One
+predictor is one run. Several are a deep ensemble, combined as
+``e3lib.evaluate.ensemble.combine_predictions`` does: the ensemble's members are the R
+runs' member-mean probabilities (R, B, C); few-shot features are all members of all runs
+concatenated (ΣM, B, D). What stays in memory: the sums of each accumulator, one 8-byte
+OOD score per in- and out-of-distribution example, the drawn few-shot shots' features
+and each few-shot task's test features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from e3lib import metrics_stream as ms
+from e3lib.evaluate.records import fewshot_modes, records_from_metrics
+
+Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def run_predictor(model, params, predict_fn=None) -> Predictor:
+    from e3lib.evaluate.inference import make_predict_fn
+
+    fn = predict_fn or make_predict_fn(model)
+
+    def predict(images):
+        probs, feats = fn(params, images)
+        return np.asarray(probs), np.asarray(feats)
+
+    return predict
+
+
+def combined(predictors: Sequence[Predictor]) -> Predictor:
+    """One run as is; R runs as a deep ensemble (module docstring)."""
+    if len(predictors) == 1:
+        return predictors[0]
+
+    def predict(images):
+        outs = [p(images) for p in predictors]
+        probs = np.stack([np.asarray(pr, np.float64).mean(axis=0) for pr, _ in outs])
+        return probs, np.concatenate([f for _, f in outs], axis=0)    # (R,B,C), (ΣM,B,D)
+
+    return predict
+
+
+def _batches(source, pp: str, batch_size: int, threads: int) -> Iterator[dict]:
+    from e3lib.data.stream import Stream, eval_dataset
+
+    stream = Stream(eval_dataset(source, pp, batch_size), threads=threads, prefetch=2)
+    try:
+        yield from stream
+    finally:
+        stream.close()
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def stream_records(predictors: Sequence[Predictor], suite, cfg: Mapping[str, Any],
+                   threads: int = 4) -> tuple[list[dict], dict]:
+    """(records, sizes) of the sets the run's ``eval`` section asks for; ``sizes`` gives
+    the examples read per set."""
+    ev = cfg["eval"]
+    predict = combined(predictors)
+    bs = min(ev["batch_size"], _round_up(len(suite.test), cfg["model"]["group_images"]))
+    sizes: dict[str, int] = {}
+
+    def accumulate(source, name, ood_sides=()):
+        acc = None
+        for b in _batches(source, suite.pp_eval, bs, threads):
+            probs, _ = predict(b["image"])
+            if acc is None:
+                acc = ms.PredictionAccumulator(probs.shape[0])
+            acc.update(probs, b["label"], b["valid"])
+            for o in ood_sides:
+                o.update("in", probs, b["valid"])
+        sizes[name] = len(source)
+        return acc.result()
+
+    oods = {s: ms.OODAccumulator() for s in ("ood_near", "ood_far")
+            if ev["ood"] and getattr(suite, s) is not None}
+    clean = accumulate(suite.test, "test", tuple(oods.values()))
+    val = accumulate(suite.val, "val") if suite.val is not None and len(suite.val) else None
+    corrupted, shifted = {}, {}
+    if ev["corrupted"]:
+        for name, by_sev in suite.corrupted.items():
+            for sev, src in by_sev.items():
+                corrupted[(name, sev)] = accumulate(src, f"corrupted.{name}.{sev}")
+        shifted = {k: accumulate(src, f"shifted.{k}") for k, src in suite.shifted.items()}
+    ood = {}
+    for split, acc in oods.items():
+        source = getattr(suite, split)
+        for b in _batches(source, suite.pp_eval, bs, threads):
+            acc.update("out", predict(b["image"])[0], b["valid"])
+        sizes[split] = len(source)
+        ood[split] = acc.result()
+    fewshot = {}
+    if ev["fewshot"] and suite.fewshot:
+        fewshot = _fewshot(predict, suite, cfg, bs, threads, sizes)
+    records = records_from_metrics(clean, val, corrupted, shifted, ood, fewshot,
+                                   ev["fewshot_shots"])
+    return records, sizes
+
+
+def _fewshot(predict, suite, cfg, bs, threads, sizes) -> dict:
+    """Few-shot errors by record member. Each pool is read whole, in order (an MoE's
+    routing, hence a feature, depends on the other images of its batch: reading only the
+    drawn shots would batch them differently); only the drawn shots' features are kept."""
+    from e3lib.data.stream_suite import source_labels
+
+    ev = cfg["eval"]
+    tasks, members = {}, None
+    for task, src in sorted(suite.fewshot.items()):
+        collector = ms.FewShotFeatures(task, source_labels(src.pool), ev["fewshot_shots"],
+                                       cfg["seed"], ev["fewshot_l2_selection"])
+        for b in _batches(src.pool, suite.pp_eval, bs, threads):
+            valid = np.asarray(b["valid"], bool)
+            collector.update(predict(b["image"])[1][:, valid], np.asarray(b["index"])[valid])
+        test_feats, test_labels = [], []
+        for b in _batches(src.test, suite.pp_eval, bs, threads):
+            valid = np.asarray(b["valid"], bool)
+            test_feats.append(np.asarray(predict(b["image"])[1][:, valid], np.float64))
+            test_labels.append(np.asarray(b["label"])[valid])
+        fte, yte = np.concatenate(test_feats, axis=1), np.concatenate(test_labels)
+        num_classes = int(max(collector.labels.max(), yte.max())) + 1
+        tasks[task] = (collector, fte, yte, num_classes)
+        members = fte.shape[0]
+        sizes[f"fewshot.{task}"] = len(src.pool) + len(yte)
+    return {member: ms.fewshot_errors(tasks, mode) for member, mode in fewshot_modes(members)}
+
+
+PARAMS_DIR = "params"  # a streamed run's final parameters (Orbax), under its out dir
+STREAMED_KEY = "streamed"  # the one array of a streamed run's predictions.npz
+
+
+def evaluate_streamed(model, params, suite, cfg: Mapping[str, Any], out):
+    """(records, compact predictions, None, cost) of a streamed run. Its predictions.npz
+    holds only ``streamed`` (no per-example arrays); the final parameters are written to
+    ``out/params`` (4 bytes per parameter in float32), from which a deep ensemble
+    re-evaluates the run batch by batch (``e3lib.evaluate.ensemble``)."""
+    import shutil
+    from pathlib import Path
+
+    from e3lib.evaluate.records import run_cost
+    from e3lib.models.convert import save_params
+
+    records, sizes = stream_records([run_predictor(model, params)], suite, cfg)
+    path = Path(out) / PARAMS_DIR
+    if path.exists():  # a rerun after a crash between this save and results.json
+        shutil.rmtree(path)
+    save_params(path, params)
+    cost = run_cost(cfg, suite.num_classes)
+    cost["eval_examples"] = sizes
+    return records, {STREAMED_KEY: np.asarray(True)}, None, cost
+
+
+def ensemble_streamed_records(run_dirs, results: Sequence[Mapping]) -> list[dict]:
+    """Records of a deep ensemble of streamed runs: each member's model is rebuilt from its
+    config and parameters (``run/params``) and every set is re-read batch by batch."""
+    from pathlib import Path
+
+    from e3lib.data.stream_suite import open_stream_suite
+    from e3lib.models import build_model
+    from e3lib.models.convert import restore_params
+
+    cfg0 = results[0]["config"]
+    suite = open_stream_suite(cfg0)
+    predictors = []
+    for run_dir, res in zip(run_dirs, results):
+        model = build_model(res["config"], suite.num_classes)
+        params = restore_params(Path(run_dir) / PARAMS_DIR, key=None)
+        predictors.append(run_predictor(model, params))
+    return stream_records(predictors, suite, cfg0)[0]
