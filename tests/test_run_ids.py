@@ -49,8 +49,8 @@ def _key(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def _all_runs():
-    """(sweep file, variant, run id, resolved config) of every shipped sweep's runs."""
+def _all_sweeps():
+    """(sweep file, variant, expanded sweep) of every shipped sweep and variant."""
     out = []
     for path in SWEEPS:
         for variant in VARIANTS:
@@ -60,13 +60,19 @@ def _all_runs():
                 if "defines variants" in str(err):
                     continue
                 raise
-            out += [(path.name, variant, rid, cfg) for rid, cfg in sweep.runs.items()]
+            out.append((path.name, variant, sweep))
     return out
 
 
 @pytest.fixture(scope="module")
-def all_runs():
-    return _all_runs()
+def all_sweeps():
+    return _all_sweeps()
+
+
+@pytest.fixture(scope="module")
+def all_runs(all_sweeps):
+    """(sweep file, variant, run id, resolved config) of every shipped sweep's runs."""
+    return [(f, v, rid, cfg) for f, v, sw in all_sweeps for rid, cfg in sw.runs.items()]
 
 
 def test_no_two_ids_for_one_canonical_run(all_runs):
@@ -141,3 +147,38 @@ def test_resolve_is_idempotent():
     cfg = resolve({"method": "e3", "model": {"ensemble_size": 2, "size": "H/14"}})
     assert cfg["model"]["moe_n"] == 5
     assert resolve(cfg) == cfg and run_id(resolve(cfg)) == run_id(cfg)
+
+
+# --------------------------------------------------------------------------------------
+# Enough replicates by construction: every compared cell of every shipped sweep has the
+# report's minimum of seeds (runs) or replicates (deep-ensemble rows).
+
+def test_min_replicates_is_the_reports_min_seeds():
+    import yaml
+    from e3lib.sweep import MIN_REPLICATES
+    tables = yaml.safe_load((ROOT / "e3lib" / "report" / "tables.yaml").read_text())
+    assert MIN_REPLICATES == tables.get("min_seeds", 3) == 3
+
+
+def test_every_shipped_cell_has_enough_seeds_or_replicates(all_sweeps):
+    from e3lib.sweep import MIN_REPLICATES
+    for file, variant, sw in all_sweeps:
+        cells: dict[str, set] = {}
+        for e in sw.entries:
+            cell = _key(e["axes"])
+            cells.setdefault(cell, set()).add(e["seed"])   # ensembles: seed = replicate
+        thin = {c: len(s) for c, s in cells.items() if len(s) < MIN_REPLICATES}
+        assert not thin, f"{file}:{variant}: cells with fewer than 3 seeds: {thin}"
+
+
+def test_overlapping_replicates_are_labelled(all_sweeps):
+    for file, variant, sw in all_sweeps:
+        rows: dict[str, list] = {}
+        for e in sw.entries:
+            if e["kind"] == "ensemble":
+                rows.setdefault(_key(e["axes"]), []).append(e)
+        for reps in rows.values():
+            assert len({e["id"] for e in reps}) == len(reps)        # distinct replicates
+            for e in reps:
+                shared = any(set(e["members"]) & set(o["members"]) for o in reps if o is not e)
+                assert e["overlapping"] == shared, (file, variant, e["id"])
