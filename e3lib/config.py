@@ -2,7 +2,8 @@
 
 A *run* is one fine-tuning job (plus its evaluation). Its configuration is a nested
 plain dict with the sections below; every field has a default in ``DEFAULTS`` and the
-resolved form (defaults filled, values checked) is what gets hashed into the run id.
+resolved form (defaults filled, values checked, "None = derived" fields spelled out by
+``resolve_derived``) is what gets hashed into the run id.
 
 Notation used in field docs: E experts, K experts selected per token, M ensemble
 members, o experts shared by all members (overlap), C capacity factor, λ load-balance

@@ -155,6 +155,7 @@ def test_resolve_is_idempotent():
 
 def test_min_replicates_is_the_reports_min_seeds():
     import yaml
+
     from e3lib.sweep import MIN_REPLICATES
     tables = yaml.safe_load((ROOT / "e3lib" / "report" / "tables.yaml").read_text())
     assert MIN_REPLICATES == tables.get("min_seeds", 3) == 3

@@ -45,7 +45,8 @@ from e3lib.sweep.schema import SCHEMA_PATH, SweepError, check_schema, load_schem
 
 __all__ = [
     "Catalog", "cli_expand", "ENSEMBLE_KINDS", "ENSEMBLE_RUNS_AXIS", "ensemble_id",
-    "MIN_REPLICATES", "replicate_seeds", "SELECT_DEFAULTS", "UNSELECTABLE_AXES", "expand_doc", "expand_sweeps",
+    "MIN_REPLICATES", "replicate_seeds", "SELECT_DEFAULTS", "UNSELECTABLE_AXES", "expand_doc",
+    "expand_sweeps",
     "load_sweep", "VARIANTS", "read_reproduces", "INDEX_FORMAT", "RESULT_PREFIX", "Plan",
     "Sweep", "config_path", "config_text", "ensemble_config_path", "index_path", "index_tsv",
     "index_tsv_path", "upstream_config_path", "write_index", "write_plan", "SIZE_RESOURCES",
