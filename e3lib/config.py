@@ -2,7 +2,8 @@
 
 A *run* is one fine-tuning job (plus its evaluation). Its configuration is a nested
 plain dict with the sections below; every field has a default in ``DEFAULTS`` and the
-resolved form (defaults filled, values checked) is what gets hashed into the run id.
+resolved form (defaults filled, values checked, "None = derived" fields spelled out by
+``resolve_derived``) is what gets hashed into the run id.
 
 Notation used in field docs: E experts, K experts selected per token, M ensemble
 members, o experts shared by all members (overlap), C capacity factor, λ load-balance
@@ -28,6 +29,7 @@ reverse (``e3lib.models.registry`` and ``e3lib.models.sizes`` import no config).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -36,7 +38,7 @@ from typing import Any
 from e3lib import tree
 from e3lib.config_rules import check_pixels, check_training, check_types
 from e3lib.errors import ConfigError
-from e3lib.models.registry import METHODS, method_of
+from e3lib.models.registry import METHODS, foreign_fields, method_of
 from e3lib.models.sizes import MODEL_SIZES, size_spec
 from e3lib.ppspec import RECIPES, parse_pp, pp_string
 
@@ -176,6 +178,7 @@ def resolve(overrides: Mapping[str, Any], source: str | None = None, job: bool =
                               f"fields; allowed sections: {sorted(DEFAULTS)}")
         cfg = tree.merge_known(DEFAULTS, overrides)
         validate(cfg)
+        resolve_derived(cfg)
         if job:
             check_pixels(cfg, size_spec(cfg))
     except ConfigError as err:
@@ -306,26 +309,70 @@ def stale_size_shape(stored_shape: Mapping[str, Any] | None, current: Mapping[st
     return [] if dict(stored_shape) == size_shape(current) else ["model.size"]
 
 
+def resolve_derived(cfg: dict) -> dict:
+    """Replace every "None = derived" field of a validated config by its value, in place.
+
+    Equal runs then have equal configs and so one id, however a sweep spells them
+    (``upstream.num_selected`` unset or set to the fine-tune's K is one run):
+
+    - ``upstream.method``: the method's upstream (``Method.upstream_method``);
+    - ``upstream.num_experts`` / ``num_selected``: ``model.num_experts`` / ``num_selected``
+      for a V-MoE upstream; None for a dense one (which reads neither);
+    - ``upstream.dataset``: ``data.dataset`` (the loader pairs ``demo`` with its embedded
+      upstream set);
+    - ``model.moe_n``: the size's default n (``moe_last_n``);
+    - ``model.eval_capacity_factor``: ``model.capacity_factor`` (the code's behaviour);
+    - fields a method declares (``Method.fields``) that the run's method does not read:
+      their default (``registry.foreign_fields``).
+
+    ``model.head_bias_init`` stays None (= −log V): V is the data's class count, which the
+    config does not know. Idempotent; returns ``cfg``.
+    """
+    m, up = cfg["model"], cfg["upstream"]
+    for dotted in foreign_fields(cfg):
+        section, name = dotted.split(".", 1)
+        cfg[section][name] = tree.get(DEFAULTS, dotted)
+    if m["moe_n"] is None:
+        m["moe_n"] = MODEL_SIZES[m["size"]]["moe_last_n"]
+    if m["eval_capacity_factor"] is None:
+        m["eval_capacity_factor"] = m["capacity_factor"]
+    if up["method"] is None:
+        up["method"] = method_of(cfg).upstream_method
+    if up["dataset"] is None:
+        up["dataset"] = cfg["data"]["dataset"]
+    if up["method"] == "vmoe":
+        up["num_experts"] = up["num_experts"] or m["num_experts"]
+        up["num_selected"] = up["num_selected"] or m["num_selected"]
+    else:
+        up["num_experts"] = up["num_selected"] = None
+    return cfg
+
+
 def upstream_config(cfg: Mapping[str, Any]) -> dict:
     """The fields the upstream (pretraining) stage reads; its checkpoint is keyed by these.
 
     Runs that differ only in fine-tuning fields (K, M, overlap, λ, lr, seed...) share it.
     With ``upstream.checkpoint`` set, its content checksum ``checkpoint_sha256`` is part of
     it (pinned at sweep expansion, ``e3lib.upstreams.identity``), so runs from different
-    checkpoint contents never share an id.
+    checkpoint contents never share an id. Derived fields are read resolved
+    (``resolve_derived``), also from a config stored before they were.
     """
     up = cfg["upstream"]
+    if None in (up["method"], up["dataset"], cfg["model"]["moe_n"]) or (
+            up["method"] == "vmoe" and None in (up["num_experts"], up["num_selected"])):
+        cfg = resolve_derived(copy.deepcopy(dict(cfg)))
+    up = cfg["upstream"]
     m = cfg["model"]
-    method = up["method"] or method_of(cfg).upstream_method
+    method = up["method"]
     out = {
         "checkpoint": up["checkpoint"],
         "method": method,
         "size": m["size"],
-        "num_experts": (up["num_experts"] or m["num_experts"]) if method == "vmoe" else None,
-        "num_selected": (up["num_selected"] or m["num_selected"]) if method == "vmoe" else None,
+        "num_experts": up["num_experts"] if method == "vmoe" else None,
+        "num_selected": up["num_selected"] if method == "vmoe" else None,
         "moe_placement": m["moe_placement"] if method == "vmoe" else None,
         "moe_n": m["moe_n"] if method == "vmoe" else None,
-        "dataset": up["dataset"] or cfg["data"]["dataset"],
+        "dataset": up["dataset"],
         "image_size": cfg["data"]["image_size"],
         "data_dir": cfg["data"]["data_dir"],
         "seed": up["seed"],

@@ -101,6 +101,7 @@ FIELDS: dict[str, Field] = {
     "model.mimo_batch_repetition": _int(1),
     "model.slots_per_expert": _int(1),
     "model.soft_moe_normalize": BOOL,
+    "model.partition_k": CHOICE,   # allowed values: the partitioning registry entry
     "upstream.checkpoint": STR_OR_NULL,
     "upstream.checkpoint_sha256": STR_OR_NULL,   # format checked in config
     "upstream.fresh": Field("str_list"),

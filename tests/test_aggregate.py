@@ -281,3 +281,20 @@ def test_stale_result_under_changed_default_is_an_error(tmp_path):
     result_path.write_text(json.dumps(result))
     with pytest.raises(aggregate.AggregateError, match=r"stale result.*model\.size.*MODEL_SIZES"):
         aggregate.build_dataset(index, tmp_path, index_path=index_path)
+
+
+def test_result_computed_under_another_run_id_is_an_error(tmp_path):
+    # A results.json records the id it was computed under; one found at an entry of
+    # another id (e.g. copied from a results folder of an older id scheme) is refused.
+    cells = [{"axes": {"method": "e3"}, "metrics": {"nll": [0.6]}}]
+    index_path = write_sweep(tmp_path, "s", ["method"], [0], cells)
+    index = json.loads(index_path.read_text())
+    entry = index["entries"][0]
+    result_path = tmp_path / "runs" / entry["id"] / "results.json"
+    result = json.loads(result_path.read_text())
+    assert result["run_id"] == entry["id"]
+    aggregate.build_dataset(index, tmp_path, index_path=index_path)
+    result["run_id"] = "0123456789ab"
+    result_path.write_text(json.dumps(result))
+    with pytest.raises(aggregate.AggregateError, match=r"run_id.*'0123456789ab'.*another run id"):
+        aggregate.build_dataset(index, tmp_path, index_path=index_path)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from e3lib import sweep
-from e3lib.cost.analytic import analytic_params
+from e3lib.cost.analytic import analytic_gflops, analytic_params
 from e3lib.models import build_model
 from e3lib.models.params import count_tree
 from e3lib.models.registry import predictions_per_image
@@ -31,10 +31,10 @@ def runs_by_method(name: str, variant: str) -> dict[str, list[dict]]:
 
 def test_table12_small_variant_builds_every_baseline_row():
     runs = runs_by_method("table12_efficient_ensembles.yaml", "small")
-    # Small variant, 2 seeds: BE M=2; MIMO K=2 M=2 with BR 1, 2; MC-Dropout (K, M) = (1, 2),
+    # Small variant, 3 seeds: BE M=2; MIMO K=2 M=2 with BR 1, 2; MC-Dropout (K, M) = (1, 2),
     # (2, 2) with expert dropout 0.1.
-    assert len(runs["batchensemble"]) == 2 and len(runs["mimo"]) == 4
-    assert len(runs["mc_dropout"]) == 4
+    assert len(runs["batchensemble"]) == 3 and len(runs["mimo"]) == 6
+    assert len(runs["mc_dropout"]) == 6
     assert {c["model"]["mimo_batch_repetition"] for c in runs["mimo"]} == {1, 2}
     assert {c["model"]["expert_dropout"] for c in runs["mc_dropout"]} == {0.1}
     for method in BASELINES:
@@ -48,7 +48,7 @@ def test_table12_small_variant_builds_every_baseline_row():
                                        variables, x)
             assert logits.shape == (2, predictions_per_image(cfg), 10)
             assert analytic_params(cfg, 10) == count_tree(variables["params"])
-            assert flops.analytic_gflops(cfg, 10) > 0
+            assert analytic_gflops(cfg, 10) > 0
 
 
 @pytest.mark.parametrize("name,variant", [
@@ -77,17 +77,17 @@ def test_baseline_gflops_by_hand_and_against_table12():
     # Tiny, 16 px (N=16 patches), V=10 classes. MIMO (M=2, K=2) vs V-MoE (K=2): one more
     # image through the patch embedding, 2·2·N·P²·3·H = 2·2·16·48·32 = 98,304 FLOPs, and
     # one more head, 3·2·H·V = 6·32·10 = 1,920 FLOPs; the blocks are the same.
-    diff = flops.analytic_gflops(cfg("mimo", num_selected=2, ensemble_size=2), 10) \
-        - flops.analytic_gflops(cfg("vmoe", num_selected=2), 10)
+    diff = analytic_gflops(cfg("mimo", num_selected=2, ensemble_size=2), 10) \
+        - analytic_gflops(cfg("vmoe", num_selected=2), 10)
     assert diff * 1e9 == pytest.approx(98_304 + 1_920, abs=1e-3)
     # Batch repetition R=2 runs every row twice per image: twice the whole step.
-    r2 = flops.analytic_gflops(cfg("mimo", num_selected=2, ensemble_size=2,
+    r2 = analytic_gflops(cfg("mimo", num_selected=2, ensemble_size=2,
                                    mimo_batch_repetition=2), 10)
-    r1 = flops.analytic_gflops(cfg("mimo", num_selected=2, ensemble_size=2), 10)
+    r1 = analytic_gflops(cfg("mimo", num_selected=2, ensemble_size=2), 10)
     assert r2 == pytest.approx(2 * r1, rel=0.02)   # equal up to capacity rounding
     # MC-Dropout counts its M evaluation samples as Tiling does.
-    assert flops.analytic_gflops(cfg("mc_dropout", ensemble_size=2), 10) == \
-        flops.analytic_gflops(cfg("tiling", ensemble_size=2), 10)
+    assert analytic_gflops(cfg("mc_dropout", ensemble_size=2), 10) == \
+        analytic_gflops(cfg("tiling", ensemble_size=2), 10)
     # B/32 at 384 px, E=32, 1000 classes against the paper's Table 12 GFLOPs (reference
     # values): MIMO K=2, M=2 / 4, BR=1: 96.3 / 99.0; BE M=2 / 4: 97.1 / 135.4.
     paper = [("mimo", dict(num_selected=2, ensemble_size=2), 96.3),
@@ -95,5 +95,5 @@ def test_baseline_gflops_by_hand_and_against_table12():
              ("batchensemble", dict(ensemble_size=2), 97.1),
              ("batchensemble", dict(ensemble_size=4), 135.4)]
     for method, model, reference in paper:
-        ours = flops.analytic_gflops(cfg(method, "B/32", 384, num_experts=32, **model), 1000)
+        ours = analytic_gflops(cfg(method, "B/32", 384, num_experts=32, **model), 1000)
         assert ours == pytest.approx(reference, abs=0.5), (method, model, ours)

@@ -7,9 +7,15 @@ from e3lib import config
 
 def test_run_id_hashes_only_fields_that_differ_from_defaults():
     cfg = config.resolve({"method": "e3", "model": {"ensemble_size": 2}})
-    # The id is the hash of {"model": {"ensemble_size": 2}} (method e3 and the rest are defaults).
-    assert config.non_default_fields(cfg) == {"model": {"ensemble_size": 2}}
-    assert config.run_id(cfg) == config.short_hash({"model": {"ensemble_size": 2}})
+    # The id is the hash of the fields that differ from DEFAULTS: ensemble_size, and the
+    # "None = derived" fields, which resolve spells out (tiny: last 2 blocks; C at
+    # evaluation = C at training; upstream: a V-MoE with the run's E and K on the paired
+    # set). Method e3 and the rest are defaults.
+    expected = {"model": {"ensemble_size": 2, "moe_n": 2, "eval_capacity_factor": 1.5},
+                "upstream": {"method": "vmoe", "num_experts": 8, "num_selected": 1,
+                             "dataset": "demo"}}
+    assert config.non_default_fields(cfg) == expected
+    assert config.run_id(cfg) == config.short_hash(expected)
     # Spelling a default explicitly does not change the identity.
     same = config.resolve({"method": "e3", "model": {"ensemble_size": 2, "overlap": 0}})
     assert config.run_id(same) == config.run_id(cfg)
@@ -25,7 +31,8 @@ def test_a_new_field_with_its_default_keeps_existing_ids(monkeypatch):
     monkeypatch.setattr(config, "DEFAULTS", defaults)
     grown = copy.deepcopy(cfg)
     grown["model"]["a_future_option"] = False
-    assert config.non_default_fields(grown, defaults) == {"method": "vmoe", "model": {"num_selected": 2}}
+    assert config.non_default_fields(grown, defaults) == config.non_default_fields(cfg)
+    assert "a_future_option" not in config.non_default_fields(grown, defaults)["model"]
     assert config.short_hash(config.non_default_fields(grown, defaults)) == before
 
 

@@ -123,7 +123,7 @@ def test_table20_s32_b32_cells_by_hand():
 @pytest.mark.parametrize("table_id", ["table20", "table22"])
 def test_every_cell_within_3_percent(table_id):
     rows = compare_with_paper(table_id)
-    assert len(rows) == {"table20": 70, "table22": 15}[table_id]
+    assert len(rows) == {"table20": 70, "table22": 16}[table_id]   # 15 rows, 1 with 2 readings
     worst = max(rows, key=lambda r: abs(r["rel"]))
     assert abs(worst["rel"]) < 0.03, worst
 

@@ -128,17 +128,23 @@ def test_upstream_key_ignores_finetune_fields():
 
 def test_downstream_ensembles_group_seeds_of_one_point():
     doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}},
-           "axes": [{"name": "model.num_selected", "values": [1, 2]}], "seeds": 4,
+           "axes": [{"name": "model.num_selected", "values": [1, 2]}], "seeds": 6,
            "ensembles": [{"label": "down_de", "kind": "downstream", "runs": [2, 4],
                           "of": {"model.num_selected": 1}}]}
     sw = expand(doc)
     ens = [e for e in sw.entries if e["kind"] == "ensemble"]
-    # K=1 only: size 2 -> 4 // 2 = 2 disjoint replicates, size 4 -> 1 replicate
+    # K=1 only: size 2 -> 6 // 2 = 3 disjoint replicates; size 4 -> 1 disjoint, and 2 more
+    # (the report's minimum of 3) from the other offsets spread evenly: 0, 2, 4.
     assert sorted((e["axes"]["ensemble.runs"], e["replicate"]) for e in ens) == \
-        [(2, 0), (2, 1), (4, 0)]
+        [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1), (4, 2)]
     by_seed = {e["seed"]: e["id"] for e in runs_of(sw) if e["axes"]["model.num_selected"] == 1}
     pairs = {e["replicate"]: e["members"] for e in ens if e["axes"]["ensemble.runs"] == 2}
-    assert pairs == {0: [by_seed[0], by_seed[1]], 1: [by_seed[2], by_seed[3]]}
+    assert pairs == {r: [by_seed[2 * r], by_seed[2 * r + 1]] for r in range(3)}
+    assert not any(e["overlapping"] for e in ens if e["axes"]["ensemble.runs"] == 2)
+    fours = {e["replicate"]: e["members"] for e in ens if e["axes"]["ensemble.runs"] == 4}
+    assert fours == {r: [by_seed[s] for s in seeds]
+                     for r, seeds in enumerate([(0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 0, 1)])}
+    assert all(e["overlapping"] for e in ens if e["axes"]["ensemble.runs"] == 4)
     for e in ens:
         assert e["axes"]["method"] == "down_de" and e["ensemble_kind"] == "downstream"
         assert e["id"] == S.ensemble_id("downstream", e["members"])
@@ -158,8 +164,10 @@ def test_member_runs_and_m_of_e3_are_two_axes():
             for e in sw.entries}
     # E3 with M=2 is one run; the deep ensemble of two V-MoEs (M=1 each) has 2 runs
     assert rows == {("vit", 1, 1), ("vmoe", 1, 1), ("e3", 2, 1), ("down_de", 1, 2)}
-    (ens,) = [e for e in sw.entries if e["kind"] == "ensemble"]
-    assert ens["replicate"] == 0 and len(ens["members"]) == 2
+    ens = [e for e in sw.entries if e["kind"] == "ensemble"]
+    # 3 seeds: 3 replicates of 2 runs (seeds 0+1, 1+2, 2+0), overlapping and labelled so
+    assert [e["replicate"] for e in ens] == [0, 1, 2]
+    assert all(len(e["members"]) == 2 and e["overlapping"] for e in ens)
 
 
 @pytest.mark.parametrize("where", ["top", "variant"])
@@ -175,10 +183,10 @@ def test_old_ensemble_field_sizes_is_refused_naming_runs(where):
 
 
 def test_upstream_ensembles_pretrain_one_upstream_per_member():
-    doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}}, "seeds": 2,
+    doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}}, "seeds": 3,
            "ensembles": [{"label": "up_de", "kind": "upstream", "runs": [2]}]}
     sw = expand(doc)
-    (ens,) = [e for e in sw.entries if e["kind"] == "ensemble"]
+    ens = [e for e in sw.entries if e["kind"] == "ensemble"][0]   # replicate 0: seeds 0, 1
     members = [next(e for e in sw.entries if e["id"] == m) for m in ens["members"]]
     assert len({m["upstream_id"] for m in members}) == 2
     assert [m["config"]["upstream"]["seed"] for m in members] == [0, 1]
@@ -240,13 +248,22 @@ MALFORMED = [
      "needs at least 4 seeds"),
     ("ensemble kind unknown", {**BASE, "seeds": 2, "ensembles": [
         {"label": "de", "kind": "sideways", "runs": [2]}]}, "ensembles[0].kind", "downstream"),
-    ("two ensembles on one row", {**BASE, "seeds": 2, "axes": [{"cases": [
+    ("two ensembles on one row", {**BASE, "seeds": 3, "axes": [{"cases": [
         {"method": "vit"}, {"method": "vmoe"}]}], "ensembles": [
         {"label": "de", "kind": "downstream", "runs": [2], "of": {"method": ["vit", "vmoe"]}}]},
      "ensembles[0].label", "share one row"),
     ("ensemble matches nothing", {**BASE, "seeds": 2, "ensembles": [
         {"label": "de", "kind": "downstream", "runs": [2], "of": {"method": "vit"}}]},
      "ensembles[0].of", "matches no run"),
+    ("ensemble with fewer than 3 replicates", {**BASE, "seeds": 4, "ensembles": [
+        {"label": "de", "kind": "downstream", "runs": [4]}]}, "seeds",
+     "get 1 replicate(s); the report compares a row only with at least 3"),
+    ("explicit replicates below the minimum", {**BASE, "seeds": 4, "ensembles": [
+        {"label": "de", "kind": "downstream", "runs": [2], "replicates": 2}]},
+     "ensembles[0].replicates", "at least 3 (min_seeds)"),
+    ("more replicates than distinct member sets", {**BASE, "seeds": 4, "ensembles": [
+        {"label": "de", "kind": "downstream", "runs": [2], "replicates": 5}]},
+     "ensembles[0].replicates", "at most 4 distinct replicates"),
     ("seed as an axis", {**BASE, "axes": [{"name": "seed", "values": [1, 2]}]}, "axes[0]",
      "seeds are declared"),
     ("variant not defined", {**BASE, "variants": {"paper": {}}}, "variants.small",
@@ -386,14 +403,14 @@ def test_write_plan_writes_configs_and_index_once(tmp_path):
     root = tmp_path / "results"
     plan = S.expand_sweeps([REPO / "sweeps" / "demo.yaml"])
     n = S.write_plan(plan, str(root))
-    # 6 runs + 2 upstreams + 1 ensemble + index.json + index.tsv
-    assert n == 6 + 2 + 1 + 2
+    # 9 runs (3 methods x 3 seeds) + 2 upstreams + 3 ensembles + index.json + index.tsv
+    assert n == 9 + 2 + 3 + 2
     index = json.loads((root / "sweeps" / "demo" / "index.json").read_text())
     assert index["format"] == S.INDEX_FORMAT == 2
     assert index["sweep"] == "demo" and index["variant"] == "small"
     assert index["file"].endswith("sweeps/demo.yaml") and len(index["file_sha256"]) == 64
-    assert index["reproduces"] == ["demo"] and index["seeds"] == [0, 1]
-    assert len(index["entries"]) == 7
+    assert index["reproduces"] == ["demo"] and index["seeds"] == [0, 1, 2]
+    assert len(index["entries"]) == 12
     for e in index["entries"]:
         assert set(e["axes"]) == set(index["axes"])
         if e["kind"] == "run":
@@ -405,7 +422,7 @@ def test_write_plan_writes_configs_and_index_once(tmp_path):
             spec = json.loads((root / "configs" / "ensembles" / f"{e['id']}.json").read_text())
             assert spec == {"kind": "downstream", "members": sorted(e["members"])}
     tsv = (root / "sweeps" / "demo" / "index.tsv").read_text().splitlines()
-    assert tsv[0].split("\t")[:4] == ["id", "kind", "seed", "replicate"] and len(tsv) == 8
+    assert tsv[0].split("\t")[:4] == ["id", "kind", "seed", "replicate"] and len(tsv) == 13
     ens_row = next(r.split("\t") for r in tsv if "\tensemble\t" in r)
     assert ens_row[2:4] == ["", "0"]          # an ensemble has a replicate, not a seed
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
@@ -418,7 +435,7 @@ def test_cli_expand(tmp_path, capsys):
     rc = S.cli_expand([str(REPO / "sweeps" / "demo.yaml"), "--results-root", str(root)])
     assert rc == 0
     assert (root / "sweeps" / "demo" / "index.tsv").exists()
-    assert "6 runs, 1 ensembles" in capsys.readouterr().out
+    assert "9 runs, 3 ensembles" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**BASE, "base": {"method": "e4"}}))
     assert S.cli_expand([str(bad), "--results-root", str(root)]) == 2

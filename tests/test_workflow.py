@@ -98,12 +98,12 @@ def test_demo_dry_run_plans_the_whole_pipeline_and_writes_nothing(checkout):
     before = files_under(checkout)
     r = smk(checkout, "-n", "--cores", "2", "--config", "results=res_dry", "reports=rep_dry")
     assert r.returncode == 0, r.stderr[-3000:]
-    # sweeps/demo.yaml: ViT, V-MoE, E3 x 2 seeds; ViT and V-MoE upstreams (E3 shares the
-    # V-MoE one, upstream K=2); one downstream ensemble of the two V-MoEs; the sweep's
-    # plan stamp and index.
+    # sweeps/demo.yaml: ViT, V-MoE, E3 x 3 seeds; ViT and V-MoE upstreams (E3 shares the
+    # V-MoE one, upstream K=2); 3 replicates of the downstream ensemble of two V-MoEs; the
+    # sweep's plan stamp and index.
     assert job_counts(r.stdout) == {"sweep_plan": 1, "sweep_index": 1, "upstream": 2,
-                                    "finetune": 6, "ensemble": 1, "aggregate": 1,
-                                    "report": 1, "all": 1, "total": 14}
+                                    "finetune": 9, "ensemble": 3, "aggregate": 1,
+                                    "report": 1, "all": 1, "total": 19}
     assert "rep_dry/index.html" in r.stdout
     # parsing and planning wrote no config, index or results folder
     assert not (checkout / "res_dry").exists()
@@ -170,10 +170,10 @@ def _complete(cwd: Path, results: str, reports: str, sweep_file: str) -> None:
 
 
 def test_second_invocation_does_nothing_and_a_new_seed_runs_only_its_jobs(checkout):
-    two = write_sweep(checkout, "grow", 2)
+    two = write_sweep(checkout, "grow", 3)
     conf = ["--config", f"sweeps=[{two}]", "results=res_grow", "reports=rep_grow"]
     first = smk(checkout, "-n", "--cores", "1", *conf)
-    assert job_counts(first.stdout)["finetune"] == 4, first.stdout[-2000:]
+    assert job_counts(first.stdout)["finetune"] == 6, first.stdout[-2000:]
     _complete(checkout, "res_grow", "rep_grow", two)
     again = smk(checkout, "-n", "--cores", "1", *conf)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -188,19 +188,20 @@ def test_second_invocation_does_nothing_and_a_new_seed_runs_only_its_jobs(checko
     assert "finetune" not in stale
     stamp.with_name("0" * 16).rename(stamp)
 
-    write_sweep(checkout, "grow", 3)                      # one more seed
+    write_sweep(checkout, "grow", 4)                      # one more seed
     grown = smk(checkout, "-n", "--cores", "1", *conf)
     counts = job_counts(grown.stdout)
-    # seed 2 of V-MoE and of E3; no upstream (shared) and no new ensemble (3 // 2 = 1); the
+    # seed 3 of V-MoE and of E3; no upstream (shared). The 3 ensemble replicates of 2 runs
+    # become seeds {0,1}, {2,3}, {3,0} (were {0,1}, {1,2}, {2,0}): 2 new ensembles. The
     # changed plan rewrites the index, and the dataset and report follow
-    assert counts["finetune"] == 2 and "upstream" not in counts and "ensemble" not in counts
+    assert counts["finetune"] == 2 and "upstream" not in counts and counts["ensemble"] == 2
     assert counts["sweep_plan"] == counts["sweep_index"] == counts["aggregate"] == 1
     sweep = S.load_sweep(checkout / two)
-    new = {e["id"] for e in sweep.entries if e["kind"] == "run" and e["seed"] == 2}
+    new = {e["id"] for e in sweep.entries if e["kind"] == "run" and e["seed"] == 3}
     planned = set(re.findall(r"output: res_grow/runs/([0-9a-f]{12})/done.json", grown.stdout))
     assert planned == new
 
-    write_sweep(checkout, "grow", 2)        # back to the first plan: its index is rewritten
+    write_sweep(checkout, "grow", 3)        # back to the first plan: its index is rewritten
     back = smk(checkout, "-n", "--cores", "1", *conf)
     assert job_counts(back.stdout).get("sweep_index") == 1, back.stdout[-2000:]
 
@@ -210,8 +211,8 @@ def test_table_target_runs_only_the_sweeps_of_that_table(checkout):
             "reports=rep_t")
     assert r.returncode == 0, r.stderr[-3000:]
     counts = job_counts(r.stdout)
-    # sweeps/table13_permutation.yaml (small): e3 x K{1,2} x permute{no,yes} x 2 seeds
-    assert counts["finetune"] == 8 and counts["aggregate"] == 1 and counts["report_table"] == 1
+    # sweeps/table13_permutation.yaml (small): e3 x K{1,2} x permute{no,yes} x 3 seeds
+    assert counts["finetune"] == 12 and counts["aggregate"] == 1 and counts["report_table"] == 1
     assert "report" not in counts
     assert "res_t/sweeps/table13_permutation/dataset.nc" in r.stdout
     assert "res_t/sweeps/demo/dataset.nc" not in r.stdout
@@ -251,7 +252,7 @@ def test_stage_writes_the_config_its_command_reads_only_when_changed(tmp_path):
 @pytest.mark.slow
 def test_demo_end_to_end_through_snakemake(checkout):
     """The demo sweep's structure with the tiniest settings, through the real e3 commands."""
-    tiny = write_sweep(checkout, "tiny_demo", 2, base={
+    tiny = write_sweep(checkout, "tiny_demo", 3, base={
         "model": {"size": "tiny", "num_experts": 4}, "upstream": {"num_selected": 1, "steps": 4,
                                                                   "warmup": 1, "batch_size": 16},
         "data": {"dataset": "demo", "image_size": 16},

@@ -87,7 +87,16 @@ def load_index(path: str | Path) -> dict:
 
 
 def _check_fresh(entry: Mapping[str, Any], result: Mapping[str, Any], path: Path) -> None:
-    if entry.get("kind") != "run" or not entry.get("config") or not result.get("config"):
+    if entry.get("kind") != "run":
+        return
+    if result.get("run_id") not in (None, entry["id"]):
+        raise AggregateError(
+            f"{path}: field run_id: {result['run_id']!r}, but the index entry is run "
+            f"{entry['id']}: the result was computed under another run id (ids hash the "
+            f"resolved config; docs/workflow.md, 'Run ids'); re-run it with `e3 run` on "
+            f"configs/{entry['id']}.json"
+        )
+    if not entry.get("config") or not result.get("config"):
         return
     changed = stale_fields(result["config"], entry["config"]) + stale_size_shape(
         result.get("model_shape"), entry["config"]

@@ -17,7 +17,9 @@ e3             M before      M contiguous E/M        yes              o > 0: (E�
                1st MoE blk                                            + o shared; o = E is
                                                                       Tiling (one router)
 tiling         M before      1 over all E            yes              σ via noise_mult
-partitioning   no            M contiguous E/M        no               K per subset, K·M/token
+partitioning   no            M contiguous E/M        no               K per subset, K·M/token;
+                                                                      partition_k=total: K/M
+                                                                      per subset, K/token
 multipred      no            1 over all E            yes              last MoE layer: K
                                                                       outputs apart
 =============  ============  ======================  ===============  =====================
@@ -83,7 +85,8 @@ def moe_mlp_factory(cfg: Cfg, spec: Spec, layout: MoeLayout, *, ensemble_size: i
             return dense_mlp(cfg, spec)
         return MoeMlp(
             num_experts=m["num_experts"], mlp_dim=spec["mlp"], subsets=layout.subsets,
-            num_selected=m["num_selected"], noise_std=noise_std, aux_weight=m["aux_weight"],
+            num_selected=layout.router_k(m["num_selected"]), noise_std=noise_std,
+            aux_weight=m["aux_weight"],
             router_per_copy=layout.router_per_copy, ensemble_size=ensemble_size,
             group_images=m["group_images"], capacity_factor=m["capacity_factor"],
             eval_capacity_factor=m["eval_capacity_factor"],

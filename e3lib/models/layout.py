@@ -21,6 +21,12 @@ class MoeLayout(NamedTuple):
     ensemble_size: int                     # M copies of each image from the first MoE block on
     #                                        (1: the layout does not tile)
     multipred_last: bool = False           # the last MoE layer keeps its K outputs apart
+    k_split: int = 1                       # K is shared by this many routers: each picks
+    #                                        K/k_split (Partitioning with partition_k=total)
+
+    def router_k(self, num_selected: int) -> int:
+        """Experts one router picks per token: K, or K/M when K counts all subsets."""
+        return num_selected // self.k_split
 
     @property
     def experts_scored(self) -> int:
@@ -29,8 +35,10 @@ class MoeLayout(NamedTuple):
         return per_router if self.router_per_copy else per_router * len(self.subsets)
 
     def selections(self, num_selected: int) -> int:
-        """J: expert selections per token (K, or K·R when every token visits every router)."""
-        return num_selected if self.router_per_copy else num_selected * len(self.subsets)
+        """J: expert selections per token (K per router; ·R when every token visits every
+        router: K·M for Partitioning per subset, K for Partitioning with K in total)."""
+        k = self.router_k(num_selected)
+        return k if self.router_per_copy else k * len(self.subsets)
 
 
 def expert_subsets(num_experts: int, ensemble_size: int, overlap: int = 0

@@ -60,13 +60,28 @@ def _check_e3(cfg: Cfg, spec: Spec) -> None:
                           f"(E={E}, M={M}, overlap={o})")
 
 
+# Partitioning's K (§4.2.1 vs Table 22): "per_subset" = K experts chosen in each of the M
+# subsets (K·M per token, the paper's text); "total" = K in all, K/M per subset (the cost
+# Table 22 prints). The reference code has no Partitioning model, so the text is the default.
+PARTITION_K = ("per_subset", "total")
+_PARTITION_FIELDS = {"model.partition_k": "per_subset"}
+
+
 def _check_partitioning(cfg: Cfg, spec: Spec) -> None:
     m = cfg["model"]
     E, K, M = m["num_experts"], m["num_selected"], m["ensemble_size"]
+    mode = m["partition_k"]
+    if mode not in PARTITION_K:
+        raise ConfigError("model.partition_k", mode, f"allowed: {list(PARTITION_K)}")
     if E % M:
         raise ConfigError("model.ensemble_size", M, f"E={E} must be divisible by M={M}")
-    if K > E // M:
-        raise ConfigError("model.num_selected", K, f"K must be <= E/M = {E // M} (E={E}, M={M})")
+    if mode == "total" and K % M:
+        raise ConfigError("model.num_selected", K, f"partition_k=total chooses K/M experts in "
+                          f"each of the M={M} subsets: K must be a multiple of M")
+    per_subset = K // M if mode == "total" else K
+    if per_subset > E // M:
+        raise ConfigError("model.num_selected", K, f"experts chosen per subset ({per_subset}, "
+                          f"partition_k={mode}) must be <= E/M = {E // M} (E={E}, M={M})")
 
 
 def _check_multipred(cfg: Cfg, spec: Spec) -> None:
@@ -154,7 +169,9 @@ def _e3_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
 
 def _partitioning_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
     m = cfg["model"]
-    return MoeLayout(expert_subsets(m["num_experts"], m["ensemble_size"], 0), False, 1)
+    split = m["ensemble_size"] if m["partition_k"] == "total" else 1
+    return MoeLayout(expert_subsets(m["num_experts"], m["ensemble_size"], 0), False, 1,
+                     k_split=split)
 
 
 def _multipred_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
@@ -304,6 +321,9 @@ class Method:
     prepare_upstream: Optional[Callable[..., Any]] = None
     # Config fields of this method only: {"model.name": default}, added to config.DEFAULTS.
     fields: Mapping[str, Any] = field(default_factory=dict)
+    # Fields another method declares (``fields``) that this one reads too. Declared fields
+    # a method neither declares nor reads are reset to their default before hashing.
+    reads: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {
@@ -317,9 +337,10 @@ METHODS: dict[str, Method] = {
                "§3", layout=_e3_layout),
         Method("tiling", "tiled tokens, one router over all E experts (§4.2.2)", "vmoe",
                _build_moe, _check_moe, "Table 2", layout=_one_router_tiled),
-        Method("partitioning", "no tiling; K experts chosen in each of M subsets (§4.2.1)",
+        Method("partitioning", "no tiling; K experts chosen in each of M subsets (§4.2.1), "
+               "or K in all with model.partition_k: total (Table 22)",
                "vmoe", _build_moe, _check_partitioning, "Table 2", layout=_partitioning_layout,
-               predictions=lambda cfg: 1),
+               predictions=lambda cfg: 1, fields=_PARTITION_FIELDS),
         Method("multipred", "last MoE layer keeps its K expert outputs apart: K predictions "
                "(§4.2.4)", "vmoe", _build_moe, _check_multipred, "Table 4",
                layout=_multipred_layout, predictions=lambda cfg: cfg["model"]["num_selected"]),
@@ -340,7 +361,7 @@ METHODS: dict[str, Method] = {
         Method("soft_e3", "E³ of Soft MoEs: tiled tokens, member m's slots over the m-th "
                "disjoint E/M experts", "vmoe", _build_soft_moe, _check_soft_moe,
                layout=_soft_e3_layout, moe_flops=_soft_moe_flops, moe_params=_soft_moe_params,
-               prepare_upstream=_prepare_soft_moe),
+               prepare_upstream=_prepare_soft_moe, reads=tuple(_SOFT_FIELDS)),
     ]
 }
 
@@ -351,6 +372,14 @@ def method_of(cfg: Cfg) -> Method:
     if name not in METHODS:
         raise ConfigError("method", name, f"allowed: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def foreign_fields(cfg: Cfg) -> list[str]:
+    """Dotted fields declared by some method (``Method.fields``) that the run's method
+    neither declares nor ``reads``: they do not change its model."""
+    own = method_of(cfg)
+    mine = set(own.fields) | set(own.reads)
+    return [f for m in METHODS.values() for f in m.fields if f not in mine]
 
 
 def predictions_per_image(cfg: Cfg) -> int:

@@ -2,8 +2,9 @@
 
 ``paper_gflops(cfg)`` finds the row of Table 20 (index dispatch) or 22 (einsum dispatch) a
 run config matches; ``compare_with_paper(table_id)`` prices every row of a table with
-``e3lib.cost.analytic`` (Table 21: percentage differences E³ vs V-MoE). The report's tables
-and ``e3 flops`` show them. Reference values: ``e3lib/report/reference/table2*.yaml``.
+``e3lib.cost.analytic`` (Table 21: percentage differences E³ vs V-MoE), once per reading of
+a row that carries several (``readings``: Table 22's Partitioning, ``model.partition_k``
+per_subset at K=1 or total at K=2). The report's tables and ``e3 flops`` show them. Reference values: ``e3lib/report/reference/table2*.yaml``.
 """
 
 from __future__ import annotations
@@ -32,26 +33,40 @@ def _flat(cfg: Mapping[str, Any]) -> dict:
     return tree.flatten({k: v for k, v in cfg.items() if k != "seed"})
 
 
+def _readings(row: Mapping[str, Any]) -> list[tuple[dict, str]]:
+    """(key with context, reading label) under which a row's printed value holds: its own
+    key, then each of its ``readings`` (Table 22's Partitioning: K per subset or in total)."""
+    out = [({**row["key"], **row.get("context", {})}, "")]
+    out += [({**rd["key"], **rd.get("context", {})}, rd.get("label", ""))
+            for rd in row.get("readings", [])]
+    return out
+
+
 def paper_gflops(cfg: Mapping[str, Any], deep_ensemble: int = 1, dispatch: str = "indices",
                  ignore: tuple[str, ...] = ()) -> Optional[tuple[str, str, float, dict]]:
     """The paper's GFLOPs for this config, if a row of Table 20 (index dispatch) or Table 22
     (einsum dispatch) matches it: (table id, row label, value, differing fields) or None.
 
-    A row matches when the table's ``setting_fields`` and the row's key fields all equal the
-    config's; fields named in ``ignore`` may differ and are returned as
-    {field: (paper value, config value)}.
+    A row matches when the table's ``setting_fields`` and the row's key (or one of its
+    readings) all equal the config's, compared resolved (a setting of null, "None =
+    derived", compares as its derived value); fields named in ``ignore`` may differ and are
+    returned as {field: (paper value, config value)}.
     """
     flat = _flat(cfg)
     flat[ENSEMBLE_RUNS_AXIS] = deep_ensemble    # a deep ensemble of that many runs
     table_id = "table20" if dispatch == "indices" else "table22"
     table = _load_reference(table_id)
     for row in table["rows"]:
-        wanted = dict(table.get("setting_fields", {}))
-        wanted.update(row["key"])
-        wanted.setdefault(ENSEMBLE_RUNS_AXIS, 1)
-        differing = {k: (v, flat.get(k)) for k, v in wanted.items() if flat.get(k) != v}
-        if set(differing) <= set(ignore):
-            return table_id, row["label"], row["values"]["gflops"][0], differing
+        for key, reading in _readings(row):
+            row_cfg, n = row_config(table, key)
+            paper = _flat(row_cfg)
+            paper[ENSEMBLE_RUNS_AXIS] = n
+            wanted = [*table.get("setting_fields", {}), *key, ENSEMBLE_RUNS_AXIS]
+            differing = {k: (paper.get(k), flat.get(k)) for k in wanted
+                         if flat.get(k) != paper.get(k)}
+            if set(differing) <= set(ignore):
+                label = f"{row['label']} ({reading})" if reading else row["label"]
+                return table_id, label, row["values"]["gflops"][0], differing
     return None
 
 
@@ -77,11 +92,13 @@ def compare_with_paper(table_id: str, num_classes: int = 1000) -> list[dict]:
     table = _load_reference(table_id)
     out = []
     for row in table["rows"]:
-        cfg, n = row_config(table, row["key"])
-        ours = n * analytic_gflops(cfg, num_classes, dispatch)
-        paper = row["values"]["gflops"][0]
-        out.append(dict(label=row["label"], key=row["key"], paper=paper, ours=ours,
-                        rel=ours / paper - 1))
+        for key, reading in _readings(row):
+            cfg, n = row_config(table, key)
+            ours = n * analytic_gflops(cfg, num_classes, dispatch)
+            paper = row["values"]["gflops"][0]
+            label = f"{row['label']} ({reading})" if reading else row["label"]
+            out.append(dict(label=label, key=key, paper=paper, ours=ours,
+                            rel=ours / paper - 1))
     return out
 
 

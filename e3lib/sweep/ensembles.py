@@ -2,11 +2,21 @@
 
 A sweep's ``ensembles:`` item ``{label, kind, runs: [2, 4], of: {...}, replicates}`` adds,
 for every point matching ``of`` and every ensemble size n in ``runs``, ``replicates``
-ensembles of n runs of that point (default: as many disjoint groups as the seeds allow).
+ensembles of n runs of that point.
 
-Members: the runs of one point are ordered by seed; replicate r of size n takes the seeds at
-positions r·n … r·n+n-1 (wrapping around when more replicates are asked for than disjoint
-groups exist; members of one replicate never repeat). ``downstream`` members share one
+Replicates: the report compares ensemble rows over their replicates as it compares runs
+over seeds, and needs ``MIN_REPLICATES`` (its ``min_seeds``, 3) of them per cell. The
+default is as many disjoint replicates as the S seeds allow (S // n), and at least
+``MIN_REPLICATES``: replicates beyond the disjoint ones share members with others, and
+every replicate that shares a member run with another of its point and size is labelled
+(``overlapping: true`` in its index row). A size that cannot have ``MIN_REPLICATES``
+distinct replicates (S <= n), or an explicit ``replicates`` below it, is refused at
+expansion: such a row could never be compared.
+
+Members: the runs of one point are ordered by seed (positions 0 … S-1, cyclic); replicate
+r takes the n positions from an offset o_r on. Disjoint replicates come first (o_r = r·n);
+further ones take offsets spread evenly over the remaining positions. Windows with
+different offsets are different sets when n < S. ``downstream`` members share one
 upstream; ``upstream`` members are the same fine-tunes with ``upstream.seed`` set to their
 seed, so each has its own pretraining; such member runs that are not already rows of the
 sweep appear in the index with method ``{label}_member``.
@@ -42,9 +52,42 @@ def ensemble_id(kind: str, members: Sequence[str]) -> str:
     return short_hash({"kind": kind, "members": sorted(members)})
 
 
-def replicate_seeds(seeds: Sequence[int], size: int, replicate: int) -> list[int]:
-    """Seeds of the members of replicate ``replicate`` of an ensemble of ``size`` runs."""
-    return [seeds[(replicate * size + k) % len(seeds)] for k in range(size)]
+# Replicates per ensemble row the report needs (e3lib/report/tables.yaml ``min_seeds``).
+MIN_REPLICATES = 3
+
+
+def default_replicates(num_seeds: int, size: int) -> int:
+    """Disjoint replicates the seeds allow, at least ``MIN_REPLICATES`` where S > n."""
+    disjoint = num_seeds // size
+    return max(disjoint, MIN_REPLICATES) if num_seeds > size else disjoint
+
+
+def replicate_offsets(num_seeds: int, size: int, replicates: int) -> list[int]:
+    """Start positions of the replicates' member windows (see the module docstring).
+
+    E.g. S=6, n=4, 3 replicates -> [0, 2, 4]: seeds {0,1,2,3}, {2,3,4,5}, {4,5,0,1}, each
+    seed in two; S=8, n=2 -> [0, 2, 4] (disjoint).
+    """
+    disjoint = [r * size for r in range(num_seeds // size)]
+    if replicates <= len(disjoint):
+        return disjoint[:replicates]
+    if size >= num_seeds or replicates > num_seeds:
+        raise ValueError(f"{replicates} distinct replicates of {size} runs need more than "
+                         f"{max(size, replicates - 1)} seeds; have {num_seeds}")
+    rest = [o for o in range(num_seeds) if o not in disjoint]
+    extra = replicates - len(disjoint)
+    return disjoint + [rest[(i * len(rest)) // extra + len(rest) // (2 * extra)]
+                       for i in range(extra)]
+
+
+def replicate_seeds(seeds: Sequence[int], size: int, replicate: int,
+                    replicates: int | None = None) -> list[int]:
+    """Seeds of the members of replicate ``replicate`` (of ``replicates``, default
+    ``default_replicates``) of an ensemble of ``size`` runs."""
+    n = len(seeds)
+    total = default_replicates(n, size) if replicates is None else replicates
+    offset = replicate_offsets(n, size, total)[replicate]
+    return [seeds[(offset + k) % n] for k in range(size)]
 
 
 def matches(condition: Mapping[str, Any] | None, values: Mapping[str, Any]) -> bool:
@@ -87,11 +130,23 @@ def _add_size(x: Expansion, doc: SweepDoc, ens: dict, where: str, point: dict,
         raise SweepError(x.file, f"{where}.runs", size,
                          f"an ensemble of {size} runs needs at least {size} seeds; "
                          f"the sweep has {len(seeds)}")
-    for r in range(ens.get("replicates") or len(seeds) // size):
-        member_seeds = replicate_seeds(seeds, size, r)
-        if len(set(member_seeds)) < size:
-            raise SweepError(x.file, f"{where}.replicates", ens.get("replicates"),
-                             "too many replicates: members would repeat")
+    count = ens.get("replicates") or default_replicates(len(seeds), size)
+    if count < MIN_REPLICATES:
+        field, value = ((f"{where}.replicates", count) if ens.get("replicates")
+                        else ("seeds", len(seeds)))
+        raise SweepError(x.file, field, value,
+                         f"ensembles of {size} runs get {count} replicate(s); the report "
+                         f"compares a row only with at least {MIN_REPLICATES} (min_seeds), "
+                         f"which needs at least {size + 1} seeds ({MIN_REPLICATES * size} "
+                         f"for disjoint members)")
+    if count > len(seeds) or (count > len(seeds) // size and size >= len(seeds)):
+        raise SweepError(x.file, f"{where}.replicates", count,
+                         f"too many replicates: with {len(seeds)} seeds, ensembles of "
+                         f"{size} runs have at most {len(seeds) if size < len(seeds) else 1} "
+                         f"distinct replicates (members would repeat)")
+    windows = [replicate_seeds(seeds, size, r, count) for r in range(count)]
+    for r, member_seeds in enumerate(windows):
+        overlapping = any(set(member_seeds) & set(w) for i, w in enumerate(windows) if i != r)
         members = [_member(x, ens, point, by_seed, s) for s in member_seeds]
         ups = {x.sweep.run_upstream[m] for m in members}
         if ens["kind"] == "downstream" and len(ups) != 1:
@@ -108,7 +163,8 @@ def _add_size(x: Expansion, doc: SweepDoc, ens: dict, where: str, point: dict,
                 ENSEMBLE_RUNS_AXIS: size}
         owner = x.claim_row(axes, r, eid)
         if owner is None:
-            x.sweep.entries.append(ensemble_entry(eid, r, axes, members, ens["kind"]))
+            x.sweep.entries.append(ensemble_entry(eid, r, axes, members, ens["kind"],
+                                                  overlapping))
         elif owner != eid:
             raise SweepError(x.file, f"{where}.label", ens["label"],
                              f"two different ensembles would share one row {dict(axes)}: "

@@ -115,10 +115,12 @@ def run_entry(rid: str, seed: int, axes: dict, upstream: str, cfg: dict) -> dict
 
 
 def ensemble_entry(eid: str, replicate: int, axes: dict, members: Sequence[str],
-                   kind: str) -> dict:
+                   kind: str, overlapping: bool = False) -> dict:
+    """An ensemble's index row; ``overlapping``: it shares member runs with another
+    replicate of its row (replicates then are not independent draws)."""
     return {"id": eid, "kind": "ensemble", "replicate": replicate, "seed": replicate,
             "axes": axes, "members": list(members), "ensemble_kind": kind,
-            **_entry_paths("ensembles", eid)}
+            "overlapping": overlapping, **_entry_paths("ensembles", eid)}
 
 
 # ----------------------------------------------------------------------------- files
