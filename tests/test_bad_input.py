@@ -215,7 +215,7 @@ def test_replicates_above_what_the_seeds_allow():
     ens = {"label": "de", "kind": "downstream", "runs": [2], "replicates": 5}
     err = sweep_error({**BASE, "seeds": 2, "ensembles": [ens]})
     assert err.field == "ensembles[0].replicates" and "with 2 seeds" in str(err)
-    assert "allowed replicates <= 1" in str(err)
+    assert "at most 1 distinct replicates" in str(err)
     # 3 seeds: 3 distinct pairs {0,1} {2,0} {1,2}
     sw = S.expand_doc({**BASE, "seeds": 3, "ensembles": [{**ens, "replicates": 3}]}, "t.yaml")
     members = [tuple(e["members"]) for e in sw.entries if e["kind"] == "ensemble"]

@@ -13,7 +13,7 @@ the file, the field, the value and what is allowed:
   ``max_runs:`` field or ``--config max_runs=N`` raises it). The product of the axis groups is
   computed arithmetically; only when conditional (``when``) groups make it an overestimate
   are the points counted, and the count stops at the limit;
-- replicates: at most the number of distinct member sets the seeds allow.
+- replicates: at most the number of distinct member windows the seeds allow.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from e3lib.config_rules import MAX_SEED
+from e3lib.sweep.ensembles import default_replicates
 from e3lib.sweep.schema import SweepError
 
 # Jobs (runs + ensembles) one sweep file may expand to in one variant. The largest shipped
@@ -101,9 +102,10 @@ def check_axis_values(group: Mapping[str, Any], where: str, file: str) -> None:
 
 
 def replicates_allowed(n_seeds: int, size: int) -> int:
-    """Distinct member sets of ``size`` runs the replicate scheme draws from ``n_seeds``
-    seeds (replicate r: seed positions r·size ... r·size+size-1, wrapping around)."""
-    return 1 if size >= n_seeds else n_seeds // math.gcd(n_seeds, size)
+    """Distinct replicates of ``size`` runs the seeds allow: member windows start at distinct
+    seed positions (``e3lib.sweep.ensembles.replicate_offsets``), so up to one per seed, and
+    a single one when the ensemble takes every seed."""
+    return 1 if size >= n_seeds else n_seeds
 
 
 def check_ensembles(ensembles: Sequence[Mapping[str, Any]], where: str, n_seeds: int,
@@ -121,10 +123,10 @@ def check_ensembles(ensembles: Sequence[Mapping[str, Any]], where: str, n_seeds:
             reps = ens.get("replicates")
             if reps is not None and reps > top:
                 raise SweepError(file, f"{at}.replicates", reps,
-                                 f"with {n_seeds} seeds (seeds:) an ensemble of {size} runs has "
-                                 f"only {top} distinct member set(s): allowed replicates <= "
-                                 f"{top}; more would repeat an ensemble (add seeds instead)")
-            jobs += reps or n_seeds // size
+                                 f"too many replicates: with {n_seeds} seeds (seeds:), "
+                                 f"ensembles of {size} runs have at most {top} distinct "
+                                 "replicates (members would repeat; add seeds instead)")
+            jobs += reps or default_replicates(n_seeds, size)
         if ens["kind"] == "upstream":
             jobs += n_seeds      # member runs with their own upstream
     return jobs
