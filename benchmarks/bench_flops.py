@@ -24,7 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e3lib.config import resolve  # noqa: E402
-from e3lib.cost import analytic, xla  # noqa: E402
+from e3lib.cost import analytic  # noqa: E402
+from e3lib.cost.xla import xla_gflops  # noqa: E402
 from e3lib.models.sizes import size_spec  # noqa: E402
 from e3lib.report import flops_reference  # noqa: E402
 
@@ -83,7 +84,7 @@ def xla_checks() -> None:
         ours = analytic.analytic_gflops(cfg)
         t_analytic = time.perf_counter() - t0
         t0 = time.perf_counter()
-        xla = xla.xla_gflops(cfg)
+        xla = xla_gflops(cfg)
         t_xla = time.perf_counter() - t0
         ref = flops_reference.paper_gflops(cfg)
         paper = f"{ref[2]:8.2f}" if ref else f"{'-':>8s}"
@@ -103,7 +104,7 @@ def calibrate() -> None:
         cfg = resolve({"method": "vit", "model": {"size": size}, "data": {"image_size": image}})
         terms = analytic.flops_breakdown(cfg)
         matmul = sum(v for k, v in terms.items() if k != "elementwise")
-        xla = xla.xla_gflops(cfg) * 1e9
+        xla = xla_gflops(cfg) * 1e9
         spec = size_spec(cfg)
         T = (image // spec["patch"]) ** 2 + 1
         L, H, Q, A = spec["layers"], spec["hidden"], spec["mlp"], spec["heads"]

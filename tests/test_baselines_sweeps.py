@@ -42,9 +42,9 @@ def test_table12_small_variant_builds_every_baseline_row():
             size = cfg["data"]["image_size"]
             net = build_model(cfg, 10)
             x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-            variables = jax.eval_shape(lambda x: net.init({"params": jax.random.key(0)}, x),
+            variables = jax.eval_shape(lambda x, net=net: net.init({"params": jax.random.key(0)}, x),
                                        x)
-            logits, _ = jax.eval_shape(lambda v, x: net.apply(v, x, train=False),
+            logits, _ = jax.eval_shape(lambda v, x, net=net: net.apply(v, x, train=False),
                                        variables, x)
             assert logits.shape == (2, predictions_per_image(cfg), 10)
             assert analytic_params(cfg, 10) == count_tree(variables["params"])
