@@ -98,3 +98,22 @@ def set_aside(done_path: str | os.PathLike, reason: str) -> Path:
     with open(dest, "a") as f:
         f.write(f"\n# set aside: {reason}\n")
     return dest
+
+
+def screen(done_paths: Iterable[str | os.PathLike], dry_run: bool = False) -> list[str]:
+    """Fast-check every existing done file; set the damaged ones aside so that a rerun
+    recomputes them (with ``dry_run`` only say so). One message per damaged entry."""
+    messages = []
+    for done in done_paths:
+        done = str(done)
+        if not os.path.exists(done):
+            continue
+        problem = check(done)
+        if problem is None:
+            continue
+        if dry_run:
+            messages.append(f"e3: would recompute the entry of {done}: {problem}")
+            continue
+        set_aside(done, problem)
+        messages.append(f"e3: recomputing the entry of {done}: {problem}")
+    return messages
