@@ -117,3 +117,34 @@ def screen(done_paths: Iterable[str | os.PathLike], dry_run: bool = False) -> li
         set_aside(done, problem)
         messages.append(f"e3: recomputing the entry of {done}: {problem}")
     return messages
+
+
+
+def screen_sweep(
+    entry_done: Iterable[str | os.PathLike],
+    dataset_done: str | os.PathLike,
+    dependents: Iterable[str | os.PathLike] = (),
+    dry_run: bool = False,
+) -> list[str]:
+    """``screen`` one sweep's entries and its dataset's done file. If the dataset exists but
+    an entry it was built from has no good done file any more (deleted, or set aside just
+    now), the dataset's done file is set aside and its ``dependents`` (the dataset itself
+    and the report pages built from it) are renamed aside as well: a workflow engine that accepts a
+    missing intermediate while its consumers are up to date (Snakemake) would otherwise
+    neither recompute the entry nor rebuild the dataset and the report."""
+    entry_done = [str(d) for d in entry_done]
+    messages = screen([*entry_done, dataset_done], dry_run=dry_run)
+    gone = [d for d in entry_done if not os.path.exists(d) or (dry_run and check(d))]
+    if not gone or not os.path.exists(dataset_done):
+        return messages
+    more = f" (+{len(gone) - 1} more)" if len(gone) > 1 else ""
+    reason = f"built from {gone[0]}{more}, which is missing or damaged"
+    where = Path(dataset_done).parent
+    if dry_run:
+        return [*messages, f"e3: would rebuild {where} and its report: {reason}"]
+    set_aside(dataset_done, reason)
+    stamp = int(time.time())
+    for path in map(Path, dependents):
+        if path.exists():
+            os.replace(path, path.with_name(f"{path.name}.stale-{stamp}"))
+    return [*messages, f"e3: rebuilding {where} and its report: {reason}"]

@@ -105,17 +105,25 @@ def dataset_path(name):
 #   - locks left by a driver that was killed on this host are removed (e3lib.locks);
 #   - every finished entry of the configured sweeps, and each sweep's dataset, is checked
 #     against the sizes recorded in its done file (e3lib.integrity); a damaged one is set
-#     aside (its done file renamed), so this very run recomputes it. A dry run only lists.
+#     aside (its done file renamed), so this very run recomputes it; a dataset built from
+#     an entry whose done file is gone is rebuilt (the entry with it). A dry run only lists.
 if workflow.is_main_process:
     _dry = workflow.output_settings.dryrun
-    _done_files = sorted(
-        {entry_done(e) for s in CONFIGURED_SWEEPS for e in sweep_of(s).entries}
-        | {f"{RESULTS}/sweeps/{s}/dataset.done.json" for s in CONFIGURED_SWEEPS}
-    )
-    for _msg in locks.clear_stale(".snakemake", dry_run=_dry) + integrity.screen(
-        _done_files, dry_run=_dry
-    ):
+    for _msg in locks.clear_stale(".snakemake", dry_run=_dry):
         print(_msg, file=sys.stderr)
+    for _s in CONFIGURED_SWEEPS:
+        for _msg in integrity.screen_sweep(
+            sorted({entry_done(e) for e in sweep_of(_s).entries}),
+            f"{RESULTS}/sweeps/{_s}/dataset.done.json",
+            [dataset_path(_s), f"{REPORTS}/index.html"]
+            + [
+                f"{REPORTS}/{t}.{ext}"
+                for t in sweep_of(_s).reproduces
+                for ext in ("html", "md", "tex")
+            ],
+            dry_run=_dry,
+        ):
+            print(_msg, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- resources
