@@ -174,7 +174,8 @@ def test_flipped_bit_in_the_latest_checkpoint_falls_back_to_the_previous_step(tm
     for step in (1, 2):
         ck.save(step, {"w": np.full((64, 64), step, np.float32), "step": np.full((), step, np.int32)})
     step_dir = tmp_path / "ck" / "2"
-    flip_bit(max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size))
+    largest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    flip_bit(largest)
     state, step = ck.restore_verified(like)
     ck.close()
     assert step == 1 and float(state["w"][0, 0]) == 1.0
@@ -245,7 +246,6 @@ def test_one_sweep_never_hides_another_sweeps_runs(checkout):  # noqa: F811
     the lock of a concurrent A (sharing runs) plans its runs once A is gone."""
     a = write_sweep(checkout, "iso_a", 2)
     b = write_sweep(checkout, "iso_b", 3)        # shares seeds 0 and 1 (and the ensemble)
-    conf_a = ["--config", f"sweeps=[{a}]", "results=res_iso", "reports=rep_iso"]
     conf_b = ["--config", f"sweeps=[{b}]", "results=res_iso", "reports=rep_iso"]
     first = job_counts(smk(checkout, "-n", "--cores", "1", *conf_b).stdout)
     assert first["finetune"] == 6

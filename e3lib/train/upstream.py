@@ -113,7 +113,9 @@ def stored_params_path(params: str | os.PathLike, done_dir: Path) -> str:
     """``params`` relative to the done file's folder when it lies below it (the pretrained
     parameters in the work dir), so a moved results folder reads its own; else absolute."""
     params, done_dir = Path(params).absolute(), done_dir.absolute()
-    return params.relative_to(done_dir).as_posix() if params.is_relative_to(done_dir) else str(params)
+    if params.is_relative_to(done_dir):
+        return params.relative_to(done_dir).as_posix()
+    return str(params)
 
 
 def cli_upstream(argv: list[str]) -> int:
