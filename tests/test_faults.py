@@ -172,7 +172,8 @@ def test_flipped_bit_in_the_latest_checkpoint_falls_back_to_the_previous_step(tm
     like = {"w": np.zeros((64, 64), np.float32), "step": np.zeros((), np.int32)}
     ck = TrainCheckpoints(tmp_path / "ck", every=1)
     for step in (1, 2):
-        ck.save(step, {"w": np.full((64, 64), step, np.float32), "step": np.full((), step, np.int32)})
+        state = {"w": np.full((64, 64), step, np.float32), "step": np.full((), step, np.int32)}
+        ck.save(step, state)
     step_dir = tmp_path / "ck" / "2"
     largest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     flip_bit(largest)
