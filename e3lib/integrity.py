@@ -100,15 +100,18 @@ def set_aside(done_path: str | os.PathLike, reason: str) -> Path:
     return dest
 
 
-def screen(done_paths: Iterable[str | os.PathLike], dry_run: bool = False) -> list[str]:
-    """Fast-check every existing done file; set the damaged ones aside so that a rerun
-    recomputes them (with ``dry_run`` only say so). One message per damaged entry."""
+def screen(
+    done_paths: Iterable[str | os.PathLike], dry_run: bool = False, deep: bool = False
+) -> list[str]:
+    """Check every existing done file (sizes; with ``deep`` also SHA-256); set the damaged
+    ones aside so that a rerun recomputes them (with ``dry_run`` only say so). One message
+    per damaged entry."""
     messages = []
     for done in done_paths:
         done = str(done)
         if not os.path.exists(done):
             continue
-        problem = check(done)
+        problem = check(done, deep=deep)
         if problem is None:
             continue
         if dry_run:
@@ -125,6 +128,7 @@ def screen_sweep(
     dataset_done: str | os.PathLike,
     dependents: Iterable[str | os.PathLike] = (),
     dry_run: bool = False,
+    deep: bool = False,
 ) -> list[str]:
     """``screen`` one sweep's entries and its dataset's done file. If the dataset exists but
     an entry it was built from has no good done file any more (deleted, or set aside just
@@ -133,8 +137,9 @@ def screen_sweep(
     missing intermediate while its consumers are up to date (Snakemake) would otherwise
     neither recompute the entry nor rebuild the dataset and the report."""
     entry_done = [str(d) for d in entry_done]
-    messages = screen([*entry_done, dataset_done], dry_run=dry_run)
-    gone = [d for d in entry_done if not os.path.exists(d) or (dry_run and check(d))]
+    messages = screen([*entry_done, dataset_done], dry_run=dry_run, deep=deep)
+    gone = [d for d in entry_done
+            if not os.path.exists(d) or (dry_run and check(d, deep=deep))]
     if not gone or not os.path.exists(dataset_done):
         return messages
     more = f" (+{len(gone) - 1} more)" if len(gone) > 1 else ""

@@ -101,6 +101,8 @@ def test_flipped_bit_in_predictions_passes_the_fast_check_and_fails_the_aggregat
     run = tmp_path / "runs" / entry["id"]
     flip_bit(run / "predictions.npz")
     assert integrity.screen([run / "done.json"]) == []          # same size: fast check passes
+    [msg] = integrity.screen([run / "done.json"], dry_run=True, deep=True)   # verify=deep
+    assert "predictions.npz: checksum differs" in msg
     args = ["--index", str(index), "--results-root", str(tmp_path),
             "--out", str(tmp_path / "sweeps/faults/dataset.nc")]
     assert aggregate.cli_aggregate(args) == 2

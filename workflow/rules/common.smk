@@ -104,9 +104,10 @@ def dataset_path(name):
 # results here), before Snakemake locks the directory and builds the DAG:
 #   - locks left by a driver that was killed on this host are removed (e3lib.locks);
 #   - every finished entry of the configured sweeps, and each sweep's dataset, is checked
-#     against the sizes recorded in its done file (e3lib.integrity); a damaged one is set
-#     aside (its done file renamed), so this very run recomputes it; a dataset built from
-#     an entry whose done file is gone is rebuilt (the entry with it). A dry run only lists.
+#     against the sizes (`--config verify=deep`: and SHA-256) recorded in its done file
+#     (e3lib.integrity); a damaged one is set aside (its done file renamed), so this very
+#     run recomputes it; a dataset built from an entry whose done file is gone is rebuilt
+#     (the entry with it). A dry run only lists.
 if workflow.is_main_process:
     _dry = workflow.output_settings.dryrun
     for _msg in locks.clear_stale(".snakemake", dry_run=_dry):
@@ -122,6 +123,7 @@ if workflow.is_main_process:
                 for ext in ("html", "md", "tex")
             ],
             dry_run=_dry,
+            deep=config["verify"] == "deep",
         ):
             print(_msg, file=sys.stderr)
 
