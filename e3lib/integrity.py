@@ -130,20 +130,23 @@ def screen_sweep(
     dry_run: bool = False,
     deep: bool = False,
 ) -> list[str]:
-    """``screen`` one sweep's entries and its dataset's done file. If the dataset exists but
-    an entry it was built from has no good done file any more (deleted, or set aside just
-    now), the dataset's done file is set aside and its ``dependents`` (the dataset itself
+    """``screen`` one sweep's entries and its dataset's done file. If the dataset is damaged,
+    or an entry it was built from has no good done file any more (deleted, or set aside
+    just now), the dataset's done file is set aside and its ``dependents`` (the dataset itself
     and the report pages built from it) are renamed aside as well: a workflow engine that accepts a
     missing intermediate while its consumers are up to date (Snakemake) would otherwise
     neither recompute the entry nor rebuild the dataset and the report."""
     entry_done = [str(d) for d in entry_done]
-    messages = screen([*entry_done, dataset_done], dry_run=dry_run, deep=deep)
+    damaged = os.path.exists(dataset_done) and check(dataset_done, deep=deep)
+    messages = screen(entry_done, dry_run=dry_run, deep=deep)
+    if not os.path.exists(dataset_done):
+        return messages
     gone = [d for d in entry_done
             if not os.path.exists(d) or (dry_run and check(d, deep=deep))]
-    if not gone or not os.path.exists(dataset_done):
+    if not gone and not damaged:
         return messages
     more = f" (+{len(gone) - 1} more)" if len(gone) > 1 else ""
-    reason = f"built from {gone[0]}{more}, which is missing or damaged"
+    reason = damaged or f"built from {gone[0]}{more}, which is missing or damaged"
     where = Path(dataset_done).parent
     if dry_run:
         return [*messages, f"e3: would rebuild {where} and its report: {reason}"]

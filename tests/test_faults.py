@@ -129,8 +129,13 @@ def test_truncated_or_flipped_dataset_is_never_reported(tmp_path, capsys):
     assert not done.exists() and not (tmp_path / "rep" / "index.html").exists()
     assert aggregate.cli_aggregate(args) == 0            # what the rerun does: re-aggregate
     truncate(nc)
-    [msg] = integrity.screen([done])                     # the start-up check catches it
-    assert "dataset.nc" in msg and "bytes" in msg and not done.exists()
+    page = tmp_path / "rep" / "index.html"
+    page.parent.mkdir(exist_ok=True)
+    page.write_text("built from the old dataset")
+    # the start-up check catches it, and moves the dataset and its report pages aside
+    [msg] = integrity.screen_sweep([], done, [nc, page])
+    assert msg.startswith(f"e3: rebuilding {nc.parent} and its report: {nc}: ")
+    assert "bytes" in msg and not done.exists() and not nc.exists() and not page.exists()
 
 
 def test_member_failed_ensemble_is_reported_failed_naming_its_member(tmp_path):
