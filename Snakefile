@@ -35,7 +35,22 @@ localrules:
     all,
 
 
+# The locks this process holds, with its pid, so that a rerun after this process is killed
+# can tell they are stale (e3lib.locks; docs/robustness.md).
+onstart:
+    held = getattr(workflow.persistence, "_lockfile", None)
+    locks.record_driver(
+        ".snakemake",
+        held.values() if held else glob.glob(".snakemake/locks/*.lock"),
+    )
+
+
 onsuccess:
+    locks.release_driver(".snakemake")
     index = os.path.abspath(f"{REPORTS}/index.html")
     if os.path.exists(index):
         print(f"Report: {index}")
+
+
+onerror:
+    locks.release_driver(".snakemake")

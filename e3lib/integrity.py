@@ -98,3 +98,61 @@ def set_aside(done_path: str | os.PathLike, reason: str) -> Path:
     with open(dest, "a") as f:
         f.write(f"\n# set aside: {reason}\n")
     return dest
+
+
+def screen(
+    done_paths: Iterable[str | os.PathLike], dry_run: bool = False, deep: bool = False
+) -> list[str]:
+    """Check every existing done file (sizes; with ``deep`` also SHA-256); set the damaged
+    ones aside so that a rerun recomputes them (with ``dry_run`` only say so). One message
+    per damaged entry."""
+    messages = []
+    for done in done_paths:
+        done = str(done)
+        if not os.path.exists(done):
+            continue
+        problem = check(done, deep=deep)
+        if problem is None:
+            continue
+        if dry_run:
+            messages.append(f"e3: would recompute the entry of {done}: {problem}")
+            continue
+        set_aside(done, problem)
+        messages.append(f"e3: recomputing the entry of {done}: {problem}")
+    return messages
+
+
+
+def screen_sweep(
+    entry_done: Iterable[str | os.PathLike],
+    dataset_done: str | os.PathLike,
+    dependents: Iterable[str | os.PathLike] = (),
+    dry_run: bool = False,
+    deep: bool = False,
+) -> list[str]:
+    """``screen`` one sweep's entries and its dataset's done file. If the dataset is damaged,
+    or an entry it was built from has no good done file any more (deleted, or set aside
+    just now), the dataset's done file is set aside and its ``dependents`` (the dataset itself
+    and the report pages built from it) are renamed aside as well: a workflow engine that accepts a
+    missing intermediate while its consumers are up to date (Snakemake) would otherwise
+    neither recompute the entry nor rebuild the dataset and the report."""
+    entry_done = [str(d) for d in entry_done]
+    damaged = os.path.exists(dataset_done) and check(dataset_done, deep=deep)
+    messages = screen(entry_done, dry_run=dry_run, deep=deep)
+    if not os.path.exists(dataset_done):
+        return messages
+    gone = [d for d in entry_done
+            if not os.path.exists(d) or (dry_run and check(d, deep=deep))]
+    if not gone and not damaged:
+        return messages
+    more = f" (+{len(gone) - 1} more)" if len(gone) > 1 else ""
+    reason = damaged or f"built from {gone[0]}{more}, which is missing or damaged"
+    where = Path(dataset_done).parent
+    if dry_run:
+        return [*messages, f"e3: would rebuild {where} and its report: {reason}"]
+    set_aside(dataset_done, reason)
+    stamp = int(time.time())
+    for path in map(Path, dependents):
+        if path.exists():
+            os.replace(path, path.with_name(f"{path.name}.stale-{stamp}"))
+    return [*messages, f"e3: rebuilding {where} and its report: {reason}"]

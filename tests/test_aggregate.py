@@ -134,7 +134,8 @@ def test_netcdf_roundtrip_atomic_and_cli(sweep, tmp_path):
         ["--index", str(index), "--results-root", str(root), "--out", str(out)]
     )
     assert rc == 0
-    assert [p.name for p in out.parent.iterdir()] == ["dataset.nc"]  # no temp file left
+    # no temp file left; beside the dataset its checksum record
+    assert sorted(p.name for p in out.parent.iterdir()) == ["dataset.done.json", "dataset.nc"]
     back = aggregate.open_dataset(out)
     np.testing.assert_allclose(back["nll"].values, ds["nll"].values, equal_nan=True)
     assert back.attrs["axes"] == ds.attrs["axes"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -67,7 +68,8 @@ def upstream_dir(tmp_path_factory):
 def test_upstream_done_file_is_written_last_with_params(upstream_dir):
     done = json.loads((upstream_dir / "done.json").read_text())
     assert done["status"] == "ok" and done["num_classes"] == 20  # demo upstream: 20 classes
-    assert Path(done["params_path"]).is_dir()
+    # relative to the done file's folder, so a moved results folder reads its own
+    assert done["params_path"] == "params" and (upstream_dir / "params").is_dir()
     assert done["config"]["capacity_factor"] == 1.05 and done["config"]["method"] == "vmoe"
     assert np.isfinite(done["metrics"]["final_loss"])
 
@@ -75,7 +77,7 @@ def test_upstream_done_file_is_written_last_with_params(upstream_dir):
 def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(
     tmp_path, upstream_dir, capsys
 ):
-    params = json.loads((upstream_dir / "done.json").read_text())["params_path"]
+    params = str(upstream_dir / json.loads((upstream_dir / "done.json").read_text())["params_path"])
     cfg = write_cfg(tmp_path / "cfg.json", {"upstream": {"checkpoint": params}})
     rc = train.cli_upstream(
         [
@@ -104,6 +106,26 @@ def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(
     assert rc == train.EXIT_BAD_INPUT
     assert "upstream.checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "up2" / "done.json").exists()
+
+
+def test_a_moved_upstream_folder_reads_its_own_parameters(tmp_path, upstream_dir):
+    import shutil
+
+    from e3lib.train.finetune import load_upstream_params
+
+    first = tmp_path / "old" / "up"
+    shutil.copytree(upstream_dir, first)
+    want = load_upstream_params(first)
+    moved = tmp_path / "new" / "up"
+    shutil.copytree(first, moved)
+    shutil.rmtree(first / "params")  # only the moved folder still has parameters
+    got = load_upstream_params(moved)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), want, got))
+    # a done file written before paths were relative names the old folder absolutely
+    done = json.loads((moved / "done.json").read_text())
+    (moved / "done.json").write_text(json.dumps({**done, "params_path": str(first / "params")}))
+    got = load_upstream_params(moved)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), want, got))
 
 
 def test_progress_plain_lines_show_step_loss_rate_and_eta():

@@ -155,7 +155,8 @@ def _complete(cwd: Path, results: str, reports: str, sweep_file: str) -> None:
         [f"{results}/runs/{e['id']}/done.json" for e in runs],
         [f"{results}/ensembles/{e['id']}/done.json" for e in sweep.entries
          if e["kind"] == "ensemble"],
-        [f"{results}/sweeps/{sweep.name}/dataset.nc"],
+        [f"{results}/sweeps/{sweep.name}/dataset.nc",
+         f"{results}/sweeps/{sweep.name}/dataset.done.json"],
         [f"{reports}/index.html"],
     ]
     # As if the jobs finished a minute ago, in order, after the sweep file was written.

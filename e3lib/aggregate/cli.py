@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from e3lib.aggregate.dataset import build_dataset, load_index, write_netcdf_atomic
+from e3lib import integrity
+from e3lib.aggregate.dataset import (
+    build_dataset,
+    damaged_entries,
+    load_index,
+    write_netcdf_atomic,
+)
 from e3lib.aggregate.schemas import AggregateError
 from e3lib.aggregate.selection import select_grid
 
@@ -22,6 +28,18 @@ def cli_aggregate(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         index = load_index(args.index)
+        damaged = damaged_entries(index, args.results_root)
+        for done, problem in damaged.items():
+            integrity.set_aside(done, problem)
+            print(f"e3 aggregate: damaged entry set aside: {problem}", file=sys.stderr)
+        if damaged:
+            print(
+                f"e3 aggregate: {len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'}"
+                " set aside (done.json renamed); run the same command again to recompute "
+                "and aggregate them",
+                file=sys.stderr,
+            )
+            return 2
         ds = build_dataset(index, args.results_root, index_path=args.index)
     except AggregateError as err:
         print(f"e3 aggregate: {err}", file=sys.stderr)

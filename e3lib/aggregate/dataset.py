@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from e3lib import atomic
+from e3lib import atomic, integrity
 from e3lib.aggregate.axes import axis_dim, axis_label, sort_key
 from e3lib.aggregate.formats import (
     DATASET_FORMAT,
@@ -108,6 +108,22 @@ def _check_fresh(entry: Mapping[str, Any], result: Mapping[str, Any], path: Path
             f"e3lib.config.MODEL_SIZES, changed since it ran); re-run it with "
             f"`snakemake --forcerun ...` or `e3 run`, or restore the old value"
         )
+
+
+def damaged_entries(index: Mapping[str, Any], results_root: str | Path) -> dict[str, str]:
+    """{done.json: what is wrong} for every entry whose recorded files fail the deep
+    (SHA-256) check of ``e3lib.integrity``; entries with no done.json are just missing."""
+    damaged = {}
+    for entry in index["entries"]:
+        done = resolve_result_path(entry["result"], Path(results_root)).parent / "done.json"
+        if done.exists() and (problem := integrity.check(done, deep=True)):
+            damaged[str(done)] = problem
+    return damaged
+
+
+def dataset_done_path(dataset: str | Path) -> Path:
+    """The checksum record beside a dataset: ``dataset.nc`` → ``dataset.done.json``."""
+    return Path(dataset).with_suffix(".done.json")
 
 
 def build_dataset(
@@ -268,6 +284,9 @@ def write_netcdf_atomic(ds: xr.Dataset, out: str | Path) -> Path:
     }
     with atomic.atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine=NETCDF_ENGINE, encoding=encoding)
+    # its size and SHA-256, checked before the dataset is used (workflow start, e3 report)
+    done = dataset_done_path(out)
+    atomic.write_json(done, {"status": "ok", "files": integrity.record([out], done.parent)})
     return Path(out)
 
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from e3lib import integrity
 from e3lib.report.spec import TABLE_IDS, SpecError
 
 
@@ -41,6 +42,14 @@ def cli_report(argv: list[str]) -> int:
     if missing:
         print(f"e3 report: --datasets {missing[0]}: file not found", file=sys.stderr)
         return 2
+
+    for p in args.datasets:   # its checksum, recorded by `e3 aggregate` (dataset.done.json)
+        done = Path(p).with_suffix(".done.json")
+        if done.is_file() and (problem := integrity.check(done, deep=True)):
+            integrity.set_aside(done, problem)
+            print(f"e3 report: {problem}; set aside: run the same command again to "
+                  f"re-aggregate it", file=sys.stderr)
+            return 2
 
     from e3lib.aggregate import open_dataset
     from e3lib.report.html import Input, build_site

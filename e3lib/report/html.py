@@ -122,6 +122,11 @@ def _sweep_summary(inp: Input, linked: bool) -> dict:
             "reproduces": ", ".join(json.loads(a.get("reproduces", "[]"))),
             "entries_ok": a.get("entries_ok", 0), "entries_missing": a.get("entries_missing", 0),
             "entries_diverged": a.get("entries_diverged", 0),
+            "entries_member_failed": a.get("entries_member_failed", 0),
+            # "ens (member: status, ...)" of each ensemble with a member that failed
+            "failed_members": "; ".join(
+                f"{ens} ({', '.join(f'{m}: {st}' for m, st in members.items())})"
+                for ens, members in json.loads(a.get("failed_members", "{}")).items()),
             "code_commits": ", ".join(json.loads(a.get("code_commits", "[]")))}
 
 

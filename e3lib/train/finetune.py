@@ -52,7 +52,20 @@ def load_upstream_params(upstream_dir: str | os.PathLike) -> dict:
             f"upstream dir {upstream_dir}: no done.json (run `e3 upstream` first)"
         )
     with open(done_file) as f:
-        return restore_params(json.load(f)["params_path"])
+        return restore_params(resolve_params_path(json.load(f)["params_path"], done_file.parent))
+
+
+def resolve_params_path(stored: str, done_dir: Path) -> Path:
+    """The upstream parameters named by a done file: relative paths are relative to its
+    folder. An absolute path written before that (older done files) whose folder is the
+    same name under this done file's folder, e.g. after the results moved, is read here."""
+    path = Path(stored)
+    if not path.is_absolute():
+        return done_dir / path
+    local = done_dir / path.name
+    if local.exists() and local.resolve() != path.resolve():
+        return local
+    return path
 
 
 def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:

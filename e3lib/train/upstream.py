@@ -113,6 +113,15 @@ def pretrain_upstream(
     }
 
 
+def stored_params_path(params: str | os.PathLike, done_dir: Path) -> str:
+    """``params`` relative to the done file's folder when it lies below it (the pretrained
+    parameters in the work dir), so a moved results folder reads its own; else absolute."""
+    params, done_dir = Path(params).absolute(), done_dir.absolute()
+    if params.is_relative_to(done_dir):
+        return params.relative_to(done_dir).as_posix()
+    return str(params)
+
+
 def cli_upstream(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="e3 upstream", description="Pretrain (or register) the upstream model of a run config."
@@ -176,5 +185,6 @@ def cli_upstream(argv: list[str]) -> int:
             return code
         done["upstream_id"] = upstream_id(cfg)
     done["provenance"] = provenance(started)
+    done["params_path"] = stored_params_path(done["params_path"], Path(a.done).parent)
     atomic_write_json(a.done, done)
     return EXIT_OK

@@ -1,7 +1,10 @@
 # All entries of a sweep → one xarray Dataset (netCDF). Inputs: the sweep's index and the
 # done.json of every entry (runs and deep ensembles; each entry's `done` path in the
 # index), whose status ("ok", "diverged", "member_failed") `e3 aggregate` records. Missing
-# or failed entries are counted in the dataset, never dropped silently.
+# or failed entries are counted in the dataset, never dropped silently. Every entry's files
+# are checked against the checksums in its done.json first (a damaged one is set aside and
+# the job fails: rerunning the same command recomputes it); dataset.done.json records the
+# dataset's own checksum.
 
 
 localrules:
@@ -19,6 +22,7 @@ rule aggregate:
             category="Datasets",
             labels={"sweep": "{sweep}"},
         ),
+        done=f"{RESULTS}/sweeps/{{sweep}}/dataset.done.json",
     log:
         f"{LOGS}/aggregate/{{sweep}}.log",
     conda:

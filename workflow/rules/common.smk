@@ -2,6 +2,7 @@
 # exists), lookups by id, resources per job. Parsing writes nothing: every file a job
 # needs is written by a rule (sweep indexes, plan.smk) or by the job itself (run configs,
 # through stage.py). Every training rule shells out to the `e3` command through stage.py.
+import glob
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from snakemake.utils import validate
 
 # The e3lib next to this workflow (a fresh clone works without installing the package).
 sys.path.insert(0, workflow.basedir)
+from e3lib import integrity, locks  # noqa: E402
 from e3lib import sweep as e3sweep  # noqa: E402
 
 validate(config, "../schemas/config.schema.yaml")
@@ -119,6 +121,35 @@ def plan_stamp(name):
 
 def dataset_path(name):
     return f"{RESULTS}/sweeps/{name}/dataset.nc"
+
+
+# --------------------------------------------------------------------------- start-up checks
+# Only in the main Snakemake process (job processes on other hosts never touch locks or
+# results here), before Snakemake locks the directory and builds the DAG:
+#   - locks left by a driver that was killed on this host are removed (e3lib.locks);
+#   - every finished entry of the configured sweeps, and each sweep's dataset, is checked
+#     against the sizes (`--config verify=deep`: and SHA-256) recorded in its done file
+#     (e3lib.integrity); a damaged one is set aside (its done file renamed), so this very
+#     run recomputes it; a dataset built from an entry whose done file is gone is rebuilt
+#     (the entry with it). A dry run only lists.
+if workflow.is_main_process:
+    _dry = workflow.output_settings.dryrun
+    for _msg in locks.clear_stale(".snakemake", dry_run=_dry):
+        print(_msg, file=sys.stderr)
+    for _s in CONFIGURED_SWEEPS:
+        for _msg in integrity.screen_sweep(
+            sorted({entry_done(e) for e in sweep_of(_s).entries}),
+            f"{RESULTS}/sweeps/{_s}/dataset.done.json",
+            [dataset_path(_s), f"{REPORTS}/index.html"]
+            + [
+                f"{REPORTS}/{t}.{ext}"
+                for t in sweep_of(_s).reproduces
+                for ext in ("html", "md", "tex")
+            ],
+            dry_run=_dry,
+            deep=config["verify"] == "deep",
+        ):
+            print(_msg, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- resources

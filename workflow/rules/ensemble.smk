@@ -21,5 +21,5 @@ rule ensemble:
         out=f"{RESULTS}/ensembles/{{ens}}",
     shell:
         "python workflow/scripts/stage.py --status {output.done} --log {log} --require-ok {input.members} "
-        "--expect {params.out}/results.json -- "
+        "--expect {params.out}/results.json {params.out}/predictions.npz -- "
         "python -m e3lib.cli ensemble --runs {params.runs} --kind {params.kind} --out {params.out}"

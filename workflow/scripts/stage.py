@@ -8,14 +8,18 @@
 from the workflow's in-memory plan), atomically and only when its content changed.
 
 Exit codes of the ``e3`` commands:
-    0  ok           the status file records "ok" (``--expect`` files must then exist)
+    0  ok           the status file records "ok" and, under ``files``, the size and SHA-256
+                    of each ``--expect`` file (paths relative to the status file's folder),
+                    checked before the files are used (``e3lib.integrity``)
     3  diverged     a deterministic outcome of the config: recorded as "diverged" and the
                     job succeeds, so the sweep's aggregate still runs and counts it
     4  preempted    (SIGTERM) the job fails; Snakemake retries it and the command resumes
                     from its checkpoint directory
     other           the job fails
 With ``--require-ok``, the command is not run unless every listed status file says "ok";
-otherwise "member_failed" is recorded (a deep ensemble of a diverged run).
+otherwise "member_failed" is recorded (a deep ensemble of a diverged run). A member whose
+files no longer match their checksums is set aside (its status file renamed) and the job
+fails: rerunning the same command recomputes the member, then the ensemble.
 
 The log is appended to, one header per attempt, so a retried job keeps its history.
 """
@@ -31,7 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the e3lib of this checkout
-from e3lib import atomic  # noqa: E402
+from e3lib import atomic, integrity  # noqa: E402
 
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
@@ -68,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         print("stage.py: no command after '--'", file=sys.stderr)
         return 2
 
+    damaged = {p: why for p in args.require_ok
+               if os.path.exists(p) and (why := integrity.check(p, deep=True))}
+    if damaged:
+        for path, why in damaged.items():
+            integrity.set_aside(path, why)
+            print(f"stage.py: damaged member set aside: {why}", file=sys.stderr)
+        print("stage.py: run the same command again to recompute it", file=sys.stderr)
+        return 1
+
     not_ok = {p: s for p in args.require_ok if (s := read_status(p)) != "ok"}
     if not_ok and args.status:
         write_status(args.status, {"status": "member_failed", "members": not_ok})
@@ -89,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         if args.status:
-            write_status(args.status, {"status": "ok", "exit_code": 0, "started": started})
+            files = integrity.record(args.expect, os.path.dirname(args.status) or ".")
+            write_status(args.status, {"status": "ok", "exit_code": 0, "started": started,
+                                       "files": files})
         return 0
     if rc == EXIT_DIVERGED and args.status:
         write_status(args.status, {"status": "diverged", "exit_code": rc})
