@@ -5,7 +5,7 @@ real workflow on a small sweep, each recovered with the documented command (the 
     python benchmarks/fault_matrix.py [--only NAME ...] [--keep DIR]
 
 A copy of the checkout (tracked and not-ignored files) in a temporary directory runs the
-sweep below (tiny V-MoE, 2 seeds, a deep ensemble of both; 6 fine-tuning steps with a
+sweep below (tiny V-MoE, 3 seeds, deep ensembles of two of them; 6 fine-tuning steps with a
 checkpoint every 2) once undisturbed; every trial starts from a copy of that finished
 directory, injects one fault, reruns the same command until it succeeds (at most 3 times)
 and compares every entry's metric records and prediction arrays, and the sweep dataset's
@@ -41,7 +41,7 @@ SWEEP = {
              "finetune": {"steps": STEPS, "warmup": 1, "batch_size": 16, "checkpoint_every": 2},
              "eval": {"fewshot_shots": [1], "corrupted": False}},
     "axes": [{"cases": [{"method": "vmoe"}]}],
-    "seeds": 2,
+    "seeds": 3,
     "ensembles": [{"label": "down_de", "kind": "downstream", "runs": [2],
                    "of": {"method": "vmoe"}}],
 }

@@ -192,7 +192,7 @@ def test_flipped_bit_in_the_latest_checkpoint_falls_back_to_the_previous_step(tm
 
 
 def test_stale_lock_of_a_killed_driver_is_cleared_and_the_run_proceeds(checkout, tmp_path):  # noqa: F811
-    sweep = write_sweep(checkout, "lockme", 2)
+    sweep = write_sweep(checkout, "lockme", 3)
     conf = ["--config", f"sweeps=[{sweep}]", "results=res_lock", "reports=rep_lock"]
     _complete(checkout, "res_lock", "rep_lock", sweep)
     # a driver that held a lock on this run's outputs and was SIGKILLed
@@ -226,7 +226,7 @@ def test_stale_lock_of_a_killed_driver_is_cleared_and_the_run_proceeds(checkout,
 def test_deleted_or_truncated_done_json_reruns_that_entry_only(checkout):  # noqa: F811
     """Snakemake accepts a missing intermediate file while its consumer (the dataset) is up
     to date: without the start-up check a deleted done.json was "Nothing to be done"."""
-    sweep = write_sweep(checkout, "deleted", 2)
+    sweep = write_sweep(checkout, "deleted", 3)
     conf = ["--config", f"sweeps=[{sweep}]", "results=res_del", "reports=rep_del"]
     _complete(checkout, "res_del", "rep_del", sweep)
     fp = S.load_sweep(checkout / sweep).fingerprint()
@@ -252,11 +252,11 @@ def test_deleted_or_truncated_done_json_reruns_that_entry_only(checkout):  # noq
 def test_one_sweep_never_hides_another_sweeps_runs(checkout):  # noqa: F811
     """Dry-run B, build A's report, then run B: B's own runs are planned. And B refused by
     the lock of a concurrent A (sharing runs) plans its runs once A is gone."""
-    a = write_sweep(checkout, "iso_a", 2)
-    b = write_sweep(checkout, "iso_b", 3)        # shares seeds 0 and 1 (and the ensemble)
+    a = write_sweep(checkout, "iso_a", 3)
+    b = write_sweep(checkout, "iso_b", 4)        # shares seeds 0-2 (and ensembles)
     conf_b = ["--config", f"sweeps=[{b}]", "results=res_iso", "reports=rep_iso"]
     first = job_counts(smk(checkout, "-n", "--cores", "1", *conf_b).stdout)
-    assert first["finetune"] == 6
+    assert first["finetune"] == 8
     _complete(checkout, "res_iso", "rep_iso", a)   # A ran to its report
     lock = checkout / ".snakemake" / "locks" / "0.output.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +267,7 @@ def test_one_sweep_never_hides_another_sweeps_runs(checkout):  # noqa: F811
     lock.unlink()                                          # A finished
     after = smk(checkout, "-n", "--cores", "1", *conf_b)
     counts = job_counts(after.stdout)
-    # seed 2 of V-MoE and E3 (the others are A's, computed once), B's index and dataset
+    # seed 3 of V-MoE and E3 (the others are A's, computed once), B's index and dataset
     assert counts["finetune"] == 2 and counts["aggregate"] == 1 and counts["report"] == 1
     assert counts["sweep_index"] == 1
     assert not (checkout / "res_iso" / "sweeps" / "iso_b").exists()   # dry runs wrote nothing

@@ -306,13 +306,13 @@ def test_published_checkpoint_paths_come_from_the_command_line(checkout):
     (checkout / "ck").mkdir(exist_ok=True)
     write_vmoe_sharded(str(checkout / "ck" / "b16"), {"cls": __import__("numpy").zeros(
         (1, 1, 4), "float32")}, shard_count=1)
-    sweep = write_sweep(checkout, "pubck", 2, base={
+    sweep = write_sweep(checkout, "pubck", 3, base={
         "model": {"size": "tiny", "num_experts": 4}, "upstream": {"checkpoint": "vmoe_b16_in21k"}})
     r = smk(checkout, "-n", "-p", "--cores", "1", "--config", f"sweeps=[{sweep}]",
             "results=res_ck", "reports=rep_ck", "logs=log_ck",
             'upstream_checkpoints={"vmoe_b16_in21k": "ck/b16"}')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "upstream" not in job_counts(r.stdout) and job_counts(r.stdout)["finetune"] == 4
+    assert "upstream" not in job_counts(r.stdout) and job_counts(r.stdout)["finetune"] == 6
     assert '\\"checkpoint\\":\\"ck/b16\\"' in r.stdout or '"checkpoint":"ck/b16"' in r.stdout
     bad = smk(checkout, "-n", "--cores", "1", "--config", f"sweeps=[{sweep}]",
               "results=res_ck", 'upstream_checkpoints={"vmoe_b16": "ck/b16"}')
