@@ -59,7 +59,7 @@ def jpeg_pool(n: int, h: int, w: int, seed: int = 0, block: int = 16,
 
 
 def write_set(path: Path, pool: list[bytes], n: int) -> int:
-    from e3lib.data.stream import write_array_record
+    from e3lib.data.sources import write_array_record
 
     write_array_record(path, ((pool[i % len(pool)], i % 1000) for i in range(n)))
     return path.stat().st_size
@@ -75,7 +75,8 @@ def peak_rss_mib() -> float:
 
 def child(args: argparse.Namespace) -> None:
     """Run in a fresh process; prints one JSON line with images/s and peak RSS."""
-    from e3lib.data.stream import RecordSource, Stream, eval_dataset, train_dataset
+    from e3lib.data.sources import RecordSource
+    from e3lib.data.stream import Stream, eval_dataset, train_dataset
 
     src = RecordSource([args.path])
     t0 = time.perf_counter()

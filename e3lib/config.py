@@ -36,11 +36,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from e3lib import tree
-from e3lib.config_rules import check_pixels, check_training, check_types
+from e3lib.config_derive import resolve_derived
+from e3lib.config_rules import (
+    check_pixels,
+    check_pp,
+    check_training,
+    check_types,
+    check_upstream_checkpoint,
+)
+from e3lib.config_stale import size_shape as size_shape  # re-exported
+from e3lib.config_stale import stale_fields as stale_fields  # re-exported
+from e3lib.config_stale import stale_size_shape as stale_size_shape  # re-exported
 from e3lib.errors import ConfigError
-from e3lib.models.registry import METHODS, foreign_fields, method_of
+from e3lib.models.registry import METHODS, method_of
 from e3lib.models.sizes import MODEL_SIZES, size_spec
-from e3lib.ppspec import RECIPES, parse_pp, pp_string
 
 DEFAULTS: dict[str, Any] = {
     "method": "e3",
@@ -202,34 +211,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for field, allowed in CHOICES.items():
         if tree.get(cfg, field) not in allowed:
             raise ConfigError(field, tree.get(cfg, field), f"allowed: {list(allowed)}")
-    _validate_pp(cfg["data"])
-    _validate_upstream_checkpoint(cfg["upstream"])
+    check_pp(cfg["data"])
+    check_upstream_checkpoint(cfg["upstream"])
     spec = size_spec(cfg)
     method.check(cfg, spec)
     check_training(cfg, spec)
-
-
-def _validate_upstream_checkpoint(up: Mapping[str, Any]) -> None:
-    fresh = up["fresh"]
-    if not isinstance(fresh, list) or not all(isinstance(p, str) and p for p in fresh):
-        raise ConfigError("upstream.fresh", fresh, "must be a list of leaf names or name "
-                          "parts (e.g. [head, pre_logits, Router])")
-    for field in ("checkpoint", "checkpoint_sha256"):
-        if up[field] is not None and (not isinstance(up[field], str) or not up[field]):
-            raise ConfigError(f"upstream.{field}", up[field], "must be null or a string")
-    sha = up["checkpoint_sha256"]
-    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise ConfigError("upstream.checkpoint_sha256", sha, "must be 64 lowercase hex digits "
-                          "(as `e3 checkpoint inspect` prints)")
-
-
-def _validate_pp(data: Mapping[str, Any]) -> None:
-    for key, which in (("pp_train", "train"), ("pp_eval", "eval")):
-        if data[key] is not None:
-            if not isinstance(data[key], str) or not data[key].strip():
-                raise ConfigError(f"data.{key}", data[key],
-                                  f"must be a pp string or a recipe {sorted(RECIPES)}")
-            parse_pp(pp_string(data[key], data["image_size"], which), f"data.{key}")
 
 
 def canonical_json(obj: Any) -> str:
@@ -268,84 +254,6 @@ def run_id(cfg: Mapping[str, Any]) -> str:
     detects results computed under other defaults.
     """
     return short_hash(non_default_fields(cfg))
-
-
-def stale_fields(
-    stored: Mapping[str, Any], current: Mapping[str, Any], path: str = ""
-) -> list[str]:
-    """Dotted fields whose value in a stored (finished) config differs from the current one.
-
-    Fields absent from the stored config were added to ``DEFAULTS`` after the run finished;
-    the same run id implies they hold their default, so they are not stale.
-    """
-    diffs: list[str] = []
-    for key, value in current.items():
-        dotted = f"{path}{key}"
-        if key not in stored:
-            continue
-        old = stored[key]
-        if isinstance(value, Mapping) and isinstance(old, Mapping):
-            diffs += stale_fields(old, value, dotted + ".")
-        elif old != value:
-            diffs.append(dotted)
-    return diffs
-
-
-def size_shape(cfg: Mapping[str, Any]) -> dict | None:
-    """The ``MODEL_SIZES`` entry of the run's size, as results store it (None if unknown).
-
-    The run id hashes the size's name, not its shape; results store the shape so that
-    ``stale_size_shape`` can tell when a size's entry was edited after the run finished.
-    """
-    size = (cfg.get("model") or {}).get("size")
-    return dict(MODEL_SIZES[size]) if size in MODEL_SIZES else None
-
-
-def stale_size_shape(stored_shape: Mapping[str, Any] | None, current: Mapping[str, Any]
-                     ) -> list[str]:
-    """["model.size"] if a result's stored shape differs from the current size entry."""
-    if stored_shape is None:
-        return []  # results written before shapes were stored: nothing to compare
-    return [] if dict(stored_shape) == size_shape(current) else ["model.size"]
-
-
-def resolve_derived(cfg: dict) -> dict:
-    """Replace every "None = derived" field of a validated config by its value, in place.
-
-    Equal runs then have equal configs and so one id, however a sweep spells them
-    (``upstream.num_selected`` unset or set to the fine-tune's K is one run):
-
-    - ``upstream.method``: the method's upstream (``Method.upstream_method``);
-    - ``upstream.num_experts`` / ``num_selected``: ``model.num_experts`` / ``num_selected``
-      for a V-MoE upstream; None for a dense one (which reads neither);
-    - ``upstream.dataset``: ``data.dataset`` (the loader pairs ``demo`` with its embedded
-      upstream set);
-    - ``model.moe_n``: the size's default n (``moe_last_n``);
-    - ``model.eval_capacity_factor``: ``model.capacity_factor`` (the code's behaviour);
-    - fields a method declares (``Method.fields``) that the run's method does not read:
-      their default (``registry.foreign_fields``).
-
-    ``model.head_bias_init`` stays None (= −log V): V is the data's class count, which the
-    config does not know. Idempotent; returns ``cfg``.
-    """
-    m, up = cfg["model"], cfg["upstream"]
-    for dotted in foreign_fields(cfg):
-        section, name = dotted.split(".", 1)
-        cfg[section][name] = tree.get(DEFAULTS, dotted)
-    if m["moe_n"] is None:
-        m["moe_n"] = MODEL_SIZES[m["size"]]["moe_last_n"]
-    if m["eval_capacity_factor"] is None:
-        m["eval_capacity_factor"] = m["capacity_factor"]
-    if up["method"] is None:
-        up["method"] = method_of(cfg).upstream_method
-    if up["dataset"] is None:
-        up["dataset"] = cfg["data"]["dataset"]
-    if up["method"] == "vmoe":
-        up["num_experts"] = up["num_experts"] or m["num_experts"]
-        up["num_selected"] = up["num_selected"] or m["num_selected"]
-    else:
-        up["num_experts"] = up["num_selected"] = None
-    return cfg
 
 
 def upstream_config(cfg: Mapping[str, Any]) -> dict:

@@ -4,8 +4,9 @@
 anything reads or hashes a value, then the method's registry rules, then ``check_training``:
 the rules the training stages would otherwise discover only when a job starts (warmup <
 steps, end_lr <= lr, MoE blocks that exist, image size divisible by the patch). Each error is
-a ``ConfigError`` naming the dotted field, the value and what is allowed. A leaf module below
-``e3lib.config``: it imports only the model sizes and the errors.
+a ``ConfigError`` naming the dotted field, the value and what is allowed; ``check_pp`` and
+``check_upstream_checkpoint`` check the preprocessing strings and the upstream checkpoint
+fields. A leaf module below ``e3lib.config``: it imports only the errors and the pp grammar.
 
 Notation: L blocks, P patch size, n MoE blocks (``model.moe_n``).
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from e3lib.errors import ConfigError
+from e3lib.ppspec import RECIPES, parse_pp, pp_string
 
 # Largest seed: PRNG keys, NumPy and the input pipeline all take it as a 32-bit integer.
 MAX_SEED = 2**31 - 1
@@ -231,3 +233,29 @@ def check_pixels(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
                           f"(e.g. {size - size % P} or {size - size % P + P}); set "
                           f"data.crop_to_patch: true to drop the last {size % P} pixel rows and "
                           "columns as the reference code does")
+
+
+def check_upstream_checkpoint(up: Mapping[str, Any]) -> None:
+    """``upstream.fresh`` names leaves; the checkpoint and its checksum are null or strings,
+    the checksum 64 lowercase hex digits."""
+    fresh = up["fresh"]
+    if not isinstance(fresh, list) or not all(isinstance(p, str) and p for p in fresh):
+        raise ConfigError("upstream.fresh", fresh, "must be a list of leaf names or name "
+                          "parts (e.g. [head, pre_logits, Router])")
+    for field in ("checkpoint", "checkpoint_sha256"):
+        if up[field] is not None and (not isinstance(up[field], str) or not up[field]):
+            raise ConfigError(f"upstream.{field}", up[field], "must be null or a string")
+    sha = up["checkpoint_sha256"]
+    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise ConfigError("upstream.checkpoint_sha256", sha, "must be 64 lowercase hex digits "
+                          "(as `e3 checkpoint inspect` prints)")
+
+
+def check_pp(data: Mapping[str, Any]) -> None:
+    """``data.pp_train`` / ``pp_eval``: null, a recipe name or a pp string that parses."""
+    for key, which in (("pp_train", "train"), ("pp_eval", "eval")):
+        if data[key] is not None:
+            if not isinstance(data[key], str) or not data[key].strip():
+                raise ConfigError(f"data.{key}", data[key],
+                                  f"must be a pp string or a recipe {sorted(RECIPES)}")
+            parse_pp(pp_string(data[key], data["image_size"], which), f"data.{key}")

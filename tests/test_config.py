@@ -2,7 +2,7 @@
 
 import copy
 
-from e3lib import config
+from e3lib import config, config_stale
 
 
 def test_run_id_hashes_only_fields_that_differ_from_defaults():
@@ -58,7 +58,7 @@ def test_stale_size_shape_catches_an_edited_size_entry(monkeypatch):
     assert config.stale_size_shape(None, cfg) == []        # results from before shapes were stored
     # Widening "mini" keeps the run id (it hashes the name) but makes the result stale.
     sizes = dict(config.MODEL_SIZES, mini=dict(stored, hidden=96))
-    monkeypatch.setattr(config, "MODEL_SIZES", sizes)
+    monkeypatch.setattr(config_stale, "MODEL_SIZES", sizes)
     assert config.run_id(cfg) == config.run_id(config.resolve({"method": "vit",
                                                                 "model": {"size": "mini"}}))
     assert config.stale_size_shape(stored, cfg) == ["model.size"]

@@ -10,7 +10,7 @@ import pytest
 
 from e3lib.config import resolve
 from e3lib.data import load_suite
-from e3lib.data.stream import open_source, write_array_record
+from e3lib.data.sources import open_source, write_array_record
 from e3lib.data.stream_suite import StreamSuite, _from_data_suite
 from e3lib.evaluate import combine_predictions, records_from_predictions, run_predictions
 from e3lib.evaluate.streaming import run_predictor, stream_records

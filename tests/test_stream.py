@@ -1,5 +1,6 @@
-"""The grain input stream (e3lib.data.stream) on small array_record and TFDS builds
-written here: per-process shards, seeded order, resume from a saved iterator state."""
+"""The grain input stream (e3lib.data.stream, its sources e3lib.data.sources) on small
+array_record and TFDS builds written here: per-process shards, seeded order, resume from a
+saved iterator state."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from e3lib.data.stream import (ArraySource, Stream, eval_dataset, open_source,
-                               split_train_val, train_dataset, write_array_record)
+from e3lib.data.sources import ArraySource, open_source, split_train_val, write_array_record
+from e3lib.data.stream import Stream, eval_dataset, train_dataset
 
 N = 24  # examples; image i is constant i with label i % 5
 

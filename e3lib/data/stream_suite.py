@@ -1,5 +1,5 @@
 """The datasets of a streamed run: the sets of ``e3lib.data.load_suite``, each a lazily read
-source (``e3lib.data.stream``) instead of an array, so no split is held in memory.
+source (``e3lib.data.sources``) instead of an array, so no split is held in memory.
 
 A run streams (``uses_stream``) when its dataset is file-backed (any dataset but the
 embedded demo) or ``data.pp_train`` is set; the demo with no pp keeps its in-memory arrays
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from e3lib.data.stream import (
+from e3lib.data.sources import (
     ArraySource,
     FolderSource,
     RecordSource,

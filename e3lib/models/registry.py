@@ -2,11 +2,12 @@
 
 One ``Method`` entry per method holds everything the toolkit knows about it: the upstream it
 fine-tunes from and how upstream leaves are prepared for it, its cross-field config rules
-(and any config fields of its own), the layout of its MoE layers (routers, expert subsets,
-tiling), how many predictions per image it yields, how rows flow through the backbone (for
-the analytic FLOPs and parameter counts) and the function that builds its Flax model. The
-config validation, ``build.build_model``, ``convert``, ``e3lib.cost`` and the sweep
-schema's method check all read this table; a new method is one model module plus one entry.
+(its function of ``e3lib.models.checks``) and any config fields of its own, the layout of
+its MoE layers (routers, expert subsets, tiling), how many predictions per image it yields,
+how rows flow through the backbone (for the analytic FLOPs and parameter counts) and the
+function that builds its Flax model. The config validation, ``build.build_model``,
+``convert``, ``e3lib.cost`` and the sweep schema's method check all read this table; a new
+method is one model module plus one entry (and its check function).
 
 This module stays free of JAX: the config reads it when a sweep file is parsed. Builders
 and upstream hooks therefore import their model module when called (``_build_*``); no
@@ -19,128 +20,31 @@ Q MLP width, L blocks, R routers per MoE layer, E_r experts per router.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from e3lib.errors import ConfigError
+from e3lib.models.checks import (
+    Cfg,
+    Spec,
+    check_batchensemble,
+    check_e3,
+    check_mc_dropout,
+    check_mimo,
+    check_moe,
+    check_multipred,
+    check_partitioning,
+    check_single,
+    check_soft_moe,
+    check_vmoe,
+)
 from e3lib.models.layout import Backbone, MoeLayout, default_backbone, expert_subsets
-
-Cfg = Mapping[str, Any]
-Spec = Mapping[str, Any]          # ``sizes.size_spec(cfg)``
-
-
-# --------------------------------------------------------------------------------------
-# Cross-field rules: ``check(cfg, spec)`` raises ConfigError naming field, value and rule.
-
-def _check_moe(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    E, K = m["num_experts"], m["num_selected"]
-    if K > E:
-        raise ConfigError("model.num_selected", K, f"K must be <= num_experts E={E}")
-
-
-def _check_e3(cfg: Cfg, spec: Spec) -> None:
-    _check_moe(cfg, spec)
-    m = cfg["model"]
-    E, K, M, o = m["num_experts"], m["num_selected"], m["ensemble_size"], m["overlap"]
-    if not isinstance(o, int) or isinstance(o, bool):
-        raise ConfigError("model.overlap", o, "must be an integer number of shared experts")
-    if o > E:
-        raise ConfigError("model.overlap", o, f"overlap o must be <= num_experts E={E}")
-    if o == E:
-        return  # every member sees all E experts: this is Tiling
-    if (E - o) % M:
-        raise ConfigError("model.ensemble_size", M,
-                          f"E - overlap = {E} - {o} = {E - o} must be divisible by M={M}")
-    per_member = (E - o) // M + o
-    if K > per_member:
-        raise ConfigError("model.num_selected", K,
-                          f"K must be <= experts per member (E-o)/M+o = {per_member} "
-                          f"(E={E}, M={M}, overlap={o})")
-
 
 # Partitioning's K (§4.2.1 vs Table 22): "per_subset" = K experts chosen in each of the M
 # subsets (K·M per token, the paper's text); "total" = K in all, K/M per subset (the cost
 # Table 22 prints). The reference code has no Partitioning model, so the text is the default.
-PARTITION_K = ("per_subset", "total")
 _PARTITION_FIELDS = {"model.partition_k": "per_subset"}
-
-
-def _check_partitioning(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    E, K, M = m["num_experts"], m["num_selected"], m["ensemble_size"]
-    mode = m["partition_k"]
-    if mode not in PARTITION_K:
-        raise ConfigError("model.partition_k", mode, f"allowed: {list(PARTITION_K)}")
-    if E % M:
-        raise ConfigError("model.ensemble_size", M, f"E={E} must be divisible by M={M}")
-    if mode == "total" and K % M:
-        raise ConfigError("model.num_selected", K, f"partition_k=total chooses K/M experts in "
-                          f"each of the M={M} subsets: K must be a multiple of M")
-    per_subset = K // M if mode == "total" else K
-    if per_subset > E // M:
-        raise ConfigError("model.num_selected", K, f"experts chosen per subset ({per_subset}, "
-                          f"partition_k={mode}) must be <= E/M = {E // M} (E={E}, M={M})")
-
-
-def _check_multipred(cfg: Cfg, spec: Spec) -> None:
-    _check_moe(cfg, spec)
-    m = cfg["model"]
-    if m["num_predictions"] != m["num_selected"]:
-        raise ConfigError("model.num_predictions", m["num_predictions"],
-                          f"Multi-pred yields one prediction per selected expert: must equal "
-                          f"K={m['num_selected']}")
-
-
-def _check_single(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    if m["ensemble_size"] != 1:
-        raise ConfigError("model.ensemble_size", m["ensemble_size"],
-                          f"method {cfg['method']!r} has a single member: must be 1")
-
-
-def _check_vmoe(cfg: Cfg, spec: Spec) -> None:
-    _check_moe(cfg, spec)
-    _check_single(cfg, spec)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_batchensemble(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    if not spec["moe_layers"]:
-        raise ConfigError("model.moe_n", m["moe_n"], "BatchEnsemble needs at least one block "
-                          "with fast weights (the last-n placement of the MoE layers): must be "
-                          ">= 1")
-    scale = m["be_lr_scale"]
-    if not _is_number(scale) or scale <= 0:
-        raise ConfigError("model.be_lr_scale", scale, "must be a positive number (the paper "
-                          "sweeps 0.5, 1, 2)")
-
-
-def _check_mc_dropout(cfg: Cfg, spec: Spec) -> None:
-    _check_moe(cfg, spec)
-    if not spec["moe_layers"]:
-        raise ConfigError("model.moe_n", cfg["model"]["moe_n"], "MC-Dropout samples the expert "
-                          "dropout of the MoE layers: must be >= 1")
-    rate = cfg["model"]["expert_dropout"]
-    if rate >= 1:
-        raise ConfigError("model.expert_dropout", rate, "dropout rate must be in [0, 1) "
-                          "(MC-Dropout samples with it at evaluation)")
-
-
-def _check_mimo(cfg: Cfg, spec: Spec) -> None:
-    _check_moe(cfg, spec)
-    m = cfg["model"]
-    rho = m["mimo_input_repetition"]
-    if not _is_number(rho) or not 0 <= rho <= 1:
-        raise ConfigError("model.mimo_input_repetition", rho, "must be a probability in [0, 1]")
-    br = m["mimo_batch_repetition"]
-    if isinstance(br, bool) or not isinstance(br, int) or br < 1:
-        raise ConfigError("model.mimo_batch_repetition", br, "must be a positive integer")
 
 
 # --------------------------------------------------------------------------------------
@@ -178,11 +82,11 @@ def _multipred_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
     return MoeLayout(_all_experts(cfg), True, 1, multipred_last=True)
 
 
-def _batchensemble_backbone(cfg: Cfg, spec: Spec, layout: Optional[MoeLayout]) -> Backbone:
+def _batchensemble_backbone(cfg: Cfg, spec: Spec, layout: MoeLayout | None) -> Backbone:
     return Backbone(tile_before=spec["moe_layers"][0], ensemble_size=cfg["model"]["ensemble_size"])
 
 
-def _mimo_backbone(cfg: Cfg, spec: Spec, layout: Optional[MoeLayout]) -> Backbone:
+def _mimo_backbone(cfg: Cfg, spec: Spec, layout: MoeLayout | None) -> Backbone:
     m = cfg["model"]
     return Backbone(input_rows=m["mimo_batch_repetition"], input_channels=3 * m["ensemble_size"],
                     head_outputs=m["ensemble_size"], rows_are_inputs=True)
@@ -235,22 +139,6 @@ def _prepare_mimo(upstream, target, cfg, keep_head):
 
 # --------------------------------------------------------------------------------------
 # Soft MoE (e3lib/models/soft_moe.py): P = E_r·n slots per router, n slots per expert.
-
-def _check_soft_moe(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    n = m["slots_per_expert"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError("model.slots_per_expert", n, "must be a positive integer")
-    if not isinstance(m["soft_moe_normalize"], bool):
-        raise ConfigError("model.soft_moe_normalize", m["soft_moe_normalize"],
-                          "must be true or false")
-    if cfg["method"] == "soft_moe":
-        _check_single(cfg, spec)
-    elif m["num_experts"] % m["ensemble_size"] or m["overlap"]:
-        raise ConfigError("model.ensemble_size", m["ensemble_size"], f"soft_e3 gives each "
-                          f"member E/M experts of its own: E={m['num_experts']} must be "
-                          f"divisible by M and model.overlap must be 0")
-
 
 def _soft_e3_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
     m = cfg["model"]
@@ -307,18 +195,18 @@ class Method:
     check: Callable[[Cfg, Spec], None]
     paper_ref: str = ""
     # MoE layers: routers, subsets, tiling; None = no routed layers (dense MLPs).
-    layout: Optional[Callable[[Cfg, Spec], MoeLayout]] = None
+    layout: Callable[[Cfg, Spec], MoeLayout] | None = None
     # Predictions per image (the ``member`` axis of results).
     predictions: Callable[[Cfg], int] = _ensemble_size
     # Rows through the backbone, read by the analytic FLOPs and parameter counts.
-    backbone: Callable[[Cfg, Spec, Optional[MoeLayout]], Backbone] = default_backbone
+    backbone: Callable[[Cfg, Spec, MoeLayout | None], Backbone] = default_backbone
     # FLOPs and parameters of one MoE block when it is not a top-K sparse MoE
     # (``e3lib.cost.analytic.MoeBlock`` -> {term: FLOPs per image}; (cfg, spec, layout) -> int).
-    moe_flops: Optional[Callable[[Any], dict]] = None
-    moe_params: Optional[Callable[[Cfg, Spec, MoeLayout], int]] = None
+    moe_flops: Callable[[Any], dict] | None = None
+    moe_params: Callable[[Cfg, Spec, MoeLayout], int] | None = None
     extra_params: Callable[[Cfg, Spec], int] = lambda cfg, spec: 0
     # Rewrites upstream leaves into this method's shapes before ``convert.convert_params``.
-    prepare_upstream: Optional[Callable[..., Any]] = None
+    prepare_upstream: Callable[..., Any] | None = None
     # Config fields of this method only: {"model.name": default}, added to config.DEFAULTS.
     fields: Mapping[str, Any] = field(default_factory=dict)
     # Fields another method declares (``fields``) that this one reads too. Declared fields
@@ -329,37 +217,37 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("vit", "dense ViT", "vit", _build_vit, _check_single, "Table 23"),
-        Method("vmoe", "V-MoE: sparse MoE MLPs, top-K routing", "vmoe", _build_moe, _check_vmoe,
+        Method("vit", "dense ViT", "vit", _build_vit, check_single, "Table 23"),
+        Method("vmoe", "V-MoE: sparse MoE MLPs, top-K routing", "vmoe", _build_moe, check_vmoe,
                "§2.1", layout=_one_router),
         Method("e3", "Efficient Ensemble of Experts: tiled tokens, M routers over disjoint "
-               "(or overlapping, model.overlap) expert subsets", "vmoe", _build_moe, _check_e3,
+               "(or overlapping, model.overlap) expert subsets", "vmoe", _build_moe, check_e3,
                "§3", layout=_e3_layout),
         Method("tiling", "tiled tokens, one router over all E experts (§4.2.2)", "vmoe",
-               _build_moe, _check_moe, "Table 2", layout=_one_router_tiled),
+               _build_moe, check_moe, "Table 2", layout=_one_router_tiled),
         Method("partitioning", "no tiling; K experts chosen in each of M subsets (§4.2.1), "
                "or K in all with model.partition_k: total (Table 22)",
-               "vmoe", _build_moe, _check_partitioning, "Table 2", layout=_partitioning_layout,
+               "vmoe", _build_moe, check_partitioning, "Table 2", layout=_partitioning_layout,
                predictions=lambda cfg: 1, fields=_PARTITION_FIELDS),
         Method("multipred", "last MoE layer keeps its K expert outputs apart: K predictions "
-               "(§4.2.4)", "vmoe", _build_moe, _check_multipred, "Table 4",
+               "(§4.2.4)", "vmoe", _build_moe, check_multipred, "Table 4",
                layout=_multipred_layout, predictions=lambda cfg: cfg["model"]["num_selected"]),
         Method("batchensemble", "BatchEnsemble ViT: rank-1 fast weights in the last-n MLPs "
-               "(App. G.1)", "vit", _build_batchensemble, _check_batchensemble, "Table 5",
+               "(App. G.1)", "vit", _build_batchensemble, check_batchensemble, "Table 5",
                backbone=_batchensemble_backbone, extra_params=_batchensemble_params,
                prepare_upstream=_prepare_batchensemble),
         Method("mc_dropout", "MC-Dropout V-MoE: expert dropout active at evaluation, M samples "
-               "(App. G.2)", "vmoe", _build_mc_dropout, _check_mc_dropout, "Table 5",
+               "(App. G.2)", "vmoe", _build_mc_dropout, check_mc_dropout, "Table 5",
                layout=_one_router_tiled),
         Method("mimo", "MIMO V-MoE: M inputs/outputs through one V-MoE (App. G.3)", "vmoe",
-               _build_mimo, _check_mimo, "Table 5", layout=_one_router,
+               _build_mimo, check_mimo, "Table 5", layout=_one_router,
                backbone=_mimo_backbone, prepare_upstream=_prepare_mimo),
         Method("soft_moe", "Soft MoE: every slot a softmax-weighted mix of all tokens, no "
-               "dropping (Puigcerver et al. 2024)", "vmoe", _build_soft_moe, _check_soft_moe,
+               "dropping (Puigcerver et al. 2024)", "vmoe", _build_soft_moe, check_soft_moe,
                layout=_one_router, moe_flops=_soft_moe_flops, moe_params=_soft_moe_params,
                prepare_upstream=_prepare_soft_moe, fields=_SOFT_FIELDS),
         Method("soft_e3", "E³ of Soft MoEs: tiled tokens, member m's slots over the m-th "
-               "disjoint E/M experts", "vmoe", _build_soft_moe, _check_soft_moe,
+               "disjoint E/M experts", "vmoe", _build_soft_moe, check_soft_moe,
                layout=_soft_e3_layout, moe_flops=_soft_moe_flops, moe_params=_soft_moe_params,
                prepare_upstream=_prepare_soft_moe, reads=tuple(_SOFT_FIELDS)),
     ]
@@ -387,7 +275,7 @@ def predictions_per_image(cfg: Cfg) -> int:
     return method_of(cfg).predictions(cfg)
 
 
-def moe_layout(cfg: Cfg, spec: Spec) -> Optional[MoeLayout]:
+def moe_layout(cfg: Cfg, spec: Spec) -> MoeLayout | None:
     """The MoE layout of a resolved run config (None for methods without routed layers)."""
     method = method_of(cfg)
     return method.layout(cfg, spec) if method.layout else None
