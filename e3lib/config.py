@@ -19,6 +19,9 @@ upstream   how the checkpoint fine-tuning starts from is obtained (pretraining j
 data       dataset name, image size, data directory
 finetune   optimisation recipe (steps, lr, warmup, batch size, clipping, mixup, ...)
 eval       evaluation options (batch size, few-shot shots, which suites to run)
+mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one device). Not
+           part of the run id: it changes where arrays live, not the results (beyond
+           float tolerance), so one run has one id on any number of devices.
 
 Adding a field: put its default here and, if it has a closed set of values, its
 allowed values in ``CHOICES``. The sweep schema and the docs read from these tables. A field
@@ -132,6 +135,9 @@ DEFAULTS: dict[str, Any] = {
         "ood": True,
         "fewshot": True,
     },
+    # Device mesh: null = one device; {data: -1, expert: N} (-1 = the rest) or "auto"
+    # (e3lib.parallel, docs/scale.md). Excluded from the run id (``RUN_ID_EXCLUDED``).
+    "mesh": None,
 }
 
 
@@ -258,16 +264,22 @@ def non_default_fields(cfg: Mapping[str, Any], defaults: Mapping[str, Any] = DEF
 
 _MISSING = object()
 
+# Top-level fields that say how a run is executed, not what it computes: left out of the
+# run id and of ``stale_fields`` (the device mesh: results on any mesh equal the
+# single-device ones within float tolerance, tests/test_parallel.py).
+RUN_ID_EXCLUDED = ("mesh",)
+
 
 def run_id(cfg: Mapping[str, Any]) -> str:
     """Identity of a resolved run config: the same config always gets the same id.
 
     Only the fields that differ from ``DEFAULTS`` are hashed, so adding a new field (with a
     default that keeps the old behaviour) leaves every existing run id, and every finished
-    run, valid. Each run's results store the full resolved config; ``stale_fields``
-    detects results computed under other defaults.
+    run, valid. ``RUN_ID_EXCLUDED`` fields are not hashed. Each run's results store the
+    full resolved config; ``stale_fields`` detects results computed under other defaults.
     """
-    return short_hash(non_default_fields(cfg))
+    identity = {k: v for k, v in cfg.items() if k not in RUN_ID_EXCLUDED}
+    return short_hash(non_default_fields(identity))
 
 
 def stale_fields(
@@ -281,7 +293,7 @@ def stale_fields(
     diffs: list[str] = []
     for key, value in current.items():
         dotted = f"{path}{key}"
-        if key not in stored:
+        if key not in stored or (not path and key in RUN_ID_EXCLUDED):
             continue
         old = stored[key]
         if isinstance(value, Mapping) and isinstance(old, Mapping):
