@@ -22,6 +22,9 @@ from e3lib.evaluate import make_predict_fn  # noqa: E402
 from e3lib.models import build_model  # noqa: E402
 from e3lib.parallel.mesh import build_mesh  # noqa: E402
 from e3lib.parallel.placement import Placement  # noqa: E402
+from e3lib.train.cache import setup_jax_cache  # noqa: E402
+
+setup_jax_cache()  # $E3_JAX_CACHE: repeated programs (checkpoint runs) compile once
 
 E, B, PX, CLASSES = 8, 8, 8, 10
 METHODS = {
@@ -35,7 +38,7 @@ MESHES = [(8, 1), (4, 2), (2, 4)]
 
 def config(name, mesh=None):
     over = json.loads(json.dumps(METHODS[name]))
-    over.setdefault("model", {}).update(num_experts=E, group_images=1)
+    over.setdefault("model", {}).update(num_experts=E, group_images=1, moe_n=1)
     over["finetune"] = {"batch_size": B, "steps": 4, "warmup": 0}  # lr > 0 at step 0
     over["data"] = {"image_size": PX}
     if mesh is not None:

@@ -128,16 +128,17 @@ def cli_plan(argv: list[str]) -> int:
         out = {"size": cfg["model"]["size"], "method": cfg["method"], "devices": a.devices,
                "peak_bytes": analytic_bytes(cfg, a.devices, a.num_classes)}
     else:
-        if "jax" in sys.modules:
-            import jax
-
-            if jax.device_count() != a.devices:
-                print("e3 plan: JAX already started with other devices; run in a fresh "
-                      "process", file=sys.stderr)
-                return 2
+        # Read when the backend starts: the first device query below, unless something
+        # in this process already started it (then the device count tells).
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={a.devices}")
+        import jax
+
+        if jax.device_count() != a.devices:
+            print(f"e3 plan: JAX already started with {jax.device_count()} devices; run "
+                  "in a fresh process", file=sys.stderr)
+            return 2
         try:
             out = compile_step(cfg, a.num_classes)
         except ConfigError as err:
