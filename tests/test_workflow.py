@@ -249,6 +249,25 @@ def test_stage_writes_the_config_its_command_reads_only_when_changed(tmp_path):
     assert cfg.stat().st_mtime == 1                      # same content: not rewritten
 
 
+def test_stage_writes_the_status_file_only_on_process_zero(tmp_path):
+    """A multi-host job runs stage.py on every host: one writer of done.json."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("E3_PROCESS_ID", "SLURM_PROCID", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")}
+    done, log = tmp_path / "done.json", tmp_path / "l.log"
+    for var, pid in (("SLURM_PROCID", "1"), ("CLOUD_TPU_TASK_ID", "3"), ("E3_PROCESS_ID", "2")):
+        r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--expect",
+                            str(tmp_path / "absent.json"), "--", "true"],
+                           env=dict(env, **{var: pid}), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr         # its --expect is process 0's to check
+        assert not done.exists() and (tmp_path / f"l.log.p{pid}").is_file()
+    r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--", "false"],
+                       env=dict(env, SLURM_PROCID="1"), capture_output=True, text=True)
+    assert r.returncode == 1 and not done.exists()  # its exit code still reaches the job
+    r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--", "true"],
+                       env=dict(env, SLURM_PROCID="0"), capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(done.read_text())["status"] == "ok"
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_through_snakemake(checkout):
     """The demo sweep's structure with the tiniest settings, through the real e3 commands."""
