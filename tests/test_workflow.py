@@ -138,6 +138,22 @@ def test_invalid_sweep_stops_before_any_job(checkout):
     assert not (checkout / "logs").exists()
 
 
+def test_paper_job_that_does_not_fit_its_devices_stops_the_dry_run(checkout):
+    # H/14 at 518 px: ~1.4k tokens per image; on the 64 chips of its v5p-128 the step needs
+    # far more than 95 GiB per chip (e3lib.parallel.fitcheck, docs/scale.md)
+    big = write_sweep(checkout, "toobig", 1, axes=[{"name": "method", "values": ["vmoe"]}],
+                      ensembles=[], variants={"small": {}, "paper": {"base": {
+                          "model": {"size": "H/14", "num_experts": 32},
+                          "data": {"image_size": 518}, "finetune": {"batch_size": 512}}}})
+    r = smk(checkout, "-n", "--cores", "1", "--config", f"sweeps=[{big}]", "variant=paper",
+            "results=res_big")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert f"invalid sweep: {big}: run " in out and "does not fit the requested devices" in out
+    assert "tpu_type v5p-128 (64 devices of 95 GiB)" in out and "smallest v5p slice" in out
+    assert not (checkout / "res_big").exists()
+
+
 def test_invalid_workflow_config_is_rejected(checkout):
     r = smk(checkout, "-n", "--cores", "1", "--config", "variant=huge")
     assert r.returncode != 0

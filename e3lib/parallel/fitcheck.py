@@ -138,13 +138,13 @@ def smallest_gpus(cfg: Mapping[str, Any], num_classes: int = 1000, most: int = 1
 
 
 def request_problems(cfg: Mapping[str, Any], tpu_type: str | None, gpus: int | None,
-                     num_classes: int = 1000) -> list[str]:
+                     num_classes: int = 1000, expert_axis: int | None = None) -> list[str]:
     """Why a job's requested TPU type / GPU count cannot hold its step (empty: both fit),
     each with the smallest request of that kind that would."""
     out = []
     if tpu_type:
         chip, devices = tpu_devices(tpu_type)
-        need = analytic_bytes(cfg, devices, num_classes)
+        need = analytic_bytes(cfg, devices, num_classes, expert_axis)
         if not fits(need, chip, HEADROOM):
             family = tpu_type.split("-")[0]
             better = smallest_tpu(cfg, family, num_classes)
@@ -153,7 +153,7 @@ def request_problems(cfg: Mapping[str, Any], tpu_type: str | None, gpus: int | N
                        + (f"smallest {family} slice that fits: {better}" if better
                           else f"no {family} slice fits"))
     if gpus:
-        need = analytic_bytes(cfg, gpus, num_classes)
+        need = analytic_bytes(cfg, gpus, num_classes, expert_axis)
         if not fits(need, GPU_CHIP, HEADROOM):
             better = smallest_gpus(cfg, num_classes)
             out.append(f"gpus {gpus} (80 GiB each): about {need / GIB:.1f} GiB per GPU "
