@@ -58,6 +58,25 @@ def test_mesh_shape_from_the_field():
         validate_field({"model": 2})
 
 
+def test_mesh_is_not_part_of_the_run_id_and_is_type_checked_by_resolve():
+    from e3lib.config import resolve, run_id, stale_fields
+
+    plain = resolve({"method": "e3", "model": {"ensemble_size": 2}})
+    meshed = resolve({"method": "e3", "model": {"ensemble_size": 2},
+                      "mesh": {"data": -1, "expert": 2}})
+    assert meshed["mesh"] == {"data": -1, "expert": 2}
+    assert run_id(meshed) == run_id(plain) == run_id(resolve({"method": "e3", "model": {
+        "ensemble_size": 2}, "mesh": "auto"}))
+    assert stale_fields(plain, meshed) == []
+    for bad, field, words in (({"data": 0}, "mesh.data", "positive integer or -1"),
+                              ({"data": -1, "expert": -1}, "mesh", "at most one axis"),
+                              ({"model": 2}, "mesh.model", "allowed axes"),
+                              ("all", "mesh", "null, 'auto' or")):
+        with pytest.raises(ConfigError) as info:
+            resolve({"mesh": bad})
+        assert info.value.field == field and words in str(info.value), str(info.value)
+
+
 def test_divisibility_errors_name_field_value_and_what_divides():
     from e3lib.config import resolve
 
