@@ -18,6 +18,10 @@ manifest before restoring it; a step whose files differ, are missing, or fail to
 moved to ``directory/damaged/`` and the previous good step is used instead (``fallbacks``
 says which steps were refused and why). A step with no manifest (killed between the save and
 the manifest) is refused the same way.
+
+Several processes (a multi-host job, e3lib.parallel): every process saves and restores its
+own shards through Orbax; the manifest, the input state and setting a step aside are done
+by process 0 alone, and the others wait for it (a barrier), so each file has one writer.
 """
 
 from __future__ import annotations
@@ -101,10 +105,12 @@ class TrainCheckpoints:
     def _set_aside(self, step: int, reason: str) -> None:
         """Move a refused step out of Orbax's sight (kept for inspection under damaged/)."""
         dest = self.directory / "damaged" / f"{step}-{int(time.time())}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if self._step_dir(step).exists():
-            shutil.move(str(self._step_dir(step)), dest)
-        self._manifest_path(step).unlink(missing_ok=True)
+        if _primary():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if self._step_dir(step).exists():
+                shutil.move(str(self._step_dir(step)), dest)
+            self._manifest_path(step).unlink(missing_ok=True)
+        _barrier(f"set_aside_{step}")
         self.fallbacks.append({"step": step, "reason": reason, "moved_to": dest.name})
         self.manager.reload()
 
@@ -132,9 +138,11 @@ class TrainCheckpoints:
             return False
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
-        if extra is not None:
-            atomic.write_json(self._step_dir(step) / INPUT_STATE, extra)
-        self._write_manifest(step)
+        if _primary():
+            if extra is not None:
+                atomic.write_json(self._step_dir(step) / INPUT_STATE, extra)
+            self._write_manifest(step)
+        _barrier(f"manifest_{step}")
         return True
 
     def input_state(self, step: int) -> Any:
@@ -150,3 +158,16 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _primary() -> bool:
+    """Process 0 of the job writes the files beside Orbax's (one writer per file)."""
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    """Wait for every process of a multi-process job (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"e3lib_checkpoint_{name}")

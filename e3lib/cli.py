@@ -8,6 +8,7 @@
     e3 report     render tables, figures and the HTML report
     e3 flops      print GFLOPs per image and parameter count of a config, before launching
     e3 checkpoint inspect a published upstream checkpoint (and its mapping onto a run)
+    e3 plan       compile the train step for D virtual devices: per-device memory vs the chip
 
 Each subcommand takes its own arguments (``e3 <subcommand> --help``). The functions below
 import their command where it is called, so ``e3 expand`` does not pay for importing JAX.
@@ -67,6 +68,12 @@ def checkpoint(argv: list[str]) -> int:
     return cli_checkpoint(argv)
 
 
+def plan(argv: list[str]) -> int:
+    from e3lib.train.plan import cli_plan
+
+    return cli_plan(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "upstream": upstream,
     "run": run,
@@ -76,6 +83,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "report": report,
     "flops": flops,
     "checkpoint": checkpoint,
+    "plan": plan,
 }
 
 

@@ -19,6 +19,9 @@ upstream   how the checkpoint fine-tuning starts from is obtained (pretraining j
 data       dataset name, image size, data directory
 finetune   optimisation recipe (steps, lr, warmup, batch size, clipping, mixup, ...)
 eval       evaluation options (batch size, few-shot shots, which suites to run)
+mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one device). Not
+           part of the run id: it changes where arrays live, not the results (beyond
+           float tolerance), so one run has one id on any number of devices.
 
 Adding a field: put its default here and, if it has a closed set of values, its
 allowed values in ``CHOICES``. The sweep schema and the docs read from these tables. A field
@@ -38,6 +41,7 @@ from typing import Any
 from e3lib import tree
 from e3lib.config_derive import resolve_derived
 from e3lib.config_rules import (
+    RUN_ID_EXCLUDED,
     check_pixels,
     check_pp,
     check_training,
@@ -141,6 +145,9 @@ DEFAULTS: dict[str, Any] = {
         "ood": True,
         "fewshot": True,
     },
+    # Device mesh: null = one device; {data: -1, expert: N} (-1 = the rest) or "auto"
+    # (e3lib.parallel, docs/scale.md). Excluded from the run id (``RUN_ID_EXCLUDED``).
+    "mesh": None,
 }
 
 
@@ -244,16 +251,16 @@ def non_default_fields(cfg: Mapping[str, Any], defaults: Mapping[str, Any] = DEF
 
 _MISSING = object()
 
-
 def run_id(cfg: Mapping[str, Any]) -> str:
     """Identity of a resolved run config: the same config always gets the same id.
 
     Only the fields that differ from ``DEFAULTS`` are hashed, so adding a new field (with a
     default that keeps the old behaviour) leaves every existing run id, and every finished
-    run, valid. Each run's results store the full resolved config; ``stale_fields``
-    detects results computed under other defaults.
+    run, valid. ``RUN_ID_EXCLUDED`` fields are not hashed. Each run's results store the
+    full resolved config; ``stale_fields`` detects results computed under other defaults.
     """
-    return short_hash(non_default_fields(cfg))
+    identity = {k: v for k, v in cfg.items() if k not in RUN_ID_EXCLUDED}
+    return short_hash(non_default_fields(identity))
 
 
 def upstream_config(cfg: Mapping[str, Any]) -> dict:

@@ -24,11 +24,16 @@ from e3lib.ppspec import RECIPES, parse_pp, pp_string
 # Largest seed: PRNG keys, NumPy and the input pipeline all take it as a 32-bit integer.
 MAX_SEED = 2**31 - 1
 
+# Top-level fields that say how a run is executed, not what it computes: left out of the
+# run id (e3lib.config.run_id) and of ``stale_fields`` (the device mesh: results on any mesh
+# equal the single-device ones within float tolerance, tests/test_parallel.py).
+RUN_ID_EXCLUDED = ("mesh",)
+
 
 @dataclass(frozen=True)
 class Field:
     """What one field may hold: ``kind`` int | number | bool | str | choice | int_list |
-    str_list."""
+    str_list | mesh."""
 
     kind: str
     lo: float | None = None          # inclusive lower bound (numbers and ints)
@@ -41,7 +46,8 @@ class Field:
         """What the field allows, in words ("a non-negative number", "null or ...")."""
         fixed = {"bool": "true or false", "str": "a string",
                  "int_list": "a list of positive integers",
-                 "str_list": "a list of non-empty strings"}
+                 "str_list": "a list of non-empty strings",
+                 "mesh": "null, 'auto' or {data: -1|n, expert: -1|n} (at most one -1)"}
         noun = "integer" if self.kind == "int" else "finite number"
         if self.kind in fixed:
             what = fixed[self.kind]
@@ -141,7 +147,30 @@ FIELDS: dict[str, Field] = {
     "eval.corrupted": BOOL,
     "eval.ood": BOOL,
     "eval.fewshot": BOOL,
+    "mesh": Field("mesh", null=True),
 }
+
+MESH_AXES = ("data", "expert")   # axes of the device mesh (e3lib.parallel, docs/scale.md)
+
+
+def check_mesh(v: Any, dotted: str = "mesh") -> None:
+    """The ``mesh`` field: null (one device), "auto", or sizes of the (data, expert) axes,
+    each a positive integer or -1 (the rest of the devices; at most one axis)."""
+    if v is None or v == "auto":
+        return
+    if not isinstance(v, Mapping):
+        raise ConfigError(dotted, v, f"must be {FIELDS['mesh'].allowed()}")
+    unknown = sorted(set(v) - set(MESH_AXES))
+    if unknown:
+        raise ConfigError(f"{dotted}.{unknown[0]}", v[unknown[0]],
+                          f"allowed axes: {list(MESH_AXES)}")
+    for axis in MESH_AXES:
+        n = v.get(axis, -1 if axis == "data" else 1)
+        if not _is_int(n) or (n < 1 and n != -1):
+            raise ConfigError(f"{dotted}.{axis}", n, "must be a positive integer or -1 "
+                              "(the rest of the devices)")
+    if list(v.values()).count(-1) > 1:
+        raise ConfigError(dotted, dict(v), "at most one axis may be -1")
 
 
 def _is_int(v: Any) -> bool:
@@ -183,6 +212,8 @@ def check_value(dotted: str, v: Any, spec: Field) -> None:
     elif spec.kind == "str_list":
         if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
             raise bad
+    elif spec.kind == "mesh":
+        check_mesh(v, dotted)
 
 
 def check_types(cfg: Mapping[str, Any]) -> None:

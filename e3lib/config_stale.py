@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from e3lib.config_rules import RUN_ID_EXCLUDED
 from e3lib.models.sizes import MODEL_SIZES
 
 
@@ -25,7 +26,7 @@ def stale_fields(
     diffs: list[str] = []
     for key, value in current.items():
         dotted = f"{path}{key}"
-        if key not in stored:
+        if key not in stored or (not path and key in RUN_ID_EXCLUDED):
             continue
         old = stored[key]
         if isinstance(value, Mapping) and isinstance(old, Mapping):

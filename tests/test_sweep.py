@@ -460,6 +460,74 @@ def test_job_resources_follow_size_and_scale_with_attempt():
         S.job_resources(tiny, "report")
 
 
+def paper_plans():
+    for path in SHIPPED:
+        if "paper" in (yaml.safe_load(path.read_text()).get("variants") or {}):
+            yield path, S.load_sweep(path, "paper")
+
+
+def test_every_paper_job_requests_devices_that_hold_its_step():
+    """Every fine-tuning job of every shipped sweep's paper variant: its TPU slice and its
+    GPU count hold the step (analytic per-device estimate + 10% headroom), so the
+    workflow's fit check (``check_fits``) passes them all."""
+    from e3lib.parallel.fitcheck import GIB, HEADROOM, analytic_bytes, tpu_devices
+
+    checked = set()
+    for path, sweep in paper_plans():
+        S.check_fits(sweep_plan(sweep), "paper")
+        for rid, cfg in sweep.runs.items():
+            key = (cfg["method"], repr(cfg["model"]), cfg["data"]["image_size"],
+                   cfg["finetune"]["batch_size"])
+            if key in checked:
+                continue
+            checked.add(key)
+            res = S.job_resources(cfg, "finetune")
+            chip, devices = tpu_devices(res["tpu_type"])
+            mem = {"v3": 16, "v4": 32, "v5p": 95}[chip]
+            assert analytic_bytes(cfg, devices) * HEADROOM <= mem * GIB, (path.stem, rid)
+            assert analytic_bytes(cfg, res["gpus"]) * HEADROOM <= 80 * GIB, (path.stem, rid)
+            assert cfg["finetune"]["batch_size"] % devices == 0
+    assert len(checked) > 20
+
+
+def sweep_plan(sweep):
+    plan = S.Plan()
+    plan.add(sweep)
+    return plan
+
+
+def test_tpu_types_count_jax_devices():
+    from e3lib.parallel.fitcheck import tpu_devices
+
+    # v3: one device per core; v4/v5p: per chip (2 cores); v5e: the name counts chips
+    assert tpu_devices("v3-8") == ("v3", 8) and tpu_devices("v4-32") == ("v4", 16)
+    assert tpu_devices("v5p-128") == ("v5p", 64) and tpu_devices("v5litepod-16") == ("v5e", 16)
+    with pytest.raises(ValueError, match="TPU type 'v9-8'"):
+        tpu_devices("v9-8")
+
+
+def test_paper_job_too_big_for_its_request_is_refused_with_the_smallest_fit(monkeypatch):
+    doc = {"title": "fit", "reproduces": ["demo"],
+           "base": {"method": "e3", "model": {"size": "B/32", "num_experts": 32,
+                                              "ensemble_size": 2},
+                    "data": {"image_size": 384}, "finetune": {"batch_size": 512}},
+           "axes": [{"name": "model.num_selected", "values": [1]}], "seeds": 1}
+    sweep = S.expand_doc(doc, "fit.yaml", "small")
+    (rid,) = sweep.runs
+    S.check_fits(sweep_plan(sweep), "small")          # only the paper variant is checked
+    S.check_fits(sweep_plan(sweep), "paper")          # v3-32 and 4 GPUs hold it
+    # on 8 v3 cores B/32 E³ (M=2) needs ~16.7 GiB per core (docs/scale.md), 1 GPU ~110 GiB
+    monkeypatch.setitem(S.SIZE_RESOURCES, "B/32",
+                        dict(S.SIZE_RESOURCES["B/32"], tpu=("v3-8", "v3-64"), gpus=(1, 8)))
+    with pytest.raises(S.SweepError) as info:
+        S.check_fits(sweep_plan(sweep), "paper")
+    msg = str(info.value)
+    assert f"fit.yaml: run {rid}" in msg and "B/32 e3" in msg
+    assert "tpu_type v3-8 (8 devices of 16 GiB): about 16.7 GiB" in msg
+    assert "smallest v3 slice that fits: v3-32" in msg
+    assert "gpus 1 (80 GiB each)" in msg and "fewest that fit: 2" in msg
+
+
 # ----------------------------------------------------------------------------- catalog
 
 

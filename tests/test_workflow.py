@@ -138,6 +138,22 @@ def test_invalid_sweep_stops_before_any_job(checkout):
     assert not (checkout / "logs").exists()
 
 
+def test_paper_job_that_does_not_fit_its_devices_stops_the_dry_run(checkout):
+    # H/14 at 518 px: ~1.4k tokens per image; on the 64 chips of its v5p-128 the step needs
+    # far more than 95 GiB per chip (e3lib.parallel.fitcheck, docs/scale.md)
+    big = write_sweep(checkout, "toobig", 1, axes=[{"name": "method", "values": ["vmoe"]}],
+                      ensembles=[], variants={"small": {}, "paper": {"base": {
+                          "model": {"size": "H/14", "num_experts": 32},
+                          "data": {"image_size": 518}, "finetune": {"batch_size": 512}}}})
+    r = smk(checkout, "-n", "--cores", "1", "--config", f"sweeps=[{big}]", "variant=paper",
+            "results=res_big")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert f"invalid sweep: {big}: run " in out and "does not fit the requested devices" in out
+    assert "tpu_type v5p-128 (64 devices of 95 GiB)" in out and "smallest v5p slice" in out
+    assert not (checkout / "res_big").exists()
+
+
 def test_invalid_workflow_config_is_rejected(checkout):
     r = smk(checkout, "-n", "--cores", "1", "--config", "variant=huge")
     assert r.returncode != 0
@@ -248,6 +264,25 @@ def test_stage_writes_the_config_its_command_reads_only_when_changed(tmp_path):
     subprocess.run([*STAGE, "--log", str(log), "--write", str(cfg), '{"a":1}\n', "--", "true"],
                    check=True)
     assert cfg.stat().st_mtime == 1                      # same content: not rewritten
+
+
+def test_stage_writes_the_status_file_only_on_process_zero(tmp_path):
+    """A multi-host job runs stage.py on every host: one writer of done.json."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("E3_PROCESS_ID", "SLURM_PROCID", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")}
+    done, log = tmp_path / "done.json", tmp_path / "l.log"
+    for var, pid in (("SLURM_PROCID", "1"), ("CLOUD_TPU_TASK_ID", "3"), ("E3_PROCESS_ID", "2")):
+        r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--expect",
+                            str(tmp_path / "absent.json"), "--", "true"],
+                           env=dict(env, **{var: pid}), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr         # its --expect is process 0's to check
+        assert not done.exists() and (tmp_path / f"l.log.p{pid}").is_file()
+    r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--", "false"],
+                       env=dict(env, SLURM_PROCID="1"), capture_output=True, text=True)
+    assert r.returncode == 1 and not done.exists()  # its exit code still reaches the job
+    r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--", "true"],
+                       env=dict(env, SLURM_PROCID="0"), capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(done.read_text())["status"] == "ok"
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ import numpy as np
 from e3lib.evaluate.records import SEP, records_from_predictions, run_cost
 
 
-def make_predict_fn(model):
-    """Jitted eval-mode apply: images (B,H,W,3) → (probs (M,B,C), features (M,B,D))."""
+def make_predict_fn(model, placement=None):
+    """Jitted eval-mode apply: images (B,H,W,3) → (probs (M,B,C), features (M,B,D)).
+    ``placement`` (e3lib.parallel): on a mesh, sharded params and batch, host outputs."""
     import jax
     import jax.numpy as jnp
 
@@ -21,7 +22,9 @@ def make_predict_fn(model):
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # (B, M, C)
         return probs.transpose(1, 0, 2), aux["features"].astype(jnp.float32).transpose(1, 0, 2)
 
-    return jax.jit(fn)
+    if placement is None or placement.mesh is None:
+        return jax.jit(fn)
+    return placement.predict_fn(fn)  # [parallel hook]
 
 
 def predict(
@@ -50,8 +53,10 @@ def predict(
 
 def run_predictions(model, params, suite, cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Apply the model to every set the run's ``eval`` section asks for."""
+    from e3lib.parallel.placement import Placement
+
     ev = cfg["eval"]
-    fn = make_predict_fn(model)
+    fn = make_predict_fn(model, Placement.for_config(cfg))  # [parallel hook]
     # No larger than needed for the test set, and whole routing groups of images.
     bs = min(ev["batch_size"], _round_up(len(suite.test), cfg["model"]["group_images"]))
 

@@ -29,10 +29,11 @@ from e3lib.evaluate.records import fewshot_modes, records_from_metrics
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def run_predictor(model, params, predict_fn=None) -> Predictor:
+def run_predictor(model, params, predict_fn=None, placement=None) -> Predictor:
+    """One run's predictor; ``placement`` (e3lib.parallel) runs it on the run's mesh."""
     from e3lib.evaluate.inference import make_predict_fn
 
-    fn = predict_fn or make_predict_fn(model)
+    fn = predict_fn or make_predict_fn(model, placement)
 
     def predict(images):
         probs, feats = fn(params, images)
@@ -155,12 +156,17 @@ def evaluate_streamed(model, params, suite, cfg: Mapping[str, Any], out):
 
     from e3lib.evaluate.records import run_cost
     from e3lib.models.convert import save_params
+    from e3lib.parallel.distributed import barrier, is_writer
+    from e3lib.parallel.placement import Placement
 
-    records, sizes = stream_records([run_predictor(model, params)], suite, cfg)
+    placement = Placement.for_config(cfg)  # [parallel hook]
+    records, sizes = stream_records([run_predictor(model, params, placement=placement)],
+                                    suite, cfg)
     path = Path(out) / PARAMS_DIR
-    if path.exists():  # a rerun after a crash between this save and results.json
+    if path.exists() and is_writer():  # a rerun after a crash between this save and results
         shutil.rmtree(path)
-    save_params(path, params)
+    barrier("streamed_params")
+    save_params(path, params)  # every process saves its own shards (Orbax)
     cost = run_cost(cfg, suite.num_classes)
     cost["eval_examples"] = sizes
     return records, {STREAMED_KEY: np.asarray(True)}, None, cost

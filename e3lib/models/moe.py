@@ -24,13 +24,14 @@ Data path of one MoE layer:
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from e3lib.models.layout import compute_capacity
+from e3lib.models.mesh_hook import constrain_expert_buffers
 from e3lib.models.routing import NoisyTopKRouter, Routing, buffer_positions
 from e3lib.models.vit import MlpBlock
 
@@ -115,7 +116,7 @@ class MoeMlp(nn.Module):
     ensemble_size: int = 1                 # M copies of each image entering this layer
     group_images: int = 8                  # images (each with its M copies) per routing group
     capacity_factor: float = 1.5
-    eval_capacity_factor: Optional[float] = None  # None: same as training
+    eval_capacity_factor: float | None = None  # None: same as training
     batch_priority: bool = False
     expert_dropout: float = 0.0
     keep_selections_apart: bool = False    # Multi-pred: J outputs per row instead of their sum
@@ -141,12 +142,14 @@ class MoeMlp(nn.Module):
             lambda idx, pr: buffer_positions(idx, self.num_experts, pr),
             in_axes=(0, 0 if priority is not None else None))(routing.expert_index, priority)
         buffers, kept = dispatch(xg, routing, positions, self.num_experts, capacity)
+        buffers = constrain_expert_buffers(buffers)  # E on the mesh's expert axis, if any
         experts = nn.vmap(MlpBlock, variable_axes={"params": 0},
                           split_rngs={"params": False, "dropout": True},
                           in_axes=0, out_axes=0, axis_size=self.num_experts)
         sample = train or self.expert_dropout_at_eval
         expert_out = experts(self.mlp_dim, self.expert_dropout, deterministic=not sample,
                              dtype=self.dtype, name="Mlp")(buffers)      # (E, G·C, H)
+        expert_out = constrain_expert_buffers(expert_out)
         y = combine(expert_out, routing, positions, kept, groups,
                     sum_selections=not self.keep_selections_apart)
         self.sow("intermediates", "expert_index", routing.expert_index)

@@ -28,7 +28,7 @@ Modules, by stage (each importable on its own; this package re-exports the publi
     catalog     lookups by id for the workflow (pure: writes nothing)
     guards      limits and checks against hanging or silently wrong input (``max_runs``)
     outputs     ``check_output_dirs``: results / reports / logs usable, refused at parse
-    resources   ``job_resources`` per job for Snakemake
+    resources   ``job_resources`` per job for Snakemake; ``check_fits`` of paper jobs
     cli         ``e3 expand``
 """
 
@@ -44,7 +44,7 @@ from e3lib.sweep.outputs import check_output_dirs
 from e3lib.sweep.plan import (INDEX_FORMAT, RESULT_PREFIX, Plan, Sweep, config_path, config_text,
                               ensemble_config_path, index_path, index_tsv, index_tsv_path,
                               upstream_config_path, write_index, write_plan)
-from e3lib.sweep.resources import SIZE_RESOURCES, STAGES, job_resources
+from e3lib.sweep.resources import SIZE_RESOURCES, STAGES, check_fits, fit_problems, job_resources
 from e3lib.sweep.schema import SCHEMA_PATH, SweepError, check_schema, load_schema, table_ids
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "load_sweep", "VARIANTS", "read_reproduces", "INDEX_FORMAT", "RESULT_PREFIX", "Plan",
     "Sweep", "config_path", "config_text", "ensemble_config_path", "index_path", "index_tsv",
     "index_tsv_path", "upstream_config_path", "write_index", "write_plan", "SIZE_RESOURCES",
-    "STAGES", "job_resources", "SCHEMA_PATH", "SweepError", "check_schema", "load_schema",
+    "STAGES", "job_resources", "check_fits", "fit_problems",
+    "SCHEMA_PATH", "SweepError", "check_schema", "load_schema",
     "table_ids", "DEFAULT_MAX_RUNS", "check_output_dirs",
 ]

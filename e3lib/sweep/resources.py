@@ -1,23 +1,31 @@
-"""Resources of one workflow job (accelerator, memory, runtime) from its run config."""
+"""Resources of one workflow job (accelerator, memory, runtime) from its run config, and
+the fit check of paper jobs at parse time (``check_fits``)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
+
+from e3lib.sweep.schema import SweepError
 
 # Per model size: accelerator for fine-tuning and for pretraining (Cloud TPU type, Slurm
-# GPUs), host memory in MB, and minutes per 1000 fine-tuning steps at the paper's setting
-# (batch 512, 384 px). Estimates to start from; sites override them with set-resources.
+# GPUs of 80 GiB), host memory in MB, and minutes per 1000 fine-tuning steps at the paper's
+# setting (batch 512, 384 px). One fine-tuning job = one slice / one allocation, the
+# smallest whose devices hold the step of every shipped paper job of that size with 10%
+# headroom (docs/scale.md, "Memory per device by size": `e3 plan`, compiled and analytic;
+# the heaviest grid points, K=8 or M=4, set the GPU counts). Sites override them with
+# set-resources; ``check_fits`` refuses a paper job whose request is too small.
 SIZE_RESOURCES: dict[str, dict[str, Any]] = {
     "tiny": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=2000, min_per_kstep=1),
     "mini": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=3000, min_per_kstep=2),
     "demo": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=4000, min_per_kstep=3),
-    "S/32": dict(tpu=("v3-8", "v3-32"), gpus=(1, 8), mem_mb=32000, min_per_kstep=4),
-    "B/32": dict(tpu=("v3-8", "v3-64"), gpus=(1, 8), mem_mb=48000, min_per_kstep=8),
-    "L/32": dict(tpu=("v3-32", "v3-128"), gpus=(4, 16), mem_mb=64000, min_per_kstep=20),
-    "B/16": dict(tpu=("v3-32", "v3-128"), gpus=(4, 16), mem_mb=64000, min_per_kstep=25),
-    "L/16": dict(tpu=("v3-64", "v3-256"), gpus=(8, 32), mem_mb=96000, min_per_kstep=60),
-    "H/14": dict(tpu=("v3-128", "v3-512"), gpus=(16, 64), mem_mb=128000, min_per_kstep=150),
+    "S/32": dict(tpu=("v3-8", "v3-32"), gpus=(2, 8), mem_mb=32000, min_per_kstep=4),
+    "B/32": dict(tpu=("v3-32", "v3-64"), gpus=(4, 8), mem_mb=48000, min_per_kstep=8),
+    "L/32": dict(tpu=("v4-64", "v3-128"), gpus=(8, 16), mem_mb=64000, min_per_kstep=20),
+    "B/16": dict(tpu=("v3-64", "v3-128"), gpus=(16, 16), mem_mb=64000, min_per_kstep=25),
+    "L/16": dict(tpu=("v5p-64", "v3-256"), gpus=(32, 32), mem_mb=96000, min_per_kstep=60),
+    "H/14": dict(tpu=("v5p-128", "v3-512"), gpus=(128, 64), mem_mb=128000, min_per_kstep=150),
 }
 STAGES = ("finetune", "upstream")   # order of the (fine-tune, pretraining) pairs above
 
@@ -38,3 +46,35 @@ def job_resources(cfg: Mapping[str, Any], stage: str, attempt: int = 1) -> dict[
     minutes = max(10, math.ceil(table["min_per_kstep"] * steps / 1000 * (1 + 0.5 * (members - 1))))
     return {"tpu_type": table["tpu"][i], "gpus": table["gpus"][i],
             "mem_mb": table["mem_mb"] * attempt, "runtime": minutes * attempt}
+
+
+def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
+    """Why a fine-tuning job's requested TPU slice / GPUs cannot hold its train step
+    (``e3lib.parallel.fitcheck``: the analytic estimate calibrated on compiled plans)."""
+    from e3lib.parallel.fitcheck import request_problems
+
+    res = job_resources(cfg, "finetune")
+    mesh = cfg.get("mesh")
+    expert = mesh.get("expert") if isinstance(mesh, Mapping) else None
+    return request_problems(cfg, res["tpu_type"], res["gpus"],
+                            expert_axis=expert if expert and expert > 0 else None)
+
+
+def check_fits(plan: Any, variant: str) -> None:
+    """Refuse a ``paper`` plan with a fine-tuning job whose estimated per-device memory
+    exceeds the devices it requests: SweepError naming the sweep file, the run and the
+    smallest TPU type / GPU count that fits. Other variants run on one small device."""
+    if variant != "paper":
+        return
+    seen: dict[str, list[str]] = {}
+    for sweep in plan.sweeps.values():
+        for rid, cfg in sweep.runs.items():
+            key = repr((cfg["model"], cfg["method"], cfg["data"]["image_size"],
+                        cfg["finetune"]["batch_size"], cfg.get("mesh")))
+            if key not in seen:
+                seen[key] = fit_problems(cfg)
+            if seen[key]:
+                raise SweepError(sweep.file, f"run {rid}",
+                                 f"{cfg['model']['size']} {cfg['method']}",
+                                 "does not fit the requested devices: " + "; ".join(seen[key])
+                                 + " (e3lib/sweep/resources.py SIZE_RESOURCES, docs/scale.md)")

@@ -9,6 +9,11 @@ A streamed run (``e3lib.data.stream_suite.uses_stream``: a file-backed dataset o
 ``data.pp_train``) trains from a ``StepBatches`` stream and evaluates batch by batch
 (``e3lib.evaluate.streaming``); its predictions.npz is compact and its final parameters
 are kept in ``out/params`` for deep ensembles.
+
+Devices (e3lib.parallel, docs/scale.md): the run's ``mesh`` gives the placement, built
+before anything compiles (divisibility errors first); on several processes only process 0
+writes results, predictions and diverged.json, results record the devices used
+(``provenance.devices``), and every process returns the same exit code.
 """
 
 from __future__ import annotations
@@ -134,12 +139,16 @@ def finetune_and_evaluate(
     from e3lib.evaluate import evaluate_run, write_results
     from e3lib.evaluate.streaming import evaluate_streamed
     from e3lib.models import build_model
+    from e3lib.parallel.distributed import is_writer
+    from e3lib.parallel.placement import Placement
 
     started = utc_now()
     cfg0 = cfgs[0]
+    placement = Placement.for_config(cfg0)  # [parallel hook] mesh + divisibility checks
     suite = open_stream_suite(cfg0) if uses_stream(cfg0) else load_suite(cfg0)
     model = build_model(cfg0, suite.num_classes)
     job = finetune_job(cfgs, suite, model)
+    job.placement = placement
     size = cfg0["data"]["image_size"]
     # A checkpoint named by upstream.checkpoint (no upstream stage), or a published one the
     # upstream stage registered, is read and converted by e3lib.upstreams.
@@ -165,7 +174,7 @@ def finetune_and_evaluate(
         state, summary = train(job, state, ckpt, progress_mode, stop)
     except Diverged as err:
         bad = [0] if err.seed_index is None else [err.seed_index]
-        for i, (c, out) in enumerate(zip(cfgs, outs)):
+        for i, (c, out) in enumerate(zip(cfgs, outs) if is_writer() else ()):
             msg = str(err) if i in bad else f"packed with a diverged seed: {err}"
             atomic_write_json(
                 Path(out) / "diverged.json",
@@ -190,6 +199,8 @@ def finetune_and_evaluate(
             records, probs, labels, cost = evaluate_streamed(model, params, suite, c, out)
         else:
             records, probs, labels, cost = evaluate_run(model, params, suite, c)
+        if not is_writer():  # [parallel hook] one process writes
+            continue
         cost["train_seconds"] = summary["train_seconds"]
         train_info = {k: v for k, v in summary.items() if k != "final"}
         train_info["final"] = {k: v[i] for k, v in summary["final"].items()}
@@ -202,7 +213,7 @@ def finetune_and_evaluate(
                 "config": c,
                 "model_shape": size_shape(c),
                 "upstream_id": upstream_id(c),
-                "provenance": provenance(started),
+                "provenance": dict(provenance(started), devices=placement.describe()),
                 "cost": cost,
                 "train": train_info,
                 "records": records,
@@ -213,8 +224,12 @@ def finetune_and_evaluate(
 
 
 def cli_run(argv: list[str]) -> int:
+    from e3lib.parallel.distributed import FLAGS, agree_exit_code, start
+
+    argv = start(argv)  # [parallel hook] join the job's hosts (--coordinator ... or auto)
     p = argparse.ArgumentParser(
         prog="e3 run",
+        epilog=f"multi-host: {' '.join(FLAGS)} (docs/scale.md)",
         description="Fine-tune and evaluate one run "
         "(or several seeds of one config, packed in one process).",
     )
@@ -249,4 +264,4 @@ def cli_run(argv: list[str]) -> int:
         "e3 run",
         lambda stop: finetune_and_evaluate(cfgs, a.upstream, a.out, checkpoints, a.log_mode, stop),
     )
-    return code
+    return agree_exit_code(code)  # [parallel hook] one outcome on every host

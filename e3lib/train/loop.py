@@ -20,6 +20,12 @@ Checkpoints are written every ``checkpoint_every`` steps (``e3lib.checkpoint``).
 saves a checkpoint at the current step and raises ``Preempted``; a non-finite loss
 raises ``Diverged``.
 
+Devices: ``Job.placement`` (e3lib.parallel.placement.Placement; None = one device) places
+the state, compiles the step with the mesh's shardings, loads each process's rows of a
+batch and agrees on stopping across processes (docs/scale.md, lines marked
+``[parallel hook]``). Checkpoints restore straight into the placed state's shardings, on
+the same or a different number of devices.
+
 Seed packing: several configs that differ only in ``seed`` train in one process with the
 step function ``jax.vmap``-ed over a leading seed axis S of params, optimizer state,
 rng and batches; each seed keeps its own batch order and randomness.
@@ -55,6 +61,7 @@ class Job:
     checkpoint_every: int = 25
     desc: str = "train"
     stream: Any = None  # e3lib.data.stream.StepBatches; None = images/labels above
+    placement: Any = None  # e3lib.parallel.placement.Placement; None = one device
 
     @property
     def packed(self) -> bool:
@@ -128,16 +135,31 @@ def make_train_step(job: Job) -> Callable:
             "grad_norm": optax.tree.norm(grads),
         }
 
-    return jax.jit(jax.vmap(step_fn) if job.packed else step_fn, donate_argnums=(0,))
+    # [parallel hook] jit with the mesh's in/out shardings (plain jit on one device)
+    return placement_of(job).jit_step(jax.vmap(step_fn) if job.packed else step_fn, job.packed)
 
 
-def batch_at(job: Job, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """The batch of ``step``: (B,H,W,3) float32, (B,); with a leading S axis if packed."""
+def placement_of(job: Job):
+    """The job's placement (a single-device one when it has none)."""
+    from e3lib.parallel.placement import Placement
+
+    return job.placement or Placement(None)
+
+
+def batch_at(job: Job, step: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of ``step``: (B,H,W,3) float32, (B,); with a leading S axis if packed.
+    ``rows``: only those rows of it (the part this process's devices hold); a stream
+    reads the whole batch and keeps those rows."""
     from e3lib.data import batch_indices, to_float
 
     if job.stream is not None:
-        return job.stream.batch(step)
-    per_seed = [batch_indices(len(job.labels), job.batch_size, s, step) for s in job.seeds]
+        images, labels = job.stream.batch(step)
+        if rows == slice(None):
+            return images, labels
+        cut = (slice(None), rows) if job.packed else rows
+        return images[cut], labels[cut]
+    per_seed = [batch_indices(len(job.labels), job.batch_size, s, step)[rows]
+                for s in job.seeds]
     idx = np.stack(per_seed) if job.packed else per_seed[0]  # (S, B) or (B,)
     return to_float(job.images[idx]), job.labels[idx]
 
@@ -169,37 +191,42 @@ def train(
 ) -> tuple[dict, dict]:
     """Run ``job`` from ``state`` (resuming from the latest checkpoint if there is one)
     to ``job.steps``. Returns the final state and a summary of the run."""
+    # [parallel hook] Commit every leaf (one device, or sharded on the mesh) before the
+    # restore, so Orbax restores straight into the target shardings. (The step's outputs
+    # are committed; mixing committed and uncommitted inputs would compile it twice.)
+    placement = placement_of(job)
+    state = placement.put_state(state, job.packed)
     resumed_from = None
     if checkpoints is not None:
         # The newest step that passes its integrity check; damaged ones are set aside.
         restored, resumed_from = checkpoints.restore_verified(state)
         if restored is not None:
-            state = restored
+            state = placement.put_state(restored, job.packed)  # a no-op unless moved
             input_state = checkpoints.input_state(resumed_from)
             if job.stream is not None and input_state is not None:
-                job.stream.restore(input_state, int(np.asarray(state["step"]).reshape(-1)[0]))
-    # Commit every leaf to the device: the step's outputs are committed, and mixing
-    # committed and uncommitted inputs would compile the step a second time.
-    import jax
+                job.stream.restore(input_state, _step_of(placement, state))
 
-    state = jax.device_put(state, jax.devices()[0])
-    step = int(np.asarray(state["step"]).reshape(-1)[0])
+    def batch_of(t):  # this process's rows of batch t, as (global) arrays
+        return placement.put_batch(lambda rows: batch_at(job, t, rows), job.batch_size,
+                                   job.packed)
+
+    step = _step_of(placement, state)
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)
     t0, compile_seconds, metrics = time.perf_counter(), None, None
     fault = fault_injection()
-    batch = batch_at(job, step) if step < job.steps else None
+    batch = batch_of(step) if step < job.steps else None
     try:
         while step < job.steps:
-            if stop is not None and stop.stop:
+            if placement.agree(stop is not None and stop.stop):  # same step on every host
                 if checkpoints is not None:
                     checkpoints.save(step, state, force=True, extra=_input_state(job, step))
                 raise Preempted(step)
             t_step = time.perf_counter()
             state, metrics = step_fn(state, *batch)
             # The step runs asynchronously: gather the next batch on the host meanwhile.
-            batch = batch_at(job, step + 1) if step + 1 < job.steps else None
-            losses = np.atleast_1d(np.asarray(metrics["loss"]))  # (S,) or (1,)
+            batch = batch_of(step + 1) if step + 1 < job.steps else None
+            losses = np.atleast_1d(placement.fetch(metrics["loss"]))  # (S,) or (1,)
             if compile_seconds is None:
                 compile_seconds = time.perf_counter() - t_step
             bad = np.flatnonzero(~np.isfinite(losses))
@@ -215,7 +242,7 @@ def train(
     last = (
         {}
         if metrics is None
-        else {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in metrics.items()}
+        else {k: np.atleast_1d(placement.fetch(v)).tolist() for k, v in metrics.items()}
     )
     return state, {
         "steps": job.steps,
@@ -225,3 +252,7 @@ def train(
         "first_step_seconds": compile_seconds,
         "final": last,
     }
+
+
+def _step_of(placement, state: dict) -> int:
+    return int(placement.fetch(state["step"]).reshape(-1)[0])

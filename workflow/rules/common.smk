@@ -56,6 +56,8 @@ PLANS = _lookup(
     config["upstream_checkpoints"],
 )
 CONFIGURED_SWEEPS = list(PLANS.configured.sweeps)
+# A paper job whose step does not fit the devices it requests is refused (docs/scale.md).
+_lookup(e3sweep.check_fits, PLANS.configured, config["variant"])
 
 
 wildcard_constraints:

@@ -22,6 +22,13 @@ files no longer match their checksums is set aside (its status file renamed) and
 fails: rerunning the same command recomputes the member, then the ensemble.
 
 The log is appended to, one header per attempt, so a retried job keeps its history.
+
+Multi-host jobs (a TPU slice through the ``tpu`` profile, a multi-node Slurm allocation):
+every host runs this script with the same arguments. Only process 0 (``E3_PROCESS_ID``,
+else ``SLURM_PROCID``, else the TPU worker id ``CLOUD_TPU_TASK_ID`` / ``TPU_WORKER_ID``;
+0 when none is set) writes the status file and checks ``--expect``; the others log to
+``LOG.p<id>`` and return the command's exit code, which e3 agrees across processes
+(docs/scale.md).
 """
 
 from __future__ import annotations
@@ -39,6 +46,18 @@ from e3lib import atomic, integrity  # noqa: E402
 
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
+PROCESS_ID_VARS = ("E3_PROCESS_ID", "SLURM_PROCID", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
+
+
+def process_id() -> int:
+    """This host's process index in a multi-host job (0 for a single-host one)."""
+    for var in PROCESS_ID_VARS:
+        value = os.environ.get(var, "").strip()
+        if value:
+            if not value.isdigit():
+                raise SystemExit(f"stage.py: {var}={value!r}: expected a process index")
+            return int(value)
+    return 0
 
 
 def write_status(path: str, status: dict) -> None:
@@ -71,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         print("stage.py: no command after '--'", file=sys.stderr)
         return 2
+    proc = process_id()
+    if proc != 0:  # one writer of the status file: process 0
+        args.status, args.expect = None, []
+        args.log = f"{args.log}.p{proc}"
 
     damaged = {p: why for p in args.require_ok
                if os.path.exists(p) and (why := integrity.check(p, deep=True))}
