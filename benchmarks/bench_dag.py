@@ -31,8 +31,9 @@ def main() -> int:
     ap.add_argument("--variant", default="paper", choices=["small", "paper"])
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    sweeps = sorted(p for p in glob.glob(str(REPO / "sweeps" / "*.yaml"))
-                    if not p.endswith("demo.yaml"))
+    sweeps = sorted(
+        p for p in glob.glob(str(REPO / "sweeps" / "*.yaml")) if not p.endswith("demo.yaml")
+    )
     sys.path.insert(0, str(REPO))
     from e3lib import sweep as S
 
@@ -40,19 +41,32 @@ def main() -> int:
         t = time.perf_counter()
         plan = S.expand_sweeps(sweeps, args.variant)
         expand_s = time.perf_counter() - t
-        print(f"expansion: {len(plan.sweeps)} sweeps, {len(plan.runs)} runs, "
-              f"{len(plan.ensembles)} ensembles, {len(plan.upstreams)} upstreams "
-              f"in {expand_s:.2f} s")
+        print(
+            f"expansion: {len(plan.sweeps)} sweeps, {len(plan.runs)} runs, "
+            f"{len(plan.ensembles)} ensembles, {len(plan.upstreams)} upstreams "
+            f"in {expand_s:.2f} s"
+        )
         rel = [os.path.relpath(p, REPO) for p in sweeps]
-        base = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--config",
-                f"variant={args.variant}", f"results={scratch}/results",
-                f"sweeps=[{','.join(rel)}]"]
+        base = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "2",
+            "--config",
+            f"variant={args.variant}",
+            f"results={scratch}/results",
+            f"sweeps=[{','.join(rel)}]",
+        ]
         # `-q`: the dry run as a user runs it at scale (no per-job listing). The job-count
         # table needs `--quiet rules`, whose per-job reasons cost about as much again, so
         # it runs last and separately.
-        runs = [("-q", ["-q"], "first")] + \
-               [("-q", ["-q"], "again")] * (args.repeats - 1) + \
-               [("--quiet rules", ["--quiet", "rules"], "with the job table")]
+        runs = (
+            [("-q", ["-q"], "first")]
+            + [("-q", ["-q"], "again")] * (args.repeats - 1)
+            + [("--quiet rules", ["--quiet", "rules"], "with the job table")]
+        )
         for flag, extra, label in runs:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
@@ -65,8 +79,10 @@ def main() -> int:
                 return 1
             m = re.search(r"^total\s+(\d+)$", r.stdout, re.M)
             jobs = f"{m.group(1)} jobs" if m else "(jobs not listed)"
-            print(f"snakemake -n {flag} ({label}): {jobs}, {wall:.1f} s wall, {cpu:.1f} s CPU; "
-                  f"wall / 20 s target = {wall / 20:.2f}")
+            print(
+                f"snakemake -n {flag} ({label}): {jobs}, {wall:.1f} s wall, {cpu:.1f} s CPU; "
+                f"wall / 20 s target = {wall / 20:.2f}"
+            )
         if os.path.exists(f"{scratch}/results"):
             print(f"a dry run wrote {scratch}/results")
             return 1

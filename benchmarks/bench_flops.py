@@ -33,8 +33,10 @@ from e3lib.report import flops_reference  # noqa: E402
 def paper_tables() -> None:
     for table_id in ("table20", "table22"):
         rows = flops_reference.compare_with_paper(table_id)
-        print(f"\n== {table_id}: GFLOPs per image, training step "
-              f"({'index' if table_id == 'table20' else 'one-hot einsum'} dispatch)")
+        print(
+            f"\n== {table_id}: GFLOPs per image, training step "
+            f"({'index' if table_id == 'table20' else 'one-hot einsum'} dispatch)"
+        )
         print(f"{'row':58s} {'paper':>10s} {'ours':>10s} {'error':>7s}")
         for r in rows:
             print(f"{r['label']:58s} {r['paper']:10.3f} {r['ours']:10.3f} {100 * r['rel']:+6.2f}%")
@@ -54,32 +56,48 @@ def params_table() -> None:
     table = yaml.safe_load(open(flops_reference.REFERENCE_DIR / "table23.yaml"))
     print("\n== table23: parameters (JFT head 18,291 classes, representation layer, 224 px)")
     for row in table["rows"]:
-        cfg = resolve({"method": row["key"]["method"],
-                       "model": {"size": row["key"]["model.size"], "num_experts": 32},
-                       "data": {"image_size": 224}})
+        cfg = resolve(
+            {
+                "method": row["key"]["method"],
+                "model": {"size": row["key"]["model.size"], "num_experts": 32},
+                "data": {"image_size": 224},
+            }
+        )
         ours = analytic.analytic_params(cfg, 18291)
         paper = row["values"]["params"][0]
-        print(f"{row['label']:24s} paper {paper / 1e6:8.1f}M  ours {ours:>13,} "
-              f"({ours / 1e6:.1f}M)")
+        print(f"{row['label']:24s} paper {paper / 1e6:8.1f}M  ours {ours:>13,} ({ours / 1e6:.1f}M)")
 
 
-XLA_CASES = [("vit", "S/32", {}), ("vmoe", "S/32", {"num_selected": 1}),
-             ("e3", "S/32", {"ensemble_size": 2}), ("vit", "B/32", {}),
-             ("vmoe", "B/32", {"num_selected": 2}),
-             ("e3", "B/32", {"num_selected": 2, "ensemble_size": 2}),
-             ("tiling", "B/32", {"num_selected": 2, "ensemble_size": 2}),
-             ("partitioning", "B/32", {"num_selected": 1, "ensemble_size": 2}),
-             ("multipred", "B/32", {"num_selected": 2, "num_predictions": 2})]
+XLA_CASES = [
+    ("vit", "S/32", {}),
+    ("vmoe", "S/32", {"num_selected": 1}),
+    ("e3", "S/32", {"ensemble_size": 2}),
+    ("vit", "B/32", {}),
+    ("vmoe", "B/32", {"num_selected": 2}),
+    ("e3", "B/32", {"num_selected": 2, "ensemble_size": 2}),
+    ("tiling", "B/32", {"num_selected": 2, "ensemble_size": 2}),
+    ("partitioning", "B/32", {"num_selected": 1, "ensemble_size": 2}),
+    ("multipred", "B/32", {"num_selected": 2, "num_predictions": 2}),
+]
 
 
 def xla_checks() -> None:
-    print("\n== XLA compiled cost of the real training step (384 px, E=32, batch 8, "
-          "never executed) vs analytic")
-    print(f"{'config':40s} {'XLA':>9s} {'analytic':>9s} {'ratio':>7s} {'paper':>8s} "
-          f"{'compile s':>9s} {'analytic s':>10s}")
+    print(
+        "\n== XLA compiled cost of the real training step (384 px, E=32, batch 8, "
+        "never executed) vs analytic"
+    )
+    print(
+        f"{'config':40s} {'XLA':>9s} {'analytic':>9s} {'ratio':>7s} {'paper':>8s} "
+        f"{'compile s':>9s} {'analytic s':>10s}"
+    )
     for method, size, model in XLA_CASES:
-        cfg = resolve({"method": method, "model": dict(size=size, num_experts=32, **model),
-                       "data": {"image_size": 384}})
+        cfg = resolve(
+            {
+                "method": method,
+                "model": dict(size=size, num_experts=32, **model),
+                "data": {"image_size": 384},
+            }
+        )
         t0 = time.perf_counter()
         ours = analytic.analytic_gflops(cfg)
         t_analytic = time.perf_counter() - t0
@@ -89,16 +107,19 @@ def xla_checks() -> None:
         ref = flops_reference.paper_gflops(cfg)
         paper = f"{ref[2]:8.2f}" if ref else f"{'-':>8s}"
         label = f"{method} {size} " + " ".join(f"{k}={v}" for k, v in model.items())
-        print(f"{label:40s} {xla:9.3f} {ours:9.3f} {ours / xla:7.4f} {paper} {t_xla:9.1f} "
-              f"{t_analytic:10.4f}")
+        print(
+            f"{label:40s} {xla:9.3f} {ours:9.3f} {ours / xla:7.4f} {paper} {t_xla:9.1f} "
+            f"{t_analytic:10.4f}"
+        )
 
 
 def calibrate() -> None:
     """Fit elementwise FLOPs per token per block to XLA's count of real ViT training steps."""
-    print("\n== elementwise calibration: XLA count minus analytic matmul FLOPs, least squares "
-          "over ViTs")
-    cases = [("tiny", 16), ("tiny", 32), ("mini", 32), ("mini", 64), ("S/32", 128),
-             ("S/32", 256)]
+    print(
+        "\n== elementwise calibration: XLA count minus analytic matmul FLOPs, least squares "
+        "over ViTs"
+    )
+    cases = [("tiny", 16), ("tiny", 32), ("mini", 32), ("mini", 64), ("S/32", 128), ("S/32", 256)]
     design, target = [], []
     for size, image in cases:
         cfg = resolve({"method": "vit", "model": {"size": size}, "data": {"image_size": image}})
@@ -112,9 +133,11 @@ def calibrate() -> None:
         target.append(xla - matmul)
         print(f"vit {size} {image} px: XLA {xla / 1e9:.4f} GFLOPs, matmuls {matmul / 1e9:.4f}")
     coef, *_ = np.linalg.lstsq(np.array(design, float), np.array(target), rcond=None)
-    print(f"fitted per token per block: {coef[0]:.1f}·H + {coef[1]:.1f}·Q + "
-          f"{coef[2]:.1f}·T·A   (e3lib.cost.analytic uses {analytic.EW_PER_HIDDEN}·H + "
-          f"{analytic.EW_PER_MLP}·Q + {analytic.EW_PER_SCORE}·T·A)")
+    print(
+        f"fitted per token per block: {coef[0]:.1f}·H + {coef[1]:.1f}·Q + "
+        f"{coef[2]:.1f}·T·A   (e3lib.cost.analytic uses {analytic.EW_PER_HIDDEN}·H + "
+        f"{analytic.EW_PER_MLP}·Q + {analytic.EW_PER_SCORE}·T·A)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,8 +39,9 @@ TRAIN_PP = "decode_jpeg_and_inception_crop(384)|flip_lr|randaug(2,15)|value_rang
 EVAL_PP = "decode|value_range(-1,1)"
 
 
-def jpeg_pool(n: int, h: int, w: int, seed: int = 0, block: int = 16,
-              quality: int = 90) -> list[bytes]:
+def jpeg_pool(
+    n: int, h: int, w: int, seed: int = 0, block: int = 16, quality: int = 90
+) -> list[bytes]:
     """``n`` distinct JPEGs of random images, smooth over ``block`` pixels (16: compress
     like photos; 1: pixel noise, the largest JPEGs)."""
     import io
@@ -69,7 +70,7 @@ def peak_rss_mib() -> float:
     """This process's peak resident set (VmHWM; see the module docstring)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024                         # kB → MiB
+            return int(line.split()[1]) / 1024  # kB → MiB
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
@@ -82,9 +83,8 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     seen = 0
     if args.child == "train":
-        stream = Stream(train_dataset(src, TRAIN_PP, args.batch, 0, 0, 1), threads=1,
-                        prefetch=1)
-        next(stream)                                   # first batch: start-up
+        stream = Stream(train_dataset(src, TRAIN_PP, args.batch, 0, 0, 1), threads=1, prefetch=1)
+        next(stream)  # first batch: start-up
         t0 = time.perf_counter()
         for _ in range(args.batches):
             seen += len(next(stream)["label"])
@@ -93,21 +93,38 @@ def child(args: argparse.Namespace) -> None:
 
         acc = PredictionAccumulator(1)
         rng = np.random.default_rng(0)
-        for batch in Stream(eval_dataset(src, EVAL_PP, args.batch, 0, 1), threads=1,
-                            prefetch=1):
+        for batch in Stream(eval_dataset(src, EVAL_PP, args.batch, 0, 1), threads=1, prefetch=1):
             logits = rng.normal(size=(1, len(batch["label"]), 1000))
             probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
             acc.update(probs, batch["label"], batch["valid"])
             seen += int(batch["valid"].sum())
         assert acc.result()["ensemble"]["nll"] > 0
     seconds = time.perf_counter() - t0
-    print(json.dumps({"images": seen, "seconds": seconds, "images_per_s": seen / seconds,
-                      "peak_rss_mib": peak_rss_mib()}))
+    print(
+        json.dumps(
+            {
+                "images": seen,
+                "seconds": seconds,
+                "images_per_s": seen / seconds,
+                "peak_rss_mib": peak_rss_mib(),
+            }
+        )
+    )
 
 
 def run_child(mode: str, path: Path, batch: int, batches: int = 0) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--path", str(path),
-           "--batch", str(batch), "--batches", str(batches)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--path",
+        str(path),
+        "--batch",
+        str(batch),
+        "--batches",
+        str(batches),
+    ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -119,8 +136,14 @@ def step_images_per_s(batch: int) -> float:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_step import Step  # the step ``e3 run`` uses, compiled once
 
-    step = Step({"method": "e3", "model": {"size": "S/32", "ensemble_size": 2},
-                 "data": {"image_size": 384}}, batch)
+    step = Step(
+        {
+            "method": "e3",
+            "model": {"size": "S/32", "ensemble_size": 2},
+            "data": {"image_size": 384},
+        },
+        batch,
+    )
     return batch / step.seconds_per_step(3)
 
 
@@ -143,29 +166,39 @@ def main(argv: list[str] | None = None) -> int:
         train_path = tmp / "train.array_record"
         write_set(train_path, jpeg_pool(16, 375, 500), 256)
         train = run_child("train", train_path, args.batch, args.batches)
-        print(f"  {TRAIN_PP}\n  {train['images_per_s']:.1f} images/s per core "
-              f"({train['images']} images in {train['seconds']:.1f} s), "
-              f"peak RSS {train['peak_rss_mib']:.0f} MiB")
+        print(
+            f"  {TRAIN_PP}\n  {train['images_per_s']:.1f} images/s per core "
+            f"({train['images']} images in {train['seconds']:.1f} s), "
+            f"peak RSS {train['peak_rss_mib']:.0f} MiB"
+        )
         if args.step:
             print("== 2. train step consumption at 384 px (S/32 E³, M=2, batch 8)")
             consume = step_images_per_s(8)
-            print(f"  {consume:.1f} images/s; input cores needed to keep up: "
-                  f"{consume / train['images_per_s']:.2f}")
-        print("== 3. peak RSS of a streaming evaluation vs dataset size "
-              f"({EVAL_PP}, 384×384 high-detail JPEGs)")
+            print(
+                f"  {consume:.1f} images/s; input cores needed to keep up: "
+                f"{consume / train['images_per_s']:.2f}"
+            )
+        print(
+            "== 3. peak RSS of a streaming evaluation vs dataset size "
+            f"({EVAL_PP}, 384×384 high-detail JPEGs)"
+        )
         pool = jpeg_pool(32, 384, 384, seed=1, block=1, quality=95)
         rows = []
         for n in (args.small, args.small * args.factor):
             path = tmp / f"eval_{n}.array_record"
-            size = write_set(path, pool, n) / 2 ** 20
+            size = write_set(path, pool, n) / 2**20
             res = run_child("eval", path, 50)
             rows.append((n, size, res["peak_rss_mib"], res["images_per_s"]))
             path.unlink()
         for n, size, rss, ips in rows:
-            print(f"  {n:6d} records  {size:7.0f} MiB on disk  peak RSS {rss:5.0f} MiB  "
-                  f"({size / rss:.1f}× RSS)  {ips:.0f} images/s")
-        print(f"  RSS ratio large/small: {rows[1][2] / rows[0][2]:.3f} for "
-              f"{rows[1][0] / rows[0][0]:.0f}× the data")
+            print(
+                f"  {n:6d} records  {size:7.0f} MiB on disk  peak RSS {rss:5.0f} MiB  "
+                f"({size / rss:.1f}× RSS)  {ips:.0f} images/s"
+            )
+        print(
+            f"  RSS ratio large/small: {rows[1][2] / rows[0][2]:.3f} for "
+            f"{rows[1][0] / rows[0][0]:.0f}× the data"
+        )
     return 0
 
 

@@ -37,15 +37,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # The demo's model and data, as sweeps/demo.yaml declares them.
-DEMO = {k: v for k, v in yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())["base"].items()
-        if k in ("model", "data")}
+DEMO = {
+    k: v
+    for k, v in yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())["base"].items()
+    if k in ("model", "data")
+}
 DEMO_LABEL = f"{DEMO['model']['size']}, {DEMO['data']['image_size']} px, B=64"
-DEMO_CASES = {"vit": {"method": "vit"},
-              "vmoe": {"method": "vmoe", "model": {"num_selected": 2}},
-              "e3": {"method": "e3", "model": {"num_selected": 1, "ensemble_size": 2}}}
+DEMO_CASES = {
+    "vit": {"method": "vit"},
+    "vmoe": {"method": "vmoe", "model": {"num_selected": 2}},
+    "e3": {"method": "e3", "model": {"num_selected": 1, "ensemble_size": 2}},
+}
 NUM_CLASSES = 10
-LARGER = [("S/32", 128, 32)]   # (size, image px, batch) beyond the demo
-SMALLER = [("tiny", 16, 64)]   # below it: the tests' size, bound by per-kernel overhead
+LARGER = [("S/32", 128, 32)]  # (size, image px, batch) beyond the demo
+SMALLER = [("tiny", 16, 64)]  # below it: the tests' size, bound by per-kernel overhead
 
 
 def merged(*parts: dict) -> dict:
@@ -66,7 +71,7 @@ def matmul_gflops(n: int, reps: int) -> float:
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
     best = min(_timed(lambda: dot(a, b).block_until_ready()) for _ in range(reps))
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -79,21 +84,26 @@ class Step:
     """A compiled training step of one run config, ready to time."""
 
     def __init__(self, overrides: dict, batch: int):
-        import jax
         import jax.numpy as jnp
 
         from e3lib.config import resolve
         from e3lib.models import build_model
-        from e3lib.train import Job, finetune_optimizer, init_params, initial_state, \
-            make_train_step
+        from e3lib.train import Job, finetune_optimizer, init_params, initial_state, make_train_step
 
         self.cfg = cfg = resolve(merged(overrides, {"finetune": {"batch_size": batch}}))
         size = cfg["data"]["image_size"]
         model = build_model(cfg, NUM_CLASSES)
         optimizer = finetune_optimizer(cfg["finetune"])
-        job = Job(model=model, optimizer=optimizer, num_classes=NUM_CLASSES,
-                  images=np.zeros((1, size, size, 3), np.uint8), labels=np.zeros(1, np.int32),
-                  batch_size=batch, steps=cfg["finetune"]["steps"], seeds=(0,))
+        job = Job(
+            model=model,
+            optimizer=optimizer,
+            num_classes=NUM_CLASSES,
+            images=np.zeros((1, size, size, 3), np.uint8),
+            labels=np.zeros(1, np.int32),
+            batch_size=batch,
+            steps=cfg["finetune"]["steps"],
+            seeds=(0,),
+        )
         self.state = initial_state(optimizer, init_params(model, 0, size), 0)
         rng = np.random.default_rng(0)
         self.images = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
@@ -144,7 +154,7 @@ class MatmulProbe:
         self.a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
         self.b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
         self.dot = jax.jit(jnp.dot)
-        self.flops = 2.0 * n ** 3
+        self.flops = 2.0 * n**3
 
     def warm_up(self) -> None:
         self.dot(self.a, self.b).block_until_ready()
@@ -180,19 +190,36 @@ def section(title: str) -> None:
 
 
 def throughput(reps: int, matmul: float) -> dict:
-    section("2. achieved GFLOP/s of training steps (compiled FLOPs / step time), each group "
-            "timed in alternation with a 1024² matmul")
-    groups = [[(f"demo {name} ({DEMO_LABEL})", merged(DEMO, case), 64)
-               for name, case in DEMO_CASES.items()]]
+    section(
+        "2. achieved GFLOP/s of training steps (compiled FLOPs / step time), each group "
+        "timed in alternation with a 1024² matmul"
+    )
+    groups = [
+        [
+            (f"demo {name} ({DEMO_LABEL})", merged(DEMO, case), 64)
+            for name, case in DEMO_CASES.items()
+        ]
+    ]
     for size, image, batch in SMALLER + LARGER:
-        groups.append([(f"{name} {size}, {image} px, B={batch}",
-                        merged({"model": {"size": size, "num_experts": 8},
-                                "data": {"image_size": image}}, DEMO_CASES[name]), batch)
-                       for name in ("vit", "vmoe", "e3")])
+        groups.append(
+            [
+                (
+                    f"{name} {size}, {image} px, B={batch}",
+                    merged(
+                        {"model": {"size": size, "num_experts": 8}, "data": {"image_size": image}},
+                        DEMO_CASES[name],
+                    ),
+                    batch,
+                )
+                for name in ("vit", "vmoe", "e3")
+            ]
+        )
     rows = {}
     probe = MatmulProbe(1024)
-    print(f"{'config':40s} {'GFLOP/step':>10s} {'ms/step':>9s} {'GFLOP/s':>8s} "
-          f"{'matmul GFLOP/s':>14s} {'ratio':>6s}")
+    print(
+        f"{'config':40s} {'GFLOP/step':>10s} {'ms/step':>9s} {'GFLOP/s':>8s} "
+        f"{'matmul GFLOP/s':>14s} {'ratio':>6s}"
+    )
     for group in groups:
         steps = [step_of(overrides, batch) for _, overrides, batch in group]
         big = steps[0].flops > 1e10
@@ -200,10 +227,17 @@ def throughput(reps: int, matmul: float) -> dict:
         mm_rate = max(probe.flops / times[-1] / 1e9, matmul)
         for (label, _, _), step, sec in zip(group, steps, times):
             rate = step.flops / sec / 1e9
-            rows[label] = dict(flops=step.flops, seconds=sec, gflops_per_s=rate,
-                               matmul_gflops_per_s=mm_rate, ratio=rate / mm_rate)
-            print(f"{label:40s} {step.flops / 1e9:10.3f} {1e3 * sec:9.2f} {rate:8.1f} "
-                  f"{mm_rate:14.1f} {rate / mm_rate:6.1%}")
+            rows[label] = dict(
+                flops=step.flops,
+                seconds=sec,
+                gflops_per_s=rate,
+                matmul_gflops_per_s=mm_rate,
+                ratio=rate / mm_rate,
+            )
+            print(
+                f"{label:40s} {step.flops / 1e9:10.3f} {1e3 * sec:9.2f} {rate:8.1f} "
+                f"{mm_rate:14.1f} {rate / mm_rate:6.1%}"
+            )
     print("(matmul GFLOP/s: the larger of section 1 and the matmul timed within the group)")
     return rows
 
@@ -212,18 +246,25 @@ def e3_vs_vmoe(reps: int) -> dict:
     section("3. E³ / V-MoE: step-time ratio beside compiled-FLOPs ratio")
     out = {}
     pairs = [(f"demo ({DEMO_LABEL})", DEMO, 64)]
-    pairs += [(f"{size}, {image} px, E=8, B={batch}",
-               {"model": {"size": size, "num_experts": 8}, "data": {"image_size": image}}, batch)
-              for size, image, batch in LARGER]
+    pairs += [
+        (
+            f"{size}, {image} px, E=8, B={batch}",
+            {"model": {"size": size, "num_experts": 8}, "data": {"image_size": image}},
+            batch,
+        )
+        for size, image, batch in LARGER
+    ]
     for label, base, batch in pairs:
         e3 = step_of(merged(base, DEMO_CASES["e3"]), batch)
         vm = step_of(merged(base, DEMO_CASES["vmoe"]), batch)
         t_e3, t_vm = interleaved([e3, vm], max(3, reps // 4) if vm.flops > 1e10 else reps)
         time_ratio, flop_ratio = t_e3 / t_vm, e3.flops / vm.flops
         out[label] = dict(time_ratio=time_ratio, flops_ratio=flop_ratio)
-        print(f"{label:28s} E³(K=1,M=2) {1e3 * t_e3:7.2f} ms, V-MoE(K=2) {1e3 * t_vm:7.2f} ms: "
-              f"time ratio {time_ratio:.3f}, FLOPs ratio {flop_ratio:.3f}, "
-              f"time/FLOPs {time_ratio / flop_ratio:.3f}")
+        print(
+            f"{label:28s} E³(K=1,M=2) {1e3 * t_e3:7.2f} ms, V-MoE(K=2) {1e3 * t_vm:7.2f} ms: "
+            f"time ratio {time_ratio:.3f}, FLOPs ratio {flop_ratio:.3f}, "
+            f"time/FLOPs {time_ratio / flop_ratio:.3f}"
+        )
     return out
 
 
@@ -231,17 +272,22 @@ def dispatch_scaling(reps: int) -> dict:
     section("4. sparse dispatch: V-MoE step time vs E (K=2 fixed), vs K and vs capacity factor")
     base = {"method": "vmoe", "model": {"size": "mini"}, "data": {"image_size": 16}}
     out: dict = {"E": {}, "K": {}, "capacity": {}}
-    for key, values, field in [("E", (4, 8, 16, 32), "num_experts"),
-                               ("K", (1, 2, 4), "num_selected"),
-                               ("capacity", (1.0, 2.0, 4.0), "capacity_factor")]:
+    for key, values, field in [
+        ("E", (4, 8, 16, 32), "num_experts"),
+        ("K", (1, 2, 4), "num_selected"),
+        ("capacity", (1.0, 2.0, 4.0), "capacity_factor"),
+    ]:
         fixed = {"num_experts": 32, "num_selected": 2}
         steps = [step_of(merged(base, {"model": dict(fixed, **{field: v})}), 64) for v in values]
         for v, step, sec in zip(values, steps, interleaved(steps, reps)):
             out[key][v] = dict(seconds=sec, flops=step.flops)
         first = out[key][values[0]]
-        cells = "  ".join(f"{field}={v}: {1e3 * out[key][v]['seconds']:.1f} ms "
-                          f"(x{out[key][v]['seconds'] / first['seconds']:.2f} time, "
-                          f"x{out[key][v]['flops'] / first['flops']:.2f} FLOPs)" for v in values)
+        cells = "  ".join(
+            f"{field}={v}: {1e3 * out[key][v]['seconds']:.1f} ms "
+            f"(x{out[key][v]['seconds'] / first['seconds']:.2f} time, "
+            f"x{out[key][v]['flops'] / first['flops']:.2f} FLOPs)"
+            for v in values
+        )
         print(f"mini, 16 px, B=64 | {cells}")
     return out
 
@@ -255,16 +301,24 @@ def memory(batch: int) -> dict:
     for size in ("B/32", "L/32"):
         res = {}
         for name in ("vmoe", "e3"):
-            overrides = merged({"model": {"size": size, "num_experts": 32},
-                                "data": {"image_size": 384}}, DEMO_CASES[name])
+            overrides = merged(
+                {"model": {"size": size, "num_experts": 32}, "data": {"image_size": 384}},
+                DEMO_CASES[name],
+            )
             from e3lib.config import resolve
+
             cfg = resolve(overrides)
             compiled, _ = compiled_train_step(cfg, 1000, batch)
             mem = compiled.memory_analysis()
-            res[name] = dict(args=mem.argument_size_in_bytes, out=mem.output_size_in_bytes,
-                             temp=mem.temp_size_in_bytes, alias=mem.alias_size_in_bytes)
-            res[name]["peak"] = res[name]["args"] + res[name]["out"] + res[name]["temp"] - \
-                res[name]["alias"]
+            res[name] = dict(
+                args=mem.argument_size_in_bytes,
+                out=mem.output_size_in_bytes,
+                temp=mem.temp_size_in_bytes,
+                alias=mem.alias_size_in_bytes,
+            )
+            res[name]["peak"] = (
+                res[name]["args"] + res[name]["out"] + res[name]["temp"] - res[name]["alias"]
+            )
             spec = size_spec(cfg)
         L = spec["layers"]
         before = spec["moe_layers"][0]
@@ -274,17 +328,23 @@ def memory(batch: int) -> dict:
         params_part = vm["args"] + vm["out"] - vm["alias"]
         estimate = params_part + vm["temp"] * (before + M * after) / L
         measured = res["e3"]["peak"]
-        out[size] = dict(vmoe_peak=vm["peak"], e3_peak=measured, estimate=estimate,
-                         activation_factor=(before + M * after) / L,
-                         measured_activation_factor=(res["e3"]["temp"] / vm["temp"]))
-        gib = 2 ** 30
-        print(f"{size}, 384 px, B={batch}, E=32: V-MoE(K=2) peak {vm['peak'] / gib:.2f} GiB "
-              f"(params+grads {params_part / gib:.2f}, activations/temporaries "
-              f"{vm['temp'] / gib:.2f}); E³(K=1,M=2) peak {measured / gib:.2f} GiB; "
-              f"C.3 estimate {estimate / gib:.2f} GiB (activations x(L_before+M·L_after)/L = "
-              f"x({before}+{M}·{after})/{L} = x{(before + M * after) / L:.3f}; measured "
-              f"temporaries x{res['e3']['temp'] / vm['temp']:.3f}); measured/estimate "
-              f"{measured / estimate:.3f}")
+        out[size] = dict(
+            vmoe_peak=vm["peak"],
+            e3_peak=measured,
+            estimate=estimate,
+            activation_factor=(before + M * after) / L,
+            measured_activation_factor=(res["e3"]["temp"] / vm["temp"]),
+        )
+        gib = 2**30
+        print(
+            f"{size}, 384 px, B={batch}, E=32: V-MoE(K=2) peak {vm['peak'] / gib:.2f} GiB "
+            f"(params+grads {params_part / gib:.2f}, activations/temporaries "
+            f"{vm['temp'] / gib:.2f}); E³(K=1,M=2) peak {measured / gib:.2f} GiB; "
+            f"C.3 estimate {estimate / gib:.2f} GiB (activations x(L_before+M·L_after)/L = "
+            f"x({before}+{M}·{after})/{L} = x{(before + M * after) / L:.3f}; measured "
+            f"temporaries x{res['e3']['temp'] / vm['temp']:.3f}); measured/estimate "
+            f"{measured / estimate:.3f}"
+        )
     return out
 
 
@@ -308,15 +368,25 @@ def compilation_cache() -> dict:
         env = dict(os.environ, E3_JAX_CACHE=cache)
         for run in ("first", "second"):
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, CACHE_PROBE], env=env,
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, CACHE_PROBE],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             wall = time.perf_counter() - t0
             out[run] = dict(json.loads(proc.stdout.strip().splitlines()[-1]), process_seconds=wall)
     f, s = out["first"], out["second"]
-    print(f"first process: lower+compile {f['compile_seconds']:.2f} s (cache then holds "
-          f"{f['cache_files']} files), whole process {f['process_seconds']:.1f} s")
-    print(f"second process: lower+compile {s['compile_seconds']:.2f} s, whole process "
-          f"{s['process_seconds']:.1f} s; compile speed-up x{f['compile_seconds'] / s['compile_seconds']:.1f}")
+    print(
+        f"first process: lower+compile {f['compile_seconds']:.2f} s (cache then holds "
+        f"{f['cache_files']} files), whole process {f['process_seconds']:.1f} s"
+    )
+    print(
+        f"second process: lower+compile {s['compile_seconds']:.2f} s, whole process "
+        f"{s['process_seconds']:.1f} s; compile speed-up "
+        f"x{f['compile_seconds'] / s['compile_seconds']:.1f}"
+    )
     return out
 
 
@@ -332,8 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     reps = 5 if args.quick else 30
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-          f"cpu count {os.cpu_count()}")
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
+        f"cpu count {os.cpu_count()}"
+    )
     section("1. machine dense-matmul GFLOP/s (jnp.dot float32, best of repetitions)")
     matmul = {n: matmul_gflops(n, 5 if args.quick else 20) for n in (1024, 2048)}
     peak = max(matmul.values())

@@ -24,6 +24,7 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 from bench_step import DEMO as DEMO_BASE  # the demo's model and data (sweeps/demo.yaml)
+
 CASES = {
     "ViT": {"method": "vit"},
     "V-MoE": {"method": "vmoe", "model": {"num_selected": 2}},
@@ -52,8 +53,9 @@ def loop_steps_per_second(cfg: dict) -> tuple[float, float]:
     suite = load_suite(cfg)
     model = build_model(cfg, suite.num_classes)
     job = train.finetune_job([cfg], suite, model)
-    state = train.initial_state(job.optimizer, train.init_params(model, cfg["seed"], 16),
-                                cfg["seed"])
+    state = train.initial_state(
+        job.optimizer, train.init_params(model, cfg["seed"], 16), cfg["seed"]
+    )
     with redirect_stderr(io.StringIO()):
         _, summary = train.train(job, state, None, "plain")
     steady = summary["train_seconds"] - summary["first_step_seconds"]
@@ -63,9 +65,24 @@ def loop_steps_per_second(cfg: dict) -> tuple[float, float]:
 def run_process(configs: list[Path], outs: list[Path], cache: str) -> float:
     env = dict(os.environ, E3_JAX_CACHE=cache)
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "e3lib.cli", "run", "--config", *map(str, configs),
-                    "--out", *map(str, outs), "--log-mode", "plain"], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e3lib.cli",
+            "run",
+            "--config",
+            *map(str, configs),
+            "--out",
+            *map(str, outs),
+            "--log-mode",
+            "plain",
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t
 
 
@@ -75,10 +92,14 @@ def main() -> None:
     a = p.parse_args()
     from e3lib.cost import xla
 
-    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
-          f"(other processes slow every number below)")
-    print(f"\n1. demo fine-tune loop ({DEMO_BASE['model']['size']}, "
-          f"{DEMO_BASE['data']['image_size']} px, batch 64, {a.steps} steps)")
+    print(
+        f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+        f"(other processes slow every number below)"
+    )
+    print(
+        f"\n1. demo fine-tune loop ({DEMO_BASE['model']['size']}, "
+        f"{DEMO_BASE['data']['image_size']} px, batch 64, {a.steps} steps)"
+    )
     rates = {}
     for name in CASES:
         cfg = case_config(name, a.steps)
@@ -91,8 +112,10 @@ def main() -> None:
     f_vmoe = xla.xla_gflops(vmoe_cfg, 8, batch=64)
     print("\n2. E3 (K=1, M=2) vs V-MoE (K=2)")
     print(f"   step-time ratio E3/V-MoE      {rates['V-MoE'] / rates['E3']:.2f}")
-    print(f"   compiled-FLOPs ratio E3/V-MoE {f_e3 / f_vmoe:.2f}   "
-          f"({f_e3 * 1e3:.2f} vs {f_vmoe * 1e3:.2f} MFLOPs per image, XLA cost analysis)")
+    print(
+        f"   compiled-FLOPs ratio E3/V-MoE {f_e3 / f_vmoe:.2f}   "
+        f"({f_e3 * 1e3:.2f} vs {f_vmoe * 1e3:.2f} MFLOPs per image, XLA cost analysis)"
+    )
 
     print(f"\n3. two E3 seeds, {a.steps} steps + full evaluation, empty compilation cache")
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,13 +124,18 @@ def main() -> None:
         for seed in (0, 1):
             cfgs.append(tmp / f"seed{seed}.json")
             cfgs[-1].write_text(json.dumps(case_config("E3", a.steps) | {"seed": seed}))
-        separate = sum(run_process([c], [tmp / f"sep{i}"], str(tmp / f"cache{i}"))
-                       for i, c in enumerate(cfgs))
+        separate = sum(
+            run_process([c], [tmp / f"sep{i}"], str(tmp / f"cache{i}")) for i, c in enumerate(cfgs)
+        )
         packed = run_process(cfgs, [tmp / "pk0", tmp / "pk1"], str(tmp / "cache_packed"))
-        train_s = [json.loads((tmp / d / "results.json").read_text())["train"]["train_seconds"]
-                   for d in ("sep0", "sep1", "pk0")]
-        print(f"   separate processes: {separate:6.1f} s wall "
-              f"(training loops {train_s[0] + train_s[1]:.1f} s)")
+        train_s = [
+            json.loads((tmp / d / "results.json").read_text())["train"]["train_seconds"]
+            for d in ("sep0", "sep1", "pk0")
+        ]
+        print(
+            f"   separate processes: {separate:6.1f} s wall "
+            f"(training loops {train_s[0] + train_s[1]:.1f} s)"
+        )
         print(f"   one packed process: {packed:6.1f} s wall (training loop {train_s[2]:.1f} s)")
         print(f"   speed-up packed vs separate: {separate / packed:.2f}x")
 

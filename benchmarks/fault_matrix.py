@@ -33,24 +33,36 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
 SWEEP = {
-    "title": "fault matrix", "reproduces": ["demo"],
-    "base": {"method": "vmoe",
-             "model": {"size": "tiny", "num_experts": 4, "num_selected": 1},
-             "upstream": {"num_selected": 1, "steps": 4, "warmup": 1, "batch_size": 16},
-             "data": {"dataset": "demo", "image_size": 16},
-             "finetune": {"steps": STEPS, "warmup": 1, "batch_size": 16, "checkpoint_every": 2},
-             "eval": {"fewshot_shots": [1], "corrupted": False}},
+    "title": "fault matrix",
+    "reproduces": ["demo"],
+    "base": {
+        "method": "vmoe",
+        "model": {"size": "tiny", "num_experts": 4, "num_selected": 1},
+        "upstream": {"num_selected": 1, "steps": 4, "warmup": 1, "batch_size": 16},
+        "data": {"dataset": "demo", "image_size": 16},
+        "finetune": {"steps": STEPS, "warmup": 1, "batch_size": 16, "checkpoint_every": 2},
+        "eval": {"fewshot_shots": [1], "corrupted": False},
+    },
     "axes": [{"cases": [{"method": "vmoe"}]}],
     "seeds": 3,
-    "ensembles": [{"label": "down_de", "kind": "downstream", "runs": [2],
-                   "of": {"method": "vmoe"}}],
+    "ensembles": [
+        {"label": "down_de", "kind": "downstream", "runs": [2], "of": {"method": "vmoe"}}
+    ],
 }
 CONF = ["--config", "sweeps=[faults/matrix.yaml]", "results=res", "reports=rep"]
 
 
 def copy_checkout(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src, dst = REPO / rel, dest / rel
         if not src.exists() and not src.is_symlink():
@@ -79,8 +91,14 @@ def env_for(cwd: Path, fault: str | None = None) -> dict:
 
 
 def smk(cwd: Path, fault: str | None = None, extra: list[str] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run(smk_cmd(extra), cwd=cwd, env=env_for(cwd, fault), capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        smk_cmd(extra),
+        cwd=cwd,
+        env=env_for(cwd, fault),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def entries(cwd: Path) -> list[dict]:
@@ -177,8 +195,14 @@ def ckpt_steps(cwd: Path, run: Path) -> list[int]:
 def kill_driver_during_job(cwd: Path) -> None:
     """The login node dies: driver and its jobs SIGKILLed while a run trains."""
     run = forget_run(cwd)
-    p = subprocess.Popen(smk_cmd(), cwd=cwd, env=env_for(cwd), start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        smk_cmd(),
+        cwd=cwd,
+        env=env_for(cwd),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: 2 in ckpt_steps(cwd, run))
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
@@ -187,8 +211,9 @@ def kill_driver_during_job(cwd: Path) -> None:
 def kill_driver_only(cwd: Path) -> None:
     """The driver alone SIGKILLed (its job keeps running and finishes on its own)."""
     run = forget_run(cwd)
-    p = subprocess.Popen(smk_cmd(), cwd=cwd, env=env_for(cwd),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        smk_cmd(), cwd=cwd, env=env_for(cwd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for(lambda: 2 in ckpt_steps(cwd, run))
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -212,15 +237,14 @@ def job_sigkill_at_step(cwd: Path) -> None:
 
 def job_preempted_at_step(cwd: Path) -> None:
     forget_run(cwd)
-    smk(cwd, fault="term:4")           # SIGTERM: checkpoint, exit 4 (preempted)
+    smk(cwd, fault="term:4")  # SIGTERM: checkpoint, exit 4 (preempted)
 
 
 def flipped_bit_in_checkpoint(cwd: Path) -> None:
     run = forget_run(cwd)
-    smk(cwd, fault="term:4")           # checkpoints at steps 2 and 4
+    smk(cwd, fault="term:4")  # checkpoints at steps 2 and 4
     step = max(ckpt_steps(cwd, run))
-    files = [p for p in (cwd / "res/checkpoints" / run.name / str(step)).rglob("*")
-             if p.is_file()]
+    files = [p for p in (cwd / "res/checkpoints" / run.name / str(step)).rglob("*") if p.is_file()]
     flip_bit(max(files, key=lambda p: p.stat().st_size))
 
 
@@ -243,8 +267,16 @@ def truncated_dataset(cwd: Path) -> None:
 def two_drivers_at_once(cwd: Path) -> None:
     """The same command launched twice together; one may be refused by the lock."""
     forget_run(cwd)
-    procs = [subprocess.Popen(smk_cmd(), cwd=cwd, env=env_for(cwd), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            smk_cmd(),
+            cwd=cwd,
+            env=env_for(cwd),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.wait(timeout=900)
 
@@ -308,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print((r.stdout + r.stderr)[-3000:], file=sys.stderr)
         return 1
     reference = snapshot(base)
-    print(f"undisturbed run: {time.time() - t0:.0f} s, {len(entries(base))} entries",
-          flush=True)
+    print(f"undisturbed run: {time.time() - t0:.0f} s, {len(entries(base))} entries", flush=True)
     rows = []
     for name, inject in TRIALS.items():
         if a.only and not any(s in name for s in a.only):
@@ -319,13 +350,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| fault | injected | survived | identical | runs lost | steps recomputed | reruns |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['fault']} | 1 | {'yes' if row['survived'] else 'NO'} | "
-              f"{'yes' if row['identical'] else 'NO'} | {row['runs_lost']} | "
-              f"{row['steps_recomputed']} | {row['reruns']} |")
+        print(
+            f"| {row['fault']} | 1 | {'yes' if row['survived'] else 'NO'} | "
+            f"{'yes' if row['identical'] else 'NO'} | {row['runs_lost']} | "
+            f"{row['steps_recomputed']} | {row['reruns']} |"
+        )
     tot = len(rows)
-    print(f"| **total** | {tot} | {sum(r['survived'] for r in rows)} | "
-          f"{sum(r['identical'] for r in rows)} | {sum(r['runs_lost'] for r in rows)} | "
-          f"{sum(r['steps_recomputed'] for r in rows)} | {sum(r['reruns'] for r in rows)} |")
+    print(
+        f"| **total** | {tot} | {sum(r['survived'] for r in rows)} | "
+        f"{sum(r['identical'] for r in rows)} | {sum(r['runs_lost'] for r in rows)} | "
+        f"{sum(r['steps_recomputed'] for r in rows)} | {sum(r['reruns'] for r in rows)} |"
+    )
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(r["survived"] and r["identical"] for r in rows) else 1

@@ -60,30 +60,30 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "model": {
         "size": "tiny",
-        "num_experts": 8,            # E
-        "num_selected": 1,           # K
-        "ensemble_size": 1,          # M (members of E3 / Tiling / Partitioning / baselines)
-        "overlap": 0,                # o: experts shared by all members (E3 with overlap)
-        "moe_placement": "last",     # "last" (last-n odd blocks) or "every" (every n-th block)
-        "moe_n": None,               # n; None = the size's default (2, or 5 for H/14)
-        "noise_mult": 1.0,           # router noise multiplier
+        "num_experts": 8,  # E
+        "num_selected": 1,  # K
+        "ensemble_size": 1,  # M (members of E3 / Tiling / Partitioning / baselines)
+        "overlap": 0,  # o: experts shared by all members (E3 with overlap)
+        "moe_placement": "last",  # "last" (last-n odd blocks) or "every" (every n-th block)
+        "moe_n": None,  # n; None = the size's default (2, or 5 for H/14)
+        "noise_mult": 1.0,  # router noise multiplier
         # "code": σ = mult/(experts the router sees); "paper": σ = mult/E
         "noise_scaling": "code",
-        "aux_weight": 0.01,          # λ: importance and load losses each weighted λ/2
-        "capacity_factor": 1.5,      # C at training time
+        "aux_weight": 0.01,  # λ: importance and load losses each weighted λ/2
+        "capacity_factor": 1.5,  # C at training time
         "eval_capacity_factor": None,  # C at evaluation; None = same as training (code); paper: 8
-        "batch_priority": False,     # batch-prioritized routing
-        "expert_dropout": 0.0,       # dropout inside expert MLPs (Table 7 uses 0.1 at full scale)
-        "dropout": 0.0,              # dropout elsewhere
-        "group_images": 8,           # images per routing group (per member under E3)
-        "num_predictions": 1,        # Multi-pred: predictions from the last MoE layer (= K)
-        "permute_experts": False,    # Table 13: shuffle upstream experts before partitioning
-        "representation": True,      # pre-logits representation layer (Dense + tanh)
-        "head_bias_init": None,      # initial head bias; None = -log(num_classes) (V-MoE configs)
+        "batch_priority": False,  # batch-prioritized routing
+        "expert_dropout": 0.0,  # dropout inside expert MLPs (Table 7 uses 0.1 at full scale)
+        "dropout": 0.0,  # dropout elsewhere
+        "group_images": 8,  # images per routing group (per member under E3)
+        "num_predictions": 1,  # Multi-pred: predictions from the last MoE layer (= K)
+        "permute_experts": False,  # Table 13: shuffle upstream experts before partitioning
+        "representation": True,  # pre-logits representation layer (Dense + tanh)
+        "head_bias_init": None,  # initial head bias; None = -log(num_classes) (V-MoE configs)
         "dtype": "float32",
         # Efficient-ensemble baselines (Appendix G).
-        "be_init": "random_sign",    # BatchEnsemble fast-weight init: random_sign | normal
-        "be_lr_scale": 1.0,          # BatchEnsemble fast-weight learning-rate factor
+        "be_init": "random_sign",  # BatchEnsemble fast-weight init: random_sign | normal
+        "be_lr_scale": 1.0,  # BatchEnsemble fast-weight learning-rate factor
         "mimo_input_repetition": 0.0,  # MIMO: probability that all members see the same image
         "mimo_batch_repetition": 1,  # MIMO: times each batch is repeated
     },
@@ -92,11 +92,11 @@ DEFAULTS: dict[str, Any] = {
         # published .npz / V-MoE sharded prefix (local path or gs:// URL), or the name of a
         # published checkpoint (e3lib/upstreams/catalog.py; docs/checkpoints.md).
         "checkpoint": None,
-        "checkpoint_sha256": None,   # content checksum (pinned at expansion for local files)
-        "fresh": ["head"],           # leaves that start from their initialisation, not the checkpoint
-        "method": None,              # "vmoe" or "vit"; None = derived from the method
-        "num_experts": None,         # upstream E; None = model.num_experts
-        "num_selected": None,        # upstream K; None = model.num_selected (Table 19 differs)
+        "checkpoint_sha256": None,  # content checksum (pinned at expansion for local files)
+        "fresh": ["head"],  # leaves that start from their initialisation, not the checkpoint
+        "method": None,  # "vmoe" or "vit"; None = derived from the method
+        "num_experts": None,  # upstream E; None = model.num_experts
+        "num_selected": None,  # upstream K; None = model.num_selected (Table 19 differs)
         "seed": 0,
         "steps": 300,
         "lr": 1e-3,
@@ -104,7 +104,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "weight_decay": 0.1,
         "capacity_factor": 1.05,
-        "dataset": None,             # None = the upstream set paired with data.dataset
+        "dataset": None,  # None = the upstream set paired with data.dataset
     },
     "data": {
         "dataset": "demo",
@@ -121,13 +121,13 @@ DEFAULTS: dict[str, Any] = {
         # "plain". The demo with None keeps its in-memory arrays.
         "pp_train": None,
         "pp_eval": None,
-        "input_workers": 0,          # grain worker processes decoding the stream
+        "input_workers": 0,  # grain worker processes decoding the stream
     },
     "finetune": {
         "steps": 100,
         "lr": 0.01,
         "warmup": 10,
-        "schedule": "cosine",        # cosine | linear
+        "schedule": "cosine",  # cosine | linear
         "end_lr": 1e-5,
         "batch_size": 64,
         "momentum": 0.9,
@@ -149,7 +149,6 @@ DEFAULTS: dict[str, Any] = {
     # (e3lib.parallel, docs/scale.md). Excluded from the run id (``RUN_ID_EXCLUDED``).
     "mesh": None,
 }
-
 
 
 def _with_method_fields(base: dict) -> dict:
@@ -182,6 +181,7 @@ CHOICES: dict[str, tuple] = {
     "data.dataset": ("demo", "cifar10", "cifar100", "imagenet2012"),
 }
 
+
 def resolve(overrides: Mapping[str, Any], source: str | None = None, job: bool = False) -> dict:
     """Fill defaults into ``overrides`` and validate. Returns the resolved config.
 
@@ -190,8 +190,11 @@ def resolve(overrides: Mapping[str, Any], source: str | None = None, job: bool =
     """
     try:
         if not isinstance(overrides, Mapping):
-            raise ConfigError("(top level)", overrides, "a run config must be a mapping of "
-                              f"fields; allowed sections: {sorted(DEFAULTS)}")
+            raise ConfigError(
+                "(top level)",
+                overrides,
+                f"a run config must be a mapping of fields; allowed sections: {sorted(DEFAULTS)}",
+            )
         cfg = tree.merge_known(DEFAULTS, overrides)
         validate(cfg)
         resolve_derived(cfg)
@@ -251,6 +254,7 @@ def non_default_fields(cfg: Mapping[str, Any], defaults: Mapping[str, Any] = DEF
 
 _MISSING = object()
 
+
 def run_id(cfg: Mapping[str, Any]) -> str:
     """Identity of a resolved run config: the same config always gets the same id.
 
@@ -274,7 +278,8 @@ def upstream_config(cfg: Mapping[str, Any]) -> dict:
     """
     up = cfg["upstream"]
     if None in (up["method"], up["dataset"], cfg["model"]["moe_n"]) or (
-            up["method"] == "vmoe" and None in (up["num_experts"], up["num_selected"])):
+        up["method"] == "vmoe" and None in (up["num_experts"], up["num_selected"])
+    ):
         cfg = resolve_derived(copy.deepcopy(dict(cfg)))
     up = cfg["upstream"]
     m = cfg["model"]

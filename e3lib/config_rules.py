@@ -36,28 +36,31 @@ class Field:
     str_list | mesh."""
 
     kind: str
-    lo: float | None = None          # inclusive lower bound (numbers and ints)
-    hi: float | None = None          # upper bound, inclusive unless ``hi_open``
-    lo_open: bool = False            # lower bound exclusive
+    lo: float | None = None  # inclusive lower bound (numbers and ints)
+    hi: float | None = None  # upper bound, inclusive unless ``hi_open``
+    lo_open: bool = False  # lower bound exclusive
     hi_open: bool = False
-    null: bool = False               # None allowed
+    null: bool = False  # None allowed
 
     def allowed(self) -> str:
         """What the field allows, in words ("a non-negative number", "null or ...")."""
-        fixed = {"bool": "true or false", "str": "a string",
-                 "int_list": "a list of positive integers",
-                 "str_list": "a list of non-empty strings",
-                 "mesh": "null, 'auto' or {data: -1|n, expert: -1|n} (at most one -1)"}
+        fixed = {
+            "bool": "true or false",
+            "str": "a string",
+            "int_list": "a list of positive integers",
+            "str_list": "a list of non-empty strings",
+            "mesh": "null, 'auto' or {data: -1|n, expert: -1|n} (at most one -1)",
+        }
         noun = "integer" if self.kind == "int" else "finite number"
         if self.kind in fixed:
             what = fixed[self.kind]
         elif self.lo is not None and self.hi is not None:
             left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-            what = f"{'an' if self.kind == 'int' else 'a'} {noun} in {left}{self.lo}, " \
-                   f"{self.hi}{right}"
+            what = (
+                f"{'an' if self.kind == 'int' else 'a'} {noun} in {left}{self.lo}, {self.hi}{right}"
+            )
         elif self.lo == 0 or (self.lo == 1 and self.kind == "int"):
-            what = f"a {'non-negative' if self.lo == 0 and not self.lo_open else 'positive'} " \
-                   f"{noun}"
+            what = f"a {'non-negative' if self.lo == 0 and not self.lo_open else 'positive'} {noun}"
         elif self.lo is not None:
             what = f"a {noun} {'>' if self.lo_open else '>='} {self.lo}"
         else:
@@ -69,8 +72,13 @@ def _int(lo: int | None = None, hi: int | None = None, null: bool = False) -> Fi
     return Field("int", lo, hi, null=null)
 
 
-def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-         hi_open: bool = False, null: bool = False) -> Field:
+def _num(
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    null: bool = False,
+) -> Field:
     return Field("number", lo, hi, lo_open, hi_open, null)
 
 
@@ -109,9 +117,9 @@ FIELDS: dict[str, Field] = {
     "model.mimo_batch_repetition": _int(1),
     "model.slots_per_expert": _int(1),
     "model.soft_moe_normalize": BOOL,
-    "model.partition_k": CHOICE,   # allowed values: the partitioning registry entry
+    "model.partition_k": CHOICE,  # allowed values: the partitioning registry entry
     "upstream.checkpoint": STR_OR_NULL,
-    "upstream.checkpoint_sha256": STR_OR_NULL,   # format checked in config
+    "upstream.checkpoint_sha256": STR_OR_NULL,  # format checked in config
     "upstream.fresh": Field("str_list"),
     "upstream.method": CHOICE,
     "upstream.num_experts": _int(1, null=True),
@@ -150,7 +158,7 @@ FIELDS: dict[str, Field] = {
     "mesh": Field("mesh", null=True),
 }
 
-MESH_AXES = ("data", "expert")   # axes of the device mesh (e3lib.parallel, docs/scale.md)
+MESH_AXES = ("data", "expert")  # axes of the device mesh (e3lib.parallel, docs/scale.md)
 
 
 def check_mesh(v: Any, dotted: str = "mesh") -> None:
@@ -162,13 +170,15 @@ def check_mesh(v: Any, dotted: str = "mesh") -> None:
         raise ConfigError(dotted, v, f"must be {FIELDS['mesh'].allowed()}")
     unknown = sorted(set(v) - set(MESH_AXES))
     if unknown:
-        raise ConfigError(f"{dotted}.{unknown[0]}", v[unknown[0]],
-                          f"allowed axes: {list(MESH_AXES)}")
+        raise ConfigError(
+            f"{dotted}.{unknown[0]}", v[unknown[0]], f"allowed axes: {list(MESH_AXES)}"
+        )
     for axis in MESH_AXES:
         n = v.get(axis, -1 if axis == "data" else 1)
         if not _is_int(n) or (n < 1 and n != -1):
-            raise ConfigError(f"{dotted}.{axis}", n, "must be a positive integer or -1 "
-                              "(the rest of the devices)")
+            raise ConfigError(
+                f"{dotted}.{axis}", n, "must be a positive integer or -1 (the rest of the devices)"
+            )
     if list(v.values()).count(-1) > 1:
         raise ConfigError(dotted, dict(v), "at most one axis may be -1")
 
@@ -190,7 +200,7 @@ def check_value(dotted: str, v: Any, spec: Field) -> None:
     if spec.kind == "choice":
         if isinstance(v, (list, dict)):
             raise ConfigError(dotted, v, "must be a single value, not a list or mapping")
-        return   # the allowed values are checked against CHOICES
+        return  # the allowed values are checked against CHOICES
     bad = ConfigError(dotted, v, f"must be {spec.allowed()}")
     if spec.kind == "bool":
         if not isinstance(v, bool):
@@ -234,24 +244,35 @@ def check_training(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     """Cross-field rules the training stages rely on (``spec``: ``sizes.size_spec(cfg)``)."""
     m, ft, up, data = cfg["model"], cfg["finetune"], cfg["upstream"], cfg["data"]
     if ft["warmup"] >= ft["steps"]:
-        raise ConfigError("finetune.warmup", ft["warmup"],
-                          f"must be < finetune.steps = {ft['steps']}")
+        raise ConfigError(
+            "finetune.warmup", ft["warmup"], f"must be < finetune.steps = {ft['steps']}"
+        )
     if up["checkpoint"] is None and up["warmup"] >= up["steps"]:
-        raise ConfigError("upstream.warmup", up["warmup"],
-                          f"must be < upstream.steps = {up['steps']}")
+        raise ConfigError(
+            "upstream.warmup", up["warmup"], f"must be < upstream.steps = {up['steps']}"
+        )
     if ft["end_lr"] > ft["lr"]:
-        raise ConfigError("finetune.end_lr", ft["end_lr"],
-                          f"must be <= finetune.lr = {ft['lr']} (the {ft['schedule']} schedule "
-                          "decays from lr to end_lr)")
+        raise ConfigError(
+            "finetune.end_lr",
+            ft["end_lr"],
+            f"must be <= finetune.lr = {ft['lr']} (the {ft['schedule']} schedule "
+            "decays from lr to end_lr)",
+        )
     n, placement, L = m["moe_n"], m["moe_placement"], spec["layers"]
     top = max_moe_n(L, placement)
     if n is not None and n > top:
-        raise ConfigError("model.moe_n", n,
-                          f"size {m['size']} has {L} blocks: placement {placement!r} allows "
-                          f"n in [1, {top}] (or null for the size's default)")
+        raise ConfigError(
+            "model.moe_n",
+            n,
+            f"size {m['size']} has {L} blocks: placement {placement!r} allows "
+            f"n in [1, {top}] (or null for the size's default)",
+        )
     if data["image_size"] < spec["patch"]:
-        raise ConfigError("data.image_size", data["image_size"], f"must be >= the patch size "
-                          f"{spec['patch']} of model.size {m['size']}")
+        raise ConfigError(
+            "data.image_size",
+            data["image_size"],
+            f"must be >= the patch size {spec['patch']} of model.size {m['size']}",
+        )
 
 
 def check_pixels(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
@@ -259,11 +280,14 @@ def check_pixels(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     drop the remainder (checked for configs that will be trained; pricing one is allowed)."""
     P, size, m = spec["patch"], cfg["data"]["image_size"], cfg["model"]
     if size % P and not cfg["data"]["crop_to_patch"]:
-        raise ConfigError("data.image_size", size,
-                          f"must be divisible by the patch size {P} of model.size {m['size']} "
-                          f"(e.g. {size - size % P} or {size - size % P + P}); set "
-                          f"data.crop_to_patch: true to drop the last {size % P} pixel rows and "
-                          "columns as the reference code does")
+        raise ConfigError(
+            "data.image_size",
+            size,
+            f"must be divisible by the patch size {P} of model.size {m['size']} "
+            f"(e.g. {size - size % P} or {size - size % P + P}); set "
+            f"data.crop_to_patch: true to drop the last {size % P} pixel rows and "
+            "columns as the reference code does",
+        )
 
 
 def check_upstream_checkpoint(up: Mapping[str, Any]) -> None:
@@ -271,15 +295,21 @@ def check_upstream_checkpoint(up: Mapping[str, Any]) -> None:
     the checksum 64 lowercase hex digits."""
     fresh = up["fresh"]
     if not isinstance(fresh, list) or not all(isinstance(p, str) and p for p in fresh):
-        raise ConfigError("upstream.fresh", fresh, "must be a list of leaf names or name "
-                          "parts (e.g. [head, pre_logits, Router])")
+        raise ConfigError(
+            "upstream.fresh",
+            fresh,
+            "must be a list of leaf names or name parts (e.g. [head, pre_logits, Router])",
+        )
     for field in ("checkpoint", "checkpoint_sha256"):
         if up[field] is not None and (not isinstance(up[field], str) or not up[field]):
             raise ConfigError(f"upstream.{field}", up[field], "must be null or a string")
     sha = up["checkpoint_sha256"]
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise ConfigError("upstream.checkpoint_sha256", sha, "must be 64 lowercase hex digits "
-                          "(as `e3 checkpoint inspect` prints)")
+        raise ConfigError(
+            "upstream.checkpoint_sha256",
+            sha,
+            "must be 64 lowercase hex digits (as `e3 checkpoint inspect` prints)",
+        )
 
 
 def check_pp(data: Mapping[str, Any]) -> None:
@@ -287,6 +317,7 @@ def check_pp(data: Mapping[str, Any]) -> None:
     for key, which in (("pp_train", "train"), ("pp_eval", "eval")):
         if data[key] is not None:
             if not isinstance(data[key], str) or not data[key].strip():
-                raise ConfigError(f"data.{key}", data[key],
-                                  f"must be a pp string or a recipe {sorted(RECIPES)}")
+                raise ConfigError(
+                    f"data.{key}", data[key], f"must be a pp string or a recipe {sorted(RECIPES)}"
+                )
             parse_pp(pp_string(data[key], data["image_size"], which), f"data.{key}")

@@ -46,8 +46,9 @@ def size_shape(cfg: Mapping[str, Any]) -> dict | None:
     return dict(MODEL_SIZES[size]) if size in MODEL_SIZES else None
 
 
-def stale_size_shape(stored_shape: Mapping[str, Any] | None, current: Mapping[str, Any]
-                     ) -> list[str]:
+def stale_size_shape(
+    stored_shape: Mapping[str, Any] | None, current: Mapping[str, Any]
+) -> list[str]:
     """["model.size"] if a result's stored shape differs from the current size entry."""
     if stored_shape is None:
         return []  # results written before shapes were stored: nothing to compare

@@ -122,7 +122,6 @@ def screen(
     return messages
 
 
-
 def screen_sweep(
     entry_done: Iterable[str | os.PathLike],
     dataset_done: str | os.PathLike,
@@ -141,8 +140,7 @@ def screen_sweep(
     messages = screen(entry_done, dry_run=dry_run, deep=deep)
     if not os.path.exists(dataset_done):
         return messages
-    gone = [d for d in entry_done
-            if not os.path.exists(d) or (dry_run and check(d, deep=deep))]
+    gone = [d for d in entry_done if not os.path.exists(d) or (dry_run and check(d, deep=deep))]
     if not gone and not damaged:
         return messages
     more = f" (+{len(gone) - 1} more)" if len(gone) > 1 else ""

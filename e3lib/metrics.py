@@ -33,14 +33,25 @@ Metric names used in result records (``METRICS``):
 from __future__ import annotations
 
 import zlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from e3lib.config import CHOICES
 
-METRICS = ("nll", "error", "ece", "brier", "kl_diversity", "cos_similarity", "disagreement",
-           "auroc", "aupr", "fpr95", "fewshot_error")
+METRICS = (
+    "nll",
+    "error",
+    "ece",
+    "brier",
+    "kl_diversity",
+    "cos_similarity",
+    "disagreement",
+    "auroc",
+    "aupr",
+    "fpr95",
+    "fewshot_error",
+)
 DIVERSITY_METRICS = ("kl_diversity", "cos_similarity", "disagreement")
 ECE_BINS = 15
 _TINY = 1e-12  # floor on probabilities inside logarithms (p = 0 exactly)
@@ -85,8 +96,10 @@ def _pairs(m: int, ordered: bool):
 def kl_diversity(member_probs) -> float:
     p = _probs(member_probs)
     logp = np.log(np.maximum(p, _TINY))
-    vals = [np.mean(np.sum(p[a] * (logp[a] - logp[b]), axis=-1))
-            for a, b in _pairs(p.shape[0], ordered=True)]
+    vals = [
+        np.mean(np.sum(p[a] * (logp[a] - logp[b]), axis=-1))
+        for a, b in _pairs(p.shape[0], ordered=True)
+    ]
     return float(np.mean(vals))
 
 
@@ -162,11 +175,15 @@ def prediction_metrics(member_probs, labels) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     ensemble = p.mean(axis=0)
     for name, q in [("ensemble", ensemble)] + [(str(m), p[m]) for m in range(p.shape[0])]:
-        out[name] = dict(nll=nll(q, labels), error=error(q, labels), ece=ece(q, labels),
-                         brier=brier(q, labels))
+        out[name] = dict(
+            nll=nll(q, labels), error=error(q, labels), ece=ece(q, labels), brier=brier(q, labels)
+        )
     if p.shape[0] > 1:
-        out["ensemble"].update(kl_diversity=kl_diversity(p), cos_similarity=cos_similarity(p),
-                               disagreement=disagreement(p, labels))
+        out["ensemble"].update(
+            kl_diversity=kl_diversity(p),
+            cos_similarity=cos_similarity(p),
+            disagreement=disagreement(p, labels),
+        )
     return out
 
 
@@ -179,8 +196,8 @@ def ood_metrics(member_probs_in, member_probs_out) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------
 # Linear few-shot evaluation (App. A.5).
 
-FEWSHOT_L2_GRID = tuple(2.0 ** i for i in range(-10, 20))
-FEWSHOT_BIAS = 100.0   # constant feature appended after whitening: an almost free bias
+FEWSHOT_L2_GRID = tuple(2.0**i for i in range(-10, 20))
+FEWSHOT_BIAS = 100.0  # constant feature appended after whitening: an almost free bias
 
 
 def ridge_fit_predict(x_train, y_train, x_test, num_classes: int, l2: float) -> np.ndarray:
@@ -198,11 +215,11 @@ def ridge_fit_predict(x_train, y_train, x_test, num_classes: int, l2: float) -> 
     y = 2.0 * np.eye(num_classes)[np.asarray(y_train)] - 1.0  # (N, C)
     n, d = xtr.shape
     if n >= d:
-        eigs, vecs = np.linalg.eigh(xtr.T @ xtr)                            # (D, D)
-        w = vecs @ np.diag(1.0 / (eigs + l2)) @ vecs.T @ xtr.T @ y          # (D, C)
+        eigs, vecs = np.linalg.eigh(xtr.T @ xtr)  # (D, D)
+        w = vecs @ np.diag(1.0 / (eigs + l2)) @ vecs.T @ xtr.T @ y  # (D, C)
     else:
-        eigs, vecs = np.linalg.eigh(xtr @ xtr.T)                            # (N, N)
-        w = xtr.T @ vecs @ np.diag(1.0 / (eigs + l2)) @ vecs.T @ y          # (D, C)
+        eigs, vecs = np.linalg.eigh(xtr @ xtr.T)  # (N, N)
+        w = xtr.T @ vecs @ np.diag(1.0 / (eigs + l2)) @ vecs.T @ y  # (D, C)
     return xte @ w
 
 
@@ -210,42 +227,51 @@ def fewshot_sample(labels, shots: int, seed: int, task: str) -> np.ndarray:
     """Indices of ``shots`` examples per class, drawn from (seed, task, shots)."""
     rng = np.random.default_rng([seed, zlib.crc32(task.encode()), shots])
     labels = np.asarray(labels)
-    idx = [rng.choice(np.flatnonzero(labels == c), shots, replace=False)
-           for c in np.unique(labels)]
+    idx = [rng.choice(np.flatnonzero(labels == c), shots, replace=False) for c in np.unique(labels)]
     return np.sort(np.concatenate(idx))
 
 
 def best_l2_index(table) -> int:
     """Column of ``table`` (tasks, l2 grid) of errors with the lowest mean rank across
     tasks (rank 0 = lowest error of a task; ties broken towards the smaller index)."""
-    ranks = np.argsort(np.argsort(np.asarray(table), axis=1, kind="stable"), axis=1,
-                       kind="stable")
+    ranks = np.argsort(np.argsort(np.asarray(table), axis=1, kind="stable"), axis=1, kind="stable")
     return int(np.argmin(ranks.mean(axis=0)))
 
 
-FEWSHOT_L2_SELECTION = CHOICES["eval.fewshot_l2_selection"]   # ("test", "holdout")
+FEWSHOT_L2_SELECTION = CHOICES["eval.fewshot_l2_selection"]  # ("test", "holdout")
 
 
-def _fewshot_grid_errors(ftr, ytr, idx, fte, yte, num_classes: int, mode: str,
-                         l2_grid: Sequence[float]) -> np.ndarray:
+def _fewshot_grid_errors(
+    ftr, ytr, idx, fte, yte, num_classes: int, mode: str, l2_grid: Sequence[float]
+) -> np.ndarray:
     """Error on (fte, yte) of the ridge classifier fit on ftr[:, idx], for each l2."""
     m = ftr.shape[0]
     row = []
     for l2 in l2_grid:
         if mode == "joint":
             xs = ftr[:, idx].transpose(1, 0, 2).reshape(len(idx), -1)  # (k·C, M·D)
-            xt = fte.transpose(1, 0, 2).reshape(fte.shape[1], -1)      # (N', M·D)
+            xt = fte.transpose(1, 0, 2).reshape(fte.shape[1], -1)  # (N', M·D)
             scores = ridge_fit_predict(xs, ytr[idx], xt, num_classes, l2)
         else:
-            scores = np.mean([ridge_fit_predict(ftr[j, idx], ytr[idx], fte[j], num_classes, l2)
-                              for j in range(m)], axis=0)
+            scores = np.mean(
+                [
+                    ridge_fit_predict(ftr[j, idx], ytr[idx], fte[j], num_classes, l2)
+                    for j in range(m)
+                ],
+                axis=0,
+            )
         row.append(np.mean(scores.argmax(axis=-1) != np.asarray(yte)))
     return np.asarray(row)
 
 
-def fewshot_errors(tasks: Mapping[str, tuple], shots: Sequence[int], seed: int,
-                   mode: str = "joint", l2_grid: Sequence[float] = FEWSHOT_L2_GRID,
-                   l2_selection: str = "test") -> dict[tuple[str, int], float]:
+def fewshot_errors(
+    tasks: Mapping[str, tuple],
+    shots: Sequence[int],
+    seed: int,
+    mode: str = "joint",
+    l2_grid: Sequence[float] = FEWSHOT_L2_GRID,
+    l2_selection: str = "test",
+) -> dict[tuple[str, int], float]:
     """Few-shot test error per (task, shots).
 
     ``tasks[name] = (train_feats (M, N, D), train_labels, test_feats (M, N', D),
@@ -264,23 +290,28 @@ def fewshot_errors(tasks: Mapping[str, tuple], shots: Sequence[int], seed: int,
     if mode not in ("joint", "disjoint"):
         raise ValueError(f"few-shot mode {mode!r}; allowed: ['joint', 'disjoint']")
     if l2_selection not in FEWSHOT_L2_SELECTION:
-        raise ValueError(f"few-shot l2 selection {l2_selection!r}; allowed: "
-                         f"{list(FEWSHOT_L2_SELECTION)}")
+        raise ValueError(
+            f"few-shot l2 selection {l2_selection!r}; allowed: {list(FEWSHOT_L2_SELECTION)}"
+        )
     test_errs, select_errs = {}, {}  # (task, shots) -> (len(grid),)
     for name, (ftr, ytr, fte, yte, num_classes) in tasks.items():
         ftr, fte = np.asarray(ftr, np.float64), np.asarray(fte, np.float64)
         ytr = np.asarray(ytr)
         for k in shots:
             idx = fewshot_sample(ytr, k, seed, name)
-            test_errs[(name, k)] = _fewshot_grid_errors(ftr, ytr, idx, fte, yte, num_classes,
-                                                        mode, l2_grid)
+            test_errs[(name, k)] = _fewshot_grid_errors(
+                ftr, ytr, idx, fte, yte, num_classes, mode, l2_grid
+            )
             if l2_selection == "holdout":
                 rest = np.setdiff1d(np.arange(len(ytr)), idx)
                 if rest.size == 0:
-                    raise ValueError(f"few-shot task {name!r}: {k} shots per class use every "
-                                     f"training image; l2_selection 'holdout' needs the rest")
+                    raise ValueError(
+                        f"few-shot task {name!r}: {k} shots per class use every "
+                        f"training image; l2_selection 'holdout' needs the rest"
+                    )
                 select_errs[(name, k)] = _fewshot_grid_errors(
-                    ftr, ytr, idx, ftr[:, rest], ytr[rest], num_classes, mode, l2_grid)
+                    ftr, ytr, idx, ftr[:, rest], ytr[rest], num_classes, mode, l2_grid
+                )
             else:
                 select_errs[(name, k)] = test_errs[(name, k)]
     out = {}

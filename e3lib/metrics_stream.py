@@ -19,7 +19,7 @@ compare against on the same predictions); here each is a sum kept per batch:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -37,21 +37,21 @@ class _Sums:
         self.conf = np.zeros(bins)
         self.correct = np.zeros(bins)
 
-    def update(self, p: np.ndarray, labels: np.ndarray) -> None:              # p (B, C)
+    def update(self, p: np.ndarray, labels: np.ndarray) -> None:  # p (B, C)
         rows = np.arange(len(labels))
         conf, pred = p.max(axis=-1), p.argmax(axis=-1)
         correct = (pred == labels).astype(np.float64)
         self.n += len(labels)
         self.nll += float(-np.sum(np.log(np.maximum(p[rows, labels], _TINY))))
         self.err += float(np.sum(1.0 - correct))
-        sq = np.sum(p ** 2, axis=-1) - 2 * p[rows, labels] + 1.0              # Σ_c (p − y)²
+        sq = np.sum(p**2, axis=-1) - 2 * p[rows, labels] + 1.0  # Σ_c (p − y)²
         self.brier += float(np.sum(sq))
         b = np.minimum((conf * self.bins).astype(np.int64), self.bins - 1)
         self.count += np.bincount(b, minlength=self.bins)
         self.conf += np.bincount(b, conf, minlength=self.bins)
         self.correct += np.bincount(b, correct, minlength=self.bins)
 
-    def merge(self, o: "_Sums") -> None:
+    def merge(self, o: _Sums) -> None:
         self.n += o.n
         self.nll += o.nll
         self.err += o.err
@@ -62,9 +62,12 @@ class _Sums:
 
     def result(self) -> dict[str, float]:
         n = self.n
-        return dict(nll=self.nll / n, error=self.err / n,
-                    ece=float(np.sum(np.abs(self.correct - self.conf)) / n),
-                    brier=self.brier / n)
+        return dict(
+            nll=self.nll / n,
+            error=self.err / n,
+            ece=float(np.sum(np.abs(self.correct - self.conf)) / n),
+            brier=self.brier / n,
+        )
 
 
 class PredictionAccumulator:
@@ -73,8 +76,9 @@ class PredictionAccumulator:
 
     def __init__(self, num_members: int, num_bins: int = m.ECE_BINS):
         self.members = num_members
-        self.sums = {name: _Sums(num_bins)
-                     for name in ["ensemble"] + [str(i) for i in range(num_members)]}
+        self.sums = {
+            name: _Sums(num_bins) for name in ["ensemble"] + [str(i) for i in range(num_members)]
+        }
         self.ordered = [(a, b) for a in range(num_members) for b in range(num_members) if a != b]
         self.unordered = [(a, b) for a, b in self.ordered if a < b]
         self.kl = np.zeros(len(self.ordered))
@@ -82,7 +86,7 @@ class PredictionAccumulator:
         self.disagree = np.zeros(len(self.unordered))
 
     def update(self, member_probs, labels, valid=None) -> None:
-        p = np.asarray(member_probs, np.float64)                              # (M, B, C)
+        p = np.asarray(member_probs, np.float64)  # (M, B, C)
         labels = np.asarray(labels)
         if valid is not None:
             valid = np.asarray(valid, bool)
@@ -95,14 +99,14 @@ class PredictionAccumulator:
         if self.members > 1:
             logp = np.log(np.maximum(p, _TINY))
             unit = p / np.linalg.norm(p, axis=-1, keepdims=True)
-            pred = p.argmax(axis=-1)                                          # (M, B)
+            pred = p.argmax(axis=-1)  # (M, B)
             for j, (a, b) in enumerate(self.ordered):
                 self.kl[j] += np.sum(p[a] * (logp[a] - logp[b]))
             for j, (a, b) in enumerate(self.unordered):
                 self.cos[j] += np.sum(unit[a] * unit[b])
                 self.disagree[j] += np.sum(pred[a] != pred[b])
 
-    def merge(self, other: "PredictionAccumulator") -> None:
+    def merge(self, other: PredictionAccumulator) -> None:
         for name, s in self.sums.items():
             s.merge(other.sums[name])
         self.kl += other.kl
@@ -118,7 +122,8 @@ class PredictionAccumulator:
             out["ensemble"].update(
                 kl_diversity=float(np.mean(self.kl / n)),
                 cos_similarity=float(np.mean(self.cos / n)),
-                disagreement=raw / ens_error if ens_error > 0 else float("nan"))
+                disagreement=raw / ens_error if ens_error > 0 else float("nan"),
+            )
         return out
 
 
@@ -132,34 +137,38 @@ class OODAccumulator:
     def update(self, which: str, member_probs, valid=None) -> None:
         if which not in self.scores:
             raise ValueError(f"OOD side {which!r}; allowed: ['in', 'out']")
-        p = np.asarray(member_probs, np.float64).mean(axis=0)                 # (B, C)
+        p = np.asarray(member_probs, np.float64).mean(axis=0)  # (B, C)
         s = m.ood_score(p)
         self.scores[which].append(s if valid is None else s[np.asarray(valid, bool)])
 
-    def merge(self, other: "OODAccumulator") -> None:
+    def merge(self, other: OODAccumulator) -> None:
         for k in self.scores:
             self.scores[k] += other.scores[k]
 
     def result(self) -> dict[str, float]:
         s_in, s_out = (np.concatenate(self.scores[k]) for k in ("in", "out"))
-        return dict(auroc=m.auroc_from_scores(s_in, s_out),
-                    aupr=m.aupr_from_scores(s_in, s_out),
-                    fpr95=m.fpr95_from_scores(s_in, s_out))
+        return dict(
+            auroc=m.auroc_from_scores(s_in, s_out),
+            aupr=m.aupr_from_scores(s_in, s_out),
+            fpr95=m.fpr95_from_scores(s_in, s_out),
+        )
 
 
 class FewShotFeatures:
     """The pool features of one few-shot task that the probe will read: the shots drawn
     for each count in ``shots`` (``l2_selection='test'``) or all (``'holdout'``)."""
 
-    def __init__(self, task: str, pool_labels, shots: Sequence[int], seed: int,
-                 l2_selection: str = "test"):
+    def __init__(
+        self, task: str, pool_labels, shots: Sequence[int], seed: int, l2_selection: str = "test"
+    ):
         self.task, self.labels = task, np.asarray(pool_labels)
         self.shots, self.seed, self.l2_selection = tuple(shots), seed, l2_selection
         if l2_selection == "holdout":
             self.needed = np.arange(len(self.labels))
         else:
-            self.needed = np.unique(np.concatenate(
-                [m.fewshot_sample(self.labels, k, seed, task) for k in self.shots]))
+            self.needed = np.unique(
+                np.concatenate([m.fewshot_sample(self.labels, k, seed, task) for k in self.shots])
+            )
         self._rows: dict[int, np.ndarray] = {}
 
     def update(self, features, indices) -> None:
@@ -171,13 +180,16 @@ class FewShotFeatures:
     def subset(self) -> np.ndarray:
         missing = set(self.needed.tolist()) - set(self._rows)
         if missing:
-            raise ValueError(f"few-shot task {self.task!r}: features of {len(missing)} "
-                             f"drawn pool examples were never given")
-        return np.stack([self._rows[int(i)] for i in self.needed], axis=1)    # (M, n, D)
+            raise ValueError(
+                f"few-shot task {self.task!r}: features of {len(missing)} "
+                f"drawn pool examples were never given"
+            )
+        return np.stack([self._rows[int(i)] for i in self.needed], axis=1)  # (M, n, D)
 
 
-def fewshot_errors(tasks: Mapping[str, tuple], mode: str = "joint",
-                   l2_grid: Sequence[float] = m.FEWSHOT_L2_GRID) -> dict[tuple[str, int], float]:
+def fewshot_errors(
+    tasks: Mapping[str, tuple], mode: str = "joint", l2_grid: Sequence[float] = m.FEWSHOT_L2_GRID
+) -> dict[tuple[str, int], float]:
     """``metrics.fewshot_errors`` from collected features: ``tasks[name] =
     (FewShotFeatures, test_feats (M, N', D), test_labels, num_classes)``."""
     collectors = [t[0] for t in tasks.values()]
@@ -186,17 +198,24 @@ def fewshot_errors(tasks: Mapping[str, tuple], mode: str = "joint",
         raise ValueError(f"few-shot tasks mix l2 selections {sorted(selection)}")
     shots = collectors[0].shots
     if selection == {"holdout"}:
-        return m.fewshot_errors({name: (c.subset(), c.labels, fte, yte, nc)
-                                 for name, (c, fte, yte, nc) in tasks.items()},
-                                shots, collectors[0].seed, mode, l2_grid, "holdout")
+        return m.fewshot_errors(
+            {
+                name: (c.subset(), c.labels, fte, yte, nc)
+                for name, (c, fte, yte, nc) in tasks.items()
+            },
+            shots,
+            collectors[0].seed,
+            mode,
+            l2_grid,
+            "holdout",
+        )
     errs = {}
     for name, (c, fte, yte, nc) in tasks.items():
         ftr, ysub = c.subset(), c.labels[c.needed]
         fte = np.asarray(fte, np.float64)
         for k in shots:
             idx = np.searchsorted(c.needed, m.fewshot_sample(c.labels, k, c.seed, name))
-            errs[(name, k)] = m._fewshot_grid_errors(ftr, ysub, idx, fte, yte, nc, mode,
-                                                     l2_grid)
+            errs[(name, k)] = m._fewshot_grid_errors(ftr, ysub, idx, fte, yte, nc, mode, l2_grid)
     out = {}
     for k in shots:
         best = m.best_l2_index(np.stack([errs[(name, k)] for name in tasks]))

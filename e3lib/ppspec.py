@@ -12,8 +12,16 @@ import ast
 
 from e3lib.errors import ConfigError
 
-OP_NAMES = ("decode", "inception_crop", "decode_jpeg_and_inception_crop", "resize",
-            "central_crop", "flip_lr", "value_range", "randaug")
+OP_NAMES = (
+    "decode",
+    "inception_crop",
+    "decode_jpeg_and_inception_crop",
+    "resize",
+    "central_crop",
+    "flip_lr",
+    "value_range",
+    "randaug",
+)
 
 
 def parse_pp(spec: str, field: str = "data.pp_train") -> list[tuple[str, tuple, dict]]:
@@ -35,8 +43,11 @@ def parse_pp(spec: str, field: str = "data.pp_train") -> list[tuple[str, tuple, 
             else:
                 raise ValueError(part)
         except (SyntaxError, ValueError) as err:
-            raise ConfigError(field, spec, f"cannot parse op {part!r} (ops look like "
-                              f"name or name(literal, key=literal))") from err
+            raise ConfigError(
+                field,
+                spec,
+                f"cannot parse op {part!r} (ops look like name or name(literal, key=literal))",
+            ) from err
         if name not in OP_NAMES:
             raise ConfigError(field, spec, f"unknown op {name!r}; allowed: {sorted(OP_NAMES)}")
         ops.append((name, args, kwargs))
@@ -49,10 +60,14 @@ def parse_pp(spec: str, field: str = "data.pp_train") -> list[tuple[str, tuple, 
 # V-MoE setting (kept for E³), RandAugment(2, 15), to be used with ``finetune.mixup: 0.5``.
 # ``plain``: no augmentation (what a file-backed dataset gets when no pp is set).
 RECIPES: dict[str, tuple[str, str]] = {
-    "paper": ("decode_jpeg_and_inception_crop({S})|flip_lr|value_range(-1,1)",
-              "decode|resize({S})|value_range(-1,1)"),
-    "medium2": ("decode_jpeg_and_inception_crop({S})|flip_lr|randaug(2,15)|value_range(-1,1)",
-                "decode|resize({S})|value_range(-1,1)"),
+    "paper": (
+        "decode_jpeg_and_inception_crop({S})|flip_lr|value_range(-1,1)",
+        "decode|resize({S})|value_range(-1,1)",
+    ),
+    "medium2": (
+        "decode_jpeg_and_inception_crop({S})|flip_lr|randaug(2,15)|value_range(-1,1)",
+        "decode|resize({S})|value_range(-1,1)",
+    ),
     "plain": ("decode|resize({S})|value_range(-1,1)", "decode|resize({S})|value_range(-1,1)"),
 }
 

@@ -120,7 +120,7 @@ def loads(
     """Parse YAML ``text`` strictly (see the module docstring); errors name ``file``."""
     loader = None
     try:
-        loader = _StrictLoader(text)   # the reader refuses control characters here
+        loader = _StrictLoader(text)  # the reader refuses control characters here
         loader.max_aliases = max_aliases
         doc = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
@@ -186,16 +186,21 @@ def _no_duplicates(file: str):
         out: dict = {}
         for k, v in pairs:
             if k in out:
-                raise YamlInputError(file, f"key {k!r}", "duplicate key; JSON would silently "
-                                     "keep only the last value")
+                raise YamlInputError(
+                    file,
+                    f"key {k!r}",
+                    "duplicate key; JSON would silently keep only the last value",
+                )
             out[k] = v
         return out
+
     return hook
 
 
 def _no_constant(file: str):
     def hook(name: str):
         raise YamlInputError(file, "", f"numbers must be finite (got {name})")
+
     return hook
 
 
@@ -210,8 +215,7 @@ def load_config_file(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> 
     if not os.path.exists(file):
         raise YamlInputError(file, "", "no such file")
     if not os.path.isfile(file):
-        raise YamlInputError(file, "", "is a directory or not a regular file; expected a "
-                             "JSON file")
+        raise YamlInputError(file, "", "is a directory or not a regular file; expected a JSON file")
     if os.path.getsize(file) > max_bytes:
         raise YamlInputError(file, "", f"over the limit of {max_bytes} bytes")
     try:
@@ -222,8 +226,10 @@ def load_config_file(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> 
     except UnicodeDecodeError as e:
         raise YamlInputError(file, f"byte {e.start}", "not UTF-8 text") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates(file),
-                          parse_constant=_no_constant(file))
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates(file), parse_constant=_no_constant(file)
+        )
     except json.JSONDecodeError as e:
-        raise YamlInputError(file, f"line {e.lineno}, column {e.colno}",
-                             f"invalid JSON: {e.msg}") from None
+        raise YamlInputError(
+            file, f"line {e.lineno}, column {e.colno}", f"invalid JSON: {e.msg}"
+        ) from None

@@ -37,25 +37,33 @@ SIGNIFICANT, NOT_SIGNIFICANT = "significant", "not significant"
 EQUIVALENT, DIFFERENT, INCONCLUSIVE = "equivalent", "different beyond margin", "inconclusive"
 MONOTONE, NOT_MONOTONE = "monotone", "not monotone"
 NOT_COMPUTABLE = "not computable"
-OUTCOMES = (SIGNIFICANT, NOT_SIGNIFICANT, EQUIVALENT, DIFFERENT, INCONCLUSIVE, MONOTONE,
-            NOT_MONOTONE, NOT_COMPUTABLE)
+OUTCOMES = (
+    SIGNIFICANT,
+    NOT_SIGNIFICANT,
+    EQUIVALENT,
+    DIFFERENT,
+    INCONCLUSIVE,
+    MONOTONE,
+    NOT_MONOTONE,
+    NOT_COMPUTABLE,
+)
 
 
 @dataclass(frozen=True)
 class TestResult:
     """One test's result, with what a reader needs to judge it."""
 
-    test: str                       # e.g. "one-sided Welch t-test (a < b)"
-    statistic_name: str             # "t", "ρ", ...
+    test: str  # e.g. "one-sided Welch t-test (a < b)"
+    statistic_name: str  # "t", "ρ", ...
     statistic: float
     p: float
-    n: tuple[int, ...]              # values per side (or per level)
+    n: tuple[int, ...]  # values per side (or per level)
     outcome: str
     alpha: float = 0.05
     df: float = math.nan
-    margin: float | None = None     # equivalence margin δ, in the metric's stored units
-    p_beyond: float = math.nan      # TOST only: p of |d| > δ
-    reason: str = ""                # why not computable
+    margin: float | None = None  # equivalence margin δ, in the metric's stored units
+    p_beyond: float = math.nan  # TOST only: p of |d| > δ
+    reason: str = ""  # why not computable
 
     @property
     def computable(self) -> bool:
@@ -80,14 +88,17 @@ class TestResult:
 
 # --------------------------------------------------------------------------- seed statistics
 
+
 def _not_requested_flag(status: xr.DataArray) -> int:
     """The status code of "not requested", from the variable's CF flag attributes."""
     try:
         meanings = str(status.attrs["flag_meanings"]).split()
         values = [int(v) for v in np.atleast_1d(status.attrs["flag_values"])]
     except KeyError:
-        raise ValueError("status variable lacks its CF flag_values/flag_meanings attributes "
-                         "(was it written by `e3 aggregate`?)") from None
+        raise ValueError(
+            "status variable lacks its CF flag_values/flag_meanings attributes "
+            "(was it written by `e3 aggregate`?)"
+        ) from None
     if "not_requested" not in meanings:
         raise ValueError(f"status flag_meanings {meanings} have no 'not_requested'")
     return values[meanings.index("not_requested")]
@@ -108,8 +119,15 @@ def seed_stats(values: xr.DataArray, status: xr.DataArray) -> xr.Dataset:
     stderr = (std / np.sqrt(n)).where(n >= 2)
     n_req = (status != _not_requested_flag(status)).sum("seed")
     n_req = n_req.broadcast_like(n)
-    return xr.Dataset({"mean": mean, "stderr": stderr, "n": n, "n_req": n_req,
-                       "complete": (n == n_req) & (n_req > 0)})
+    return xr.Dataset(
+        {
+            "mean": mean,
+            "stderr": stderr,
+            "n": n,
+            "n_req": n_req,
+            "complete": (n == n_req) & (n_req > 0),
+        }
+    )
 
 
 def cell_seed_values(values: xr.DataArray) -> np.ndarray:
@@ -120,6 +138,7 @@ def cell_seed_values(values: xr.DataArray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- two-sample tests
 
+
 def _finite(x: Sequence[float]) -> np.ndarray:
     arr = np.asarray(x, dtype=float).ravel()
     return arr[np.isfinite(arr)]
@@ -129,20 +148,24 @@ def _welch_parts(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, str
     """(d, se, ν, reason); reason non-empty when the test is degenerate."""
     if len(a) < 2 or len(b) < 2:
         return math.nan, math.nan, math.nan, "fewer than 2 values on a side"
-    if np.ptp(a) == 0 and np.ptp(b) == 0:   # exact: var() of equal floats may be 1e-33
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # exact: var() of equal floats may be 1e-33
         return math.nan, 0.0, math.nan, "zero variance on both sides"
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return float(a.mean() - b.mean()), se, float(df), ""
 
 
-_ALTERNATIVE = {"two-sided": "two-sided", "less": "one-sided, a < b",
-                "greater": "one-sided, a > b"}
+_ALTERNATIVE = {"two-sided": "two-sided", "less": "one-sided, a < b", "greater": "one-sided, a > b"}
 
 
-def welch_test(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided",
-               alpha: float = 0.05, shift: float = 0.0) -> TestResult:
+def welch_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    alternative: str = "two-sided",
+    alpha: float = 0.05,
+    shift: float = 0.0,
+) -> TestResult:
     """Welch's t-test of mean(a) − mean(b) against ``shift`` (default 0)."""
     if alternative not in _ALTERNATIVE:
         raise ValueError(f"alternative {alternative!r}; allowed: {list(_ALTERNATIVE)}")
@@ -150,16 +173,37 @@ def welch_test(a: Sequence[float], b: Sequence[float], alternative: str = "two-s
     name = f"Welch t-test ({_ALTERNATIVE[alternative]})"
     d, se, df, reason = _welch_parts(a, b)
     if reason:
-        return TestResult(name, "t", math.nan, math.nan, (len(a), len(b)), NOT_COMPUTABLE,
-                          alpha, reason=reason)
+        return TestResult(
+            name, "t", math.nan, math.nan, (len(a), len(b)), NOT_COMPUTABLE, alpha, reason=reason
+        )
     t = (d - shift) / se
-    p = {"two-sided": 2 * sps.t.sf(abs(t), df), "less": sps.t.cdf(t, df),
-         "greater": sps.t.sf(t, df)}[alternative]
+    p = {
+        "two-sided": 2 * sps.t.sf(abs(t), df),
+        "less": sps.t.cdf(t, df),
+        "greater": sps.t.sf(t, df),
+    }[alternative]
     if not math.isfinite(p):
-        return TestResult(name, "t", t, math.nan, (len(a), len(b)), NOT_COMPUTABLE, alpha, df,
-                          reason="NaN statistic")
-    return TestResult(name, "t", float(t), float(min(p, 1.0)), (len(a), len(b)),
-                      SIGNIFICANT if p < alpha else NOT_SIGNIFICANT, alpha, df)
+        return TestResult(
+            name,
+            "t",
+            t,
+            math.nan,
+            (len(a), len(b)),
+            NOT_COMPUTABLE,
+            alpha,
+            df,
+            reason="NaN statistic",
+        )
+    return TestResult(
+        name,
+        "t",
+        float(t),
+        float(min(p, 1.0)),
+        (len(a), len(b)),
+        SIGNIFICANT if p < alpha else NOT_SIGNIFICANT,
+        alpha,
+        df,
+    )
 
 
 def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
@@ -167,8 +211,7 @@ def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-side
     return welch_test(a, b, alternative).p
 
 
-def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05
-         ) -> TestResult:
+def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> TestResult:
     """Two one-sided Welch tests: are the means of a and b within ±margin?"""
     if not margin > 0:
         raise ValueError(f"equivalence margin must be > 0, got {margin!r}")
@@ -176,23 +219,44 @@ def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0
     name = "TOST (two one-sided Welch t-tests)"
     d, se, df, reason = _welch_parts(a, b)
     if reason:
-        return TestResult(name, "t", math.nan, math.nan, (len(a), len(b)), NOT_COMPUTABLE,
-                          alpha, margin=margin, reason=reason)
+        return TestResult(
+            name,
+            "t",
+            math.nan,
+            math.nan,
+            (len(a), len(b)),
+            NOT_COMPUTABLE,
+            alpha,
+            margin=margin,
+            reason=reason,
+        )
     t_low, t_up = (d + margin) / se, (d - margin) / se
     p_low, p_up = float(sps.t.sf(t_low, df)), float(sps.t.cdf(t_up, df))
-    p, t = (p_low, t_low) if p_low >= p_up else (p_up, t_up)    # the binding side
+    p, t = (p_low, t_low) if p_low >= p_up else (p_up, t_up)  # the binding side
     # |d| > δ: one-sided on the side of the observed difference, doubled (two-sided)
     beyond = sps.t.sf(t_up, df) if d >= 0 else sps.t.cdf(t_low, df)
     p_beyond = float(min(1.0, 2 * beyond))
     if not (math.isfinite(p) and math.isfinite(p_beyond)):
-        return TestResult(name, "t", t, math.nan, (len(a), len(b)), NOT_COMPUTABLE, alpha, df,
-                          margin, reason="NaN statistic")
+        return TestResult(
+            name,
+            "t",
+            t,
+            math.nan,
+            (len(a), len(b)),
+            NOT_COMPUTABLE,
+            alpha,
+            df,
+            margin,
+            reason="NaN statistic",
+        )
     outcome = EQUIVALENT if p < alpha else DIFFERENT if p_beyond < alpha else INCONCLUSIVE
-    return TestResult(name, "t", float(t), p, (len(a), len(b)), outcome, alpha, df, margin,
-                      p_beyond)
+    return TestResult(
+        name, "t", float(t), p, (len(a), len(b)), outcome, alpha, df, margin, p_beyond
+    )
 
 
 # --------------------------------------------------------------------------- trends
+
 
 def spearman_test(levels: Mapping[float, Sequence[float]], alpha: float = 0.05) -> TestResult:
     """Spearman ρ over all (level, value) pairs; two-sided p."""
@@ -201,17 +265,25 @@ def spearman_test(levels: Mapping[float, Sequence[float]], alpha: float = 0.05) 
     n = tuple(len(_finite(v)) for v in levels.values())
     name = "Spearman rank correlation"
     if len(ys) < 3 or len(set(xs.tolist())) < 2:
-        return TestResult(name, "ρ", math.nan, math.nan, n, NOT_COMPUTABLE, alpha,
-                          reason="fewer than 3 values or 2 levels")
-    with warnings.catch_warnings():     # constant input: scipy warns and returns NaN
+        return TestResult(
+            name,
+            "ρ",
+            math.nan,
+            math.nan,
+            n,
+            NOT_COMPUTABLE,
+            alpha,
+            reason="fewer than 3 values or 2 levels",
+        )
+    with warnings.catch_warnings():  # constant input: scipy warns and returns NaN
         warnings.simplefilter("ignore")
         res = sps.spearmanr(xs, ys)
     rho, p = float(res.statistic), float(res.pvalue)
     if not (math.isfinite(rho) and math.isfinite(p)):
-        return TestResult(name, "ρ", rho, p, n, NOT_COMPUTABLE, alpha,
-                          reason="NaN statistic (constant values)")
-    return TestResult(name, "ρ", rho, p, n, SIGNIFICANT if p < alpha else NOT_SIGNIFICANT,
-                      alpha)
+        return TestResult(
+            name, "ρ", rho, p, n, NOT_COMPUTABLE, alpha, reason="NaN statistic (constant values)"
+        )
+    return TestResult(name, "ρ", rho, p, n, SIGNIFICANT if p < alpha else NOT_SIGNIFICANT, alpha)
 
 
 def monotone(levels: Mapping[float, Sequence[float]], direction: str) -> TestResult:
@@ -238,5 +310,6 @@ def monotone(levels: Mapping[float, Sequence[float]], direction: str) -> TestRes
     steps = np.diff(series)
     ok = bool(np.all(steps > 0) if direction == "increasing" else np.all(steps < 0))
     good = int(np.sum(steps > 0) if direction == "increasing" else np.sum(steps < 0))
-    return TestResult(name, "steps in direction", float(good), math.nan, n,
-                      MONOTONE if ok else NOT_MONOTONE)
+    return TestResult(
+        name, "steps in direction", float(good), math.nan, n, MONOTONE if ok else NOT_MONOTONE
+    )

@@ -7,7 +7,8 @@ the leaf ``cfg["model"]["num_experts"]``. A leaf module: it imports only ``e3lib
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from e3lib.errors import ConfigError
 
@@ -44,7 +45,8 @@ def nest(dotted: str, value: Any) -> dict:
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict:
-    """``{"model.size": "B/32", "method": "e3"}`` -> ``{"model": {"size": "B/32"}, "method": "e3"}``."""
+    """``{"model.size": "B/32", "method": "e3"}`` -> ``{"model": {"size": "B/32"},
+    "method": "e3"}``."""
     out: dict = {}
     for dotted, value in flat.items():
         node = out
@@ -98,7 +100,8 @@ def merge_known(base: Mapping[str, Any], over: Mapping[str, Any], path: str = ""
 
 
 def parse_assignments(items: Iterable[str], option: str = "--set") -> dict:
-    """``["model.num_selected=2"]`` -> ``{"model": {"num_selected": 2}}``; values are YAML scalars."""
+    """``["model.num_selected=2"]`` -> ``{"model": {"num_selected": 2}}``; values are YAML
+    scalars."""
     import yaml
 
     flat: dict = {}

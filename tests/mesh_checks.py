@@ -48,17 +48,26 @@ def config(name, mesh=None):
 
 def data(n=B, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, PX, PX, 3), dtype=np.uint8),
-            rng.integers(0, CLASSES, n).astype(np.int64))
+    return (
+        rng.integers(0, 256, (n, PX, PX, 3), dtype=np.uint8),
+        rng.integers(0, CLASSES, n).astype(np.int64),
+    )
 
 
 def job_of(cfg, placement):
     model = build_model(cfg, CLASSES)
     images, labels = data(4 * B)
-    return train.Job(model=model, optimizer=train.finetune_optimizer(cfg["finetune"]),
-                     num_classes=CLASSES, images=images, labels=labels, batch_size=B,
-                     steps=cfg["finetune"]["steps"], seeds=(cfg["seed"],),
-                     placement=placement)
+    return train.Job(
+        model=model,
+        optimizer=train.finetune_optimizer(cfg["finetune"]),
+        num_classes=CLASSES,
+        images=images,
+        labels=labels,
+        batch_size=B,
+        steps=cfg["finetune"]["steps"],
+        seeds=(cfg["seed"],),
+        placement=placement,
+    )
 
 
 def one_step_and_eval(cfg, placement):
@@ -68,14 +77,15 @@ def one_step_and_eval(cfg, placement):
     step = train.make_train_step(job)
     batch = placement.put_batch(lambda rows: train.batch_at(job, 0, rows), B)
     state, metrics = step(state, *batch)
-    probs, _ = make_predict_fn(job.model, placement)(state["params"],
-                                                     train.batch_at(job, 1)[0])
+    probs, _ = make_predict_fn(job.model, placement)(state["params"], train.batch_at(job, 1)[0])
     return state, {k: float(placement.fetch(v)) for k, v in metrics.items()}, np.asarray(probs)
 
 
 def max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 def expert_shards(state):
@@ -95,16 +105,23 @@ def check_equivalence():
             cfg = config(name, shape)
             placement = Placement.for_config(cfg)
             state, metrics, probs = one_step_and_eval(cfg, placement)
-            print(json.dumps({
-                "check": "equivalence", "method": name, "mesh": list(shape),
-                "loss": [ref_metrics["loss"], metrics["loss"]],
-                "metric_diff": max(abs(ref_metrics[k] - metrics[k]) for k in ref_metrics),
-                "params_diff": max_diff(ref_state["params"], state["params"]),
-                "opt_diff": max_diff(ref_state["opt_state"], state["opt_state"]),
-                "probs_diff": float(np.max(np.abs(ref_probs - probs))),
-                "expert_shard_sizes": expert_shards(state),
-                "head_sharding": str(state["params"]["head"]["kernel"].sharding.spec),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "check": "equivalence",
+                        "method": name,
+                        "mesh": list(shape),
+                        "loss": [ref_metrics["loss"], metrics["loss"]],
+                        "metric_diff": max(abs(ref_metrics[k] - metrics[k]) for k in ref_metrics),
+                        "params_diff": max_diff(ref_state["params"], state["params"]),
+                        "opt_diff": max_diff(ref_state["opt_state"], state["opt_state"]),
+                        "probs_diff": float(np.max(np.abs(ref_probs - probs))),
+                        "expert_shard_sizes": expert_shards(state),
+                        "head_sharding": str(state["params"]["head"]["kernel"].sharding.spec),
+                    }
+                ),
+                flush=True,
+            )
 
 
 def check_checkpoint():
@@ -135,8 +152,10 @@ def check_checkpoint():
     targets = {1: Placement(None), 4: Placement(mesh4)}
 
     def same(tree, ref, placement):
-        return all(np.array_equal(np.asarray(placement.fetch(a)), b) for a, b in zip(
-            jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref)))
+        return all(
+            np.array_equal(np.asarray(placement.fetch(a)), b)
+            for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref))
+        )
 
     def on_devices(tree):
         return sorted({len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(tree)})
@@ -150,26 +169,44 @@ def check_checkpoint():
         resumed, summary = train.train(jn, init, ck, "plain")
         ck.close()
         uninterrupted, _ = train.train(jn, placement.put_state(saved[2]), None, "plain")
-        print(json.dumps({
-            "check": "checkpoint", "devices": n, "restored_step": at,
-            "restored_equal": same(restored, saved[2], placement),
-            "restored_on_devices": on_devices(restored),
-            "resumed_from": summary["resumed_from_step"],
-            "continued_bitwise": max_diff(resumed, uninterrupted) == 0.0,
-            "step": int(np.asarray(placement.fetch(resumed["step"])))}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "check": "checkpoint",
+                    "devices": n,
+                    "restored_step": at,
+                    "restored_equal": same(restored, saved[2], placement),
+                    "restored_on_devices": on_devices(restored),
+                    "resumed_from": summary["resumed_from_step"],
+                    "continued_bitwise": max_diff(resumed, uninterrupted) == 0.0,
+                    "step": int(np.asarray(placement.fetch(resumed["step"]))),
+                }
+            ),
+            flush=True,
+        )
     # integrity fallback with sharded state
     shutil.copytree(tmp / "ck8", tmp / "damaged")
-    victim = max((p for p in (tmp / "damaged" / "2").rglob("*") if p.is_file()),
-                 key=lambda p: p.stat().st_size)
+    victim = max(
+        (p for p in (tmp / "damaged" / "2").rglob("*") if p.is_file()),
+        key=lambda p: p.stat().st_size,
+    )
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(bytes(raw))
     ck = TrainCheckpoints(tmp / "damaged", every=100)
     restored, at = ck.restore_verified(targets[4].put_state(init))
-    print(json.dumps({
-        "check": "fallback", "restored_step": at, "fallbacks": [f["step"] for f in ck.fallbacks],
-        "restored_equal": same(restored, saved[1], targets[4]),
-        "restored_on_devices": on_devices(restored)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "check": "fallback",
+                "restored_step": at,
+                "fallbacks": [f["step"] for f in ck.fallbacks],
+                "restored_equal": same(restored, saved[1], targets[4]),
+                "restored_on_devices": on_devices(restored),
+            }
+        ),
+        flush=True,
+    )
     ck.close()
     shutil.rmtree(tmp)
 

@@ -24,8 +24,7 @@ import numpy as np
 
 def param_structure(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The ``params`` tree of ``model.init(..., *args, **kwargs)`` as shape structs."""
-    variables = jax.eval_shape(
-        lambda: model.init({"params": jax.random.key(0)}, *args, **kwargs))
+    variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, *args, **kwargs))
     return variables["params"]
 
 
@@ -40,12 +39,12 @@ def random_params(model: nn.Module, *args: Any, seed: int = 0, **kwargs: Any) ->
         if len(leaf.shape) < 2:
             return jnp.asarray(rng.normal(0.0, 0.02, leaf.shape), leaf.dtype)
         keys = [getattr(p, "key", "") for p in path]
-        if "Router" in keys:            # (H, R, E_r): R routers side by side
+        if "Router" in keys:  # (H, R, E_r): R routers side by side
             fan_in = leaf.shape[0]
         elif "Moe" in keys and "Mlp" in keys:  # (E, ...): E stacked experts
             fan_in = math.prod(leaf.shape[1:-1])
         else:
             fan_in = math.prod(leaf.shape[:-1])
-        return jnp.asarray(rng.normal(0.0, fan_in ** -0.5, leaf.shape), leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, fan_in**-0.5, leaf.shape), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, param_structure(model, *args, **kwargs))

@@ -24,13 +24,16 @@ MAGIC = "__msgpack_array_chunk_a87ca2__"
 
 # ---------------------------------------------------------------------------- e3lib -> names
 
+
 def e3_to_vit(name: str, era: str = "pre_linen") -> str:
     """e3lib ViT leaf name -> the name a vision_transformer .npz stores."""
     if name == "Encoder/posembed_input":
         return "Transformer/posembed_input/pos_embedding"
-    ln1, mha, mlp = (("LayerNorm_2", "MultiHeadDotProductAttention_1", "MlpBlock_3")
-                     if era == "pre_linen" else
-                     ("LayerNorm_1", "MultiHeadDotProductAttention_0", "MlpBlock_0"))
+    ln1, mha, mlp = (
+        ("LayerNorm_2", "MultiHeadDotProductAttention_1", "MlpBlock_3")
+        if era == "pre_linen"
+        else ("LayerNorm_1", "MultiHeadDotProductAttention_0", "MlpBlock_0")
+    )
     name = re.sub(r"/Mlp/MlpBlock/", f"/{mlp}/", name)
     name = name.replace("/MultiHeadDotProductAttention_0/", f"/{mha}/")
     name = name.replace("/LayerNorm_1/", f"/{ln1}/")
@@ -53,6 +56,7 @@ def write_vit_npz(path, flat_e3: dict, era: str = "pre_linen") -> dict:
 
 
 # ---------------------------------------------------------------------------- sharded
+
 
 def _nd_bytes(a: np.ndarray) -> bytes:
     a = np.ascontiguousarray(a)
@@ -90,12 +94,18 @@ def _nest(flat: dict) -> dict:
     return out
 
 
-def write_vmoe_sharded(prefix, flat: dict, shard_count: int = 3, rows_per_chunk: int = 2,
-                       version: str | None = "20220622", piece_size: int | None = None) -> dict:
+def write_vmoe_sharded(
+    prefix,
+    flat: dict,
+    shard_count: int = 3,
+    rows_per_chunk: int = 2,
+    version: str | None = "20220622",
+    piece_size: int | None = None,
+) -> dict:
     """Write ``flat`` (stored names -> arrays) as a sharded checkpoint; returns the layout
     {name: [(box, shard), ...]}. Arrays of rank ≥ 1 with more than ``rows_per_chunk`` rows
     are split along axis 0; ``piece_size`` splits each chunk's flat data into pieces."""
-    names = sorted(flat)           # array position = sorted-key (tree-flatten) order
+    names = sorted(flat)  # array position = sorted-key (tree-flatten) order
     layout, entries = {}, {}
     shard_docs = [{MAGIC: True} for _ in range(shard_count)]
     turn = 0
@@ -113,12 +123,13 @@ def write_vmoe_sharded(prefix, flat: dict, shard_count: int = 3, rows_per_chunk:
             turn += 1
             data = a[tuple(slice(s, e) for s, e in box)].reshape(-1)
             size = piece_size or max(1, data.size)
-            pieces = [data[i:i + size] for i in range(0, max(data.size, 1), size)]
+            pieces = [data[i : i + size] for i in range(0, max(data.size, 1), size)]
             shard_docs[shard].setdefault(str(position), []).append([pieces, _slice_nd(box)])
             chunks.append((box, shard))
         layout[name] = chunks
-        entries[name] = _index_info(a.shape, a.dtype.name, [b for b, _ in chunks],
-                                    [s for _, s in chunks])
+        entries[name] = _index_info(
+            a.shape, a.dtype.name, [b for b, _ in chunks], [s for _, s in chunks]
+        )
     index = {"shard_count": shard_count, "index": _nest(entries)}
     if version is not None:
         index["version"] = version

@@ -11,9 +11,10 @@ def test_run_id_hashes_only_fields_that_differ_from_defaults():
     # "None = derived" fields, which resolve spells out (tiny: last 2 blocks; C at
     # evaluation = C at training; upstream: a V-MoE with the run's E and K on the paired
     # set). Method e3 and the rest are defaults.
-    expected = {"model": {"ensemble_size": 2, "moe_n": 2, "eval_capacity_factor": 1.5},
-                "upstream": {"method": "vmoe", "num_experts": 8, "num_selected": 1,
-                             "dataset": "demo"}}
+    expected = {
+        "model": {"ensemble_size": 2, "moe_n": 2, "eval_capacity_factor": 1.5},
+        "upstream": {"method": "vmoe", "num_experts": 8, "num_selected": 1, "dataset": "demo"},
+    }
     assert config.non_default_fields(cfg) == expected
     assert config.run_id(cfg) == config.short_hash(expected)
     # Spelling a default explicitly does not change the identity.
@@ -52,13 +53,20 @@ def test_stale_fields_names_changed_values_and_ignores_new_fields():
 def test_stale_size_shape_catches_an_edited_size_entry(monkeypatch):
     cfg = config.resolve({"method": "vit", "model": {"size": "mini"}})
     stored = config.size_shape(cfg)
-    assert stored == {"patch": 4, "hidden": 64, "mlp": 128, "layers": 4, "heads": 4,
-                      "moe_last_n": 2}
+    assert stored == {
+        "patch": 4,
+        "hidden": 64,
+        "mlp": 128,
+        "layers": 4,
+        "heads": 4,
+        "moe_last_n": 2,
+    }
     assert config.stale_size_shape(stored, cfg) == []
-    assert config.stale_size_shape(None, cfg) == []        # results from before shapes were stored
+    assert config.stale_size_shape(None, cfg) == []  # results from before shapes were stored
     # Widening "mini" keeps the run id (it hashes the name) but makes the result stale.
     sizes = dict(config.MODEL_SIZES, mini=dict(stored, hidden=96))
     monkeypatch.setattr(config_stale, "MODEL_SIZES", sizes)
-    assert config.run_id(cfg) == config.run_id(config.resolve({"method": "vit",
-                                                                "model": {"size": "mini"}}))
+    assert config.run_id(cfg) == config.run_id(
+        config.resolve({"method": "vit", "model": {"size": "mini"}})
+    )
     assert config.stale_size_shape(stored, cfg) == ["model.size"]

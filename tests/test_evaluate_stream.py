@@ -21,8 +21,13 @@ PP_EVAL = "decode|resize(16)|value_range(-1,1)"
 
 
 def cfg_of(**eval_overrides):
-    ev = {"batch_size": 32, "corrupted": True, "ood": True, "fewshot": True,
-          "fewshot_shots": [1, 5]}
+    ev = {
+        "batch_size": 32,
+        "corrupted": True,
+        "ood": True,
+        "fewshot": True,
+        "fewshot_shots": [1, 5],
+    }
     ev.update(eval_overrides)
     return resolve({"method": "e3", "model": {"ensemble_size": 2}, "eval": ev})
 
@@ -38,8 +43,9 @@ def setup():
 
 
 def key(r):
-    return tuple(r.get(k) for k in ("split", "corruption", "severity", "task", "shots",
-                                    "member", "metric"))
+    return tuple(
+        r.get(k) for k in ("split", "corruption", "severity", "task", "shots", "member", "metric")
+    )
 
 
 def assert_same_records(streamed, in_memory):
@@ -54,13 +60,21 @@ def assert_same_records(streamed, in_memory):
 
 def test_one_run_every_set(setup):
     cfg, suite, model, params = setup
-    want = records_from_predictions(run_predictions(model, params[0], suite, cfg),
-                                    [1, 5], cfg["seed"], "test")
-    got, sizes = stream_records([run_predictor(model, params[0])],
-                                _from_data_suite(suite, PP_EVAL, PP_EVAL), cfg, threads=1)
+    want = records_from_predictions(
+        run_predictions(model, params[0], suite, cfg), [1, 5], cfg["seed"], "test"
+    )
+    got, sizes = stream_records(
+        [run_predictor(model, params[0])], _from_data_suite(suite, PP_EVAL, PP_EVAL), cfg, threads=1
+    )
     assert_same_records(got, want)
-    assert {r["split"] for r in got} == {"clean", "val", "corrupted", "ood_near", "ood_far",
-                                         "fewshot"}
+    assert {r["split"] for r in got} == {
+        "clean",
+        "val",
+        "corrupted",
+        "ood_near",
+        "ood_far",
+        "fewshot",
+    }
     assert sizes["test"] == len(suite.test) and sizes["val"] == len(suite.val)
 
 
@@ -68,10 +82,15 @@ def test_deep_ensemble_of_two_runs(setup):
     cfg, suite, model, params = setup
     cfg = cfg_of(corrupted=False)
     runs = [run_predictions(model, p, suite, cfg) for p in params]
-    want = records_from_predictions(combine_predictions(runs, ["a", "b"]), [1, 5],
-                                    cfg["seed"], "test")
-    got, _ = stream_records([run_predictor(model, p) for p in params],
-                            _from_data_suite(suite, PP_EVAL, PP_EVAL), cfg, threads=1)
+    want = records_from_predictions(
+        combine_predictions(runs, ["a", "b"]), [1, 5], cfg["seed"], "test"
+    )
+    got, _ = stream_records(
+        [run_predictor(model, p) for p in params],
+        _from_data_suite(suite, PP_EVAL, PP_EVAL),
+        cfg,
+        threads=1,
+    )
     assert_same_records(got, want)
 
 
@@ -79,11 +98,18 @@ def test_array_record_splits_written_here(setup, tmp_path):
     cfg, suite, model, params = setup
     cfg = cfg_of(corrupted=False, ood=False, fewshot=False)
     for split, data in (("train", suite.val), ("test", suite.test)):
-        write_array_record(tmp_path / "toy" / f"{split}.array_record",
-                           zip(data.images, data.labels.tolist()))
-    streamed = StreamSuite("toy", suite.num_classes, PP_EVAL, PP_EVAL, None,
-                           open_source("toy", "train", str(tmp_path)),
-                           open_source("toy", "test", str(tmp_path)))
+        write_array_record(
+            tmp_path / "toy" / f"{split}.array_record", zip(data.images, data.labels.tolist())
+        )
+    streamed = StreamSuite(
+        "toy",
+        suite.num_classes,
+        PP_EVAL,
+        PP_EVAL,
+        None,
+        open_source("toy", "train", str(tmp_path)),
+        open_source("toy", "test", str(tmp_path)),
+    )
     got, _ = stream_records([run_predictor(model, params[0])], streamed, cfg, threads=2)
     preds = run_predictions(model, params[0], suite, cfg)
     want = records_from_predictions(preds, [1, 5], cfg["seed"], "test")

@@ -46,12 +46,29 @@ def truncate(path: Path) -> None:
 def staged_entry(root: Path, rid: str = "aaaaaaaaaaaa") -> Path:
     """An entry written through stage.py, as the finetune rule does: done.json last."""
     out = root / "runs" / rid
-    writer = (f"import numpy as np, json, os; os.makedirs({str(out)!r}, exist_ok=True); "
-              f"np.savez({str(out / 'predictions.npz')!r}, probs=np.eye(4)); "
-              f"open({str(out / 'results.json')!r}, 'w').write(json.dumps({{'status': 'ok'}}))")
-    r = subprocess.run([*STAGE, "--status", str(out / "done.json"), "--log", str(root / "l.log"),
-                        "--expect", str(out / "results.json"), str(out / "predictions.npz"),
-                        "--", sys.executable, "-c", writer], capture_output=True, text=True)
+    writer = (
+        f"import numpy as np, json, os; os.makedirs({str(out)!r}, exist_ok=True); "
+        f"np.savez({str(out / 'predictions.npz')!r}, probs=np.eye(4)); "
+        f"open({str(out / 'results.json')!r}, 'w').write(json.dumps({{'status': 'ok'}}))"
+    )
+    r = subprocess.run(
+        [
+            *STAGE,
+            "--status",
+            str(out / "done.json"),
+            "--log",
+            str(root / "l.log"),
+            "--expect",
+            str(out / "results.json"),
+            str(out / "predictions.npz"),
+            "--",
+            sys.executable,
+            "-c",
+            writer,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -60,57 +77,74 @@ def test_stage_records_the_checksum_of_each_output_relative_to_the_entry(tmp_pat
     out = staged_entry(tmp_path)
     files = json.loads((out / "done.json").read_text())["files"]
     assert sorted(files) == ["predictions.npz", "results.json"]
-    assert files["results.json"] == {"size": len('{"status": "ok"}'),
-                                     "sha256": integrity.sha256(out / "results.json")}
+    assert files["results.json"] == {
+        "size": len('{"status": "ok"}'),
+        "sha256": integrity.sha256(out / "results.json"),
+    }
 
 
-@pytest.mark.parametrize("damage", ["truncate_results", "truncate_predictions", "delete",
-                                    "garble_done"])
+@pytest.mark.parametrize(
+    "damage", ["truncate_results", "truncate_predictions", "delete", "garble_done"]
+)
 def test_damaged_entry_is_set_aside_at_start_and_only_listed_by_a_dry_run(tmp_path, damage):
     out = staged_entry(tmp_path)
     done = out / "done.json"
-    {"truncate_results": lambda: truncate(out / "results.json"),
-     "truncate_predictions": lambda: truncate(out / "predictions.npz"),
-     "delete": lambda: (out / "predictions.npz").unlink(),
-     "garble_done": lambda: truncate(done)}[damage]()
+    {
+        "truncate_results": lambda: truncate(out / "results.json"),
+        "truncate_predictions": lambda: truncate(out / "predictions.npz"),
+        "delete": lambda: (out / "predictions.npz").unlink(),
+        "garble_done": lambda: truncate(done),
+    }[damage]()
     [msg] = integrity.screen([done], dry_run=True)
     assert msg.startswith(f"e3: would recompute the entry of {done}") and done.exists()
     [msg] = integrity.screen([done])
     assert msg.startswith(f"e3: recomputing the entry of {done}")
     assert not done.exists() and len(list(out.glob("done.json.damaged-*"))) == 1
-    assert integrity.screen([done]) == []   # now simply missing: the job reruns
+    assert integrity.screen([done]) == []  # now simply missing: the job reruns
 
 
 def _sweep_with_checksums(root: Path) -> Path:
     """A synthetic sweep (vmoe x 2 seeds, with predictions) whose done files record the
     checksums of their outputs, as stage.py writes them."""
-    index = synthetic.write_sweep(root, "faults", ["method"], [0, 1],
-                                  [{"axes": {"method": "vmoe"}, "metrics": {"nll": [1.0, 2.0]}}],
-                                  reproduces=["demo"], with_predictions=True)
+    index = synthetic.write_sweep(
+        root,
+        "faults",
+        ["method"],
+        [0, 1],
+        [{"axes": {"method": "vmoe"}, "metrics": {"nll": [1.0, 2.0]}}],
+        reproduces=["demo"],
+        with_predictions=True,
+    )
     for done in root.glob("runs/*/done.json"):
-        files = integrity.record([done.parent / "results.json", done.parent / "predictions.npz"],
-                                 done.parent)
+        files = integrity.record(
+            [done.parent / "results.json", done.parent / "predictions.npz"], done.parent
+        )
         done.write_text(json.dumps({"status": "ok", "files": files}))
     return index
 
 
-def test_flipped_bit_in_predictions_passes_the_fast_check_and_fails_the_aggregate(
-        tmp_path, capsys):
+def test_flipped_bit_in_predictions_passes_the_fast_check_and_fails_the_aggregate(tmp_path, capsys):
     index = _sweep_with_checksums(tmp_path)
     entry = json.loads(index.read_text())["entries"][1]
     run = tmp_path / "runs" / entry["id"]
     flip_bit(run / "predictions.npz")
-    assert integrity.screen([run / "done.json"]) == []          # same size: fast check passes
-    [msg] = integrity.screen([run / "done.json"], dry_run=True, deep=True)   # verify=deep
+    assert integrity.screen([run / "done.json"]) == []  # same size: fast check passes
+    [msg] = integrity.screen([run / "done.json"], dry_run=True, deep=True)  # verify=deep
     assert "predictions.npz: checksum differs" in msg
-    args = ["--index", str(index), "--results-root", str(tmp_path),
-            "--out", str(tmp_path / "sweeps/faults/dataset.nc")]
+    args = [
+        "--index",
+        str(index),
+        "--results-root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "sweeps/faults/dataset.nc"),
+    ]
     assert aggregate.cli_aggregate(args) == 2
     err = capsys.readouterr().err
     assert "predictions.npz: checksum differs" in err
     assert "1 damaged entry set aside" in err and "run the same command again" in err
     assert not (run / "done.json").exists()
-    assert not (tmp_path / "sweeps/faults/dataset.nc").exists()   # no partial dataset
+    assert not (tmp_path / "sweeps/faults/dataset.nc").exists()  # no partial dataset
     # the rerun (before the job recomputes it) counts the entry missing, never as ok
     assert aggregate.cli_aggregate(args) == 0
     assert "1 ok, 1 missing" in capsys.readouterr().out
@@ -127,7 +161,7 @@ def test_truncated_or_flipped_dataset_is_never_reported(tmp_path, capsys):
     rc = cli_report(["--datasets", str(nc), "--out", str(tmp_path / "rep")])
     assert rc == 2 and "checksum differs" in capsys.readouterr().err
     assert not done.exists() and not (tmp_path / "rep" / "index.html").exists()
-    assert aggregate.cli_aggregate(args) == 0            # what the rerun does: re-aggregate
+    assert aggregate.cli_aggregate(args) == 0  # what the rerun does: re-aggregate
     truncate(nc)
     page = tmp_path / "rep" / "index.html"
     page.parent.mkdir(exist_ok=True)
@@ -139,17 +173,24 @@ def test_truncated_or_flipped_dataset_is_never_reported(tmp_path, capsys):
 
 
 def test_member_failed_ensemble_is_reported_failed_naming_its_member(tmp_path):
-    cells = [{"axes": {"method": "vmoe"}, "metrics": {"nll": [1.0, 2.0]},
-              "seeds": {1: "diverged"}},
-             {"axes": {"method": "down_de"}, "kind": "ensemble", "metrics": {"nll": [1.5, 1.5]}}]
-    index = synthetic.write_sweep(tmp_path, "faults", ["method"], [0, 1], cells,
-                                  reproduces=["demo"])
+    cells = [
+        {"axes": {"method": "vmoe"}, "metrics": {"nll": [1.0, 2.0]}, "seeds": {1: "diverged"}},
+        {"axes": {"method": "down_de"}, "kind": "ensemble", "metrics": {"nll": [1.5, 1.5]}},
+    ]
+    index = synthetic.write_sweep(
+        tmp_path, "faults", ["method"], [0, 1], cells, reproduces=["demo"]
+    )
     entries = json.loads(index.read_text())["entries"]
     diverged = next(e for e in entries if e["kind"] == "run" and e["seed"] == 1)
     ens = next(e for e in entries if e["kind"] == "ensemble" and e["seed"] == 0)
-    (tmp_path / "ensembles" / ens["id"] / "done.json").write_text(json.dumps(
-        {"status": "member_failed",
-         "members": {f"results/runs/{diverged['id']}/done.json": "diverged"}}))
+    (tmp_path / "ensembles" / ens["id"] / "done.json").write_text(
+        json.dumps(
+            {
+                "status": "member_failed",
+                "members": {f"results/runs/{diverged['id']}/done.json": "diverged"},
+            }
+        )
+    )
     ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path, index)
     assert ds.attrs["entries_member_failed"] == 1 and ds.attrs["entries_missing"] == 0
     nc = aggregate.write_netcdf_atomic(ds, tmp_path / "sweeps/faults/dataset.nc")
@@ -165,9 +206,22 @@ def test_ensemble_job_refuses_a_damaged_member_and_sets_it_aside(tmp_path):
     a, b = staged_entry(tmp_path, "aaaaaaaaaaaa"), staged_entry(tmp_path, "bbbbbbbbbbbb")
     flip_bit(b / "predictions.npz")
     ens = tmp_path / "ensembles" / "cccccccccccc" / "done.json"
-    r = subprocess.run([*STAGE, "--status", str(ens), "--log", str(tmp_path / "e.log"),
-                        "--require-ok", str(a / "done.json"), str(b / "done.json"),
-                        "--", "true"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            *STAGE,
+            "--status",
+            str(ens),
+            "--log",
+            str(tmp_path / "e.log"),
+            "--require-ok",
+            str(a / "done.json"),
+            str(b / "done.json"),
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "checksum differs" in r.stderr
     assert "run the same command again" in r.stderr
     assert not ens.exists() and not (b / "done.json").exists() and (a / "done.json").exists()
@@ -202,9 +256,17 @@ def test_stale_lock_of_a_killed_driver_is_cleared_and_the_run_proceeds(checkout,
     (lockdir / "0.output.lock").write_text("rep_lock/index.html\n")
     rec = checkout / ".snakemake" / locks.DRIVERS
     rec.mkdir(exist_ok=True)
-    (rec / f"{os.uname().nodename}-{victim.pid}.json").write_text(json.dumps(
-        {"host": os.uname().nodename, "pid": victim.pid, "started": locks._start_time(victim.pid),
-         "since": "earlier", "locks": ["0.output.lock"]}))
+    (rec / f"{os.uname().nodename}-{victim.pid}.json").write_text(
+        json.dumps(
+            {
+                "host": os.uname().nodename,
+                "pid": victim.pid,
+                "started": locks._start_time(victim.pid),
+                "since": "earlier",
+                "locks": ["0.output.lock"],
+            }
+        )
+    )
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     dry = smk(checkout, "-n", "--cores", "1", *conf)
@@ -230,13 +292,13 @@ def test_deleted_or_truncated_done_json_reruns_that_entry_only(checkout):  # noq
     conf = ["--config", f"sweeps=[{sweep}]", "results=res_del", "reports=rep_del"]
     _complete(checkout, "res_del", "rep_del", sweep)
     fp = S.load_sweep(checkout / sweep).fingerprint()
-    cheap = f"res_del/sweeps/deleted/plan/{fp}"      # a real run with nothing else to do
+    cheap = f"res_del/sweeps/deleted/plan/{fp}"  # a real run with nothing else to do
     runs = sorted((checkout / "res_del" / "runs").iterdir())
     for damage in ("delete", "tear"):
         if damage == "delete":
             (runs[0] / "done.json").unlink()
         else:
-            (runs[0] / "done.json").write_text('{"stat')   # a torn write
+            (runs[0] / "done.json").write_text('{"stat')  # a torn write
         dry = smk(checkout, "-n", "--cores", "1", *conf)
         assert "e3: would rebuild res_del/sweeps/deleted" in dry.stderr
         assert (checkout / "res_del/sweeps/deleted/dataset.done.json").exists()  # dry: as is
@@ -253,24 +315,28 @@ def test_one_sweep_never_hides_another_sweeps_runs(checkout):  # noqa: F811
     """Dry-run B, build A's report, then run B: B's own runs are planned. And B refused by
     the lock of a concurrent A (sharing runs) plans its runs once A is gone."""
     a = write_sweep(checkout, "iso_a", 3)
-    b = write_sweep(checkout, "iso_b", 4)        # shares seeds 0-2 (and ensembles)
+    b = write_sweep(checkout, "iso_b", 4)  # shares seeds 0-2 (and ensembles)
     conf_b = ["--config", f"sweeps=[{b}]", "results=res_iso", "reports=rep_iso"]
     first = job_counts(smk(checkout, "-n", "--cores", "1", *conf_b).stdout)
     assert first["finetune"] == 8
-    _complete(checkout, "res_iso", "rep_iso", a)   # A ran to its report
+    _complete(checkout, "res_iso", "rep_iso", a)  # A ran to its report
     lock = checkout / ".snakemake" / "locks" / "0.output.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text("\n".join(f"res_iso/runs/{p.name}/done.json"
-                              for p in (checkout / "res_iso" / "runs").iterdir()) + "\n")
-    refused = smk(checkout, "--cores", "1", *conf_b)       # A still holding its lock
+    lock.write_text(
+        "\n".join(
+            f"res_iso/runs/{p.name}/done.json" for p in (checkout / "res_iso" / "runs").iterdir()
+        )
+        + "\n"
+    )
+    refused = smk(checkout, "--cores", "1", *conf_b)  # A still holding its lock
     assert refused.returncode != 0 and "cannot be locked" in refused.stdout + refused.stderr
-    lock.unlink()                                          # A finished
+    lock.unlink()  # A finished
     after = smk(checkout, "-n", "--cores", "1", *conf_b)
     counts = job_counts(after.stdout)
     # seed 3 of V-MoE and E3 (the others are A's, computed once), B's index and dataset
     assert counts["finetune"] == 2 and counts["aggregate"] == 1 and counts["report"] == 1
     assert counts["sweep_index"] == 1
-    assert not (checkout / "res_iso" / "sweeps" / "iso_b").exists()   # dry runs wrote nothing
+    assert not (checkout / "res_iso" / "sweeps" / "iso_b").exists()  # dry runs wrote nothing
 
 
 @pytest.mark.slow
@@ -278,10 +344,18 @@ def test_killed_driver_rerun_proceeds_and_ends_bitwise_equal():
     """The real tiny workflow, its driver and jobs SIGKILLed while a run trains; the same
     command proceeds (no "Directory cannot be locked") and every result, prediction and the
     dataset equal an undisturbed run's (benchmarks/fault_matrix.py, one trial)."""
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fault_matrix.py"),
-                        "--only", "driver SIGKILL (with its jobs)"],
-                       capture_output=True, text=True, timeout=1800,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "fault_matrix.py"),
+            "--only",
+            "driver SIGKILL (with its jobs)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     row = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("{")))
     assert row["survived"] and row["identical"] and row["runs_lost"] == 0

@@ -11,14 +11,15 @@ import yaml
 
 from e3lib.config import ConfigError, resolve
 from e3lib.cost.analytic import analytic_gflops, analytic_params, flops_breakdown, rows_per_block
-from e3lib.flops_cli import cli_flops
 from e3lib.cost.xla import xla_cost
+from e3lib.flops_cli import cli_flops
 from e3lib.report.flops_reference import REFERENCE_DIR, compare_with_paper, paper_gflops
 
 
 def cfg_of(method: str, size: str = "tiny", image: int = 16, **model) -> dict:
-    return resolve({"method": method, "model": dict(size=size, **model),
-                    "data": {"image_size": image}})
+    return resolve(
+        {"method": method, "model": dict(size=size, **model), "data": {"image_size": image}}
+    )
 
 
 def paper_cfg(method: str, size: str, **model) -> dict:
@@ -87,7 +88,9 @@ def test_einsum_dispatch_hand_count():
     assert flops_breakdown(cfg, 10, dispatch="einsum")["dispatch"] == 2 * 348_160
     # Multi-pred's last layer gathers its K outputs: only the 2 dispatch einsums remain.
     mp = cfg_of("multipred", num_experts=4, group_images=2)
-    assert flops_breakdown(mp, 10, dispatch="einsum")["dispatch"] == 348_160 + 2 * 2 * 4 * 16 * 32 * 17
+    assert (
+        flops_breakdown(mp, 10, dispatch="einsum")["dispatch"] == 348_160 + 2 * 2 * 4 * 16 * 32 * 17
+    )
 
 
 def test_expert_cost_grows_with_k_and_capacity_not_with_e():
@@ -100,30 +103,40 @@ def test_expert_cost_grows_with_k_and_capacity_not_with_e():
     per_slot = 2 * 3 * 2 * 2 * 768 * 3072 / 8
     by_e = [cost(num_experts=e, num_selected=2) for e in (8, 16, 32, 64)]
     assert by_e == [pytest.approx(n * per_slot) for n in (3488, 3520, 3584, 3584)]
-    assert cost(num_experts=32, num_selected=4) / cost(num_experts=32, num_selected=2) == \
-        pytest.approx(2, rel=0.02)
-    assert cost(num_experts=32, num_selected=2, capacity_factor=3.0) / \
-        cost(num_experts=32, num_selected=2) == pytest.approx(2, rel=0.02)
+    assert cost(num_experts=32, num_selected=4) / cost(
+        num_experts=32, num_selected=2
+    ) == pytest.approx(2, rel=0.02)
+    assert cost(num_experts=32, num_selected=2, capacity_factor=3.0) / cost(
+        num_experts=32, num_selected=2
+    ) == pytest.approx(2, rel=0.02)
 
 
 # --------------------------------------------------------------------------------------
 # The paper's Tables 20-22.
 
+
 def test_table20_s32_b32_cells_by_hand():
     # Spot checks against the printed cells (the full table is checked below).
     assert analytic_gflops(paper_cfg("vit", "S/32")) == pytest.approx(24.01, rel=0.03)
-    assert analytic_gflops(paper_cfg("vmoe", "S/32", num_selected=1)) == pytest.approx(26.02, rel=0.03)
-    assert analytic_gflops(paper_cfg("e3", "S/32", ensemble_size=2)) == pytest.approx(36.69, rel=0.03)
+    assert analytic_gflops(paper_cfg("vmoe", "S/32", num_selected=1)) == pytest.approx(
+        26.02, rel=0.03
+    )
+    assert analytic_gflops(paper_cfg("e3", "S/32", ensemble_size=2)) == pytest.approx(
+        36.69, rel=0.03
+    )
     assert analytic_gflops(paper_cfg("vit", "B/32")) == pytest.approx(77.97, rel=0.03)
-    assert analytic_gflops(paper_cfg("vmoe", "B/32", num_selected=8)) == pytest.approx(170.44, rel=0.03)
-    assert analytic_gflops(paper_cfg("e3", "B/32", num_selected=2, ensemble_size=4)) == \
-        pytest.approx(203.31, rel=0.03)
+    assert analytic_gflops(paper_cfg("vmoe", "B/32", num_selected=8)) == pytest.approx(
+        170.44, rel=0.03
+    )
+    assert analytic_gflops(
+        paper_cfg("e3", "B/32", num_selected=2, ensemble_size=4)
+    ) == pytest.approx(203.31, rel=0.03)
 
 
 @pytest.mark.parametrize("table_id", ["table20", "table22"])
 def test_every_cell_within_3_percent(table_id):
     rows = compare_with_paper(table_id)
-    assert len(rows) == {"table20": 70, "table22": 16}[table_id]   # 15 rows, 1 with 2 readings
+    assert len(rows) == {"table20": 70, "table22": 16}[table_id]  # 15 rows, 1 with 2 readings
     worst = max(rows, key=lambda r: abs(r["rel"]))
     assert abs(worst["rel"]) < 0.03, worst
 
@@ -136,23 +149,31 @@ def test_table21_percentages_within_2_points():
 
 
 def test_paper_lookup_matches_rows_and_reports_differences():
-    table, label, value, diff = paper_gflops(paper_cfg("e3", "B/32", num_selected=2,
-                                                       ensemble_size=2))
+    table, label, value, diff = paper_gflops(
+        paper_cfg("e3", "B/32", num_selected=2, ensemble_size=2)
+    )
     assert (table, value, diff) == ("table20", 131.06, {})
     assert paper_gflops(paper_cfg("vit", "S/32"), deep_ensemble=4)[2] == 96.03
     e8 = cfg_of("e3", "B/32", 384, num_selected=2, ensemble_size=2)  # E=8, not the paper's 32
     assert paper_gflops(e8) is None
     assert paper_gflops(e8, ignore=("model.num_experts",))[3] == {"model.num_experts": (32, 8)}
-    ablation = cfg_of("multipred", "B/32", 384, num_experts=32, num_selected=4,
-                      num_predictions=4, group_images=2)
+    ablation = cfg_of(
+        "multipred", "B/32", 384, num_experts=32, num_selected=4, num_predictions=4, group_images=2
+    )
     assert paper_gflops(ablation, dispatch="einsum")[2] == 122.526
 
 
 # --------------------------------------------------------------------------------------
 # Parameters (Table 23: JFT head, 18,291 classes, representation layer, 224 px).
 
-TABLE23 = {"S/32": (36.5, 166.7), "B/32": (102.1, 395.0), "B/16": (100.5, 393.3),
-           "L/32": (325.3, 845.8), "L/16": (323.1, 843.6), "H/14": (655.8, 2688.6)}
+TABLE23 = {
+    "S/32": (36.5, 166.7),
+    "B/32": (102.1, 395.0),
+    "B/16": (100.5, 393.3),
+    "L/32": (325.3, 845.8),
+    "L/16": (323.1, 843.6),
+    "H/14": (655.8, 2688.6),
+}
 
 
 @pytest.mark.parametrize("size", sorted(TABLE23))
@@ -173,16 +194,24 @@ def test_vit_s32_params_by_hand():
     assert analytic_params(cfg_of("vit", "S/32", 224), 18291) == expected == 36_465_523
 
 
-@pytest.mark.parametrize("method,model", [
-    ("vit", {}), ("vmoe", {"num_selected": 2}), ("e3", {"ensemble_size": 2}),
-    ("tiling", {"ensemble_size": 2}), ("partitioning", {"ensemble_size": 2}),
-    ("multipred", {"num_selected": 2, "num_predictions": 2}),
-    ("e3", {"ensemble_size": 2, "overlap": 2}),
-    ("batchensemble", {"ensemble_size": 2}), ("mc_dropout", {"ensemble_size": 2}),
-    ("mimo", {"num_selected": 2, "ensemble_size": 3}),
-])
+@pytest.mark.parametrize(
+    "method,model",
+    [
+        ("vit", {}),
+        ("vmoe", {"num_selected": 2}),
+        ("e3", {"ensemble_size": 2}),
+        ("tiling", {"ensemble_size": 2}),
+        ("partitioning", {"ensemble_size": 2}),
+        ("multipred", {"num_selected": 2, "num_predictions": 2}),
+        ("e3", {"ensemble_size": 2, "overlap": 2}),
+        ("batchensemble", {"ensemble_size": 2}),
+        ("mc_dropout", {"ensemble_size": 2}),
+        ("mimo", {"num_selected": 2, "ensemble_size": 3}),
+    ],
+)
 def test_params_equal_the_models_shapes(method, model):
     from e3lib.models.params import count_params as count_from_shapes
+
     cfg = cfg_of(method, "mini", 32, **model)
     assert analytic_params(cfg, 7) == count_from_shapes(cfg, 7)
 
@@ -190,11 +219,15 @@ def test_params_equal_the_models_shapes(method, model):
 # --------------------------------------------------------------------------------------
 # XLA: the compiled cost of the real training step, full size, never executed.
 
-@pytest.mark.parametrize("method,size,model,paper", [
-    ("vmoe", "S/32", {"num_selected": 1}, 26.02),
-    ("e3", "S/32", {"num_selected": 1, "ensemble_size": 2}, 36.69),
-    ("vmoe", "B/32", {"num_selected": 2}, 94.93),
-])
+
+@pytest.mark.parametrize(
+    "method,size,model,paper",
+    [
+        ("vmoe", "S/32", {"num_selected": 1}, 26.02),
+        ("e3", "S/32", {"num_selected": 1, "ensemble_size": 2}, 36.69),
+        ("vmoe", "B/32", {"num_selected": 2}, 94.93),
+    ],
+)
 def test_xla_cost_of_full_size_train_step(method, size, model, paper):
     cfg = paper_cfg(method, size, **model)
     cost = xla_cost(cfg, 1000)
@@ -207,24 +240,44 @@ def test_xla_cost_of_full_size_train_step(method, size, model, paper):
 # --------------------------------------------------------------------------------------
 # The ``e3 flops`` command.
 
+
 def test_cli_prints_analytic_params_and_paper(capsys):
-    rc = cli_flops(["--method", "e3", "--size", "B/32", "--set", "model.num_selected=2",
-                    "--set", "model.ensemble_size=2", "--set", "model.num_experts=32",
-                    "--image-size", "384"])
+    rc = cli_flops(
+        [
+            "--method",
+            "e3",
+            "--size",
+            "B/32",
+            "--set",
+            "model.num_selected=2",
+            "--set",
+            "model.ensemble_size=2",
+            "--set",
+            "model.num_experts=32",
+            "--image-size",
+            "384",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     ours = analytic_gflops(paper_cfg("e3", "B/32", num_selected=2, ensemble_size=2))
     assert f"{ours:.2f}" in out
-    assert f"{analytic_params(paper_cfg('e3', 'B/32', num_selected=2, ensemble_size=2), 1000):,}" in out
+    assert (
+        f"{analytic_params(paper_cfg('e3', 'B/32', num_selected=2, ensemble_size=2), 1000):,}"
+        in out
+    )
     assert "paper (table20, E³-B/32, K=2, M=2): 131.06" in out
 
 
-@pytest.mark.parametrize("argv,field", [
-    (["--method", "e3", "--size", "X/32"], "model.size"),
-    (["--method", "e3", "--set", "model.num_selected=9"], "model.num_selected"),
-    (["--method", "vit", "--set", "model.nope=1"], "model.nope"),
-    (["--method", "vit", "--set", "model.size"], "--set"),
-])
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["--method", "e3", "--size", "X/32"], "model.size"),
+        (["--method", "e3", "--set", "model.num_selected=9"], "model.num_selected"),
+        (["--method", "vit", "--set", "model.nope=1"], "model.nope"),
+        (["--method", "vit", "--set", "model.size"], "--set"),
+    ],
+)
 def test_cli_bad_input_names_the_field(argv, field, capsys):
     assert cli_flops(argv) == 2
     err = capsys.readouterr().err
@@ -254,7 +307,7 @@ def test_baselines_of_table12_relations():
     assert one["patch_embedding"] == 2 * vmoe["patch_embedding"]
     assert one["experts"] == vmoe["experts"]
     assert sum(two.values()) == pytest.approx(2 * sum(one.values()))
-    assert sum(one.values()) / 1e9 == pytest.approx(96.3, rel=0.03)   # Table 12
+    assert sum(one.values()) / 1e9 == pytest.approx(96.3, rel=0.03)  # Table 12
 
 
 def test_table12_mc_dropout_is_counted_at_capacity_factor_one():
@@ -267,8 +320,9 @@ def test_table12_mc_dropout_is_counted_at_capacity_factor_one():
     assert len(rows) == 5
     for row in rows:
         K, M = row["key"]["model.num_selected"], row["key"]["model.ensemble_size"]
-        ours = analytic_gflops(paper_cfg("mc_dropout", "B/32", num_selected=K, ensemble_size=M,
-                                         capacity_factor=1.0))
+        ours = analytic_gflops(
+            paper_cfg("mc_dropout", "B/32", num_selected=K, ensemble_size=M, capacity_factor=1.0)
+        )
         assert ours == pytest.approx(row["values"]["gflops"][0], rel=0.01), row["label"]
     at_run_capacity = analytic_gflops(paper_cfg("mc_dropout", "B/32", ensemble_size=2))
     assert at_run_capacity - 97.2 == pytest.approx(8.8, abs=0.5)

@@ -18,16 +18,16 @@ def msp_rows(msps, num_classes=10):
 def test_nll_of_ensemble_mean_matches_reference_example():
     # vmoe's ensemble test: M=2 members [.1,.9] and [.2,.8], label 0 → mean [.15,.85],
     # NLL = −log .15; the members alone give −log .1 and −log .2.
-    member = np.array([[[.1, .9]], [[.2, .8]]])
+    member = np.array([[[0.1, 0.9]], [[0.2, 0.8]]])
     out = metrics.prediction_metrics(member, np.array([0]))
-    assert out["ensemble"]["nll"] == pytest.approx(-math.log(.15))
-    assert out["0"]["nll"] == pytest.approx(-math.log(.1))
-    assert out["1"]["nll"] == pytest.approx(-math.log(.2))
+    assert out["ensemble"]["nll"] == pytest.approx(-math.log(0.15))
+    assert out["0"]["nll"] == pytest.approx(-math.log(0.1))
+    assert out["1"]["nll"] == pytest.approx(-math.log(0.2))
 
 
 def test_error_counts_argmax_ties_as_first_class():
     # rows: correct (0), wrong (argmax 1 vs 0), tie → argmax 0 vs label 1: wrong → 2/3.
-    probs = np.array([[.6, .4], [.3, .7], [.5, .5]])
+    probs = np.array([[0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
     assert metrics.error(probs, np.array([0, 0, 1])) == pytest.approx(2 / 3)
 
 
@@ -35,8 +35,8 @@ def test_ece_two_bins_by_hand():
     # conf .95 → bin ⌊14.25⌋=14; conf .55 → bin 8.
     # bin 14: one right, one wrong → acc .5, conf .95: |.5−.95|·2/4 = .225
     # bin 8: both right → acc 1, conf .55: |1−.55|·2/4 = .225.  ECE = .45
-    probs = np.array([[.95, .05], [.95, .05], [.55, .45], [.45, .55]])
-    assert metrics.ece(probs, np.array([0, 1, 0, 1])) == pytest.approx(.45)
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.45, 0.55]])
+    assert metrics.ece(probs, np.array([0, 1, 0, 1])) == pytest.approx(0.45)
 
 
 def test_ece_confidence_one_lands_in_last_bin_and_perfect_is_zero():
@@ -48,9 +48,9 @@ def test_ece_confidence_one_lands_in_last_bin_and_perfect_is_zero():
 
 def test_brier_by_hand_and_sklearn():
     # [.7,.2,.1] y=0: .3²+.2²+.1² = .14;  [.1,.1,.8] y=2: .1²+.1²+.2² = .06; mean .10
-    probs = np.array([[.7, .2, .1], [.1, .1, .8]])
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = np.array([0, 2])
-    assert metrics.brier(probs, labels) == pytest.approx(.10)
+    assert metrics.brier(probs, labels) == pytest.approx(0.10)
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(5), size=50)
     y = rng.integers(0, 5, 50)
@@ -62,17 +62,17 @@ def test_kl_diversity_paper_formula_by_hand():
     # KL(p1‖p2) = .5 ln(.5/.25) + .5 ln(.5/.75) = .5 ln(4/3)
     # KL(p2‖p1) = .25 ln(.25/.5) + .75 ln(.75/.5) = .75 ln 1.5 − .25 ln 2
     # averaged over the ordered pairs (1,2), (2,1).
-    member = np.array([[[.5, .5]], [[.25, .75]]])
-    expected = (.5 * math.log(4 / 3) + .75 * math.log(1.5) - .25 * math.log(2)) / 2
+    member = np.array([[[0.5, 0.5]], [[0.25, 0.75]]])
+    expected = (0.5 * math.log(4 / 3) + 0.75 * math.log(1.5) - 0.25 * math.log(2)) / 2
     assert metrics.kl_diversity(member) == pytest.approx(expected)
-    assert metrics.kl_diversity(np.array([[[.3, .7]], [[.3, .7]]])) == pytest.approx(0.0)
+    assert metrics.kl_diversity(np.array([[[0.3, 0.7]], [[0.3, 0.7]]])) == pytest.approx(0.0)
 
 
 def test_cos_similarity_by_hand():
     # [1,0]·[.6,.8] = .6, both unit norm → .6; identical members → 1.
-    member = np.array([[[1.0, 0.0]], [[.6, .8]]])
-    assert metrics.cos_similarity(member) == pytest.approx(.6)
-    assert metrics.cos_similarity(np.array([[[.2, .8]]] * 3)) == pytest.approx(1.0)
+    member = np.array([[[1.0, 0.0]], [[0.6, 0.8]]])
+    assert metrics.cos_similarity(member) == pytest.approx(0.6)
+    assert metrics.cos_similarity(np.array([[[0.2, 0.8]]] * 3)) == pytest.approx(1.0)
 
 
 def test_normalized_disagreement_by_hand():
@@ -80,8 +80,8 @@ def test_normalized_disagreement_by_hand():
     # ensemble mean: ex0 → 0, ex1 [.4,.6]+[.9,.1] → [.65,.35] → 0, ex2 → 1,
     # ex3 [.9,.1]+[.3,.7] → [.6,.4] → 0. Labels [0,0,1,1] → ensemble error 1/4.
     # normalized disagreement = .5 / .25 = 2.
-    m0 = [[.9, .1], [.4, .6], [.1, .9], [.9, .1]]
-    m1 = [[.8, .2], [.9, .1], [.2, .8], [.3, .7]]
+    m0 = [[0.9, 0.1], [0.4, 0.6], [0.1, 0.9], [0.9, 0.1]]
+    m1 = [[0.8, 0.2], [0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]
     member = np.array([m0, m1])
     assert metrics.disagreement(member, np.array([0, 0, 1, 1])) == pytest.approx(2.0)
 
@@ -92,17 +92,17 @@ def test_ood_metrics_by_hand():
     # AP: ranked .8(out) .4(in) .35(out) .1(in): precision at the two OOD hits
     #     1/1 and 2/3, recall steps .5 each → .5·1 + .5·2/3 = 5/6.
     # FPR@95: all OOD flagged first at threshold .35, where 1 of 2 in-dist is flagged → .5
-    pin, pout = msp_rows([.9, .6]), msp_rows([.65, .2])
-    assert metrics.auroc(pin, pout) == pytest.approx(.75)
+    pin, pout = msp_rows([0.9, 0.6]), msp_rows([0.65, 0.2])
+    assert metrics.auroc(pin, pout) == pytest.approx(0.75)
     assert metrics.aupr(pin, pout) == pytest.approx(5 / 6)
-    assert metrics.fpr95(pin, pout) == pytest.approx(.5)
+    assert metrics.fpr95(pin, pout) == pytest.approx(0.5)
 
 
 def test_ood_metrics_match_sklearn_with_ties():
     rng = np.random.default_rng(1)
     # msp rounded to 2 decimals so that many scores tie.
-    pin = msp_rows(np.round(rng.uniform(.3, 1.0, 200), 2))
-    pout = msp_rows(np.round(rng.uniform(.15, .9, 150), 2))
+    pin = msp_rows(np.round(rng.uniform(0.3, 1.0, 200), 2))
+    pout = msp_rows(np.round(rng.uniform(0.15, 0.9, 150), 2))
     y = np.r_[np.zeros(200), np.ones(150)]
     s = np.r_[metrics.ood_score(pin), metrics.ood_score(pout)]
     assert metrics.auroc(pin, pout) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
@@ -113,16 +113,17 @@ def test_fpr95_matches_sklearn_roc_curve():
     from sklearn.metrics import roc_curve
 
     rng = np.random.default_rng(2)
-    pin = msp_rows(rng.uniform(.3, 1.0, 300))
-    pout = msp_rows(rng.uniform(.15, .9, 100))
+    pin = msp_rows(rng.uniform(0.3, 1.0, 300))
+    pout = msp_rows(rng.uniform(0.15, 0.9, 100))
     y = np.r_[np.zeros(300), np.ones(100)]
-    fpr, tpr, _ = roc_curve(y, np.r_[metrics.ood_score(pin), metrics.ood_score(pout)],
-                            drop_intermediate=False)
-    assert metrics.fpr95(pin, pout) == pytest.approx(fpr[np.argmax(tpr >= .95)])
+    fpr, tpr, _ = roc_curve(
+        y, np.r_[metrics.ood_score(pin), metrics.ood_score(pout)], drop_intermediate=False
+    )
+    assert metrics.fpr95(pin, pout) == pytest.approx(fpr[np.argmax(tpr >= 0.95)])
 
 
 def test_prediction_metrics_keys_and_single_member():
-    out = metrics.prediction_metrics(np.array([[[.7, .3], [.2, .8]]]), np.array([0, 0]))
+    out = metrics.prediction_metrics(np.array([[[0.7, 0.3], [0.2, 0.8]]]), np.array([0, 0]))
     assert set(out) == {"ensemble", "0"}
     assert "kl_diversity" not in out["ensemble"]  # diversity needs M > 1
     assert out["ensemble"] == out["0"]
@@ -171,13 +172,18 @@ def test_fewshot_l2_selection_test_vs_holdout(monkeypatch):
     train = np.stack([ytr, ytr, 1 - ytr], axis=1)[None].astype(float)  # (M=1, N, 3)
     test = np.stack([yte, 1 - yte, yte], axis=1)[None].astype(float)
     tasks = {"t": (train, ytr, test, yte, 2)}
-    pick = lambda sel: metrics.fewshot_errors(tasks, [2], 0, l2_grid=[1.0, 2.0],  # noqa: E731
-                                              l2_selection=sel)[("t", 2)]
+    pick = lambda sel: metrics.fewshot_errors(
+        tasks,
+        [2],
+        0,
+        l2_grid=[1.0, 2.0],  # noqa: E731
+        l2_selection=sel,
+    )[("t", 2)]
     assert pick("test") == 0.0
     assert pick("holdout") == 1.0
     with pytest.raises(ValueError, match="allowed: \\['test', 'holdout'\\]"):
         pick("val")
-    with pytest.raises(ValueError, match="needs the rest"):       # 6 shots = every image
+    with pytest.raises(ValueError, match="needs the rest"):  # 6 shots = every image
         metrics.fewshot_errors(tasks, [6], 0, l2_grid=[1.0], l2_selection="holdout")
 
 
@@ -192,8 +198,8 @@ def test_fewshot_sample_draws_k_per_class_deterministically():
 def test_fewshot_l2_is_chosen_by_mean_rank_across_tasks():
     # errors (task × l2): a [.1, .3], b [.4, .2] → ranks a [0,1], b [1,0]: mean [.5,.5],
     # tie → the first l2.  Add c [.5, .1] → ranks [1,0]: mean [2/3, 1/3] → the second.
-    assert metrics.best_l2_index([[.1, .3], [.4, .2]]) == 0
-    assert metrics.best_l2_index([[.1, .3], [.4, .2], [.5, .1]]) == 1
+    assert metrics.best_l2_index([[0.1, 0.3], [0.4, 0.2]]) == 0
+    assert metrics.best_l2_index([[0.1, 0.3], [0.4, 0.2], [0.5, 0.1]]) == 1
     # Rank, not mean error: a [0, .9], b [.3, .2], c [.3, .2] → mean errors [.2, .43]
     # would pick l2₀, mean ranks [2/3, 1/3] pick l2₁.
-    assert metrics.best_l2_index([[0, .9], [.3, .2], [.3, .2]]) == 1
+    assert metrics.best_l2_index([[0, 0.9], [0.3, 0.2], [0.3, 0.2]]) == 1

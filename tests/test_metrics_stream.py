@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from e3lib import metrics, metrics_stream as ms
+from e3lib import metrics
+from e3lib import metrics_stream as ms
 
 
 def dirichlet(rng, shape, c, sharp=1.0):
@@ -26,7 +27,7 @@ def batches(n, sizes):
 def test_prediction_metrics_streamed_equal_in_memory(members):
     rng = np.random.default_rng(0)
     n, c = 203, 7
-    probs = dirichlet(rng, (members, n), c, 0.3)                   # (M, N, C)
+    probs = dirichlet(rng, (members, n), c, 0.3)  # (M, N, C)
     labels = rng.integers(0, c, n)
     want = metrics.prediction_metrics(probs, labels)
     acc = ms.PredictionAccumulator(members)
@@ -42,7 +43,7 @@ def test_prediction_metrics_streamed_equal_in_memory(members):
         assert got[name].keys() == want[name].keys()
         for k in want[name]:
             assert got[name][k] == pytest.approx(want[name][k], abs=1e-6), (name, k)
-    assert got["ensemble"]["ece"] > 0.01            # not a degenerate comparison
+    assert got["ensemble"]["ece"] > 0.01  # not a degenerate comparison
 
 
 def test_merged_process_accumulators_equal_one():
@@ -64,7 +65,7 @@ def test_ood_streamed_equal_in_memory_with_ties():
     rng = np.random.default_rng(2)
     p_in = dirichlet(rng, (2, 120), 4, 0.2)
     p_out = dirichlet(rng, (2, 80), 4, 2.0)
-    p_out[:, :10] = p_in[:, :10]                     # tied scores across the two sets
+    p_out[:, :10] = p_in[:, :10]  # tied scores across the two sets
     want = metrics.ood_metrics(p_in, p_out)
     acc = ms.OODAccumulator()
     for sl in batches(120, [32] * 4):
@@ -88,17 +89,17 @@ def test_fewshot_streamed_equal_in_memory(selection, mode):
         name = f"task{t}"
         labels = np.arange(n) % c
         centers = rng.normal(size=(c, 6))
-        feats = centers[labels][None] + rng.normal(scale=1.5, size=(2, n, 6))   # (M, N, D)
+        feats = centers[labels][None] + rng.normal(scale=1.5, size=(2, n, 6))  # (M, N, D)
         ytest = np.arange(30) % c
         ftest = centers[ytest][None] + rng.normal(scale=1.5, size=(2, 30, 6))
         tasks[name] = (feats, labels, ftest, ytest, c)
         col = ms.FewShotFeatures(name, labels, [1, 5], seed=4, l2_selection=selection)
-        for sl in batches(n, [16] * 4):                # pool streamed in batches
+        for sl in batches(n, [16] * 4):  # pool streamed in batches
             col.update(feats[:, sl], np.arange(n)[sl])
         if selection == "test":
-            assert len(col._rows) <= c * 6 < n         # only the drawn shots are kept
+            assert len(col._rows) <= c * 6 < n  # only the drawn shots are kept
         streamed[name] = (col, ftest, ytest, c)
-    grid = [2.0 ** i for i in range(-4, 6)]
+    grid = [2.0**i for i in range(-4, 6)]
     want = metrics.fewshot_errors(tasks, [1, 5], 4, mode, grid, selection)
     got = ms.fewshot_errors(streamed, mode, grid)
     assert got.keys() == want.keys()

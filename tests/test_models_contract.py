@@ -30,8 +30,12 @@ def test_contract_shapes(method, model):
 
     def forward():
         variables = net.init({"params": jax.random.key(1)}, IMAGES, train=False)
-        return net.apply(variables, IMAGES, train=True,
-                         rngs={"dropout": jax.random.key(2), "gating": jax.random.key(3)})
+        return net.apply(
+            variables,
+            IMAGES,
+            train=True,
+            rngs={"dropout": jax.random.key(2), "gating": jax.random.key(3)},
+        )
 
     logits, aux = jax.eval_shape(forward)
     predictions = predictions_per_image(cfg)
@@ -46,9 +50,13 @@ def test_initial_model_values():
     cfg = resolve({"method": "e3", "model": {"ensemble_size": 2}})
     net = build_model(cfg, num_classes=5)
     # One compiled program for init + forward (cheaper than running init op by op).
-    (logits, aux), variables = jax.jit(lambda k: net.init_with_output(
-        {"params": k, "dropout": jax.random.key(2), "gating": jax.random.key(3)},
-        IMAGES, train=True))(jax.random.key(1))
+    (logits, aux), variables = jax.jit(
+        lambda k: net.init_with_output(
+            {"params": k, "dropout": jax.random.key(2), "gating": jax.random.key(3)},
+            IMAGES,
+            train=True,
+        )
+    )(jax.random.key(1))
     # Zero-initialised head: every logit equals the head bias -log(5).
     np.testing.assert_allclose(logits, -np.log(5.0), rtol=1e-6)
     # aux loss = Σ over the MoE layers of their (positive) aux losses.
@@ -65,12 +73,15 @@ def test_unknown_size_is_rejected_where_the_config_enters():
         resolve({"method": "vmoe", "model": {"size": "XL/8"}})
 
 
-@pytest.mark.parametrize("model,field", [
-    ({"ensemble_size": 2, "num_selected": 5}, "model.num_selected"),   # K=5 > E/M=4
-    ({"ensemble_size": 3}, "model.ensemble_size"),                    # 8 % 3 != 0
-    ({"ensemble_size": 2, "overlap": 9}, "model.overlap"),            # o > E
-    ({"ensemble_size": 4, "overlap": 2}, "model.ensemble_size"),      # (8-2) % 4 != 0
-])
+@pytest.mark.parametrize(
+    "model,field",
+    [
+        ({"ensemble_size": 2, "num_selected": 5}, "model.num_selected"),  # K=5 > E/M=4
+        ({"ensemble_size": 3}, "model.ensemble_size"),  # 8 % 3 != 0
+        ({"ensemble_size": 2, "overlap": 9}, "model.overlap"),  # o > E
+        ({"ensemble_size": 4, "overlap": 2}, "model.ensemble_size"),  # (8-2) % 4 != 0
+    ],
+)
 def test_invalid_e3_combinations_name_values_and_rule(model, field):
     with pytest.raises(ConfigError) as err:
         resolve({"method": "e3", "model": model})
@@ -90,14 +101,18 @@ def test_builders_trust_the_resolved_config():
 
 @pytest.mark.parametrize("method,model", [CASES[0], CASES[2]], ids=["vit", "e3"])
 def test_bfloat16_compute_keeps_float32_params_routing_and_gradients(method, model):
-    nets = {d: build_model(resolve({"method": method, "model": dict(model, dtype=d)}), 5)
-            for d in ("float32", "bfloat16")}
+    nets = {
+        d: build_model(resolve({"method": method, "model": dict(model, dtype=d)}), 5)
+        for d in ("float32", "bfloat16")
+    }
     params = random_params(nets["float32"], IMAGES, train=False)
     # One parameter tree serves both: parameters are float32 whatever the compute dtype.
     leaves16 = jax.tree_util.tree_leaves(param_structure(nets["bfloat16"], IMAGES, train=False))
     assert {leaf.dtype for leaf in leaves16} == {jnp.dtype("float32")}
-    forward = {d: (lambda p, net=net: net.apply({"params": p}, IMAGES, train=False))
-               for d, net in nets.items()}
+    forward = {
+        d: (lambda p, net=net: net.apply({"params": p}, IMAGES, train=False))
+        for d, net in nets.items()
+    }
     # The backbone's matmuls do run in bfloat16 ...
     assert "bf16[" in str(jax.make_jaxpr(forward["bfloat16"])(params))
     assert "bf16[" not in str(jax.make_jaxpr(forward["float32"])(params))
@@ -112,10 +127,13 @@ def test_bfloat16_compute_keeps_float32_params_routing_and_gradients(method, mod
         assert metrics["aux_loss"].dtype == jnp.float32
 
     def loss(p):
-        logits, aux = nets["bfloat16"].apply({"params": p}, IMAGES, train=True, rngs={
-            "dropout": jax.random.key(1), "gating": jax.random.key(2)})
-        return -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32))[..., 0]) + \
-            aux["aux_loss"]
+        logits, aux = nets["bfloat16"].apply(
+            {"params": p},
+            IMAGES,
+            train=True,
+            rngs={"dropout": jax.random.key(1), "gating": jax.random.key(2)},
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32))[..., 0]) + aux["aux_loss"]
 
     grads = jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(params))
     assert {g.dtype for g in grads} == {jnp.dtype("float32")}

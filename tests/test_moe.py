@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from model_helpers import random_params
 
 from e3lib.models.layout import compute_capacity
@@ -15,9 +14,18 @@ from e3lib.models.vit import MlpBlock
 
 def _moe(E=4, K=1, C=1.0, ensemble_size=1, mlp_dim=8, **kw):
     subsets = kw.pop("subsets", (tuple(range(E)),))
-    return MoeMlp(num_experts=E, mlp_dim=mlp_dim, subsets=subsets, num_selected=K,
-                  noise_std=1.0 / E,
-                  aux_weight=0.01, ensemble_size=ensemble_size, group_images=2, capacity_factor=C, **kw)
+    return MoeMlp(
+        num_experts=E,
+        mlp_dim=mlp_dim,
+        subsets=subsets,
+        num_selected=K,
+        noise_std=1.0 / E,
+        aux_weight=0.01,
+        ensemble_size=ensemble_size,
+        group_images=2,
+        capacity_factor=C,
+        **kw,
+    )
 
 
 def _init(moe, x):
@@ -32,8 +40,9 @@ def _apply(moe, params, x):
 def test_grouping_keeps_whole_images_member_fast():
     # Rows b·M + m of (B·M, T, H) with B=2, M=2, T=3, value 100b + 10m + t.
     B, M, T = 2, 2, 3
-    vals = np.array([[[100 * b + 10 * m + t] for t in range(T)]
-                     for b in range(B) for m in range(M)])
+    vals = np.array(
+        [[[100 * b + 10 * m + t] for t in range(T)] for b in range(B) for m in range(M)]
+    )
     groups, images = to_groups(jnp.asarray(vals, jnp.float32), ensemble_size=M, group_images=1)
     assert images == 1 and groups.shape == (2, 6, 1)
     # Group 0 is image 0, tokens in order, the two member copies of each token adjacent.
@@ -60,8 +69,9 @@ def test_overflow_tokens_are_dropped_and_combine_weight_is_raw_gate():
     # One image of T=8 tokens, all routed to expert 0 (router logits [5, -5]·x0 with x0 = 1).
     # Capacity = ceil(8·1·0.5/2) = 2 -> rounded up to 4: tokens 0..3 kept (queued in token
     # order), tokens 4..7 dropped -> their MoE output is exactly 0.
-    x = jnp.concatenate([jnp.ones((1, 8, 1)),
-                         jax.random.normal(jax.random.key(0), (1, 8, 3))], axis=-1)  # (1,8,4)
+    x = jnp.concatenate(
+        [jnp.ones((1, 8, 1)), jax.random.normal(jax.random.key(0), (1, 8, 3))], axis=-1
+    )  # (1,8,4)
     moe = _moe(E=2, C=0.5)
     params = _init(moe, x)
     kernel = jnp.zeros((4, 1, 2)).at[0, 0].set(jnp.array([5.0, -5.0]))
@@ -80,26 +90,29 @@ def test_overflow_tokens_are_dropped_and_combine_weight_is_raw_gate():
 @pytest.mark.parametrize("K,C,bpr", [(1, 1.0, False), (2, 0.5, False), (2, 0.5, True)])
 def test_sparse_dispatch_equals_dense_oracle(K, C, bpr):
     E, H = 4, 6
-    x = jax.random.normal(jax.random.key(0), (4, 5, H))                  # B=4, T=5
+    x = jax.random.normal(jax.random.key(0), (4, 5, H))  # B=4, T=5
     moe = _moe(E=E, K=K, C=C, batch_priority=bpr)
     params = _init(moe, x)
     y, metrics = _apply(moe, params, x)
+
     # Oracle: same routing, every expert run on every token.
     def oracle(params, x):
-        xg, _ = to_groups(x, 1, 2)                                        # (G=2, S=10, H)
-        router = NoisyTopKRouter(subsets=(tuple(range(E)),), num_selected=K, noise_std=0.25,
-                                 aux_weight=0.01)
+        xg, _ = to_groups(x, 1, 2)  # (G=2, S=10, H)
+        router = NoisyTopKRouter(
+            subsets=(tuple(range(E)),), num_selected=K, noise_std=0.25, aux_weight=0.01
+        )
         routing, _ = router.apply({"params": params["Router"]}, xg)
         capacity = compute_capacity(10, K, E, C)
         prio = routing.priority if bpr else None
-        positions = jax.vmap(lambda i, p: buffer_positions(i, E, p),
-                             in_axes=(0, 0 if bpr else None))(routing.expert_index, prio)
+        positions = jax.vmap(
+            lambda i, p: buffer_positions(i, E, p), in_axes=(0, 0 if bpr else None)
+        )(routing.expert_index, prio)
         return dense_moe_reference(params["Mlp"], 8, xg, routing, positions < capacity)
 
     expected = oracle(params, x)
     np.testing.assert_allclose(y, from_groups(expected, 1, 5), rtol=1e-5, atol=1e-6)
     if C < 1:
-        assert 0 < float(metrics["dropped_fraction"]) < 1   # the case exercises dropping
+        assert 0 < float(metrics["dropped_fraction"]) < 1  # the case exercises dropping
 
 
 def test_multipred_keeps_selections_apart():
@@ -117,7 +130,7 @@ def test_multipred_keeps_selections_apart():
 
 def _flops(E, K, C):
     moe = _moe(E=E, K=K, C=C, mlp_dim=256)
-    x = jnp.ones((2, 256, 16))                                # one group, S = 2·256 = 512
+    x = jnp.ones((2, 256, 16))  # one group, S = 2·256 = 512
     params = jax.eval_shape(lambda k: moe.init({"params": k}, x), jax.random.key(0))
     compiled = jax.jit(lambda p, x: moe.apply(p, x)[0]).lower(params, x).compile()
     analysis = compiled.cost_analysis()
@@ -140,8 +153,12 @@ def test_eval_capacity_factor_applies_only_at_evaluation():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4))
     moe = _moe(E=2, C=0.5, eval_capacity_factor=2.0)
     params = _init(moe, x)
-    _, train_metrics = moe.apply({"params": params}, x, train=True,
-                                 rngs={"gating": jax.random.key(1), "dropout": jax.random.key(2)})
+    _, train_metrics = moe.apply(
+        {"params": params},
+        x,
+        train=True,
+        rngs={"gating": jax.random.key(1), "dropout": jax.random.key(2)},
+    )
     _, eval_metrics = moe.apply({"params": params}, x, train=False)
     assert int(train_metrics["capacity"]) == 4
     assert int(eval_metrics["capacity"]) == 8
@@ -151,21 +168,25 @@ def test_gradients_reach_router_and_experts():
     # E³-style layer (two member routers over {0,1} and {2,3}, M=2 rows per image), training
     # mode: the loss depends on the router through the gates and the aux loss, and on every
     # expert that received tokens.
-    x = jax.random.normal(jax.random.key(0), (4, 5, 6))                  # B=2 images, M=2
+    x = jax.random.normal(jax.random.key(0), (4, 5, 6))  # B=2 images, M=2
     moe = _moe(E=4, K=1, C=2.0, ensemble_size=2, subsets=((0, 1), (2, 3)))
     params = _init(moe, x)
 
     @jax.jit
     @jax.grad
     def grads(p):
-        y, metrics = moe.apply({"params": p}, x, train=True,
-                               rngs={"gating": jax.random.key(1), "dropout": jax.random.key(2)})
-        return jnp.sum(y ** 2) + metrics["aux_loss"]
+        y, metrics = moe.apply(
+            {"params": p},
+            x,
+            train=True,
+            rngs={"gating": jax.random.key(1), "dropout": jax.random.key(2)},
+        )
+        return jnp.sum(y**2) + metrics["aux_loss"]
 
     g = grads(params)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(g))
-    assert float(jnp.abs(g["Router"]["kernel"][:, 0]).sum()) > 0      # member 0's router
-    assert float(jnp.abs(g["Router"]["kernel"][:, 1]).sum()) > 0      # member 1's router
+    assert float(jnp.abs(g["Router"]["kernel"][:, 0]).sum()) > 0  # member 0's router
+    assert float(jnp.abs(g["Router"]["kernel"][:, 1]).sum()) > 0  # member 1's router
     assert float(jnp.abs(g["Mlp"]["Dense_1"]["bias"]).sum()) > 0
 
 
@@ -173,10 +194,15 @@ def test_expert_dropout_only_in_training():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4))
     moe = _moe(E=2, C=2.0, expert_dropout=0.5)
     params = _init(moe, x)
-    run = lambda key: moe.apply({"params": params}, x, train=True,  # noqa: E731
-                                rngs={"gating": jax.random.key(1), "dropout": key})[0]
+    run = lambda key: moe.apply(
+        {"params": params},
+        x,
+        train=True,  # noqa: E731
+        rngs={"gating": jax.random.key(1), "dropout": key},
+    )[0]
     assert not np.allclose(run(jax.random.key(2)), run(jax.random.key(3)))
     # Evaluation: the same output as the model without expert dropout.
     no_dropout = _moe(E=2, C=2.0)
-    np.testing.assert_array_equal(moe.apply({"params": params}, x)[0],
-                                  no_dropout.apply({"params": params}, x)[0])
+    np.testing.assert_array_equal(
+        moe.apply({"params": params}, x)[0], no_dropout.apply({"params": params}, x)[0]
+    )

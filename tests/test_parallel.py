@@ -26,29 +26,39 @@ FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pass
 
 
 def device_env(devices: int, cache: Path) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), E3_JAX_CACHE=str(cache),
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_XLA}")
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+        E3_JAX_CACHE=str(cache),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_XLA}",
+    )
 
 
 @pytest.fixture(scope="module")
 def mesh_rows(tmp_path_factory):
     """Every 8-device check, in one JAX process (tests/mesh_checks.py)."""
     cache = tmp_path_factory.mktemp("jax_cache")
-    proc = subprocess.run([sys.executable, str(HERE / "mesh_checks.py")],
-                          env=device_env(8, cache), capture_output=True, text=True,
-                          timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "mesh_checks.py")],
+        env=device_env(8, cache),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 # -- mesh shapes and divisibility (no devices) --------------------------------------------
 
+
 def test_mesh_shape_from_the_field():
     assert mesh_shape(None, 8, 8) == (1, 1)
     assert mesh_shape({"data": -1, "expert": 2}, 8, 8) == (4, 2)
     assert mesh_shape({"data": 2, "expert": -1}, 8, 8) == (2, 4)
     assert mesh_shape("auto", 32, 32) == (1, 32)
-    assert mesh_shape("auto", 32, 8) == (4, 8)      # expert axis: largest divisor of D and E
+    assert mesh_shape("auto", 32, 8) == (4, 8)  # expert axis: largest divisor of D and E
     assert mesh_shape("auto", 8, None) == (8, 1) or mesh_shape("auto", 8, None) == (1, 8)
     with pytest.raises(ConfigError, match=r"mesh.expert=3: must divide the 8 devices"):
         mesh_shape({"data": -1, "expert": 3}, 8, 8)
@@ -62,16 +72,22 @@ def test_mesh_is_not_part_of_the_run_id_and_is_type_checked_by_resolve():
     from e3lib.config import resolve, run_id, stale_fields
 
     plain = resolve({"method": "e3", "model": {"ensemble_size": 2}})
-    meshed = resolve({"method": "e3", "model": {"ensemble_size": 2},
-                      "mesh": {"data": -1, "expert": 2}})
+    meshed = resolve(
+        {"method": "e3", "model": {"ensemble_size": 2}, "mesh": {"data": -1, "expert": 2}}
+    )
     assert meshed["mesh"] == {"data": -1, "expert": 2}
-    assert run_id(meshed) == run_id(plain) == run_id(resolve({"method": "e3", "model": {
-        "ensemble_size": 2}, "mesh": "auto"}))
+    assert (
+        run_id(meshed)
+        == run_id(plain)
+        == run_id(resolve({"method": "e3", "model": {"ensemble_size": 2}, "mesh": "auto"}))
+    )
     assert stale_fields(plain, meshed) == []
-    for bad, field, words in (({"data": 0}, "mesh.data", "positive integer or -1"),
-                              ({"data": -1, "expert": -1}, "mesh", "at most one axis"),
-                              ({"model": 2}, "mesh.model", "allowed axes"),
-                              ("all", "mesh", "null, 'auto' or")):
+    for bad, field, words in (
+        ({"data": 0}, "mesh.data", "positive integer or -1"),
+        ({"data": -1, "expert": -1}, "mesh", "at most one axis"),
+        ({"model": 2}, "mesh.model", "allowed axes"),
+        ("all", "mesh", "null, 'auto' or"),
+    ):
         with pytest.raises(ConfigError) as info:
             resolve({"mesh": bad})
         assert info.value.field == field and words in str(info.value), str(info.value)
@@ -80,36 +96,51 @@ def test_mesh_is_not_part_of_the_run_id_and_is_type_checked_by_resolve():
 def test_divisibility_errors_name_field_value_and_what_divides():
     from e3lib.config import resolve
 
-    cfg = resolve({"method": "e3", "model": {"ensemble_size": 2, "num_experts": 8,
-                                             "group_images": 1},
-                   "finetune": {"batch_size": 12}})
-    with pytest.raises(ConfigError, match=r"finetune.batch_size=12: must be a multiple of "
-                       r"the 8 devices .* e.g. 16"):
+    cfg = resolve(
+        {
+            "method": "e3",
+            "model": {"ensemble_size": 2, "num_experts": 8, "group_images": 1},
+            "finetune": {"batch_size": 12},
+        }
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"finetune.batch_size=12: must be a multiple of "
+        r"the 8 devices .* e.g. 16",
+    ):
         check_divisibility(cfg, (4, 2))
     cfg["finetune"]["batch_size"] = 16
-    cfg["model"]["group_images"] = 8       # 16 images -> 2 groups, not a multiple of 8
+    cfg["model"]["group_images"] = 8  # 16 images -> 2 groups, not a multiple of 8
     with pytest.raises(ConfigError, match=r"model.group_images=8: .* gives 2 routing groups"):
         check_divisibility(cfg, (4, 2))
     cfg["model"]["group_images"] = 2
-    check_divisibility(cfg, (4, 2))        # 8 groups on 8 devices
+    check_divisibility(cfg, (4, 2))  # 8 groups on 8 devices
     with pytest.raises(ConfigError, match=r"mesh.expert=16: must divide model.num_experts = 8"):
         check_divisibility(dict(cfg, finetune={"batch_size": 32}), (1, 16))
-    cfg6 = resolve({"method": "e3", "model": {"ensemble_size": 2, "num_experts": 12,
-                                              "group_images": 1},
-                    "finetune": {"batch_size": 12}})
+    cfg6 = resolve(
+        {
+            "method": "e3",
+            "model": {"ensemble_size": 2, "num_experts": 12, "group_images": 1},
+            "finetune": {"batch_size": 12},
+        }
+    )
     # 6 experts per member, 4 per device on an expert axis of 3: a shard straddles members
-    with pytest.raises(ConfigError, match=r"mesh.expert=3: splits the 6 experts of each "
-                       r"of M=2 members unevenly; expert axis sizes that do not: "
-                       r"\[1, 2, 4, 6, 12\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mesh.expert=3: splits the 6 experts of each "
+        r"of M=2 members unevenly; expert axis sizes that do not: "
+        r"\[1, 2, 4, 6, 12\]",
+    ):
         check_divisibility(cfg6, (2, 3))
-    check_divisibility(cfg6, (3, 4))       # 3 experts per device, 2 devices per member
+    check_divisibility(cfg6, (3, 4))  # 3 experts per device, 2 devices per member
 
 
 def test_start_up_flags_are_split_off_and_single_process_needs_no_join(monkeypatch):
     for var in ("E3_COORDINATOR", "SLURM_NTASKS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)
-    settings, rest = distributed.parse(["--config", "c.json", "--coordinator", "h:1",
-                                        "--num-processes", "2", "--process-id", "1"])
+    settings, rest = distributed.parse(
+        ["--config", "c.json", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"]
+    )
     assert rest == ["--config", "c.json"]
     assert settings == {"coordinator": "h:1", "num_processes": 2, "process_id": 1}
     assert distributed.start(["--out", "x"]) == ["--out", "x"]
@@ -125,17 +156,19 @@ def test_start_up_flags_are_split_off_and_single_process_needs_no_join(monkeypat
 
 # -- 8 virtual devices ----------------------------------------------------------------------
 
+
 def test_one_step_and_evaluation_on_meshes_equal_one_device(mesh_rows):
     rows = [r for r in mesh_rows if r["check"] == "equivalence"]
     assert {(r["method"], tuple(r["mesh"])) for r in rows} == {
-        (m, s) for m in ("vit", "vmoe", "e3", "e3_overlap") for s in ((8, 1), (4, 2), (2, 4))}
+        (m, s) for m in ("vit", "vmoe", "e3", "e3_overlap") for s in ((8, 1), (4, 2), (2, 4))
+    }
     for r in rows:
         what = f"{r['method']} on {r['mesh']}"
         assert abs(r["loss"][0] - r["loss"][1]) <= 1e-5 * abs(r["loss"][0]), what
         assert r["metric_diff"] < 1e-4, what
         assert r["params_diff"] < 1e-5 and r["opt_diff"] < 1e-5, what
         assert r["probs_diff"] < 1e-5, what
-        assert r["head_sharding"] == "P()", what     # head replicated
+        assert r["head_sharding"] == "P()", what  # head replicated
         if r["method"] != "vit":
             # E = 8 experts, E / expert-axis of them on each device (params and momentum)
             assert r["expert_shard_sizes"] == [8 // r["mesh"][1]], what
@@ -162,8 +195,8 @@ def test_damaged_sharded_checkpoint_falls_back_to_the_previous_step(mesh_rows):
 # -- two processes × 4 devices through `e3 run` ----------------------------------------------
 
 TINY_RUN = {
-    "method": "e3", "model": {"ensemble_size": 2, "num_experts": 8, "group_images": 1,
-                              "moe_n": 1},
+    "method": "e3",
+    "model": {"ensemble_size": 2, "num_experts": 8, "group_images": 1, "moe_n": 1},
     "finetune": {"steps": 4, "warmup": 1, "batch_size": 8, "checkpoint_every": 2},
     "eval": {"corrupted": False, "fewshot": False, "ood": False, "batch_size": 64},
 }
@@ -177,18 +210,41 @@ def free_port() -> int:
 
 def e3_run(cfg: Path, out: Path, ckpt: Path, devices: int, extra=(), env_extra=None):
     env = dict(device_env(devices, ckpt.parent / "jax_cache"), **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "e3lib.cli", "run", "--config", str(cfg),
-                             "--out", str(out), "--checkpoints", str(ckpt),
-                             "--log-mode", "plain", *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "e3lib.cli",
+            "run",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--checkpoints",
+            str(ckpt),
+            "--log-mode",
+            "plain",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def two_processes(cfg, out, ckpt, fault_on_1=None):
     port = free_port()
     procs = []
     for i in range(2):
-        flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                 "--process-id", str(i)]
+        flags = [
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(i),
+        ]
         env = {"E3_FAULT_AT_STEP": fault_on_1} if (i == 1 and fault_on_1) else None
         procs.append(e3_run(cfg, out, ckpt, 4, flags, env))
     outs = [p.communicate(timeout=900) for p in procs]
@@ -196,8 +252,10 @@ def two_processes(cfg, out, ckpt, fault_on_1=None):
 
 
 def records_by_key(results):
-    return {(r["split"], r["corruption"], r["severity"], r["member"], r["metric"]): r["value"]
-            for r in results["records"]}
+    return {
+        (r["split"], r["corruption"], r["severity"], r["member"], r["metric"]): r["value"]
+        for r in results["records"]
+    }
 
 
 def test_two_processes_run_end_to_end_write_once_and_agree_on_preemption(tmp_path):
@@ -223,8 +281,10 @@ def test_two_processes_run_end_to_end_write_once_and_agree_on_preemption(tmp_pat
         if v is not None:
             assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
     # results written once: only the writer's temporary-then-rename files, no stray copies
-    assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == ["predictions.npz",
-                                                                   "results.json"]
+    assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == [
+        "predictions.npz",
+        "results.json",
+    ]
 
     # SIGTERM to process 1 after step 2: both stop at the same step, save, exit 4
     codes, errs = two_processes(meshed, tmp_path / "pre", tmp_path / "ck_pre", "term:2")
@@ -242,16 +302,40 @@ def test_two_processes_run_end_to_end_write_once_and_agree_on_preemption(tmp_pat
 
 # -- e3 plan ----------------------------------------------------------------------------------
 
+
 def test_plan_compiles_the_step_for_virtual_devices_and_counts_sharded_state():
     from e3lib.config import resolve
     from e3lib.cost.analytic import analytic_params
 
-    sets = ["method=vmoe", "model.num_experts=8", "model.group_images=1",
-            "finetune.batch_size=8", "finetune.warmup=0"]
+    sets = [
+        "method=vmoe",
+        "model.num_experts=8",
+        "model.group_images=1",
+        "finetune.batch_size=8",
+        "finetune.warmup=0",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=FAST_XLA)
-    proc = subprocess.run([sys.executable, "-m", "e3lib.cli", "plan", "--set", *sets,
-                           "--devices", "8", "--chip", "v5e", "--num-classes", "10", "--json"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e3lib.cli",
+            "plan",
+            "--set",
+            *sets,
+            "--devices",
+            "8",
+            "--chip",
+            "v5e",
+            "--num-classes",
+            "10",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mesh"] == {"data": 1, "expert": 8} and out["devices"] == 8

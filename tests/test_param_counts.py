@@ -8,8 +8,12 @@ from e3lib.models.params import count_params
 # Table 23 (millions): upstream models, JFT head of 18,291 classes with a representation
 # layer, 224 px images, E=32 experts in the last-n MoE blocks (n=2, or 5 for H/14).
 TABLE_23 = {
-    "S/32": (36.5, 166.7), "B/32": (102.1, 395.0), "B/16": (100.5, 393.3),
-    "L/32": (325.3, 845.8), "L/16": (323.1, 843.6), "H/14": (655.8, 2688.6),
+    "S/32": (36.5, 166.7),
+    "B/32": (102.1, 395.0),
+    "B/16": (100.5, 393.3),
+    "L/32": (325.3, 845.8),
+    "L/16": (323.1, 843.6),
+    "H/14": (655.8, 2688.6),
 }
 JFT_CLASSES = 18291
 
@@ -23,8 +27,9 @@ def test_table_23(size):
     vmoe = count_params(resolve({"method": "vmoe", "model": moe}), JFT_CLASSES, 224)
     assert vmoe / 1e6 == pytest.approx(moe_paper, rel=0.01)
     if size == "S/32":  # E³ shares the V-MoE count: the router (H, E) -> (H, M, E/M)
-        e3 = count_params(resolve({"method": "e3", "model": dict(moe, ensemble_size=2)}),
-                          JFT_CLASSES, 224)
+        e3 = count_params(
+            resolve({"method": "e3", "model": dict(moe, ensemble_size=2)}), JFT_CLASSES, 224
+        )
         assert e3 == vmoe
 
 
@@ -38,6 +43,7 @@ def test_b32_by_hand():
     #   router: 2·(31·4,722,432 + 24,576) = 292,839,936 -> 394,951,539.
     vit = count_params(resolve({"method": "vit", "model": {"size": "B/32"}}), JFT_CLASSES, 224)
     assert vit == 102_111_603
-    vmoe = count_params(resolve({"method": "vmoe", "model": {"size": "B/32", "num_experts": 32}}),
-                        JFT_CLASSES, 224)
+    vmoe = count_params(
+        resolve({"method": "vmoe", "model": {"size": "B/32", "num_experts": 32}}), JFT_CLASSES, 224
+    )
     assert vmoe == 394_951_539

@@ -32,17 +32,20 @@ def _layout(cfg):
 
 def test_default_is_the_papers_text_per_subset():
     assert _cfg()["model"]["partition_k"] == "per_subset"
-    assert run_id(_cfg()) == run_id(_cfg("per_subset"))      # the default, spelled or not
+    assert run_id(_cfg()) == run_id(_cfg("per_subset"))  # the default, spelled or not
     assert run_id(_cfg()) != run_id(_cfg("total"))
 
 
-@pytest.mark.parametrize("mode,K,M,router_k,J", [
-    ("per_subset", 2, 2, 2, 4),    # K in each of M subsets: K·M = 4 selections per token
-    ("per_subset", 1, 2, 1, 2),
-    ("total", 2, 2, 1, 2),         # K = 2 in all: 1 per subset
-    ("total", 4, 2, 2, 4),
-    ("total", 4, 4, 1, 4),
-])
+@pytest.mark.parametrize(
+    "mode,K,M,router_k,J",
+    [
+        ("per_subset", 2, 2, 2, 4),  # K in each of M subsets: K·M = 4 selections per token
+        ("per_subset", 1, 2, 1, 2),
+        ("total", 2, 2, 1, 2),  # K = 2 in all: 1 per subset
+        ("total", 4, 2, 2, 4),
+        ("total", 4, 4, 1, 4),
+    ],
+)
 def test_selections_per_subset_and_per_token(mode, K, M, router_k, J):
     layout = _layout(_cfg(mode, K=K, M=M))
     assert len(layout.subsets) == M and not layout.router_per_copy
@@ -54,13 +57,17 @@ def test_router_picks_hand_derived_experts_per_subset():
     # [a, b] for router 0 and [b, a] for router 1. Token x = [ln 3, 0]: router 0 gates
     # [3/4, 1/4], router 1 gates [1/4, 3/4].
     kernel = jnp.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])
-    x = jnp.array([[[np.log(3.0), 0.0]]])                              # (G=1, S=1, H=2)
+    x = jnp.array([[[np.log(3.0), 0.0]]])  # (G=1, S=1, H=2)
 
     def route(mode, K):
         layout = _layout(_cfg(mode, K=K, M=2, E=4))
-        router = NoisyTopKRouter(subsets=layout.subsets, num_selected=layout.router_k(K),
-                                 noise_std=0.0, aux_weight=0.0,
-                                 router_per_copy=layout.router_per_copy)
+        router = NoisyTopKRouter(
+            subsets=layout.subsets,
+            num_selected=layout.router_k(K),
+            noise_std=0.0,
+            aux_weight=0.0,
+            router_per_copy=layout.router_per_copy,
+        )
         r, _ = router.apply({"params": {"kernel": kernel}}, x)
         return np.asarray(r.expert_index[0, 0]), np.asarray(r.gates[0, 0])
 
@@ -80,11 +87,12 @@ def test_model_routes_j_experts_per_token_split_over_subsets(mode, J):
     model = build_model(cfg, 5)
     variables = model.init({"params": jax.random.key(0)}, IMAGES, train=False)
     (logits, _), state = model.apply(variables, IMAGES, train=False, mutable=["intermediates"])
-    assert logits.shape == (4, 1, 5)                   # one prediction (no tiling)
-    index = np.asarray(state["intermediates"]["Encoder"]["encoderblock_3"]["Moe"]
-                       ["expert_index"][0])
+    assert logits.shape == (4, 1, 5)  # one prediction (no tiling)
+    index = np.asarray(
+        state["intermediates"]["Encoder"]["encoderblock_3"]["Moe"]["expert_index"][0]
+    )
     assert index.shape[-1] == J
-    for slot in range(J):                              # slot k·M + r comes from subset r
+    for slot in range(J):  # slot k·M + r comes from subset r
         subset = set(range(4)) if slot % 2 == 0 else set(range(4, 8))
         assert set(np.unique(index[..., slot])) <= subset
 
@@ -103,14 +111,20 @@ def test_total_k_costs_as_vmoe_of_the_same_k_and_per_subset_as_k_times_m():
     # Same expert work per token: Partitioning total K=2 ~ V-MoE K=2; per_subset K=2 ~
     # V-MoE K=4 (capacity buffers of S·J·C/E slots); the router's width (E) is the same.
     def gflops(method, K, **model):
-        return analytic_gflops(resolve({"method": method, "data": {"image_size": 384},
-                                        "model": dict(size="B/32", num_experts=32,
-                                                      num_selected=K, **model)}))
+        return analytic_gflops(
+            resolve(
+                {
+                    "method": method,
+                    "data": {"image_size": 384},
+                    "model": dict(size="B/32", num_experts=32, num_selected=K, **model),
+                }
+            )
+        )
 
-    assert gflops("partitioning", 2, ensemble_size=2, partition_k="total") == \
-        pytest.approx(gflops("vmoe", 2), rel=1e-9)
-    assert gflops("partitioning", 2, ensemble_size=2) == pytest.approx(gflops("vmoe", 4),
-                                                                       rel=1e-9)
+    assert gflops("partitioning", 2, ensemble_size=2, partition_k="total") == pytest.approx(
+        gflops("vmoe", 2), rel=1e-9
+    )
+    assert gflops("partitioning", 2, ensemble_size=2) == pytest.approx(gflops("vmoe", 4), rel=1e-9)
 
 
 def test_table22_partitioning_row_matches_both_readings():
@@ -125,9 +139,13 @@ def test_table22_partitioning_row_matches_both_readings():
     setting = {"size": "B/32", "num_experts": 32, "group_images": 2}
 
     def lookup(mode, K):
-        cfg = resolve({"method": "partitioning", "data": {"image_size": 384},
-                       "model": dict(setting, num_selected=K, ensemble_size=2,
-                                     partition_k=mode)})
+        cfg = resolve(
+            {
+                "method": "partitioning",
+                "data": {"image_size": 384},
+                "model": dict(setting, num_selected=K, ensemble_size=2, partition_k=mode),
+            }
+        )
         return paper_gflops(cfg, dispatch="einsum")
 
     assert lookup("per_subset", 1)[2] == 97.885
@@ -136,12 +154,15 @@ def test_table22_partitioning_row_matches_both_readings():
     assert lookup("per_subset", 2) is None
 
 
-@pytest.mark.parametrize("model,field", [
-    ({"partition_k": "both"}, "model.partition_k"),
-    ({"partition_k": "total", "num_selected": 3}, "model.num_selected"),   # K % M != 0
-    ({"partition_k": "per_subset", "num_selected": 5}, "model.num_selected"),  # 5 > E/M = 4
-    ({"partition_k": "total", "num_selected": 10}, "model.num_selected"),  # 5 per subset > 4
-])
+@pytest.mark.parametrize(
+    "model,field",
+    [
+        ({"partition_k": "both"}, "model.partition_k"),
+        ({"partition_k": "total", "num_selected": 3}, "model.num_selected"),  # K % M != 0
+        ({"partition_k": "per_subset", "num_selected": 5}, "model.num_selected"),  # 5 > E/M = 4
+        ({"partition_k": "total", "num_selected": 10}, "model.num_selected"),  # 5 per subset > 4
+    ],
+)
 def test_bad_partition_k_configs_name_the_field(model, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         resolve({"method": "partitioning", "model": {"ensemble_size": 2, **model}})

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_workflow import fresh_checkout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +22,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 # A stand-in for gcloud: records every call, keeps queued resources as files, runs the
 # `tpu-vm ssh --command` locally, and simulates a spot preemption when FAKE_PREEMPT=1.
-FAKE_GCLOUD = textwrap.dedent(r'''
+FAKE_GCLOUD = textwrap.dedent(r"""
     #!/usr/bin/env python3
     import json, os, subprocess, sys
     state = os.environ["FAKE_GCLOUD_DIR"]
@@ -53,7 +52,7 @@ FAKE_GCLOUD = textwrap.dedent(r'''
         sys.exit(subprocess.call(opts["command"], shell=True))
     else:
         sys.exit(2)
-''').lstrip()
+""").lstrip()
 
 
 @pytest.fixture
@@ -79,8 +78,9 @@ def fake_gcloud(tmp_path, monkeypatch):
 
 
 def tpu(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TPU_VM), *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, str(TPU_VM), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def wait_status(job: str, timeout: float = 30.0) -> str:
@@ -103,8 +103,16 @@ def jobscript(tmp_path: Path, body: str) -> Path:
 def test_submit_runs_jobscript_on_a_spot_tpu_and_reports_success(tmp_path, fake_gcloud):
     marker = tmp_path / "ran"
     js = jobscript(tmp_path, f"echo ok > {marker}")
-    sub = tpu("submit", "--accelerator-type", "v3-8", "--runtime", "60", "--name",
-              "e3-finetune-7", str(js))
+    sub = tpu(
+        "submit",
+        "--accelerator-type",
+        "v3-8",
+        "--runtime",
+        "60",
+        "--name",
+        "e3-finetune-7",
+        str(js),
+    )
     assert sub.returncode == 0, sub.stderr
     job = sub.stdout.strip()
     assert job.startswith("e3-finetune-7-")
@@ -121,13 +129,17 @@ def test_submit_runs_jobscript_on_a_spot_tpu_and_reports_success(tmp_path, fake_
 
 
 def test_failing_jobscript_reports_failed(tmp_path, fake_gcloud):
-    job = tpu("submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "exit 3"))).stdout.strip()
+    job = tpu(
+        "submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "exit 3"))
+    ).stdout.strip()
     assert wait_status(job) == "failed"
 
 
 def test_preemption_reports_failed_and_frees_the_tpu(tmp_path, fake_gcloud, monkeypatch):
     monkeypatch.setenv("FAKE_PREEMPT", "1")
-    job = tpu("submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "true"))).stdout.strip()
+    job = tpu(
+        "submit", "--accelerator-type", "v3-8", str(jobscript(tmp_path, "true"))
+    ).stdout.strip()
     assert wait_status(job) == "failed"
     state = json.loads((tmp_path / "jobs" / f"{job}.json").read_text())
     # seen either by the driver (ssh exit 255) or first by a status poll: both name the state
@@ -143,14 +155,16 @@ def test_preempted_while_running_is_detected_by_status(tmp_path, fake_gcloud):
         assert time.time() < deadline
         time.sleep(0.1)
     assert tpu("status", job).stdout.strip() == "running"
-    (tmp_path / "gcloud-state" / f"{job}.qr").write_text("SUSPENDING")   # spot reclaimed
+    (tmp_path / "gcloud-state" / f"{job}.qr").write_text("SUSPENDING")  # spot reclaimed
     assert tpu("status", job).stdout.strip() == "failed"
     assert not (tmp_path / "gcloud-state" / f"{job}.qr").exists()
 
 
 def test_waiting_for_capacity_is_running_and_cancel_deletes(tmp_path, fake_gcloud, monkeypatch):
     monkeypatch.setenv("FAKE_INITIAL_STATE", "WAITING_FOR_RESOURCES")
-    job = tpu("submit", "--accelerator-type", "v5litepod-8", str(jobscript(tmp_path, "true"))).stdout.strip()
+    job = tpu(
+        "submit", "--accelerator-type", "v5litepod-8", str(jobscript(tmp_path, "true"))
+    ).stdout.strip()
     time.sleep(0.3)
     assert tpu("status", job).stdout.strip() == "running"
     assert tpu("cancel", job).returncode == 0
@@ -167,12 +181,14 @@ def test_create_failure_fails_the_submission(tmp_path, fake_gcloud, monkeypatch)
 
 def test_local_jobs_need_no_gcloud(tmp_path, fake_gcloud):
     marker = tmp_path / "local"
-    job = tpu("submit", "--accelerator-type", "none", str(jobscript(tmp_path, f"touch {marker}"))).stdout.strip()
+    job = tpu(
+        "submit", "--accelerator-type", "none", str(jobscript(tmp_path, f"touch {marker}"))
+    ).stdout.strip()
     assert wait_status(job) == "success" and marker.exists()
     assert fake_gcloud() == []
 
 
-TOY_SNAKEFILE = textwrap.dedent('''
+TOY_SNAKEFILE = textwrap.dedent("""
     rule all:
         input: "out/done.txt"
 
@@ -180,8 +196,9 @@ TOY_SNAKEFILE = textwrap.dedent('''
         output: "out/done.txt"
         params: ckpt="ckpt"        # like results/checkpoints/{run}: not an output
         resources: tpu_type="v3-8", runtime=5
-        shell: "mkdir -p {params.ckpt} && echo step >> {params.ckpt}/steps && cp {params.ckpt}/steps {output}"
-''')
+        shell: "mkdir -p {params.ckpt} && echo step >> {params.ckpt}/steps && "
+               "cp {params.ckpt}/steps {output}"
+""")
 
 
 @pytest.mark.slow
@@ -196,22 +213,40 @@ def test_tpu_profile_retries_a_preempted_job_which_resumes(tmp_path, fake_gcloud
     # The fake gcloud runs the first attempt's jobscript, then drops the connection.
     preempt_after = tmp_path / "gcloud-state" / "preempt_after_first_ssh"
     preempt_after.write_text("1")
-    run_line = '''    sys.exit(subprocess.call(opts["command"], shell=True))'''
+    run_line = """    sys.exit(subprocess.call(opts["command"], shell=True))"""
     fake = (tmp_path / "bin" / "gcloud").read_text()
     assert run_line in fake
-    (tmp_path / "bin" / "gcloud").write_text(fake.replace(run_line, '''
+    (tmp_path / "bin" / "gcloud").write_text(
+        fake.replace(
+            run_line,
+            """
     rc = subprocess.call(opts["command"], shell=True)
     marker = os.path.join(state, "preempt_after_first_ssh")
     if os.path.exists(marker):
         os.remove(marker)
         open(qr(pos[4]), "w").write("SUSPENDED")
         sys.exit(255)
-    sys.exit(rc)'''))
+    sys.exit(rc)""",
+        )
+    )
     monkeypatch.setenv("E3_TPU_STATE_DIR", str(work / ".snakemake" / "tpu-jobs"))
     env = {**os.environ, "HOME": str(tmp_path)}
-    r = subprocess.run([*SNAKEMAKE, "--profile", "tpu", "--latency-wait", "5",
-                        "--max-status-checks-per-second", "10"],
-                       cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "--profile",
+            "tpu",
+            "--latency-wait",
+            "5",
+            "--max-status-checks-per-second",
+            "10",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     # two attempts, each one step: the second one saw the first one's checkpoint
@@ -230,10 +265,16 @@ def checkout(tmp_path_factory):
 
 @pytest.mark.parametrize("profile,executor", [("tpu", "cluster-generic"), ("slurm", "slurm")])
 def test_profile_dry_run_from_fresh_checkout(checkout, tmp_path, profile, executor):
-    env = {**os.environ, "HOME": str(tmp_path)}      # no ~/.config/snakemake, no credentials
+    env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.config/snakemake, no credentials
     env.pop("SNAKEMAKE_PROFILE", None)
-    r = subprocess.run([*SNAKEMAKE, "--profile", profile, "-n"], cwd=checkout, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*SNAKEMAKE, "--profile", profile, "-n"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert f"Using profiles {profile} and workflow specific profile profiles/default" in out
@@ -243,9 +284,23 @@ def test_profile_dry_run_from_fresh_checkout(checkout, tmp_path, profile, execut
 
 def test_tpu_jobs_carry_the_tpu_type_of_their_model_size(checkout, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
-    r = subprocess.run([*SNAKEMAKE, "--profile", "tpu", "-n", "--config", "variant=paper",
-                        "sweeps=[sweeps/table13_permutation.yaml]", "results=res_paper"],
-                       cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "--profile",
+            "tpu",
+            "-n",
+            "--config",
+            "variant=paper",
+            "sweeps=[sweeps/table13_permutation.yaml]",
+            "results=res_paper",
+        ],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     # B/32 fine-tunes on v3-32 (its step needs ~16.7 GiB per device on 8: more than a v3
     # core), its pretraining on v3-64 (e3lib.sweep.SIZE_RESOURCES, docs/scale.md)
@@ -257,8 +312,16 @@ def test_default_profile_agrees_with_the_cluster_profiles():
     is the same in every profile, and none of the execution keys."""
     load = lambda name: yaml.safe_load((REPO / "profiles" / name / "profile.yaml").read_text())
     default = load("default")
-    assert not set(default) & {"cores", "jobs", "executor", "resources", "default-resources",
-                               "set-resources", "retries", "latency-wait"}
+    assert not set(default) & {
+        "cores",
+        "jobs",
+        "executor",
+        "resources",
+        "default-resources",
+        "set-resources",
+        "retries",
+        "latency-wait",
+    }
     for name in ("tpu", "slurm"):
         prof = load(name)
         for key, value in default.items():

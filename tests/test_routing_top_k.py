@@ -30,4 +30,3 @@ def test_top_k_matches_lax_bitwise_values_indices_and_gradient(k):
     g_ours = jax.grad(lambda a: jnp.sum(top_k(a, k)[0] * w))(x)
     g_ref = jax.grad(lambda a: jnp.sum(jax.lax.top_k(a, k)[0] * w))(x)
     np.testing.assert_array_equal(np.asarray(g_ours), np.asarray(g_ref))
-

@@ -46,6 +46,7 @@ def canonical(cfg: dict) -> dict:
 
 def _key(obj) -> str:
     import json
+
     return json.dumps(obj, sort_keys=True)
 
 
@@ -56,7 +57,7 @@ def _all_sweeps():
         for variant in VARIANTS:
             try:
                 sweep = load_sweep(path, variant)
-            except Exception as err:   # a sweep without this variant
+            except Exception as err:  # a sweep without this variant
                 if "defines variants" in str(err):
                     continue
                 raise
@@ -84,7 +85,7 @@ def test_no_two_ids_for_one_canonical_run(all_runs):
         where.setdefault(k, []).append(f"{file}:{variant}:{rid}")
     dup = {k: sorted(set(where[k])) for k, ids in ids_of.items() if len(ids) > 1}
     assert not dup, f"{len(dup)} canonical runs with several ids, e.g. {next(iter(dup.values()))}"
-    assert len(ids_of) > 500     # the test saw the sweeps (small and paper variants)
+    assert len(ids_of) > 500  # the test saw the sweeps (small and paper variants)
 
 
 def test_one_id_one_config(all_runs):
@@ -109,8 +110,9 @@ def test_resolved_configs_hold_no_derived_none(all_runs):
 
 
 def _vmoe(**up):
-    return resolve({"method": "vmoe", "model": {"num_experts": 8, "num_selected": 2},
-                    "upstream": up})
+    return resolve(
+        {"method": "vmoe", "model": {"num_experts": 8, "num_selected": 2}, "upstream": up}
+    )
 
 
 def test_upstream_k_unset_or_equal_is_one_run():
@@ -122,13 +124,16 @@ def test_upstream_k_unset_or_equal_is_one_run():
     assert run_id(_vmoe()) != run_id(_vmoe(num_selected=4))
 
 
-@pytest.mark.parametrize("implicit,explicit", [
-    ({"upstream": {"num_experts": None}}, {"upstream": {"num_experts": 8}}),
-    ({"upstream": {"method": None}}, {"upstream": {"method": "vmoe"}}),
-    ({"upstream": {"dataset": None}}, {"upstream": {"dataset": "demo"}}),
-    ({"model": {"moe_n": None}}, {"model": {"moe_n": 2}}),          # tiny: last 2 blocks
-    ({"model": {"eval_capacity_factor": None}}, {"model": {"eval_capacity_factor": 1.5}}),
-])
+@pytest.mark.parametrize(
+    "implicit,explicit",
+    [
+        ({"upstream": {"num_experts": None}}, {"upstream": {"num_experts": 8}}),
+        ({"upstream": {"method": None}}, {"upstream": {"method": "vmoe"}}),
+        ({"upstream": {"dataset": None}}, {"upstream": {"dataset": "demo"}}),
+        ({"model": {"moe_n": None}}, {"model": {"moe_n": 2}}),  # tiny: last 2 blocks
+        ({"model": {"eval_capacity_factor": None}}, {"model": {"eval_capacity_factor": 1.5}}),
+    ],
+)
 def test_each_derived_default_resolves_to_its_value(implicit, explicit):
     base = {"method": "e3", "model": {"ensemble_size": 2}}
     a = resolve({**base, **implicit, "model": {**base["model"], **implicit.get("model", {})}})
@@ -153,21 +158,24 @@ def test_resolve_is_idempotent():
 # Enough replicates by construction: every compared cell of every shipped sweep has the
 # report's minimum of seeds (runs) or replicates (deep-ensemble rows).
 
+
 def test_min_replicates_is_the_reports_min_seeds():
     import yaml
 
     from e3lib.sweep import MIN_REPLICATES
+
     tables = yaml.safe_load((ROOT / "e3lib" / "report" / "tables.yaml").read_text())
     assert MIN_REPLICATES == tables.get("min_seeds", 3) == 3
 
 
 def test_every_shipped_cell_has_enough_seeds_or_replicates(all_sweeps):
     from e3lib.sweep import MIN_REPLICATES
+
     for file, variant, sw in all_sweeps:
         cells: dict[str, set] = {}
         for e in sw.entries:
             cell = _key(e["axes"])
-            cells.setdefault(cell, set()).add(e["seed"])   # ensembles: seed = replicate
+            cells.setdefault(cell, set()).add(e["seed"])  # ensembles: seed = replicate
         thin = {c: len(s) for c, s in cells.items() if len(s) < MIN_REPLICATES}
         assert not thin, f"{file}:{variant}: cells with fewer than 3 seeds: {thin}"
 
@@ -179,7 +187,7 @@ def test_overlapping_replicates_are_labelled(all_sweeps):
             if e["kind"] == "ensemble":
                 rows.setdefault(_key(e["axes"]), []).append(e)
         for reps in rows.values():
-            assert len({e["id"] for e in reps}) == len(reps)        # distinct replicates
+            assert len({e["id"] for e in reps}) == len(reps)  # distinct replicates
             for e in reps:
                 shared = any(set(e["members"]) & set(o["members"]) for o in reps if o is not e)
                 assert e["overlapping"] == shared, (file, variant, e["id"])

@@ -24,10 +24,10 @@ def test_one_slot_per_token_with_identity_weights_is_a_dense_mlp_per_token():
     # X = 30·I and Φ = I give logits 30·I: each slot's softmax over tokens puts weight
     # 1 − O(3e-13) on token p, each token's softmax over slots on slot t. So slot t's input
     # is x_t, expert t // 2 runs on it, and token t gets it back: y_t = MLP_{t//2}(x_t).
-    x = 30.0 * jnp.eye(4)[None]                                          # (B=1, T=4, H=4)
+    x = 30.0 * jnp.eye(4)[None]  # (B=1, T=4, H=4)
     layer = SoftMoeMlp(num_experts=2, mlp_dim=8, subsets=((0, 1),), slots_per_expert=2)
     params = layer.init(jax.random.key(1), x)["params"]
-    params = dict(params, slots=jnp.eye(4)[:, None, :])                  # Φ (H, R=1, P)
+    params = dict(params, slots=jnp.eye(4)[:, None, :])  # Φ (H, R=1, P)
     # distinct experts: the second one's kernels are scaled
     params["Mlp"] = jax.tree_util.tree_map(lambda p: p.at[1].multiply(1.7), params["Mlp"])
     y, metrics = layer.apply({"params": params}, x)
@@ -40,15 +40,16 @@ def test_one_slot_per_token_with_identity_weights_is_a_dense_mlp_per_token():
 
 def test_dispatch_sums_to_one_over_tokens_and_combine_over_slots():
     kx, kp = jax.random.split(jax.random.key(2))
-    x = jax.random.normal(kx, (3, 2, 5, 4))                              # (B, M, T, H)
-    phi = jax.random.normal(kp, (4, 2, 6))                               # (H, M, P)
+    x = jax.random.normal(kx, (3, 2, 5, 4))  # (B, M, T, H)
+    phi = jax.random.normal(kp, (4, 2, 6))  # (H, M, P)
     dispatch, combine = soft_weights(x, phi)
-    np.testing.assert_allclose(dispatch.sum(axis=2), 1.0, rtol=1e-6)     # over T, per slot
-    np.testing.assert_allclose(combine.sum(axis=3), 1.0, rtol=1e-6)      # over P, per token
+    np.testing.assert_allclose(dispatch.sum(axis=2), 1.0, rtol=1e-6)  # over T, per slot
+    np.testing.assert_allclose(combine.sum(axis=3), 1.0, rtol=1e-6)  # over P, per token
     # the two are softmaxes of the same logits along different axes
     logits = np.einsum("bmth,hmp->bmtp", x, phi)
-    np.testing.assert_allclose(combine[0, 0, 0], np.exp(logits[0, 0, 0])
-                               / np.exp(logits[0, 0, 0]).sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        combine[0, 0, 0], np.exp(logits[0, 0, 0]) / np.exp(logits[0, 0, 0]).sum(), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("model", [{}, {"slots_per_expert": 2, "soft_moe_normalize": True}])
@@ -59,8 +60,8 @@ def test_soft_moe_model_contract_and_weights_in_the_model(model):
     (logits, aux), state = net.apply(variables, IMAGES, mutable=["intermediates"])
     assert logits.shape == (2, predictions_per_image(cfg), 5) == (2, 1, 5)
     moe = state["intermediates"]["Encoder"]["encoderblock_3"]["Moe"]
-    P = 8 * cfg["model"]["slots_per_expert"]                              # E·n slots
-    assert moe["dispatch"][0].shape == (2, 1, 17, P)                     # (B, M, T, P)
+    P = 8 * cfg["model"]["slots_per_expert"]  # E·n slots
+    assert moe["dispatch"][0].shape == (2, 1, 17, P)  # (B, M, T, P)
     np.testing.assert_allclose(moe["dispatch"][0].sum(axis=2), 1.0, rtol=1e-5)
     np.testing.assert_allclose(moe["combine"][0].sum(axis=3), 1.0, rtol=1e-5)
     assert sorted(aux["router"]) == ["encoderblock_1", "encoderblock_3"]
@@ -69,8 +70,12 @@ def test_soft_moe_model_contract_and_weights_in_the_model(model):
 def test_soft_e3_members_use_only_their_experts():
     # E = 8, M = 2: member m's slots belong to experts [4m, 4m + 4). Zeroing member 1's
     # experts changes member 1's prediction only; member 0's stays bit for bit.
-    cfg = resolve({"method": "soft_e3", "model": {"ensemble_size": 2, "representation": False,
-                                                  "head_bias_init": 0.0}})
+    cfg = resolve(
+        {
+            "method": "soft_e3",
+            "model": {"ensemble_size": 2, "representation": False, "head_bias_init": 0.0},
+        }
+    )
     net = build_model(cfg, 5)
     params = net.init({"params": jax.random.key(1)}, IMAGES)["params"]
     head = params["head"]
@@ -85,9 +90,14 @@ def test_soft_e3_members_use_only_their_experts():
     assert not np.allclose(before[:, 1], after[:, 1])
 
 
-@pytest.mark.parametrize("method,model", [("soft_moe", {}), ("soft_e3", {"ensemble_size": 2}),
-                                          ("soft_moe", {"slots_per_expert": 4,
-                                                        "soft_moe_normalize": True})])
+@pytest.mark.parametrize(
+    "method,model",
+    [
+        ("soft_moe", {}),
+        ("soft_e3", {"ensemble_size": 2}),
+        ("soft_moe", {"slots_per_expert": 4, "soft_moe_normalize": True}),
+    ],
+)
 def test_analytic_flops_match_xla_and_params_match_shapes(method, model):
     cfg = resolve({"method": method, "model": model})
     xla = xla_cost(cfg, 10)["gflops"]
@@ -113,15 +123,19 @@ def test_converts_from_a_vmoe_upstream_with_fresh_slots():
     fresh = build_model(cfg, 5).init({"params": jax.random.key(5)}, IMAGES)["params"]
     out = convert_for_config(upstream, fresh, cfg)
     moe = lambda tree: tree["Encoder"]["encoderblock_1"]["Moe"]  # noqa: E731
-    np.testing.assert_array_equal(moe(out)["Mlp"]["Dense_0"]["kernel"],
-                                  moe(upstream)["Mlp"]["Dense_0"]["kernel"])   # experts: V-MoE's
-    np.testing.assert_array_equal(moe(out)["slots"], moe(fresh)["slots"])      # Φ: fresh
+    np.testing.assert_array_equal(
+        moe(out)["Mlp"]["Dense_0"]["kernel"], moe(upstream)["Mlp"]["Dense_0"]["kernel"]
+    )  # experts: V-MoE's
+    np.testing.assert_array_equal(moe(out)["slots"], moe(fresh)["slots"])  # Φ: fresh
 
 
 def test_selectable_in_a_sweep_and_checked():
-    doc = {"title": "soft", "reproduces": ["demo"],
-           "base": {"method": "soft_e3", "model": {"ensemble_size": 2}},
-           "axes": [{"name": "model.slots_per_expert", "values": [1, 2]}]}
+    doc = {
+        "title": "soft",
+        "reproduces": ["demo"],
+        "base": {"method": "soft_e3", "model": {"ensemble_size": 2}},
+        "axes": [{"name": "model.slots_per_expert", "values": [1, 2]}],
+    }
     runs = S.expand_doc(doc, "sweeps/soft.yaml", "small")
     assert runs
     with pytest.raises(ConfigError, match="model.slots_per_expert"):

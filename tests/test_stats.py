@@ -8,14 +8,16 @@ import xarray as xr
 
 from e3lib import stats
 
-FLAGS = {"flag_values": np.array([0, 1, 2, 3], dtype=np.int8),
-         "flag_meanings": "ok missing diverged not_requested"}
+FLAGS = {
+    "flag_values": np.array([0, 1, 2, 3], dtype=np.int8),
+    "flag_meanings": "ok missing diverged not_requested",
+}
 
 
 def test_seed_stats_mean_stderr_and_counts():
     # cell A: 1, 2, 3 (all ok) → mean 2, std 1, stderr 1/√3; cell B: 4, NaN (missing), not
     # requested → n 1, n_req 2, no stderr, incomplete
-    values = xr.DataArray([[1., 2, 3], [4., np.nan, np.nan]], dims=("cell", "seed"))
+    values = xr.DataArray([[1.0, 2, 3], [4.0, np.nan, np.nan]], dims=("cell", "seed"))
     status = xr.DataArray([[0, 0, 0], [0, 1, 3]], dims=("cell", "seed"), attrs=FLAGS)
     s = stats.seed_stats(values, status)
     assert s["mean"].values.tolist() == [2.0, 4.0]
@@ -27,7 +29,7 @@ def test_seed_stats_mean_stderr_and_counts():
 
 
 def test_seed_stats_needs_the_status_flags():
-    values = xr.DataArray([[1., 2]], dims=("cell", "seed"))
+    values = xr.DataArray([[1.0, 2]], dims=("cell", "seed"))
     with pytest.raises(ValueError, match="flag_values/flag_meanings"):
         stats.seed_stats(values, xr.DataArray([[0, 0]], dims=("cell", "seed")))
 
@@ -49,7 +51,7 @@ def test_welch_degenerate_is_not_computable():
     one = stats.welch_test([1.0], [4, 5, 6])
     assert one.outcome == stats.NOT_COMPUTABLE and "fewer than 2" in one.reason
     assert math.isnan(stats.welch_p([1.0], [4, 5, 6]))
-    flat = stats.welch_test([1, 1, 1], [2, 2, 2])   # zero variance on both sides: no se
+    flat = stats.welch_test([1, 1, 1], [2, 2, 2])  # zero variance on both sides: no se
     assert flat.outcome == stats.NOT_COMPUTABLE and "zero variance" in flat.reason
     # NaN seed values are dropped before counting: 2 finite values remain on side a
     assert stats.welch_test([1, np.nan, 3], [4, 5, 6]).n == (2, 3)
@@ -83,7 +85,7 @@ def test_tost_far_apart_is_different_beyond_margin():
 
 def test_tost_degenerate_and_bad_margin():
     same = stats.tost([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], margin=0.1)
-    assert same.outcome == stats.NOT_COMPUTABLE          # never a pass on zero variance
+    assert same.outcome == stats.NOT_COMPUTABLE  # never a pass on zero variance
     assert stats.tost([1.0], [1.0, 1.1], margin=0.1).outcome == stats.NOT_COMPUTABLE
     with pytest.raises(ValueError, match="margin must be > 0"):
         stats.tost([1, 2], [1, 2], margin=0.0)
@@ -96,7 +98,7 @@ def test_spearman_and_nan():
     assert r.statistic == pytest.approx(-0.9562, abs=1e-3)
     assert r.outcome == stats.SIGNIFICANT
     const = stats.spearman_test({0: [1.0, 1.0], 1: [1.0, 1.0]})
-    assert const.outcome == stats.NOT_COMPUTABLE             # NaN ρ is never a pass
+    assert const.outcome == stats.NOT_COMPUTABLE  # NaN ρ is never a pass
     assert stats.spearman_test({0: [1.0]}).outcome == stats.NOT_COMPUTABLE
 
 

@@ -22,8 +22,7 @@ def tiny(i: int, size: int = 4) -> np.ndarray:
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    write_array_record(root / "toy" / "train.array_record",
-                       ((tiny(i), i % 5) for i in range(N)))
+    write_array_record(root / "toy" / "train.array_record", ((tiny(i), i % 5) for i in range(N)))
     return root
 
 
@@ -34,8 +33,9 @@ def take(ds, k: int) -> list[dict]:
 def test_record_source_round_trip(records):
     src = open_source("toy", "train", str(records))
     assert len(src) == N
-    batch = train_dataset(src, "decode|value_range(0,255)", 4, seed=0, process_index=0,
-                          process_count=1, shuffle=False)[0]
+    batch = train_dataset(
+        src, "decode|value_range(0,255)", 4, seed=0, process_index=0, process_count=1, shuffle=False
+    )[0]
     assert batch["index"].tolist() == [0, 1, 2, 3] and batch["label"].tolist() == [0, 1, 2, 3]
     assert batch["image"].shape == (4, 4, 4, 3)
     assert [float(im.mean()) for im in batch["image"]] == [0.0, 1.0, 2.0, 3.0]
@@ -45,18 +45,28 @@ def test_record_source_round_trip(records):
 def test_every_example_once_per_epoch_across_processes(records, procs):
     src = open_source("toy", "train", str(records))
     global_batch = 8
-    local = [take(train_dataset(src, "decode", global_batch, seed=3, process_index=p,
-                                process_count=procs), 2 * N // global_batch)
-             for p in range(procs)]
+    local = [
+        take(
+            train_dataset(
+                src, "decode", global_batch, seed=3, process_index=p, process_count=procs
+            ),
+            2 * N // global_batch,
+        )
+        for p in range(procs)
+    ]
     seen = [[int(i) for b in local[p] for i in b["index"]] for p in range(procs)]
     for epoch in range(2):  # 3 global batches of 8 = one epoch of 24
-        shards = [set(s[epoch * N // procs:(epoch + 1) * N // procs]) for s in seen]
-        assert sum(len(s) for s in shards) == N                   # no repeats in a shard
-        assert set().union(*shards) == set(range(N))              # disjoint and covering
+        shards = [set(s[epoch * N // procs : (epoch + 1) * N // procs]) for s in seen]
+        assert sum(len(s) for s in shards) == N  # no repeats in a shard
+        assert set().union(*shards) == set(range(N))  # disjoint and covering
     # the global batch t is the same whatever P: positions [tB, (t+1)B) of one order
-    one = [int(i) for b in take(train_dataset(src, "decode", global_batch, seed=3,
-                                              process_index=0, process_count=1), 6)
-           for i in b["index"]]
+    one = [
+        int(i)
+        for b in take(
+            train_dataset(src, "decode", global_batch, seed=3, process_index=0, process_count=1), 6
+        )
+        for i in b["index"]
+    ]
     merged = np.empty(len(one), np.int64)
     for p in range(procs):
         merged[p::procs] = seen[p]
@@ -84,17 +94,22 @@ def test_resume_from_mid_epoch_state_gives_the_same_sequence(records):
     src = open_source("toy", "train", str(records))
 
     def stream():
-        return Stream(train_dataset(src, "decode|flip_lr|value_range(-1,1)", 4, seed=1,
-                                    process_index=0, process_count=1), threads=2, prefetch=2)
+        return Stream(
+            train_dataset(
+                src, "decode|flip_lr|value_range(-1,1)", 4, seed=1, process_index=0, process_count=1
+            ),
+            threads=2,
+            prefetch=2,
+        )
 
     full = stream()
     reference = [next(full) for _ in range(9)]
     run = stream()
     for _ in range(4):  # 4 of the 6 batches of the first epoch
         next(run)
-    saved = run.state_json()            # what the checkpoint stores
+    saved = run.state_json()  # what the checkpoint stores
     run.close()
-    assert json.loads(saved)            # a small JSON document
+    assert json.loads(saved)  # a small JSON document
     resumed = stream()
     resumed.load_state_json(saved)
     for want in reference[4:]:
@@ -107,8 +122,9 @@ def test_worker_processes_and_their_state(records):
     # The only test with grain worker processes: a worker decodes; the batches and the
     # resumed sequence equal the in-process pipeline's.
     src = open_source("toy", "train", str(records))
-    ds = train_dataset(src, "decode|flip_lr|value_range(-1,1)", 4, seed=2, process_index=0,
-                       process_count=1)
+    ds = train_dataset(
+        src, "decode|flip_lr|value_range(-1,1)", 4, seed=2, process_index=0, process_count=1
+    )
     want = take(ds, 6)
     run = Stream(ds, workers=1)
     got = [next(run) for _ in range(3)]
@@ -129,7 +145,7 @@ def test_eval_covers_the_split_once_with_padding(procs):
     seen, shapes = [], set()
     for p in range(procs):
         batches = list(eval_dataset(src, "value_range(0,255)", 4, p, procs))
-        assert len(batches) == 3                                  # ⌈10/4⌉ on every process
+        assert len(batches) == 3  # ⌈10/4⌉ on every process
         for b in batches:
             shapes.add(b["image"].shape)
             seen += b["index"][b["valid"]].tolist()
@@ -143,8 +159,9 @@ def test_tfds_build_is_streamed(tmp_path):
     build_tfds(tmp_path, "cifar10", {"train": 7})
     src = open_source("cifar10", "train", str(tmp_path))
     assert len(src) == 7
-    batch = train_dataset(src, "decode|resize(4)|value_range(0,255)", 7, seed=0,
-                          process_index=0, process_count=1)[0]
+    batch = train_dataset(
+        src, "decode|resize(4)|value_range(0,255)", 7, seed=0, process_index=0, process_count=1
+    )[0]
     values = batch["image"].reshape(7, -1)
     assert (values.min(1) == values.max(1)).all()
     assert sorted(batch["index"].tolist()) == list(range(7))
@@ -166,10 +183,11 @@ def test_step_batches_seek_and_packed_seeds(records):
     seq = StepBatches(src, pp, 4, seeds=[0, 1], process_index=0, process_count=1)
     want = [seq.batch(t) for t in range(7)]
     assert want[0][0].shape == (2, 4, 4, 4, 3) and want[0][1].shape == (2, 4)
-    assert not (want[0][1][0] == want[0][1][1]).all() or \
-        not (want[1][1][0] == want[1][1][1]).all()            # two seeds, two orders
+    assert (
+        not (want[0][1][0] == want[0][1][1]).all() or not (want[1][1][0] == want[1][1][1]).all()
+    )  # two seeds, two orders
     resumed = StepBatches(src, pp, 4, seeds=[0, 1], process_index=0, process_count=1)
-    for t in (5, 6):                                            # a run resumed at step 5
+    for t in (5, 6):  # a run resumed at step 5
         images, labels = resumed.batch(t)
         np.testing.assert_array_equal(images, want[t][0])
         np.testing.assert_array_equal(labels, want[t][1])

@@ -31,19 +31,28 @@ BASE = {"title": "t", "reproduces": ["demo"], "base": {"model": {"num_experts": 
 
 
 def test_product_zip_and_conditional_axes():
-    doc = {**BASE, "axes": [
-        {"cases": [{"method": "e3", "model.ensemble_size": 2}, {"method": "vmoe"}]},
-        # conditional axis: only the e3 point gets overlap values
-        {"name": "model.overlap", "values": [0, 2, 4], "when": {"method": "e3"}},
-        # zipped pair applies to every point
-        {"zip": {"finetune.lr": [0.1, 0.01], "finetune.steps": [20, 40]}},
-    ], "seeds": 2}
+    doc = {
+        **BASE,
+        "axes": [
+            {"cases": [{"method": "e3", "model.ensemble_size": 2}, {"method": "vmoe"}]},
+            # conditional axis: only the e3 point gets overlap values
+            {"name": "model.overlap", "values": [0, 2, 4], "when": {"method": "e3"}},
+            # zipped pair applies to every point
+            {"zip": {"finetune.lr": [0.1, 0.01], "finetune.steps": [20, 40]}},
+        ],
+        "seeds": 2,
+    }
     sw = expand(doc)
     # points: e3 x 3 overlaps + vmoe x 1 = 4; x 2 zipped pairs = 8; x 2 seeds = 16 runs
     runs = runs_of(sw)
     assert len(runs) == 16
-    assert sw.axes == ["method", "model.ensemble_size", "model.overlap", "finetune.lr",
-                       "finetune.steps"]
+    assert sw.axes == [
+        "method",
+        "model.ensemble_size",
+        "model.overlap",
+        "finetune.lr",
+        "finetune.steps",
+    ]
     vmoe = [e for e in runs if e["axes"]["method"] == "vmoe"]
     # vmoe was not expanded over overlap: its axis value is the resolved default 0
     assert {e["axes"]["model.overlap"] for e in vmoe} == {0}
@@ -65,12 +74,19 @@ def test_seed_list_and_seed_is_the_run_config_seed():
 
 
 def test_variant_overlay_merges_base_and_adds_axes():
-    doc = {**BASE, "base": {"method": "e3", "model": {"ensemble_size": 2, "num_experts": 8}},
-           "axes": [{"name": "model.overlap", "values": [0, 2]}],
-           "variants": {"small": {"base": {"finetune": {"steps": 17}}, "seeds": 1},
-                        "paper": {"base": {"model": {"num_experts": 32}},
-                                  "add_axes": [{"name": "finetune.lr", "values": [0.1, 0.3]}],
-                                  "seeds": 3}}}
+    doc = {
+        **BASE,
+        "base": {"method": "e3", "model": {"ensemble_size": 2, "num_experts": 8}},
+        "axes": [{"name": "model.overlap", "values": [0, 2]}],
+        "variants": {
+            "small": {"base": {"finetune": {"steps": 17}}, "seeds": 1},
+            "paper": {
+                "base": {"model": {"num_experts": 32}},
+                "add_axes": [{"name": "finetune.lr", "values": [0.1, 0.3]}],
+                "seeds": 3,
+            },
+        },
+    }
     small, paper = expand(doc, "small"), expand(doc, "paper")
     assert len(runs_of(small)) == 2 and len(runs_of(paper)) == 2 * 2 * 3
     assert {e["config"]["finetune"]["steps"] for e in runs_of(small)} == {17}
@@ -88,18 +104,24 @@ def test_ids_are_stable_and_adding_a_seed_or_value_only_adds():
     before = {e["id"] for e in expand(doc).entries}
     assert before == {e["id"] for e in expand(doc).entries}
     more_seeds = {e["id"] for e in expand({**doc, "seeds": 3}).entries}
-    assert before < more_seeds and len(more_seeds - before) == 2      # 2 points x 1 new seed
+    assert before < more_seeds and len(more_seeds - before) == 2  # 2 points x 1 new seed
     more_values = {**doc, "axes": [{"name": "model.num_selected", "values": [1, 2, 4]}]}
     assert before < {e["id"] for e in expand(more_values).entries}
 
 
 def test_same_run_in_two_sweeps_is_one_run_and_upstream_is_shared(tmp_path):
-    a = {**BASE, "name": "a", "base": {"method": "vmoe", "model": {"num_experts": 8},
-                                       "upstream": {"num_selected": 2}},
-         "axes": [{"name": "model.num_selected", "values": [1, 2]}]}
-    b = {**BASE, "name": "b", "base": {"method": "vmoe", "model": {"num_experts": 8},
-                                       "upstream": {"num_selected": 2}},
-         "axes": [{"name": "model.num_selected", "values": [2, 4]}]}
+    a = {
+        **BASE,
+        "name": "a",
+        "base": {"method": "vmoe", "model": {"num_experts": 8}, "upstream": {"num_selected": 2}},
+        "axes": [{"name": "model.num_selected", "values": [1, 2]}],
+    }
+    b = {
+        **BASE,
+        "name": "b",
+        "base": {"method": "vmoe", "model": {"num_experts": 8}, "upstream": {"num_selected": 2}},
+        "axes": [{"name": "model.num_selected", "values": [2, 4]}],
+    }
     files = []
     for doc in (a, b):
         p = tmp_path / f"{doc['name']}.yaml"
@@ -109,15 +131,26 @@ def test_same_run_in_two_sweeps_is_one_run_and_upstream_is_shared(tmp_path):
     # K in {1,2} U {2,4}: 3 distinct runs (K=2 shared), all fine-tuned from one upstream
     assert len(plan.runs) == 3
     assert len(plan.upstreams) == 1
-    shared = {e["id"] for e in plan.sweeps["a"].entries} & {e["id"] for e in plan.sweeps["b"].entries}
+    shared = {e["id"] for e in plan.sweeps["a"].entries} & {
+        e["id"] for e in plan.sweeps["b"].entries
+    }
     assert len(shared) == 1
 
 
 def test_upstream_key_ignores_finetune_fields():
-    doc = {**BASE, "base": {"method": "e3", "model": {"num_experts": 8, "ensemble_size": 2},
-                            "upstream": {"num_selected": 2}},
-           "axes": [{"name": "model.overlap", "values": [0, 2]},
-                    {"name": "finetune.lr", "values": [0.1, 0.01]}], "seeds": 2}
+    doc = {
+        **BASE,
+        "base": {
+            "method": "e3",
+            "model": {"num_experts": 8, "ensemble_size": 2},
+            "upstream": {"num_selected": 2},
+        },
+        "axes": [
+            {"name": "model.overlap", "values": [0, 2]},
+            {"name": "finetune.lr", "values": [0.1, 0.01]},
+        ],
+        "seeds": 2,
+    }
     sw = expand(doc)
     assert len({e["upstream_id"] for e in runs_of(sw)}) == 1
     assert len({e["id"] for e in runs_of(sw)}) == 8
@@ -127,23 +160,41 @@ def test_upstream_key_ignores_finetune_fields():
 
 
 def test_downstream_ensembles_group_seeds_of_one_point():
-    doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}},
-           "axes": [{"name": "model.num_selected", "values": [1, 2]}], "seeds": 6,
-           "ensembles": [{"label": "down_de", "kind": "downstream", "runs": [2, 4],
-                          "of": {"model.num_selected": 1}}]}
+    doc = {
+        **BASE,
+        "base": {"method": "vmoe", "model": {"num_experts": 8}},
+        "axes": [{"name": "model.num_selected", "values": [1, 2]}],
+        "seeds": 6,
+        "ensembles": [
+            {
+                "label": "down_de",
+                "kind": "downstream",
+                "runs": [2, 4],
+                "of": {"model.num_selected": 1},
+            }
+        ],
+    }
     sw = expand(doc)
     ens = [e for e in sw.entries if e["kind"] == "ensemble"]
     # K=1 only: size 2 -> 6 // 2 = 3 disjoint replicates; size 4 -> 1 disjoint, and 2 more
     # (the report's minimum of 3) from the other offsets spread evenly: 0, 2, 4.
-    assert sorted((e["axes"]["ensemble.runs"], e["replicate"]) for e in ens) == \
-        [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1), (4, 2)]
+    assert sorted((e["axes"]["ensemble.runs"], e["replicate"]) for e in ens) == [
+        (2, 0),
+        (2, 1),
+        (2, 2),
+        (4, 0),
+        (4, 1),
+        (4, 2),
+    ]
     by_seed = {e["seed"]: e["id"] for e in runs_of(sw) if e["axes"]["model.num_selected"] == 1}
     pairs = {e["replicate"]: e["members"] for e in ens if e["axes"]["ensemble.runs"] == 2}
     assert pairs == {r: [by_seed[2 * r], by_seed[2 * r + 1]] for r in range(3)}
     assert not any(e["overlapping"] for e in ens if e["axes"]["ensemble.runs"] == 2)
     fours = {e["replicate"]: e["members"] for e in ens if e["axes"]["ensemble.runs"] == 4}
-    assert fours == {r: [by_seed[s] for s in seeds]
-                     for r, seeds in enumerate([(0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 0, 1)])}
+    assert fours == {
+        r: [by_seed[s] for s in seeds]
+        for r, seeds in enumerate([(0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 0, 1)])
+    }
     assert all(e["overlapping"] for e in ens if e["axes"]["ensemble.runs"] == 4)
     for e in ens:
         assert e["axes"]["method"] == "down_de" and e["ensemble_kind"] == "downstream"
@@ -160,8 +211,10 @@ def test_member_runs_and_m_of_e3_are_two_axes():
     """model.ensemble_size is M of one model; a deep ensemble's size is ensemble.runs."""
     sw = S.load_sweep(REPO / "sweeps" / "demo.yaml")
     assert sw.axes == ["method", "model.num_selected", "model.ensemble_size", "ensemble.runs"]
-    rows = {(e["axes"]["method"], e["axes"]["model.ensemble_size"], e["axes"]["ensemble.runs"])
-            for e in sw.entries}
+    rows = {
+        (e["axes"]["method"], e["axes"]["model.ensemble_size"], e["axes"]["ensemble.runs"])
+        for e in sw.entries
+    }
     # E3 with M=2 is one run; the deep ensemble of two V-MoEs (M=1 each) has 2 runs
     assert rows == {("vit", 1, 1), ("vmoe", 1, 1), ("e3", 2, 1), ("down_de", 1, 2)}
     ens = [e for e in sw.entries if e["kind"] == "ensemble"]
@@ -173,8 +226,11 @@ def test_member_runs_and_m_of_e3_are_two_axes():
 @pytest.mark.parametrize("where", ["top", "variant"])
 def test_old_ensemble_field_sizes_is_refused_naming_runs(where):
     ens = [{"label": "de", "kind": "downstream", "sizes": [2]}]
-    doc = {**BASE, "seeds": 2, "ensembles": ens} if where == "top" else \
-        {**BASE, "seeds": 2, "variants": {"small": {"ensembles": ens}}}
+    doc = (
+        {**BASE, "seeds": 2, "ensembles": ens}
+        if where == "top"
+        else {**BASE, "seeds": 2, "variants": {"small": {"ensembles": ens}}}
+    )
     with pytest.raises(S.SweepError) as info:
         expand(doc)
     field = "ensembles[0].sizes" if where == "top" else "variants.small.ensembles[0].sizes"
@@ -183,10 +239,14 @@ def test_old_ensemble_field_sizes_is_refused_naming_runs(where):
 
 
 def test_upstream_ensembles_pretrain_one_upstream_per_member():
-    doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}}, "seeds": 3,
-           "ensembles": [{"label": "up_de", "kind": "upstream", "runs": [2]}]}
+    doc = {
+        **BASE,
+        "base": {"method": "vmoe", "model": {"num_experts": 8}},
+        "seeds": 3,
+        "ensembles": [{"label": "up_de", "kind": "upstream", "runs": [2]}],
+    }
     sw = expand(doc)
-    ens = [e for e in sw.entries if e["kind"] == "ensemble"][0]   # replicate 0: seeds 0, 1
+    ens = [e for e in sw.entries if e["kind"] == "ensemble"][0]  # replicate 0: seeds 0, 1
     members = [next(e for e in sw.entries if e["id"] == m) for m in ens["members"]]
     assert len({m["upstream_id"] for m in members}) == 2
     assert [m["config"]["upstream"]["seed"] for m in members] == [0, 1]
@@ -211,67 +271,179 @@ def test_ensemble_ids_do_not_depend_on_member_order():
 MALFORMED = [
     # (what is wrong, document, the field the message must name, words the message must hold)
     # methods are checked against the registry by resolve (the schema lists none)
-    ("unknown method", {**BASE, "base": {"method": "e4"}}, "method in run (base, seed=0)",
-     "'e4': allowed: ['batchensemble', 'e3'"),
-    ("unknown model size", {**BASE, "base": {"model": {"size": "XL/7"}}}, "base.model.size",
-     "'tiny'"),
+    (
+        "unknown method",
+        {**BASE, "base": {"method": "e4"}},
+        "method in run (base, seed=0)",
+        "'e4': allowed: ['batchensemble', 'e3'",
+    ),
+    (
+        "unknown model size",
+        {**BASE, "base": {"model": {"size": "XL/7"}}},
+        "base.model.size",
+        "'tiny'",
+    ),
     ("unknown top-level key", {**BASE, "axis": []}, "(top level)", "allowed fields here"),
     ("missing title", {"reproduces": ["demo"]}, "title", "missing required field"),
     ("unknown table id", {**BASE, "reproduces": ["table99"]}, "reproduces[0]", "table3"),
-    ("axis name not a config path", {**BASE, "axes": [{"name": "overlap", "values": [1]}]},
-     "axes[0].name", "dotted run-config path"),
-    ("axis on unknown field", {**BASE, "axes": [{"name": "model.overlapp", "values": [1]}]},
-     "axes[0]", "unknown run-config field"),
-    ("empty axis values", {**BASE, "axes": [{"name": "model.overlap", "values": []}]},
-     "axes[0].values", "should be non-empty"),
-    ("zip of unequal lengths", {**BASE, "axes": [{"zip": {"model.num_selected": [1, 2],
-                                                          "finetune.lr": [0.1]}}]},
-     "axes[0].zip", "equal length"),
-    ("K > E/M for E3", {**BASE, "base": {"method": "e3", "model": {"num_experts": 8,
-                                                                    "ensemble_size": 2}},
-                        "axes": [{"name": "model.num_selected", "values": [1, 8]}]},
-     "model.num_selected in run (model.num_selected=8, seed=0)", "experts per member"),
-    ("E - o not divisible by M", {**BASE, "base": {"method": "e3", "model": {
-        "num_experts": 8, "ensemble_size": 2}}, "axes": [{"name": "model.overlap",
-                                                          "values": [0, 3]}]},
-     "model.ensemble_size in run (model.overlap=3, seed=0)", "divisible by M=2"),
-    ("overlap > E", {**BASE, "base": {"method": "e3", "model": {"num_experts": 8}},
-                     "axes": [{"name": "model.overlap", "values": [16]}]},
-     "model.overlap in run (model.overlap=16, seed=0)", "<= num_experts"),
-    ("negative lambda", {**BASE, "axes": [{"name": "model.aux_weight", "values": [-0.1]}]},
-     "model.aux_weight in run (model.aux_weight=-0.1, seed=0)", "non-negative"),
-    ("unknown field in base", {**BASE, "base": {"model": {"experts": 8}}}, "base.model.experts",
-     "unknown field"),
+    (
+        "axis name not a config path",
+        {**BASE, "axes": [{"name": "overlap", "values": [1]}]},
+        "axes[0].name",
+        "dotted run-config path",
+    ),
+    (
+        "axis on unknown field",
+        {**BASE, "axes": [{"name": "model.overlapp", "values": [1]}]},
+        "axes[0]",
+        "unknown run-config field",
+    ),
+    (
+        "empty axis values",
+        {**BASE, "axes": [{"name": "model.overlap", "values": []}]},
+        "axes[0].values",
+        "should be non-empty",
+    ),
+    (
+        "zip of unequal lengths",
+        {**BASE, "axes": [{"zip": {"model.num_selected": [1, 2], "finetune.lr": [0.1]}}]},
+        "axes[0].zip",
+        "equal length",
+    ),
+    (
+        "K > E/M for E3",
+        {
+            **BASE,
+            "base": {"method": "e3", "model": {"num_experts": 8, "ensemble_size": 2}},
+            "axes": [{"name": "model.num_selected", "values": [1, 8]}],
+        },
+        "model.num_selected in run (model.num_selected=8, seed=0)",
+        "experts per member",
+    ),
+    (
+        "E - o not divisible by M",
+        {
+            **BASE,
+            "base": {"method": "e3", "model": {"num_experts": 8, "ensemble_size": 2}},
+            "axes": [{"name": "model.overlap", "values": [0, 3]}],
+        },
+        "model.ensemble_size in run (model.overlap=3, seed=0)",
+        "divisible by M=2",
+    ),
+    (
+        "overlap > E",
+        {
+            **BASE,
+            "base": {"method": "e3", "model": {"num_experts": 8}},
+            "axes": [{"name": "model.overlap", "values": [16]}],
+        },
+        "model.overlap in run (model.overlap=16, seed=0)",
+        "<= num_experts",
+    ),
+    (
+        "negative lambda",
+        {**BASE, "axes": [{"name": "model.aux_weight", "values": [-0.1]}]},
+        "model.aux_weight in run (model.aux_weight=-0.1, seed=0)",
+        "non-negative",
+    ),
+    (
+        "unknown field in base",
+        {**BASE, "base": {"model": {"experts": 8}}},
+        "base.model.experts",
+        "unknown field",
+    ),
     ("seeds zero", {**BASE, "seeds": 0}, "seeds", "minimum"),
-    ("ensemble bigger than seeds", {**BASE, "seeds": 2, "ensembles": [
-        {"label": "de", "kind": "downstream", "runs": [4]}]}, "ensembles[0].runs",
-     "needs at least 4 seeds"),
-    ("ensemble kind unknown", {**BASE, "seeds": 2, "ensembles": [
-        {"label": "de", "kind": "sideways", "runs": [2]}]}, "ensembles[0].kind", "downstream"),
-    ("two ensembles on one row", {**BASE, "seeds": 3, "axes": [{"cases": [
-        {"method": "vit"}, {"method": "vmoe"}]}], "ensembles": [
-        {"label": "de", "kind": "downstream", "runs": [2], "of": {"method": ["vit", "vmoe"]}}]},
-     "ensembles[0].label", "share one row"),
-    ("ensemble matches nothing", {**BASE, "seeds": 2, "ensembles": [
-        {"label": "de", "kind": "downstream", "runs": [2], "of": {"method": "vit"}}]},
-     "ensembles[0].of", "matches no run"),
-    ("ensemble with fewer than 3 replicates", {**BASE, "seeds": 4, "ensembles": [
-        {"label": "de", "kind": "downstream", "runs": [4]}]}, "seeds",
-     "get 1 replicate(s); the report compares a row only with at least 3"),
-    ("explicit replicates below the minimum", {**BASE, "seeds": 4, "ensembles": [
-        {"label": "de", "kind": "downstream", "runs": [2], "replicates": 2}]},
-     "ensembles[0].replicates", "at least 3 (min_seeds)"),
-    ("more replicates than distinct member sets", {**BASE, "seeds": 4, "ensembles": [
-        {"label": "de", "kind": "downstream", "runs": [2], "replicates": 5}]},
-     "ensembles[0].replicates", "at most 4 distinct replicates"),
-    ("seed as an axis", {**BASE, "axes": [{"name": "seed", "values": [1, 2]}]}, "axes[0]",
-     "seeds are declared"),
-    ("variant not defined", {**BASE, "variants": {"paper": {}}}, "variants.small",
-     "defines variants ['paper'] only"),
-    ("ensemble label is a method", {**BASE, "base": {"method": "vmoe"}, "seeds": 2,
-                                    "ensembles": [{"label": "vmoe", "kind": "downstream",
-                                                   "runs": [2]}]},
-     "ensembles[0].label", "must differ from the sweep's method names"),
+    (
+        "ensemble bigger than seeds",
+        {**BASE, "seeds": 2, "ensembles": [{"label": "de", "kind": "downstream", "runs": [4]}]},
+        "ensembles[0].runs",
+        "needs at least 4 seeds",
+    ),
+    (
+        "ensemble kind unknown",
+        {**BASE, "seeds": 2, "ensembles": [{"label": "de", "kind": "sideways", "runs": [2]}]},
+        "ensembles[0].kind",
+        "downstream",
+    ),
+    (
+        "two ensembles on one row",
+        {
+            **BASE,
+            "seeds": 3,
+            "axes": [{"cases": [{"method": "vit"}, {"method": "vmoe"}]}],
+            "ensembles": [
+                {
+                    "label": "de",
+                    "kind": "downstream",
+                    "runs": [2],
+                    "of": {"method": ["vit", "vmoe"]},
+                }
+            ],
+        },
+        "ensembles[0].label",
+        "share one row",
+    ),
+    (
+        "ensemble matches nothing",
+        {
+            **BASE,
+            "seeds": 2,
+            "ensembles": [
+                {"label": "de", "kind": "downstream", "runs": [2], "of": {"method": "vit"}}
+            ],
+        },
+        "ensembles[0].of",
+        "matches no run",
+    ),
+    (
+        "ensemble with fewer than 3 replicates",
+        {**BASE, "seeds": 4, "ensembles": [{"label": "de", "kind": "downstream", "runs": [4]}]},
+        "seeds",
+        "get 1 replicate(s); the report compares a row only with at least 3",
+    ),
+    (
+        "explicit replicates below the minimum",
+        {
+            **BASE,
+            "seeds": 4,
+            "ensembles": [{"label": "de", "kind": "downstream", "runs": [2], "replicates": 2}],
+        },
+        "ensembles[0].replicates",
+        "at least 3 (min_seeds)",
+    ),
+    (
+        "more replicates than distinct member sets",
+        {
+            **BASE,
+            "seeds": 4,
+            "ensembles": [{"label": "de", "kind": "downstream", "runs": [2], "replicates": 5}],
+        },
+        "ensembles[0].replicates",
+        "at most 4 distinct replicates",
+    ),
+    (
+        "seed as an axis",
+        {**BASE, "axes": [{"name": "seed", "values": [1, 2]}]},
+        "axes[0]",
+        "seeds are declared",
+    ),
+    (
+        "variant not defined",
+        {**BASE, "variants": {"paper": {}}},
+        "variants.small",
+        "defines variants ['paper'] only",
+    ),
+    (
+        "ensemble label is a method",
+        {
+            **BASE,
+            "base": {"method": "vmoe"},
+            "seeds": 2,
+            "ensembles": [{"label": "vmoe", "kind": "downstream", "runs": [2]}],
+        },
+        "ensembles[0].label",
+        "must differ from the sweep's method names",
+    ),
 ]
 
 
@@ -305,7 +477,7 @@ def test_shipped_sweeps_expand_in_their_variants(path):
         sw = S.load_sweep(path, v)
         assert runs_of(sw) and sw.reproduces
         assert sw.axes[0] == "method"
-        if v == "paper":   # full-scale settings of the paper
+        if v == "paper":  # full-scale settings of the paper
             cfg = runs_of(sw)[0]["config"]
             assert cfg["data"]["image_size"] == 384
             expected = {"model_sizes_cifar10": "cifar10", "model_sizes_cifar100": "cifar100"}
@@ -314,9 +486,10 @@ def test_shipped_sweeps_expand_in_their_variants(path):
             assert cfg["data"]["pp_train"] == cfg["data"]["pp_eval"] == "paper"
             assert {"finetune.steps", "finetune.lr"} <= set(sw.axes)
             assert len(sw.seeds) >= 3
-        elif v == "public":   # a published checkpoint, the shared paper recipe, no pretraining
-            recipe = yaml.safe_load((REPO / "sweeps" / doc["variants"]["public"]["recipe"])
-                                    .read_text())
+        elif v == "public":  # a published checkpoint, the shared paper recipe, no pretraining
+            recipe = yaml.safe_load(
+                (REPO / "sweeps" / doc["variants"]["public"]["recipe"]).read_text()
+            )
             for e in runs_of(sw):
                 cfg = e["config"]
                 assert cfg["upstream"]["checkpoint"].startswith("gs://")
@@ -330,9 +503,14 @@ def test_shipped_sweeps_expand_in_their_variants(path):
 def test_public_variant_recipe_is_merged_under_the_overlay_base(tmp_path):
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "r.yaml").write_text(
-        "finetune: {batch_size: 32, momentum: 0.5}\nmodel: {expert_dropout: 0.1}\n")
-    doc = {**BASE, "variants": {"public": {"recipe": "recipes/r.yaml",
-                                           "base": {"finetune": {"batch_size": 16}}}}}
+        "finetune: {batch_size: 32, momentum: 0.5}\nmodel: {expert_dropout: 0.1}\n"
+    )
+    doc = {
+        **BASE,
+        "variants": {
+            "public": {"recipe": "recipes/r.yaml", "base": {"finetune": {"batch_size": 16}}}
+        },
+    }
     file = str(tmp_path / "s.yaml")
     cfg = runs_of(S.expand_doc(doc, file, "public"))[0]["config"]
     # the overlay's own base wins over the recipe; the recipe over the sweep's base
@@ -350,16 +528,21 @@ def test_published_checkpoint_names_paths_and_pinned_checksums(tmp_path):
 
     table3 = REPO / "sweeps" / "table3_overlap.yaml"
     public = runs_of(S.load_sweep(table3, "public"))
-    assert {e["config"]["upstream"]["checkpoint"] for e in public} == \
-        {"gs://vmoe_checkpoints/vmoe_b16_imagenet21k_randaug_strong"}
+    assert {e["config"]["upstream"]["checkpoint"] for e in public} == {
+        "gs://vmoe_checkpoints/vmoe_b16_imagenet21k_randaug_strong"
+    }
     assert {e["config"]["upstream"]["checkpoint_sha256"] for e in public} == {None}
     # a local copy named on the command line: its index checksum is pinned into the config
     prefix = str(tmp_path / "vmoe_b16")
-    write_vmoe_sharded(prefix, {"cls": __import__("numpy").zeros((1, 1, 4), "float32")},
-                       shard_count=1)
+    write_vmoe_sharded(
+        prefix, {"cls": __import__("numpy").zeros((1, 1, 4), "float32")}, shard_count=1
+    )
     sha = hashlib.sha256((tmp_path / "vmoe_b16.index").read_bytes()).hexdigest()
-    local = runs_of(S.expand_sweeps([table3], "public", checkpoints={"vmoe_b16_in21k": prefix})
-                    .sweeps["table3_overlap"])
+    local = runs_of(
+        S.expand_sweeps([table3], "public", checkpoints={"vmoe_b16_in21k": prefix}).sweeps[
+            "table3_overlap"
+        ]
+    )
     assert {e["config"]["upstream"]["checkpoint"] for e in local} == {prefix}
     assert {e["config"]["upstream"]["checkpoint_sha256"] for e in local} == {sha}
     # different checkpoints (contents) never share a run or an upstream id
@@ -372,18 +555,44 @@ def test_published_checkpoint_names_paths_and_pinned_checksums(tmp_path):
 def test_ids_without_a_checkpoint_do_not_see_the_checkpoint_fields():
     cfg = resolve({"method": "e3", "model": {"ensemble_size": 2}})
     assert "checkpoint_sha256" not in __import__("e3lib.config").config.upstream_config(cfg)
-    assert run_id(cfg) == run_id(resolve({"method": "e3", "model": {"ensemble_size": 2},
-                                          "upstream": {"fresh": ["head"]}}))
+    assert run_id(cfg) == run_id(
+        resolve({"method": "e3", "model": {"ensemble_size": 2}, "upstream": {"fresh": ["head"]}})
+    )
 
 
 def test_every_paper_result_has_a_sweep():
     reproduced = set()
     for p in SHIPPED:
         reproduced |= set(S.read_reproduces(p))
-    assert {"figure2", "table2", "table3", "table18", "table4", "table5", "table12", "table13",
-            "table15", "table17", "table19", "figure10", "table20", "table23", "table25",
-            "table26", "table27", "table28", "table29", "table30", "table31", "table32",
-            "table33", "table34", "table35", "table36", "demo"} <= reproduced
+    assert {
+        "figure2",
+        "table2",
+        "table3",
+        "table18",
+        "table4",
+        "table5",
+        "table12",
+        "table13",
+        "table15",
+        "table17",
+        "table19",
+        "figure10",
+        "table20",
+        "table23",
+        "table25",
+        "table26",
+        "table27",
+        "table28",
+        "table29",
+        "table30",
+        "table31",
+        "table32",
+        "table33",
+        "table34",
+        "table35",
+        "table36",
+        "demo",
+    } <= reproduced
 
 
 def test_demo_sweep_is_small():
@@ -416,7 +625,9 @@ def test_write_plan_writes_configs_and_index_once(tmp_path):
         if e["kind"] == "run":
             cfg = json.loads((root / "configs" / f"{e['id']}.json").read_text())
             assert cfg == e["config"] and run_id(resolve(cfg)) == e["id"]
-            up = json.loads((root / "configs" / "upstream" / f"{e['upstream_id']}.json").read_text())
+            up = json.loads(
+                (root / "configs" / "upstream" / f"{e['upstream_id']}.json").read_text()
+            )
             assert upstream_id(up) == e["upstream_id"]
         else:
             spec = json.loads((root / "configs" / "ensembles" / f"{e['id']}.json").read_text())
@@ -424,9 +635,9 @@ def test_write_plan_writes_configs_and_index_once(tmp_path):
     tsv = (root / "sweeps" / "demo" / "index.tsv").read_text().splitlines()
     assert tsv[0].split("\t")[:4] == ["id", "kind", "seed", "replicate"] and len(tsv) == 13
     ens_row = next(r.split("\t") for r in tsv if "\tensemble\t" in r)
-    assert ens_row[2:4] == ["", "0"]          # an ensemble has a replicate, not a seed
+    assert ens_row[2:4] == ["", "0"]  # an ensemble has a replicate, not a seed
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
-    assert S.write_plan(plan, str(root)) == 0          # nothing changed: nothing written
+    assert S.write_plan(plan, str(root)) == 0  # nothing changed: nothing written
     assert mtimes == {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
 
 
@@ -453,9 +664,9 @@ def test_job_resources_follow_size_and_scale_with_attempt():
     # L/16: 60 min per 1000 steps x 20 -> 1200 min; M=1 -> no member factor
     assert r1["runtime"] == 1200 and r2["runtime"] == 2400
     assert r2["mem_mb"] == 2 * r1["mem_mb"]
-    assert S.job_resources(tiny, "finetune")["runtime"] == 10       # floor of 10 minutes
+    assert S.job_resources(tiny, "finetune")["runtime"] == 10  # floor of 10 minutes
     assert S.job_resources(big, "upstream")["tpu_type"] == S.SIZE_RESOURCES["L/16"]["tpu"][1]
-    assert set(S.SIZE_RESOURCES) == set(MODEL_SIZES)      # every size has resources
+    assert set(S.SIZE_RESOURCES) == set(MODEL_SIZES)  # every size has resources
     with pytest.raises(ValueError, match="allowed"):
         S.job_resources(tiny, "report")
 
@@ -476,8 +687,12 @@ def test_every_paper_job_requests_devices_that_hold_its_step():
     for path, sweep in paper_plans():
         S.check_fits(sweep_plan(sweep), "paper")
         for rid, cfg in sweep.runs.items():
-            key = (cfg["method"], repr(cfg["model"]), cfg["data"]["image_size"],
-                   cfg["finetune"]["batch_size"])
+            key = (
+                cfg["method"],
+                repr(cfg["model"]),
+                cfg["data"]["image_size"],
+                cfg["finetune"]["batch_size"],
+            )
             if key in checked:
                 continue
             checked.add(key)
@@ -507,18 +722,26 @@ def test_tpu_types_count_jax_devices():
 
 
 def test_paper_job_too_big_for_its_request_is_refused_with_the_smallest_fit(monkeypatch):
-    doc = {"title": "fit", "reproduces": ["demo"],
-           "base": {"method": "e3", "model": {"size": "B/32", "num_experts": 32,
-                                              "ensemble_size": 2},
-                    "data": {"image_size": 384}, "finetune": {"batch_size": 512}},
-           "axes": [{"name": "model.num_selected", "values": [1]}], "seeds": 1}
+    doc = {
+        "title": "fit",
+        "reproduces": ["demo"],
+        "base": {
+            "method": "e3",
+            "model": {"size": "B/32", "num_experts": 32, "ensemble_size": 2},
+            "data": {"image_size": 384},
+            "finetune": {"batch_size": 512},
+        },
+        "axes": [{"name": "model.num_selected", "values": [1]}],
+        "seeds": 1,
+    }
     sweep = S.expand_doc(doc, "fit.yaml", "small")
     (rid,) = sweep.runs
-    S.check_fits(sweep_plan(sweep), "small")          # only the paper variant is checked
-    S.check_fits(sweep_plan(sweep), "paper")          # v3-32 and 4 GPUs hold it
+    S.check_fits(sweep_plan(sweep), "small")  # only the paper variant is checked
+    S.check_fits(sweep_plan(sweep), "paper")  # v3-32 and 4 GPUs hold it
     # on 8 v3 cores B/32 E³ (M=2) needs ~16.7 GiB per core (docs/scale.md), 1 GPU ~110 GiB
-    monkeypatch.setitem(S.SIZE_RESOURCES, "B/32",
-                        dict(S.SIZE_RESOURCES["B/32"], tpu=("v3-8", "v3-64"), gpus=(1, 8)))
+    monkeypatch.setitem(
+        S.SIZE_RESOURCES, "B/32", dict(S.SIZE_RESOURCES["B/32"], tpu=("v3-8", "v3-64"), gpus=(1, 8))
+    )
     with pytest.raises(S.SweepError) as info:
         S.check_fits(sweep_plan(sweep), "paper")
     msg = str(info.value)
@@ -533,12 +756,12 @@ def test_paper_job_too_big_for_its_request_is_refused_with_the_smallest_fit(monk
 
 def test_catalog_finds_table_sweeps_without_writing_or_touching_the_configured_plan(tmp_path):
     cwd = os.getcwd()
-    os.chdir(tmp_path)            # any file written relative to the working dir would show
+    os.chdir(tmp_path)  # any file written relative to the working dir would show
     try:
         cat = S.Catalog([str(REPO / "sweeps" / "demo.yaml")], "small", str(REPO / "sweeps"))
         assert cat.sweeps_for_table("demo") == ["demo"]
         assert cat.sweeps_for_table("table13") == ["table13_permutation"]
-        assert list(cat.configured.sweeps) == ["demo"]          # not merged into the plan
+        assert list(cat.configured.sweeps) == ["demo"]  # not merged into the plan
         entry = next(e for e in cat.sweep("table13_permutation").entries if e["kind"] == "run")
         assert cat.run(entry["id"]) == entry["config"]
         assert cat.upstream_of(entry["id"]) == entry["upstream_id"]

@@ -19,7 +19,7 @@ from e3lib.config import resolve
 from e3lib.errors import ConfigError
 from e3lib.safeyaml import YamlInputError, loads
 
-FIELDS = {   # axis fields and a few values each, some of them invalid
+FIELDS = {  # axis fields and a few values each, some of them invalid
     "method": ["vmoe", "e3", "vit", "tiling", "e4", 3],
     "model.num_experts": [4, 8, 0, -1, 2.5, True],
     "model.num_selected": [1, 2, 8],
@@ -34,14 +34,21 @@ FIELDS = {   # axis fields and a few values each, some of them invalid
     "eval.batch_size": [8, 0],
 }
 ERRORS = (S.SweepError, ConfigError, YamlInputError)
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 
 
 def scalar_axis(draw):
     name = draw(st.sampled_from(sorted(FIELDS)))
-    values = draw(st.lists(st.sampled_from(FIELDS[name]), min_size=1, max_size=3,
-                           unique_by=repr if draw(st.integers(0, 4)) else None))
+    values = draw(
+        st.lists(
+            st.sampled_from(FIELDS[name]),
+            min_size=1,
+            max_size=3,
+            unique_by=repr if draw(st.integers(0, 4)) else None,
+        )
+    )
     group = {"name": name, "values": values}
     if draw(st.booleans()):
         group["when"] = {"method": draw(st.sampled_from(["vmoe", "e3"]))}
@@ -50,21 +57,41 @@ def scalar_axis(draw):
 
 @st.composite
 def sweep_docs(draw):
-    doc = {"title": "fuzz", "reproduces": ["demo"],
-           "base": {"model": {"size": "tiny", "num_experts": 8}}}
+    doc = {
+        "title": "fuzz",
+        "reproduces": ["demo"],
+        "base": {"model": {"size": "tiny", "num_experts": 8}},
+    }
     doc["axes"] = [scalar_axis(draw) for _ in range(draw(st.integers(0, 3)))]
     if draw(st.booleans()):
-        doc["axes"].append({"cases": draw(st.lists(st.fixed_dictionaries(
-            {"method": st.sampled_from(["vmoe", "e3", "vit"])},
-            optional={"model.ensemble_size": st.sampled_from([1, 2])}), min_size=1,
-            max_size=3))})
-    doc["seeds"] = draw(st.sampled_from([1, 2, 3] * 4 + [0, -1, 10**9, 1e9, 2.0, True, [0, 1],
-                                                          [3, 5, 1], [0, 0], [-1], [1.0]]))
+        doc["axes"].append(
+            {
+                "cases": draw(
+                    st.lists(
+                        st.fixed_dictionaries(
+                            {"method": st.sampled_from(["vmoe", "e3", "vit"])},
+                            optional={"model.ensemble_size": st.sampled_from([1, 2])},
+                        ),
+                        min_size=1,
+                        max_size=3,
+                    )
+                )
+            }
+        )
+    doc["seeds"] = draw(
+        st.sampled_from(
+            [1, 2, 3] * 4 + [0, -1, 10**9, 1e9, 2.0, True, [0, 1], [3, 5, 1], [0, 0], [-1], [1.0]]
+        )
+    )
     if draw(st.booleans()):
-        doc["ensembles"] = [{"label": "de", "kind": draw(st.sampled_from(["downstream",
-                                                                           "upstream"])),
-                             "runs": [draw(st.integers(2, 4))],
-                             "replicates": draw(st.integers(1, 6))}]
+        doc["ensembles"] = [
+            {
+                "label": "de",
+                "kind": draw(st.sampled_from(["downstream", "upstream"])),
+                "runs": [draw(st.integers(2, 4))],
+                "replicates": draw(st.integers(1, 6)),
+            }
+        ]
     if draw(st.booleans()):
         doc["max_runs"] = draw(st.integers(1, 200))
     mutation = draw(st.sampled_from(["none"] * 6 + ["drop", "retype", "nan", "junk"]))
@@ -77,7 +104,8 @@ def sweep_docs(draw):
         doc["base"]["finetune"] = {"lr": math.nan}
     elif mutation == "junk":
         doc["base"][draw(st.sampled_from(["model", "junk"]))] = draw(
-            st.sampled_from([3, [1, 2], {"zzz": 1}, {"size": {"nested": 1}}]))
+            st.sampled_from([3, [1, 2], {"zzz": 1}, {"size": {"nested": 1}}])
+        )
     return doc
 
 
@@ -110,13 +138,13 @@ def test_random_sweep_texts_expand_or_name_a_field(doc, where, how):
     text = yaml.safe_dump(doc, sort_keys=False)
     i = where % max(len(text), 1)
     if how == "delete":
-        text = text[:i] + text[i + 1:]
+        text = text[:i] + text[i + 1 :]
     elif how == "dup":
         lines = text.splitlines(keepends=True)
         j = i % len(lines)
-        text = "".join(lines[:j + 1] + lines[j:])
+        text = "".join(lines[: j + 1] + lines[j:])
     else:
-        text = text[:i] + chr((ord(text[i]) ^ 0x20) if text else 65) + text[i + 1:]
+        text = text[:i] + chr((ord(text[i]) ^ 0x20) if text else 65) + text[i + 1 :]
     try:
         parsed = loads(text, "fuzz.yaml")
     except YamlInputError as err:

@@ -54,6 +54,7 @@ def test_choice_enums_are_config_choices():
 
 def test_reproducible_ids_are_the_report_table_ids():
     from e3lib.report.spec import TABLE_IDS
+
     assert list(S.table_ids()) == list(TABLE_IDS)
 
 

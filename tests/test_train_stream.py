@@ -16,10 +16,12 @@ from e3lib import train
 TINY = {
     "method": "e3",
     "model": {"ensemble_size": 2},
-    "data": {"dataset": "cifar10", "image_size": 8,
-             "pp_train": "decode|inception_crop(8)|flip_lr|value_range(-1,1)"},
-    "finetune": {"steps": 10, "warmup": 2, "batch_size": 8, "checkpoint_every": 4,
-                 "mixup": 0.5},
+    "data": {
+        "dataset": "cifar10",
+        "image_size": 8,
+        "pp_train": "decode|inception_crop(8)|flip_lr|value_range(-1,1)",
+    },
+    "finetune": {"steps": 10, "warmup": 2, "batch_size": 8, "checkpoint_every": 4, "mixup": 0.5},
     "eval": {"corrupted": False, "ood": False, "fewshot": False, "batch_size": 16},
 }
 
@@ -40,8 +42,18 @@ def run(tmp_path: Path, name: str, cfg: dict, monkeypatch, fault: str | None = N
         monkeypatch.setenv("E3_FAULT_AT_STEP", fault)
     else:
         monkeypatch.delenv("E3_FAULT_AT_STEP", raising=False)
-    return train.cli_run(["--config", str(path), "--out", str(tmp_path / name),
-                          "--checkpoints", str(tmp_path / f"ck_{name}"), "--log-mode", "plain"])
+    return train.cli_run(
+        [
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path / name),
+            "--checkpoints",
+            str(tmp_path / f"ck_{name}"),
+            "--log-mode",
+            "plain",
+        ]
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -54,14 +66,14 @@ def test_streamed_run_preempted_resumes_bitwise(tmp_path, tfds_root, monkeypatch
     assert run(tmp_path, "b", cfg, monkeypatch, "term:6") == train.EXIT_PREEMPTED
     step_dir = tmp_path / "ck_b" / "6"
     saved = json.loads((step_dir / "input_state.json").read_text())
-    assert len(saved) == 1 and saved[0]                           # one stream (one seed)
+    assert len(saved) == 1 and saved[0]  # one stream (one seed)
     manifest = json.loads((tmp_path / "ck_b" / "integrity" / "6.json").read_text())
-    assert "input_state.json" in manifest["files"]                # covered by the manifest
+    assert "input_state.json" in manifest["files"]  # covered by the manifest
     assert run(tmp_path, "b", cfg, monkeypatch) == 0
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert a["train"]["resumed_from_step"] is None and b["train"]["resumed_from_step"] == 6
-    assert a["train"]["final"] == b["train"]["final"]             # the last step's loss, bitwise
+    assert a["train"]["final"] == b["train"]["final"]  # the last step's loss, bitwise
     assert a["records"] == b["records"]
     # evaluation streamed: the 16 test and 1 validation examples (2 % of 40), no
     # per-example arrays in predictions.npz, the final params kept for ensembles
@@ -83,7 +95,7 @@ def test_streamed_resume_restores_the_saved_iterator_state(tmp_path, tfds_root, 
 
     path = tmp_path / "ck_b" / "6" / "input_state.json"
     path.write_text(json.dumps([{"next_index": 2}]))
-    manifest = tmp_path / "ck_b" / "integrity" / "6.json"          # keep the step acceptable
+    manifest = tmp_path / "ck_b" / "integrity" / "6.json"  # keep the step acceptable
     manifest.write_text(json.dumps({"step": 6, "files": file_digests(tmp_path / "ck_b" / "6")}))
     assert TrainCheckpoints(tmp_path / "ck_b", every=4).verify(6) is None
     assert run(tmp_path, "b", cfg, monkeypatch) == 0
@@ -114,13 +126,18 @@ def test_deep_ensemble_of_streamed_runs_equals_in_memory(tmp_path, tfds_root, mo
     cfg["finetune"].update(steps=3, warmup=1)
     for seed in (0, 1):
         assert run(tmp_path, f"s{seed}", dict(cfg, seed=seed), monkeypatch) == 0
-    res = ensemble_runs([str(tmp_path / "s0"), str(tmp_path / "s1")], tmp_path / "ens",
-                        "downstream")
+    res = ensemble_runs(
+        [str(tmp_path / "s0"), str(tmp_path / "s1")], tmp_path / "ens", "downstream"
+    )
     resolved = resolve(cfg)
     suite = load_suite(resolved)
     model = build_model(resolved, suite.num_classes)
-    preds = [run_predictions(model, restore_params(tmp_path / f"s{s}" / "params", key=None),
-                             suite, resolved) for s in (0, 1)]
+    preds = [
+        run_predictions(
+            model, restore_params(tmp_path / f"s{s}" / "params", key=None), suite, resolved
+        )
+        for s in (0, 1)
+    ]
     want = records_from_predictions(combine_predictions(preds, ["s0", "s1"]), [1], 0)
     assert_same_records(res["records"], want)
     with np.load(tmp_path / "ens" / "predictions.npz") as z:

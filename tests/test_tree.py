@@ -12,8 +12,8 @@ def test_get_and_has_leaf():
     assert tree.get(cfg, "model.k", default=3) == 3
     with pytest.raises(KeyError):
         tree.get(cfg, "model.k")
-    assert tree.has_leaf(cfg, "model.noise")       # a None leaf is still a leaf
-    assert not tree.has_leaf(cfg, "model")         # a sub-tree is not
+    assert tree.has_leaf(cfg, "model.noise")  # a None leaf is still a leaf
+    assert not tree.has_leaf(cfg, "model")  # a sub-tree is not
     assert not tree.has_leaf(cfg, "model.num_experts.x")
 
 

@@ -23,8 +23,9 @@ def _write_checkpoint(prefix, extra=False):
     cfg = resolve({"method": "vmoe", "model": {"num_experts": 4, "num_selected": 2}})
     params = random_params(build_model(cfg, 3), jnp_images(), seed=1)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
-    stored = {e3_to_vmoe(k): (v.reshape(v.shape[0], -1) if "Router" in k else v)
-              for k, v in flat.items()}
+    stored = {
+        e3_to_vmoe(k): (v.reshape(v.shape[0], -1) if "Router" in k else v) for k, v in flat.items()
+    }
     if extra:
         stored["Encoder/encoderblock_1/Moe/unknown/kernel"] = np.zeros((2, 2), np.float32)
     write_vmoe_sharded(prefix, stored, shard_count=2)
@@ -35,17 +36,36 @@ def jnp_images():
 
 
 def _run(tmp_path, prefix):
-    cfg = {"method": "e3", "model": {"num_experts": 4, "ensemble_size": 2},
-           "upstream": {"checkpoint": prefix},
-           "finetune": {"steps": 2, "batch_size": 8, "warmup": 1, "checkpoint_every": 2},
-           "eval": {"corrupted": False, "ood": False, "fewshot": False, "batch_size": 64}}
+    cfg = {
+        "method": "e3",
+        "model": {"num_experts": 4, "ensemble_size": 2},
+        "upstream": {"checkpoint": prefix},
+        "finetune": {"steps": 2, "batch_size": 8, "warmup": 1, "checkpoint_every": 2},
+        "eval": {"corrupted": False, "ood": False, "fewshot": False, "batch_size": 64},
+    }
     path = tmp_path / "run.json"
     path.write_text(json.dumps(resolve(cfg)))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "e3lib.cli", "run", "--config", str(path),
-                           "--out", str(out), "--log-mode", "plain"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600), out
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e3lib.cli",
+            "run",
+            "--config",
+            str(path),
+            "--out",
+            str(out),
+            "--log-mode",
+            "plain",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ), out
 
 
 def test_e3_run_from_reference_format_checkpoint(tmp_path):

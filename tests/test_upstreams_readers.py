@@ -48,7 +48,7 @@ def test_vit_npz_names_shapes_and_logits(tmp_path, era):
     assert "Transformer/posembed_input/pos_embedding" in written
     ckpt = open_published(path)
     assert ckpt.format == "npz" and ckpt.stored["cls"] == ((1, 1, 32), "float32")
-    _, other = _model_and_params(cfg, seed=2)       # a different init, fully overwritten
+    _, other = _model_and_params(cfg, seed=2)  # a different init, fully overwritten
     loaded = adapt_published(ckpt, other, cfg)
     np.testing.assert_array_equal(_logits(model, loaded), _logits(model, params))
     assert np.abs(_logits(model, params) - _logits(model, other)).max() > 1e-3
@@ -59,13 +59,15 @@ def test_vmoe_sharded_multi_shard_chunks_and_logits(tmp_path, version):
     cfg = _cfg("vmoe", num_experts=4, num_selected=2)
     model, params = _model_and_params(cfg, seed=3)
     flat = _flat(params)
-    stored = {e3_to_vmoe(k): (v.reshape(v.shape[0], -1) if "Router" in k else v)
-              for k, v in flat.items()}
+    stored = {
+        e3_to_vmoe(k): (v.reshape(v.shape[0], -1) if "Router" in k else v) for k, v in flat.items()
+    }
     prefix = str(tmp_path / "vmoe_tiny")
-    layout = write_vmoe_sharded(prefix, stored, shard_count=3, rows_per_chunk=2,
-                                version=version, piece_size=7)
+    layout = write_vmoe_sharded(
+        prefix, stored, shard_count=3, rows_per_chunk=2, version=version, piece_size=7
+    )
     experts = "Encoder/encoderblock_3/Moe/Mlp/Dense_0/kernel"
-    assert len({shard for _, shard in layout[experts]}) == 2    # 4 rows -> 2 chunks, 2 shards
+    assert len({shard for _, shard in layout[experts]}) == 2  # 4 rows -> 2 chunks, 2 shards
     index = read_index(prefix)
     assert index.version == version and index.shard_count == 3
     assert index.entries[experts].shape == (4, 32, 64)
@@ -73,7 +75,7 @@ def test_vmoe_sharded_multi_shard_chunks_and_logits(tmp_path, version):
     ckpt = open_published(prefix)
     placed = []
     arrays = ckpt.read(place=lambda name, a: placed.append(name) or a)
-    assert sorted(placed) == sorted(flat)                      # each leaf placed once
+    assert sorted(placed) == sorted(flat)  # each leaf placed once
     for k in flat:
         np.testing.assert_array_equal(arrays[k].reshape(flat[k].shape), flat[k])
     _, other = _model_and_params(cfg, seed=4)
@@ -97,8 +99,10 @@ def test_inspect_reports_format_model_and_dry_run_mapping(tmp_path, capsys):
 
     cfg = _cfg("vmoe", num_experts=4)
     _, params = _model_and_params(cfg, seed=3)
-    stored = {e3_to_vmoe(k): (v.reshape(v.shape[0], -1) if "Router" in k else v)
-              for k, v in _flat(params).items()}
+    stored = {
+        e3_to_vmoe(k): (v.reshape(v.shape[0], -1) if "Router" in k else v)
+        for k, v in _flat(params).items()
+    }
     prefix = str(tmp_path / "ck")
     write_vmoe_sharded(prefix, stored, shard_count=2)
     run = tmp_path / "run.json"
@@ -107,7 +111,9 @@ def test_inspect_reports_format_model_and_dry_run_mapping(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "format       vmoe_sharded" in out and "version 20220622, 2 data shards" in out
     assert "num_experts=4" in out and "moe_layers=[1, 3]" in out and "size=tiny" in out
-    assert ("Encoder/encoderblock_3/Moe/Router/kernel (32, 2, 2)  <- router <- "
-            "Encoder/encoderblock_3/Moe/Router/dense/kernel (32, 4)") in out
+    assert (
+        "Encoder/encoderblock_3/Moe/Router/kernel (32, 2, 2)  <- router <- "
+        "Encoder/encoderblock_3/Moe/Router/dense/kernel (32, 4)"
+    ) in out
     assert "head/kernel (32, 5)  <- fresh" in out
     assert "(dropped) head/kernel (32, 5)" in out

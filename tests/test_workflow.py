@@ -29,12 +29,20 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def fresh_checkout(dest: Path) -> Path:
     """What a clone of this working tree holds: tracked and not-ignored files (links kept)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src, dst = REPO / rel, dest / rel
         if not src.exists() and not src.is_symlink():
-            continue   # deleted in the working tree
+            continue  # deleted in the working tree
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_symlink():
             os.symlink(os.readlink(src), dst)
@@ -46,8 +54,9 @@ def fresh_checkout(dest: Path) -> Path:
 def smk(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOME": str(cwd / ".home")}
     env.pop("SNAKEMAKE_PROFILE", None)
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def job_counts(out: str) -> dict[str, int]:
@@ -68,14 +77,17 @@ def checkout(tmp_path_factory):
 
 
 def write_sweep(cwd: Path, name: str, seeds: int, **extra) -> str:
-    doc = {"title": f"test sweep {name}", "reproduces": ["demo"],
-           "base": {"model": {"size": "tiny", "num_experts": 4},
-                    "upstream": {"num_selected": 1}},
-           "axes": [{"cases": [{"method": "vmoe"},
-                               {"method": "e3", "model.ensemble_size": 2}]}],
-           "seeds": seeds,
-           "ensembles": [{"label": "down_de", "kind": "downstream", "runs": [2],
-                          "of": {"method": "vmoe"}}], **extra}
+    doc = {
+        "title": f"test sweep {name}",
+        "reproduces": ["demo"],
+        "base": {"model": {"size": "tiny", "num_experts": 4}, "upstream": {"num_selected": 1}},
+        "axes": [{"cases": [{"method": "vmoe"}, {"method": "e3", "model.ensemble_size": 2}]}],
+        "seeds": seeds,
+        "ensembles": [
+            {"label": "down_de", "kind": "downstream", "runs": [2], "of": {"method": "vmoe"}}
+        ],
+        **extra,
+    }
     path = cwd / "testsweeps" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -90,8 +102,11 @@ def test_lint_is_clean(checkout):
 
 def files_under(root: Path) -> set[str]:
     """Every file below ``root`` except Snakemake's own bookkeeping and the test's HOME."""
-    return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and p.relative_to(root).parts[0] not in (".snakemake", ".home")}
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[0] not in (".snakemake", ".home")
+    }
 
 
 def test_demo_dry_run_plans_the_whole_pipeline_and_writes_nothing(checkout):
@@ -101,9 +116,17 @@ def test_demo_dry_run_plans_the_whole_pipeline_and_writes_nothing(checkout):
     # sweeps/demo.yaml: ViT, V-MoE, E3 x 3 seeds; ViT and V-MoE upstreams (E3 shares the
     # V-MoE one, upstream K=2); 3 replicates of the downstream ensemble of two V-MoEs; the
     # sweep's plan stamp and index.
-    assert job_counts(r.stdout) == {"sweep_plan": 1, "sweep_index": 1, "upstream": 2,
-                                    "finetune": 9, "ensemble": 3, "aggregate": 1,
-                                    "report": 1, "all": 1, "total": 19}
+    assert job_counts(r.stdout) == {
+        "sweep_plan": 1,
+        "sweep_index": 1,
+        "upstream": 2,
+        "finetune": 9,
+        "ensemble": 3,
+        "aggregate": 1,
+        "report": 1,
+        "all": 1,
+        "total": 19,
+    }
     assert "rep_dry/index.html" in r.stdout
     # parsing and planning wrote no config, index or results folder
     assert not (checkout / "res_dry").exists()
@@ -115,20 +138,33 @@ def test_rules_have_no_evaluate_and_aggregate_reads_the_done_files(checkout):
     rules = set(r.stdout.split())
     assert {"sweep_plan", "sweep_index", "finetune", "ensemble", "aggregate"} <= rules
     assert "evaluate" not in rules
-    d = smk(checkout, "-n", "--cores", "1", "res_rules/sweeps/demo/dataset.nc", "--config",
-            "results=res_rules", "reports=rep_rules")
+    d = smk(
+        checkout,
+        "-n",
+        "--cores",
+        "1",
+        "res_rules/sweeps/demo/dataset.nc",
+        "--config",
+        "results=res_rules",
+        "reports=rep_rules",
+    )
     sweep = S.load_sweep(checkout / "sweeps" / "demo.yaml")
     block = d.stdout.split("rule aggregate:", 1)[1].split("\n\n", 1)[0]
     inputs = block.split("input:", 1)[1].splitlines()[0].split(", ")
-    expected = ["res_rules/sweeps/demo/index.json"] + \
-        [f"res_rules/{e['done'].split('/', 1)[1]}" for e in sweep.entries]
+    expected = ["res_rules/sweeps/demo/index.json"] + [
+        f"res_rules/{e['done'].split('/', 1)[1]}" for e in sweep.entries
+    ]
     assert sorted(i.strip() for i in inputs) == sorted(expected)
 
 
 def test_invalid_sweep_stops_before_any_job(checkout):
-    bad = write_sweep(checkout, "bad", 2,
-                      axes=[{"name": "model.overlap", "values": [0, 3]}],
-                      base={"method": "e3", "model": {"num_experts": 8, "ensemble_size": 2}})
+    bad = write_sweep(
+        checkout,
+        "bad",
+        2,
+        axes=[{"name": "model.overlap", "values": [0, 3]}],
+        base={"method": "e3", "model": {"num_experts": 8, "ensemble_size": 2}},
+    )
     r = smk(checkout, "--cores", "1", "--config", f"sweeps=[{bad}]", "results=res_bad")
     out = r.stdout + r.stderr
     assert r.returncode != 0
@@ -141,12 +177,33 @@ def test_invalid_sweep_stops_before_any_job(checkout):
 def test_paper_job_that_does_not_fit_its_devices_stops_the_dry_run(checkout):
     # H/14 at 518 px: ~1.4k tokens per image; on the 64 chips of its v5p-128 the step needs
     # far more than 95 GiB per chip (e3lib.parallel.fitcheck, docs/scale.md)
-    big = write_sweep(checkout, "toobig", 1, axes=[{"name": "method", "values": ["vmoe"]}],
-                      ensembles=[], variants={"small": {}, "paper": {"base": {
-                          "model": {"size": "H/14", "num_experts": 32},
-                          "data": {"image_size": 518}, "finetune": {"batch_size": 512}}}})
-    r = smk(checkout, "-n", "--cores", "1", "--config", f"sweeps=[{big}]", "variant=paper",
-            "results=res_big")
+    big = write_sweep(
+        checkout,
+        "toobig",
+        1,
+        axes=[{"name": "method", "values": ["vmoe"]}],
+        ensembles=[],
+        variants={
+            "small": {},
+            "paper": {
+                "base": {
+                    "model": {"size": "H/14", "num_experts": 32},
+                    "data": {"image_size": 518},
+                    "finetune": {"batch_size": 512},
+                }
+            },
+        },
+    )
+    r = smk(
+        checkout,
+        "-n",
+        "--cores",
+        "1",
+        "--config",
+        f"sweeps=[{big}]",
+        "variant=paper",
+        "results=res_big",
+    )
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert f"invalid sweep: {big}: run " in out and "does not fit the requested devices" in out
@@ -169,10 +226,15 @@ def _complete(cwd: Path, results: str, reports: str, sweep_file: str) -> None:
         [f"{results}/sweeps/{sweep.name}/index.json", f"{results}/sweeps/{sweep.name}/index.tsv"],
         [f"{results}/upstream/{e['upstream_id']}/done.json" for e in runs],
         [f"{results}/runs/{e['id']}/done.json" for e in runs],
-        [f"{results}/ensembles/{e['id']}/done.json" for e in sweep.entries
-         if e["kind"] == "ensemble"],
-        [f"{results}/sweeps/{sweep.name}/dataset.nc",
-         f"{results}/sweeps/{sweep.name}/dataset.done.json"],
+        [
+            f"{results}/ensembles/{e['id']}/done.json"
+            for e in sweep.entries
+            if e["kind"] == "ensemble"
+        ],
+        [
+            f"{results}/sweeps/{sweep.name}/dataset.nc",
+            f"{results}/sweeps/{sweep.name}/dataset.done.json",
+        ],
         [f"{reports}/index.html"],
     ]
     # As if the jobs finished a minute ago, in order, after the sweep file was written.
@@ -205,7 +267,7 @@ def test_second_invocation_does_nothing_and_a_new_seed_runs_only_its_jobs(checko
     assert "finetune" not in stale
     stamp.with_name("0" * 16).rename(stamp)
 
-    write_sweep(checkout, "grow", 4)                      # one more seed
+    write_sweep(checkout, "grow", 4)  # one more seed
     grown = smk(checkout, "-n", "--cores", "1", *conf)
     counts = job_counts(grown.stdout)
     # seed 3 of V-MoE and of E3; no upstream (shared). The 3 ensemble replicates of 2 runs
@@ -218,14 +280,22 @@ def test_second_invocation_does_nothing_and_a_new_seed_runs_only_its_jobs(checko
     planned = set(re.findall(r"output: res_grow/runs/([0-9a-f]{12})/done.json", grown.stdout))
     assert planned == new
 
-    write_sweep(checkout, "grow", 3)        # back to the first plan: its index is rewritten
+    write_sweep(checkout, "grow", 3)  # back to the first plan: its index is rewritten
     back = smk(checkout, "-n", "--cores", "1", *conf)
     assert job_counts(back.stdout).get("sweep_index") == 1, back.stdout[-2000:]
 
 
 def test_table_target_runs_only_the_sweeps_of_that_table(checkout):
-    r = smk(checkout, "-n", "--cores", "1", "rep_t/table13.html", "--config", "results=res_t",
-            "reports=rep_t")
+    r = smk(
+        checkout,
+        "-n",
+        "--cores",
+        "1",
+        "rep_t/table13.html",
+        "--config",
+        "results=res_t",
+        "reports=rep_t",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     counts = job_counts(r.stdout)
     # sweeps/table13_permutation.yaml (small): e3 x K{1,2} x permute{no,yes} x 3 seeds
@@ -245,55 +315,104 @@ def test_stage_records_member_failed_naming_the_failed_member(tmp_path):
         path.parent.mkdir()
         path.write_text(json.dumps({"status": status}))
     out = tmp_path / "ens" / "done.json"
-    r = subprocess.run([*STAGE, "--status", str(out), "--log", str(tmp_path / "l.log"),
-                        "--require-ok", str(ok), str(bad), "--", "false"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr     # a finished job: the sweep still aggregates
-    assert json.loads(out.read_text()) == {"status": "member_failed",
-                                           "members": {str(bad): "diverged"}}
+    r = subprocess.run(
+        [
+            *STAGE,
+            "--status",
+            str(out),
+            "--log",
+            str(tmp_path / "l.log"),
+            "--require-ok",
+            str(ok),
+            str(bad),
+            "--",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr  # a finished job: the sweep still aggregates
+    assert json.loads(out.read_text()) == {
+        "status": "member_failed",
+        "members": {str(bad): "diverged"},
+    }
 
 
 def test_stage_writes_the_config_its_command_reads_only_when_changed(tmp_path):
     cfg, log = tmp_path / "configs" / "r.json", tmp_path / "l.log"
     read = [sys.executable, "-c", f"print(open({str(cfg)!r}).read())"]
-    r = subprocess.run([*STAGE, "--log", str(log), "--write", str(cfg), '{"a":1}\n', "--", *read],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [*STAGE, "--log", str(log), "--write", str(cfg), '{"a":1}\n', "--", *read],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert cfg.read_text() == '{"a":1}\n' and '{"a":1}' in log.read_text()
     os.utime(cfg, (1, 1))
-    subprocess.run([*STAGE, "--log", str(log), "--write", str(cfg), '{"a":1}\n', "--", "true"],
-                   check=True)
-    assert cfg.stat().st_mtime == 1                      # same content: not rewritten
+    subprocess.run(
+        [*STAGE, "--log", str(log), "--write", str(cfg), '{"a":1}\n', "--", "true"], check=True
+    )
+    assert cfg.stat().st_mtime == 1  # same content: not rewritten
 
 
 def test_stage_writes_the_status_file_only_on_process_zero(tmp_path):
     """A multi-host job runs stage.py on every host: one writer of done.json."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("E3_PROCESS_ID", "SLURM_PROCID", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("E3_PROCESS_ID", "SLURM_PROCID", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
+    }
     done, log = tmp_path / "done.json", tmp_path / "l.log"
     for var, pid in (("SLURM_PROCID", "1"), ("CLOUD_TPU_TASK_ID", "3"), ("E3_PROCESS_ID", "2")):
-        r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--expect",
-                            str(tmp_path / "absent.json"), "--", "true"],
-                           env=dict(env, **{var: pid}), capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr         # its --expect is process 0's to check
+        r = subprocess.run(
+            [
+                *STAGE,
+                "--status",
+                str(done),
+                "--log",
+                str(log),
+                "--expect",
+                str(tmp_path / "absent.json"),
+                "--",
+                "true",
+            ],
+            env=dict(env, **{var: pid}),
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr  # its --expect is process 0's to check
         assert not done.exists() and (tmp_path / f"l.log.p{pid}").is_file()
-    r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--", "false"],
-                       env=dict(env, SLURM_PROCID="1"), capture_output=True, text=True)
+    r = subprocess.run(
+        [*STAGE, "--status", str(done), "--log", str(log), "--", "false"],
+        env=dict(env, SLURM_PROCID="1"),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and not done.exists()  # its exit code still reaches the job
-    r = subprocess.run([*STAGE, "--status", str(done), "--log", str(log), "--", "true"],
-                       env=dict(env, SLURM_PROCID="0"), capture_output=True, text=True)
+    r = subprocess.run(
+        [*STAGE, "--status", str(done), "--log", str(log), "--", "true"],
+        env=dict(env, SLURM_PROCID="0"),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and json.loads(done.read_text())["status"] == "ok"
 
 
 @pytest.mark.slow
 def test_demo_end_to_end_through_snakemake(checkout):
     """The demo sweep's structure with the tiniest settings, through the real e3 commands."""
-    tiny = write_sweep(checkout, "tiny_demo", 3, base={
-        "model": {"size": "tiny", "num_experts": 4}, "upstream": {"num_selected": 1, "steps": 4,
-                                                                  "warmup": 1, "batch_size": 16},
-        "data": {"dataset": "demo", "image_size": 16},
-        "finetune": {"steps": 4, "warmup": 1, "batch_size": 16, "checkpoint_every": 2},
-        "eval": {"fewshot_shots": [1], "corrupted": False}})
+    tiny = write_sweep(
+        checkout,
+        "tiny_demo",
+        3,
+        base={
+            "model": {"size": "tiny", "num_experts": 4},
+            "upstream": {"num_selected": 1, "steps": 4, "warmup": 1, "batch_size": 16},
+            "data": {"dataset": "demo", "image_size": 16},
+            "finetune": {"steps": 4, "warmup": 1, "batch_size": 16, "checkpoint_every": 2},
+            "eval": {"fewshot_shots": [1], "corrupted": False},
+        },
+    )
     conf = ["--config", f"sweeps=[{tiny}]", "results=res_e2e", "reports=rep_e2e"]
     r = smk(checkout, "--cores", "2", *conf, timeout=900)
     out = r.stdout + r.stderr
@@ -309,11 +428,12 @@ def test_demo_end_to_end_through_snakemake(checkout):
     for e in index["entries"]:
         done = json.loads((checkout / "res_e2e" / e["done"].split("/", 1)[1]).read_text())
         assert done["status"] == "ok"
-        if e["kind"] == "run":   # written by the job itself, what `e3 run` read
+        if e["kind"] == "run":  # written by the job itself, what `e3 run` read
             cfg = json.loads((checkout / "res_e2e" / "configs" / f"{e['id']}.json").read_text())
             assert cfg == e["config"]
     assert not (checkout / "res_e2e/sweeps/tiny_demo/status.json").exists()
     import xarray as xr
+
     with xr.open_dataset(checkout / "res_e2e/sweeps/tiny_demo/dataset.nc") as ds:
         assert "seed" in ds.dims and "nll" in ds.data_vars
     for e in index["entries"]:
@@ -324,9 +444,19 @@ def test_demo_end_to_end_through_snakemake(checkout):
 
 
 def test_public_variant_fine_tunes_from_the_published_checkpoint_with_no_upstream_job(checkout):
-    r = smk(checkout, "-n", "--cores", "2", "--config", "variant=public",
-            "sweeps=[sweeps/table3_overlap.yaml]", "results=res_pub", "reports=rep_pub",
-            "logs=log_pub", timeout=600)
+    r = smk(
+        checkout,
+        "-n",
+        "--cores",
+        "2",
+        "--config",
+        "variant=public",
+        "sweeps=[sweeps/table3_overlap.yaml]",
+        "results=res_pub",
+        "reports=rep_pub",
+        "logs=log_pub",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     counts = job_counts(r.stdout)
     # 2 K x 4 overlaps x 4 steps x 4 learning rates x 8 seeds, from vmoe_b16_in21k
@@ -339,18 +469,46 @@ def test_published_checkpoint_paths_come_from_the_command_line(checkout):
     from published_writers import write_vmoe_sharded
 
     (checkout / "ck").mkdir(exist_ok=True)
-    write_vmoe_sharded(str(checkout / "ck" / "b16"), {"cls": __import__("numpy").zeros(
-        (1, 1, 4), "float32")}, shard_count=1)
-    sweep = write_sweep(checkout, "pubck", 3, base={
-        "model": {"size": "tiny", "num_experts": 4}, "upstream": {"checkpoint": "vmoe_b16_in21k"}})
-    r = smk(checkout, "-n", "-p", "--cores", "1", "--config", f"sweeps=[{sweep}]",
-            "results=res_ck", "reports=rep_ck", "logs=log_ck",
-            'upstream_checkpoints={"vmoe_b16_in21k": "ck/b16"}')
+    write_vmoe_sharded(
+        str(checkout / "ck" / "b16"),
+        {"cls": __import__("numpy").zeros((1, 1, 4), "float32")},
+        shard_count=1,
+    )
+    sweep = write_sweep(
+        checkout,
+        "pubck",
+        3,
+        base={
+            "model": {"size": "tiny", "num_experts": 4},
+            "upstream": {"checkpoint": "vmoe_b16_in21k"},
+        },
+    )
+    r = smk(
+        checkout,
+        "-n",
+        "-p",
+        "--cores",
+        "1",
+        "--config",
+        f"sweeps=[{sweep}]",
+        "results=res_ck",
+        "reports=rep_ck",
+        "logs=log_ck",
+        'upstream_checkpoints={"vmoe_b16_in21k": "ck/b16"}',
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "upstream" not in job_counts(r.stdout) and job_counts(r.stdout)["finetune"] == 6
     assert '\\"checkpoint\\":\\"ck/b16\\"' in r.stdout or '"checkpoint":"ck/b16"' in r.stdout
-    bad = smk(checkout, "-n", "--cores", "1", "--config", f"sweeps=[{sweep}]",
-              "results=res_ck", 'upstream_checkpoints={"vmoe_b16": "ck/b16"}')
+    bad = smk(
+        checkout,
+        "-n",
+        "--cores",
+        "1",
+        "--config",
+        f"sweeps=[{sweep}]",
+        "results=res_ck",
+        'upstream_checkpoints={"vmoe_b16": "ck/b16"}',
+    )
     assert bad.returncode != 0
     out = bad.stdout + bad.stderr
-    assert "upstream_checkpoints.vmoe_b16" in out and "vmoe_b16_in21k" in out   # the known names
+    assert "upstream_checkpoints.vmoe_b16" in out and "vmoe_b16_in21k" in out  # the known names

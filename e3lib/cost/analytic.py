@@ -35,7 +35,8 @@ The derivation and the comparison with every cell of Tables 20-22 are in docs/fl
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from e3lib.errors import ConfigError
 from e3lib.models.layout import Backbone, MoeLayout, compute_capacity
@@ -43,14 +44,14 @@ from e3lib.models.registry import method_of, moe_layout
 from e3lib.models.sizes import size_spec
 
 FLOPS_PER_MAC = 2
-TRAIN_MATMUL_FACTOR = 3        # forward + gradients w.r.t. both operands
-INPUT_LAYER_FACTOR = 2         # forward + weight gradient (images need no gradient)
-EINSUM_DISPATCH_UNITS = 5      # one-hot dispatch/combine einsums per training step
+TRAIN_MATMUL_FACTOR = 3  # forward + gradients w.r.t. both operands
+INPUT_LAYER_FACTOR = 2  # forward + weight gradient (images need no gradient)
+EINSUM_DISPATCH_UNITS = 5  # one-hot dispatch/combine einsums per training step
 # Elementwise FLOPs per token per block, forward + backward, as XLA counts them.
 # Fitted to XLA's count of this toolkit's ViTs by ``benchmarks/bench_flops.py --calibrate``.
-EW_PER_HIDDEN = 77             # 2 LayerNorms, attention biases, residual adds (per unit of H)
-EW_PER_MLP = 25                # bias + tanh-GELU of one MLP row (per unit of Q)
-EW_PER_SCORE = 10              # scale + softmax of one attention score (per key, per head)
+EW_PER_HIDDEN = 77  # 2 LayerNorms, attention biases, residual adds (per unit of H)
+EW_PER_MLP = 25  # bias + tanh-GELU of one MLP row (per unit of Q)
+EW_PER_SCORE = 10  # scale + softmax of one attention score (per key, per head)
 
 DISPATCH_KINDS = ("indices", "einsum")
 
@@ -61,11 +62,11 @@ class MoeBlock(NamedTuple):
     cfg: Mapping[str, Any]
     spec: Mapping[str, Any]
     layout: MoeLayout
-    rows: int                  # rows per image entering the block
-    tokens: int                # T
-    group_rows: int            # rows per routing group
-    last: bool                 # the last MoE block of the model
-    dispatch: str              # "indices" or "einsum"
+    rows: int  # rows per image entering the block
+    tokens: int  # T
+    group_rows: int  # rows per routing group
+    last: bool  # the last MoE block of the model
+    dispatch: str  # "indices" or "einsum"
 
     def train_matmul(self, m: float, k: int, n: int) -> float:
         """FLOPs of an (m×k)·(k×n) weight matmul in a training step (forward + backward)."""
@@ -81,19 +82,22 @@ def top_k_moe_flops(blk: MoeBlock) -> dict[str, float]:
     m, H, Q = blk.cfg["model"], blk.spec["hidden"], blk.spec["mlp"]
     E, K, r, T = m["num_experts"], m["num_selected"], blk.rows, blk.tokens
     C = compute_capacity(blk.group_rows * T, blk.layout.selections(K), E, m["capacity_factor"])
-    slots = E * C * r / blk.group_rows                              # expert rows per image
-    out = {"experts": blk.train_matmul(slots, H, 2 * Q),
-           "elementwise": blk.mlp_elementwise(slots),
-           "router": blk.train_matmul(r * T, H, blk.layout.experts_scored)}
+    slots = E * C * r / blk.group_rows  # expert rows per image
+    out = {
+        "experts": blk.train_matmul(slots, H, 2 * Q),
+        "elementwise": blk.mlp_elementwise(slots),
+        "router": blk.train_matmul(r * T, H, blk.layout.experts_scored),
+    }
     if blk.dispatch == "einsum":
         multipred_last = blk.layout.multipred_last and blk.last
-        units = 2 if multipred_last else EINSUM_DISPATCH_UNITS     # Multi-pred: no combine
+        units = 2 if multipred_last else EINSUM_DISPATCH_UNITS  # Multi-pred: no combine
         out["dispatch"] = units * r * T * FLOPS_PER_MAC * E * C * H
     return out
 
 
-def _rows_per_block(backbone: Backbone, spec: Mapping[str, Any], layout: MoeLayout | None,
-                    num_selected: int) -> tuple[list[int], int]:
+def _rows_per_block(
+    backbone: Backbone, spec: Mapping[str, Any], layout: MoeLayout | None, num_selected: int
+) -> tuple[list[int], int]:
     """Rows per image entering each block, and rows reaching the head."""
     rows, per_block = backbone.input_rows, []
     for b in range(spec["layers"]):
@@ -101,9 +105,9 @@ def _rows_per_block(backbone: Backbone, spec: Mapping[str, Any], layout: MoeLayo
             rows *= backbone.ensemble_size
         per_block.append(rows)
         if layout is not None and layout.multipred_last and b == spec["moe_layers"][-1]:
-            rows *= num_selected                                    # F = K rows leave
+            rows *= num_selected  # F = K rows leave
     if backbone.tile_before is None:
-        rows *= backbone.ensemble_size                              # copies at the end
+        rows *= backbone.ensemble_size  # copies at the end
     return per_block, rows
 
 
@@ -115,8 +119,9 @@ def rows_per_block(cfg: Mapping[str, Any]) -> tuple[list[int], int]:
     return _rows_per_block(backbone, spec, layout, cfg["model"]["num_selected"])
 
 
-def flops_breakdown(cfg: Mapping[str, Any], num_classes: int = 1000,
-                    dispatch: str = "indices") -> dict[str, float]:
+def flops_breakdown(
+    cfg: Mapping[str, Any], num_classes: int = 1000, dispatch: str = "indices"
+) -> dict[str, float]:
     """FLOPs per image of one training step (forward + backward), by term.
 
     ``dispatch``: "indices" (gather/scatter, this toolkit's models and the paper's Table 20)
@@ -136,10 +141,23 @@ def flops_breakdown(cfg: Mapping[str, Any], num_classes: int = 1000,
     backbone = method.backbone(cfg, spec, layout)
     moe_blocks = spec["moe_layers"] if layout is not None else ()
     moe_cost = method.moe_flops or top_k_moe_flops
-    out = dict.fromkeys(("patch_embedding", "attention_projections", "attention_scores",
-                         "mlp", "experts", "router", "dispatch", "head", "elementwise"), 0.0)
-    out["patch_embedding"] = (INPUT_LAYER_FACTOR * mac * backbone.input_rows * N * P * P
-                              * backbone.input_channels * H)
+    out = dict.fromkeys(
+        (
+            "patch_embedding",
+            "attention_projections",
+            "attention_scores",
+            "mlp",
+            "experts",
+            "router",
+            "dispatch",
+            "head",
+            "elementwise",
+        ),
+        0.0,
+    )
+    out["patch_embedding"] = (
+        INPUT_LAYER_FACTOR * mac * backbone.input_rows * N * P * P * backbone.input_channels * H
+    )
     per_block, out_rows = _rows_per_block(backbone, spec, layout, m["num_selected"])
     for b, r in enumerate(per_block):
         out["attention_projections"] += TRAIN_MATMUL_FACTOR * r * T * mac * 4 * H * H
@@ -154,13 +172,15 @@ def flops_breakdown(cfg: Mapping[str, Any], num_classes: int = 1000,
         for term, value in moe_cost(blk).items():
             out[term] += value
     rep = H * H if m["representation"] else 0
-    out["head"] = TRAIN_MATMUL_FACTOR * out_rows * mac * (
-        rep + H * num_classes * backbone.head_outputs)
+    out["head"] = (
+        TRAIN_MATMUL_FACTOR * out_rows * mac * (rep + H * num_classes * backbone.head_outputs)
+    )
     return out
 
 
-def analytic_gflops(cfg: Mapping[str, Any], num_classes: int = 1000,
-                    dispatch: str = "indices") -> float:
+def analytic_gflops(
+    cfg: Mapping[str, Any], num_classes: int = 1000, dispatch: str = "indices"
+) -> float:
     """GFLOPs per image of a training step (forward + backward), the quantity of Table 20."""
     return sum(flops_breakdown(cfg, num_classes, dispatch).values()) / 1e9
 

@@ -41,6 +41,7 @@ MAX_ATTEMPTS = 100
 
 # ---------------------------------------------------------------------------- ops
 
+
 def decode(image: Any) -> np.ndarray:
     if isinstance(image, (bytes, bytearray, memoryview)):
         from PIL import Image
@@ -55,17 +56,22 @@ def decode(image: Any) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def crop_box(height: int, width: int, rng: np.random.Generator, area_min: float = 0.05,
-             area_max: float = 1.0, aspect_range: tuple[float, float] = ASPECT_RATIO_RANGE,
-             max_attempts: int = MAX_ATTEMPTS) -> tuple[int, int, int, int]:
+def crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    area_min: float = 0.05,
+    area_max: float = 1.0,
+    aspect_range: tuple[float, float] = ASPECT_RATIO_RANGE,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> tuple[int, int, int, int]:
     """(y, x, h, w) of an inception crop of an H × W image (TF's algorithm: draw an
     aspect ratio r uniformly, then the crop height uniformly among the integer heights
     whose rint(h·r)·h area lies in [area_min, area_max]·H·W; offsets uniform in
     [0, H − h) and [0, W − w))."""
     min_area, max_area = area_min * width * height, area_max * width * height
     for _ in range(max_attempts):
-        r = float(np.float32(rng.random() * (aspect_range[1] - aspect_range[0])
-                             + aspect_range[0]))
+        r = float(np.float32(rng.random() * (aspect_range[1] - aspect_range[0]) + aspect_range[0]))
         h = int(np.rint(math.sqrt(min_area / r)))
         max_h = int(np.rint(math.sqrt(max_area / r)))
         if np.rint(max_h * r) > width:
@@ -111,37 +117,49 @@ def resize(image: np.ndarray, height: int, width: int | None = None) -> np.ndarr
     h, w, c = image.shape
     if (h, w) == (height, width):
         return image
-    x = image.astype(np.float32).reshape(h, w * c)                       # (H, W·C)
-    x = (resize_weights(h, height) @ x).reshape(height, w, c)            # (S, W, C)
-    x = x.transpose(0, 2, 1) @ resize_weights(w, width).T                # (S, C, S')
-    x = x.transpose(0, 2, 1)                                             # (S, S', C)
+    x = image.astype(np.float32).reshape(h, w * c)  # (H, W·C)
+    x = (resize_weights(h, height) @ x).reshape(height, w, c)  # (S, W, C)
+    x = x.transpose(0, 2, 1) @ resize_weights(w, width).T  # (S, C, S')
+    x = x.transpose(0, 2, 1)  # (S, S', C)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def inception_crop(image: np.ndarray, rng: np.random.Generator, size: int | None = None,
-                   area_min: float = 5, area_max: float = 100) -> np.ndarray:
+def inception_crop(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    size: int | None = None,
+    area_min: float = 5,
+    area_max: float = 100,
+) -> np.ndarray:
     y, x, h, w = crop_box(image.shape[0], image.shape[1], rng, area_min / 100, area_max / 100)
-    crop = image[y:y + h, x:x + w]
+    crop = image[y : y + h, x : x + w]
     return resize(crop, size) if size else crop
 
 
 def central_crop(image: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
     width = height if width is None else width
     dy, dx = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-    return image[dy:dy + height, dx:dx + width]
+    return image[dy : dy + height, dx : dx + width]
 
 
 def flip_lr(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image[:, ::-1] if rng.random() < 0.5 else image
 
 
-def value_range(image: np.ndarray, vmin: float, vmax: float, in_min: float = 0.0,
-                in_max: float = 255.0, clip: bool = False) -> np.ndarray:
+def value_range(
+    image: np.ndarray,
+    vmin: float,
+    vmax: float,
+    in_min: float = 0.0,
+    in_max: float = 255.0,
+    clip: bool = False,
+) -> np.ndarray:
     """float32 vmin + (x − in_min)·(vmax − vmin)/(in_max − in_min); for (−1, 1) from
     [0, 255] this is x·(2/255) − 1, bit for bit ``e3lib.data.to_float``."""
     scale = np.float32((vmax - vmin) / (in_max - in_min))
-    out = image.astype(np.float32) * scale + np.float32(vmin - in_min * (vmax - vmin)
-                                                        / (in_max - in_min))
+    out = image.astype(np.float32) * scale + np.float32(
+        vmin - in_min * (vmax - vmin) / (in_max - in_min)
+    )
     return np.clip(out, vmin, vmax) if clip else out
 
 
@@ -151,8 +169,10 @@ def value_range(image: np.ndarray, vmin: float, vmax: float, in_min: float = 0.0
 OPS: dict[str, tuple[Callable, bool]] = {
     "decode": (lambda im, rng: decode(im), False),
     "inception_crop": (inception_crop, True),
-    "decode_jpeg_and_inception_crop":
-        (lambda im, rng, *a, **k: inception_crop(decode(im), rng, *a, **k), True),
+    "decode_jpeg_and_inception_crop": (
+        lambda im, rng, *a, **k: inception_crop(decode(im), rng, *a, **k),
+        True,
+    ),
     "resize": (lambda im, rng, *a: resize(im, *a), False),
     "central_crop": (lambda im, rng, *a: central_crop(im, *a), False),
     "flip_lr": (flip_lr, True),

@@ -48,9 +48,24 @@ MAX_LEVEL = 10.0
 FILL = 128
 CUTOUT_CONST = 40
 TRANSLATE_CONST = 100
-OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color",
-       "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
-       "Cutout", "SolarizeAdd")
+OPS = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Cutout",
+    "SolarizeAdd",
+)
 GREY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
 
@@ -142,7 +157,7 @@ def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
         acc = np.zeros((h - 2, w - 2, 3), np.float32)
         for dy in range(3):
             for dx in range(3):
-                acc += x[dy:dy + h - 2, dx:dx + w - 2] * (5.0 if dy == dx == 1 else 1.0)
+                acc += x[dy : dy + h - 2, dx : dx + w - 2] * (5.0 if dy == dx == 1 else 1.0)
         smooth[1:-1, 1:-1] = _u8(acc / np.float32(13.0))
     return blend(smooth, image, factor)
 
@@ -151,12 +166,13 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def transform(image: np.ndarray, a: tuple[float, float, float],
-              b: tuple[float, float, float]) -> np.ndarray:
+def transform(
+    image: np.ndarray, a: tuple[float, float, float], b: tuple[float, float, float]
+) -> np.ndarray:
     """Output pixel (row y, column x) = input at column a0·x + a1·y + a2, row b0·x + b1·y
     + b2 (nearest), or FILL outside: TF's projective transform with wrap/unwrap."""
     h, w = image.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)                 # (H, W) each
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)  # (H, W) each
     src_x = _round_half_away(a[0] * xs + a[1] * ys + a[2])
     src_y = _round_half_away(b[0] * xs + b[1] * ys + b[2])
     inside = (src_x >= 0) & (src_x <= w - 1) & (src_y >= 0) & (src_y <= h - 1)
@@ -194,7 +210,7 @@ def shear_y(image: np.ndarray, level: float) -> np.ndarray:
 def cutout(image: np.ndarray, pad: int, cy: int, cx: int) -> np.ndarray:
     """Fill the (2·pad)² square centred at (cy, cx) (clipped to the image) with FILL."""
     out = image.copy()
-    out[max(0, cy - pad):cy + pad, max(0, cx - pad):cx + pad] = FILL
+    out[max(0, cy - pad) : cy + pad, max(0, cx - pad) : cx + pad] = FILL
     return out
 
 
@@ -202,8 +218,7 @@ def _signed(value: float, rng: np.random.Generator) -> float:
     return value if rng.random() < 0.5 else -value
 
 
-def apply_op(image: np.ndarray, name: str, level: float,
-             rng: np.random.Generator) -> np.ndarray:
+def apply_op(image: np.ndarray, name: str, level: float, rng: np.random.Generator) -> np.ndarray:
     """Apply RandAugment op ``name`` at ``level`` (random sign / position from ``rng``)."""
     frac = level / MAX_LEVEL
     enhance = frac * 1.8 + 0.1
@@ -222,8 +237,12 @@ def apply_op(image: np.ndarray, name: str, level: float,
     if name == "SolarizeAdd":
         return solarize_add(image, int(frac * 110))
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
-        return {"Color": color, "Contrast": contrast, "Brightness": brightness,
-                "Sharpness": sharpness}[name](image, enhance)
+        return {
+            "Color": color,
+            "Contrast": contrast,
+            "Brightness": brightness,
+            "Sharpness": sharpness,
+        }[name](image, enhance)
     if name == "ShearX":
         return shear_x(image, _signed(frac * 0.3, rng))
     if name == "ShearY":
@@ -238,12 +257,15 @@ def apply_op(image: np.ndarray, name: str, level: float,
     raise ValueError(f"unknown RandAugment op {name!r}; allowed: {list(OPS)}")
 
 
-def randaugment(image: np.ndarray, num_layers: int, magnitude: float,
-                rng: np.random.Generator) -> np.ndarray:
+def randaugment(
+    image: np.ndarray, num_layers: int, magnitude: float, rng: np.random.Generator
+) -> np.ndarray:
     """(H, W, 3) uint8 → (H, W, 3) uint8: ``num_layers`` ops drawn uniformly from OPS."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"randaug needs an (H, W, 3) uint8 image, got {image.dtype} "
-                         f"{image.shape}; put it before value_range")
+        raise ValueError(
+            f"randaug needs an (H, W, 3) uint8 image, got {image.dtype} "
+            f"{image.shape}; put it before value_range"
+        )
     for _ in range(num_layers):
         image = apply_op(image, OPS[int(rng.integers(len(OPS)))], float(magnitude), rng)
     return image

@@ -72,8 +72,10 @@ class ArraySource:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i],
-                "label": -1 if self.labels is None else int(self.labels[i])}
+        return {
+            "image": self.images[i],
+            "label": -1 if self.labels is None else int(self.labels[i]),
+        }
 
 
 class RecordSource:
@@ -102,7 +104,8 @@ class TfdsSource:
             import tensorflow_datasets as tfds
 
             self._source = tfds.builder_from_directory(self.build_dir).as_data_source(
-                split=self.split)
+                split=self.split
+            )
         return self._source
 
     def __getstate__(self):
@@ -122,11 +125,16 @@ class FolderSource:
     def __init__(self, path: Path):
         classes = sorted(p.name for p in path.iterdir() if p.is_dir())
         if classes:
-            self.files = [(str(f), c) for c, name in enumerate(classes)
-                          for f in sorted((path / name).iterdir()) if f.suffix in IMAGE_SUFFIXES]
+            self.files = [
+                (str(f), c)
+                for c, name in enumerate(classes)
+                for f in sorted((path / name).iterdir())
+                if f.suffix in IMAGE_SUFFIXES
+            ]
         else:
-            self.files = [(str(f), -1) for f in sorted(path.iterdir())
-                          if f.suffix in IMAGE_SUFFIXES]
+            self.files = [
+                (str(f), -1) for f in sorted(path.iterdir()) if f.suffix in IMAGE_SUFFIXES
+            ]
 
     def __len__(self) -> int:
         return len(self.files)

@@ -47,13 +47,27 @@ from e3lib.data.sources import (  # re-exported: the sources' former home
     write_array_record,
 )
 
-__all__ = ["RECORD_MAGIC", "ArraySource", "FolderSource", "RecordSource", "Subset",
-           "TfdsSource", "decode_record", "encode_record", "open_source",
-           "split_train_val", "write_array_record", "Stream", "StepBatches",
-           "eval_dataset", "train_dataset"]
+__all__ = [
+    "RECORD_MAGIC",
+    "ArraySource",
+    "FolderSource",
+    "RecordSource",
+    "Subset",
+    "TfdsSource",
+    "decode_record",
+    "encode_record",
+    "open_source",
+    "split_train_val",
+    "write_array_record",
+    "Stream",
+    "StepBatches",
+    "eval_dataset",
+    "train_dataset",
+]
 
 
 # ---------------------------------------------------------------------------- pipelines
+
 
 class _Example:
     """(g, example id) → preprocessed example; picklable for grain worker processes."""
@@ -66,14 +80,23 @@ class _Example:
         g, ex = item
         if ex < 0:  # evaluation padding: zeros of the shape of a real example
             if self._pad is None:
-                self._pad = np.zeros_like(self.pp(self.source[0]["image"],
-                                                  np.random.default_rng([self.seed, 0])))
-            return {"image": self._pad, "label": np.int32(-1), "index": np.int64(-1),
-                    "valid": False}
+                self._pad = np.zeros_like(
+                    self.pp(self.source[0]["image"], np.random.default_rng([self.seed, 0]))
+                )
+            return {
+                "image": self._pad,
+                "label": np.int32(-1),
+                "index": np.int64(-1),
+                "valid": False,
+            }
         record = self.source[ex]
         image = self.pp(record["image"], np.random.default_rng([self.seed, g]))
-        return {"image": image, "label": np.int32(record["label"]), "index": np.int64(ex),
-                "valid": True}
+        return {
+            "image": image,
+            "label": np.int32(record["label"]),
+            "index": np.int64(ex),
+            "valid": True,
+        }
 
 
 def _with_position(g: int, example: int) -> tuple[int, int]:
@@ -90,8 +113,9 @@ class _EvalPosition:
 
 def _local_batch(batch_size: int, process_count: int) -> int:
     if batch_size % process_count:
-        raise ValueError(f"global batch {batch_size} is not a multiple of the "
-                         f"{process_count} processes")
+        raise ValueError(
+            f"global batch {batch_size} is not a multiple of the {process_count} processes"
+        )
     return batch_size // process_count
 
 
@@ -103,9 +127,15 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return process_index, process_count
 
 
-def train_dataset(source, pp: Preprocess | str, batch_size: int, seed: int,
-                  process_index: int | None = None, process_count: int | None = None,
-                  shuffle: bool = True) -> grain.MapDataset:
+def train_dataset(
+    source,
+    pp: Preprocess | str,
+    batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle: bool = True,
+) -> grain.MapDataset:
     """Infinite MapDataset of this process's training batches (dicts of arrays:
     ``image`` (b, S, S, 3), ``label`` (b,), ``index`` (b,) example ids, ``valid``)."""
     p, n_proc = _process(process_index, process_count)
@@ -113,14 +143,18 @@ def train_dataset(source, pp: Preprocess | str, batch_size: int, seed: int,
     order = grain.MapDataset.range(len(source))
     if shuffle:
         order = order.shuffle(seed=seed)
-    ds = order.repeat(None).map_with_index(_with_position)             # (g, example id)
+    ds = order.repeat(None).map_with_index(_with_position)  # (g, example id)
     ds = ds[p::n_proc].map(_Example(source, pp, seed))
     return ds.batch(_local_batch(batch_size, n_proc), drop_remainder=True)
 
 
-def eval_dataset(source, pp: Preprocess | str, batch_size: int,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> grain.MapDataset:
+def eval_dataset(
+    source,
+    pp: Preprocess | str,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.MapDataset:
     """⌈N/B⌉ batches of this process's share of the split, in order, padded."""
     p, n_proc = _process(process_index, process_count)
     pp = Preprocess(pp, "data.pp_eval") if isinstance(pp, str) else pp
@@ -135,10 +169,12 @@ class Stream:
     """Iterator over a dataset of batches, with decoding in ``workers`` processes
     (0: threads of this process) and ``prefetch`` batches read ahead."""
 
-    def __init__(self, dataset: grain.MapDataset, workers: int = 0, threads: int = 4,
-                 prefetch: int = 4):
-        it_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                          prefetch_buffer_size=prefetch))
+    def __init__(
+        self, dataset: grain.MapDataset, workers: int = 0, threads: int = 4, prefetch: int = 4
+    ):
+        it_ds = dataset.to_iter_dataset(
+            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
+        )
         if workers > 0:
             from absl import flags
 
@@ -171,8 +207,6 @@ class Stream:
             close()
 
 
-
-
 class StepBatches:
     """The training loop's view of a stream: ``batch(step)`` → (images (B, S, S, 3) float32,
     labels (B,)), with a leading S axis for packed runs (one stream per seed).
@@ -183,11 +217,19 @@ class StepBatches:
     checkpoint of step ``step`` stores; ``restore(states, step)`` continues from them.
     """
 
-    def __init__(self, source, pp: str, batch_size: int, seeds: Sequence[int],
-                 workers: int = 0, process_index: int | None = None,
-                 process_count: int | None = None):
-        self.datasets = [train_dataset(source, pp, batch_size, s, process_index, process_count)
-                         for s in seeds]
+    def __init__(
+        self,
+        source,
+        pp: str,
+        batch_size: int,
+        seeds: Sequence[int],
+        workers: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
+        self.datasets = [
+            train_dataset(source, pp, batch_size, s, process_index, process_count) for s in seeds
+        ]
         self.workers = workers
         self.streams = [Stream(d, workers) for d in self.datasets]
         self.next_step = 0
@@ -195,22 +237,22 @@ class StepBatches:
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         if step != self.next_step:
-            self.set_state([_seek_state(s.get_state(), step, self.workers)
-                            for s in self.streams])
+            self.set_state([_seek_state(s.get_state(), step, self.workers) for s in self.streams])
         self._before = {k: v for k, v in self._before.items() if k >= step - 2}
         self._before[step] = self.get_state()
         batches = [next(s) for s in self.streams]
         self.next_step = step + 1
-        images = np.stack([b["image"] for b in batches])                  # (S, b, H, W, 3)
-        labels = np.stack([b["label"] for b in batches])                  # (S, b)
+        images = np.stack([b["image"] for b in batches])  # (S, b, H, W, 3)
+        labels = np.stack([b["label"] for b in batches])  # (S, b)
         return (images, labels) if len(batches) > 1 else (images[0], labels[0])
 
     def state_at(self, step: int) -> list[dict]:
         if step == self.next_step and step not in self._before:
             return self.get_state()
         if step not in self._before:
-            raise KeyError(f"no iterator state recorded before step {step} "
-                           f"(recorded: {sorted(self._before)})")
+            raise KeyError(
+                f"no iterator state recorded before step {step} (recorded: {sorted(self._before)})"
+            )
         return self._before[step]
 
     def restore(self, states: Sequence[dict], step: int) -> None:

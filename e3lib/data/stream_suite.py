@@ -62,13 +62,17 @@ def source_labels(source) -> np.ndarray:
     """Labels (N,) of a source without decoding images where the format allows."""
     if isinstance(source, ArraySource):
         n = len(source)
-        return (np.full(n, -1, np.int32) if source.labels is None
-                else np.asarray(source.labels, np.int32))
+        return (
+            np.full(n, -1, np.int32)
+            if source.labels is None
+            else np.asarray(source.labels, np.int32)
+        )
     if isinstance(source, Subset):
         return source_labels(source.source)[source.indices]
     if isinstance(source, RecordSource):
-        return np.asarray([decode_record(source.source[i])["label"]
-                           for i in range(len(source))], np.int32)
+        return np.asarray(
+            [decode_record(source.source[i])["label"] for i in range(len(source))], np.int32
+        )
     if isinstance(source, FolderSource):
         return np.asarray([label for _, label in source.files], np.int32)
     if isinstance(source, TfdsSource):
@@ -82,17 +86,25 @@ def _arrays(labeled) -> ArraySource:
 
 def _from_data_suite(suite, pp_train: str, pp_eval: str) -> StreamSuite:
     """An in-memory ``DataSuite`` behind the source interface."""
-    out = StreamSuite(suite.name, suite.num_classes, pp_train, pp_eval, _arrays(suite.train),
-                      _arrays(suite.val), _arrays(suite.test))
-    out.corrupted = {c: {s: _arrays(d) for s, d in by.items()}
-                     for c, by in suite.corrupted.items()}
+    out = StreamSuite(
+        suite.name,
+        suite.num_classes,
+        pp_train,
+        pp_eval,
+        _arrays(suite.train),
+        _arrays(suite.val),
+        _arrays(suite.test),
+    )
+    out.corrupted = {c: {s: _arrays(d) for s, d in by.items()} for c, by in suite.corrupted.items()}
     out.shifted = {k: _arrays(d) for k, d in suite.shifted.items()}
     for split in ("ood_near", "ood_far"):
         images = getattr(suite, split)
         if images is not None:
             setattr(out, split, ArraySource(images, None))
-    out.fewshot = {t: FewShotSources(_arrays(task.train), _arrays(task.test))
-                   for t, task in suite.fewshot.items()}
+    out.fewshot = {
+        t: FewShotSources(_arrays(task.train), _arrays(task.test))
+        for t, task in suite.fewshot.items()
+    }
     return out
 
 
@@ -110,11 +122,20 @@ def open_stream_suite(cfg: Mapping[str, Any]) -> StreamSuite:
     spec = REAL[name]
     full = open_source(name, "train", root)
     train_idx, val_idx = split_train_val(len(full), spec.val_fraction)
-    suite = StreamSuite(name, spec.num_classes, pp_train, pp_eval, Subset(full, train_idx),
-                        Subset(full, val_idx), open_source(name, "test", root))
+    suite = StreamSuite(
+        name,
+        spec.num_classes,
+        pp_train,
+        pp_eval,
+        Subset(full, train_idx),
+        Subset(full, val_idx),
+        open_source(name, "test", root),
+    )
     if ev["corrupted"] and spec.corrupted:
-        suite.corrupted = {c: {s: open_source(spec.corrupted, f"{c}_{s}", root)
-                               for s in range(1, 6)} for c in BENCHMARK_CORRUPTIONS}
+        suite.corrupted = {
+            c: {s: open_source(spec.corrupted, f"{c}_{s}", root) for s in range(1, 6)}
+            for c in BENCHMARK_CORRUPTIONS
+        }
         suite.shifted = {s: open_source(s, "test", root) for s in spec.shifted}
     if ev["ood"]:
         for split in ("ood_near", "ood_far"):
@@ -122,8 +143,8 @@ def open_stream_suite(cfg: Mapping[str, Any]) -> StreamSuite:
             if other:
                 setattr(suite, split, open_source(other, "test", root))
     if ev["fewshot"]:
-        suite.fewshot = {t: FewShotSources(open_source(t, "train", root),
-                                           open_source(t, "test", root))
-                         for t in FEWSHOT_DATASETS}
+        suite.fewshot = {
+            t: FewShotSources(open_source(t, "train", root), open_source(t, "test", root))
+            for t in FEWSHOT_DATASETS
+        }
     return suite
-

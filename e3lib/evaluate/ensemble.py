@@ -92,8 +92,7 @@ def ensemble_runs(run_dirs: Sequence[str], out: str | os.PathLike, kind: str) ->
     else:
         preds = combine_predictions([p for _, p in loaded], list(run_dirs))
         records = records_from_predictions(
-            preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"],
-            cfg0["eval"]["fewshot_l2_selection"]
+            preds, cfg0["eval"]["fewshot_shots"], cfg0["seed"], cfg0["eval"]["fewshot_l2_selection"]
         )
     costs = [r.get("cost", {}) for r in results]
 

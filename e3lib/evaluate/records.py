@@ -106,8 +106,9 @@ def records_from_predictions(
 
 def fewshot_modes(members: int) -> list[tuple[str, str]]:
     """(record member, feature mode) of the few-shot records of an M-member model."""
-    return [("ensemble", "joint")] if members == 1 else [("joint", "joint"),
-                                                          ("disjoint", "disjoint")]
+    return (
+        [("ensemble", "joint")] if members == 1 else [("joint", "joint"), ("disjoint", "disjoint")]
+    )
 
 
 def records_from_metrics(
@@ -131,8 +132,9 @@ def records_from_metrics(
     if corrupted:
         first = next(iter(corrupted.values()))
         mean = {
-            member: {m: float(np.mean([c[member][m] for c in corrupted.values()]))
-                     for m in first[member]}
+            member: {
+                m: float(np.mean([c[member][m] for c in corrupted.values()])) for m in first[member]
+            }
             for member in first
         }
         records += _records("corrupted", "mean", 0, mean)
@@ -153,8 +155,10 @@ def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
     """Analytic GFLOPs per image (training step, Table 20) and parameter count of ``cfg``."""
     from e3lib.cost.analytic import analytic_gflops, analytic_params
 
-    return {"gflops_per_image_train": float(analytic_gflops(cfg, num_classes)),
-            "params": int(analytic_params(cfg, num_classes))}
+    return {
+        "gflops_per_image_train": float(analytic_gflops(cfg, num_classes)),
+        "params": int(analytic_params(cfg, num_classes)),
+    }
 
 
 def write_results(

@@ -50,7 +50,7 @@ def combined(predictors: Sequence[Predictor]) -> Predictor:
     def predict(images):
         outs = [p(images) for p in predictors]
         probs = np.stack([np.asarray(pr, np.float64).mean(axis=0) for pr, _ in outs])
-        return probs, np.concatenate([f for _, f in outs], axis=0)    # (R,B,C), (ΣM,B,D)
+        return probs, np.concatenate([f for _, f in outs], axis=0)  # (R,B,C), (ΣM,B,D)
 
     return predict
 
@@ -69,8 +69,9 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-def stream_records(predictors: Sequence[Predictor], suite, cfg: Mapping[str, Any],
-                   threads: int = 4) -> tuple[list[dict], dict]:
+def stream_records(
+    predictors: Sequence[Predictor], suite, cfg: Mapping[str, Any], threads: int = 4
+) -> tuple[list[dict], dict]:
     """(records, sizes) of the sets the run's ``eval`` section asks for; ``sizes`` gives
     the examples read per set."""
     ev = cfg["eval"]
@@ -90,8 +91,11 @@ def stream_records(predictors: Sequence[Predictor], suite, cfg: Mapping[str, Any
         sizes[name] = len(source)
         return acc.result()
 
-    oods = {s: ms.OODAccumulator() for s in ("ood_near", "ood_far")
-            if ev["ood"] and getattr(suite, s) is not None}
+    oods = {
+        s: ms.OODAccumulator()
+        for s in ("ood_near", "ood_far")
+        if ev["ood"] and getattr(suite, s) is not None
+    }
     clean = accumulate(suite.test, "test", tuple(oods.values()))
     val = accumulate(suite.val, "val") if suite.val is not None and len(suite.val) else None
     corrupted, shifted = {}, {}
@@ -110,8 +114,9 @@ def stream_records(predictors: Sequence[Predictor], suite, cfg: Mapping[str, Any
     fewshot = {}
     if ev["fewshot"] and suite.fewshot:
         fewshot = _fewshot(predict, suite, cfg, bs, threads, sizes)
-    records = records_from_metrics(clean, val, corrupted, shifted, ood, fewshot,
-                                   ev["fewshot_shots"])
+    records = records_from_metrics(
+        clean, val, corrupted, shifted, ood, fewshot, ev["fewshot_shots"]
+    )
     return records, sizes
 
 
@@ -124,8 +129,13 @@ def _fewshot(predict, suite, cfg, bs, threads, sizes) -> dict:
     ev = cfg["eval"]
     tasks, members = {}, None
     for task, src in sorted(suite.fewshot.items()):
-        collector = ms.FewShotFeatures(task, source_labels(src.pool), ev["fewshot_shots"],
-                                       cfg["seed"], ev["fewshot_l2_selection"])
+        collector = ms.FewShotFeatures(
+            task,
+            source_labels(src.pool),
+            ev["fewshot_shots"],
+            cfg["seed"],
+            ev["fewshot_l2_selection"],
+        )
         for b in _batches(src.pool, suite.pp_eval, bs, threads):
             valid = np.asarray(b["valid"], bool)
             collector.update(predict(b["image"])[1][:, valid], np.asarray(b["index"])[valid])
@@ -160,8 +170,7 @@ def evaluate_streamed(model, params, suite, cfg: Mapping[str, Any], out):
     from e3lib.parallel.placement import Placement
 
     placement = Placement.for_config(cfg)  # [parallel hook]
-    records, sizes = stream_records([run_predictor(model, params, placement=placement)],
-                                    suite, cfg)
+    records, sizes = stream_records([run_predictor(model, params, placement=placement)], suite, cfg)
     path = Path(out) / PARAMS_DIR
     if path.exists() and is_writer():  # a rerun after a crash between this save and results
         shutil.rmtree(path)

@@ -14,8 +14,10 @@ __all__ = ["build_model", "count_params"]
 def __getattr__(name: str) -> Any:
     if name == "build_model":
         from e3lib.models.build import build_model
+
         return build_model
     if name == "count_params":
         from e3lib.models.params import count_params
+
         return count_params
     raise AttributeError(f"module 'e3lib.models' has no attribute {name!r}")

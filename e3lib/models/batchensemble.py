@@ -9,10 +9,10 @@ elementwise products with the member's *fast weights* r_m (D_in,) and s_m (D_out
 member also has its own bias b_m (D_out,) (``bias`` is (M, D_out)).
 
 Placement follows the V-MoE "last-n" design (App. G.1): both dense layers of the MLPs of the
-blocks ``spec["moe_layers"]`` (``e3lib.models.sizes.size_spec``) (the last n odd blocks, ``model.moe_n``) are
-BatchEnsemble layers; every other block stays a dense ViT block. Rows are repeated M times
-(member index fastest, row b·M + m) before the first such block, so the blocks before it
-run once per image and the head gives (B, M, C).
+blocks ``spec["moe_layers"]`` (``e3lib.models.sizes.size_spec``; the last n odd blocks,
+``model.moe_n``) are BatchEnsemble layers; every other block stays a dense ViT block. Rows
+are repeated M times (member index fastest, row b·M + m) before the first such block, so
+the blocks before it run once per image and the head gives (B, M, C).
 
 Fast weights are initialised (``model.be_init``) with random signs (±1, each with
 probability 1/2) or from N(1, 0.5²) (mean 1, standard deviation 0.5, as App. G.1 states
@@ -27,7 +27,8 @@ initialisation. With all fast weights equal to one the model is the ViT, member 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,12 +47,16 @@ FAST_WEIGHT_NAMES = ("fast_in", "fast_out")
 def fast_weight_init(kind: str) -> Callable:
     """Initializer of fast-weight vectors: "random_sign" (±1) or "normal" (N(1, 0.5²))."""
     if kind == "random_sign":
+
         def random_sign(key, shape, dtype=jnp.float32):
             return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
+
         return random_sign
     if kind == "normal":
+
         def normal_around_one(key, shape, dtype=jnp.float32):
             return (1.0 + 0.5 * jax.random.normal(key, shape)).astype(dtype)
+
         return normal_around_one
     raise ValueError(f"model.be_init={kind!r}; allowed: ['random_sign', 'normal']")
 
@@ -65,7 +70,7 @@ class BatchEnsembleDense(nn.Module):
     """
 
     features: int
-    ensemble_size: int                     # M
+    ensemble_size: int  # M
     fast_init: str = "random_sign"
     dtype: Any = jnp.float32
 
@@ -81,7 +86,7 @@ class BatchEnsembleDense(nn.Module):
         fast_out = self.param("fast_out", fast_weight_init(self.fast_init), (M, self.features))
         # Per-row copies of the member vectors: (M, D) -> (B·M, 1, D), row b·M + m gets m's.
         per_row = lambda v: jnp.tile(v, (rows // M, 1))[:, None, :].astype(self.dtype)  # noqa
-        x = x.astype(self.dtype) * per_row(fast_in)                     # (B·M, T, D_in)
+        x = x.astype(self.dtype) * per_row(fast_in)  # (B·M, T, D_in)
         # The shared matmul, contracted as nn.Dense does: (B·M, T, D_in) -> (B·M, T, D_out).
         y = jax.lax.dot_general(x, kernel.astype(self.dtype), (((2,), (0,)), ((), ())))
         return y * per_row(fast_out) + per_row(bias)
@@ -96,8 +101,9 @@ class BatchEnsembleMlpBlock(MlpBlock):
     fast_init: str = "random_sign"
 
     def make_dense(self, features: int, name: str) -> nn.Module:
-        return BatchEnsembleDense(features, self.ensemble_size, self.fast_init, self.dtype,
-                                  name=name)
+        return BatchEnsembleDense(
+            features, self.ensemble_size, self.fast_init, self.dtype, name=name
+        )
 
 
 class BatchEnsembleMlp(nn.Module):
@@ -111,43 +117,61 @@ class BatchEnsembleMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        return BatchEnsembleMlpBlock(self.mlp_dim, self.dropout_rate, deterministic=not train,
-                                     dtype=self.dtype, ensemble_size=self.ensemble_size,
-                                     fast_init=self.fast_init, name="MlpBlock")(x)
+        return BatchEnsembleMlpBlock(
+            self.mlp_dim,
+            self.dropout_rate,
+            deterministic=not train,
+            dtype=self.dtype,
+            ensemble_size=self.ensemble_size,
+            fast_init=self.fast_init,
+            name="MlpBlock",
+        )(x)
 
 
-def batchensemble_mlp_factory(cfg: Mapping[str, Any], spec: Mapping[str, Any]
-                              ) -> Callable[[int, bool], nn.Module]:
+def batchensemble_mlp_factory(
+    cfg: Mapping[str, Any], spec: Mapping[str, Any]
+) -> Callable[[int, bool], nn.Module]:
     """Dense MLPs, except ``BatchEnsembleMlp`` (named "Mlp") in the last-n blocks."""
     m = cfg["model"]
 
     def factory(block: int, train: bool) -> nn.Module:
         if block not in spec["moe_layers"]:
             return dense_mlp(cfg, spec)
-        return BatchEnsembleMlp(spec["mlp"], m["ensemble_size"], m["be_init"], m["dropout"],
-                                dtype=DTYPES[m["dtype"]], name="Mlp")
+        return BatchEnsembleMlp(
+            spec["mlp"],
+            m["ensemble_size"],
+            m["be_init"],
+            m["dropout"],
+            dtype=DTYPES[m["dtype"]],
+            name="Mlp",
+        )
 
     return factory
 
 
-def build_batchensemble(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: None,
-                        num_classes: int) -> nn.Module:
+def build_batchensemble(
+    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: None, num_classes: int
+) -> nn.Module:
     """BatchEnsemble ViT: rows tiled M times before the first BatchEnsemble block."""
-    return VisionTransformer(mlp_factory=batchensemble_mlp_factory(cfg, spec),
-                             tile_before=spec["moe_layers"][0],
-                             ensemble_size=cfg["model"]["ensemble_size"],
-                             **vit_kwargs(cfg, spec, num_classes))
+    return VisionTransformer(
+        mlp_factory=batchensemble_mlp_factory(cfg, spec),
+        tile_before=spec["moe_layers"][0],
+        ensemble_size=cfg["model"]["ensemble_size"],
+        **vit_kwargs(cfg, spec, num_classes),
+    )
 
 
 # ----------------------------------------------------------------------------------------
 # Upstream conversion.
 
+
 def _is_fast(path: str) -> bool:
     return path.rsplit("/", 1)[-1] in FAST_WEIGHT_NAMES
 
 
-def prepare_upstream(upstream: Mapping, target: Mapping, cfg: Mapping[str, Any],
-                     keep_head: bool = False) -> dict:
+def prepare_upstream(
+    upstream: Mapping, target: Mapping, cfg: Mapping[str, Any], keep_head: bool = False
+) -> dict:
     """ViT upstream params -> BatchEnsemble shapes, before ``convert.convert_params``.
 
     For each BatchEnsemble layer of ``target``: the member biases (M, D_out) are the
@@ -163,9 +187,8 @@ def prepare_upstream(upstream: Mapping, target: Mapping, cfg: Mapping[str, Any],
         if have is not None and tuple(jnp.shape(have)) == tuple(leaf.shape):
             continue
         if _is_fast(path):
-            source[path] = leaf                                     # fresh r_m, s_m
-        elif path.endswith("/bias") and leaf.ndim == 2 and have is not None \
-                and jnp.ndim(have) == 1:
+            source[path] = leaf  # fresh r_m, s_m
+        elif path.endswith("/bias") and leaf.ndim == 2 and have is not None and jnp.ndim(have) == 1:
             source[path] = jnp.broadcast_to(jnp.asarray(have), leaf.shape)  # (D,) -> (M, D)
     return traverse_util.unflatten_dict(source, sep="/")
 
@@ -173,16 +196,17 @@ def prepare_upstream(upstream: Mapping, target: Mapping, cfg: Mapping[str, Any],
 # ----------------------------------------------------------------------------------------
 # Fast-weight learning-rate scale (App. G.1).
 
+
 def fast_weight_mask(params: Mapping) -> Any:
     """A tree like ``params`` with True at the fast weights (r_m, s_m), False elsewhere."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) in FAST_WEIGHT_NAMES, params)
+        lambda path, _: getattr(path[-1], "key", None) in FAST_WEIGHT_NAMES, params
+    )
 
 
 def param_labels(params: Mapping) -> Any:
-    """"fast" / "slow" per leaf, for ``optax.multi_transform``."""
-    return jax.tree_util.tree_map(lambda fast: "fast" if fast else "slow",
-                                  fast_weight_mask(params))
+    """ "fast" / "slow" per leaf, for ``optax.multi_transform``."""
+    return jax.tree_util.tree_map(lambda fast: "fast" if fast else "slow", fast_weight_mask(params))
 
 
 def with_fast_weight_lr_scale(optimizer, cfg: Mapping[str, Any]):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from e3lib.errors import ConfigError
 from e3lib.models.registry import method_of

@@ -35,7 +35,8 @@ the router columns are grouped. Checkpoints are read with Orbax (``restore_param
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,13 +75,16 @@ def resize_posemb(posemb: Array, target_tokens: int) -> Array:
         return posemb
     old, new = int(round((tokens - 1) ** 0.5)), int(round((target_tokens - 1) ** 0.5))
     if old * old != tokens - 1 or new * new != target_tokens - 1:
-        raise ConversionError(f"posembed_input: cannot resize {tokens} tokens to "
-                              f"{target_tokens}: expected 1 + a square number each")
+        raise ConversionError(
+            f"posembed_input: cannot resize {tokens} tokens to "
+            f"{target_tokens}: expected 1 + a square number each"
+        )
     posemb = jnp.asarray(posemb)
-    z = jnp.asarray(zoom_matrix(old, new), jnp.float32)                  # (h', h)
+    z = jnp.asarray(zoom_matrix(old, new), jnp.float32)  # (h', h)
     cls, grid = posemb[:, :1], posemb[0, 1:].reshape(old, old, hidden)  # (h, h, H)
-    grid = jnp.einsum("ia,jb,abd->ijd", z, z, grid.astype(jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST)              # (h', h', H)
+    grid = jnp.einsum(
+        "ia,jb,abd->ijd", z, z, grid.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
+    )  # (h', h', H)
     grid = grid.astype(posemb.dtype).reshape(1, new * new, hidden)
     return jnp.concatenate([cls, grid], axis=1)
 
@@ -93,7 +97,7 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     for p in patterns:
         want = [w for w in str(p).split("/") if w]
         n = len(want)
-        if n and any(parts[i:i + n] == want for i in range(len(parts) - n + 1)):
+        if n and any(parts[i : i + n] == want for i in range(len(parts) - n + 1)):
             return True
     return False
 
@@ -120,11 +124,16 @@ def expert_permutation(num_experts: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(num_experts)
 
 
-def convert_params(upstream: Params, target: Params, *,
-                   subsets: Optional[Sequence[Sequence[int]]] = None,
-                   permutation: Optional[np.ndarray] = None,
-                   keep_head: bool = False, fresh: Sequence[str] = (),
-                   record: Optional[dict] = None) -> dict:
+def convert_params(
+    upstream: Params,
+    target: Params,
+    *,
+    subsets: Sequence[Sequence[int]] | None = None,
+    permutation: np.ndarray | None = None,
+    keep_head: bool = False,
+    fresh: Sequence[str] = (),
+    record: dict | None = None,
+) -> dict:
     """Map an upstream parameter tree onto a downstream one (see the module docstring).
 
     upstream: upstream ``params``; target: the downstream model's initialised ``params``
@@ -141,17 +150,21 @@ def convert_params(upstream: Params, target: Params, *,
     for path, leaf in traverse_util.flatten_dict(dict(target), sep="/").items():
         out[path] = _convert_leaf(path, leaf, source, subsets, permutation, fresh, record)
     used = {src for _, src in record.values() if src is not None}
-    unused = {p: tuple(np.shape(v)) for p, v in source.items()
-              if p not in used and not matches(p, fresh)}
+    unused = {
+        p: tuple(np.shape(v)) for p, v in source.items() if p not in used and not matches(p, fresh)
+    }
     if unused:
         listed = "\n".join(f"    {p} {s}" for p, s in sorted(unused.items()))
-        raise ConversionError(f"upstream leaves no downstream leaf uses:\n{listed}\n  list "
-                              f"them in upstream.fresh to drop them (now {list(fresh)})")
+        raise ConversionError(
+            f"upstream leaves no downstream leaf uses:\n{listed}\n  list "
+            f"them in upstream.fresh to drop them (now {list(fresh)})"
+        )
     return traverse_util.unflatten_dict(out, sep="/")
 
 
-def _convert_leaf(path: str, leaf: Array, source: dict, subsets, permutation,
-                  fresh: Sequence[str], record: dict) -> Array:
+def _convert_leaf(
+    path: str, leaf: Array, source: dict, subsets, permutation, fresh: Sequence[str], record: dict
+) -> Array:
     parts = path.split("/")
     if matches(path, fresh):
         record[path] = ("fresh", None)
@@ -162,34 +175,40 @@ def _convert_leaf(path: str, leaf: Array, source: dict, subsets, permutation,
             raise ConversionError(
                 f"{path} {tuple(leaf.shape)}: no upstream router kernel at this path "
                 f"(upstream routers: {routers or 'none, a dense upstream'}); list it in "
-                f"upstream.fresh (e.g. [head, Router]) to start it from its initialisation")
+                f"upstream.fresh (e.g. [head, Router]) to start it from its initialisation"
+            )
         record[path] = ("router", path)
-        columns = router_columns(jnp.asarray(source[path]))             # (H, E)
+        columns = router_columns(jnp.asarray(source[path]))  # (H, E)
         if permutation is not None:
             columns = columns[:, np.asarray(permutation)]
         routers = subsets if subsets is not None else [list(range(columns.shape[1]))]
         if max(max(s) for s in routers) >= columns.shape[1]:
-            raise ConversionError(f"{path}: upstream router scores {columns.shape[1]} experts, "
-                                  f"downstream subsets use expert ids up to "
-                                  f"{max(max(s) for s in routers)}")
+            raise ConversionError(
+                f"{path}: upstream router scores {columns.shape[1]} experts, "
+                f"downstream subsets use expert ids up to "
+                f"{max(max(s) for s in routers)}"
+            )
         return _checked(path, router_kernel_for(columns, routers), leaf)
     if "/Moe/Mlp/" in path:
         value = source.get(path)
         if value is None:  # dense upstream: ".../Moe/Mlp/X" <- ".../Mlp/MlpBlock/X"
             dense = path.replace("/Moe/Mlp/", "/Mlp/MlpBlock/")
             if dense not in source:
-                raise ConversionError(f"{path} {tuple(leaf.shape)}: no upstream leaf "
-                                      f"{path!r} or {dense!r}")
+                raise ConversionError(
+                    f"{path} {tuple(leaf.shape)}: no upstream leaf {path!r} or {dense!r}"
+                )
             record[path] = ("experts_from_dense", dense)
-            value = jnp.broadcast_to(source[dense], leaf.shape)        # E identical experts
+            value = jnp.broadcast_to(source[dense], leaf.shape)  # E identical experts
         else:
             record[path] = ("experts", path)
             if permutation is not None:
                 value = jnp.asarray(value)[np.asarray(permutation)]
         return _checked(path, value, leaf)
     if path not in source:
-        raise ConversionError(f"{path} {tuple(leaf.shape)}: missing in the upstream "
-                              f"checkpoint (upstream has {len(source)} leaves)")
+        raise ConversionError(
+            f"{path} {tuple(leaf.shape)}: missing in the upstream "
+            f"checkpoint (upstream has {len(source)} leaves)"
+        )
     value = jnp.asarray(source[path])
     rule = "copy"
     if parts[-1] == "posembed_input" and value.shape != tuple(leaf.shape):
@@ -201,20 +220,29 @@ def _convert_leaf(path: str, leaf: Array, source: dict, subsets, permutation,
 def _fresh(path: str, leaf: Any) -> Array:
     """A leaf kept from the downstream initialisation (it must hold values)."""
     if isinstance(leaf, jax.ShapeDtypeStruct):
-        raise ConversionError(f"{path}: kept from the downstream initialisation, so the "
-                              f"target tree needs initialised arrays, not shapes")
+        raise ConversionError(
+            f"{path}: kept from the downstream initialisation, so the "
+            f"target tree needs initialised arrays, not shapes"
+        )
     return leaf
 
 
 def _checked(path: str, value: Array, leaf: Array) -> Array:
     if tuple(value.shape) != tuple(leaf.shape):
-        raise ConversionError(f"{path}: upstream shape {tuple(value.shape)} does not fit the "
-                              f"downstream shape {tuple(leaf.shape)}")
+        raise ConversionError(
+            f"{path}: upstream shape {tuple(value.shape)} does not fit the "
+            f"downstream shape {tuple(leaf.shape)}"
+        )
     return jnp.asarray(value, leaf.dtype)
 
 
-def convert_for_config(upstream: Params, target: Params, cfg: Mapping[str, Any],
-                       keep_head: bool = False, record: Optional[dict] = None) -> dict:
+def convert_for_config(
+    upstream: Params,
+    target: Params,
+    cfg: Mapping[str, Any],
+    keep_head: bool = False,
+    record: dict | None = None,
+) -> dict:
     """``convert_params`` with the rules of the run's method (its registry entry): its
     ``prepare_upstream`` hook first, then the router subsets of its MoE layout.
 
@@ -225,14 +253,21 @@ def convert_for_config(upstream: Params, target: Params, cfg: Mapping[str, Any],
     m = cfg["model"]
     method = method_of(cfg)
     fresh = tuple((cfg.get("upstream") or {}).get("fresh") or ())
-    keep_head = keep_head or not matches("head/kernel", fresh)   # fresh: [] keeps the head
+    keep_head = keep_head or not matches("head/kernel", fresh)  # fresh: [] keeps the head
     if method.prepare_upstream:  # method-specific leaves (BatchEnsemble, MIMO) first
         upstream = method.prepare_upstream(upstream, target, cfg, keep_head)
     layout = moe_layout(cfg, size_spec(cfg))
     subsets = layout.subsets if layout is not None else None
     perm = expert_permutation(m["num_experts"], cfg["seed"]) if m["permute_experts"] else None
-    return convert_params(upstream, target, subsets=subsets, permutation=perm,
-                          keep_head=keep_head, fresh=fresh, record=record)
+    return convert_params(
+        upstream,
+        target,
+        subsets=subsets,
+        permutation=perm,
+        keep_head=keep_head,
+        fresh=fresh,
+        record=record,
+    )
 
 
 def save_params(directory: str | os.PathLike, params: Params) -> None:
@@ -244,7 +279,7 @@ def save_params(directory: str | os.PathLike, params: Params) -> None:
         ckptr.save(os.path.abspath(directory), params)
 
 
-def restore_params(directory: str | os.PathLike, key: Optional[str] = "params") -> dict:
+def restore_params(directory: str | os.PathLike, key: str | None = "params") -> dict:
     """Read an Orbax checkpoint; if it holds a mapping with ``key`` (a train state), that part."""
     import orbax.checkpoint as ocp
 

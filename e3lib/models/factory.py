@@ -32,7 +32,8 @@ The builders here take ``(cfg, spec, layout, num_classes)``; other methods' modu
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -50,12 +51,18 @@ def vit_kwargs(cfg: Cfg, spec: Spec, num_classes: int) -> dict:
     """Backbone arguments of ``VisionTransformer`` common to every method."""
     m = cfg["model"]
     bias = m["head_bias_init"]
-    return dict(num_classes=num_classes, patch_size=spec["patch"], hidden_size=spec["hidden"],
-                num_layers=spec["layers"], num_heads=spec["heads"],
-                dropout_rate=m["dropout"], attention_dropout_rate=0.0,
-                representation=m["representation"],
-                head_bias_init=-math.log(num_classes) if bias is None else float(bias),
-                dtype=DTYPES[m["dtype"]])
+    return dict(
+        num_classes=num_classes,
+        patch_size=spec["patch"],
+        hidden_size=spec["hidden"],
+        num_layers=spec["layers"],
+        num_heads=spec["heads"],
+        dropout_rate=m["dropout"],
+        attention_dropout_rate=0.0,
+        representation=m["representation"],
+        head_bias_init=-math.log(num_classes) if bias is None else float(bias),
+        dtype=DTYPES[m["dtype"]],
+    )
 
 
 def dense_mlp(cfg: Cfg, spec: Spec) -> nn.Module:
@@ -69,8 +76,14 @@ def dense_mlp_factory(cfg: Cfg, spec: Spec) -> Callable[[int, bool], nn.Module]:
     return lambda block, train: dense_mlp(cfg, spec)
 
 
-def moe_mlp_factory(cfg: Cfg, spec: Spec, layout: MoeLayout, *, ensemble_size: int,
-                    expert_dropout_at_eval: bool = False) -> Callable[[int, bool], nn.Module]:
+def moe_mlp_factory(
+    cfg: Cfg,
+    spec: Spec,
+    layout: MoeLayout,
+    *,
+    ensemble_size: int,
+    expert_dropout_at_eval: bool = False,
+) -> Callable[[int, bool], nn.Module]:
     """Dense MLPs, except ``MoeMlp`` (named "Moe") in the blocks ``spec["moe_layers"]``.
 
     ``ensemble_size``: M copies of each image entering the MoE layers (``layout.ensemble_size``
@@ -84,16 +97,24 @@ def moe_mlp_factory(cfg: Cfg, spec: Spec, layout: MoeLayout, *, ensemble_size: i
         if block not in moe_blocks:
             return dense_mlp(cfg, spec)
         return MoeMlp(
-            num_experts=m["num_experts"], mlp_dim=spec["mlp"], subsets=layout.subsets,
-            num_selected=layout.router_k(m["num_selected"]), noise_std=noise_std,
+            num_experts=m["num_experts"],
+            mlp_dim=spec["mlp"],
+            subsets=layout.subsets,
+            num_selected=layout.router_k(m["num_selected"]),
+            noise_std=noise_std,
             aux_weight=m["aux_weight"],
-            router_per_copy=layout.router_per_copy, ensemble_size=ensemble_size,
-            group_images=m["group_images"], capacity_factor=m["capacity_factor"],
+            router_per_copy=layout.router_per_copy,
+            ensemble_size=ensemble_size,
+            group_images=m["group_images"],
+            capacity_factor=m["capacity_factor"],
             eval_capacity_factor=m["eval_capacity_factor"],
-            batch_priority=m["batch_priority"], expert_dropout=m["expert_dropout"],
+            batch_priority=m["batch_priority"],
+            expert_dropout=m["expert_dropout"],
             keep_selections_apart=layout.multipred_last and block == moe_blocks[-1],
             expert_dropout_at_eval=expert_dropout_at_eval,
-            dtype=DTYPES[m["dtype"]], name="Moe")
+            dtype=DTYPES[m["dtype"]],
+            name="Moe",
+        )
 
     return factory
 
@@ -101,19 +122,24 @@ def moe_mlp_factory(cfg: Cfg, spec: Spec, layout: MoeLayout, *, ensemble_size: i
 def layer_noise_std(cfg: Cfg, layout: MoeLayout) -> float:
     """σ of every MoE layer's router noise for this config."""
     m = cfg["model"]
-    return router_noise_std(m["noise_mult"], m["num_experts"], len(layout.subsets[0]),
-                            m["noise_scaling"])
+    return router_noise_std(
+        m["noise_mult"], m["num_experts"], len(layout.subsets[0]), m["noise_scaling"]
+    )
 
 
-def build_vit(cfg: Cfg, spec: Spec, layout: Optional[MoeLayout], num_classes: int) -> nn.Module:
-    return VisionTransformer(mlp_factory=dense_mlp_factory(cfg, spec),
-                             **vit_kwargs(cfg, spec, num_classes))
+def build_vit(cfg: Cfg, spec: Spec, layout: MoeLayout | None, num_classes: int) -> nn.Module:
+    return VisionTransformer(
+        mlp_factory=dense_mlp_factory(cfg, spec), **vit_kwargs(cfg, spec, num_classes)
+    )
 
 
 def build_moe(cfg: Cfg, spec: Spec, layout: MoeLayout, num_classes: int) -> nn.Module:
     """V-MoE, E³ (with overlap), Tiling, Partitioning and Multi-pred (see the table above)."""
     factory = moe_mlp_factory(cfg, spec, layout, ensemble_size=layout.ensemble_size)
     rows = default_backbone(cfg, spec, layout)
-    return VisionTransformer(mlp_factory=factory, tile_before=rows.tile_before,
-                             ensemble_size=rows.ensemble_size,
-                             **vit_kwargs(cfg, spec, num_classes))
+    return VisionTransformer(
+        mlp_factory=factory,
+        tile_before=rows.tile_before,
+        ensemble_size=rows.ensemble_size,
+        **vit_kwargs(cfg, spec, num_classes),
+    )

@@ -9,19 +9,20 @@ E_r experts one router sees, S tokens per group, J selections per token, C capac
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 
 class MoeLayout(NamedTuple):
     """Routers of a method's MoE layers and the rows they see (one per method and config)."""
 
-    subsets: tuple[tuple[int, ...], ...]   # (R, E_r) expert ids of each router
-    router_per_copy: bool                  # copy m of each token goes to router m only (else
+    subsets: tuple[tuple[int, ...], ...]  # (R, E_r) expert ids of each router
+    router_per_copy: bool  # copy m of each token goes to router m only (else
     #                                        every token visits every router: J = K·R)
-    ensemble_size: int                     # M copies of each image from the first MoE block on
+    ensemble_size: int  # M copies of each image from the first MoE block on
     #                                        (1: the layout does not tile)
-    multipred_last: bool = False           # the last MoE layer keeps its K outputs apart
-    k_split: int = 1                       # K is shared by this many routers: each picks
+    multipred_last: bool = False  # the last MoE layer keeps its K outputs apart
+    k_split: int = 1  # K is shared by this many routers: each picks
     #                                        K/k_split (Partitioning with partition_k=total)
 
     def router_k(self, num_selected: int) -> int:
@@ -41,8 +42,9 @@ class MoeLayout(NamedTuple):
         return k if self.router_per_copy else k * len(self.subsets)
 
 
-def expert_subsets(num_experts: int, ensemble_size: int, overlap: int = 0
-                   ) -> tuple[tuple[int, ...], ...]:
+def expert_subsets(
+    num_experts: int, ensemble_size: int, overlap: int = 0
+) -> tuple[tuple[int, ...], ...]:
     """Expert ids seen by each member: (E−o)/M unique contiguous experts plus the o shared ones.
 
     Unique experts of member m: [m·u, (m+1)·u) with u = (E−o)/M; shared: the last o experts
@@ -59,8 +61,7 @@ def expert_subsets(num_experts: int, ensemble_size: int, overlap: int = 0
     return tuple(tuple(range(m * unique, (m + 1) * unique)) + shared for m in range(M))
 
 
-def router_noise_std(noise_mult: float, num_experts: int, experts_seen: int,
-                     scaling: str) -> float:
+def router_noise_std(noise_mult: float, num_experts: int, experts_seen: int, scaling: str) -> float:
     """σ of the router noise: "code" divides by the experts the router sees, "paper" by E."""
     if scaling == "code":
         return noise_mult / experts_seen
@@ -69,15 +70,22 @@ def router_noise_std(noise_mult: float, num_experts: int, experts_seen: int,
     raise ValueError(f"noise_scaling={scaling!r}; allowed: ['code', 'paper']")
 
 
-def compute_capacity(num_tokens: int, num_selected: int, num_experts: int,
-                     capacity_factor: float, multiple_of: int = 4) -> int:
+def compute_capacity(
+    num_tokens: int,
+    num_selected: int,
+    num_experts: int,
+    capacity_factor: float,
+    multiple_of: int = 4,
+) -> int:
     """Buffer slots per expert per group: ceil(S·K·C_f / E) rounded up to ``multiple_of``.
 
     Example (reference S/32 pretraining): S=400, K=2, E=8, C_f=1.05 -> ceil(105.0) -> 108.
     """
     if num_tokens < 1 or num_selected < 1 or num_experts < 1 or capacity_factor <= 0:
-        raise ValueError(f"capacity needs positive sizes, got S={num_tokens}, K={num_selected}, "
-                         f"E={num_experts}, capacity_factor={capacity_factor}")
+        raise ValueError(
+            f"capacity needs positive sizes, got S={num_tokens}, K={num_selected}, "
+            f"E={num_experts}, capacity_factor={capacity_factor}"
+        )
     capacity = int(math.ceil(num_tokens * num_selected * capacity_factor / num_experts))
     return -(-capacity // multiple_of) * multiple_of
 
@@ -85,13 +93,13 @@ def compute_capacity(num_tokens: int, num_selected: int, num_experts: int,
 class Backbone(NamedTuple):
     """How rows flow through a method's ViT backbone, per image (for the cost model)."""
 
-    tile_before: int | None = None         # block before which rows are repeated (None: after
+    tile_before: int | None = None  # block before which rows are repeated (None: after
     #                                        the last block, if ensemble_size > 1)
-    ensemble_size: int = 1                 # M copies made there
-    input_rows: int = 1                    # rows per image through the patch embedding (MIMO: R)
-    input_channels: int = 3                # channels of one row's input (MIMO: 3·M)
-    head_outputs: int = 1                  # heads of C classes per row (MIMO: M)
-    rows_are_inputs: bool = False          # routing groups count rows, not images (MIMO)
+    ensemble_size: int = 1  # M copies made there
+    input_rows: int = 1  # rows per image through the patch embedding (MIMO: R)
+    input_channels: int = 3  # channels of one row's input (MIMO: 3·M)
+    head_outputs: int = 1  # heads of C classes per row (MIMO: M)
+    rows_are_inputs: bool = False  # routing groups count rows, not images (MIMO)
 
 
 def default_backbone(cfg: Any, spec: Mapping[str, Any], layout: MoeLayout | None) -> Backbone:

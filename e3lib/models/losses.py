@@ -26,8 +26,9 @@ def _targets(labels: Array, num_classes: int) -> Array:
         return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if labels.ndim == 2 and labels.shape[-1] == num_classes:
         return labels.astype(jnp.float32)
-    raise ValueError(f"labels must be (B,) integers or (B, {num_classes}) targets; "
-                     f"got shape {labels.shape}")
+    raise ValueError(
+        f"labels must be (B,) integers or (B, {num_classes}) targets; got shape {labels.shape}"
+    )
 
 
 def _check_logits(logits: Array) -> Array:
@@ -40,8 +41,8 @@ def _check_logits(logits: Array) -> Array:
 def member_cross_entropy(logits: Array, labels: Array) -> Array:
     """CE of every member. logits (B, M, C) -> (B, M)."""
     logits = _check_logits(logits)
-    targets = _targets(labels, logits.shape[-1])                   # (B, C)
-    log_p = jax.nn.log_softmax(logits, axis=-1)                    # (B, M, C)
+    targets = _targets(labels, logits.shape[-1])  # (B, C)
+    log_p = jax.nn.log_softmax(logits, axis=-1)  # (B, M, C)
     return -jnp.sum(targets[:, None, :] * log_p, axis=-1)
 
 

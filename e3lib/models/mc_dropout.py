@@ -24,7 +24,8 @@ Fine-tuning starts from a V-MoE checkpoint with the V-MoE conversion (same param
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -40,8 +41,7 @@ Array = jax.Array
 def content_key(seed: int, images: Array) -> Array:
     """A PRNG key from ``seed`` and the bits of the batch's pixel sum (jit-compatible)."""
     total = jnp.sum(jnp.asarray(images, jnp.float32))
-    return jax.random.fold_in(jax.random.key(seed),
-                              jax.lax.bitcast_convert_type(total, jnp.uint32))
+    return jax.random.fold_in(jax.random.key(seed), jax.lax.bitcast_convert_type(total, jnp.uint32))
 
 
 class McDropoutVisionTransformer(nn.Module):
@@ -64,17 +64,20 @@ class McDropoutVisionTransformer(nn.Module):
         return super().apply(variables, *args, rngs=rngs, **kwargs)
 
 
-def build_mc_dropout(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout,
-                     num_classes: int) -> nn.Module:
+def build_mc_dropout(
+    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
+) -> nn.Module:
     """MC-Dropout V-MoE: V-MoE routing, expert dropout sampled M times at evaluation."""
     first_moe_block = spec["moe_layers"][0]
     kwargs = vit_kwargs(cfg, spec, num_classes)
 
     def make_vit(train: bool) -> nn.Module:
-        copies = 1 if train else layout.ensemble_size    # M samples per image at evaluation
-        factory = moe_mlp_factory(cfg, spec, layout, ensemble_size=copies,
-                                  expert_dropout_at_eval=True)
-        return VisionTransformer(mlp_factory=factory, tile_before=first_moe_block,
-                                 ensemble_size=copies, **kwargs)
+        copies = 1 if train else layout.ensemble_size  # M samples per image at evaluation
+        factory = moe_mlp_factory(
+            cfg, spec, layout, ensemble_size=copies, expert_dropout_at_eval=True
+        )
+        return VisionTransformer(
+            mlp_factory=factory, tile_before=first_moe_block, ensemble_size=copies, **kwargs
+        )
 
     return McDropoutVisionTransformer(make_vit=make_vit, eval_seed=cfg["seed"])

@@ -17,7 +17,8 @@ import jax
 
 # A jax.sharding.NamedSharding for (E, G·C, H) arrays, or None (no mesh).
 BUFFER_SHARDING: contextvars.ContextVar = contextvars.ContextVar(
-    "e3lib_expert_buffer_sharding", default=None)
+    "e3lib_expert_buffer_sharding", default=None
+)
 
 
 def constrain_expert_buffers(x: jax.Array) -> jax.Array:

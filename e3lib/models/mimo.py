@@ -31,7 +31,8 @@ as for every method.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,8 +52,9 @@ def shuffled_rows(rows: int, input_repetition: float) -> int:
     return int(math.floor(rows * (1.0 - input_repetition) + 1e-9))
 
 
-def member_positions(key: Array, batch: int, ensemble_size: int, input_repetition: float,
-                     batch_repetition: int) -> Array:
+def member_positions(
+    key: Array, batch: int, ensemble_size: int, input_repetition: float, batch_repetition: int
+) -> Array:
     """P (M, N): the batch position member m reads in row i (position j holds image j // R).
 
     A main permutation π of the N = B·R positions; for member m, P_m = π with its first
@@ -61,20 +63,21 @@ def member_positions(key: Array, batch: int, ensemble_size: int, input_repetitio
     rows = batch * batch_repetition
     shuffled = shuffled_rows(rows, input_repetition)
     k_main, k_members = jax.random.split(key)
-    main = jax.random.permutation(k_main, rows)                                # (N,)
+    main = jax.random.permutation(k_main, rows)  # (N,)
     keys = jax.random.split(k_members, ensemble_size)
     head = jax.vmap(lambda k: jax.random.permutation(k, main[:shuffled]))(keys)  # (M, N')
-    tail = jnp.broadcast_to(main[shuffled:], (ensemble_size, rows - shuffled))       # (M, N−N')
-    return jnp.concatenate([head, tail], axis=1)                               # (M, N)
+    tail = jnp.broadcast_to(main[shuffled:], (ensemble_size, rows - shuffled))  # (M, N−N')
+    return jnp.concatenate([head, tail], axis=1)  # (M, N)
 
 
 def stack_member_images(images: Array, positions: Array, batch_repetition: int) -> Array:
     """(B, H, W, 3) images and positions P (M, N) -> (N, H, W, 3·M) MIMO inputs."""
-    member_images = images[positions // batch_repetition]        # (M, N, H, W, 3)
+    member_images = images[positions // batch_repetition]  # (M, N, H, W, 3)
     ensemble_size, rows, height, width, channels = member_images.shape
     # (M, N, H, W, 3) -> (N, H, W, M, 3) -> (N, H, W, 3·M): channel 3·m + c.
-    return member_images.transpose(1, 2, 3, 0, 4).reshape(rows, height, width,
-                                                          ensemble_size * channels)
+    return member_images.transpose(1, 2, 3, 0, 4).reshape(
+        rows, height, width, ensemble_size * channels
+    )
 
 
 def unshuffle(outputs: Array, positions: Array, batch_repetition: int) -> Array:
@@ -84,14 +87,15 @@ def unshuffle(outputs: Array, positions: Array, batch_repetition: int) -> Array:
     at position b·R + r.
     """
     rows, ensemble_size, features = outputs.shape
-    inverse = jnp.argsort(positions, axis=1)                        # (M, N): row of position j
-    per_member = outputs.transpose(1, 0, 2)                         # (M, N, X)
+    inverse = jnp.argsort(positions, axis=1)  # (M, N): row of position j
+    per_member = outputs.transpose(1, 0, 2)  # (M, N, X)
     at_position = jnp.take_along_axis(per_member, inverse[..., None], axis=1)  # (M, N, X)
     batch = rows // batch_repetition
     # (M, N, X) -> (M, B, R, X) -> (B, R, M, X) -> (B, R·M, X)
     at_position = at_position.reshape(ensemble_size, batch, batch_repetition, features)
-    return at_position.transpose(1, 2, 0, 3).reshape(batch, batch_repetition * ensemble_size,
-                                                     features)
+    return at_position.transpose(1, 2, 0, 3).reshape(
+        batch, batch_repetition * ensemble_size, features
+    )
 
 
 class MimoVisionTransformer(nn.Module):
@@ -99,7 +103,7 @@ class MimoVisionTransformer(nn.Module):
     this module's own scope: parameter paths are the V-MoE's."""
 
     make_vit: Callable[[], nn.Module]
-    ensemble_size: int                     # M
+    ensemble_size: int  # M
     num_classes: int
     input_repetition: float = 0.0
     batch_repetition: int = 1
@@ -112,50 +116,60 @@ class MimoVisionTransformer(nn.Module):
         batch = images.shape[0]
         if train:
             R = self.batch_repetition
-            positions = member_positions(self.make_rng("dropout"), batch, M,
-                                         self.input_repetition, R)    # (M, N)
+            positions = member_positions(
+                self.make_rng("dropout"), batch, M, self.input_repetition, R
+            )  # (M, N)
         else:
             R = 1
             positions = jnp.broadcast_to(jnp.arange(batch), (M, batch))  # every member: b
-        x = stack_member_images(images, positions, R)                  # (N, H, W, 3·M)
+        x = stack_member_images(images, positions, R)  # (N, H, W, 3·M)
         self.sow("intermediates", "member_inputs", x)
-        logits, aux = vit(x, train=train)                              # (N, 1, M·C)
+        logits, aux = vit(x, train=train)  # (N, 1, M·C)
         rows = x.shape[0]
-        logits = logits.reshape(rows, M, C)                            # unit m·C + c
+        logits = logits.reshape(rows, M, C)  # unit m·C + c
         features = jnp.broadcast_to(aux["features"], (rows, M, aux["features"].shape[-1]))
         if train:
-            logits = unshuffle(logits, positions, R)                   # (B, R·M, C)
-            features = unshuffle(features, positions, R)               # (B, R·M, D)
+            logits = unshuffle(logits, positions, R)  # (B, R·M, C)
+            features = unshuffle(features, positions, R)  # (B, R·M, D)
         return logits, dict(aux, features=features)
 
 
-def build_mimo(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout,
-               num_classes: int) -> nn.Module:
+def build_mimo(
+    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
+) -> nn.Module:
     """MIMO V-MoE: V-MoE routing over rows that carry M images on the channel axis."""
     m = cfg["model"]
     M = m["ensemble_size"]
-    factory = moe_mlp_factory(cfg, spec, layout, ensemble_size=1)   # rows are not tiled
-    kwargs = vit_kwargs(cfg, spec, num_classes)    # head bias −log(C) for each member's C
+    factory = moe_mlp_factory(cfg, spec, layout, ensemble_size=1)  # rows are not tiled
+    kwargs = vit_kwargs(cfg, spec, num_classes)  # head bias −log(C) for each member's C
     kwargs["num_classes"] = M * num_classes
-    return MimoVisionTransformer(make_vit=lambda: VisionTransformer(mlp_factory=factory, **kwargs),
-                                 ensemble_size=M, num_classes=num_classes,
-                                 input_repetition=float(m["mimo_input_repetition"]),
-                                 batch_repetition=m["mimo_batch_repetition"])
+    return MimoVisionTransformer(
+        make_vit=lambda: VisionTransformer(mlp_factory=factory, **kwargs),
+        ensemble_size=M,
+        num_classes=num_classes,
+        input_repetition=float(m["mimo_input_repetition"]),
+        batch_repetition=m["mimo_batch_repetition"],
+    )
 
 
-def prepare_upstream(upstream: Mapping, target: Mapping, cfg: Mapping[str, Any],
-                     keep_head: bool = False) -> dict:
+def prepare_upstream(
+    upstream: Mapping, target: Mapping, cfg: Mapping[str, Any], keep_head: bool = False
+) -> dict:
     """V-MoE upstream params -> MIMO shapes (App. B.3), before ``convert.convert_params``."""
     M = cfg["model"]["ensemble_size"]
     source = dict(traverse_util.flatten_dict(dict(upstream), sep="/"))
-    shapes = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(dict(target),
-                                                                         sep="/").items()}
+    shapes = {
+        p: tuple(v.shape) for p, v in traverse_util.flatten_dict(dict(target), sep="/").items()
+    }
     kernel = source.get("embedding/kernel")
     if kernel is not None and tuple(np.shape(kernel)) != shapes["embedding/kernel"]:
         # (h, w, 3, D) -> (h, w, 3·M, D): channel 3·m + c = channel c, scaled by 1/M.
         source["embedding/kernel"] = jnp.tile(jnp.asarray(kernel), (1, 1, M, 1)) / M
-    if keep_head and "head/kernel" in source \
-            and tuple(np.shape(source["head/kernel"])) != shapes["head/kernel"]:
+    if (
+        keep_head
+        and "head/kernel" in source
+        and tuple(np.shape(source["head/kernel"])) != shapes["head/kernel"]
+    ):
         # (D, C) -> (D, M·C): unit m·C + c = class c of member m, scaled by 1/M.
         source["head/kernel"] = jnp.tile(jnp.asarray(source["head/kernel"]), (1, M)) / M
         source["head/bias"] = jnp.tile(jnp.asarray(source["head/bias"]), (M,))  # (M·C,)

@@ -1,8 +1,8 @@
 """Sparse MoE MLP with real sparse dispatch (gather/scatter into per-expert buffers).
 
-Notation: B images, M copies of each image (``ensemble_size``; 1 without tiling), T tokens per image,
-H hidden size, Q expert MLP width, G groups, S tokens per group, E experts, K selected per
-token, J selections per token (K, or K·R for Partitioning), C capacity.
+Notation: B images, M copies of each image (``ensemble_size``; 1 without tiling), T tokens
+per image, H hidden size, Q expert MLP width, G groups, S tokens per group, E experts,
+K selected per token, J selections per token (K, or K·R for Partitioning), C capacity.
 
 Data path of one MoE layer:
 
@@ -67,16 +67,17 @@ def from_groups(y: Array, ensemble_size: int, tokens: int) -> Array:
     return y.reshape(-1, tokens, hidden)
 
 
-def dispatch(x: Array, routing: Routing, positions: Array, num_experts: int,
-             capacity: int) -> tuple[Array, Array]:
+def dispatch(
+    x: Array, routing: Routing, positions: Array, num_experts: int, capacity: int
+) -> tuple[Array, Array]:
     """Scatter tokens into expert buffers. x: (G, S, H) -> buffers (E, G·C, H), kept (G, S, J).
 
     The scatter writes straight into the expert-major (E, G, C, H) layout, so no transpose
     of the buffers is needed before the expert MLPs.
     """
     groups, tokens, hidden = x.shape
-    kept = positions < capacity                                           # (G, S, J)
-    slot = jnp.where(kept, positions, capacity)                           # C = out of range
+    kept = positions < capacity  # (G, S, J)
+    slot = jnp.where(kept, positions, capacity)  # C = out of range
     group_index = jnp.broadcast_to(jnp.arange(groups)[:, None, None], slot.shape)
     updates = jnp.broadcast_to(x[:, :, None, :], slot.shape + (hidden,))  # (G, S, J, H)
     buffers = jnp.zeros((num_experts, groups, capacity, hidden), x.dtype)
@@ -85,8 +86,14 @@ def dispatch(x: Array, routing: Routing, positions: Array, num_experts: int,
     return buffers.reshape(num_experts, groups * capacity, hidden), kept
 
 
-def combine(expert_out: Array, routing: Routing, positions: Array, kept: Array,
-            groups: int, sum_selections: bool = True) -> Array:
+def combine(
+    expert_out: Array,
+    routing: Routing,
+    positions: Array,
+    kept: Array,
+    groups: int,
+    sum_selections: bool = True,
+) -> Array:
     """Gather expert outputs back to tokens, weighted by the raw gates.
 
     expert_out: (E, G·C, H) -> (G, S, H), or (G, S, J, H) when ``sum_selections`` is False.
@@ -97,7 +104,7 @@ def combine(expert_out: Array, routing: Routing, positions: Array, kept: Array,
     capacity = expert_out.shape[2]
     group_index = jnp.broadcast_to(jnp.arange(groups)[:, None, None], positions.shape)
     slot = jnp.clip(positions, 0, capacity - 1)
-    gathered = expert_out[routing.expert_index, group_index, slot]        # (G, S, J, H)
+    gathered = expert_out[routing.expert_index, group_index, slot]  # (G, S, J, H)
     weights = jnp.where(kept, routing.gates, 0.0).astype(gathered.dtype)  # (G, S, J)
     contributions = gathered * weights[..., None]
     return contributions.sum(axis=2) if sum_selections else contributions
@@ -108,31 +115,36 @@ class MoeMlp(nn.Module):
 
     num_experts: int
     mlp_dim: int
-    subsets: tuple[tuple[int, ...], ...]   # expert ids of each router
-    num_selected: int                      # K per router
-    noise_std: float                       # σ
-    aux_weight: float                      # λ
-    router_per_copy: bool = True           # copy m -> router m (else every router)
-    ensemble_size: int = 1                 # M copies of each image entering this layer
-    group_images: int = 8                  # images (each with its M copies) per routing group
+    subsets: tuple[tuple[int, ...], ...]  # expert ids of each router
+    num_selected: int  # K per router
+    noise_std: float  # σ
+    aux_weight: float  # λ
+    router_per_copy: bool = True  # copy m -> router m (else every router)
+    ensemble_size: int = 1  # M copies of each image entering this layer
+    group_images: int = 8  # images (each with its M copies) per routing group
     capacity_factor: float = 1.5
     eval_capacity_factor: float | None = None  # None: same as training
     batch_priority: bool = False
     expert_dropout: float = 0.0
-    keep_selections_apart: bool = False    # Multi-pred: J outputs per row instead of their sum
-    expert_dropout_at_eval: bool = False   # MC-Dropout (App. G.2): expert dropout also at eval
+    keep_selections_apart: bool = False  # Multi-pred: J outputs per row instead of their sum
+    expert_dropout_at_eval: bool = False  # MC-Dropout (App. G.2): expert dropout also at eval
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict]:
         _, tokens, _ = x.shape
-        xg, _ = to_groups(x, self.ensemble_size, self.group_images)            # (G, S, H)
+        xg, _ = to_groups(x, self.ensemble_size, self.group_images)  # (G, S, H)
         groups, group_size, _ = xg.shape
         routing, metrics = NoisyTopKRouter(
-            subsets=self.subsets, num_selected=self.num_selected, noise_std=self.noise_std,
-            aux_weight=self.aux_weight, router_per_copy=self.router_per_copy, deterministic=not train,
-            name="Router")(xg)
-        selections = routing.expert_index.shape[-1]                       # J
+            subsets=self.subsets,
+            num_selected=self.num_selected,
+            noise_std=self.noise_std,
+            aux_weight=self.aux_weight,
+            router_per_copy=self.router_per_copy,
+            deterministic=not train,
+            name="Router",
+        )(xg)
+        selections = routing.expert_index.shape[-1]  # J
         factor = self.capacity_factor
         if not train and self.eval_capacity_factor is not None:
             factor = self.eval_capacity_factor
@@ -140,27 +152,48 @@ class MoeMlp(nn.Module):
         priority = routing.priority if self.batch_priority else None
         positions = jax.vmap(
             lambda idx, pr: buffer_positions(idx, self.num_experts, pr),
-            in_axes=(0, 0 if priority is not None else None))(routing.expert_index, priority)
+            in_axes=(0, 0 if priority is not None else None),
+        )(routing.expert_index, priority)
         buffers, kept = dispatch(xg, routing, positions, self.num_experts, capacity)
         buffers = constrain_expert_buffers(buffers)  # E on the mesh's expert axis, if any
-        experts = nn.vmap(MlpBlock, variable_axes={"params": 0},
-                          split_rngs={"params": False, "dropout": True},
-                          in_axes=0, out_axes=0, axis_size=self.num_experts)
+        experts = nn.vmap(
+            MlpBlock,
+            variable_axes={"params": 0},
+            split_rngs={"params": False, "dropout": True},
+            in_axes=0,
+            out_axes=0,
+            axis_size=self.num_experts,
+        )
         sample = train or self.expert_dropout_at_eval
-        expert_out = experts(self.mlp_dim, self.expert_dropout, deterministic=not sample,
-                             dtype=self.dtype, name="Mlp")(buffers)      # (E, G·C, H)
+        expert_out = experts(
+            self.mlp_dim,
+            self.expert_dropout,
+            deterministic=not sample,
+            dtype=self.dtype,
+            name="Mlp",
+        )(buffers)  # (E, G·C, H)
         expert_out = constrain_expert_buffers(expert_out)
-        y = combine(expert_out, routing, positions, kept, groups,
-                    sum_selections=not self.keep_selections_apart)
+        y = combine(
+            expert_out,
+            routing,
+            positions,
+            kept,
+            groups,
+            sum_selections=not self.keep_selections_apart,
+        )
         self.sow("intermediates", "expert_index", routing.expert_index)
         self.sow("intermediates", "kept", kept)
-        metrics = dict(metrics, capacity=jnp.asarray(capacity),
-                       dropped_fraction=1.0 - jnp.mean(kept.astype(jnp.float32)))
+        metrics = dict(
+            metrics,
+            capacity=jnp.asarray(capacity),
+            dropped_fraction=1.0 - jnp.mean(kept.astype(jnp.float32)),
+        )
         return from_groups(y, self.ensemble_size, tokens).astype(x.dtype), metrics
 
 
-def dense_moe_reference(expert_params: Any, mlp_dim: int, x: Array, routing: Routing,
-                        kept: Array) -> Array:
+def dense_moe_reference(
+    expert_params: Any, mlp_dim: int, x: Array, routing: Routing, kept: Array
+) -> Array:
     """Test oracle: every expert on every token, then the same gate-weighted combination.
 
     expert_params: the stacked ``Mlp`` parameters (leading axis E); x: (G, S, H).

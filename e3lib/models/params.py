@@ -6,7 +6,8 @@ Notation: B images, H hidden size, E experts, C classes.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ def param_shapes(cfg: Mapping[str, Any], num_classes: int, image_size: int | Non
 
     size = image_size or cfg["data"]["image_size"]
     model = build_model(cfg, num_classes)
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)   # (B=1, H, W, 3)
+    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)  # (B=1, H, W, 3)
     variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)
     return variables["params"]
 

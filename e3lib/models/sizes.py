@@ -5,7 +5,8 @@ Notation: H hidden size, Q MLP width, L blocks, P patch size, n MoE blocks ("las
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from e3lib.errors import ConfigError
 

@@ -27,7 +27,8 @@ V-MoE checkpoint converts into them; Φ and the scale start from their initialis
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -40,7 +41,7 @@ from e3lib.models.layout import MoeLayout, default_backbone
 from e3lib.models.vit import MlpBlock, VisionTransformer
 
 Array = jax.Array
-FRESH_LEAVES = ("slots", "slot_scale")     # Soft MoE leaves a V-MoE upstream does not have
+FRESH_LEAVES = ("slots", "slot_scale")  # Soft MoE leaves a V-MoE upstream does not have
 
 
 def _l2_normalize(v: Array, axis: int) -> Array:
@@ -52,7 +53,7 @@ def soft_weights(x: Array, phi: Array) -> tuple[Array, Array]:
 
     Dispatch is a softmax over the T tokens (axis 2), combine over the P slots (axis 3).
     """
-    logits = jnp.einsum("bmth,hmp->bmtp", x, phi)                        # (B, M, T, P)
+    logits = jnp.einsum("bmth,hmp->bmtp", x, phi)  # (B, M, T, P)
     return jax.nn.softmax(logits, axis=2), jax.nn.softmax(logits, axis=3)
 
 
@@ -61,10 +62,10 @@ class SoftMoeMlp(nn.Module):
 
     num_experts: int
     mlp_dim: int
-    subsets: tuple[tuple[int, ...], ...]   # (R, E_r): each expert in exactly one subset
-    slots_per_expert: int = 1              # n
-    ensemble_size: int = 1                 # M copies per image entering this layer
-    normalize: bool = False                # the paper's normalisation of X and Φ
+    subsets: tuple[tuple[int, ...], ...]  # (R, E_r): each expert in exactly one subset
+    slots_per_expert: int = 1  # n
+    ensemble_size: int = 1  # M copies per image entering this layer
+    normalize: bool = False  # the paper's normalisation of X and Φ
     expert_dropout: float = 0.0
     dtype: Any = jnp.float32
 
@@ -74,83 +75,108 @@ class SoftMoeMlp(nn.Module):
         M, R, n = self.ensemble_size, len(self.subsets), self.slots_per_expert
         E_r = len(self.subsets[0])
         P = E_r * n
-        order = [e for subset in self.subsets for e in subset]                # R·E_r ids
+        order = [e for subset in self.subsets for e in subset]  # R·E_r ids
         if sorted(order) != list(range(self.num_experts)) or R not in (1, M):
-            raise ValueError(f"Soft MoE needs disjoint subsets covering E={self.num_experts} "
-                             f"experts, one router or one per copy (R={R}, M={M})")
-        phi = self.param("slots", nn.initializers.lecun_normal(in_axis=0, out_axis=-1,
-                                                               batch_axis=(1,)),
-                         (hidden, R, P))                                      # (H, R, P)
-        xf = x.astype(jnp.float32).reshape(rows // M, M, tokens, hidden)      # (B, M, T, H)
-        phi_m = jnp.broadcast_to(phi, (hidden, M, P)) if R == 1 else phi      # (H, M, P)
+            raise ValueError(
+                f"Soft MoE needs disjoint subsets covering E={self.num_experts} "
+                f"experts, one router or one per copy (R={R}, M={M})"
+            )
+        phi = self.param(
+            "slots",
+            nn.initializers.lecun_normal(in_axis=0, out_axis=-1, batch_axis=(1,)),
+            (hidden, R, P),
+        )  # (H, R, P)
+        xf = x.astype(jnp.float32).reshape(rows // M, M, tokens, hidden)  # (B, M, T, H)
+        phi_m = jnp.broadcast_to(phi, (hidden, M, P)) if R == 1 else phi  # (H, M, P)
         if self.normalize:
             scale = self.param("slot_scale", nn.initializers.ones, ())
             xf, phi_m = _l2_normalize(xf, -1), scale * _l2_normalize(phi_m, 0)
-        dispatch, combine = soft_weights(xf, phi_m)                           # (B, M, T, P)
+        dispatch, combine = soft_weights(xf, phi_m)  # (B, M, T, P)
         self.sow("intermediates", "dispatch", dispatch)
         self.sow("intermediates", "combine", combine)
-        x_in = x.reshape(rows // M, M, tokens, hidden)                        # (B, M, T, H)
+        x_in = x.reshape(rows // M, M, tokens, hidden)  # (B, M, T, H)
         slot_in = jnp.einsum("bmtp,bmth->bmph", dispatch.astype(x.dtype), x_in)  # (B,M,P,H)
         batch = rows // M
         # Slots -> per-expert rows (E, ·, H), experts in the order of ``order``.
-        s = slot_in.reshape(batch, M, E_r, n, hidden)                         # (B, M, E_r, n, H)
-        if R == 1:   # (B, M, E, n, H) -> (E, B, M, n, H) -> (E, B·M·n, H)
+        s = slot_in.reshape(batch, M, E_r, n, hidden)  # (B, M, E_r, n, H)
+        if R == 1:  # (B, M, E, n, H) -> (E, B, M, n, H) -> (E, B·M·n, H)
             per_expert = s.transpose(2, 0, 1, 3, 4).reshape(E_r, batch * M * n, hidden)
-        else:        # (B, M, E_r, n, H) -> (M, E_r, B, n, H) -> (M·E_r, B·n, H)
+        else:  # (B, M, E_r, n, H) -> (M, E_r, B, n, H) -> (M·E_r, B·n, H)
             per_expert = s.transpose(1, 2, 0, 3, 4).reshape(M * E_r, batch * n, hidden)
         inverse = np.argsort(order)
         identity = bool((inverse == np.arange(len(order))).all())
         if not identity:
-            per_expert = per_expert[inverse]                                  # expert-id order
-        experts = nn.vmap(MlpBlock, variable_axes={"params": 0},
-                          split_rngs={"params": False, "dropout": True},
-                          in_axes=0, out_axes=0, axis_size=self.num_experts)
-        out = experts(self.mlp_dim, self.expert_dropout, deterministic=not train,
-                      dtype=self.dtype, name="Mlp")(per_expert)               # (E, ·, H)
+            per_expert = per_expert[inverse]  # expert-id order
+        experts = nn.vmap(
+            MlpBlock,
+            variable_axes={"params": 0},
+            split_rngs={"params": False, "dropout": True},
+            in_axes=0,
+            out_axes=0,
+            axis_size=self.num_experts,
+        )
+        out = experts(
+            self.mlp_dim, self.expert_dropout, deterministic=not train, dtype=self.dtype, name="Mlp"
+        )(per_expert)  # (E, ·, H)
         if not identity:
-            out = out[np.asarray(order)]                                      # back to ``order``
-        if R == 1:   # (E, B·M·n, H) -> (E, B, M, n, H) -> (B, M, E, n, H)
+            out = out[np.asarray(order)]  # back to ``order``
+        if R == 1:  # (E, B·M·n, H) -> (E, B, M, n, H) -> (B, M, E, n, H)
             out = out.reshape(E_r, batch, M, n, hidden).transpose(1, 2, 0, 3, 4)
-        else:        # (M·E_r, B·n, H) -> (M, E_r, B, n, H) -> (B, M, E_r, n, H)
+        else:  # (M·E_r, B·n, H) -> (M, E_r, B, n, H) -> (B, M, E_r, n, H)
             out = out.reshape(M, E_r, batch, n, hidden).transpose(2, 0, 1, 3, 4)
-        slot_out = out.reshape(batch, M, P, hidden)                           # (B, M, P, H)
+        slot_out = out.reshape(batch, M, P, hidden)  # (B, M, P, H)
         y = jnp.einsum("bmtp,bmph->bmth", combine.astype(x.dtype), slot_out)  # (B, M, T, H)
         return y.reshape(rows, tokens, hidden), {"aux_loss": jnp.zeros(())}
 
 
-def soft_moe_mlp_factory(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout
-                         ) -> Callable[[int, bool], nn.Module]:
+def soft_moe_mlp_factory(
+    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout
+) -> Callable[[int, bool], nn.Module]:
     """Dense MLPs, except ``SoftMoeMlp`` (named "Moe") in the blocks ``spec["moe_layers"]``."""
     m = cfg["model"]
 
     def factory(block: int, train: bool) -> nn.Module:
         if block not in spec["moe_layers"]:
             return dense_mlp(cfg, spec)
-        return SoftMoeMlp(num_experts=m["num_experts"], mlp_dim=spec["mlp"],
-                          subsets=layout.subsets, slots_per_expert=m["slots_per_expert"],
-                          ensemble_size=layout.ensemble_size,
-                          normalize=m["soft_moe_normalize"], expert_dropout=m["expert_dropout"],
-                          dtype=DTYPES[m["dtype"]], name="Moe")
+        return SoftMoeMlp(
+            num_experts=m["num_experts"],
+            mlp_dim=spec["mlp"],
+            subsets=layout.subsets,
+            slots_per_expert=m["slots_per_expert"],
+            ensemble_size=layout.ensemble_size,
+            normalize=m["soft_moe_normalize"],
+            expert_dropout=m["expert_dropout"],
+            dtype=DTYPES[m["dtype"]],
+            name="Moe",
+        )
 
     return factory
 
 
-def build_soft_moe(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout,
-                   num_classes: int) -> nn.Module:
+def build_soft_moe(
+    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
+) -> nn.Module:
     """Soft MoE ViT (and its E³ ensemble: rows tiled M times before the first MoE block)."""
     rows = default_backbone(cfg, spec, layout)
-    return VisionTransformer(mlp_factory=soft_moe_mlp_factory(cfg, spec, layout),
-                             tile_before=rows.tile_before, ensemble_size=rows.ensemble_size,
-                             **vit_kwargs(cfg, spec, num_classes))
+    return VisionTransformer(
+        mlp_factory=soft_moe_mlp_factory(cfg, spec, layout),
+        tile_before=rows.tile_before,
+        ensemble_size=rows.ensemble_size,
+        **vit_kwargs(cfg, spec, num_classes),
+    )
 
 
-def prepare_upstream(upstream: Mapping, target: Mapping, cfg: Mapping[str, Any],
-                     keep_head: bool = False) -> dict:
+def prepare_upstream(
+    upstream: Mapping, target: Mapping, cfg: Mapping[str, Any], keep_head: bool = False
+) -> dict:
     """V-MoE upstream -> Soft MoE: Φ and its scale keep the target's initialisation; the
     expert MLPs and everything else convert as for V-MoE. The upstream router is not used:
     its leaves are removed here (a stated choice, not a silently unused leaf)."""
-    source = {p: v for p, v in traverse_util.flatten_dict(dict(upstream), sep="/").items()
-              if "/Moe/Router/" not in p}
+    source = {
+        p: v
+        for p, v in traverse_util.flatten_dict(dict(upstream), sep="/").items()
+        if "/Moe/Router/" not in p
+    }
     for path, leaf in traverse_util.flatten_dict(dict(target), sep="/").items():
         if path.rsplit("/", 1)[-1] in FRESH_LEAVES:
             source[path] = leaf

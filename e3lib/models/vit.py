@@ -1,7 +1,8 @@
 """Vision Transformer backbone shared by every method (ViT, V-MoE, E³, ablations, baselines).
 
 Notation: B images, T tokens per image (patches + class token), H hidden size, M copies of
-each image after tiling (``ensemble_size``; 1 before tiling), F predictions per image, D representation size (= H), Q MLP width.
+each image after tiling (``ensemble_size``; 1 before tiling), F predictions per image,
+D representation size (= H), Q MLP width.
 
 Numerics follow the reference code (vmoe-reference.md §2): patch embedding by a strided
 convolution, a zero-initialised class token prepended, learned position embeddings
@@ -22,7 +23,8 @@ Seams for other methods:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,8 +54,13 @@ class MlpBlock(nn.Module):
 
     def make_dense(self, features: int, name: str) -> nn.Module:
         """The layer type of both projections; variants (BatchEnsemble) override it."""
-        return nn.Dense(features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                        bias_init=nn.initializers.normal(stddev=1e-6), name=name)
+        return nn.Dense(
+            features,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+            name=name,
+        )
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -74,8 +81,13 @@ class DenseMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        return MlpBlock(self.mlp_dim, self.dropout_rate, deterministic=not train,
-                        dtype=self.dtype, name="MlpBlock")(x)
+        return MlpBlock(
+            self.mlp_dim,
+            self.dropout_rate,
+            deterministic=not train,
+            dtype=self.dtype,
+            name="MlpBlock",
+        )(x)
 
 
 class EncoderBlock(nn.Module):
@@ -89,13 +101,17 @@ class EncoderBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> tuple[Array, Optional[Metrics]]:
+    def __call__(self, x: Array, train: bool = False) -> tuple[Array, Metrics | None]:
         y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
         y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dtype=self.dtype,
-            kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
-            dropout_rate=self.attention_dropout_rate, deterministic=not train,
-            name="MultiHeadDotProductAttention_0")(y, y)
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            broadcast_dropout=False,
+            dropout_rate=self.attention_dropout_rate,
+            deterministic=not train,
+            name="MultiHeadDotProductAttention_0",
+        )(y, y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         x = x + y
         y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
@@ -115,15 +131,16 @@ class Encoder(nn.Module):
     mlp_factory: MlpFactory
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
-    tile_before: Optional[int] = None   # block index before which rows are repeated
-    ensemble_size: int = 1              # M copies made there
+    tile_before: int | None = None  # block index before which rows are repeated
+    ensemble_size: int = 1  # M copies made there
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict]:
         _, num_tokens, hidden = x.shape
-        posemb = self.param("posembed_input", nn.initializers.normal(stddev=0.02),
-                            (1, num_tokens, hidden))
+        posemb = self.param(
+            "posembed_input", nn.initializers.normal(stddev=0.02), (1, num_tokens, hidden)
+        )
         x = x + posemb
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         metrics: dict = {}
@@ -133,10 +150,14 @@ class Encoder(nn.Module):
                 x = repeat_rows(x, self.ensemble_size)  # (B, T, H) -> (B·M, T, H)
                 repeated = True
             x, block_metrics = EncoderBlock(
-                block_index=b, num_heads=self.num_heads, mlp_factory=self.mlp_factory,
+                block_index=b,
+                num_heads=self.num_heads,
+                mlp_factory=self.mlp_factory,
                 dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-                name=f"encoderblock_{b}")(x, train=train)
+                attention_dropout_rate=self.attention_dropout_rate,
+                dtype=self.dtype,
+                name=f"encoderblock_{b}",
+            )(x, train=train)
             if block_metrics is not None:
                 metrics[f"encoderblock_{b}"] = block_metrics
         if not repeated and self.ensemble_size > 1:  # no block to tile before: copy at the end
@@ -162,7 +183,7 @@ class VisionTransformer(nn.Module):
     attention_dropout_rate: float = 0.0
     representation: bool = True
     head_bias_init: float = 0.0
-    tile_before: Optional[int] = None
+    tile_before: int | None = None
     ensemble_size: int = 1
     dtype: Any = jnp.float32
 
@@ -170,23 +191,39 @@ class VisionTransformer(nn.Module):
     def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict]:
         batch = images.shape[0]
         p = self.patch_size
-        x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID",
-                    dtype=self.dtype, name="embedding")(images)
+        x = nn.Conv(
+            self.hidden_size,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=self.dtype,
+            name="embedding",
+        )(images)
         # (B, H/p, W/p, H) -> (B, T-1, H)
         x = x.reshape(batch, -1, self.hidden_size)
         cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size))
         x = jnp.concatenate([jnp.tile(cls, (batch, 1, 1)).astype(x.dtype), x], axis=1)
         x, router_metrics = Encoder(
-            num_layers=self.num_layers, num_heads=self.num_heads, mlp_factory=self.mlp_factory,
-            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            tile_before=self.tile_before, ensemble_size=self.ensemble_size, dtype=self.dtype,
-            name="Encoder")(x, train=train)
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_factory=self.mlp_factory,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            tile_before=self.tile_before,
+            ensemble_size=self.ensemble_size,
+            dtype=self.dtype,
+            name="Encoder",
+        )(x, train=train)
         x = x[:, 0]  # class token: (B·F, H)
         if self.representation:
             x = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name="pre_logits")(x))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                          bias_init=nn.initializers.constant(self.head_bias_init),
-                          name="head")(x)
+        logits = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.constant(self.head_bias_init),
+            name="head",
+        )(x)
         predictions = logits.shape[0] // batch
         # (B·F, C) -> (B, F, C): row b·F + f is prediction f of image b.
         logits = logits.reshape(batch, predictions, -1).astype(jnp.float32)

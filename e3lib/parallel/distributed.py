@@ -26,8 +26,7 @@ def parse(argv: Sequence[str]) -> tuple[dict, list[str]]:
     """Split the start-up flags off ``argv``; returns (settings, remaining argv)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--coordinator", default=os.environ.get("E3_COORDINATOR"))
-    p.add_argument("--num-processes", type=int,
-                   default=_int_env("E3_NUM_PROCESSES"))
+    p.add_argument("--num-processes", type=int, default=_int_env("E3_NUM_PROCESSES"))
     p.add_argument("--process-id", type=int, default=_int_env("E3_PROCESS_ID"))
     known, rest = p.parse_known_args(list(argv))
     return vars(known), rest
@@ -58,13 +57,16 @@ def start(argv: Sequence[str]) -> list[str]:
     # Only the CPU backend reads this; harmless on GPU and TPU.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
-        missing = [f for f, k in zip(FLAGS[1:], ("num_processes", "process_id"))
-                   if settings[k] is None]
+        missing = [
+            f for f, k in zip(FLAGS[1:], ("num_processes", "process_id")) if settings[k] is None
+        ]
         if missing:
             raise SystemExit(f"e3: --coordinator needs {' and '.join(missing)}")
-        jax.distributed.initialize(coordinator_address=settings["coordinator"],
-                                   num_processes=settings["num_processes"],
-                                   process_id=settings["process_id"])
+        jax.distributed.initialize(
+            coordinator_address=settings["coordinator"],
+            num_processes=settings["num_processes"],
+            process_id=settings["process_id"],
+        )
     else:
         jax.distributed.initialize()
     start._done = True

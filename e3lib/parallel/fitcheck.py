@@ -21,26 +21,36 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-GIB = 2 ** 30
+GIB = 2**30
 # Memory per device (per TPU core for v3, per chip otherwise), GiB.
-CHIP_GIB: dict[str, float] = {"v3": 16, "v4": 32, "v5e": 16, "v5p": 95,
-                              "a100-40": 40, "a100-80": 80, "h100": 80}
-GPU_CHIP = "h100"          # what a Slurm GPU request is checked against (80 GiB)
-HEADROOM = 1.10            # a step fits when 1.1 × its estimated peak fits the device
+CHIP_GIB: dict[str, float] = {
+    "v3": 16,
+    "v4": 32,
+    "v5e": 16,
+    "v5p": 95,
+    "a100-40": 40,
+    "a100-80": 80,
+    "h100": 80,
+}
+GPU_CHIP = "h100"  # what a Slurm GPU request is checked against (80 GiB)
+HEADROOM = 1.10  # a step fits when 1.1 × its estimated peak fits the device
 # Cloud TPU slice types (name prefix -> chip, TensorCores per JAX device in the name).
 TPU_FAMILIES = {"v3": ("v3", 1), "v4": ("v4", 2), "v5p": ("v5p", 2), "v5litepod": ("v5e", 1)}
-TPU_SIZES = {"v3": (8, 32, 64, 128, 256, 512, 1024, 2048),
-             "v4": (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
-             "v5p": (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 6144, 12288),
-             "v5litepod": (1, 4, 8, 16, 32, 64, 128, 256)}
+TPU_SIZES = {
+    "v3": (8, 32, 64, 128, 256, 512, 1024, 2048),
+    "v4": (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+    "v5p": (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 6144, 12288),
+    "v5litepod": (1, 4, 8, 16, 32, 64, 128, 256),
+}
 
 
 def tpu_devices(tpu_type: str) -> tuple[str, int]:
     """(chip, JAX devices) of a Cloud TPU type: v4-32 -> ("v4", 16), v3-8 -> ("v3", 8)."""
     match = re.fullmatch(r"(v3|v4|v5p|v5litepod)-(\d+)", tpu_type)
     if not match:
-        raise ValueError(f"TPU type {tpu_type!r}: expected one of "
-                         f"{[f'{k}-N' for k in TPU_FAMILIES]}")
+        raise ValueError(
+            f"TPU type {tpu_type!r}: expected one of {[f'{k}-N' for k in TPU_FAMILIES]}"
+        )
     chip, cores_per_device = TPU_FAMILIES[match.group(1)]
     return chip, max(1, int(match.group(2)) // cores_per_device)
 
@@ -90,8 +100,9 @@ def expert_params(cfg: Mapping[str, Any]) -> int:
     return len(spec["moe_layers"]) * cfg["model"]["num_experts"] * (2 * H * Q + Q + H)
 
 
-def analytic_bytes(cfg: Mapping[str, Any], devices: int, num_classes: int = 1000,
-                   expert_axis: int | None = None) -> float:
+def analytic_bytes(
+    cfg: Mapping[str, Any], devices: int, num_classes: int = 1000, expert_axis: int | None = None
+) -> float:
     """Closed-form per-device peak memory (bytes) of the train step on ``devices``,
     calibrated on compiled plans; the expert axis defaults to the mesh "auto" picks."""
     from e3lib.cost.analytic import analytic_params
@@ -101,7 +112,7 @@ def analytic_bytes(cfg: Mapping[str, Any], devices: int, num_classes: int = 1000
     per_device = (analytic_params(cfg, num_classes) - experts) + experts / n
     tok, att = activation_units(cfg, devices)
     c = CALIBRATION
-    state_bytes = 2 * 4 * per_device                 # float32 params + SGD momentum
+    state_bytes = 2 * 4 * per_device  # float32 params + SGD momentum
     return state_bytes * c["state"] + tok * c["token"] + att * c["attention"]
 
 
@@ -130,15 +141,21 @@ def smallest_gpus(cfg: Mapping[str, Any], num_classes: int = 1000, most: int = 1
     """The fewest 80 GiB GPUs (a power of two) that hold the step with ``HEADROOM``."""
     n = 1
     while n <= most:
-        if cfg["finetune"]["batch_size"] % n == 0 and \
-                fits(analytic_bytes(cfg, n, num_classes), GPU_CHIP, HEADROOM):
+        if cfg["finetune"]["batch_size"] % n == 0 and fits(
+            analytic_bytes(cfg, n, num_classes), GPU_CHIP, HEADROOM
+        ):
             return n
         n *= 2
     return None
 
 
-def request_problems(cfg: Mapping[str, Any], tpu_type: str | None, gpus: int | None,
-                     num_classes: int = 1000, expert_axis: int | None = None) -> list[str]:
+def request_problems(
+    cfg: Mapping[str, Any],
+    tpu_type: str | None,
+    gpus: int | None,
+    num_classes: int = 1000,
+    expert_axis: int | None = None,
+) -> list[str]:
     """Why a job's requested TPU type / GPU count cannot hold its step (empty: both fit),
     each with the smallest request of that kind that would."""
     out = []
@@ -148,21 +165,32 @@ def request_problems(cfg: Mapping[str, Any], tpu_type: str | None, gpus: int | N
         if not fits(need, chip, HEADROOM):
             family = tpu_type.split("-")[0]
             better = smallest_tpu(cfg, family, num_classes)
-            out.append(f"tpu_type {tpu_type} ({devices} devices of {CHIP_GIB[chip]:g} GiB): "
-                       f"about {need / GIB:.1f} GiB per device needed (+10% headroom); "
-                       + (f"smallest {family} slice that fits: {better}" if better
-                          else f"no {family} slice fits"))
+            out.append(
+                f"tpu_type {tpu_type} ({devices} devices of {CHIP_GIB[chip]:g} GiB): "
+                f"about {need / GIB:.1f} GiB per device needed (+10% headroom); "
+                + (
+                    f"smallest {family} slice that fits: {better}"
+                    if better
+                    else f"no {family} slice fits"
+                )
+            )
     if gpus:
         need = analytic_bytes(cfg, gpus, num_classes, expert_axis)
         if not fits(need, GPU_CHIP, HEADROOM):
             better = smallest_gpus(cfg, num_classes)
-            out.append(f"gpus {gpus} (80 GiB each): about {need / GIB:.1f} GiB per GPU "
-                       f"needed (+10% headroom); fewest that fit: {better}")
+            out.append(
+                f"gpus {gpus} (80 GiB each): about {need / GIB:.1f} GiB per GPU "
+                f"needed (+10% headroom); fewest that fit: {better}"
+            )
     return out
 
 
-def per_device_table(cfg: Mapping[str, Any], device_counts=(8, 16, 32, 64, 128, 256, 512),
-                     num_classes: int = 1000) -> dict[int, float]:
+def per_device_table(
+    cfg: Mapping[str, Any], device_counts=(8, 16, 32, 64, 128, 256, 512), num_classes: int = 1000
+) -> dict[int, float]:
     """GiB per device of ``cfg`` at each device count (docs/scale.md's analytic table)."""
-    return {d: round(analytic_bytes(cfg, d, num_classes) / GIB, 1) for d in device_counts
-            if math.gcd(d, cfg["finetune"]["batch_size"]) == d}
+    return {
+        d: round(analytic_bytes(cfg, d, num_classes) / GIB, 1)
+        for d in device_counts
+        if math.gcd(d, cfg["finetune"]["batch_size"]) == d
+    }

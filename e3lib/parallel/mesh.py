@@ -45,21 +45,28 @@ def mesh_shape(spec: Any, num_devices: int, experts: int | None) -> tuple[int, i
     if spec is None:
         return (1, 1)
     if spec == "auto":
-        n = max(d for d in range(1, num_devices + 1)
-                if num_devices % d == 0 and (experts or 1) % d == 0)
+        n = max(
+            d for d in range(1, num_devices + 1) if num_devices % d == 0 and (experts or 1) % d == 0
+        )
         return (num_devices // n, n)
     data, expert = spec.get("data", -1), spec.get("expert", 1)
     if data == -1 or expert == -1:
         known = expert if data == -1 else data
         if num_devices % known:
             axis = "expert" if data == -1 else "data"
-            raise ConfigError(f"mesh.{axis}", known, f"must divide the {num_devices} devices; "
-                              f"divisors: {divisors(num_devices)}")
+            raise ConfigError(
+                f"mesh.{axis}",
+                known,
+                f"must divide the {num_devices} devices; divisors: {divisors(num_devices)}",
+            )
         rest = num_devices // known
         data, expert = (rest, expert) if data == -1 else (data, rest)
     if data * expert != num_devices:
-        raise ConfigError("mesh", dict(spec), f"data × expert = {data * expert} must equal "
-                          f"the {num_devices} devices")
+        raise ConfigError(
+            "mesh",
+            dict(spec),
+            f"data × expert = {data * expert} must equal the {num_devices} devices",
+        )
     return (data, expert)
 
 
@@ -72,8 +79,9 @@ def routing_groups(cfg: Mapping[str, Any], batch: int) -> int:
     return batch // math.gcd(batch, cfg["model"]["group_images"])
 
 
-def check_divisibility(cfg: Mapping[str, Any], shape: Sequence[int],
-                       batches: Mapping[str, int] | None = None) -> None:
+def check_divisibility(
+    cfg: Mapping[str, Any], shape: Sequence[int], batches: Mapping[str, int] | None = None
+) -> None:
     """Raise ConfigError, before anything compiles, when the run does not split evenly.
 
     ``batches``: field -> global batch size to check (default ``finetune.batch_size``).
@@ -85,21 +93,32 @@ def check_divisibility(cfg: Mapping[str, Any], shape: Sequence[int],
     batches = batches or {"finetune.batch_size": cfg["finetune"]["batch_size"]}
     for field, b in batches.items():
         if b % devices:
-            raise ConfigError(field, b, f"must be a multiple of the {devices} devices of mesh "
-                              f"data={data} × expert={expert}, e.g. {_next_multiple(b, devices)}")
+            raise ConfigError(
+                field,
+                b,
+                f"must be a multiple of the {devices} devices of mesh "
+                f"data={data} × expert={expert}, e.g. {_next_multiple(b, devices)}",
+            )
     E = num_experts(cfg)
     if E is not None:
         for field, b in batches.items():
             g = routing_groups(cfg, b)
             if g % devices:
-                raise ConfigError("model.group_images", cfg["model"]["group_images"],
-                                  f"{field}={b} gives {g} routing groups, not a multiple of "
-                                  f"the {devices} devices; group_images dividing "
-                                  f"{b // devices} would")
+                raise ConfigError(
+                    "model.group_images",
+                    cfg["model"]["group_images"],
+                    f"{field}={b} gives {g} routing groups, not a multiple of "
+                    f"the {devices} devices; group_images dividing "
+                    f"{b // devices} would",
+                )
         if E % expert:
-            raise ConfigError("mesh.expert", expert, f"must divide model.num_experts = {E}; "
-                              f"divisors of E dividing {devices}: "
-                              f"{[d for d in divisors(E) if devices % d == 0]}")
+            raise ConfigError(
+                "mesh.expert",
+                expert,
+                f"must divide model.num_experts = {E}; "
+                f"divisors of E dividing {devices}: "
+                f"{[d for d in divisors(E) if devices % d == 0]}",
+            )
         _check_member_boundaries(cfg, E, expert)
 
 
@@ -118,9 +137,12 @@ def _check_member_boundaries(cfg: Mapping[str, Any], E: int, expert: int) -> Non
     per_member, shard = E // M, E // expert
     if per_member % shard and shard % per_member:
         ok = [d for d in divisors(E) if per_member % (E // d) == 0 or (E // d) % per_member == 0]
-        raise ConfigError("mesh.expert", expert,
-                          f"splits the {per_member} experts of each of M={M} members "
-                          f"unevenly; expert axis sizes that do not: {ok}")
+        raise ConfigError(
+            "mesh.expert",
+            expert,
+            f"splits the {per_member} experts of each of M={M} members "
+            f"unevenly; expert axis sizes that do not: {ok}",
+        )
 
 
 def _next_multiple(n: int, k: int) -> int:
@@ -153,6 +175,10 @@ def describe(mesh) -> dict:
     import jax
 
     devices = jax.devices() if mesh is None else list(mesh.devices.flat)
-    return {"device_kind": devices[0].device_kind, "num_devices": len(devices),
-            "num_processes": jax.process_count(), "writer": jax.process_index(),
-            "mesh": None if mesh is None else dict(zip(mesh.axis_names, mesh.devices.shape))}
+    return {
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
+        "num_processes": jax.process_count(),
+        "writer": jax.process_index(),
+        "mesh": None if mesh is None else dict(zip(mesh.axis_names, mesh.devices.shape)),
+    }

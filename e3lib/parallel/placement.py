@@ -81,8 +81,12 @@ class Placement:
 
         states = self.state_shardings(state_like, packed)
         batch = shd.batch_sharding(mesh, leading=int(packed))
-        return jax.jit(traced, in_shardings=(states, batch, batch),
-                       out_shardings=(states, shd.replicated(mesh)), donate_argnums=(0,))
+        return jax.jit(
+            traced,
+            in_shardings=(states, batch, batch),
+            out_shardings=(states, shd.replicated(mesh)),
+            donate_argnums=(0,),
+        )
 
     # -- batches -------------------------------------------------------------------------
     def local_rows(self, batch: int, packed: bool = False) -> slice:
@@ -91,15 +95,17 @@ class Placement:
             return slice(None)
         shape = (1, batch) if packed else (batch,)
         index = shd.batch_sharding(self.mesh, int(packed)).addressable_devices_indices_map(shape)
-        spans = sorted({(s[int(packed)].start or 0, s[int(packed)].stop or batch)
-                        for s in index.values()})
+        spans = sorted(
+            {(s[int(packed)].start or 0, s[int(packed)].stop or batch) for s in index.values()}
+        )
         lo, hi = spans[0][0], spans[-1][1]
         if sum(b - a for a, b in spans) != hi - lo:
             raise ValueError(f"this process's batch rows are not contiguous: {spans}")
         return slice(lo, hi)
 
-    def put_batch(self, batch_fn: Callable[[slice], tuple], batch: int,
-                  packed: bool = False) -> tuple:
+    def put_batch(
+        self, batch_fn: Callable[[slice], tuple], batch: int, packed: bool = False
+    ) -> tuple:
         """``batch_fn(rows)`` loads only this process's rows; they become global arrays."""
         if self.mesh is None:
             return batch_fn(slice(None))
@@ -131,8 +137,9 @@ class Placement:
 
         def call(params, images):
             images = np.asarray(images)
-            sharding = shd.batch_sharding(mesh) if len(images) % mesh.size == 0 \
-                else shd.replicated(mesh)
+            sharding = (
+                shd.batch_sharding(mesh) if len(images) % mesh.size == 0 else shd.replicated(mesh)
+            )
             x = jax.make_array_from_callback(images.shape, sharding, lambda idx: images[idx])
             return jax.tree_util.tree_map(self.fetch, jitted(params, x))
 

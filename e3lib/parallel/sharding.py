@@ -29,9 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from e3lib.models.mesh_hook import BUFFER_SHARDING
 
-PARAM_RULES: tuple[tuple[str, P], ...] = (
-    (r"(^|/)Moe/Mlp/", P("expert")),
-)
+PARAM_RULES: tuple[tuple[str, P], ...] = ((r"(^|/)Moe/Mlp/", P("expert")),)
 BATCH_AXES = ("data", "expert")
 BUFFER_SPEC = P("expert", "data", None)
 
@@ -59,15 +57,20 @@ def spec_for(path: str, ndim: int, rules=PARAM_RULES, leading: int = 0) -> P:
 
 def tree_specs(tree: Any, rules=PARAM_RULES, leading: int = 0) -> Any:
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: spec_for(path_string(path), len(getattr(leaf, "shape", ())),
-                                    rules, leading), tree)
+        lambda path, leaf: spec_for(
+            path_string(path), len(getattr(leaf, "shape", ())), rules, leading
+        ),
+        tree,
+    )
 
 
 def tree_shardings(tree: Any, mesh, rules=PARAM_RULES, leading: int = 0) -> Any:
     """NamedSharding per leaf of ``tree`` (params, optimizer state or a whole train state)."""
-    return jax.tree_util.tree_map(lambda spec: NamedSharding(mesh, spec),
-                                  tree_specs(tree, rules, leading),
-                                  is_leaf=lambda x: isinstance(x, P))
+    return jax.tree_util.tree_map(
+        lambda spec: NamedSharding(mesh, spec),
+        tree_specs(tree, rules, leading),
+        is_leaf=lambda x: isinstance(x, P),
+    )
 
 
 def batch_sharding(mesh, leading: int = 0) -> NamedSharding:

@@ -34,20 +34,36 @@ import xarray as xr
 from e3lib import tree
 from e3lib.aggregate import STATUS_FLAGS, axis_label, dataset_axes
 
-RUN_FIELDS = ("model.size", "model.num_experts", "model.num_selected", "model.ensemble_size",
-              "model.partition_k", "data.dataset", "data.image_size", "finetune.steps",
-              "upstream.steps")
-_NAMES = {"model.size": "size", "model.num_experts": "E", "model.num_selected": "K",
-          "model.ensemble_size": "M", "model.partition_k": "partition K",
-          "data.dataset": "data", "data.image_size": "image px",
-          "finetune.steps": "fine-tune steps", "upstream.steps": "upstream steps"}
+RUN_FIELDS = (
+    "model.size",
+    "model.num_experts",
+    "model.num_selected",
+    "model.ensemble_size",
+    "model.partition_k",
+    "data.dataset",
+    "data.image_size",
+    "finetune.steps",
+    "upstream.steps",
+)
+_NAMES = {
+    "model.size": "size",
+    "model.num_experts": "E",
+    "model.num_selected": "K",
+    "model.ensemble_size": "M",
+    "model.partition_k": "partition K",
+    "data.dataset": "data",
+    "data.image_size": "image px",
+    "finetune.steps": "fine-tune steps",
+    "upstream.steps": "upstream steps",
+}
 
 
 # --------------------------------------------------------------------------- configuration
 
+
 def _configs_of(result: Mapping) -> list[dict]:
     cfg = result.get("config") or {}
-    return list(cfg.get("run_configs") or [cfg])    # an ensemble: its members' configs
+    return list(cfg.get("run_configs") or [cfg])  # an ensemble: its members' configs
 
 
 def run_configuration(ds: xr.Dataset) -> dict[str, Any]:
@@ -75,8 +91,11 @@ def run_configuration(ds: xr.Dataset) -> dict[str, Any]:
 def describe_run(ds: xr.Dataset, config: Mapping[str, Any]) -> str:
     """``size tiny, E=8, data demo, ...; axes: K, o; seeds 0, 1, 2 (3)`` for a page."""
     axes = dataset_axes(ds)
-    fixed = [f"{_NAMES[f]} {config[f]}" if _NAMES[f][0].islower() else f"{_NAMES[f]}={config[f]}"
-             for f in RUN_FIELDS if f in config and f not in axes]
+    fixed = [
+        f"{_NAMES[f]} {config[f]}" if _NAMES[f][0].islower() else f"{_NAMES[f]}={config[f]}"
+        for f in RUN_FIELDS
+        if f in config and f not in axes
+    ]
     seeds = json.loads(ds.attrs.get("seeds_requested", "[]"))
     text = ", ".join(fixed) if fixed else "configuration not recorded in the results"
     text += f"; axes: {', '.join(a.split('.')[-1] for a in axes)}"
@@ -84,6 +103,7 @@ def describe_run(ds: xr.Dataset, config: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- alignment
+
 
 def _ratio(value: Any, denominator: Any) -> Fraction | None:
     try:
@@ -97,8 +117,9 @@ def ratio_text(r: Fraction | None) -> str:
     return "—" if r is None else str(r)
 
 
-def our_denominators(align: Mapping | None, keys: Sequence[Mapping[str, str]],
-                     config: Mapping[str, Any]) -> dict[int, Any]:
+def our_denominators(
+    align: Mapping | None, keys: Sequence[Mapping[str, str]], config: Mapping[str, Any]
+) -> dict[int, Any]:
     """Denominator of the aligned axis for each of our row keys (by position)."""
     if not align:
         return {}
@@ -130,9 +151,12 @@ def _candidates(prow: Mapping) -> list[tuple[Mapping, Mapping, str]]:
     return out
 
 
-def match_reference(row_key: Mapping[str, str], ref: Mapping | None,
-                    config: Mapping[str, Any] | None = None, denominator: Any = None
-                    ) -> tuple[dict | None, str]:
+def match_reference(
+    row_key: Mapping[str, str],
+    ref: Mapping | None,
+    config: Mapping[str, Any] | None = None,
+    denominator: Any = None,
+) -> tuple[dict | None, str]:
     """The matching paper row (or None) and a note saying how it was matched."""
     if not ref:
         return None, ""
@@ -158,7 +182,9 @@ def match_reference(row_key: Mapping[str, str], ref: Mapping | None,
                 note = reading
                 if align and align["axis"] in shared:
                     a = align["axis"].split(".")[-1]
-                    note = (f"{align['label']} = {ratio_text(our_ratio(align, row_key, denominator))}"
-                            f": ours {a}={row_key[align['axis']]} ↔ paper {a}="
-                            f"{axis_label(key[align['axis']])}" + (f"; {reading}" if reading else ""))
+                    note = (
+                        f"{align['label']} = {ratio_text(our_ratio(align, row_key, denominator))}"
+                        f": ours {a}={row_key[align['axis']]} ↔ paper {a}="
+                        f"{axis_label(key[align['axis']])}" + (f"; {reading}" if reading else "")
+                    )
     return best, note

@@ -30,10 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync",
-                  "--allow-file-access-from-files"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-file-access-from-files",
+]
 
 _COLLECT_LINKS = """JSON.stringify(Array.from(document.querySelectorAll(
   'a[href], img[src], link[href], script[src]')).map(e => e.href || e.src))"""
@@ -68,8 +75,13 @@ class _Pipe:
         self.next_id = 0
         self.events: list[dict] = []
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict:
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict:
         self.next_id += 1
         msg = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
@@ -131,17 +143,21 @@ def _event_errors(events: list[dict], session: str) -> list[str]:
     return out
 
 
-def check_site(start: str | Path, screenshot: str | Path | None = None,
-               chromium: str | None = None, timeout: float = 60.0,
-               max_pages: int = 200) -> CheckResult:
+def check_site(
+    start: str | Path,
+    screenshot: str | Path | None = None,
+    chromium: str | None = None,
+    timeout: float = 60.0,
+    max_pages: int = 200,
+) -> CheckResult:
     """Visit ``start`` and every local HTML page it links to; see the module docstring."""
     chromium = chromium or find_chromium()
     if chromium is None:
         raise FileNotFoundError("chromium not found on PATH (Debian package: chromium)")
     start = Path(start).resolve()
     result = CheckResult()
-    cmd_r, cmd_w = (_high_fd(fd) for fd in os.pipe())   # we write commands → fd 3
-    evt_r, evt_w = (_high_fd(fd) for fd in os.pipe())   # fd 4 → we read replies
+    cmd_r, cmd_w = (_high_fd(fd) for fd in os.pipe())  # we write commands → fd 3
+    evt_r, evt_w = (_high_fd(fd) for fd in os.pipe())  # fd 4 → we read replies
 
     def child_fds() -> None:
         os.dup2(cmd_r, 3)  # dup2 leaves the new descriptors inheritable
@@ -149,22 +165,34 @@ def check_site(start: str | Path, screenshot: str | Path | None = None,
 
     with tempfile.TemporaryDirectory(prefix="e3-chromium-") as profile:
         proc = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-             "--remote-debugging-pipe", "about:blank"],
-            preexec_fn=child_fds, close_fds=False, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            preexec_fn=child_fds,
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(cmd_r)
         os.close(evt_w)
         cdp = _Pipe(evt_r, cmd_w)
         try:
             target = cdp.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
-            session = cdp.send("Target.attachToTarget",
-                               {"targetId": target["targetId"], "flatten": True})["sessionId"]
+            session = cdp.send(
+                "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+            )["sessionId"]
             for domain in ("Runtime", "Log", "Page"):
                 cdp.send(f"{domain}.enable", session=session)
-            cdp.send("Emulation.setDeviceMetricsOverride",
-                     {"width": 1280, "height": 1400, "deviceScaleFactor": 1, "mobile": False},
-                     session=session)
+            cdp.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": 1280, "height": 1400, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             queue, seen = [start], {start}
             while queue and len(result.pages) < max_pages:
                 page = queue.pop(0)
@@ -173,18 +201,24 @@ def check_site(start: str | Path, screenshot: str | Path | None = None,
                 cdp.wait_event("Page.loadEventFired", session, timeout)
                 cdp.send("Runtime.evaluate", {"expression": "1"}, session=session)  # flush
                 result.pages.append(str(page))
-                result.console_errors += [f"{page.name}: {e}"
-                                          for e in _event_errors(cdp.events, session)]
-                links = json.loads(cdp.send("Runtime.evaluate", {
-                    "expression": _COLLECT_LINKS, "returnByValue": True},
-                    session=session)["result"]["value"])
+                result.console_errors += [
+                    f"{page.name}: {e}" for e in _event_errors(cdp.events, session)
+                ]
+                links = json.loads(
+                    cdp.send(
+                        "Runtime.evaluate",
+                        {"expression": _COLLECT_LINKS, "returnByValue": True},
+                        session=session,
+                    )["result"]["value"]
+                )
                 for url in links:
                     parsed = urlparse(url)
                     if parsed.scheme in ("data", "mailto", "javascript", "about"):
                         continue
                     if parsed.scheme != "file":
-                        result.broken_links.append(f"{page.name}: off-line report links "
-                                                   f"off the machine: {url}")
+                        result.broken_links.append(
+                            f"{page.name}: off-line report links off the machine: {url}"
+                        )
                         continue
                     target_path = Path(unquote(parsed.path))
                     if not target_path.exists():
@@ -193,9 +227,14 @@ def check_site(start: str | Path, screenshot: str | Path | None = None,
                         seen.add(target_path)
                         queue.append(target_path)
                 if page == start and screenshot:
-                    shot = cdp.send("Page.captureScreenshot", {"format": "png"},
-                                    session=session, timeout=timeout)
+                    shot = cdp.send(
+                        "Page.captureScreenshot",
+                        {"format": "png"},
+                        session=session,
+                        timeout=timeout,
+                    )
                     import base64
+
                     Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
                     result.screenshot = Path(screenshot)
         finally:
@@ -221,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     res = check_site(args.start, args.screenshot)
     for line in res.console_errors + res.broken_links:
         print(line)
-    print(f"{len(res.pages)} pages, {len(res.console_errors)} console errors, "
-          f"{len(res.broken_links)} broken links")
+    print(
+        f"{len(res.pages)} pages, {len(res.console_errors)} console errors, "
+        f"{len(res.broken_links)} broken links"
+    )
     return 0 if res.ok else 1
 
 

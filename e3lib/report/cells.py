@@ -17,9 +17,9 @@ from e3lib.report.rows import CellStats, Row
 @dataclass
 class Cell:
     text: str
-    kind: str = "ours"                  # key | label | seeds | ours | paper
+    kind: str = "ours"  # key | label | seeds | ours | paper
     bold: bool = False
-    flag: bool = False                  # fewer seeds than requested
+    flag: bool = False  # fewer seeds than requested
 
 
 @dataclass
@@ -41,8 +41,8 @@ class Table:
     verdicts: list[Any] = field(default_factory=list)
     sweeps: list[dict] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
-    paper_title: str = ""               # the paper's title (its configuration included)
-    ran: list[dict] = field(default_factory=list)   # per sweep: variant, config, text
+    paper_title: str = ""  # the paper's title (its configuration included)
+    ran: list[dict] = field(default_factory=list)  # per sweep: variant, config, text
 
 
 def _fmt(x: float, mcfg: Mapping) -> str:
@@ -81,7 +81,6 @@ def _numeric_first(label: str) -> tuple:
         return (0, float(label))
     except ValueError:
         return (1, 0.0)
-
 
 
 def _arrow(mcfg: Mapping) -> str:

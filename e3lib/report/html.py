@@ -16,10 +16,10 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import jinja2
 import numpy as np
@@ -33,12 +33,34 @@ from e3lib.report.tables import Table, build_table
 TEMPLATES = Path(__file__).parent / "templates"
 STATUS_NAMES = {v: k for k, v in STATUS_FLAGS.items()}
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-        "±": r"$\pm$", "†": r"$^\dagger$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
-        "³": r"$^3$", "σ": r"$\sigma$", "×": r"$\times$", "λ": r"$\lambda$", "√": r"$\surd$",
-        "—": "--", "≥": r"$\geq$", "≤": r"$\leq$", "ρ": r"$\rho$", "·": r"$\cdot$",
-        "<": r"$<$", ">": r"$>$"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+    "↓": r"$\downarrow$",
+    "↑": r"$\uparrow$",
+    "³": r"$^3$",
+    "σ": r"$\sigma$",
+    "×": r"$\times$",
+    "λ": r"$\lambda$",
+    "√": r"$\surd$",
+    "—": "--",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "ρ": r"$\rho$",
+    "·": r"$\cdot$",
+    "<": r"$<$",
+    ">": r"$>$",
+}
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX))
 
 
@@ -52,14 +74,20 @@ def md_escape(text: object) -> str:
 
 def _env(autoescape: bool) -> jinja2.Environment:
     """HTML templates (autoescaped) or text templates (.md/.tex: block tags eat their line)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=autoescape,
-                             undefined=jinja2.StrictUndefined, trim_blocks=not autoescape,
-                             lstrip_blocks=not autoescape, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=not autoescape,
+        lstrip_blocks=not autoescape,
+        keep_trailing_newline=True,
+    )
     env.filters["tex"] = tex_escape
     env.filters["md"] = md_escape
     env.filters["mdcell"] = lambda c: f"**{md_escape(c.text)}**" if c.bold else md_escape(c.text)
-    env.filters["texcell"] = (lambda c: rf"\textbf{{{tex_escape(c.text)}}}" if c.bold
-                              else tex_escape(c.text))
+    env.filters["texcell"] = lambda c: (
+        rf"\textbf{{{tex_escape(c.text)}}}" if c.bold else tex_escape(c.text)
+    )
     return env
 
 
@@ -69,7 +97,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 @dataclass
 class Input:
-    path: Path              # the dataset.nc it was read from
+    path: Path  # the dataset.nc it was read from
     ds: xr.Dataset
 
 
@@ -78,7 +106,7 @@ class Site:
     out: Path
     inputs: list[Input]
     tables: dict[str, Table | None] = field(default_factory=dict)
-    figures: dict[str, list] = field(default_factory=dict)   # sweep → [Figure]
+    figures: dict[str, list] = field(default_factory=dict)  # sweep → [Figure]
 
 
 def _common() -> dict:
@@ -106,8 +134,10 @@ def report_command(inputs: Sequence[Input], out: Path, only: str | None = None) 
 
 
 def _table_commands(table_id: str, inputs: Sequence[Input], out: Path) -> list[str]:
-    return [f"snakemake {out.as_posix()}/{table_id}.html   # runs only the jobs this table needs",
-            report_command(inputs, out, table_id) + "   # from existing datasets"]
+    return [
+        f"snakemake {out.as_posix()}/{table_id}.html   # runs only the jobs this table needs",
+        report_command(inputs, out, table_id) + "   # from existing datasets",
+    ]
 
 
 def _sweep_page(inp: Input) -> str:
@@ -116,33 +146,44 @@ def _sweep_page(inp: Input) -> str:
 
 def _sweep_summary(inp: Input, linked: bool) -> dict:
     a = inp.ds.attrs
-    return {"sweep": a["sweep"], "page": _sweep_page(inp) if linked else None,
-            "sweep_file": a.get("sweep_file", ""), "title": a.get("title", ""),
-            "sweep_file_sha256": a.get("sweep_file_sha256", ""), "variant": a.get("variant", ""),
-            "reproduces": ", ".join(json.loads(a.get("reproduces", "[]"))),
-            "entries_ok": a.get("entries_ok", 0), "entries_missing": a.get("entries_missing", 0),
-            "entries_diverged": a.get("entries_diverged", 0),
-            "entries_member_failed": a.get("entries_member_failed", 0),
-            # "ens (member: status, ...)" of each ensemble with a member that failed
-            "failed_members": "; ".join(
-                f"{ens} ({', '.join(f'{m}: {st}' for m, st in members.items())})"
-                for ens, members in json.loads(a.get("failed_members", "{}")).items()),
-            "code_commits": ", ".join(json.loads(a.get("code_commits", "[]")))}
+    return {
+        "sweep": a["sweep"],
+        "page": _sweep_page(inp) if linked else None,
+        "sweep_file": a.get("sweep_file", ""),
+        "title": a.get("title", ""),
+        "sweep_file_sha256": a.get("sweep_file_sha256", ""),
+        "variant": a.get("variant", ""),
+        "reproduces": ", ".join(json.loads(a.get("reproduces", "[]"))),
+        "entries_ok": a.get("entries_ok", 0),
+        "entries_missing": a.get("entries_missing", 0),
+        "entries_diverged": a.get("entries_diverged", 0),
+        "entries_member_failed": a.get("entries_member_failed", 0),
+        # "ens (member: status, ...)" of each ensemble with a member that failed
+        "failed_members": "; ".join(
+            f"{ens} ({', '.join(f'{m}: {st}' for m, st in members.items())})"
+            for ens, members in json.loads(a.get("failed_members", "{}")).items()
+        ),
+        "code_commits": ", ".join(json.loads(a.get("code_commits", "[]"))),
+    }
 
 
 def render_table_files(site: Site, table: Table, linked: bool) -> None:
     """{id}.html, {id}.md and {id}.tex of one table."""
-    inputs = [i for i in site.inputs
-              if table.id in json.loads(i.ds.attrs.get("reproduces", "[]"))]
+    inputs = [i for i in site.inputs if table.id in json.loads(i.ds.attrs.get("reproduces", "[]"))]
     commands = _table_commands(table.id, site.inputs, site.out)
     figures = []
     if linked:
         for i in inputs:
             for f in site.figures.get(i.ds.attrs["sweep"], []):
                 figures.append({"href": _rel(f.path, site.out), "title": f.title})
-    ctx = dict(_common(), table=table, commands=commands, figures=figures,
-               sweeps=[_sweep_summary(i, linked) for i in inputs],
-               index_link=linked or (site.out / "index.html").exists())
+    ctx = dict(
+        _common(),
+        table=table,
+        commands=commands,
+        figures=figures,
+        sweeps=[_sweep_summary(i, linked) for i in inputs],
+        index_link=linked or (site.out / "index.html").exists(),
+    )
     html = _env(True).get_template("table.html.j2").render(title=table.title, **ctx)
     write_atomic(site.out / f"{table.id}.html", html)
     text_env = _env(False)
@@ -164,9 +205,15 @@ def _runs(inp: Input, out: Path) -> tuple[list[str], list[dict]]:
             continue
         labels = [str(ds[d].values[p]) for d, p in zip(dims, pos[:-1])]
         path = str(paths.values[pos])
-        runs.append({"axes": labels, "seed": int(ds["seed"].values[pos[-1]]),
-                     "status": STATUS_NAMES[code], "id": str(ids.values[pos]),
-                     "href": _rel(path, out) if code == STATUS_FLAGS["ok"] else None})
+        runs.append(
+            {
+                "axes": labels,
+                "seed": int(ds["seed"].values[pos[-1]]),
+                "status": STATUS_NAMES[code],
+                "id": str(ids.values[pos]),
+                "href": _rel(path, out) if code == STATUS_FLAGS["ok"] else None,
+            }
+        )
     return axes, runs
 
 
@@ -192,40 +239,93 @@ def _selection(inp: Input) -> dict | None:
         if int(st["n_req"]) == 0:
             continue
         cell = {axis_dim(a): at[axis_dim(a)] for a in keep}
-        chosen = all(str(view[SELECTED_PREFIX + axis_dim(a)].sel(cell).values)
-                     == str(at[axis_dim(a)]) for a in sel["over"])
-        grid.append({"axes": [str(v) for v in at.values()], "mean": float(st["mean"]),
-                     "n": int(st["n"]), "n_req": int(st["n_req"]),
-                     "complete": bool(st["complete"]), "chosen": chosen})
+        chosen = all(
+            str(view[SELECTED_PREFIX + axis_dim(a)].sel(cell).values) == str(at[axis_dim(a)])
+            for a in sel["over"]
+        )
+        grid.append(
+            {
+                "axes": [str(v) for v in at.values()],
+                "mean": float(st["mean"]),
+                "n": int(st["n"]),
+                "n_req": int(st["n_req"]),
+                "complete": bool(st["complete"]),
+                "chosen": chosen,
+            }
+        )
     return {"select": sel, "axes": axes, "grid": grid}
 
 
 def render_sweep_page(site: Site, inp: Input) -> None:
     a = inp.ds.attrs
     sweep = a["sweep"]
-    provenance = [(k, a.get(k, "")) for k in (
-        "sweep_file", "sweep_file_sha256", "variant", "reproduces", "axes", "seeds_requested",
-        "code_commits", "run_packages", "aggregate_packages", "index_path", "results_root")]
+    provenance = [
+        (k, a.get(k, ""))
+        for k in (
+            "sweep_file",
+            "sweep_file_sha256",
+            "variant",
+            "reproduces",
+            "axes",
+            "seeds_requested",
+            "code_commits",
+            "run_packages",
+            "aggregate_packages",
+            "index_path",
+            "results_root",
+        )
+    ]
     provenance.insert(0, ("dataset", str(inp.path)))
     tables = []
     for tid in json.loads(a.get("reproduces", "[]")):
         t = site.tables.get(tid)
-        tables.append({"id": tid, "href": f"{tid}.html" if t else None,
-                       "title": t.title if t else tid,
-                       "why": "no table definition with this id" if tid not in TABLE_IDS
-                       else "not rendered"})
+        tables.append(
+            {
+                "id": tid,
+                "href": f"{tid}.html" if t else None,
+                "title": t.title if t else tid,
+                "why": "no table definition with this id"
+                if tid not in TABLE_IDS
+                else "not rendered",
+            }
+        )
     axes, runs = _runs(inp, site.out)
-    figures = [{"href": _rel(f.path, site.out), "title": f.title}
-               for f in site.figures.get(sweep, [])]
+    figures = [
+        {"href": _rel(f.path, site.out), "title": f.title} for f in site.figures.get(sweep, [])
+    ]
     index_path = a.get("index_path") or f"results/sweeps/{sweep}/index.json"
-    commands = [f"snakemake {inp.path}",
-                shlex.join(["e3", "aggregate", "--index", index_path, "--results-root",
-                            a.get("results_root", "results"), "--out", str(inp.path)])]
-    html = _env(True).get_template("sweep.html.j2").render(
-        title=f"Sweep {sweep}", s=_sweep_summary(inp, True), provenance=provenance,
-        tables=tables, axes=axes, runs=runs, figures=figures, commands=commands,
-        selection=_selection(inp),
-        index_link=True, **_common())
+    commands = [
+        f"snakemake {inp.path}",
+        shlex.join(
+            [
+                "e3",
+                "aggregate",
+                "--index",
+                index_path,
+                "--results-root",
+                a.get("results_root", "results"),
+                "--out",
+                str(inp.path),
+            ]
+        ),
+    ]
+    html = (
+        _env(True)
+        .get_template("sweep.html.j2")
+        .render(
+            title=f"Sweep {sweep}",
+            s=_sweep_summary(inp, True),
+            provenance=provenance,
+            tables=tables,
+            axes=axes,
+            runs=runs,
+            figures=figures,
+            commands=commands,
+            selection=_selection(inp),
+            index_link=True,
+            **_common(),
+        )
+    )
     write_atomic(site.out / _sweep_page(inp), html)
 
 
@@ -236,22 +336,45 @@ def render_index(site: Site) -> None:
         counts = ""
         if t is not None:
             outcomes = [v.outcome for v in t.verdicts]
-            counts = " / ".join(str(outcomes.count(o)) for o in
-                                ("held", "not held", "inconclusive", "not computable",
-                                 "not enough seeds"))
-        rows.append({"id": tid, "href": f"{tid}.html" if t else None,
-                     "title": t.title if t else "", "counts": counts,
-                     "why": "no given dataset reproduces it",
-                     "command": f"snakemake {site.out.as_posix()}/{tid}.html"})
-    figures = [{"href": _rel(f.path, site.out), "title": f.title, "sweep": sweep}
-               for sweep, figs in site.figures.items() for f in figs]
-    synthetic = any("synthetic" in json.loads(i.ds.attrs.get("code_commits", "[]"))
-                    for i in site.inputs)
-    html = _env(True).get_template("index.html.j2").render(
-        title="E³ reproduction report", tables=rows, figures=figures, synthetic=synthetic,
-        sweeps=[_sweep_summary(i, True) for i in site.inputs], index_link=False,
-        commands=[f"snakemake {site.out.as_posix()}/index.html",
-                  report_command(site.inputs, site.out)], **_common())
+            counts = " / ".join(
+                str(outcomes.count(o))
+                for o in ("held", "not held", "inconclusive", "not computable", "not enough seeds")
+            )
+        rows.append(
+            {
+                "id": tid,
+                "href": f"{tid}.html" if t else None,
+                "title": t.title if t else "",
+                "counts": counts,
+                "why": "no given dataset reproduces it",
+                "command": f"snakemake {site.out.as_posix()}/{tid}.html",
+            }
+        )
+    figures = [
+        {"href": _rel(f.path, site.out), "title": f.title, "sweep": sweep}
+        for sweep, figs in site.figures.items()
+        for f in figs
+    ]
+    synthetic = any(
+        "synthetic" in json.loads(i.ds.attrs.get("code_commits", "[]")) for i in site.inputs
+    )
+    html = (
+        _env(True)
+        .get_template("index.html.j2")
+        .render(
+            title="E³ reproduction report",
+            tables=rows,
+            figures=figures,
+            synthetic=synthetic,
+            sweeps=[_sweep_summary(i, True) for i in site.inputs],
+            index_link=False,
+            commands=[
+                f"snakemake {site.out.as_posix()}/index.html",
+                report_command(site.inputs, site.out),
+            ],
+            **_common(),
+        )
+    )
     write_atomic(site.out / "index.html", html)
 
 
@@ -263,7 +386,7 @@ def build_site(inputs: Sequence[Input], out: str | Path, only: Sequence[str] = (
     site.out.mkdir(parents=True, exist_ok=True)
     datasets = [i.ds for i in inputs]
     spec = default_spec()
-    for tid in (only or TABLE_IDS):
+    for tid in only or TABLE_IDS:
         site.tables[tid] = build_table(tid, datasets, spec) if tid in spec["tables"] else None
     if only:
         for tid in only:

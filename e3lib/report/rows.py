@@ -37,8 +37,8 @@ from e3lib.stats import seed_stats
 from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS
 
 ENSEMBLE_SIZE_AXIS = "model.ensemble_size"
-MEMBER_AXES = (ENSEMBLE_RUNS_AXIS, ENSEMBLE_SIZE_AXIS)   # shown together as one column
-MEMBERS = "M"                                             # that column's header
+MEMBER_AXES = (ENSEMBLE_RUNS_AXIS, ENSEMBLE_SIZE_AXIS)  # shown together as one column
+MEMBERS = "M"  # that column's header
 
 
 @dataclass
@@ -57,17 +57,17 @@ class CellStats:
 @dataclass
 class Row:
     sweep: str
-    key: dict[str, str]                 # dotted axis name (or record dim) → axis label
-    stats: dict[str, CellStats]         # metric → statistics over seeds
+    key: dict[str, str]  # dotted axis name (or record dim) → axis label
+    stats: dict[str, CellStats]  # metric → statistics over seeds
     runs_ok: int = 0
     runs_requested: int = 0
     run_ids: list[str] = field(default_factory=list)
-    ref: dict | None = None             # matched paper row
+    ref: dict | None = None  # matched paper row
     selected: dict[str, str] | None = None  # chosen value per `select.over` axis
-    selected_score: float = math.nan        # validation metric (mean over seeds) there
-    selected_ok: bool = True            # grid and chosen point complete (else flagged)
-    ref_note: str = ""                  # how the paper row was matched (alignment, reading)
-    align_ratio: str = ""               # the aligned quantity of this row (e.g. o/E = 1/4)
+    selected_score: float = math.nan  # validation metric (mean over seeds) there
+    selected_ok: bool = True  # grid and chosen point complete (else flagged)
+    ref_note: str = ""  # how the paper row was matched (alignment, reading)
+    align_ratio: str = ""  # the aligned quantity of this row (e.g. o/E = 1/4)
 
     @property
     def members(self) -> str | None:
@@ -77,7 +77,7 @@ class Row:
 def _count(value) -> int | None:
     try:
         n = float(axis_label(value))
-    except ValueError:                  # "-": the axis does not apply to this row
+    except ValueError:  # "-": the axis does not apply to this row
         return None
     return int(n) if n.is_integer() and n >= 1 else None
 
@@ -117,9 +117,9 @@ def key_cell(key: Mapping[str, object], name: str) -> str:
     return axis_label(key[name]) if name in key else ""
 
 
-
-def _metric_array(ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping,
-                  extra_dims: Sequence[str]) -> xr.DataArray | None:
+def _metric_array(
+    ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping, extra_dims: Sequence[str]
+) -> xr.DataArray | None:
     """The metric over (axes..., seed, extra_dims...) with the spec's record selection.
 
     A metric entry may name the data ``variable`` it shows (default: its own name) and
@@ -150,8 +150,12 @@ def _metric_array(ds: xr.Dataset, metric: str, mcfg: Mapping, select: Mapping,
     return da
 
 
-def sweep_rows(ds: xr.Dataset, columns: Sequence[str], extra_dims: Sequence[str] = (),
-               spec: Mapping | None = None) -> list[Row]:
+def sweep_rows(
+    ds: xr.Dataset,
+    columns: Sequence[str],
+    extra_dims: Sequence[str] = (),
+    spec: Mapping | None = None,
+) -> list[Row]:
     """One ``Row`` per requested cell of the sweep, with statistics of each column metric.
 
     ``ds`` may be a selected view (``select_grid``): rows then carry the chosen values.
@@ -182,18 +186,29 @@ def sweep_rows(ds: xr.Dataset, columns: Sequence[str], extra_dims: Sequence[str]
             here = {d: v for d, v in pos.items() if d in da.dims}
             s = stats[m].sel(here)
             vals = np.asarray(da.sel(here).values, dtype=float).ravel()  # (S,)
-            cells[m] = CellStats(float(s["mean"]), float(s["stderr"]), int(s["n"]),
-                                 int(s["n_req"]), vals[np.isfinite(vals)])
+            cells[m] = CellStats(
+                float(s["mean"]),
+                float(s["stderr"]),
+                int(s["n"]),
+                int(s["n_req"]),
+                vals[np.isfinite(vals)],
+            )
         if extra and not any(c.n for c in cells.values()):
             continue  # e.g. member "3" of a 2-member method
         run_ids = [r for r in np.asarray(ds["run_id"].sel(axis_pos).values).ravel().tolist() if r]
-        row = Row(sweep=ds.attrs["sweep"],
-                  key={n: str(v) for n, v in zip(names, labels)}, stats=cells,
-                  runs_ok=int((st == STATUS_FLAGS["ok"]).sum()), runs_requested=n_req,
-                  run_ids=run_ids)
+        row = Row(
+            sweep=ds.attrs["sweep"],
+            key={n: str(v) for n, v in zip(names, labels)},
+            stats=cells,
+            runs_ok=int((st == STATUS_FLAGS["ok"]).sum()),
+            runs_requested=n_req,
+            run_ids=run_ids,
+        )
         if selection is not None:
-            row.selected = {a: str(ds[SELECTED_PREFIX + axis_dim(a)].sel(axis_pos).values)
-                            for a in selection["over"]}
+            row.selected = {
+                a: str(ds[SELECTED_PREFIX + axis_dim(a)].sel(axis_pos).values)
+                for a in selection["over"]
+            }
             row.selected_score = float(ds["select_score"].sel(axis_pos))
             row.selected_ok = bool(ds["select_ok"].sel(axis_pos))
         rows.append(row)

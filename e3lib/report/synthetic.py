@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from e3lib import tree
 from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS
@@ -31,11 +32,19 @@ def _entry_id(sweep: str, axes: Mapping[str, Any], seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequence[int],
-                cells: Sequence[Mapping[str, Any]], reproduces: Sequence[str] = (),
-                title: str = "", with_predictions: bool = False,
-                select: Mapping[str, Any] | None = None,
-                config: Mapping[str, Any] | None = None, variant: str = "small") -> Path:
+def write_sweep(
+    root: str | Path,
+    sweep: str,
+    axes: Sequence[str],
+    seeds: Sequence[int],
+    cells: Sequence[Mapping[str, Any]],
+    reproduces: Sequence[str] = (),
+    title: str = "",
+    with_predictions: bool = False,
+    select: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    variant: str = "small",
+) -> Path:
     """Write index.json plus one results.json per (cell, seed); return the index path.
 
     Each cell: ``{"axes": {...}, "metrics": {name: [v_seed0, v_seed1, ...]},
@@ -61,21 +70,29 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
         if ENSEMBLE_RUNS_AXIS in axes and n_runs is None:
             if kind == "ensemble":
                 raise ValueError(f"ensemble cell {cell_axes} lacks the axis {ENSEMBLE_RUNS_AXIS}")
-            cell_axes[ENSEMBLE_RUNS_AXIS] = n_runs = 1      # every ordinary run: one run
+            cell_axes[ENSEMBLE_RUNS_AXIS] = n_runs = 1  # every ordinary run: one run
         cell_seeds = list(seeds)
-        if kind == "ensemble" and n_runs is not None:       # replicate r sits at seed r
+        if kind == "ensemble" and n_runs is not None:  # replicate r sits at seed r
             cell_seeds = list(range(cell.get("replicates", len(seeds) // int(n_runs))))
         for si, seed in enumerate(cell_seeds):
             rid = _entry_id(sweep, cell_axes, seed)
             sub = "ensembles" if kind == "ensemble" else "runs"
             run_dir = root / sub / rid
-            entry = {"id": rid, "kind": kind, "seed": seed, "axes": cell_axes,
-                     "result": f"results/{sub}/{rid}/results.json"}
+            entry = {
+                "id": rid,
+                "kind": kind,
+                "seed": seed,
+                "axes": cell_axes,
+                "result": f"results/{sub}/{rid}/results.json",
+            }
             members_ids: list[str] = []
             if kind == "ensemble":
                 members_ids = [f"{rid}-m{m}" for m in range(int(n_runs or 2))]
-                entry.update(replicate=si, members=members_ids,
-                             ensemble_kind=cell.get("ensemble_kind", "downstream"))
+                entry.update(
+                    replicate=si,
+                    members=members_ids,
+                    ensemble_kind=cell.get("ensemble_kind", "downstream"),
+                )
             entries.append(entry)
             fate = (cell.get("seeds") or {}).get(seed, "ok")
             if fate is None:
@@ -89,42 +106,89 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
             members = {"ensemble": cell["metrics"], **cell.get("member_metrics", {})}
             for member, metrics in members.items():
                 for name, per_seed in metrics.items():
-                    records.append({"split": "clean", "corruption": "none", "severity": 0,
-                                    "member": str(member), "metric": name,
-                                    "value": per_seed[si]})
+                    records.append(
+                        {
+                            "split": "clean",
+                            "corruption": "none",
+                            "severity": 0,
+                            "member": str(member),
+                            "metric": name,
+                            "value": per_seed[si],
+                        }
+                    )
             for name, per_seed in (cell.get("val_metrics") or {}).items():
-                records.append({"split": "val", "corruption": "none", "severity": 0,
-                                "member": "ensemble", "metric": name, "value": per_seed[si]})
+                records.append(
+                    {
+                        "split": "val",
+                        "corruption": "none",
+                        "severity": 0,
+                        "member": "ensemble",
+                        "metric": name,
+                        "value": per_seed[si],
+                    }
+                )
             for where, metrics in (cell.get("split_metrics") or {}).items():
                 split, corruption, *rest = where.split("/")
                 severity = int(rest[0]) if rest else 0
                 member = rest[1] if len(rest) > 1 else "ensemble"
                 for name, per_seed in metrics.items():
-                    records.append({"split": split, "corruption": corruption,
-                                    "severity": severity, "member": member, "metric": name,
-                                    "value": per_seed[si]})
-            run_config = tree.merge(config or {}, tree.unflatten(
-                {k: v for k, v in cell_axes.items() if k != ENSEMBLE_RUNS_AXIS}))
+                    records.append(
+                        {
+                            "split": split,
+                            "corruption": corruption,
+                            "severity": severity,
+                            "member": member,
+                            "metric": name,
+                            "value": per_seed[si],
+                        }
+                    )
+            run_config = tree.merge(
+                config or {},
+                tree.unflatten({k: v for k, v in cell_axes.items() if k != ENSEMBLE_RUNS_AXIS}),
+            )
             run_config = {"axes": cell_axes, **run_config}
-            if kind == "ensemble":       # as e3lib.evaluate.ensemble writes it
+            if kind == "ensemble":  # as e3lib.evaluate.ensemble writes it
                 member = {**run_config, "method": cell.get("member_method", "vmoe")}
-                run_config = {"kind": entry["ensemble_kind"], "runs": members_ids,
-                              "method": member["method"],
-                              "run_configs": [member] * len(members_ids)}
-            result = {"run_id": rid, "status": "ok", "config": run_config,
-                      "upstream_id": "synthetic",
-                      "provenance": {"code_commit": "synthetic", "packages": {"jax": "0.0"},
-                                     "host": "synthetic", "started": "", "finished": ""},
-                      "cost": {"gflops_per_image_train": cell.get("gflops", 1.0),
-                               "params": cell.get("params", 1000), "train_seconds": 1.0},
-                      "records": records}
+                run_config = {
+                    "kind": entry["ensemble_kind"],
+                    "runs": members_ids,
+                    "method": member["method"],
+                    "run_configs": [member] * len(members_ids),
+                }
+            result = {
+                "run_id": rid,
+                "status": "ok",
+                "config": run_config,
+                "upstream_id": "synthetic",
+                "provenance": {
+                    "code_commit": "synthetic",
+                    "packages": {"jax": "0.0"},
+                    "host": "synthetic",
+                    "started": "",
+                    "finished": "",
+                },
+                "cost": {
+                    "gflops_per_image_train": cell.get("gflops", 1.0),
+                    "params": cell.get("params", 1000),
+                    "train_seconds": 1.0,
+                },
+                "records": records,
+            }
             (run_dir / "results.json").write_text(json.dumps(result))
             (run_dir / "done.json").write_text(json.dumps({"status": "ok"}))
             if with_predictions:
                 _write_predictions(run_dir, seed, cell.get("members", 1))
-    index = {"sweep": sweep, "file": f"sweeps/{sweep}.yaml", "file_sha256": "0" * 64,
-             "variant": variant, "reproduces": list(reproduces), "title": title or sweep,
-             "axes": list(axes), "seeds": list(seeds), "entries": entries}
+    index = {
+        "sweep": sweep,
+        "file": f"sweeps/{sweep}.yaml",
+        "file_sha256": "0" * 64,
+        "variant": variant,
+        "reproduces": list(reproduces),
+        "title": title or sweep,
+        "axes": list(axes),
+        "seeds": list(seeds),
+        "entries": entries,
+    }
     if select is not None:
         index["select"] = dict(select)
     index_path = root / "sweeps" / sweep / "index.json"
@@ -133,8 +197,9 @@ def write_sweep(root: str | Path, sweep: str, axes: Sequence[str], seeds: Sequen
     return index_path
 
 
-def _write_predictions(run_dir: Path, seed: int, members: int, n: int = 200,
-                       classes: int = 4) -> None:
+def _write_predictions(
+    run_dir: Path, seed: int, members: int, n: int = 200, classes: int = 4
+) -> None:
     """Deterministic over-confident predictions: confidence 0.9, accuracy 0.7."""
     import numpy as np
 

@@ -50,8 +50,9 @@ from e3lib.report.spec import default_spec, load_reference
 from e3lib.stats import welch_test
 
 
-def significant_best(cells: Sequence[CellStats | None], better: str | None, alpha: float,
-                     min_seeds: int) -> tuple[int | None, str]:
+def significant_best(
+    cells: Sequence[CellStats | None], better: str | None, alpha: float, min_seeds: int
+) -> tuple[int | None, str]:
     """Index of the cell to bold (or None) and a sentence saying why."""
     if better not in ("lower", "higher"):
         return None, ""
@@ -62,18 +63,22 @@ def significant_best(cells: Sequence[CellStats | None], better: str | None, alph
     cand.sort(key=lambda ic: sign * ic[1].mean)
     (i_best, best), (_, second) = cand[0], cand[1]
     res = welch_test(best.values, second.values, alpha=alpha)
-    bold = res.p < alpha        # NaN (not computable) → False
+    bold = res.p < alpha  # NaN (not computable) → False
     if not res.computable:
         return None, f"best vs runner-up: Welch t-test not computable ({res.reason}; not bold)"
-    return ((i_best if bold else None),
-            f"best vs runner-up: Welch p = {res.p:.3g} ({'bold' if bold else 'not bold'})")
+    return (
+        (i_best if bold else None),
+        f"best vs runner-up: Welch p = {res.p:.3g} ({'bold' if bold else 'not bold'})",
+    )
 
 
 # --------------------------------------------------------------------------- titles
 
-_PAPER_CONFIG = [r"\s*\((?:[^()]|\([^()]*\))*\)",          # "(E³-B/32, K=M=2, E=32)"
-                 r"-[SBLH]/\d+",                                 # "V-MoE-B/32" → "V-MoE"
-                 r",?\s*\b(?:ImageNet|CIFAR10|CIFAR100)\b,?"]   # the paper's dataset
+_PAPER_CONFIG = [
+    r"\s*\((?:[^()]|\([^()]*\))*\)",  # "(E³-B/32, K=M=2, E=32)"
+    r"-[SBLH]/\d+",  # "V-MoE-B/32" → "V-MoE"
+    r",?\s*\b(?:ImageNet|CIFAR10|CIFAR100)\b,?",
+]  # the paper's dataset
 
 
 def subject(title: str) -> str:
@@ -87,14 +92,23 @@ def subject(title: str) -> str:
 
 def _ran(ds: xr.Dataset) -> dict:
     config = alignment.run_configuration(ds)
-    return {"sweep": ds.attrs["sweep"], "variant": ds.attrs.get("variant", ""),
-            "config": config, "text": alignment.describe_run(ds, config)}
+    return {
+        "sweep": ds.attrs["sweep"],
+        "variant": ds.attrs.get("variant", ""),
+        "config": config,
+        "text": alignment.describe_run(ds, config),
+    }
 
 
 # --------------------------------------------------------------------------- building
 
-def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | None = None,
-                reference: Mapping | None = None) -> Table | None:
+
+def build_table(
+    table_id: str,
+    datasets: Sequence[xr.Dataset],
+    spec: Mapping | None = None,
+    reference: Mapping | None = None,
+) -> Table | None:
     """The rendered-to-text table ``table_id`` from the datasets that reproduce it.
 
     Returns None when no dataset declares the table in ``reproduces`` (nothing to show).
@@ -117,10 +131,11 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
         config_of[ds.attrs["sweep"]] = r["config"]
     # where: one {axis: value} selector, or a list of them (a row matching any is kept)
     where = tspec.get("where", {})
-    wheres = [{k: axis_label(v) for k, v in w.items()}
-              for w in (where if isinstance(where, list) else [where])]
-    rows = [r for r in rows
-            if any(all(r.key.get(k, v) == v for k, v in w.items()) for w in wheres)]
+    wheres = [
+        {k: axis_label(v) for k, v in w.items()}
+        for w in (where if isinstance(where, list) else [where])
+    ]
+    rows = [r for r in rows if any(all(r.key.get(k, v) == v for k, v in w.items()) for w in wheres)]
     align = (ref or {}).get("align")
     for sweep, config in config_of.items():
         mine_rows = [r for r in rows if r.sweep == sweep]
@@ -131,12 +146,19 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
                 r.align_ratio = alignment.ratio_text(alignment.our_ratio(align, r.key, dens.get(i)))
     paper_title = (ref or {}).get("title") or tspec.get("title") or table_id
     at_paper = all(r["variant"] == "paper" for r in ran)
-    title = paper_title if at_paper or not ref else \
-        f"{subject(paper_title)} — {', '.join(sorted({r['variant'] or '?' for r in ran}))} variant"
-    table = Table(id=table_id, title=title, source=(ref or {}).get("source", ""),
-                  setting=(ref or {}).get("setting", ""), note=(ref or {}).get("note", ""),
-                  rows=rows, sweeps=[dict(ds.attrs) for ds in mine], paper_title=paper_title,
-                  ran=ran)
+    variants = ", ".join(sorted({r["variant"] or "?" for r in ran}))
+    title = paper_title if at_paper or not ref else f"{subject(paper_title)} — {variants} variant"
+    table = Table(
+        id=table_id,
+        title=title,
+        source=(ref or {}).get("source", ""),
+        setting=(ref or {}).get("setting", ""),
+        note=(ref or {}).get("note", ""),
+        rows=rows,
+        sweeps=[dict(ds.attrs) for ds in mine],
+        paper_title=paper_title,
+        ran=ran,
+    )
     if tspec.get("layout", "rows") == "pivot":
         _pivot_blocks(table, tspec, spec, ref, len(mine) > 1)
     else:
@@ -144,18 +166,30 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
     if tspec.get("analytic_flops"):
         _analytic_flops_block(table)
     table.footnotes += [
-        ("Ours: mean ± standard error over seeds (std with ddof=1 / √n); (n=1): a single seed, "
-         "no error bar. † marks a cell with fewer seeds than the sweep requested "
-         "(n/requested); it is never shown as complete."),
-        (f"paper: the values printed in the paper ({table.source}), in the same units; — "
-         "where the paper gives none." if ref and ref.get("rows") else
-         "paper: no values of the paper are transcribed for this table."),
+        (
+            "Ours: mean ± standard error over seeds (std with ddof=1 / √n); (n=1): a single seed, "
+            "no error bar. † marks a cell with fewer seeds than the sweep requested "
+            "(n/requested); it is never shown as complete."
+        ),
+        (
+            f"paper: the values printed in the paper ({table.source}), in the same units; — "
+            "where the paper gives none."
+            if ref and ref.get("rows")
+            else "paper: no values of the paper are transcribed for this table."
+        ),
     ]
-    notes = [f"{r.sweep} {', '.join(f'{short(k)}={v}' for k, v in r.key.items())} → "
-             f"{r.ref.get('label', '?')} ({r.ref_note})" for r in rows if r.ref and r.ref_note]
+    notes = [
+        f"{r.sweep} {', '.join(f'{short(k)}={v}' for k, v in r.key.items())} → "
+        f"{r.ref.get('label', '?')} ({r.ref_note})"
+        for r in rows
+        if r.ref and r.ref_note
+    ]
     if notes:
-        why = (f"by {align['label']}, the relationship this table is about, not by absolute "
-               f"value" if align else "under the stated reading")
+        why = (
+            f"by {align['label']}, the relationship this table is about, not by absolute value"
+            if align
+            else "under the stated reading"
+        )
         table.footnotes.append(f"Paper rows matched {why}: " + "; ".join(notes) + ".")
     for ds in mine:
         sel = selection_of(ds)
@@ -165,31 +199,39 @@ def build_table(table_id: str, datasets: Sequence[xr.Dataset], spec: Mapping | N
                 f"{', '.join(short(a) for a in sel['over'])} with the best mean over seeds of "
                 f"{sel['split']} {sel['metric']} ({sel['mode']}, member {sel['member']}; ties: "
                 f"first in grid order); † where a grid point or the chosen one lacks seeds. "
-                f"The full grid is on the sweep page.")
+                f"The full grid is on the sweep page."
+            )
     table.verdicts = verdicts.evaluate_all(tspec.get("verdicts", []), rows, spec)
     return table
 
 
-def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None,
-                many: bool) -> None:
+def _row_blocks(
+    table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None, many: bool
+) -> None:
     columns = tspec["columns"]
     key_names: list[str] = []
     for r in table.rows:
         key_names += [k for k in r.key if k not in key_names]
     if ref and not key_names:
-        key_names = list(ref.get("key", []))   # only paper rows: show the paper's key
-    key_names = display_key(key_names)          # model.ensemble_size, ensemble.runs → M
-    with_paper = bool(ref and ref.get("rows"))   # no paper columns for the demo table
+        key_names = list(ref.get("key", []))  # only paper rows: show the paper's key
+    key_names = display_key(key_names)  # model.ensemble_size, ensemble.runs → M
+    with_paper = bool(ref and ref.get("rows"))  # no paper columns for the demo table
     align = (ref or {}).get("align") if with_paper else None
-    header = (["sweep"] if many else []) + (["paper row"] if with_paper else []) \
-        + ([align["label"]] if align else []) + [short(k) for k in key_names] + ["seeds"]
+    header = (
+        (["sweep"] if many else [])
+        + (["paper row"] if with_paper else [])
+        + ([align["label"]] if align else [])
+        + [short(k) for k in key_names]
+        + ["seeds"]
+    )
     with_selected = any(r.selected is not None for r in table.rows)
     if with_selected:
         header.append("selected (val)")
     for m in columns:
         mcfg = spec["metrics"][m]
-        header += [f"{mcfg['label']}{_arrow(mcfg)} ours"] + \
-            ([f"{mcfg['label']} paper"] if with_paper else [])
+        header += [f"{mcfg['label']}{_arrow(mcfg)} ours"] + (
+            [f"{mcfg['label']} paper"] if with_paper else []
+        )
 
     # Order: paper rows in the paper's order (ours matched to each, else the paper alone),
     # then our rows that match no paper row.
@@ -205,38 +247,50 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
     if tspec.get("bold", True):
         ours_rows = [r for r, _ in ordered if r is not None]
         for m in [c for c in columns if spec["metrics"][c].get("bold", True)]:
-            idx, why = significant_best([r.stats.get(m) for r in ours_rows],
-                                        spec["metrics"][m].get("better"), spec["alpha"],
-                                        spec["min_seeds"])
+            idx, why = significant_best(
+                [r.stats.get(m) for r in ours_rows],
+                spec["metrics"][m].get("better"),
+                spec["alpha"],
+                spec["min_seeds"],
+            )
             bold[m] = id(ours_rows[idx]) if idx is not None else None
             if why:
                 table.footnotes.append(f"{spec['metrics'][m]['label']}: {why}.")
         table.footnotes.append(
             f"Bold: best mean of its column, only where a Welch t-test against the runner-up "
-            f"gives two-sided p < {spec['alpha']} (rows with ≥ {spec['min_seeds']} seeds).")
+            f"gives two-sided p < {spec['alpha']} (rows with ≥ {spec['min_seeds']} seeds)."
+        )
 
     body = []
     for r, prow in ordered:
         cells = [Cell(r.sweep if r else "", kind="key")] if many else []
         if with_paper:
             cells.append(Cell(prow.get("label", "") if prow else "", kind="label"))
-        if align:   # the aligned quantity: ours, or the paper row's when we ran none
-            text = r.align_ratio if r is not None else alignment.ratio_text(
-                alignment.paper_ratio(align, (prow or {}).get("key", {})))
+        if align:  # the aligned quantity: ours, or the paper row's when we ran none
+            text = (
+                r.align_ratio
+                if r is not None
+                else alignment.ratio_text(alignment.paper_ratio(align, (prow or {}).get("key", {})))
+            )
             cells.append(Cell(text, kind="key"))
         for k in key_names:
             if r is not None:
                 cells.append(Cell(key_cell(r.key, k), kind="key"))
-            else:   # a paper row we did not run: its key, unless it is on another scale
+            else:  # a paper row we did not run: its key, unless it is on another scale
                 pkey = (prow or {}).get("key", {})
                 on_scale = k == MEMBERS or k in pkey and not (align and k == align["axis"])
                 cells.append(Cell(key_cell(pkey, k) if on_scale else "", kind="key"))
         if r is None:
             cells.append(Cell("not run", kind="seeds"))
         else:
-            cells.append(Cell(f"{r.runs_ok}/{r.runs_requested}" +
-                              (" †" if r.runs_ok < r.runs_requested else ""),
-                              kind="seeds", flag=r.runs_ok < r.runs_requested))
+            cells.append(
+                Cell(
+                    f"{r.runs_ok}/{r.runs_requested}"
+                    + (" †" if r.runs_ok < r.runs_requested else ""),
+                    kind="seeds",
+                    flag=r.runs_ok < r.runs_requested,
+                )
+            )
         if with_selected:
             text = selected_text(r) if r is not None else ""
             cells.append(Cell(text, kind="label", flag=r is not None and not r.selected_ok))
@@ -251,8 +305,9 @@ def _row_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None
     table.blocks.append(Block(caption="", header=header, rows=body))
 
 
-def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None,
-                  many: bool) -> None:
+def _pivot_blocks(
+    table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | None, many: bool
+) -> None:
     pivot = tspec["pivot"]
     for m in tspec["columns"]:
         mcfg = spec["metrics"][m]
@@ -261,8 +316,9 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
         pivots: list[str] = []
         rest_names: list[str] = []
         merge = set(tspec.get("merge", []))
-        cells_seen = {(r.sweep, tuple((k, v) for k, v in r.key.items() if k not in merge))
-                      for r in table.rows}
+        cells_seen = {
+            (r.sweep, tuple((k, v) for k, v in r.key.items() if k not in merge)) for r in table.rows
+        }
         if len(cells_seen) < len(table.rows):
             merge = set()  # merging would put two rows in one grid cell: keep them apart
         for r in table.rows:
@@ -275,18 +331,24 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
                 pivots.append(r.key[pivot])
         pivots.sort(key=_numeric_first)
         cells_flat = [g[p].stats.get(m) for g in groups.values() for p in pivots if p in g]
-        idx, why = (significant_best(cells_flat, mcfg.get("better"), spec["alpha"],
-                                     spec["min_seeds"])
-                    if tspec.get("bold", True) and mcfg.get("bold", True) else (None, ""))
+        idx, why = (
+            significant_best(cells_flat, mcfg.get("better"), spec["alpha"], spec["min_seeds"])
+            if tspec.get("bold", True) and mcfg.get("bold", True)
+            else (None, "")
+        )
         bold_cell = cells_flat[idx] if idx is not None else None
-        shown = display_key(rest_names, exclude=[pivot])   # member axes → one column M
-        header = (["sweep"] if many else []) + [short(k) for k in shown] + \
-            [f"{short(pivot)}={p}" for p in pivots]
+        shown = display_key(rest_names, exclude=[pivot])  # member axes → one column M
+        header = (
+            (["sweep"] if many else [])
+            + [short(k) for k in shown]
+            + [f"{short(pivot)}={p}" for p in pivots]
+        )
         body = []
         for gkey, g in groups.items():
             kv = dict(gkey[1:] if many else gkey)
-            cells = ([Cell(gkey[0], kind="key")] if many else []) + \
-                [Cell(key_cell(kv, k), kind="key") for k in shown]
+            cells = ([Cell(gkey[0], kind="key")] if many else []) + [
+                Cell(key_cell(kv, k), kind="key") for k in shown
+            ]
             for p in pivots:
                 c = format_ours(g[p].stats.get(m) if p in g else None, mcfg)
                 c.bold = p in g and bold_cell is not None and g[p].stats.get(m) is bold_cell
@@ -298,11 +360,14 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
             for gkey, g in groups.items():
                 for p in pivots:
                     if p in g and g[p].selected is not None:
-                        where = ", ".join(f"{short(k)}={v}" for k, v in
-                                          [*(gkey[1:] if many else gkey), (pivot, p)])
+                        where = ", ".join(
+                            f"{short(k)}={v}"
+                            for k, v in [*(gkey[1:] if many else gkey), (pivot, p)]
+                        )
                         table.footnotes.append(f"selected at {where}: {selected_text(g[p])}")
-        table.blocks.append(Block(caption=f"ours: {mcfg['label']}{_arrow(mcfg)}",
-                                  header=header, rows=body))
+        table.blocks.append(
+            Block(caption=f"ours: {mcfg['label']}{_arrow(mcfg)}", header=header, rows=body)
+        )
         # paper: the same grid from the reference rows that give this metric
         prows = [p for p in (ref or {}).get("rows", []) if m in p["values"] and pivot in p["key"]]
         if prows:
@@ -311,16 +376,21 @@ def _pivot_blocks(table: Table, tspec: Mapping, spec: Mapping, ref: Mapping | No
             for p in prows:
                 pv = axis_label(p["key"][pivot])
                 ppivots += [pv] if pv not in ppivots else []
-                label = ", ".join(f"{short(k)}={axis_label(v)}"
-                                  for k, v in p["key"].items() if k != pivot)
+                label = ", ".join(
+                    f"{short(k)}={axis_label(v)}" for k, v in p["key"].items() if k != pivot
+                )
                 pgroups.setdefault(label, {})[pv] = format_paper(p["values"][m], mcfg)
-            pbody = [[Cell(label, kind="label")] + [g.get(pv, Cell("—", kind="paper"))
-                                                    for pv in ppivots]
-                     for label, g in pgroups.items()]
-            table.blocks.append(Block(caption=f"paper: {mcfg['label']}",
-                                      header=["paper row"] + [f"{short(pivot)}={p}"
-                                                              for p in ppivots],
-                                      rows=pbody))
+            pbody = [
+                [Cell(label, kind="label")] + [g.get(pv, Cell("—", kind="paper")) for pv in ppivots]
+                for label, g in pgroups.items()
+            ]
+            table.blocks.append(
+                Block(
+                    caption=f"paper: {mcfg['label']}",
+                    header=["paper row"] + [f"{short(pivot)}={p}" for p in ppivots],
+                    rows=pbody,
+                )
+            )
 
 
 def _analytic_flops_block(table: Table) -> None:
@@ -328,9 +398,20 @@ def _analytic_flops_block(table: Table) -> None:
     from e3lib.report.flops_reference import compare_with_paper
 
     compared = compare_with_paper(table.id)
-    body = [[Cell(c["label"], kind="label"), Cell(f"{c['paper']:.2f}", kind="paper"),
-             Cell(f"{c['ours']:.2f}"), Cell(f"{100 * c['rel']:+.2f} %")] for c in compared]
-    table.blocks.append(Block(
-        caption="analytic GFLOPs per image (e3lib.cost) at the paper's configurations, "
-                "computed, not measured from runs",
-        header=["paper row", "GFLOPs paper", "GFLOPs analytic", "difference"], rows=body))
+    body = [
+        [
+            Cell(c["label"], kind="label"),
+            Cell(f"{c['paper']:.2f}", kind="paper"),
+            Cell(f"{c['ours']:.2f}"),
+            Cell(f"{100 * c['rel']:+.2f} %"),
+        ]
+        for c in compared
+    ]
+    table.blocks.append(
+        Block(
+            caption="analytic GFLOPs per image (e3lib.cost) at the paper's configurations, "
+            "computed, not measured from runs",
+            header=["paper row", "GFLOPs paper", "GFLOPs analytic", "difference"],
+            rows=body,
+        )
+    )

@@ -53,12 +53,12 @@ PRECEDENCE = (AMBIGUOUS, NOT_HELD, NOT_COMPUTABLE, NOT_ENOUGH, INCONCLUSIVE, HEL
 @dataclass
 class Verdict:
     claim: str
-    test: str           # the claim's kind (better, flat, ...)
+    test: str  # the claim's kind (better, flat, ...)
     outcome: str
-    statistic: str      # statistic, p and means, per group
-    method: str = ""    # the statistical test used
-    n: str = ""         # values per compared cell, per group
-    margin: str = "—"   # equivalence margin, per group
+    statistic: str  # statistic, p and means, per group
+    method: str = ""  # the statistical test used
+    n: str = ""  # values per compared cell, per group
+    margin: str = "—"  # equivalence margin, per group
 
 
 @dataclass
@@ -82,8 +82,11 @@ EXTREMES = {"$max": max, "$min": min}
 
 
 def _matches(row: Row, selector: Mapping[str, Any]) -> bool:
-    return all(row.key[k] == axis_label(v) for k, v in selector.items()
-               if k in row.key and v not in EXTREMES)
+    return all(
+        row.key[k] == axis_label(v)
+        for k, v in selector.items()
+        if k in row.key and v not in EXTREMES
+    )
 
 
 def _numeric(label: str) -> float:
@@ -103,8 +106,11 @@ def select_rows(rows: Sequence[Row], selector: Mapping[str, Any]) -> list[Row]:
             values = [_numeric(r.key[k]) for r in found if k in r.key and r.key[k] != "-"]
             if values:
                 pick = EXTREMES[v](values)
-                found = [r for r in found if k in r.key and r.key[k] != "-"
-                         and _numeric(r.key[k]) == pick]
+                found = [
+                    r
+                    for r in found
+                    if k in r.key and r.key[k] != "-" and _numeric(r.key[k]) == pick
+                ]
     return found
 
 
@@ -113,8 +119,9 @@ def _need(c: CellStats, where: str, min_seeds: int) -> None:
         raise _Short(NOT_ENOUGH, f"{where}: n={c.n}, need {min_seeds}", str(c.n))
 
 
-def _one(rows: Sequence[Row], selector: Mapping[str, Any], metric: str, min_seeds: int
-         ) -> CellStats:
+def _one(
+    rows: Sequence[Row], selector: Mapping[str, Any], metric: str, min_seeds: int
+) -> CellStats:
     found = [r for r in select_rows(rows, selector) if metric in r.stats]
     if not found:
         raise _Short(NOT_ENOUGH, f"no row matches {dict(selector)} (n=0, need {min_seeds})", "0")
@@ -138,18 +145,25 @@ def _directional(res: stats.TestResult, reverse: stats.TestResult, prefix: str) 
     if not res.computable:
         return _Check(NOT_COMPUTABLE, f"{prefix}; {res.describe()}", res.test, n)
     outcome = HELD if res.p < res.alpha else NOT_HELD if reverse.p < res.alpha else INCONCLUSIVE
-    return _Check(outcome, f"{prefix}; {res.describe()}; reverse direction p = {reverse.p:.3g}",
-                  f"{res.test}, α = {res.alpha:g}", n)
+    return _Check(
+        outcome,
+        f"{prefix}; {res.describe()}; reverse direction p = {reverse.p:.3g}",
+        f"{res.test}, α = {res.alpha:g}",
+        n,
+    )
 
 
 def _better(rows, v, spec):
     a = _one(rows, v["a"], v["metric"], spec["min_seeds"])
     b = _one(rows, v["b"], v["metric"], spec["min_seeds"])
-    alt, rev = (("less", "greater") if _direction(spec, v["metric"]) == "lower"
-                else ("greater", "less"))
-    return _directional(stats.welch_test(a.values, b.values, alt, spec["alpha"]),
-                        stats.welch_test(a.values, b.values, rev, spec["alpha"]),
-                        f"means {a.mean:.4g} vs {b.mean:.4g} (n={a.n} vs {b.n})")
+    alt, rev = (
+        ("less", "greater") if _direction(spec, v["metric"]) == "lower" else ("greater", "less")
+    )
+    return _directional(
+        stats.welch_test(a.values, b.values, alt, spec["alpha"]),
+        stats.welch_test(a.values, b.values, rev, spec["alpha"]),
+        f"means {a.mean:.4g} vs {b.mean:.4g} (n={a.n} vs {b.n})",
+    )
 
 
 def _ratio_above(rows, v, spec):
@@ -157,26 +171,32 @@ def _ratio_above(rows, v, spec):
     b = _one(rows, v["b"], v["metric"], spec["min_seeds"])
     f = float(v["factor"])
     ratio = a.mean / b.mean if b.mean else math.inf
-    return _directional(stats.welch_test(a.values, f * b.values, "greater", spec["alpha"]),
-                        stats.welch_test(a.values, f * b.values, "less", spec["alpha"]),
-                        f"means {a.mean:.4g} vs {b.mean:.4g}, ratio {ratio:.3g}; "
-                        f"test of a > {f:g}·b")
+    return _directional(
+        stats.welch_test(a.values, f * b.values, "greater", spec["alpha"]),
+        stats.welch_test(a.values, f * b.values, "less", spec["alpha"]),
+        f"means {a.mean:.4g} vs {b.mean:.4g}, ratio {ratio:.3g}; test of a > {f:g}·b",
+    )
 
 
 def _best(rows, v, spec):
     metric = v["metric"]
     a = _one(rows, v["a"], metric, spec["min_seeds"])
-    others = [r.stats[metric] for r in rows
-              if metric in r.stats and r.stats[metric] is not a and r.stats[metric].n]
+    others = [
+        r.stats[metric]
+        for r in rows
+        if metric in r.stats and r.stats[metric] is not a and r.stats[metric].n
+    ]
     if not others:
         raise _Short(NOT_ENOUGH, "no other row to compare with (n=0)", "0")
     lower = _direction(spec, metric) == "lower"
     runner = min(others, key=lambda c: c.mean) if lower else max(others, key=lambda c: c.mean)
     _need(runner, "best other row", spec["min_seeds"])
     alt, rev = ("less", "greater") if lower else ("greater", "less")
-    return _directional(stats.welch_test(a.values, runner.values, alt, spec["alpha"]),
-                        stats.welch_test(a.values, runner.values, rev, spec["alpha"]),
-                        f"mean {a.mean:.4g} vs best other {runner.mean:.4g}")
+    return _directional(
+        stats.welch_test(a.values, runner.values, alt, spec["alpha"]),
+        stats.welch_test(a.values, runner.values, rev, spec["alpha"]),
+        f"mean {a.mean:.4g} vs best other {runner.mean:.4g}",
+    )
 
 
 def _levels(rows, v, min_seeds, keep=lambda x: True) -> dict[float, np.ndarray]:
@@ -209,20 +229,26 @@ def _trend(rows, v, spec):
         return _Check(NOT_COMPUTABLE, detail, res.test, _n_text(levels))
     want = -1 if v["direction"] == "decreasing" else 1
     significant = res.p < spec["alpha"]
-    outcome = (HELD if significant and np.sign(res.statistic) == want else
-               NOT_HELD if significant else INCONCLUSIVE)
-    return _Check(outcome, detail, f"{res.test} (two-sided), α = {spec['alpha']:g}",
-                  _n_text(levels))
+    outcome = (
+        HELD
+        if significant and np.sign(res.statistic) == want
+        else NOT_HELD
+        if significant
+        else INCONCLUSIVE
+    )
+    return _Check(
+        outcome, detail, f"{res.test} (two-sided), α = {spec['alpha']:g}", _n_text(levels)
+    )
 
 
 def _monotone(rows, v, spec):
-    levels = _levels(rows, v, 1)    # deterministic: one value per level is enough
+    levels = _levels(rows, v, 1)  # deterministic: one value per level is enough
     res = stats.monotone(levels, v["direction"])
     series = ", ".join(f"{x:g}: {vals[0]:.4g}" for x, vals in levels.items() if len(vals))
-    outcome = {stats.MONOTONE: HELD, stats.NOT_MONOTONE: NOT_HELD}.get(res.outcome,
-                                                                          NOT_COMPUTABLE)
-    return _Check(outcome, f"{res.describe()}; values by {v['axis']}: {series}", res.test,
-                  _n_text(levels))
+    outcome = {stats.MONOTONE: HELD, stats.NOT_MONOTONE: NOT_HELD}.get(res.outcome, NOT_COMPUTABLE)
+    return _Check(
+        outcome, f"{res.describe()}; values by {v['axis']}: {series}", res.test, _n_text(levels)
+    )
 
 
 def _margin(v: Mapping, spec: Mapping, reference_mean: float) -> float:
@@ -235,8 +261,12 @@ def _margin(v: Mapping, spec: Mapping, reference_mean: float) -> float:
     return margin
 
 
-_EQUIV = {stats.EQUIVALENT: HELD, stats.DIFFERENT: NOT_HELD, stats.INCONCLUSIVE: INCONCLUSIVE,
-          stats.NOT_COMPUTABLE: NOT_COMPUTABLE}
+_EQUIV = {
+    stats.EQUIVALENT: HELD,
+    stats.DIFFERENT: NOT_HELD,
+    stats.INCONCLUSIVE: INCONCLUSIVE,
+    stats.NOT_COMPUTABLE: NOT_COMPUTABLE,
+}
 
 
 def _no_difference(rows, v, spec):
@@ -244,8 +274,13 @@ def _no_difference(rows, v, spec):
     b = _one(rows, v["b"], v["metric"], spec["min_seeds"])
     margin = _margin(v, spec, b.mean)
     res = stats.tost(a.values, b.values, margin, spec["alpha"])
-    return _Check(_EQUIV[res.outcome], f"means {a.mean:.4g} vs {b.mean:.4g}; {res.describe()}",
-                  f"{res.test}, α = {spec['alpha']:g}", f"{a.n} vs {b.n}", f"±{margin:.3g}")
+    return _Check(
+        _EQUIV[res.outcome],
+        f"means {a.mean:.4g} vs {b.mean:.4g}; {res.describe()}",
+        f"{res.test}, α = {spec['alpha']:g}",
+        f"{a.n} vs {b.n}",
+        f"±{margin:.3g}",
+    )
 
 
 def _flat(rows, v, spec):
@@ -255,17 +290,28 @@ def _flat(rows, v, spec):
     results = [(x, stats.tost(vals, ref, margin, spec["alpha"])) for x, vals in rest]
     outcomes = {_EQUIV[r.outcome] for _, r in results}
     outcome = next(o for o in (NOT_HELD, NOT_COMPUTABLE, INCONCLUSIVE, HELD) if o in outcomes)
-    parts = [f"{v['axis'].split('.')[-1]}={x:g} vs {x0:g}: mean {vals.mean():.4g} vs "
-             f"{ref.mean():.4g}, {r.describe().split(': ', 1)[1]}"
-             for (x, r), vals in zip(results, [levels[x] for x, _ in results])]
-    return _Check(outcome, "; ".join(parts),
-                  f"TOST of each value ≤ {v['up_to']:g} against the smallest, α = "
-                  f"{spec['alpha']:g}", _n_text(levels), f"±{margin:.3g}")
+    parts = [
+        f"{v['axis'].split('.')[-1]}={x:g} vs {x0:g}: mean {vals.mean():.4g} vs "
+        f"{ref.mean():.4g}, {r.describe().split(': ', 1)[1]}"
+        for (x, r), vals in zip(results, [levels[x] for x, _ in results])
+    ]
+    return _Check(
+        outcome,
+        "; ".join(parts),
+        f"TOST of each value ≤ {v['up_to']:g} against the smallest, α = {spec['alpha']:g}",
+        _n_text(levels),
+        f"±{margin:.3g}",
+    )
 
 
 CHECKS: dict[str, Callable[[Sequence[Row], Mapping, Mapping], _Check]] = {
-    "better": _better, "ratio_above": _ratio_above, "trend": _trend, "flat": _flat,
-    "no_difference": _no_difference, "best": _best, "monotone": _monotone,
+    "better": _better,
+    "ratio_above": _ratio_above,
+    "trend": _trend,
+    "flat": _flat,
+    "no_difference": _no_difference,
+    "best": _best,
+    "monotone": _monotone,
 }
 
 
@@ -300,10 +346,18 @@ def evaluate(v: Mapping[str, Any], rows: Sequence[Row], spec: Mapping) -> Verdic
 
     outcome = next(o for o in PRECEDENCE if any(c.outcome == o for _, c in checks))
     detail = "; ".join(f"[{p}] {c.detail}" if p else c.detail for p, c in checks)
-    return Verdict(v["claim"], v["test"], outcome, detail, joined("method") or "—",
-                   joined("n") or "—", joined("margin") or "—")
+    return Verdict(
+        v["claim"],
+        v["test"],
+        outcome,
+        detail,
+        joined("method") or "—",
+        joined("n") or "—",
+        joined("margin") or "—",
+    )
 
 
-def evaluate_all(verdict_specs: Sequence[Mapping], rows: Sequence[Row], spec: Mapping
-                 ) -> list[Verdict]:
+def evaluate_all(
+    verdict_specs: Sequence[Mapping], rows: Sequence[Row], spec: Mapping
+) -> list[Verdict]:
     return [evaluate(v, rows, spec) for v in verdict_specs]

@@ -34,27 +34,79 @@ Modules, by stage (each importable on its own; this package re-exports the publi
 
 from e3lib.sweep.catalog import Catalog
 from e3lib.sweep.cli import cli_expand
-from e3lib.sweep.ensembles import (ENSEMBLE_KINDS, ENSEMBLE_RUNS_AXIS, MIN_REPLICATES,
-                                   ensemble_id, replicate_seeds)
-from e3lib.sweep.expand import (SELECT_DEFAULTS, UNSELECTABLE_AXES, expand_doc, expand_sweeps,
-                                load_sweep)
+from e3lib.sweep.ensembles import (
+    ENSEMBLE_KINDS,
+    ENSEMBLE_RUNS_AXIS,
+    MIN_REPLICATES,
+    ensemble_id,
+    replicate_seeds,
+)
+from e3lib.sweep.expand import (
+    SELECT_DEFAULTS,
+    UNSELECTABLE_AXES,
+    expand_doc,
+    expand_sweeps,
+    load_sweep,
+)
 from e3lib.sweep.guards import DEFAULT_MAX_RUNS
 from e3lib.sweep.load import VARIANTS, read_reproduces
 from e3lib.sweep.outputs import check_output_dirs
-from e3lib.sweep.plan import (INDEX_FORMAT, RESULT_PREFIX, Plan, Sweep, config_path, config_text,
-                              ensemble_config_path, index_path, index_tsv, index_tsv_path,
-                              upstream_config_path, write_index, write_plan)
+from e3lib.sweep.plan import (
+    INDEX_FORMAT,
+    RESULT_PREFIX,
+    Plan,
+    Sweep,
+    config_path,
+    config_text,
+    ensemble_config_path,
+    index_path,
+    index_tsv,
+    index_tsv_path,
+    upstream_config_path,
+    write_index,
+    write_plan,
+)
 from e3lib.sweep.resources import SIZE_RESOURCES, STAGES, check_fits, fit_problems, job_resources
 from e3lib.sweep.schema import SCHEMA_PATH, SweepError, check_schema, load_schema, table_ids
 
 __all__ = [
-    "Catalog", "cli_expand", "ENSEMBLE_KINDS", "ENSEMBLE_RUNS_AXIS", "ensemble_id",
-    "MIN_REPLICATES", "replicate_seeds", "SELECT_DEFAULTS", "UNSELECTABLE_AXES", "expand_doc",
+    "Catalog",
+    "cli_expand",
+    "ENSEMBLE_KINDS",
+    "ENSEMBLE_RUNS_AXIS",
+    "ensemble_id",
+    "MIN_REPLICATES",
+    "replicate_seeds",
+    "SELECT_DEFAULTS",
+    "UNSELECTABLE_AXES",
+    "expand_doc",
     "expand_sweeps",
-    "load_sweep", "VARIANTS", "read_reproduces", "INDEX_FORMAT", "RESULT_PREFIX", "Plan",
-    "Sweep", "config_path", "config_text", "ensemble_config_path", "index_path", "index_tsv",
-    "index_tsv_path", "upstream_config_path", "write_index", "write_plan", "SIZE_RESOURCES",
-    "STAGES", "job_resources", "check_fits", "fit_problems",
-    "SCHEMA_PATH", "SweepError", "check_schema", "load_schema",
-    "table_ids", "DEFAULT_MAX_RUNS", "check_output_dirs",
+    "load_sweep",
+    "VARIANTS",
+    "read_reproduces",
+    "INDEX_FORMAT",
+    "RESULT_PREFIX",
+    "Plan",
+    "Sweep",
+    "config_path",
+    "config_text",
+    "ensemble_config_path",
+    "index_path",
+    "index_tsv",
+    "index_tsv_path",
+    "upstream_config_path",
+    "write_index",
+    "write_plan",
+    "SIZE_RESOURCES",
+    "STAGES",
+    "job_resources",
+    "check_fits",
+    "fit_problems",
+    "SCHEMA_PATH",
+    "SweepError",
+    "check_schema",
+    "load_schema",
+    "table_ids",
+    "DEFAULT_MAX_RUNS",
+    "check_output_dirs",
 ]

@@ -18,10 +18,16 @@ from e3lib.sweep.schema import SweepError
 
 
 class Catalog:
-    def __init__(self, sweep_files: list[str], variant: str, sweep_dir: str,
-                 max_runs: int | None = None, checkpoints: dict[str, str] | None = None):
+    def __init__(
+        self,
+        sweep_files: list[str],
+        variant: str,
+        sweep_dir: str,
+        max_runs: int | None = None,
+        checkpoints: dict[str, str] | None = None,
+    ):
         self.variant, self.sweep_dir, self.max_runs = variant, sweep_dir, max_runs
-        self.checkpoints = dict(checkpoints or {})   # published name -> path (--config)
+        self.checkpoints = dict(checkpoints or {})  # published name -> path (--config)
         self.configured: Plan = self._expand(sweep_files)
         self._table_plans: dict[str, Plan] = {}
         self._dir_plan: Plan | None = None
@@ -30,8 +36,11 @@ class Catalog:
 
     def table_files(self, table: str) -> list[str]:
         """Sweep files in ``sweep_dir`` that reproduce ``table``."""
-        return [str(p) for p in sorted(Path(self.sweep_dir).glob("*.y*ml"))
-                if table in read_reproduces(p)]
+        return [
+            str(p)
+            for p in sorted(Path(self.sweep_dir).glob("*.y*ml"))
+            if table in read_reproduces(p)
+        ]
 
     def sweeps_for_table(self, table: str) -> list[str]:
         """Sweeps reproducing ``table``: the configured ones, else those in ``sweep_dir``."""
@@ -41,8 +50,12 @@ class Catalog:
         if table not in self._table_plans:
             files = self.table_files(table)
             if not files:
-                raise SweepError(self.sweep_dir, "(table)", table,
-                                 f"no sweep file in {self.sweep_dir}/ reproduces it")
+                raise SweepError(
+                    self.sweep_dir,
+                    "(table)",
+                    table,
+                    f"no sweep file in {self.sweep_dir}/ reproduces it",
+                )
             self._table_plans[table] = self._expand(files)
         return list(self._table_plans[table].sweeps)
 
@@ -50,9 +63,13 @@ class Catalog:
         for plan in self._plans():
             if name in plan.sweeps:
                 return plan.sweeps[name]
-        raise SweepError("--config sweeps", "(sweep)", name,
-                         f"not configured; configured: {sorted(self.configured.sweeps)} "
-                         "(add it with --config sweeps='[...]')")
+        raise SweepError(
+            "--config sweeps",
+            "(sweep)",
+            name,
+            f"not configured; configured: {sorted(self.configured.sweeps)} "
+            "(add it with --config sweeps='[...]')",
+        )
 
     # ------------------------------------------------------------------ ids
 
@@ -87,5 +104,9 @@ class Catalog:
         found = getattr(self._dir_plan, table)
         if key in found:
             return found[key]
-        raise SweepError("--config sweeps", f"({table})", key,
-                         f"no configured sweep and no sweep file in {self.sweep_dir}/ has it")
+        raise SweepError(
+            "--config sweeps",
+            f"({table})",
+            key,
+            f"no configured sweep and no sweep file in {self.sweep_dir}/ has it",
+        )

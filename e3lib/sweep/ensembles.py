@@ -38,7 +38,7 @@ from e3lib.config import ENSEMBLE_KINDS, short_hash
 from e3lib.sweep.plan import ensemble_entry
 from e3lib.sweep.schema import SweepError
 
-if TYPE_CHECKING:   # the expansion passes itself in; no import cycle at run time
+if TYPE_CHECKING:  # the expansion passes itself in; no import cycle at run time
     from e3lib.sweep.expand import Expansion
     from e3lib.sweep.load import SweepDoc
 
@@ -72,16 +72,20 @@ def replicate_offsets(num_seeds: int, size: int, replicates: int) -> list[int]:
     if replicates <= len(disjoint):
         return disjoint[:replicates]
     if size >= num_seeds or replicates > num_seeds:
-        raise ValueError(f"{replicates} distinct replicates of {size} runs need more than "
-                         f"{max(size, replicates - 1)} seeds; have {num_seeds}")
+        raise ValueError(
+            f"{replicates} distinct replicates of {size} runs need more than "
+            f"{max(size, replicates - 1)} seeds; have {num_seeds}"
+        )
     rest = [o for o in range(num_seeds) if o not in disjoint]
     extra = replicates - len(disjoint)
-    return disjoint + [rest[(i * len(rest)) // extra + len(rest) // (2 * extra)]
-                       for i in range(extra)]
+    return disjoint + [
+        rest[(i * len(rest)) // extra + len(rest) // (2 * extra)] for i in range(extra)
+    ]
 
 
-def replicate_seeds(seeds: Sequence[int], size: int, replicate: int,
-                    replicates: int | None = None) -> list[int]:
+def replicate_seeds(
+    seeds: Sequence[int], size: int, replicate: int, replicates: int | None = None
+) -> list[int]:
     """Seeds of the members of replicate ``replicate`` (of ``replicates``, default
     ``default_replicates``) of an ensemble of ``size`` runs."""
     n = len(seeds)
@@ -98,15 +102,20 @@ def matches(condition: Mapping[str, Any] | None, values: Mapping[str, Any]) -> b
     return True
 
 
-def add_ensembles(x: Expansion, doc: SweepDoc,
-                  point_runs: Sequence[tuple[dict, dict[int, str]]]) -> None:
+def add_ensembles(
+    x: Expansion, doc: SweepDoc, point_runs: Sequence[tuple[dict, dict[int, str]]]
+) -> None:
     """Add every ensemble row of ``doc.ensembles`` to the expansion ``x``."""
     for j, ens in enumerate(doc.ensembles):
         where = f"{doc.where['ensembles']}[{j}]"
         methods = {e["axes"].get("method") for e in x.sweep.entries if e["kind"] == "run"}
         if ens["label"] in methods:
-            raise SweepError(x.file, f"{where}.label", ens["label"],
-                             "an ensemble label must differ from the sweep's method names")
+            raise SweepError(
+                x.file,
+                f"{where}.label",
+                ens["label"],
+                "an ensemble label must differ from the sweep's method names",
+            )
         for cond in ens.get("of") or {}:
             if not tree.has_leaf(x.defaults, cond):
                 raise SweepError(x.file, f"{where}.of", cond, "unknown run-config field")
@@ -122,55 +131,88 @@ def add_ensembles(x: Expansion, doc: SweepDoc,
             raise SweepError(x.file, f"{where}.of", ens.get("of"), "matches no run of the sweep")
 
 
-def _add_size(x: Expansion, doc: SweepDoc, ens: dict, where: str, point: dict,
-              by_seed: dict[int, str], size: int) -> None:
+def _add_size(
+    x: Expansion,
+    doc: SweepDoc,
+    ens: dict,
+    where: str,
+    point: dict,
+    by_seed: dict[int, str],
+    size: int,
+) -> None:
     """The replicates of one point's ensembles of ``size`` runs."""
     seeds = doc.seeds
     if len(seeds) < size:
-        raise SweepError(x.file, f"{where}.runs", size,
-                         f"an ensemble of {size} runs needs at least {size} seeds; "
-                         f"the sweep has {len(seeds)}")
+        raise SweepError(
+            x.file,
+            f"{where}.runs",
+            size,
+            f"an ensemble of {size} runs needs at least {size} seeds; the sweep has {len(seeds)}",
+        )
     count = ens.get("replicates") or default_replicates(len(seeds), size)
     if count < MIN_REPLICATES:
-        field, value = ((f"{where}.replicates", count) if ens.get("replicates")
-                        else ("seeds", len(seeds)))
-        raise SweepError(x.file, field, value,
-                         f"ensembles of {size} runs get {count} replicate(s); the report "
-                         f"compares a row only with at least {MIN_REPLICATES} (min_seeds), "
-                         f"which needs at least {size + 1} seeds ({MIN_REPLICATES * size} "
-                         f"for disjoint members)")
+        field, value = (
+            (f"{where}.replicates", count) if ens.get("replicates") else ("seeds", len(seeds))
+        )
+        raise SweepError(
+            x.file,
+            field,
+            value,
+            f"ensembles of {size} runs get {count} replicate(s); the report "
+            f"compares a row only with at least {MIN_REPLICATES} (min_seeds), "
+            f"which needs at least {size + 1} seeds ({MIN_REPLICATES * size} "
+            f"for disjoint members)",
+        )
     if count > len(seeds) or (count > len(seeds) // size and size >= len(seeds)):
-        raise SweepError(x.file, f"{where}.replicates", count,
-                         f"too many replicates: with {len(seeds)} seeds, ensembles of "
-                         f"{size} runs have at most {len(seeds) if size < len(seeds) else 1} "
-                         f"distinct replicates (members would repeat)")
+        raise SweepError(
+            x.file,
+            f"{where}.replicates",
+            count,
+            f"too many replicates: with {len(seeds)} seeds, ensembles of "
+            f"{size} runs have at most {len(seeds) if size < len(seeds) else 1} "
+            f"distinct replicates (members would repeat)",
+        )
     windows = [replicate_seeds(seeds, size, r, count) for r in range(count)]
     for r, member_seeds in enumerate(windows):
         overlapping = any(set(member_seeds) & set(w) for i, w in enumerate(windows) if i != r)
         members = [_member(x, ens, point, by_seed, s) for s in member_seeds]
         ups = {x.sweep.run_upstream[m] for m in members}
         if ens["kind"] == "downstream" and len(ups) != 1:
-            raise SweepError(x.file, f"{where}.kind", "downstream",
-                             "downstream ensemble members must share one upstream but the "
-                             "seeds change it; use kind: upstream")
+            raise SweepError(
+                x.file,
+                f"{where}.kind",
+                "downstream",
+                "downstream ensemble members must share one upstream but the "
+                "seeds change it; use kind: upstream",
+            )
         if ens["kind"] == "upstream" and len(ups) != size:
-            raise SweepError(x.file, f"{where}.kind", "upstream",
-                             "upstream ensemble members must have distinct upstreams "
-                             "(is upstream.checkpoint set?)")
+            raise SweepError(
+                x.file,
+                f"{where}.kind",
+                "upstream",
+                "upstream ensemble members must have distinct upstreams "
+                "(is upstream.checkpoint set?)",
+            )
         eid = ensemble_id(ens["kind"], members)
         x.sweep.ensembles[eid] = {"kind": ens["kind"], "members": sorted(members)}
-        axes = {**x.axes_of(x.sweep.runs[members[0]]), "method": ens["label"],
-                ENSEMBLE_RUNS_AXIS: size}
+        axes = {
+            **x.axes_of(x.sweep.runs[members[0]]),
+            "method": ens["label"],
+            ENSEMBLE_RUNS_AXIS: size,
+        }
         owner = x.claim_row(axes, r, eid)
         if owner is None:
-            x.sweep.entries.append(ensemble_entry(eid, r, axes, members, ens["kind"],
-                                                  overlapping))
+            x.sweep.entries.append(ensemble_entry(eid, r, axes, members, ens["kind"], overlapping))
         elif owner != eid:
-            raise SweepError(x.file, f"{where}.label", ens["label"],
-                             f"two different ensembles would share one row {dict(axes)}: "
-                             "their members differ only in fields that are not axes of the "
-                             "row (e.g. the method); declare them separately, each with its "
-                             "own label")
+            raise SweepError(
+                x.file,
+                f"{where}.label",
+                ens["label"],
+                f"two different ensembles would share one row {dict(axes)}: "
+                "their members differ only in fields that are not axes of the "
+                "row (e.g. the method); declare them separately, each with its "
+                "own label",
+            )
 
 
 def _member(x: Expansion, ens: dict, point: dict, by_seed: dict[int, str], seed: int) -> str:

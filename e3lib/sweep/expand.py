@@ -76,18 +76,24 @@ def axis_names(doc: SweepDoc) -> list[str]:
         if "zip" in group:
             lengths = {n: len(v) for n, v in group["zip"].items()}
             if len(set(lengths.values())) > 1:
-                raise SweepError(doc.file, f"{where}.zip", lengths,
-                                 "zipped axes must have lists of equal length")
+                raise SweepError(
+                    doc.file, f"{where}.zip", lengths, "zipped axes must have lists of equal length"
+                )
         guards.check_axis_values(group, where, doc.file)
         for path in _group_paths(group):
             if path == "seed":
-                raise SweepError(doc.file, where, "seed",
-                                 "seeds are declared with `seeds:`, not as an axis")
+                raise SweepError(
+                    doc.file, where, "seed", "seeds are declared with `seeds:`, not as an axis"
+                )
             if not tree.has_leaf(DEFAULTS, path):
                 sections = sorted(k for k in DEFAULTS if isinstance(DEFAULTS[k], dict))
-                raise SweepError(doc.file, where, path,
-                                 f"unknown run-config field; allowed: method or a field of "
-                                 f"{sections} (see e3lib/config.py DEFAULTS)")
+                raise SweepError(
+                    doc.file,
+                    where,
+                    path,
+                    f"unknown run-config field; allowed: method or a field of "
+                    f"{sections} (see e3lib/config.py DEFAULTS)",
+                )
             if path not in names:
                 names.append(path)
         for cond in group.get("when") or {}:
@@ -99,17 +105,22 @@ def axis_names(doc: SweepDoc) -> list[str]:
 def base_config(doc: SweepDoc) -> dict:
     """DEFAULTS updated by the sweep's base (unknown fields refused)."""
     if "seed" in doc.base:
-        raise SweepError(doc.file, "base.seed", doc.base["seed"],
-                         "seeds are declared with `seeds:`")
+        raise SweepError(
+            doc.file, "base.seed", doc.base["seed"], "seeds are declared with `seeds:`"
+        )
     try:
         return tree.merge_known(DEFAULTS, doc.base)
     except ConfigError as err:
         raise SweepError(doc.file, f"base.{err.field}", err.value, err.rule) from None
 
 
-def iter_points(groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any],
-                doc: SweepDoc | None = None, i: int = 0, point: dict | None = None
-                ) -> Iterator[dict]:
+def iter_points(
+    groups: Sequence[Mapping[str, Any]],
+    base_cfg: Mapping[str, Any],
+    doc: SweepDoc | None = None,
+    i: int = 0,
+    point: dict | None = None,
+) -> Iterator[dict]:
     """The points of ``groups[i:]`` extending ``point``, lazily, in product order. A group
     may not re-assign a field an earlier group assigned to the same point (its values would
     silently replace the earlier ones): refused, naming both groups."""
@@ -129,16 +140,21 @@ def iter_points(groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any]
             file, where = (doc.file, doc.axis_field(i)) if doc else ("(sweep)", f"axes[{i}]")
             first = next(j for j in range(i) if again[0] in _group_paths(groups[j]))
             first_at = doc.axis_field(first) if doc else f"axes[{first}]"
-            raise SweepError(file, where, again[0],
-                             f"this field is already an axis ({first_at}) of the points it "
-                             f"applies to (e.g. {_fmt_point(point)}); an axis listed twice "
-                             "would silently replace the earlier values: list it once, or "
-                             "give the groups disjoint `when:` conditions")
+            raise SweepError(
+                file,
+                where,
+                again[0],
+                f"this field is already an axis ({first_at}) of the points it "
+                f"applies to (e.g. {_fmt_point(point)}); an axis listed twice "
+                "would silently replace the earlier values: list it once, or "
+                "give the groups disjoint `when:` conditions",
+            )
         yield from iter_points(groups, base_cfg, doc, i + 1, {**point, **a})
 
 
-def expand_points(groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any],
-                  doc: SweepDoc | None = None) -> list[dict]:
+def expand_points(
+    groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any], doc: SweepDoc | None = None
+) -> list[dict]:
     """Product of the axis groups in order; a group with ``when`` only expands the points
     whose current values (assigned, else the base config's) match it."""
     return list(iter_points(groups, base_cfg, doc))
@@ -153,13 +169,17 @@ def check_select(doc: SweepDoc, axes: Sequence[str]) -> dict | None:
     for i, axis in enumerate(block["over"]):
         field = f"{doc.where['select']}.over[{i}]"
         if axis in UNSELECTABLE_AXES:
-            raise SweepError(doc.file, field, axis,
-                             f"{axis} is compared by the tables, not selected; allowed: {allowed}")
+            raise SweepError(
+                doc.file,
+                field,
+                axis,
+                f"{axis} is compared by the tables, not selected; allowed: {allowed}",
+            )
         if axis not in axes:
-            raise SweepError(doc.file, field, axis,
-                             f"not an axis of this sweep (variant); allowed: {allowed}")
-    return {"over": list(block["over"]),
-            **{k: block.get(k, v) for k, v in SELECT_DEFAULTS.items()}}
+            raise SweepError(
+                doc.file, field, axis, f"not an axis of this sweep (variant); allowed: {allowed}"
+            )
+    return {"over": list(block["over"]), **{k: block.get(k, v) for k, v in SELECT_DEFAULTS.items()}}
 
 
 class Expansion:
@@ -168,12 +188,13 @@ class Expansion:
     defaults = DEFAULTS
     run_id = staticmethod(run_id)
 
-    def __init__(self, sweep: Sweep, base: dict, file: str,
-                 checkpoints: Mapping[str, str] | None = None):
+    def __init__(
+        self, sweep: Sweep, base: dict, file: str, checkpoints: Mapping[str, str] | None = None
+    ):
         self.sweep, self.base, self.file = sweep, base, file
-        self.checkpoints = dict(checkpoints or {})   # published name -> path
-        self._rows: dict[tuple, str] = {}        # (axis values, seed or replicate) -> id
-        self._resolved: dict[tuple, dict] = {}   # point -> resolved config (seed 0)
+        self.checkpoints = dict(checkpoints or {})  # published name -> path
+        self._rows: dict[tuple, str] = {}  # (axis values, seed or replicate) -> id
+        self._resolved: dict[tuple, dict] = {}  # point -> resolved config (seed 0)
 
     def resolved(self, point: dict, seed: int, extra: Mapping[str, Any] | None = None) -> dict:
         """The resolved config of a point and seed. The cross-field rules do not involve
@@ -185,12 +206,14 @@ class Expansion:
             for path, value in full.items():
                 over = tree.merge(over, tree.nest(path, value))
             try:
-                self._resolved[key] = pinned_config(resolve({**over, "seed": seed}, job=True),
-                                                    self.checkpoints)
+                self._resolved[key] = pinned_config(
+                    resolve({**over, "seed": seed}, job=True), self.checkpoints
+                )
             except ConfigError as err:
                 where = f"run ({_fmt_point(point)}, seed={seed})"
-                raise SweepError(self.file, f"{err.field} in {where}", err.value,
-                                 err.rule) from None
+                raise SweepError(
+                    self.file, f"{err.field} in {where}", err.value, err.rule
+                ) from None
         cfg0 = self._resolved[key]
         copied = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg0.items()}
         return copied | {"seed": seed}
@@ -201,7 +224,7 @@ class Expansion:
 
     def claim_row(self, axes: Mapping[str, Any], position: int, entry_id: str) -> str | None:
         """Record ``entry_id`` as the row (axes, seed or replicate); the earlier id if taken."""
-        key = (tuple(axes.items()), position)     # axis values are scalars
+        key = (tuple(axes.items()), position)  # axis values are scalars
         if key in self._rows:
             return self._rows[key]
         self._rows[key] = entry_id
@@ -212,10 +235,14 @@ class Expansion:
         owner = self.claim_row(axes, seed, rid)
         if owner is not None:
             if owner != rid:
-                raise SweepError(self.file, "axes", axes,
-                                 f"two runs with seed {seed} have these axis values but "
-                                 "different configs; make the field in which they differ an "
-                                 "axis")
+                raise SweepError(
+                    self.file,
+                    "axes",
+                    axes,
+                    f"two runs with seed {seed} have these axis values but "
+                    "different configs; make the field in which they differ an "
+                    "axis",
+                )
             return rid
         if rid not in self.sweep.runs:
             self.sweep.runs[rid] = cfg
@@ -232,9 +259,14 @@ class Expansion:
         return by_seed
 
 
-def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = None,
-               max_runs: int | None = None,
-               checkpoints: Mapping[str, str] | None = None) -> Sweep:
+def expand_doc(
+    doc: Any,
+    file: str,
+    variant: str = "small",
+    name: str | None = None,
+    max_runs: int | None = None,
+    checkpoints: Mapping[str, str] | None = None,
+) -> Sweep:
     """Validate and expand one loaded sweep document (see the module docstring).
 
     ``max_runs``: the most jobs this file may expand to (``--config max_runs=N``); None: the
@@ -248,17 +280,31 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
     axes = axis_names(d)
     if d.ensembles:
         axes.append(ENSEMBLE_RUNS_AXIS)
-    if "method" not in axes:   # every table row is keyed by method
+    if "method" not in axes:  # every table row is keyed by method
         axes.insert(0, "method")
     base_cfg = base_config(d)
-    per_point = len(d.seeds) + guards.check_ensembles(d.ensembles, d.where["ensembles"],
-                                                      len(d.seeds), file)
-    guards.check_size(d.axes, lambda: iter_points(d.axes, base_cfg, d), per_point,
-                      len(d.seeds), d.max_runs, file, d.where["axes"])
-    sweep = Sweep(name=d.name or name or Path(file).stem, file=file,
-                  file_sha256=hashlib.sha256(canonical_json(doc).encode()).hexdigest(),
-                  variant=variant, title=d.title, reproduces=d.reproduces, axes=axes,
-                  seeds=d.seeds)
+    per_point = len(d.seeds) + guards.check_ensembles(
+        d.ensembles, d.where["ensembles"], len(d.seeds), file
+    )
+    guards.check_size(
+        d.axes,
+        lambda: iter_points(d.axes, base_cfg, d),
+        per_point,
+        len(d.seeds),
+        d.max_runs,
+        file,
+        d.where["axes"],
+    )
+    sweep = Sweep(
+        name=d.name or name or Path(file).stem,
+        file=file,
+        file_sha256=hashlib.sha256(canonical_json(doc).encode()).hexdigest(),
+        variant=variant,
+        title=d.title,
+        reproduces=d.reproduces,
+        axes=axes,
+        seeds=d.seeds,
+    )
     sweep.select = check_select(d, sweep.axes)
     x = Expansion(sweep, d.base, file, checkpoints)
     point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg, d)]
@@ -266,18 +312,25 @@ def expand_doc(doc: Any, file: str, variant: str = "small", name: str | None = N
     return sweep
 
 
-def load_sweep(path: str | os.PathLike, variant: str = "small",
-               max_runs: int | None = None,
-               checkpoints: Mapping[str, str] | None = None) -> Sweep:
+def load_sweep(
+    path: str | os.PathLike,
+    variant: str = "small",
+    max_runs: int | None = None,
+    checkpoints: Mapping[str, str] | None = None,
+) -> Sweep:
     """Read, validate and expand one sweep file."""
-    return expand_doc(read_doc(path), str(path), variant, max_runs=max_runs,
-                      checkpoints=checkpoints)
+    return expand_doc(
+        read_doc(path), str(path), variant, max_runs=max_runs, checkpoints=checkpoints
+    )
 
 
-def expand_sweeps(paths: Sequence[str | os.PathLike], variant: str = "small",
-                  max_runs: int | None = None,
-                  checkpoints: Mapping[str, str] | None = None,
-                  checkpoints_option: str = "upstream_checkpoints") -> Plan:
+def expand_sweeps(
+    paths: Sequence[str | os.PathLike],
+    variant: str = "small",
+    max_runs: int | None = None,
+    checkpoints: Mapping[str, str] | None = None,
+    checkpoints_option: str = "upstream_checkpoints",
+) -> Plan:
     """Expand several sweep files into one plan (runs shared between sweeps appear once).
 
     checkpoints: published checkpoint name -> path (``e3lib.upstreams.catalog``); a name

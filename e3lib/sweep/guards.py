@@ -46,8 +46,13 @@ def check_plain(doc: Any, file: str, path: str = "") -> None:
         if not math.isfinite(doc):
             raise SweepError(file, where, doc, "numbers must be finite (not NaN or infinity)")
     elif not (doc is None or isinstance(doc, (str, int, bool))):
-        raise SweepError(file, where, doc, f"a {type(doc).__name__} is not allowed here; "
-                         "allowed: a string, number, boolean, null, list or mapping")
+        raise SweepError(
+            file,
+            where,
+            doc,
+            f"a {type(doc).__name__} is not allowed here; "
+            "allowed: a string, number, boolean, null, list or mapping",
+        )
 
 
 def seeds(value: Any, field: str, file: str, limit: int) -> list[int]:
@@ -58,21 +63,32 @@ def seeds(value: Any, field: str, file: str, limit: int) -> list[int]:
         if value < 1:
             raise SweepError(file, field, value, "a seed count must be >= 1")
         if value > limit:
-            raise SweepError(file, field, value, f"more seeds than max_runs = {limit} "
-                             "(raise the sweep's max_runs: or --config max_runs=N)")
+            raise SweepError(
+                file,
+                field,
+                value,
+                f"more seeds than max_runs = {limit} "
+                "(raise the sweep's max_runs: or --config max_runs=N)",
+            )
         return list(range(value))
     if isinstance(value, list):
         for i, s in enumerate(value):
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-                raise SweepError(file, f"{field}[{i}]", s,
-                                 f"a seed must be an integer in [0, {MAX_SEED}]")
+                raise SweepError(
+                    file, f"{field}[{i}]", s, f"a seed must be an integer in [0, {MAX_SEED}]"
+                )
         if len(set(value)) != len(value):
             raise SweepError(file, field, value, "seeds must be distinct")
         if len(value) > limit:
             raise SweepError(file, field, len(value), f"more seeds than max_runs = {limit}")
         return list(value)
-    raise SweepError(file, field, value, "allowed: a seed count (an integer >= 1) or a list of "
-                     "distinct integer seeds, e.g. seeds: 3 or seeds: [0, 1, 2]")
+    raise SweepError(
+        file,
+        field,
+        value,
+        "allowed: a seed count (an integer >= 1) or a list of "
+        "distinct integer seeds, e.g. seeds: 3 or seeds: [0, 1, 2]",
+    )
 
 
 def _scalar_key(v: Any) -> tuple:
@@ -89,15 +105,19 @@ def check_axis_values(group: Mapping[str, Any], where: str, file: str) -> None:
         rows = [tuple(_scalar_key(c[i]) for c in cols) for i in range(len(cols[0]))]
         what, shown = f"{where}.zip", [tuple(c[i] for c in cols) for i in range(len(cols[0]))]
     else:
-        rows = [tuple(sorted((k, _scalar_key(v)) for k, v in case.items()))
-                for case in group["cases"]]
+        rows = [
+            tuple(sorted((k, _scalar_key(v)) for k, v in case.items())) for case in group["cases"]
+        ]
         what, shown = f"{where}.cases", list(group["cases"])
     seen: dict[tuple, int] = {}
     for i, row in enumerate(rows):
         if row in seen:
-            raise SweepError(file, f"{what}[{i}]", shown[i],
-                             f"listed twice (also at position {seen[row]}); list each value "
-                             "once")
+            raise SweepError(
+                file,
+                f"{what}[{i}]",
+                shown[i],
+                f"listed twice (also at position {seen[row]}); list each value once",
+            )
         seen[row] = i
 
 
@@ -108,32 +128,48 @@ def replicates_allowed(n_seeds: int, size: int) -> int:
     return 1 if size >= n_seeds else n_seeds
 
 
-def check_ensembles(ensembles: Sequence[Mapping[str, Any]], where: str, n_seeds: int,
-                    file: str) -> int:
+def check_ensembles(
+    ensembles: Sequence[Mapping[str, Any]], where: str, n_seeds: int, file: str
+) -> int:
     """Ensemble sizes and replicates the seeds allow; returns ensemble jobs per point (bound)."""
     jobs = 0
     for j, ens in enumerate(ensembles):
         at = f"{where}[{j}]"
         for size in ens["runs"]:
             if size > n_seeds:
-                raise SweepError(file, f"{at}.runs", size,
-                                 f"an ensemble of {size} runs needs at least {size} seeds; "
-                                 f"the sweep has {n_seeds}")
+                raise SweepError(
+                    file,
+                    f"{at}.runs",
+                    size,
+                    f"an ensemble of {size} runs needs at least {size} seeds; "
+                    f"the sweep has {n_seeds}",
+                )
             top = replicates_allowed(n_seeds, size)
             reps = ens.get("replicates")
             if reps is not None and reps > top:
-                raise SweepError(file, f"{at}.replicates", reps,
-                                 f"too many replicates: with {n_seeds} seeds (seeds:), "
-                                 f"ensembles of {size} runs have at most {top} distinct "
-                                 "replicates (members would repeat; add seeds instead)")
+                raise SweepError(
+                    file,
+                    f"{at}.replicates",
+                    reps,
+                    f"too many replicates: with {n_seeds} seeds (seeds:), "
+                    f"ensembles of {size} runs have at most {top} distinct "
+                    "replicates (members would repeat; add seeds instead)",
+                )
             jobs += reps or default_replicates(n_seeds, size)
         if ens["kind"] == "upstream":
-            jobs += n_seeds      # member runs with their own upstream
+            jobs += n_seeds  # member runs with their own upstream
     return jobs
 
 
-def check_size(groups: Sequence[Mapping[str, Any]], points: Callable[[], Iterator[dict]],
-               per_point: int, n_seeds: int, limit: int, file: str, field: str) -> int:
+def check_size(
+    groups: Sequence[Mapping[str, Any]],
+    points: Callable[[], Iterator[dict]],
+    per_point: int,
+    n_seeds: int,
+    limit: int,
+    file: str,
+    field: str,
+) -> int:
     """Refuse an expansion over ``limit`` jobs before materializing it; returns the bound.
     ``points()`` yields the points lazily (counted only when ``when`` groups shrink them)."""
     sizes = []
@@ -148,7 +184,7 @@ def check_size(groups: Sequence[Mapping[str, Any]], points: Callable[[], Iterato
     if product * per_point <= limit:
         return product * per_point
     counted = product
-    if any(g.get("when") for g in groups):   # conditional groups: count, up to the limit
+    if any(g.get("when") for g in groups):  # conditional groups: count, up to the limit
         cap = limit // per_point + 1
         counted = 0
         for _ in points():
@@ -158,9 +194,12 @@ def check_size(groups: Sequence[Mapping[str, Any]], points: Callable[[], Iterato
         if counted * per_point <= limit:
             return counted * per_point
     shape = " x ".join(map(str, sizes)) or "1"
-    raise SweepError(file, field, f"{'at least ' if counted != product else ''}"
-                     f"{counted * per_point} jobs",
-                     f"over the limit of max_runs = {limit} jobs per sweep file: axis groups "
-                     f"{shape} = {product} points (upper bound), {n_seeds} seed(s) and "
-                     f"{per_point} job(s) per point with ensembles; raise the sweep's "
-                     "max_runs: or --config max_runs=N, or shrink the axes")
+    raise SweepError(
+        file,
+        field,
+        f"{'at least ' if counted != product else ''}{counted * per_point} jobs",
+        f"over the limit of max_runs = {limit} jobs per sweep file: axis groups "
+        f"{shape} = {product} points (upper bound), {n_seeds} seed(s) and "
+        f"{per_point} job(s) per point with ensembles; raise the sweep's "
+        "max_runs: or --config max_runs=N, or shrink the axes",
+    )

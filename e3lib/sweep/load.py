@@ -24,8 +24,11 @@ REPLACED = ("axes", "seeds", "ensembles", "select")
 # Fields that were renamed: old name -> (new name, why). Files using the old name are
 # refused with a message naming the new one (never read with a guessed meaning).
 RENAMED_ENSEMBLE_FIELDS = {
-    "sizes": ("runs", "the number of member runs of a deep ensemble is `runs:` "
-                      "(e.g. runs: [2, 4]); `model.ensemble_size` is M of one E³-style model"),
+    "sizes": (
+        "runs",
+        "the number of member runs of a deep ensemble is `runs:` "
+        "(e.g. runs: [2, 4]); `model.ensemble_size` is M of one E³-style model",
+    ),
 }
 
 
@@ -61,8 +64,9 @@ def refuse_renamed_fields(doc: Any, file: str) -> None:
         for j, ens in enumerate(ensembles if isinstance(ensembles, list) else []):
             for old, (new, why) in RENAMED_ENSEMBLE_FIELDS.items():
                 if isinstance(ens, dict) and old in ens:
-                    raise SweepError(file, f"{where}[{j}].{old}", ens[old],
-                                     f"renamed to `{new}`: {why}")
+                    raise SweepError(
+                        file, f"{where}[{j}].{old}", ens[old], f"renamed to `{new}`: {why}"
+                    )
 
 
 def read_recipe(file: str, recipe: str, field: str) -> dict:
@@ -73,8 +77,13 @@ def read_recipe(file: str, recipe: str, field: str) -> dict:
     except safeyaml.YamlInputError as err:
         raise SweepError(file, field, recipe, f"recipe file: {err}") from None
     if not isinstance(doc, dict):
-        raise SweepError(file, field, recipe, f"{path}: a recipe is a mapping of run-config "
-                         f"overrides (sections of e3lib.config.DEFAULTS)")
+        raise SweepError(
+            file,
+            field,
+            recipe,
+            f"{path}: a recipe is a mapping of run-config "
+            f"overrides (sections of e3lib.config.DEFAULTS)",
+        )
     return doc
 
 
@@ -95,7 +104,7 @@ class SweepDoc:
     max_runs: int = guards.DEFAULT_MAX_RUNS
     # where each replaceable field came from: "axes" or "variants.paper.axes", ...
     where: dict[str, str] = field(default_factory=dict)
-    n_axes_own: int = 0   # axis groups before the overlay's add_axes
+    n_axes_own: int = 0  # axis groups before the overlay's add_axes
 
     def axis_field(self, i: int) -> str:
         """How the file names axis group ``i``."""
@@ -111,14 +120,18 @@ def variant_doc(doc: dict, variant: str, file: str, max_runs: int | None = None)
         raise SweepError(file, "variant", variant, f"allowed: {list(VARIANTS)}")
     variants = doc.get("variants") or {}
     if variants and variant not in variants:
-        raise SweepError(file, f"variants.{variant}", None,
-                         f"this sweep defines variants {sorted(variants)} only")
+        raise SweepError(
+            file,
+            f"variants.{variant}",
+            None,
+            f"this sweep defines variants {sorted(variants)} only",
+        )
     overlay = variants.get(variant) or {}
     out = {k: copy.deepcopy(doc.get(k)) for k in ("base", *REPLACED)}
     if "recipe" in overlay:  # shared recipe file, under the overlay's own base
         recipe = read_recipe(file, overlay["recipe"], f"variants.{variant}.recipe")
         out["base"] = tree.merge(out["base"] or {}, recipe)
-    if "base" in overlay:   # merged; unknown fields are refused with the merged base
+    if "base" in overlay:  # merged; unknown fields are refused with the merged base
         out["base"] = tree.merge(out["base"] or {}, overlay["base"])
     for key in REPLACED:
         if key in overlay:
@@ -133,8 +146,17 @@ def variant_doc(doc: dict, variant: str, file: str, max_runs: int | None = None)
         raise SweepError(file, "max_runs", max_runs, "must be a positive integer")
     seeds = guards.seeds(out["seeds"], where["seeds"], file, max_runs)
     return SweepDoc(
-        file=file, variant=variant, name=doc.get("name"), title=doc["title"],
-        reproduces=list(doc["reproduces"]), base=out["base"] or {}, axes=axes,
-        seeds=seeds, ensembles=list(out["ensembles"] or []), select=out["select"],
-        max_runs=max_runs, where=where,
-        n_axes_own=len(overlay["axes"]) if "axes" in overlay else len(doc.get("axes") or []))
+        file=file,
+        variant=variant,
+        name=doc.get("name"),
+        title=doc["title"],
+        reproduces=list(doc["reproduces"]),
+        base=out["base"] or {},
+        axes=axes,
+        seeds=seeds,
+        ensembles=list(out["ensembles"] or []),
+        select=out["select"],
+        max_runs=max_runs,
+        where=where,
+        n_axes_own=len(overlay["axes"]) if "axes" in overlay else len(doc.get("axes") or []),
+    )

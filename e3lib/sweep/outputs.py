@@ -18,8 +18,22 @@ from e3lib.errors import ConfigError
 
 OUTPUT_KEYS = ("results", "reports", "logs")
 # Top-level directories of the filesystem that never hold workflow outputs.
-SYSTEM_DIRS = ("bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run",
-               "sbin", "sys", "usr", "var")
+SYSTEM_DIRS = (
+    "bin",
+    "boot",
+    "dev",
+    "etc",
+    "lib",
+    "lib32",
+    "lib64",
+    "libx32",
+    "proc",
+    "run",
+    "sbin",
+    "sys",
+    "usr",
+    "var",
+)
 
 
 def unusable_reason(path: str) -> str | None:
@@ -50,13 +64,18 @@ def unusable_reason(path: str) -> str | None:
     return None
 
 
-def check_output_dirs(config: Mapping[str, Any], keys: tuple[str, ...] = OUTPUT_KEYS,
-                      source: str = "--config") -> None:
+def check_output_dirs(
+    config: Mapping[str, Any], keys: tuple[str, ...] = OUTPUT_KEYS, source: str = "--config"
+) -> None:
     """A ConfigError naming the first unusable output directory of the workflow config."""
     for key in keys:
         if key not in config:
             continue
         reason = unusable_reason(config[key])
         if reason:
-            raise ConfigError(key, config[key], f"{reason} (allowed: a writable directory "
-                              "path, created if missing)", source)
+            raise ConfigError(
+                key,
+                config[key],
+                f"{reason} (allowed: a writable directory path, created if missing)",
+                source,
+            )

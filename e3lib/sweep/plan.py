@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from e3lib import atomic
 from e3lib.config import canonical_json, short_hash
@@ -50,26 +51,42 @@ class Sweep:
     axes: list[str]
     seeds: list[int]
     entries: list[dict] = field(default_factory=list)
-    runs: dict[str, dict] = field(default_factory=dict)        # run_id -> resolved config
+    runs: dict[str, dict] = field(default_factory=dict)  # run_id -> resolved config
     run_upstream: dict[str, str] = field(default_factory=dict)  # run_id -> upstream_id
-    ensembles: dict[str, dict] = field(default_factory=dict)   # ensemble_id -> {kind, members}
-    select: dict | None = None   # `select:` block with defaults filled in, or None
+    ensembles: dict[str, dict] = field(default_factory=dict)  # ensemble_id -> {kind, members}
+    select: dict | None = None  # `select:` block with defaults filled in, or None
 
     def index(self) -> dict:
-        out = {"format": INDEX_FORMAT, "sweep": self.name, "file": self.file,
-               "file_sha256": self.file_sha256, "variant": self.variant,
-               "reproduces": self.reproduces, "title": self.title, "axes": self.axes,
-               "seeds": self.seeds, "entries": self.entries}
+        out = {
+            "format": INDEX_FORMAT,
+            "sweep": self.name,
+            "file": self.file,
+            "file_sha256": self.file_sha256,
+            "variant": self.variant,
+            "reproduces": self.reproduces,
+            "title": self.title,
+            "axes": self.axes,
+            "seeds": self.seeds,
+            "entries": self.entries,
+        }
         if self.select is not None:
             out["select"] = self.select
         return out
 
     def fingerprint(self) -> str:
         """Hash of everything the index says (entry ids hash their configs)."""
-        return short_hash([INDEX_FORMAT, self.file_sha256, self.variant, self.axes,
-                           self.seeds, self.select,
-                           [(e["id"], e.get("seed"), e.get("replicate"), e["axes"])
-                            for e in self.entries]], 16)
+        return short_hash(
+            [
+                INDEX_FORMAT,
+                self.file_sha256,
+                self.variant,
+                self.axes,
+                self.seeds,
+                self.select,
+                [(e["id"], e.get("seed"), e.get("replicate"), e["axes"]) for e in self.entries],
+            ],
+            16,
+        )
 
 
 @dataclass
@@ -78,15 +95,19 @@ class Plan:
 
     sweeps: dict[str, Sweep] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)
-    upstreams: dict[str, str] = field(default_factory=dict)     # upstream_id -> a run_id
+    upstreams: dict[str, str] = field(default_factory=dict)  # upstream_id -> a run_id
     run_upstream: dict[str, str] = field(default_factory=dict)  # run_id -> upstream_id
     ensembles: dict[str, dict] = field(default_factory=dict)
 
     def add(self, sweep: Sweep) -> None:
         if sweep.name in self.sweeps:
             other = self.sweeps[sweep.name].file
-            raise SweepError(sweep.file, "name", sweep.name,
-                             f"sweep name already used by {other}; names must be unique")
+            raise SweepError(
+                sweep.file,
+                "name",
+                sweep.name,
+                f"sweep name already used by {other}; names must be unique",
+            )
         self.sweeps[sweep.name] = sweep
         for rid, cfg in sweep.runs.items():
             if rid not in self.runs:
@@ -110,17 +131,38 @@ def _entry_paths(kind: str, entry_id: str) -> dict:
 
 
 def run_entry(rid: str, seed: int, axes: dict, upstream: str, cfg: dict) -> dict:
-    return {"id": rid, "kind": "run", "seed": seed, "axes": axes, "upstream_id": upstream,
-            **_entry_paths("runs", rid), "config": cfg}
+    return {
+        "id": rid,
+        "kind": "run",
+        "seed": seed,
+        "axes": axes,
+        "upstream_id": upstream,
+        **_entry_paths("runs", rid),
+        "config": cfg,
+    }
 
 
-def ensemble_entry(eid: str, replicate: int, axes: dict, members: Sequence[str],
-                   kind: str, overlapping: bool = False) -> dict:
+def ensemble_entry(
+    eid: str,
+    replicate: int,
+    axes: dict,
+    members: Sequence[str],
+    kind: str,
+    overlapping: bool = False,
+) -> dict:
     """An ensemble's index row; ``overlapping``: it shares member runs with another
     replicate of its row (replicates then are not independent draws)."""
-    return {"id": eid, "kind": "ensemble", "replicate": replicate, "seed": replicate,
-            "axes": axes, "members": list(members), "ensemble_kind": kind,
-            "overlapping": overlapping, **_entry_paths("ensembles", eid)}
+    return {
+        "id": eid,
+        "kind": "ensemble",
+        "replicate": replicate,
+        "seed": replicate,
+        "axes": axes,
+        "members": list(members),
+        "ensemble_kind": kind,
+        "overlapping": overlapping,
+        **_entry_paths("ensembles", eid),
+    }
 
 
 # ----------------------------------------------------------------------------- files
@@ -161,14 +203,27 @@ def index_tsv(sweep: Sweep) -> str:
     rows = ["\t".join(["id", "kind", "seed", "replicate", *sweep.axes, "members"])]
     for e in sweep.entries:
         seed, rep = ("", str(e["replicate"])) if e["kind"] == "ensemble" else (str(e["seed"]), "")
-        rows.append("\t".join([e["id"], e["kind"], seed, rep,
-                               *(json.dumps(e["axes"][a]) for a in sweep.axes),
-                               ",".join(e.get("members", []))]))
+        rows.append(
+            "\t".join(
+                [
+                    e["id"],
+                    e["kind"],
+                    seed,
+                    rep,
+                    *(json.dumps(e["axes"][a]) for a in sweep.axes),
+                    ",".join(e.get("members", [])),
+                ]
+            )
+        )
     return "\n".join(rows) + "\n"
 
 
-def write_index(sweep: Sweep, json_path: str | os.PathLike, tsv_path: str | os.PathLike,
-                only_if_changed: bool = True) -> int:
+def write_index(
+    sweep: Sweep,
+    json_path: str | os.PathLike,
+    tsv_path: str | os.PathLike,
+    only_if_changed: bool = True,
+) -> int:
     """Write a sweep's index.json and index.tsv atomically; returns the files written.
 
     With ``only_if_changed=False`` both are rewritten (a workflow job's outputs must be
@@ -191,8 +246,9 @@ def write_plan(plan: Plan, results_root: str = "results") -> int:
     """
     root = str(results_root)
     by_id = [(config_path(root, rid), cfg) for rid, cfg in plan.runs.items()]
-    by_id += [(upstream_config_path(root, uid), plan.upstream_config(uid))
-              for uid in plan.upstreams]
+    by_id += [
+        (upstream_config_path(root, uid), plan.upstream_config(uid)) for uid in plan.upstreams
+    ]
     by_id += [(ensemble_config_path(root, eid), ens) for eid, ens in plan.ensembles.items()]
     existing: dict[str, set[str]] = {}
     for d in {os.path.dirname(p) for p, _ in by_id}:
@@ -203,8 +259,9 @@ def write_plan(plan: Plan, results_root: str = "results") -> int:
         if os.path.basename(path) not in existing[os.path.dirname(path)]:
             written += atomic.write_text_if_changed(Path(path), config_text(obj))
     for sweep in plan.sweeps.values():
-        written += write_index(sweep, index_path(root, sweep.name),
-                               index_tsv_path(root, sweep.name))
+        written += write_index(
+            sweep, index_path(root, sweep.name), index_tsv_path(root, sweep.name)
+        )
     return written
 
 
@@ -214,9 +271,7 @@ def write_text_logged(path: str | os.PathLike, text: str, log: str | os.PathLike
     atomic.write_text(log, f"wrote {path} ({len(text)} bytes)\n")
 
 
-
-def write_index_logged(sweep: Sweep, json_path: str, tsv_path: str, stamp: str,
-                       log: str) -> None:
+def write_index_logged(sweep: Sweep, json_path: str, tsv_path: str, stamp: str, log: str) -> None:
     """The workflow's index job: rewrite index.json + index.tsv, drop the stamps of other
     plan fingerprints (so a sweep edited back to an earlier plan is rewritten again)."""
     write_index(sweep, json_path, tsv_path, only_if_changed=False)
@@ -224,5 +279,8 @@ def write_index_logged(sweep: Sweep, json_path: str, tsv_path: str, stamp: str,
     dropped = [p.name for p in stamps.iterdir() if p.name != Path(stamp).name]
     for name in dropped:
         (stamps / name).unlink()
-    atomic.write_text(log, f"wrote {json_path} and {tsv_path} ({len(sweep.entries)} entries, "
-                           f"plan {Path(stamp).name}); dropped plan stamps {dropped}\n")
+    atomic.write_text(
+        log,
+        f"wrote {json_path} and {tsv_path} ({len(sweep.entries)} entries, "
+        f"plan {Path(stamp).name}); dropped plan stamps {dropped}\n",
+    )

@@ -27,7 +27,7 @@ SIZE_RESOURCES: dict[str, dict[str, Any]] = {
     "L/16": dict(tpu=("v5p-64", "v3-256"), gpus=(32, 32), mem_mb=96000, min_per_kstep=60),
     "H/14": dict(tpu=("v5p-128", "v3-512"), gpus=(128, 64), mem_mb=128000, min_per_kstep=150),
 }
-STAGES = ("finetune", "upstream")   # order of the (fine-tune, pretraining) pairs above
+STAGES = ("finetune", "upstream")  # order of the (fine-tune, pretraining) pairs above
 
 
 def job_resources(cfg: Mapping[str, Any], stage: str, attempt: int = 1) -> dict[str, Any]:
@@ -44,8 +44,12 @@ def job_resources(cfg: Mapping[str, Any], stage: str, attempt: int = 1) -> dict[
     # M members of one model are computed side by side (tiled tokens): cost grows with M.
     members = max(1, cfg["model"]["ensemble_size"])
     minutes = max(10, math.ceil(table["min_per_kstep"] * steps / 1000 * (1 + 0.5 * (members - 1))))
-    return {"tpu_type": table["tpu"][i], "gpus": table["gpus"][i],
-            "mem_mb": table["mem_mb"] * attempt, "runtime": minutes * attempt}
+    return {
+        "tpu_type": table["tpu"][i],
+        "gpus": table["gpus"][i],
+        "mem_mb": table["mem_mb"] * attempt,
+        "runtime": minutes * attempt,
+    }
 
 
 def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
@@ -56,8 +60,9 @@ def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
     res = job_resources(cfg, "finetune")
     mesh = cfg.get("mesh")
     expert = mesh.get("expert") if isinstance(mesh, Mapping) else None
-    return request_problems(cfg, res["tpu_type"], res["gpus"],
-                            expert_axis=expert if expert and expert > 0 else None)
+    return request_problems(
+        cfg, res["tpu_type"], res["gpus"], expert_axis=expert if expert and expert > 0 else None
+    )
 
 
 def check_fits(plan: Any, variant: str) -> None:
@@ -69,12 +74,23 @@ def check_fits(plan: Any, variant: str) -> None:
     seen: dict[str, list[str]] = {}
     for sweep in plan.sweeps.values():
         for rid, cfg in sweep.runs.items():
-            key = repr((cfg["model"], cfg["method"], cfg["data"]["image_size"],
-                        cfg["finetune"]["batch_size"], cfg.get("mesh")))
+            key = repr(
+                (
+                    cfg["model"],
+                    cfg["method"],
+                    cfg["data"]["image_size"],
+                    cfg["finetune"]["batch_size"],
+                    cfg.get("mesh"),
+                )
+            )
             if key not in seen:
                 seen[key] = fit_problems(cfg)
             if seen[key]:
-                raise SweepError(sweep.file, f"run {rid}",
-                                 f"{cfg['model']['size']} {cfg['method']}",
-                                 "does not fit the requested devices: " + "; ".join(seen[key])
-                                 + " (e3lib/sweep/resources.py SIZE_RESOURCES, docs/scale.md)")
+                raise SweepError(
+                    sweep.file,
+                    f"run {rid}",
+                    f"{cfg['model']['size']} {cfg['method']}",
+                    "does not fit the requested devices: "
+                    + "; ".join(seen[key])
+                    + " (e3lib/sweep/resources.py SIZE_RESOURCES, docs/scale.md)",
+                )

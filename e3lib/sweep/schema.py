@@ -7,8 +7,9 @@ list positions in brackets: ``variants.paper.axes[1].values``), the value and th
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -60,13 +61,16 @@ def check_schema(doc: Any, file: str) -> None:
     rule, value = err.message, err.instance
     if err.validator == "required":
         missing = [k for k in err.validator_value if k not in (err.instance or {})]
-        raise SweepError(file, json_path([*err.absolute_path, missing[0]]), None,
-                         "missing required field")
+        raise SweepError(
+            file, json_path([*err.absolute_path, missing[0]]), None, "missing required field"
+        )
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         if allowed:
             rule += f"; allowed fields here: {allowed}"
     elif err.validator == "pattern" and err.schema.get("pattern", "").startswith("^(method"):
-        rule += " (an axis or condition name must be a dotted run-config path such as " \
-                "'model.overlap' or 'method')"
+        rule += (
+            " (an axis or condition name must be a dotted run-config path such as "
+            "'model.overlap' or 'method')"
+        )
     raise SweepError(file, json_path(err.absolute_path), value, rule)

@@ -85,8 +85,17 @@ def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
     optimizer = with_fast_weight_lr_scale(finetune_optimizer(ft), cfgs[0])
     seeds = tuple(c["seed"] for c in cfgs)
     streamed = isinstance(suite, StreamSuite)
-    stream = (StepBatches(suite.train, suite.pp_train, ft["batch_size"], seeds,
-                          workers=cfgs[0]["data"]["input_workers"]) if streamed else None)
+    stream = (
+        StepBatches(
+            suite.train,
+            suite.pp_train,
+            ft["batch_size"],
+            seeds,
+            workers=cfgs[0]["data"]["input_workers"],
+        )
+        if streamed
+        else None
+    )
     return Job(
         model=model,
         optimizer=optimizer,

@@ -158,8 +158,7 @@ def batch_at(job: Job, step: int, rows: slice = slice(None)) -> tuple[np.ndarray
             return images, labels
         cut = (slice(None), rows) if job.packed else rows
         return images[cut], labels[cut]
-    per_seed = [batch_indices(len(job.labels), job.batch_size, s, step)[rows]
-                for s in job.seeds]
+    per_seed = [batch_indices(len(job.labels), job.batch_size, s, step)[rows] for s in job.seeds]
     idx = np.stack(per_seed) if job.packed else per_seed[0]  # (S, B) or (B,)
     return to_float(job.images[idx]), job.labels[idx]
 
@@ -207,8 +206,7 @@ def train(
                 job.stream.restore(input_state, _step_of(placement, state))
 
     def batch_of(t):  # this process's rows of batch t, as (global) arrays
-        return placement.put_batch(lambda rows: batch_at(job, t, rows), job.batch_size,
-                                   job.packed)
+        return placement.put_batch(lambda rows: batch_at(job, t, rows), job.batch_size, job.packed)
 
     step = _step_of(placement, state)
     step_fn = make_train_step(job)

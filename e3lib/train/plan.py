@@ -68,12 +68,22 @@ def compile_step(cfg: Mapping[str, Any], num_classes: int = 1000, devices=None) 
 
     placement = Lowering(mesh)
     B, size = cfg["finetune"]["batch_size"], cfg["data"]["image_size"]
-    job = Job(model=model, optimizer=optimizer, num_classes=num_classes, images=None,
-              labels=None, batch_size=B, steps=cfg["finetune"]["steps"],
-              seeds=(cfg["seed"],), mixup=float(cfg["finetune"]["mixup"]), placement=placement)
+    job = Job(
+        model=model,
+        optimizer=optimizer,
+        num_classes=num_classes,
+        images=None,
+        labels=None,
+        batch_size=B,
+        steps=cfg["finetune"]["steps"],
+        seeds=(cfg["seed"],),
+        mixup=float(cfg["finetune"]["mixup"]),
+        placement=placement,
+    )
     shardings = placement.state_shardings(state)
     state_in = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings
+    )
     batch = shd.batch_sharding(mesh)
     images = jax.ShapeDtypeStruct((B, size, size, 3), jnp.float32, sharding=batch)
     labels = jax.ShapeDtypeStruct((B,), jnp.int32, sharding=batch)
@@ -88,23 +98,37 @@ def compile_step(cfg: Mapping[str, Any], num_classes: int = 1000, devices=None) 
         shape = sharding.shard_shape(struct.shape)
         return int(np.prod(shape, dtype=np.int64)) * struct.dtype.itemsize
 
-    state_bytes = sum(shard_bytes(s, sh) for s, sh in zip(
-        jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(shardings)))
+    state_bytes = sum(
+        shard_bytes(s, sh)
+        for s, sh in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(shardings))
+    )
     return {
-        "size": cfg["model"]["size"], "method": cfg["method"], "devices": len(devices),
-        "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)), "batch": B,
+        "size": cfg["model"]["size"],
+        "method": cfg["method"],
+        "devices": len(devices),
+        "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)),
+        "batch": B,
         "image_size": size,
-        "peak_bytes": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
-                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes),
-        "temp_bytes": int(mem.temp_size_in_bytes), "state_bytes": int(state_bytes),
+        "peak_bytes": int(
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+        ),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "state_bytes": int(state_bytes),
         "step_tflops_per_device": float(cost.get("flops", float("nan"))) / 1e12,
-        "compile_seconds": round(seconds, 1)}
+        "compile_seconds": round(seconds, 1),
+    }
 
 
 def cli_plan(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="e3 plan", description="Compile a run's train step for "
-                                "D virtual devices (never executed) and print per-device "
-                                "memory beside the chip's, step FLOPs and the mesh.")
+    p = argparse.ArgumentParser(
+        prog="e3 plan",
+        description="Compile a run's train step for "
+        "D virtual devices (never executed) and print per-device "
+        "memory beside the chip's, step FLOPs and the mesh.",
+    )
     p.add_argument("--config", help="run config (JSON or YAML); --set fields override it")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     p.add_argument("--devices", type=int, default=8)
@@ -125,19 +149,27 @@ def cli_plan(argv: list[str]) -> int:
         print(f"e3 plan: {err}", file=sys.stderr)
         return 2
     if a.analytic:
-        out = {"size": cfg["model"]["size"], "method": cfg["method"], "devices": a.devices,
-               "peak_bytes": analytic_bytes(cfg, a.devices, a.num_classes)}
+        out = {
+            "size": cfg["model"]["size"],
+            "method": cfg["method"],
+            "devices": a.devices,
+            "peak_bytes": analytic_bytes(cfg, a.devices, a.num_classes),
+        }
     else:
         # Read when the backend starts: the first device query below, unless something
         # in this process already started it (then the device count tells).
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={a.devices}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.devices}"
+        )
         import jax
 
         if jax.device_count() != a.devices:
-            print(f"e3 plan: JAX already started with {jax.device_count()} devices; run "
-                  "in a fresh process", file=sys.stderr)
+            print(
+                f"e3 plan: JAX already started with {jax.device_count()} devices; run "
+                "in a fresh process",
+                file=sys.stderr,
+            )
             return 2
         try:
             out = compile_step(cfg, a.num_classes)

@@ -152,8 +152,10 @@ def cli_upstream(argv: list[str]) -> int:
                 restore_params(path)
                 path = str(Path(path).absolute())
         except ConfigError as err:
-            print(f"e3 upstream: {ConfigError(err.field, err.value, err.rule, a.config)}",
-                  file=sys.stderr)
+            print(
+                f"e3 upstream: {ConfigError(err.field, err.value, err.rule, a.config)}",
+                file=sys.stderr,
+            )
             return EXIT_BAD_INPUT
         done = {
             "upstream_id": upstream_id(cfg),

@@ -39,9 +39,9 @@ class AdaptationError(ConversionError):
 
 @dataclass
 class Plan:
-    steps: dict[str, tuple[str, str | None]]      # target -> (rule, e3lib source name)
+    steps: dict[str, tuple[str, str | None]]  # target -> (rule, e3lib source name)
     target: dict[str, Shape]
-    source: dict[str, Shape]                         # checkpoint leaves (e3lib names)
+    source: dict[str, Shape]  # checkpoint leaves (e3lib names)
     dropped: dict[str, Shape] = field(default_factory=dict)
 
     @property
@@ -67,14 +67,20 @@ class Plan:
 
 
 def _abstract(shapes: Mapping[str, Shape], dtypes: Mapping[str, Any] | None = None) -> dict:
-    flat = {k: jax.ShapeDtypeStruct(tuple(v), (dtypes or {}).get(k, jnp.float32))
-            for k, v in shapes.items()}
+    flat = {
+        k: jax.ShapeDtypeStruct(tuple(v), (dtypes or {}).get(k, jnp.float32))
+        for k, v in shapes.items()
+    }
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def plan_adaptation(source: Mapping[str, Shape], target: Mapping[str, Shape],
-                    cfg: Mapping[str, Any], stored: Mapping[str, str] | None = None,
-                    where: str = "checkpoint") -> Plan:
+def plan_adaptation(
+    source: Mapping[str, Shape],
+    target: Mapping[str, Shape],
+    cfg: Mapping[str, Any],
+    stored: Mapping[str, str] | None = None,
+    where: str = "checkpoint",
+) -> Plan:
     """The conversion of ``source`` (e3lib name -> shape) onto ``target``, from shapes only.
 
     ``stored`` (e3lib name -> stored name) makes messages name the checkpoint's leaves.
@@ -83,8 +89,11 @@ def plan_adaptation(source: Mapping[str, Shape], target: Mapping[str, Shape],
     target = {k: tuple(v) for k, v in target.items()}
     record: dict = {}
     try:
-        jax.eval_shape(lambda u, t: convert_for_config(u, t, cfg, record=record),
-                       _abstract(source), _abstract(target))
+        jax.eval_shape(
+            lambda u, t: convert_for_config(u, t, cfg, record=record),
+            _abstract(source),
+            _abstract(target),
+        )
     except ConversionError as err:
         text = str(err)
         for e3, name in (stored or {}).items():
@@ -94,28 +103,38 @@ def plan_adaptation(source: Mapping[str, Shape], target: Mapping[str, Shape],
             f"{where} does not fit the run's model (method {cfg['method']}, size "
             f"{cfg['model']['size']}):\n  {text}\n  upstream.fresh = "
             f"{list(cfg['upstream']['fresh'])}: list leaves meant to start from their "
-            f"initialisation (e.g. head, pre_logits, Router)") from None
+            f"initialisation (e.g. head, pre_logits, Router)"
+        ) from None
     used = {s for _, s in record.values()}
-    dropped = {s: shape for s, shape in source.items()
-               if s not in used and matches(s, ["head", *cfg["upstream"]["fresh"]])}
+    dropped = {
+        s: shape
+        for s, shape in source.items()
+        if s not in used and matches(s, ["head", *cfg["upstream"]["fresh"]])
+    }
     return Plan(record, target, source, dropped)
 
 
 def shapes_of(params: Mapping) -> dict[str, Shape]:
-    return {k: tuple(np.shape(v))
-            for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+    return {
+        k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()
+    }
 
 
-def adapt_published(ckpt, fresh_params: Mapping, cfg: Mapping[str, Any],
-                    place: Callable[[str, Any], Any] | None = None) -> dict:
+def adapt_published(
+    ckpt,
+    fresh_params: Mapping,
+    cfg: Mapping[str, Any],
+    place: Callable[[str, Any], Any] | None = None,
+) -> dict:
     """A ``PublishedCheckpoint`` -> the run's parameter tree (``fresh_params``' structure).
 
     The plan is checked first (no array read on a misfit); then the leaves it uses are read
     once, shard by shard, each handed to ``place(e3lib_name, host_array)`` when complete
     (e.g. a device put with the leaf's sharding; its return value is kept), and converted.
     """
-    plan = plan_adaptation(ckpt.shapes, shapes_of(fresh_params), cfg, ckpt.params,
-                           where=f"checkpoint {ckpt.path}")
+    plan = plan_adaptation(
+        ckpt.shapes, shapes_of(fresh_params), cfg, ckpt.params, where=f"checkpoint {ckpt.path}"
+    )
     arrays = ckpt.read(plan.read, place)
     upstream = traverse_util.unflatten_dict(arrays, sep="/")
     return convert_for_config(upstream, fresh_params, cfg)
@@ -128,6 +147,7 @@ def target_shapes(cfg: Mapping[str, Any], num_classes: int) -> dict[str, Shape]:
     model = build_model(cfg, num_classes)
     size = cfg["data"]["image_size"]
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda k, x: model.init({"params": k}, x, train=False),
-                            jax.random.key(0), x)["params"]
+    shapes = jax.eval_shape(
+        lambda k, x: model.init({"params": k}, x, train=False), jax.random.key(0), x
+    )["params"]
     return shapes_of(shapes)

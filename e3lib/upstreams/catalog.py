@@ -22,26 +22,31 @@ VIT = "gs://vit_models/imagenet21k/"
 @dataclass(frozen=True)
 class Published:
     url: str
-    model: str          # what it is, in the project's terms
-    data: str           # upstream training data
+    model: str  # what it is, in the project's terms
+    data: str  # upstream training data
 
 
 PUBLISHED: dict[str, Published] = {
     "vmoe_s32_last2_in1k": Published(
         VMOE + "vmoe_s32_last2_ilsvrc2012_randaug_light1",
         "V-MoE S/32, E=8 on the last two odd blocks (size S/32, moe_placement last, moe_n 2)",
-        "ILSVRC2012, RandAugment light, 300 epochs"),
+        "ILSVRC2012, RandAugment light, 300 epochs",
+    ),
     "vmoe_s32_last2_in1k_medium": Published(
         VMOE + "vmoe_s32_last2_ilsvrc2012_randaug_medium",
         "V-MoE S/32, E=8 on the last two odd blocks",
-        "ILSVRC2012, RandAugment medium, 1000 epochs"),
+        "ILSVRC2012, RandAugment medium, 1000 epochs",
+    ),
     "vmoe_b16_in21k": Published(
         VMOE + "vmoe_b16_imagenet21k_randaug_strong",
         "V-MoE B/16, E=8 on every odd block (size B/16, moe_placement every, moe_n 2)",
-        "ImageNet-21k, RandAugment strong"),
+        "ImageNet-21k, RandAugment strong",
+    ),
     "eee_s32_last2_in1k": Published(
         VMOE + "eee_s32_last2_ilsvrc2012",
-        "E³ S/32, E=8, M=2 on the last two odd blocks", "ILSVRC2012, 300 epochs"),
+        "E³ S/32, E=8, M=2 on the last two odd blocks",
+        "ILSVRC2012, 300 epochs",
+    ),
     "vit_b16_in21k": Published(VIT + "ViT-B_16.npz", "ViT-B/16 (size B/16)", "ImageNet-21k"),
     "vit_b32_in21k": Published(VIT + "ViT-B_32.npz", "ViT-B/32 (size B/32)", "ImageNet-21k"),
     "vit_l16_in21k": Published(VIT + "ViT-L_16.npz", "ViT-L/16 (size L/16)", "ImageNet-21k"),
@@ -55,16 +60,18 @@ def check_overrides(overrides: Mapping[str, str] | None, where: str) -> dict[str
     out = {}
     for name, path in (overrides or {}).items():
         if name not in PUBLISHED:
-            raise ConfigError(f"{where}.{name}", path,
-                              f"not a published checkpoint name; known: {sorted(PUBLISHED)}")
+            raise ConfigError(
+                f"{where}.{name}",
+                path,
+                f"not a published checkpoint name; known: {sorted(PUBLISHED)}",
+            )
         if not isinstance(path, str) or not path:
             raise ConfigError(f"{where}.{name}", path, "must be a non-empty path or URL")
         out[name] = path
     return out
 
 
-def checkpoint_path(value: str | None, overrides: Mapping[str, str] | None = None
-                    ) -> str | None:
+def checkpoint_path(value: str | None, overrides: Mapping[str, str] | None = None) -> str | None:
     """``upstream.checkpoint`` with a catalogue name replaced by its path (override first)."""
     if value in PUBLISHED:
         return (overrides or {}).get(value) or PUBLISHED[value].url

@@ -21,18 +21,27 @@ from e3lib.errors import ConfigError
 
 def infer_model(shapes: Mapping[str, tuple]) -> dict[str, Any]:
     """Architecture facts read off e3lib-named shapes (values None when absent)."""
+
     def shape(name):
         return tuple(shapes[name]) if name in shapes else None
 
     emb = shape("embedding/kernel")
-    blocks = sorted({int(m.group(1)) for n in shapes
-                     if (m := re.match(r"Encoder/encoderblock_(\d+)/", n))})
-    moe = sorted({int(m.group(1)) for n in shapes
-                  if (m := re.match(r"Encoder/encoderblock_(\d+)/Moe/", n))})
+    blocks = sorted(
+        {int(m.group(1)) for n in shapes if (m := re.match(r"Encoder/encoderblock_(\d+)/", n))}
+    )
+    moe = sorted(
+        {int(m.group(1)) for n in shapes if (m := re.match(r"Encoder/encoderblock_(\d+)/Moe/", n))}
+    )
     info: dict[str, Any] = {
-        "patch": emb[0] if emb else None, "hidden": emb[-1] if emb else None,
-        "layers": len(blocks), "moe_layers": moe, "num_experts": None, "members": None,
-        "heads": None, "mlp": None, "representation": "pre_logits/kernel" in shapes,
+        "patch": emb[0] if emb else None,
+        "hidden": emb[-1] if emb else None,
+        "layers": len(blocks),
+        "moe_layers": moe,
+        "num_experts": None,
+        "members": None,
+        "heads": None,
+        "mlp": None,
+        "representation": "pre_logits/kernel" in shapes,
         "tokens": (shape("Encoder/posembed_input") or (None, None))[1],
     }
     q = shape("Encoder/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
@@ -54,8 +63,13 @@ def _size_name(info: Mapping[str, Any]):
     from e3lib.models.sizes import MODEL_SIZES
 
     for name, spec in MODEL_SIZES.items():
-        if (spec["patch"], spec["hidden"], spec["layers"], spec["heads"], spec["mlp"]) == \
-                (info["patch"], info["hidden"], info["layers"], info["heads"], info["mlp"]):
+        if (spec["patch"], spec["hidden"], spec["layers"], spec["heads"], spec["mlp"]) == (
+            info["patch"],
+            info["hidden"],
+            info["layers"],
+            info["heads"],
+            info["mlp"],
+        ):
             return name
     return None
 
@@ -85,48 +99,71 @@ def _read_run_config(path: str) -> dict:
     return resolve(raw or {}, source=path)
 
 
-def inspect_lines(path: str, for_config: str | None = None, num_classes: int = 10,
-                  leaves: bool = True) -> list[str]:
+def inspect_lines(
+    path: str, for_config: str | None = None, num_classes: int = 10, leaves: bool = True
+) -> list[str]:
     from e3lib.upstreams.adapt import plan_adaptation, target_shapes
     from e3lib.upstreams.catalog import checkpoint_path
     from e3lib.upstreams.source import open_published
 
-    path = checkpoint_path(path)          # a catalogue name is its published URL
+    path = checkpoint_path(path)  # a catalogue name is its published URL
     ckpt = open_published(path)
     out = [f"checkpoint   {path}", f"format       {ckpt.format}"]
     if ckpt.format == "vmoe_sharded":
-        out.append(f"index        version {ckpt.version or 'unversioned'}, "
-                   f"{ckpt.shard_count} data shards")
+        out.append(
+            f"index        version {ckpt.version or 'unversioned'}, {ckpt.shard_count} data shards"
+        )
     out.append(f"sha256       {ckpt.sha256}  (pin with upstream.checkpoint_sha256)")
     info = infer_model(ckpt.shapes)
     out.append("model        " + ", ".join(f"{k}={v}" for k, v in info.items()))
     if ckpt.set_aside:
-        out.append(f"set aside    {len(ckpt.set_aside)} non-parameter leaves "
-                   f"(e.g. {ckpt.set_aside[0]})")
+        out.append(
+            f"set aside    {len(ckpt.set_aside)} non-parameter leaves (e.g. {ckpt.set_aside[0]})"
+        )
     if leaves:
         out.append(f"leaves       {len(ckpt.stored)}")
         out += [f"  {n} {tuple(s)} {d}" for n, (s, d) in sorted(ckpt.stored.items())]
     if for_config:
         cfg = _read_run_config(for_config)
-        plan = plan_adaptation(ckpt.shapes, target_shapes(cfg, num_classes), cfg,
-                               ckpt.params, where=f"checkpoint {path}")
-        out.append(f"mapping onto {for_config} (method {cfg['method']}, size "
-                   f"{cfg['model']['size']}, {num_classes} classes):")
+        plan = plan_adaptation(
+            ckpt.shapes,
+            target_shapes(cfg, num_classes),
+            cfg,
+            ckpt.params,
+            where=f"checkpoint {path}",
+        )
+        out.append(
+            f"mapping onto {for_config} (method {cfg['method']}, size "
+            f"{cfg['model']['size']}, {num_classes} classes):"
+        )
         out += ["  " + line for line in plan.lines(ckpt.params)]
     return out
 
 
 def cli_checkpoint(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="e3 checkpoint", description="Published upstream "
-                                "checkpoints (ViT .npz, V-MoE sharded).")
+    p = argparse.ArgumentParser(
+        prog="e3 checkpoint",
+        description="Published upstream checkpoints (ViT .npz, V-MoE sharded).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="format, tree, inferred model; --for: dry-run mapping")
-    ins.add_argument("path", help=".npz file or sharded prefix (local or gs://), or a "
-                     "published checkpoint's name (docs/checkpoints.md)")
-    ins.add_argument("--for", dest="for_config", default=None,
-                     help="run config (JSON or YAML): print the mapping onto its model")
-    ins.add_argument("--num-classes", type=int, default=10,
-                     help="classes of the run's dataset (head shape) for --for")
+    ins.add_argument(
+        "path",
+        help=".npz file or sharded prefix (local or gs://), or a "
+        "published checkpoint's name (docs/checkpoints.md)",
+    )
+    ins.add_argument(
+        "--for",
+        dest="for_config",
+        default=None,
+        help="run config (JSON or YAML): print the mapping onto its model",
+    )
+    ins.add_argument(
+        "--num-classes",
+        type=int,
+        default=10,
+        help="classes of the run's dataset (head shape) for --for",
+    )
     ins.add_argument("--no-leaves", action="store_true", help="omit the leaf listing")
     a = p.parse_args(argv)
     try:

@@ -47,8 +47,12 @@ def open_checked(path: str, cfg: Mapping[str, Any]):
     return ckpt
 
 
-def load_checkpoint_for_run(path: str, fresh_params: Mapping, cfg: Mapping[str, Any],
-                            place: Callable[[str, Any], Any] | None = None) -> dict:
+def load_checkpoint_for_run(
+    path: str,
+    fresh_params: Mapping,
+    cfg: Mapping[str, Any],
+    place: Callable[[str, Any], Any] | None = None,
+) -> dict:
     """The run's parameters from checkpoint ``path`` (head and other ``upstream.fresh``
     leaves from ``fresh_params``). Raises ``ConfigError`` naming the leaves that do not fit.
     ``place`` is handed each published leaf as it is read (``adapt_published``)."""

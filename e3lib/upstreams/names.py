@@ -39,7 +39,7 @@ def parameter_names(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     names = list(names)
     for prefix in PARAM_PREFIXES:
         if any(n.startswith(prefix) for n in names):
-            kept = {n[len(prefix):]: n for n in names if n.startswith(prefix)}
+            kept = {n[len(prefix) :]: n for n in names if n.startswith(prefix)}
             return kept, [n for n in names if not n.startswith(prefix)]
     return {n: n for n in names}, []
 
@@ -65,8 +65,10 @@ def linen_numbering(names: Iterable[str]) -> dict[str, str]:
     out = {}
     for n in names:
         parts = n.split("/")
-        new_parts = [renames.get(("/".join(parts[:i]), p), p) if i < len(parts) - 1 else p
-                     for i, p in enumerate(parts)]
+        new_parts = [
+            renames.get(("/".join(parts[:i]), p), p) if i < len(parts) - 1 else p
+            for i, p in enumerate(parts)
+        ]
         out[n] = "/".join(new_parts)
     return out
 
@@ -95,7 +97,7 @@ def _apply(rules, name: str) -> str:
 def to_e3(names: Iterable[str], fmt: str) -> dict[str, str]:
     """stored parameter name -> e3lib name, for ``fmt`` "npz" (ViT) or "vmoe_sharded"."""
     names = list(names)
-    renumbered = linen_numbering(names)   # idempotent on Linen-era names
+    renumbered = linen_numbering(names)  # idempotent on Linen-era names
     rules = _VIT_RULES if fmt == "npz" else _VMOE_RULES
     out = {n: _apply(rules, renumbered[n]) for n in names}
     clashes: dict[str, list[str]] = defaultdict(list)

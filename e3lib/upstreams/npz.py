@@ -39,7 +39,7 @@ def listing(path: str) -> dict[str, tuple[tuple[int, ...], str]]:
                     shape, _, dtype = np.lib.format.read_array_header_1_0(member)
                 else:
                     shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-            out[info.filename[:-len(SUFFIX)]] = (tuple(shape), np.dtype(dtype).name)
+            out[info.filename[: -len(SUFFIX)]] = (tuple(shape), np.dtype(dtype).name)
     return out
 
 
@@ -52,8 +52,9 @@ def digest(path: str) -> str:
     return h.hexdigest()
 
 
-def read(path: str, names: Iterable[str] | None = None,
-         place: Place | None = None) -> dict[str, Any]:
+def read(
+    path: str, names: Iterable[str] | None = None, place: Place | None = None
+) -> dict[str, Any]:
     """name -> array (or ``place(name, array)``) for ``names`` (default: all)."""
     out = {}
     with fsspec.open(path, "rb") as f:

@@ -29,7 +29,7 @@ def _exists(path: str) -> bool:
 
 
 def detect_format(path: str) -> str | None:
-    """"npz", "vmoe_sharded", or None (not a published layout: e.g. an Orbax directory)."""
+    """ "npz", "vmoe_sharded", or None (not a published layout: e.g. an Orbax directory)."""
     path = str(path)
     if path.endswith(".npz"):
         return "npz"
@@ -48,7 +48,7 @@ def is_published(path: str | None) -> bool:
 
 
 def _prefix(path: str) -> str:
-    return path[:-len(".index")] if path.endswith(".index") else path
+    return path[: -len(".index")] if path.endswith(".index") else path
 
 
 @functools.lru_cache(maxsize=64)
@@ -71,8 +71,9 @@ def checkpoint_identity(path: str) -> dict:
     """{"path", "format", "sha256"} of a published checkpoint (raises if unreadable)."""
     fmt = detect_format(path)
     if fmt is None:
-        raise FileNotFoundError(f"{path}: neither an .npz file nor a sharded prefix with "
-                                f"{path}.index")
+        raise FileNotFoundError(
+            f"{path}: neither an .npz file nor a sharded prefix with {path}.index"
+        )
     return {"path": str(path), "format": fmt, "sha256": _digest(str(path), fmt, _stamp(path))}
 
 
@@ -82,12 +83,12 @@ class PublishedCheckpoint:
 
     path: str
     format: str
-    version: str | None                      # sharded index version (None: unversioned)
+    version: str | None  # sharded index version (None: unversioned)
     shard_count: int | None
     sha256: str
-    stored: dict[str, tuple[tuple[int, ...], str]]   # every stored name -> (shape, dtype)
-    params: dict[str, str]                           # e3lib name -> stored name
-    set_aside: list[str]                             # non-parameter state (optimizer, step)
+    stored: dict[str, tuple[tuple[int, ...], str]]  # every stored name -> (shape, dtype)
+    params: dict[str, str]  # e3lib name -> stored name
+    set_aside: list[str]  # non-parameter state (optimizer, step)
     _index: Any = None
 
     @property
@@ -95,8 +96,11 @@ class PublishedCheckpoint:
         """e3lib name -> shape."""
         return {e3: tuple(self.stored[s][0]) for e3, s in self.params.items()}
 
-    def read(self, names: Iterable[str] | None = None,
-             place: Callable[[str, np.ndarray], Any] | None = None) -> dict[str, Any]:
+    def read(
+        self,
+        names: Iterable[str] | None = None,
+        place: Callable[[str, np.ndarray], Any] | None = None,
+    ) -> dict[str, Any]:
         """e3lib name -> array for ``names`` (e3lib names; default all parameters).
 
         ``place(e3lib_name, host_array)`` is called once per completed array (e.g. to put
@@ -118,8 +122,9 @@ def open_published(path: str) -> PublishedCheckpoint:
     path = str(path)
     fmt = detect_format(path)
     if fmt is None:
-        raise FileNotFoundError(f"{path}: neither an .npz file nor a sharded prefix with "
-                                f"{path}.index")
+        raise FileNotFoundError(
+            f"{path}: neither an .npz file nor a sharded prefix with {path}.index"
+        )
     version = shard_count = index = None
     if fmt == "npz":
         stored = npz.listing(path)
@@ -130,5 +135,14 @@ def open_published(path: str) -> PublishedCheckpoint:
         version, shard_count, sha = index.version, index.shard_count, index.sha256
     params, set_aside = parameter_names(stored)
     e3 = to_e3(params, fmt)
-    return PublishedCheckpoint(path, fmt, version, shard_count, sha, stored,
-                               {e3[p]: s for p, s in params.items()}, set_aside, index)
+    return PublishedCheckpoint(
+        path,
+        fmt,
+        version,
+        shard_count,
+        sha,
+        stored,
+        {e3[p]: s for p, s in params.items()},
+        set_aside,
+        index,
+    )

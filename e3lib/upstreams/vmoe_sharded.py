@@ -34,7 +34,7 @@ VERSION_V1 = "20220622"
 CHUNKS_KEY = "__msgpack_array_chunk_a87ca2__"
 EXT_SHAPED_ARRAY, EXT_SLICE, EXT_SLICE_ND, EXT_INDEX_INFO = 4, 5, 6, 8
 Place = Callable[[str, np.ndarray], Any]
-Box = tuple[tuple[int, int], ...]          # (start, stop) per axis
+Box = tuple[tuple[int, int], ...]  # (start, stop) per axis
 
 
 class ShardedFormatError(ValueError):
@@ -54,10 +54,10 @@ class Entry:
 @dataclass(frozen=True)
 class Index:
     prefix: str
-    version: str | None          # "20220622" or None (unversioned)
+    version: str | None  # "20220622" or None (unversioned)
     shard_count: int
-    entries: dict[str, Entry]       # '/'-joined name -> entry, in array order
-    sha256: str                     # of the index file's bytes
+    entries: dict[str, Entry]  # '/'-joined name -> entry, in array order
+    sha256: str  # of the index file's bytes
 
     def shard_path(self, shard: int) -> str:
         return f"{self.prefix}.data-{shard:05d}-of-{self.shard_count:05d}"
@@ -121,28 +121,36 @@ def read_index(prefix: str) -> Index:
     raw = _read_bytes(prefix + ".index")
     doc = serialization.msgpack_restore(raw)
     if not isinstance(doc, Mapping) or "index" not in doc or "shard_count" not in doc:
-        raise ShardedFormatError(f"{prefix}.index: expected keys 'index' and 'shard_count', "
-                                 f"got {sorted(doc) if isinstance(doc, Mapping) else type(doc)}")
+        raise ShardedFormatError(
+            f"{prefix}.index: expected keys 'index' and 'shard_count', "
+            f"got {sorted(doc) if isinstance(doc, Mapping) else type(doc)}"
+        )
     version = doc.get("version")
     if version not in (None, VERSION_V1):
-        raise ShardedFormatError(f"{prefix}.index: version {version!r}; supported: "
-                                 f"{VERSION_V1!r} and unversioned")
+        raise ShardedFormatError(
+            f"{prefix}.index: version {version!r}; supported: {VERSION_V1!r} and unversioned"
+        )
     entries = {name: _entry(v, name) for name, v in _flatten(doc["index"])}
     for name, e in entries.items():
         bad = [s for s in e.shards if not 0 <= s < doc["shard_count"]]
         if bad:
-            raise ShardedFormatError(f"{prefix}.index: {name} names shards {bad}, but the "
-                                     f"checkpoint has {doc['shard_count']}")
-    return Index(prefix, version, int(doc["shard_count"]), entries,
-                 hashlib.sha256(raw).hexdigest())
+            raise ShardedFormatError(
+                f"{prefix}.index: {name} names shards {bad}, but the "
+                f"checkpoint has {doc['shard_count']}"
+            )
+    return Index(prefix, version, int(doc["shard_count"]), entries, hashlib.sha256(raw).hexdigest())
 
 
 def listing(prefix: str) -> dict[str, tuple[tuple[int, ...], str]]:
     return {n: (e.shape, e.dtype) for n, e in read_index(prefix).entries.items()}
 
 
-def read(prefix: str, names: Iterable[str] | None = None, place: Place | None = None,
-         index: Index | None = None) -> dict[str, Any]:
+def read(
+    prefix: str,
+    names: Iterable[str] | None = None,
+    place: Place | None = None,
+    index: Index | None = None,
+) -> dict[str, Any]:
     """name -> array (or ``place(name, array)``), streaming one shard at a time."""
     from flax import serialization
 
@@ -165,8 +173,10 @@ def read(prefix: str, names: Iterable[str] | None = None, place: Place | None = 
                 continue
             position = int(key)
             if not 0 <= position < len(order):
-                raise ShardedFormatError(f"{index.shard_path(shard)}: array {position} is not "
-                                         f"in the index ({len(order)} arrays)")
+                raise ShardedFormatError(
+                    f"{index.shard_path(shard)}: array {position} is not "
+                    f"in the index ({len(order)} arrays)"
+                )
             name = order[position]
             if name not in wanted:
                 continue
@@ -181,21 +191,25 @@ def read(prefix: str, names: Iterable[str] | None = None, place: Place | None = 
         del doc
     incomplete = sorted(n for n in wanted if n not in out)
     if incomplete:
-        raise ShardedFormatError(f"{prefix}: chunks missing from the data shards for "
-                                 f"{incomplete[:5]}")
+        raise ShardedFormatError(
+            f"{prefix}: chunks missing from the data shards for {incomplete[:5]}"
+        )
     return {n: out[n] for n in order if n in out}
 
 
 def _fill(buffers: dict, name: str, entry: Entry, box: Box, pieces, where: str) -> None:
     if box not in entry.boxes:
-        raise ShardedFormatError(f"{where}: chunk {box} of {name} is not in the index "
-                                 f"(chunks {entry.boxes[:4]})")
+        raise ShardedFormatError(
+            f"{where}: chunk {box} of {name} is not in the index (chunks {entry.boxes[:4]})"
+        )
     chunk_shape = tuple(stop - start for start, stop in box)
     flat = np.concatenate([np.asarray(p).reshape(-1) for p in pieces])
     if flat.size != int(np.prod(chunk_shape)) or np.dtype(flat.dtype).name != entry.dtype:
-        raise ShardedFormatError(f"{where}: chunk {box} of {name} holds {flat.size} "
-                                 f"{flat.dtype} values, index says {chunk_shape} {entry.dtype} "
-                                 f"(an unversioned index whose array order differs?)")
+        raise ShardedFormatError(
+            f"{where}: chunk {box} of {name} holds {flat.size} "
+            f"{flat.dtype} values, index says {chunk_shape} {entry.dtype} "
+            f"(an unversioned index whose array order differs?)"
+        )
     if name not in buffers:
         buffers[name] = np.empty(entry.shape, dtype=flat.dtype)
     buffers[name][tuple(slice(a, b) for a, b in box)] = flat.reshape(chunk_shape)

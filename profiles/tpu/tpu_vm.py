@@ -92,16 +92,34 @@ def location_flags(st: dict) -> list[str]:
 
 
 def queued_resource_state(st: dict) -> str:
-    r = gcloud("compute", "tpus", "queued-resources", "describe", st["name"],
-               *location_flags(st), "--format=value(state.state)", capture=True)
+    r = gcloud(
+        "compute",
+        "tpus",
+        "queued-resources",
+        "describe",
+        st["name"],
+        *location_flags(st),
+        "--format=value(state.state)",
+        capture=True,
+    )
     if r.returncode != 0:
         return "UNKNOWN"
     return r.stdout.strip() or "UNKNOWN"
 
 
 def delete_queued_resource(st: dict) -> None:
-    gcloud("compute", "tpus", "queued-resources", "delete", st["name"], *location_flags(st),
-           "--force", "--quiet", "--async", capture=True)
+    gcloud(
+        "compute",
+        "tpus",
+        "queued-resources",
+        "delete",
+        st["name"],
+        *location_flags(st),
+        "--force",
+        "--quiet",
+        "--async",
+        capture=True,
+    )
 
 
 def alive(pid: int | None) -> bool:
@@ -127,28 +145,49 @@ def cmd_submit(args: argparse.Namespace) -> int:
     jobscript = os.path.abspath(args.jobscript)
     local = args.accelerator_type in LOCAL_TYPES
     name = f"{args.name}-{uuid.uuid4().hex[:6]}".lower().replace("_", "-")
-    st = {"name": name, "jobscript": jobscript, "local": local,
-          "accelerator_type": args.accelerator_type, "runtime_minutes": args.runtime,
-          "zone": env("E3_TPU_ZONE", ""), "project": env("E3_TPU_PROJECT", ""),
-          "submitted": time.time()}
+    st = {
+        "name": name,
+        "jobscript": jobscript,
+        "local": local,
+        "accelerator_type": args.accelerator_type,
+        "runtime_minutes": args.runtime,
+        "zone": env("E3_TPU_ZONE", ""),
+        "project": env("E3_TPU_PROJECT", ""),
+        "submitted": time.time(),
+    }
     update_state(name, **st)
     if not local:
-        create = ["compute", "tpus", "queued-resources", "create", name, f"--node-id={name}",
-                  f"--accelerator-type={args.accelerator_type}",
-                  f"--runtime-version={env('E3_TPU_RUNTIME_VERSION', 'tpu-ubuntu2204-base')}",
-                  *location_flags(st), "--quiet"]
+        create = [
+            "compute",
+            "tpus",
+            "queued-resources",
+            "create",
+            name,
+            f"--node-id={name}",
+            f"--accelerator-type={args.accelerator_type}",
+            f"--runtime-version={env('E3_TPU_RUNTIME_VERSION', 'tpu-ubuntu2204-base')}",
+            *location_flags(st),
+            "--quiet",
+        ]
         if env("E3_TPU_SPOT", "1") == "1":
             create.append("--spot")
         r = gcloud(*create, capture=True)
         if r.returncode != 0:
             update_state(name, rc=r.returncode, reason="create failed")
-            print(f"tpu_vm.py: gcloud queued-resources create {name} failed "
-                  f"(exit {r.returncode}): {r.stderr.strip()}", file=sys.stderr)
+            print(
+                f"tpu_vm.py: gcloud queued-resources create {name} failed "
+                f"(exit {r.returncode}): {r.stderr.strip()}",
+                file=sys.stderr,
+            )
             return 1
     log = open(os.path.join(state_dir(), f"{name}.log"), "a")
-    driver = subprocess.Popen([sys.executable, os.path.abspath(__file__), "drive", name],
-                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "drive", name],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     update_state(name, driver_pid=driver.pid)
     print(name)
     return 0
@@ -177,8 +216,16 @@ def cmd_drive(args: argparse.Namespace) -> int:
                 return 0
             time.sleep(poll)
         update_state(args.job, started=time.time())
-        r = gcloud("compute", "tpus", "tpu-vm", "ssh", st["name"], *location_flags(st),
-                   "--worker=all", f"--command=bash {st['jobscript']}")
+        r = gcloud(
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "ssh",
+            st["name"],
+            *location_flags(st),
+            "--worker=all",
+            f"--command=bash {st['jobscript']}",
+        )
         rc = r.returncode
         reason = "" if rc == 0 else f"ssh exit {rc} (state {queued_resource_state(st)})"
     finally:
@@ -249,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cancel")
     c.add_argument("jobs", nargs="*")
     args = ap.parse_args(argv)
-    return {"submit": cmd_submit, "drive": cmd_drive, "status": cmd_status,
-            "cancel": cmd_cancel}[args.command](args)
+    return {"submit": cmd_submit, "drive": cmd_drive, "status": cmd_status, "cancel": cmd_cancel}[
+        args.command
+    ](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Run one workflow stage command and record its outcome in a small status file.
 
-    python workflow/scripts/stage.py [--status results/runs/ID/done.json] --log logs/finetune/ID.log \
+    python workflow/scripts/stage.py [--status results/runs/ID/done.json] \
+        --log logs/finetune/ID.log \
         [--write results/configs/ID.json TEXT] [--expect results/runs/ID/results.json] \
         [--require-ok MEMBER_DONE.json ...] -- e3 run ...
 
@@ -79,14 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cut = argv.index("--")
     ap = argparse.ArgumentParser(prog="stage.py")
-    ap.add_argument("--status", help="status file to write; without it the command's own "
-                    "exit code is the job's (a diverged upstream fails its job)")
+    ap.add_argument(
+        "--status",
+        help="status file to write; without it the command's own "
+        "exit code is the job's (a diverged upstream fails its job)",
+    )
     ap.add_argument("--log", required=True)
     ap.add_argument("--expect", nargs="*", default=[])
     ap.add_argument("--require-ok", nargs="*", default=[])
     ap.add_argument("--write", nargs=2, action="append", default=[], metavar=("PATH", "TEXT"))
     args = ap.parse_args(argv[:cut])
-    command = argv[cut + 1:]
+    command = argv[cut + 1 :]
     if not command:
         print("stage.py: no command after '--'", file=sys.stderr)
         return 2
@@ -95,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         args.status, args.expect = None, []
         args.log = f"{args.log}.p{proc}"
 
-    damaged = {p: why for p in args.require_ok
-               if os.path.exists(p) and (why := integrity.check(p, deep=True))}
+    damaged = {
+        p: why
+        for p in args.require_ok
+        if os.path.exists(p) and (why := integrity.check(p, deep=True))
+    }
     if damaged:
         for path, why in damaged.items():
             integrity.set_aside(path, why)
@@ -121,20 +128,24 @@ def main(argv: list[str] | None = None) -> int:
     if rc == 0:
         missing = [p for p in args.expect if not os.path.exists(p)]
         if missing:
-            print(f"stage.py: command succeeded but did not write {missing}; see {args.log}",
-                  file=sys.stderr)
+            print(
+                f"stage.py: command succeeded but did not write {missing}; see {args.log}",
+                file=sys.stderr,
+            )
             return 1
         if args.status:
             files = integrity.record(args.expect, os.path.dirname(args.status) or ".")
-            write_status(args.status, {"status": "ok", "exit_code": 0, "started": started,
-                                       "files": files})
+            write_status(
+                args.status, {"status": "ok", "exit_code": 0, "started": started, "files": files}
+            )
         return 0
     if rc == EXIT_DIVERGED and args.status:
         write_status(args.status, {"status": "diverged", "exit_code": rc})
         return 0
     what = "preempted; a retry resumes from the checkpoint" if rc == EXIT_PREEMPTED else "failed"
-    print(f"stage.py: {' '.join(command[:3])} ... {what} (exit {rc}); see {args.log}",
-          file=sys.stderr)
+    print(
+        f"stage.py: {' '.join(command[:3])} ... {what} (exit {rc}); see {args.log}", file=sys.stderr
+    )
     return rc
 
 
