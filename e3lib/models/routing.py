@@ -20,7 +20,8 @@ Numerics (vmoe-reference.md §3, §4, §11):
   aux is the mean over groups and routers (Ω_partition of Appendix C.2 when R = M).
 * capacity ``C = roundup4(ceil(S·J·C_f/E))`` (``layout.compute_capacity``); buffer
   positions are assigned K-major (every token's first choice before any second choice), in
-  token order or, with batch-prioritized routing, in order of decreasing top-1 gate; selections at position ≥ C are dropped.
+  token order or, with batch-prioritized routing, in order of decreasing top-1 gate;
+  selections at position ≥ C are dropped.
 """
 
 from __future__ import annotations
