@@ -197,7 +197,7 @@ DOC = {
             "add_axes": [{"name": "finetune.lr", "values": [0.01, 0.03]}],
             "select": {"over": ["finetune.lr"]},
         },
-        "paper": {"add_axes": [{"name": "finetune.steps", "values": [10, 20]}]},
+        "paper": {"add_axes": [{"name": "finetune.steps", "values": [20, 40]}]},
     },
 }
 
