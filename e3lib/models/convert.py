@@ -35,7 +35,7 @@ the router columns are grouped. Checkpoints are read with Orbax (``restore_param
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -133,6 +133,7 @@ def convert_params(
     keep_head: bool = False,
     fresh: Sequence[str] = (),
     record: dict | None = None,
+    put: Callable[[str, Array], Any] | None = None,
 ) -> dict:
     """Map an upstream parameter tree onto a downstream one (see the module docstring).
 
@@ -141,14 +142,17 @@ def convert_params(
     subsets: expert ids of each downstream router (``registry.moe_layout(cfg, spec).subsets``);
     permutation: optional expert permutation π (length E);
     fresh: ``upstream.fresh`` patterns (leaves meant to start from their initialisation);
-    record: if given, filled with target path -> (rule, upstream path or None).
+    record: if given, filled with target path -> (rule, upstream path or None);
+    put: if given, each converted leaf is replaced by ``put(path, leaf)`` as soon as it is
+    converted (e.g. placed on a mesh), so the converted tree never exists whole.
     """
     source = traverse_util.flatten_dict(dict(upstream), sep="/")
     fresh = tuple(p for p in fresh if p != "head") if keep_head else ("head", *fresh)
     record = {} if record is None else record
     out = {}
     for path, leaf in traverse_util.flatten_dict(dict(target), sep="/").items():
-        out[path] = _convert_leaf(path, leaf, source, subsets, permutation, fresh, record)
+        value = _convert_leaf(path, leaf, source, subsets, permutation, fresh, record)
+        out[path] = value if put is None else put(path, value)
     used = {src for _, src in record.values() if src is not None}
     unused = {
         p: tuple(np.shape(v)) for p, v in source.items() if p not in used and not matches(p, fresh)
@@ -236,38 +240,39 @@ def _checked(path: str, value: Array, leaf: Array) -> Array:
     return jnp.asarray(value, leaf.dtype)
 
 
+def conversion_rules(cfg: Mapping[str, Any], keep_head: bool = False) -> dict:
+    """Keyword arguments of ``convert_params`` for the run's method: router ``subsets`` of
+    its MoE layout, the seeded expert ``permutation`` (``model.permute_experts``), the
+    ``fresh`` patterns (``upstream.fresh``) and ``keep_head`` (the head is kept from the
+    upstream when ``keep_head`` or when ``upstream.fresh`` does not list it)."""
+    m = cfg["model"]
+    fresh = tuple((cfg.get("upstream") or {}).get("fresh") or ())
+    keep_head = keep_head or not matches("head/kernel", fresh)  # fresh: [] keeps the head
+    layout = moe_layout(cfg, size_spec(cfg))
+    perm = expert_permutation(m["num_experts"], cfg["seed"]) if m["permute_experts"] else None
+    return dict(
+        subsets=layout.subsets if layout is not None else None,
+        permutation=perm,
+        keep_head=keep_head,
+        fresh=fresh,
+    )
+
+
 def convert_for_config(
     upstream: Params,
     target: Params,
     cfg: Mapping[str, Any],
     keep_head: bool = False,
     record: dict | None = None,
+    put: Callable[[str, Array], Any] | None = None,
 ) -> dict:
     """``convert_params`` with the rules of the run's method (its registry entry): its
-    ``prepare_upstream`` hook first, then the router subsets of its MoE layout.
-
-    The permutation (``model.permute_experts``) is seeded by the run's ``seed``; the
-    leaves meant to start fresh are ``upstream.fresh`` (the head is kept from the upstream
-    when ``keep_head`` or when ``upstream.fresh`` does not list it).
-    """
-    m = cfg["model"]
+    ``prepare_upstream`` hook first, then ``conversion_rules``."""
+    rules = conversion_rules(cfg, keep_head)
     method = method_of(cfg)
-    fresh = tuple((cfg.get("upstream") or {}).get("fresh") or ())
-    keep_head = keep_head or not matches("head/kernel", fresh)  # fresh: [] keeps the head
     if method.prepare_upstream:  # method-specific leaves (BatchEnsemble, MIMO) first
-        upstream = method.prepare_upstream(upstream, target, cfg, keep_head)
-    layout = moe_layout(cfg, size_spec(cfg))
-    subsets = layout.subsets if layout is not None else None
-    perm = expert_permutation(m["num_experts"], cfg["seed"]) if m["permute_experts"] else None
-    return convert_params(
-        upstream,
-        target,
-        subsets=subsets,
-        permutation=perm,
-        keep_head=keep_head,
-        fresh=fresh,
-        record=record,
-    )
+        upstream = method.prepare_upstream(upstream, target, cfg, rules["keep_head"])
+    return convert_params(upstream, target, record=record, put=put, **rules)
 
 
 def save_params(directory: str | os.PathLike, params: Params) -> None:

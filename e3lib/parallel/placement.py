@@ -51,6 +51,17 @@ class Placement:
 
         return jax.tree_util.tree_map(put, state, shardings)
 
+    def put_param(self, path: str, x: Any) -> Any:
+        """Commit one parameter leaf (``/``-joined path) with its sharding by the rules; the
+        host copy is not kept. Without a mesh: ``x`` unchanged (``put_state`` commits it)."""
+        if self.mesh is None:
+            return x
+        import jax
+
+        sharding = shd.param_sharding(self.mesh, path, np.ndim(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
     # -- train step ----------------------------------------------------------------------
     def jit_step(self, step_fn: Callable, packed: bool = False) -> Callable:
         """jit of ``step_fn(state, images, labels) -> (state, metrics)`` with the state

@@ -73,6 +73,11 @@ def tree_shardings(tree: Any, mesh, rules=PARAM_RULES, leading: int = 0) -> Any:
     )
 
 
+def param_sharding(mesh, path: str, ndim: int, rules=PARAM_RULES) -> NamedSharding:
+    """NamedSharding of one parameter leaf by its ``/``-joined path (e.g. while loading)."""
+    return NamedSharding(mesh, spec_for(path, ndim, rules))
+
+
 def batch_sharding(mesh, leading: int = 0) -> NamedSharding:
     """Batch axis (after ``leading`` unsharded axes) over all devices."""
     return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES))

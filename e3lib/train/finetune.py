@@ -164,11 +164,14 @@ def finetune_and_evaluate(
     checkpoint = None if upstream_params is not None else upstream_checkpoint(cfg0, upstream_dir)
     if checkpoint is None and upstream_params is None and upstream_dir is not None:
         upstream_params = load_upstream_params(upstream_dir)
+    # On a mesh, each converted leaf goes to its devices (sharding by the rules) as soon as
+    # it is ready; packed seeds are stacked on the host first, then placed by put_state.
+    put = placement.put_param if placement.mesh is not None and not job.packed else None
     states = []
     for c in cfgs:
         fresh = init_params(model, c["seed"], size)
         if checkpoint is not None:
-            params = load_checkpoint_for_run(checkpoint, fresh, c)
+            params = load_checkpoint_for_run(checkpoint, fresh, c, put=put)
         else:
             params = adapt_upstream(upstream_params, fresh, c) if upstream_params else fresh
         states.append(initial_state(job.optimizer, params, c["seed"]))

@@ -28,7 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from e3lib.models.convert import ConversionError, convert_for_config, matches
+from e3lib.models.convert import (
+    ConversionError,
+    conversion_rules,
+    convert_for_config,
+    convert_params,
+    matches,
+)
+from e3lib.models.registry import method_of
 
 Shape = tuple[int, ...]
 
@@ -125,19 +132,47 @@ def adapt_published(
     fresh_params: Mapping,
     cfg: Mapping[str, Any],
     place: Callable[[str, Any], Any] | None = None,
+    put: Callable[[str, Any], Any] | None = None,
 ) -> dict:
     """A ``PublishedCheckpoint`` -> the run's parameter tree (``fresh_params``' structure).
 
     The plan is checked first (no array read on a misfit); then the leaves it uses are read
     once, shard by shard, each handed to ``place(e3lib_name, host_array)`` when complete
-    (e.g. a device put with the leaf's sharding; its return value is kept), and converted.
+    (its return value is kept), and converted. With ``put(target_path, leaf)`` (e.g. a
+    device put with the leaf's sharding on a mesh) each converted leaf is handed over as
+    soon as it is ready: for methods without a ``prepare_upstream`` hook, the target leaves
+    of a checkpoint leaf are converted and put while the reader streams, and the host copy
+    is dropped; the values are those of the whole-tree conversion, leaf for leaf.
     """
     plan = plan_adaptation(
         ckpt.shapes, shapes_of(fresh_params), cfg, ckpt.params, where=f"checkpoint {ckpt.path}"
     )
+    if put is not None and place is None and not method_of(cfg).prepare_upstream:
+        return _adapt_streamed(ckpt, plan, fresh_params, cfg, put)
     arrays = ckpt.read(plan.read, place)
     upstream = traverse_util.unflatten_dict(arrays, sep="/")
-    return convert_for_config(upstream, fresh_params, cfg)
+    return convert_for_config(upstream, fresh_params, cfg, put=put)
+
+
+def _adapt_streamed(ckpt, plan: Plan, fresh_params: Mapping, cfg: Mapping, put) -> dict:
+    """Convert and ``put`` the target leaves of each checkpoint leaf as the reader hands it
+    over (``convert_params`` on that one leaf and its targets, with the run's rules)."""
+    rules = conversion_rules(cfg)
+    target = traverse_util.flatten_dict(dict(fresh_params), sep="/")
+    by_source: dict[str | None, list[str]] = {}
+    for t, (_, src) in plan.steps.items():
+        by_source.setdefault(src if src in plan.source else None, []).append(t)
+    out: dict[str, Any] = {}
+
+    def convert(src: str | None, array: Any) -> None:
+        upstream = {} if src is None else {src: array}
+        targets = {t: target[t] for t in by_source.get(src, [])}
+        done = convert_params(upstream, targets, put=put, **rules)
+        out.update(traverse_util.flatten_dict(done, sep="/"))
+
+    ckpt.read(plan.read, lambda name, array: convert(name, array))
+    convert(None, None)  # leaves kept from the initialisation (head, upstream.fresh)
+    return traverse_util.unflatten_dict({t: out[t] for t in target}, sep="/")
 
 
 def target_shapes(cfg: Mapping[str, Any], num_classes: int) -> dict[str, Shape]:

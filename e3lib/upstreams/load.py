@@ -52,20 +52,22 @@ def load_checkpoint_for_run(
     fresh_params: Mapping,
     cfg: Mapping[str, Any],
     place: Callable[[str, Any], Any] | None = None,
+    put: Callable[[str, Any], Any] | None = None,
 ) -> dict:
     """The run's parameters from checkpoint ``path`` (head and other ``upstream.fresh``
     leaves from ``fresh_params``). Raises ``ConfigError`` naming the leaves that do not fit.
-    ``place`` is handed each published leaf as it is read (``adapt_published``)."""
+    ``place`` is handed each published leaf as it is read, ``put`` each converted leaf
+    (path in the run's tree) as soon as it is ready (``adapt_published``)."""
     if not is_published(path):
         from e3lib.models.convert import ConversionError, convert_for_config, restore_params
 
         if not Path(path).exists():
             raise ConfigError("upstream.checkpoint", path, "path does not exist")
         try:
-            return convert_for_config(restore_params(path), fresh_params, cfg)
+            return convert_for_config(restore_params(path), fresh_params, cfg, put=put)
         except ConversionError as err:
             raise ConfigError("upstream.checkpoint", path, str(err)) from None
     try:
-        return adapt_published(open_checked(path, cfg), fresh_params, cfg, place)
+        return adapt_published(open_checked(path, cfg), fresh_params, cfg, place, put)
     except AdaptationError as err:
         raise ConfigError("upstream.checkpoint", path, str(err)) from None
