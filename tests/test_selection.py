@@ -331,7 +331,8 @@ def test_tiny_run_and_ensemble_write_val_records(tmp_path):
 
 def test_aggregate_cli_reports_flagged_cells_and_sweep_page_lists_full_grid(tmp_path, capsys):
     from e3lib.aggregate import cli_aggregate, open_dataset
-    from e3lib.report.html import Input, _selection
+    from e3lib.report.html import Input
+    from e3lib.report.selection import selection_summary
 
     a = {
         (1, 0.1): [0.50, 0.70],
@@ -351,7 +352,7 @@ def test_aggregate_cli_reports_flagged_cells_and_sweep_page_lists_full_grid(tmp_
     assert "2 cells, 1 flagged" in capsys.readouterr().out
     ds = open_dataset(out)
     assert "finetune__lr" in ds.dims  # the file keeps the full grid
-    page = _selection(Input(out, ds))
+    page = selection_summary(Input(out, ds))
     assert len(page["grid"]) == 8
     chosen = [g["axes"] for g in page["grid"] if g["chosen"]]
     assert chosen == [["a", "1", "0.1"], ["b", "1", "0.1"]]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e3lib.report.rows import CellStats, Row
+from e3lib.stats import welch_test
 
 
 @dataclass
@@ -85,3 +86,25 @@ def _numeric_first(label: str) -> tuple:
 
 def _arrow(mcfg: Mapping) -> str:
     return {"lower": " ↓", "higher": " ↑"}.get(mcfg.get("better", ""), "")
+
+
+def significant_best(
+    cells: Sequence[CellStats | None], better: str | None, alpha: float, min_seeds: int
+) -> tuple[int | None, str]:
+    """Index of the cell to bold (or None) and a sentence saying why."""
+    if better not in ("lower", "higher"):
+        return None, ""
+    cand = [(i, c) for i, c in enumerate(cells) if c is not None and c.n >= min_seeds]
+    if len(cand) < 2:
+        return None, f"fewer than two rows with ≥ {min_seeds} seeds"
+    sign = 1 if better == "lower" else -1
+    cand.sort(key=lambda ic: sign * ic[1].mean)
+    (i_best, best), (_, second) = cand[0], cand[1]
+    res = welch_test(best.values, second.values, alpha=alpha)
+    bold = res.p < alpha  # NaN (not computable) → False
+    if not res.computable:
+        return None, f"best vs runner-up: Welch t-test not computable ({res.reason}; not bold)"
+    return (
+        (i_best if bold else None),
+        f"best vs runner-up: Welch p = {res.p:.3g} ({'bold' if bold else 'not bold'})",
+    )

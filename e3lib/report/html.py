@@ -14,81 +14,23 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import xarray as xr
 
 from e3lib import atomic
 from e3lib.aggregate import STATUS_FLAGS, axis_dim, dataset_axes
+from e3lib.report.selection import selection_summary
 from e3lib.report.spec import TABLE_IDS, default_spec
 from e3lib.report.tables import Table, build_table
+from e3lib.report.templating import env
 
-TEMPLATES = Path(__file__).parent / "templates"
 STATUS_NAMES = {v: k for k, v in STATUS_FLAGS.items()}
-
-_TEX = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\^{}",
-    "±": r"$\pm$",
-    "†": r"$^\dagger$",
-    "↓": r"$\downarrow$",
-    "↑": r"$\uparrow$",
-    "³": r"$^3$",
-    "σ": r"$\sigma$",
-    "×": r"$\times$",
-    "λ": r"$\lambda$",
-    "√": r"$\surd$",
-    "—": "--",
-    "≥": r"$\geq$",
-    "≤": r"$\leq$",
-    "ρ": r"$\rho$",
-    "·": r"$\cdot$",
-    "<": r"$<$",
-    ">": r"$>$",
-}
-_TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX))
-
-
-def tex_escape(text: object) -> str:
-    return _TEX_RE.sub(lambda m: _TEX[m.group()], str(text))
-
-
-def md_escape(text: object) -> str:
-    return str(text).replace("|", r"\|")
-
-
-def _env(autoescape: bool) -> jinja2.Environment:
-    """HTML templates (autoescaped) or text templates (.md/.tex: block tags eat their line)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=autoescape,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=not autoescape,
-        lstrip_blocks=not autoescape,
-        keep_trailing_newline=True,
-    )
-    env.filters["tex"] = tex_escape
-    env.filters["md"] = md_escape
-    env.filters["mdcell"] = lambda c: f"**{md_escape(c.text)}**" if c.bold else md_escape(c.text)
-    env.filters["texcell"] = lambda c: (
-        rf"\textbf{{{tex_escape(c.text)}}}" if c.bold else tex_escape(c.text)
-    )
-    return env
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -184,9 +126,9 @@ def render_table_files(site: Site, table: Table, linked: bool) -> None:
         sweeps=[_sweep_summary(i, linked) for i in inputs],
         index_link=linked or (site.out / "index.html").exists(),
     )
-    html = _env(True).get_template("table.html.j2").render(title=table.title, **ctx)
+    html = env(True).get_template("table.html.j2").render(title=table.title, **ctx)
     write_atomic(site.out / f"{table.id}.html", html)
-    text_env = _env(False)
+    text_env = env(False)
     write_atomic(site.out / f"{table.id}.md", text_env.get_template("table.md.j2").render(**ctx))
     write_atomic(site.out / f"{table.id}.tex", text_env.get_template("table.tex.j2").render(**ctx))
 
@@ -215,45 +157,6 @@ def _runs(inp: Input, out: Path) -> tuple[list[str], list[dict]]:
             }
         )
     return axes, runs
-
-
-def _selection(inp: Input) -> dict | None:
-    """The sweep's hyperparameter selection for its page: the validation metric of every
-    grid point (the full grid) and the point chosen per cell; None without ``select``."""
-    from e3lib.aggregate import SELECTED_PREFIX, select_grid, selection_of, validation_values
-    from e3lib.stats import seed_stats
-
-    ds = inp.ds
-    view = select_grid(ds)
-    sel = selection_of(view)
-    if sel is None:
-        return None
-    axes = dataset_axes(ds)
-    keep = dataset_axes(view)
-    stats = seed_stats(validation_values(ds, sel), ds["status"])
-    dims = [axis_dim(a) for a in axes]
-    grid = []
-    for pos in np.ndindex(*(ds.sizes[d] for d in dims)):
-        at = {d: ds[d].values[p] for d, p in zip(dims, pos)}
-        st = stats.sel(at)
-        if int(st["n_req"]) == 0:
-            continue
-        cell = {axis_dim(a): at[axis_dim(a)] for a in keep}
-        chosen = all(
-            str(view[SELECTED_PREFIX + axis_dim(a)].sel(cell).values) == str(at[axis_dim(a)])
-            for a in sel["over"]
-        )
-        grid.append(
-            {
-                "axes": [str(v) for v in at.values()],
-                "mean": float(st["mean"]),
-                "n": int(st["n"]),
-                "n_req": int(st["n_req"]),
-                "complete": bool(st["complete"]),
-                "chosen": chosen,
-            }
-        )
-    return {"select": sel, "axes": axes, "grid": grid}
 
 
 def render_sweep_page(site: Site, inp: Input) -> None:
@@ -310,7 +213,7 @@ def render_sweep_page(site: Site, inp: Input) -> None:
         ),
     ]
     html = (
-        _env(True)
+        env(True)
         .get_template("sweep.html.j2")
         .render(
             title=f"Sweep {sweep}",
@@ -321,7 +224,7 @@ def render_sweep_page(site: Site, inp: Input) -> None:
             runs=runs,
             figures=figures,
             commands=commands,
-            selection=_selection(inp),
+            selection=selection_summary(inp),
             index_link=True,
             **_common(),
         )
@@ -359,7 +262,7 @@ def render_index(site: Site) -> None:
         "synthetic" in json.loads(i.ds.attrs.get("code_commits", "[]")) for i in site.inputs
     )
     html = (
-        _env(True)
+        env(True)
         .get_template("index.html.j2")
         .render(
             title="E³ reproduction report",
