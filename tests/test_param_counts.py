@@ -21,14 +21,24 @@ JFT_CLASSES = 18291
 @pytest.mark.parametrize("size", list(TABLE_23))
 def test_table_23(size):
     vit_paper, moe_paper = TABLE_23[size]
-    vit = count_params(resolve({"method": "vit", "model": {"size": size}}), JFT_CLASSES, 224)
+    vit = count_params(
+        resolve({"data": {"image_size": 224}, "method": "vit", "model": {"size": size}}),
+        JFT_CLASSES,
+        224,
+    )
     assert vit / 1e6 == pytest.approx(vit_paper, rel=0.01)
     moe = {"size": size, "num_experts": 32, "num_selected": 2}
-    vmoe = count_params(resolve({"method": "vmoe", "model": moe}), JFT_CLASSES, 224)
+    vmoe = count_params(
+        resolve({"data": {"image_size": 224}, "method": "vmoe", "model": moe}), JFT_CLASSES, 224
+    )
     assert vmoe / 1e6 == pytest.approx(moe_paper, rel=0.01)
     if size == "S/32":  # E³ shares the V-MoE count: the router (H, E) -> (H, M, E/M)
         e3 = count_params(
-            resolve({"method": "e3", "model": dict(moe, ensemble_size=2)}), JFT_CLASSES, 224
+            resolve(
+                {"data": {"image_size": 224}, "method": "e3", "model": dict(moe, ensemble_size=2)}
+            ),
+            JFT_CLASSES,
+            224,
         )
         assert e3 == vmoe
 
@@ -41,9 +51,21 @@ def test_b32_by_hand():
     #   encoder_norm 1,536; pre_logits 768² + 768 = 590,592; head 768·18291 + 18291 = 14,065,779
     #   total 102,111,603.  V-MoE adds per MoE block 31 more expert MLPs and a (768, 32)
     #   router: 2·(31·4,722,432 + 24,576) = 292,839,936 -> 394,951,539.
-    vit = count_params(resolve({"method": "vit", "model": {"size": "B/32"}}), JFT_CLASSES, 224)
+    vit = count_params(
+        resolve({"data": {"image_size": 224}, "method": "vit", "model": {"size": "B/32"}}),
+        JFT_CLASSES,
+        224,
+    )
     assert vit == 102_111_603
     vmoe = count_params(
-        resolve({"method": "vmoe", "model": {"size": "B/32", "num_experts": 32}}), JFT_CLASSES, 224
+        resolve(
+            {
+                "data": {"image_size": 224},
+                "method": "vmoe",
+                "model": {"size": "B/32", "num_experts": 32},
+            }
+        ),
+        JFT_CLASSES,
+        224,
     )
     assert vmoe == 394_951_539
