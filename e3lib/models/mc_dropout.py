@@ -39,9 +39,11 @@ Array = jax.Array
 
 
 def content_key(seed: int, images: Array) -> Array:
-    """A PRNG key from ``seed`` and the bits of the batch's pixel sum (jit-compatible)."""
-    total = jnp.sum(jnp.asarray(images, jnp.float32))
-    return jax.random.fold_in(jax.random.key(seed), jax.lax.bitcast_convert_type(total, jnp.uint32))
+    """A PRNG key from ``seed`` and the batch's pixels (jit-compatible): the wrapping uint32
+    sum of the pixels' float32 bit patterns, which (unlike a float sum) is the same in any
+    summation order, so a batch split over devices draws the same masks."""
+    bits = jax.lax.bitcast_convert_type(jnp.asarray(images, jnp.float32), jnp.uint32)
+    return jax.random.fold_in(jax.random.key(seed), jnp.sum(bits, dtype=jnp.uint32))
 
 
 class McDropoutVisionTransformer(nn.Module):
