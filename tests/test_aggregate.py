@@ -228,9 +228,12 @@ def test_record_dims_from_mixed_splits_and_null_values(tmp_path):
     ]
     result.write_text(json.dumps(res))
     ds = aggregate.build_dataset(aggregate.load_index(index), tmp_path)
-    assert list(ds["split"].values) == ["clean", "corrupted", "fewshot", "shifted"]
-    assert list(ds["severity"].values) == [0, 3, 5]
+    # few-shot records have their own dims (task, shots), not split/corruption/severity
+    assert list(ds["split"].values) == ["clean", "corrupted", "shifted"]
+    assert list(ds["severity"].values) == [0, 3]
+    assert list(ds["task"].values) == ["mean"] and list(ds["shots"].values) == [5]
     assert list(ds["member"].values) == ["1", "ensemble", "joint"]
+    assert ds["fewshot_error"].dims == ("method", "seed", "task", "shots", "member")
     assert sorted(json.loads(ds.attrs["metrics"])) == ["error", "fewshot_error", "nll"]
     nll = ds["nll"].sel({"method": "e3", "seed": 0})
     assert (
@@ -255,6 +258,7 @@ def test_record_dims_from_mixed_splits_and_null_values(tmp_path):
         )
     )
     assert int(np.isfinite(ds["fewshot_error"]).sum()) == 1
+    assert float(ds["fewshot_error"].sel(task="mean", shots=5, member="joint").squeeze()) == 0.4
 
 
 def test_stale_result_under_changed_default_is_an_error(tmp_path):

@@ -19,12 +19,18 @@ from e3lib import atomic, integrity
 from e3lib.aggregate.axes import axis_dim, axis_label, sort_key
 from e3lib.aggregate.formats import (
     DATASET_FORMAT,
+    FEWSHOT_DIMS,
+    INT_DIMS,
+    MIGRATED_DATASET_FORMATS,
+    RECORD_DIM_NAMES,
     RECORD_DIMS,
     STATUS_FLAGS,
     entry_status,
     read_results,
+    record_dims,
     record_key,
 )
+from e3lib.aggregate.migrate import migrate_v2
 from e3lib.aggregate.schemas import AggregateError, read_json, validate
 from e3lib.config import stale_fields, stale_size_shape
 
@@ -34,13 +40,6 @@ COST_FIELDS = {
     "train_seconds": "train_seconds",
 }
 COST_UNITS = {"gflops": "GFLOPs per image (training)", "params": "count", "train_seconds": "s"}
-RECORD_DIM_NAMES = {
-    "split": "evaluation split",
-    "corruption": "corruption type or 'mean' (corrupted), set name (shifted), few-shot task "
-    "or 'mean' (fewshot), 'none' elsewhere",
-    "severity": "corruption severity 1..5 (corrupted), shots (fewshot), 0 elsewhere",
-    "member": "member index, 'ensemble', or few-shot feature mode 'joint'/'disjoint'",
-}
 # netCDF4 (HDF5 underneath) reads and writes on its own; h5netcdf would also need h5py.
 NETCDF_ENGINE = "netcdf4"
 
@@ -157,6 +156,7 @@ def build_dataset(
     packages: dict[str, set[str]] = {}
     run_status: dict[str, str] = {}
     failed_members: dict[str, dict[str, str]] = {}
+    metric_dims: dict[str, tuple[str, ...]] = {}  # metric → its record dims
 
     for i, entry in enumerate(index["entries"]):
         # cell index: one position per axis, then the seed (shape: cell_shape)
@@ -197,24 +197,36 @@ def build_dataset(
             commits.add(str(prov["code_commit"]))
         for pkg, ver in (prov.get("packages") or {}).items():
             packages.setdefault(pkg, set()).add(str(ver))
-        loaded.append((cell, [(record_key(r), r) for r in result["records"]]))
+        loaded.append((cell, result["records"]))
+        for r in result["records"]:  # a metric lives on the dims of its split's kind
+            if metric_dims.setdefault(r["metric"], record_dims(r)) != record_dims(r):
+                raise AggregateError(
+                    f"{result_path}: field records: metric {r['metric']!r} is recorded "
+                    f"on split fewshot and on other splits; a metric name belongs to the "
+                    f"few-shot records (dims {list(FEWSHOT_DIMS)}) or to the others "
+                    f"(dims {list(RECORD_DIMS)}), not both"
+                )
 
-    # Record coordinates: the union over all loaded results.
-    rec_coords = [
-        sorted({k[d] for _, recs in loaded for k, _ in recs}, key=sort_key)
-        for d in range(len(RECORD_DIMS))
-    ]
-    metrics = sorted({r["metric"] for _, recs in loaded for _, r in recs}, key=sort_key)
-    rec_pos = [{v: i for i, v in enumerate(vals)} for vals in rec_coords]
-    full_shape = cell_shape + tuple(len(vals) for vals in rec_coords)
-    values = {m: np.full(full_shape, np.nan) for m in metrics}
+    # Record coordinates: per record dim, the union over all loaded records having it.
+    all_dims = RECORD_DIMS + tuple(d for d in FEWSHOT_DIMS if d not in RECORD_DIMS)
+    seen_coords: dict[str, set] = {d: set() for d in all_dims}
+    for _, records in loaded:
+        for r in records:
+            for d, k in zip(record_dims(r), record_key(r)):
+                seen_coords[d].add(k)
+    rec_coords = {d: sorted(seen_coords[d], key=sort_key) for d in all_dims}
+    rec_pos = {d: {v: i for i, v in enumerate(vals)} for d, vals in rec_coords.items()}
+    metrics = sorted(metric_dims, key=sort_key)
+    values = {
+        m: np.full(cell_shape + tuple(len(rec_coords[d]) for d in metric_dims[m]), np.nan)
+        for m in metrics
+    }
     for cell, records in loaded:
-        for key, r in records:
-            pos = cell + tuple(rec_pos[d][k] for d, k in enumerate(key))
+        for r in records:
+            pos = cell + tuple(rec_pos[d][k] for d, k in zip(record_dims(r), record_key(r)))
             values[r["metric"]][pos] = np.nan if r["value"] is None else float(r["value"])
 
     cell_dims = tuple(axis_dim(a) for a in axes) + ("seed",)
-    full_dims = cell_dims + RECORD_DIMS
     coords: dict[str, Any] = {}
     for a in axes:
         coords[axis_dim(a)] = xr.Variable(
@@ -223,13 +235,14 @@ def build_dataset(
             attrs={"axis_name": a, "values_json": json.dumps(axis_values[a])},
         )
     coords["seed"] = ("seed", np.asarray(seeds, dtype=np.int64))
-    for d, vals in zip(RECORD_DIMS, rec_coords):
-        dtype = np.int64 if d == "severity" else str
+    for d, vals in rec_coords.items():
+        dtype = np.int64 if d in INT_DIMS else str
         coords[d] = (d, np.asarray(vals, dtype=dtype), {"long_name": RECORD_DIM_NAMES[d]})
 
     data_vars: dict[str, Any] = {}
     for m in metrics:
-        data_vars[m] = (full_dims, values[m], {"kind": "metric"})
+        attrs = {"kind": "metric"} | ({"split": "fewshot"} if metric_dims[m] == FEWSHOT_DIMS else {})
+        data_vars[m] = (cell_dims + metric_dims[m], values[m], attrs)
     for name in COST_FIELDS:
         data_vars[name] = (cell_dims, costs[name], {"kind": "cost", "units": COST_UNITS[name]})
     data_vars["status"] = (
@@ -293,11 +306,15 @@ def write_netcdf_atomic(ds: xr.Dataset, out: str | Path) -> Path:
 def open_dataset(path: str | Path) -> xr.Dataset:
     """Load a sweep dataset fully into memory (the file is closed on return).
 
-    Refuses a file of another ``format_version`` than ``DATASET_FORMAT``, naming the file
-    and the command that re-creates it from the results.
+    A file of ``format_version`` 2 is migrated to the current layout on read
+    (``e3lib.aggregate.migrate``; attribute ``migrated_from_format_version``). Any other
+    version than ``DATASET_FORMAT`` is refused, naming the file and the command that
+    re-creates it from the results.
     """
     with xr.open_dataset(path, engine=NETCDF_ENGINE) as ds:
         version = ds.attrs.get("format_version")
+        if version is not None and int(version) in MIGRATED_DATASET_FORMATS:
+            return migrate_v2(ds.load(), path)
         if version is None or int(version) != DATASET_FORMAT:
             what = (
                 "has no format_version (written before datasets were versioned; it "
@@ -305,8 +322,10 @@ def open_dataset(path: str | Path) -> xr.Dataset:
                 if version is None
                 else f"has format_version {int(version)}"
             )
+            readable = [DATASET_FORMAT, *MIGRATED_DATASET_FORMATS]
             raise AggregateError(
-                f"{path}: {what}; this e3lib reads format_version {DATASET_FORMAT}. "
+                f"{path}: {what}; this e3lib reads format_version {DATASET_FORMAT} "
+                f"(and migrates {list(MIGRATED_DATASET_FORMATS)}; allowed: {readable}). "
                 f"Re-create it from the results: e3 aggregate --index "
                 f"results/sweeps/SWEEP/index.json --out {path}"
             )

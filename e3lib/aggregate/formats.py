@@ -14,8 +14,14 @@ done.json (beside each entry's results.json, written last by the workflow)
     file: its status}. No done.json: the entry is missing.
 
 dataset.nc ``format_version``
-    2: this layout (see ``e3lib.aggregate``). Files without it predate versioned datasets
-    (their ``member_failed`` entries were counted as missing) and are refused.
+    3: this layout (see ``e3lib.aggregate``): few-shot metrics over their own dims
+    ``task`` and ``shots``, every other metric over ``split``, ``corruption``,
+    ``severity``.
+    2: one layout for all metrics; few-shot values at split ``fewshot`` with the task in
+    ``corruption`` and the shots in ``severity``. ``open_dataset`` migrates it on read
+    (``e3lib.aggregate.migrate``).
+    Files without a version predate versioned datasets (their ``member_failed`` entries
+    were counted as missing) and are refused, as is any other version.
 """
 
 from __future__ import annotations
@@ -25,11 +31,24 @@ from pathlib import Path
 from e3lib.aggregate.schemas import AggregateError, read_json, validate
 
 RESULTS_FORMATS = (1, 2)
-DATASET_FORMAT = 2
+DATASET_FORMAT = 3
+MIGRATED_DATASET_FORMATS = (2,)  # read and converted by e3lib.aggregate.migrate
 STATUS_FLAGS = {"ok": 0, "missing": 1, "diverged": 2, "not_requested": 3, "member_failed": 4}
 FAILED = ("diverged", "member_failed")
-# Dataset dims of a record. Few-shot records map task → corruption, shots → severity.
+# Dataset dims of a record: few-shot records (split "fewshot") have their own.
 RECORD_DIMS = ("split", "corruption", "severity", "member")
+FEWSHOT_DIMS = ("task", "shots", "member")
+FEWSHOT_SPLIT = "fewshot"
+# long_name attributes of the record coordinates in a dataset
+RECORD_DIM_NAMES = {
+    "split": "evaluation split (few-shot metrics have dims task, shots instead)",
+    "corruption": "corruption type or 'mean' (corrupted), set name (shifted), 'none' elsewhere",
+    "severity": "corruption severity 1..5 (corrupted), 0 elsewhere",
+    "member": "member index, 'ensemble', or few-shot feature mode 'joint'/'disjoint'",
+    "task": "few-shot task, or 'mean' over the tasks",
+    "shots": "few-shot training examples per class",
+}
+INT_DIMS = ("severity", "shots")
 SPLITS = ("val", "clean", "corrupted", "shifted", "ood_near", "ood_far", "fewshot")
 
 
@@ -60,10 +79,16 @@ def read_results(path: str | Path) -> dict:
     return upgrade_v1(results) if version == 1 else results
 
 
-def record_key(record: dict) -> tuple[str, str, int, str]:
-    """The dataset coordinates (split, corruption, severity, member) of a format-2 record."""
-    if record["split"] == "fewshot":
-        return "fewshot", record["task"], int(record["shots"]), record["member"]
+def record_dims(record: dict) -> tuple[str, ...]:
+    """The dataset dims of a format-2 record's metric: ``FEWSHOT_DIMS`` or ``RECORD_DIMS``."""
+    return FEWSHOT_DIMS if record["split"] == FEWSHOT_SPLIT else RECORD_DIMS
+
+
+def record_key(record: dict) -> tuple:
+    """The dataset coordinates of a format-2 record along ``record_dims(record)``:
+    (task, shots, member) of a few-shot record, else (split, corruption, severity, member)."""
+    if record["split"] == FEWSHOT_SPLIT:
+        return record["task"], int(record["shots"]), record["member"]
     return record["split"], record["corruption"], int(record["severity"]), record["member"]
 
 

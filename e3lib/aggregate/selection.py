@@ -26,7 +26,9 @@ SELECTED_PREFIX = "selected__"  # coordinate of the chosen value of an `over` ax
 
 
 def validation_values(ds: xr.Dataset, select: Mapping[str, Any]) -> xr.DataArray:
-    """The selection metric over (axes..., seed); all NaN where it was never recorded."""
+    """The selection metric over (axes..., seed); all NaN where it was never recorded
+    (or where the metric is not one of the split/corruption/severity records, e.g. a
+    few-shot metric, whose dims are task and shots)."""
     where = {
         "split": select["split"],
         "corruption": "none",
@@ -36,7 +38,7 @@ def validation_values(ds: xr.Dataset, select: Mapping[str, Any]) -> xr.DataArray
     metric = select["metric"]
     if metric in ds.data_vars:
         da = ds[metric]
-        if all(v in set(da[d].values.tolist()) for d, v in where.items()):
+        if all(d in da.dims and v in set(da[d].values.tolist()) for d, v in where.items()):
             return da.sel(where)
     return xr.full_like(ds["status"], np.nan, dtype=float)
 

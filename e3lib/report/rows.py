@@ -32,7 +32,7 @@ from e3lib.aggregate import (
     dataset_axes,
     selection_of,
 )
-from e3lib.report.spec import default_spec
+from e3lib.report.spec import SpecError, default_spec
 from e3lib.stats import seed_stats
 from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS
 
@@ -133,8 +133,20 @@ def _metric_array(
     da = ds[variable]
     if mcfg.get("cost"):
         return da
-    select = {**select, **mcfg.get("select", {})}
+    own = mcfg.get("select", {})
+    if unknown := [d for d in own if d not in da.dims]:
+        raise SpecError(
+            f"metric {metric}: field select: {unknown} are not dims of variable "
+            f"{variable!r} (its dims: {list(da.dims)}; few-shot metrics have task and shots)"
+        )
+    select = {**select, **own}
     sel = {d: v for d, v in select.items() if d in da.dims and d not in extra_dims}
+    cell_dims = {axis_dim(a) for a in dataset_axes(ds)} | {"seed"}
+    if loose := [d for d in da.dims if d not in cell_dims and d not in sel and d not in extra_dims]:
+        raise SpecError(
+            f"metric {metric}: field select: variable {variable!r} needs a value for "
+            f"dims {loose} (a select entry, or extra_dims of the table)"
+        )
     for d, v in sel.items():
         present = set(da[d].values.tolist())
         choices = [c for c in (v if isinstance(v, list) else [v]) if c in present]

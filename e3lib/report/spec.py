@@ -147,7 +147,9 @@ SPEC_SCHEMA: dict[str, Any] = {
                     "columns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "extra_dims": {
                         "type": "array",
-                        "items": {"enum": ["member", "split", "corruption", "severity"]},
+                        "items": {
+                            "enum": ["member", "split", "corruption", "severity", "task", "shots"]
+                        },
                     },
                     "bold": {"type": "boolean"},
                     "analytic_flops": {"type": "boolean"},
