@@ -87,8 +87,9 @@ def test_corrupted_and_clean_values_keep_their_dims(built):
     assert list(ds["severity"].values) == [0, 3]  # no shot counts
     for method in FEWSHOT:
         at = nll.sel({"method": method, "seed": 0, "member": "ensemble"})
-        assert float(at.sel(split="corrupted", corruption="gaussian_noise", severity=3)) == (
-            CORRUPTED_NLL[method]
+        assert (
+            float(at.sel(split="corrupted", corruption="gaussian_noise", severity=3))
+            == (CORRUPTED_NLL[method])
         )
         assert float(at.sel(split="clean", corruption="none", severity=0)) == CLEAN_NLL[method]
     assert int(np.isfinite(nll).sum()) == 4
@@ -154,10 +155,10 @@ def test_format_2_file_is_migrated_on_read(built, tmp_path):
     # exactly the dataset aggregation writes today: values, coordinates and their attrs
     xr.testing.assert_identical(metrics_of(ds), metrics_of(built))
     # and the report reads the same few-shot numbers from both
-    spec = default_spec()
-    for a, b in zip(sweep_rows(ds, ["fs1", "fs5"], spec=spec), sweep_rows(built, ["fs1", "fs5"])):
+    cols = ["fs1", "fs5"]
+    for a, b in zip(sweep_rows(ds, cols), sweep_rows(built, cols), strict=True):
         assert a.key == b.key
-        assert [a.stats[c].mean for c in ("fs1", "fs5")] == [b.stats[c].mean for c in ("fs1", "fs5")]
+        assert [a.stats[c].mean for c in cols] == [b.stats[c].mean for c in cols]
     e3 = next(r for r in sweep_rows(ds, ["fs1", "fs5"]) if r.key["method"] == "e3")
     assert (e3.stats["fs1"].mean, e3.stats["fs5"].mean) == (0.50, 0.30)  # task mean, joint
 

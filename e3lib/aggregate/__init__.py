@@ -2,7 +2,9 @@
 hyperparameter selection (the ``e3 aggregate`` command).
 
     schemas    JSON schemas of the files read (e3lib/schemas/*.schema.json), AggregateError
-    formats    results.json formats 1 and 2, done.json statuses, STATUS_FLAGS
+    formats    results.json formats 1 and 2, done.json statuses, STATUS_FLAGS, dataset
+               format versions and record dims
+    migrate    a format-2 dataset in the format-3 layout (``open_dataset`` reads it)
     axes       sweep axes as dims: axis_dim, axis_label, dataset_axes
     dataset    load_index, build_dataset, write_netcdf_atomic, open_dataset
     (seed statistics: e3lib.stats)
@@ -11,20 +13,26 @@ hyperparameter selection (the ``e3 aggregate`` command).
 
 Notation: S seeds, n seeds with a value in a cell, n_req seeds the sweep requested there.
 
-Dataset layout (``results/sweeps/{sweep}/dataset.nc``, ``format_version`` 2)
+Dataset layout (``results/sweeps/{sweep}/dataset.nc``, ``format_version`` 3)
 ---------------------------------------------------------------------------
 dims        one per sweep axis (netCDF-safe name, see ``axis_dim``), then ``seed``,
-            ``split``, ``corruption``, ``severity``, ``member``
-metrics     one float64 variable per metric name (``nll``, ``error``, ...), dims
-            (axes..., seed, split, corruption, severity, member); NaN = no record.
-            Few-shot records (results.json fields ``task``, ``shots``) sit at split
-            ``fewshot``, corruption = task (or ``mean``), severity = shots
+            ``split``, ``corruption``, ``severity``, ``member``, ``task``, ``shots``
+            (every dim present; a record dim no result uses has length 0)
+metrics     one float64 variable per metric name; NaN = no record. Two kinds:
+            evaluation metrics (``nll``, ``error``, ...) over (axes..., seed, split,
+            corruption, severity, member); few-shot metrics (``fewshot_error``, records
+            of split ``fewshot`` with results.json fields ``task``, ``shots``) over
+            (axes..., seed, task, shots, member), attribute ``split: fewshot``.
+            ``split`` never holds ``fewshot``; ``task`` holds the task names and
+            ``mean``, ``shots`` (int64) the shot counts; ``member`` is shared (few-shot
+            modes ``joint``/``disjoint`` beside member indices and ``ensemble``).
 cost        ``gflops``, ``params``, ``train_seconds``: dims (axes..., seed)
 bookkeeping ``status`` (axes..., seed): int8 with CF ``flag_values``/``flag_meanings``
             (ok, missing, diverged, not_requested, member_failed), read from each entry's
             done.json; ``run_id`` and ``result_path`` (axes..., seed) strings, "" where no
             entry exists
-attrs       ``format_version``; provenance: sweep name/file/hash, variant, axes (original
+attrs       ``format_version`` (``migrated_from_format_version`` 2 on a format-2 file
+            converted on read); provenance: sweep name/file/hash, variant, axes (original
             dotted names), reproduces, run ids with status, ``failed_members`` (ensemble id
             → {member run id: status}), counts per status, code commits, package versions;
             ``select`` (the sweep's selection block as JSON, "null" without one)

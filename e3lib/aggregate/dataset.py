@@ -20,6 +20,7 @@ from e3lib.aggregate.axes import axis_dim, axis_label, sort_key
 from e3lib.aggregate.formats import (
     DATASET_FORMAT,
     FEWSHOT_DIMS,
+    FEWSHOT_SPLIT,
     INT_DIMS,
     MIGRATED_DATASET_FORMATS,
     RECORD_DIM_NAMES,
@@ -241,7 +242,8 @@ def build_dataset(
 
     data_vars: dict[str, Any] = {}
     for m in metrics:
-        attrs = {"kind": "metric"} | ({"split": "fewshot"} if metric_dims[m] == FEWSHOT_DIMS else {})
+        few = metric_dims[m] == FEWSHOT_DIMS
+        attrs = {"kind": "metric"} | ({"split": FEWSHOT_SPLIT} if few else {})
         data_vars[m] = (cell_dims + metric_dims[m], values[m], attrs)
     for name in COST_FIELDS:
         data_vars[name] = (cell_dims, costs[name], {"kind": "cost", "units": COST_UNITS[name]})
