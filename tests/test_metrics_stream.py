@@ -168,8 +168,10 @@ def test_merged_parts_equal_the_whole_for_every_metric(split):
 
 
 def test_merge_is_associative_and_refuses_another_fewshot_draw():
-    parts = [_feed(np.random.default_rng(6), 80, sl) for sl in (slice(0, 20), slice(20, 45),
-                                                                 slice(45, 80))]
+    parts = [
+        _feed(np.random.default_rng(6), 80, sl)
+        for sl in (slice(0, 20), slice(20, 45), slice(45, 80))
+    ]
 
     def acc(part, i):
         return copy.deepcopy(parts[part][i])
