@@ -230,6 +230,7 @@ class StepBatches:
         process_index: int | None = None,
         process_count: int | None = None,
     ):
+        self.source, self.pp = source, pp
         self.datasets = [
             train_dataset(source, pp, batch_size, s, process_index, process_count) for s in seeds
         ]
