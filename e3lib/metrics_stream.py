@@ -14,7 +14,10 @@ compare against on the same predictions); here each is a sum kept per batch:
   shot count, for l2 selection "test"; the whole pool for "holdout") and the task's test
   features.
 
-``merge`` adds the sums of another accumulator (one per process) before ``result``.
+``merge(other)`` folds in the accumulator of other examples (another process's share of
+the split): sums and bin counts add, OOD scores and few-shot rows are pooled. It is
+associative, and the merged accumulator gives the metrics of the union of the examples
+(tests/test_metrics_stream.py); ``merge_all`` merges a list in order.
 """
 
 from __future__ import annotations
@@ -177,6 +180,11 @@ class FewShotFeatures:
         for j in np.flatnonzero(keep):
             self._rows[int(indices[j])] = np.asarray(features[:, j], np.float64)
 
+    def merge(self, other: FewShotFeatures) -> None:
+        if (other.task, other.shots, other.seed) != (self.task, self.shots, self.seed):
+            raise ValueError(f"few-shot task {self.task!r}: merging a different task or draw")
+        self._rows.update(other._rows)
+
     def subset(self) -> np.ndarray:
         missing = set(self.needed.tolist()) - set(self._rows)
         if missing:
@@ -185,6 +193,38 @@ class FewShotFeatures:
                 f"drawn pool examples were never given"
             )
         return np.stack([self._rows[int(i)] for i in self.needed], axis=1)  # (M, n, D)
+
+
+class TestFeatures:
+    """Features and labels of a few-shot task's test examples, kept by example index so
+    that shares read by different processes pool in one order."""
+
+    __test__ = False  # (not a pytest class)
+
+    def __init__(self):
+        self._rows: dict[int, tuple[np.ndarray, int]] = {}
+
+    def update(self, features, labels, indices) -> None:
+        """``features`` (M, B, D), ``labels`` (B,) of test examples ``indices`` (B,)."""
+        for j, i in enumerate(np.asarray(indices).tolist()):
+            self._rows[int(i)] = (np.asarray(features[:, j], np.float64), int(labels[j]))
+
+    def merge(self, other: TestFeatures) -> None:
+        self._rows.update(other._rows)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(features (M, N', D), labels (N',)) in example order."""
+        order = sorted(self._rows)
+        feats = np.stack([self._rows[i][0] for i in order], axis=1)
+        return feats, np.asarray([self._rows[i][1] for i in order])
+
+
+def merge_all(accumulators: Sequence):
+    """The first accumulator with the others merged into it, in order."""
+    first, *rest = accumulators
+    for other in rest:
+        first.merge(other)
+    return first
 
 
 def fewshot_errors(

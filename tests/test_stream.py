@@ -67,9 +67,9 @@ def test_every_example_once_per_epoch_across_processes(records, procs):
         )
         for i in b["index"]
     ]
-    merged = np.empty(len(one), np.int64)
-    for p in range(procs):
-        merged[p::procs] = seen[p]
+    # process p holds block p of each global batch (the rows its devices hold)
+    b = global_batch // procs
+    merged = np.asarray(seen).reshape(procs, -1, b).transpose(1, 0, 2).reshape(-1)
     assert merged.tolist() == one
     # and each epoch is a different permutation
     assert one[:N] != one[N:] and sorted(one[:N]) == sorted(one[N:])
@@ -85,9 +85,9 @@ def test_same_seed_same_batches_and_augmentation_independent_of_processes(record
     a, b, c = images(7, 0, 1), images(7, 0, 1), images(8, 0, 1)
     assert all((x == y).all() for x, y in zip(a, b))
     assert not all((x == y).all() for x, y in zip(a, c))
-    # process 1 of 2 gets global positions 1, 3 of batch 0: the same augmented pixels
+    # process 1 of 2 gets global positions 2, 3 of batch 0: the same augmented pixels
     two = images(7, 1, 2)
-    np.testing.assert_array_equal(two[0], a[0][1::2])
+    np.testing.assert_array_equal(two[0], a[0][2:])
 
 
 def test_resume_from_mid_epoch_state_gives_the_same_sequence(records):
@@ -151,6 +151,11 @@ def test_eval_covers_the_split_once_with_padding(procs):
             seen += b["index"][b["valid"]].tolist()
             assert (b["label"][~b["valid"]] == -1).all()
     assert sorted(seen) == list(range(10)) and shapes == {(4 // procs, 4, 4, 3)}
+    # process p reads rows [p·b, (p+1)·b) of every batch: with 2 processes, process 1
+    # reads positions 2, 3 | 6, 7 | 10, 11 (padding)
+    if procs == 2:
+        last = [b["index"].tolist() for b in eval_dataset(src, "value_range(0,255)", 4, 1, 2)]
+        assert last == [[2, 3], [6, 7], [-1, -1]]
 
 
 def test_tfds_build_is_streamed(tmp_path):

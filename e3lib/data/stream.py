@@ -6,19 +6,21 @@ Notation: N examples in the split, B global batch, P processes, p = this process
 
 Order. Training visits the infinite stream g = 0, 1, 2, …: epoch e = ⌊g/N⌋ is a
 permutation of the split drawn from (seed, e) by grain's global ``shuffle`` (a lazy index
-shuffle, nothing materialised). Process p reads positions g ≡ p (mod P), b at a time, so
-global batch t is positions [t·B, (t+1)·B) whatever P is, each epoch's examples are split
-into disjoint per-process shards that cover it, and example g's augmentation is drawn
-from ``np.random.default_rng([seed, g])`` — identical for any P and worker count.
+shuffle, nothing materialised). Global batch t is positions [t·B, (t+1)·B) whatever P is;
+process p reads its contiguous block [t·B + p·b, t·B + (p+1)·b) of it — the rows its
+devices hold (``Placement.local_rows``), so the batch the model sees, and with it every
+routing group of consecutive images, is the same for any P. Each epoch's examples are
+split into disjoint per-process shards that cover it, and example g's augmentation is
+drawn from ``np.random.default_rng([seed, g])`` — identical for any P and worker count.
 
 State. The pipeline is a grain ``MapDataset`` turned into an iterator; the iterator's
 state (``Stream.get_state``, a small JSON-able dict: the next batch index, per worker when
 decoding runs in worker processes) is saved with the training checkpoint and restored
 with ``Stream.set_state``; a resumed run continues at the exact next example.
 
-Evaluation reads positions 0 … ⌈N/B⌉·B − 1 in order, process p again every P-th one;
-positions ≥ N are padding (``valid`` False), so every process runs the same number of
-batches of the same shape.
+Evaluation reads positions 0 … ⌈N/B⌉·B − 1 in order, process p again its block of b of
+every batch; positions ≥ N are padding (``valid`` False), so every process runs the same
+number of batches of the same shape and every example is read by exactly one process.
 
 Sources (``open_source``, the record formats, ``split_train_val``): ``e3lib.data.sources``,
 re-exported here.
@@ -144,8 +146,9 @@ def train_dataset(
     if shuffle:
         order = order.shuffle(seed=seed)
     ds = order.repeat(None).map_with_index(_with_position)  # (g, example id)
-    ds = ds[p::n_proc].map(_Example(source, pp, seed))
-    return ds.batch(_local_batch(batch_size, n_proc), drop_remainder=True)
+    ds = ds.map(_Example(source, pp, seed))
+    # blocks of b positions; block t·P + p is process p's part of global batch t
+    return ds.batch(_local_batch(batch_size, n_proc), drop_remainder=True)[p::n_proc]
 
 
 def eval_dataset(
@@ -161,8 +164,8 @@ def eval_dataset(
     n = len(source)
     total = -(-n // batch_size) * batch_size
     ds = grain.MapDataset.range(total).map_with_index(_EvalPosition(n))
-    ds = ds[p::n_proc].map(_Example(source, pp, 0))
-    return ds.batch(_local_batch(batch_size, n_proc), drop_remainder=False)
+    ds = ds.map(_Example(source, pp, 0))
+    return ds.batch(_local_batch(batch_size, n_proc), drop_remainder=False)[p::n_proc]
 
 
 class Stream:
@@ -227,6 +230,7 @@ class StepBatches:
         process_index: int | None = None,
         process_count: int | None = None,
     ):
+        self.source, self.pp = source, pp
         self.datasets = [
             train_dataset(source, pp, batch_size, s, process_index, process_count) for s in seeds
         ]

@@ -34,6 +34,25 @@ def uses_stream(cfg: Mapping[str, Any]) -> bool:
     return cfg["data"]["dataset"] != "demo" or cfg["data"]["pp_train"] is not None
 
 
+def upstream_uses_stream(ucfg: Mapping[str, Any]) -> bool:
+    """Pretraining streams from a file-backed set (any but the embedded ``demo``)."""
+    return ucfg["dataset"] != "demo"
+
+
+def open_upstream_source(ucfg: Mapping[str, Any]) -> tuple[Any, int, str]:
+    """(source, number of classes, pp) of an upstream config's file-backed pretraining
+    set: split ``train`` of ``upstream.dataset``, read with the ``plain`` recipe at the
+    image size (the pixels ``e3lib.data.load_upstream`` would hold in memory)."""
+    from e3lib.errors import ConfigError
+
+    name = ucfg["dataset"]
+    if not isinstance(name, str) or not name:
+        raise ConfigError("upstream.dataset", name, "must be a dataset name")
+    source = open_source(name, "train", ucfg["data_dir"])
+    labels = source_labels(source)
+    return source, int(labels.max()) + 1, pp_string(None, ucfg["image_size"], "train")
+
+
 @dataclass
 class FewShotSources:
     pool: Any

@@ -11,9 +11,10 @@ import numpy as np
 from e3lib.evaluate.records import SEP, records_from_predictions, run_cost
 
 
-def make_predict_fn(model, placement=None):
+def make_predict_fn(model, placement=None, local: bool = False):
     """Jitted eval-mode apply: images (B,H,W,3) → (probs (M,B,C), features (M,B,D)).
-    ``placement`` (e3lib.parallel): on a mesh, sharded params and batch, host outputs."""
+    ``placement`` (e3lib.parallel): on a mesh, sharded params and batch, host outputs;
+    ``local``: images and outputs are this process's rows (``Placement.predict_fn``)."""
     import jax
     import jax.numpy as jnp
 
@@ -24,7 +25,7 @@ def make_predict_fn(model, placement=None):
 
     if placement is None or placement.mesh is None:
         return jax.jit(fn)
-    return placement.predict_fn(fn)  # [parallel hook]
+    return placement.predict_fn(fn, local)  # [parallel hook]
 
 
 def predict(

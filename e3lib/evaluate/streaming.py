@@ -14,6 +14,15 @@ runs' member-mean probabilities (R, B, C); few-shot features are all members of 
 concatenated (ΣM, B, D). What stays in memory: the sums of each accumulator, one 8-byte
 OOD score per in- and out-of-distribution example, the drawn few-shot shots' features
 and each few-shot task's test features.
+
+Several processes (P > 1, docs/scale.md): each reads only its block of b = B/P rows of
+every batch (``eval_dataset``, the training stream's sharding), predicts them (on a mesh,
+``make_predict_fn(..., local=True)``: one global batch, each process keeping its rows of
+the outputs) and accumulates them; before any metric is computed, every accumulator is
+gathered from all processes (``e3lib.parallel.distributed.gather_objects``) and merged in
+process order, so each example counts once and the records equal one process's.
+B is then a multiple of group_images × D (D devices): whole routing groups, the same
+consecutive images, in every process's block.
 """
 
 from __future__ import annotations
@@ -30,10 +39,12 @@ Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def run_predictor(model, params, predict_fn=None, placement=None) -> Predictor:
-    """One run's predictor; ``placement`` (e3lib.parallel) runs it on the run's mesh."""
+    """One run's predictor of this process's rows; ``placement`` (e3lib.parallel) runs it
+    on the run's mesh."""
     from e3lib.evaluate.inference import make_predict_fn
+    from e3lib.parallel.distributed import process_count
 
-    fn = predict_fn or make_predict_fn(model, placement)
+    fn = predict_fn or make_predict_fn(model, placement, local=process_count() > 1)
 
     def predict(images):
         probs, feats = fn(params, images)
@@ -55,10 +66,10 @@ def combined(predictors: Sequence[Predictor]) -> Predictor:
     return predict
 
 
-def _batches(source, pp: str, batch_size: int, threads: int) -> Iterator[dict]:
+def _batches(source, pp: str, batch_size: int, threads: int, procs) -> Iterator[dict]:
     from e3lib.data.stream import Stream, eval_dataset
 
-    stream = Stream(eval_dataset(source, pp, batch_size), threads=threads, prefetch=2)
+    stream = Stream(eval_dataset(source, pp, batch_size, *procs), threads=threads, prefetch=2)
     try:
         yield from stream
     finally:
@@ -69,19 +80,53 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
+def _merged(acc):
+    """``acc`` merged with the same accumulator of every other process (module docstring)."""
+    from e3lib.parallel.distributed import gather_objects
+
+    return ms.merge_all(gather_objects(acc))
+
+
+def eval_batch_size(cfg: Mapping[str, Any], test_size: int, devices: int = 1) -> int:
+    """B of every set: no larger than the test set needs, whole routing groups; with
+    several processes a multiple of group_images × ``devices`` (module docstring)."""
+    group = cfg["model"]["group_images"]
+    bs = min(cfg["eval"]["batch_size"], _round_up(test_size, group))
+    return bs if devices == 1 else _round_up(bs, group * devices)
+
+
+def _processes(processes) -> tuple[int, int]:
+    from e3lib.parallel.distributed import process_count, process_index
+
+    if processes is not None:
+        return tuple(processes)
+    return (process_index(), process_count()) if process_count() > 1 else (0, 1)
+
+
 def stream_records(
-    predictors: Sequence[Predictor], suite, cfg: Mapping[str, Any], threads: int = 4
+    predictors: Sequence[Predictor],
+    suite,
+    cfg: Mapping[str, Any],
+    threads: int = 4,
+    processes: tuple[int, int] | None = None,
 ) -> tuple[list[dict], dict]:
     """(records, sizes) of the sets the run's ``eval`` section asks for; ``sizes`` gives
-    the examples read per set."""
+    the examples read per set. ``processes``: (p, P), default JAX's (each process reads
+    its share; the accumulators are merged across processes)."""
     ev = cfg["eval"]
     predict = combined(predictors)
-    bs = min(ev["batch_size"], _round_up(len(suite.test), cfg["model"]["group_images"]))
+    procs = _processes(processes)
+    devices = 1
+    if procs[1] > 1:
+        import jax
+
+        devices = max(jax.device_count(), procs[1])
+    bs = eval_batch_size(cfg, len(suite.test), devices)
     sizes: dict[str, int] = {}
 
     def accumulate(source, name, ood_sides=()):
         acc = None
-        for b in _batches(source, suite.pp_eval, bs, threads):
+        for b in _batches(source, suite.pp_eval, bs, threads, procs):
             probs, _ = predict(b["image"])
             if acc is None:
                 acc = ms.PredictionAccumulator(probs.shape[0])
@@ -89,7 +134,7 @@ def stream_records(
             for o in ood_sides:
                 o.update("in", probs, b["valid"])
         sizes[name] = len(source)
-        return acc.result()
+        return _merged(acc).result()
 
     oods = {
         s: ms.OODAccumulator()
@@ -107,20 +152,20 @@ def stream_records(
     ood = {}
     for split, acc in oods.items():
         source = getattr(suite, split)
-        for b in _batches(source, suite.pp_eval, bs, threads):
+        for b in _batches(source, suite.pp_eval, bs, threads, procs):
             acc.update("out", predict(b["image"])[0], b["valid"])
         sizes[split] = len(source)
-        ood[split] = acc.result()
+        ood[split] = _merged(acc).result()
     fewshot = {}
     if ev["fewshot"] and suite.fewshot:
-        fewshot = _fewshot(predict, suite, cfg, bs, threads, sizes)
+        fewshot = _fewshot(predict, suite, cfg, bs, threads, sizes, procs)
     records = records_from_metrics(
         clean, val, corrupted, shifted, ood, fewshot, ev["fewshot_shots"]
     )
     return records, sizes
 
 
-def _fewshot(predict, suite, cfg, bs, threads, sizes) -> dict:
+def _fewshot(predict, suite, cfg, bs, threads, sizes, procs) -> dict:
     """Few-shot errors by record member. Each pool is read whole, in order (an MoE's
     routing, hence a feature, depends on the other images of its batch: reading only the
     drawn shots would batch them differently); only the drawn shots' features are kept."""
@@ -136,15 +181,16 @@ def _fewshot(predict, suite, cfg, bs, threads, sizes) -> dict:
             cfg["seed"],
             ev["fewshot_l2_selection"],
         )
-        for b in _batches(src.pool, suite.pp_eval, bs, threads):
+        for b in _batches(src.pool, suite.pp_eval, bs, threads, procs):
             valid = np.asarray(b["valid"], bool)
             collector.update(predict(b["image"])[1][:, valid], np.asarray(b["index"])[valid])
-        test_feats, test_labels = [], []
-        for b in _batches(src.test, suite.pp_eval, bs, threads):
+        test = ms.TestFeatures()
+        for b in _batches(src.test, suite.pp_eval, bs, threads, procs):
             valid = np.asarray(b["valid"], bool)
-            test_feats.append(np.asarray(predict(b["image"])[1][:, valid], np.float64))
-            test_labels.append(np.asarray(b["label"])[valid])
-        fte, yte = np.concatenate(test_feats, axis=1), np.concatenate(test_labels)
+            feats = predict(b["image"])[1][:, valid]
+            test.update(feats, np.asarray(b["label"])[valid], np.asarray(b["index"])[valid])
+        collector, test = _merged(collector), _merged(test)
+        fte, yte = test.arrays()
         num_classes = int(max(collector.labels.max(), yte.max())) + 1
         tasks[task] = (collector, fte, yte, num_classes)
         members = fte.shape[0]

@@ -131,9 +131,13 @@ class Placement:
         return tuple(out)
 
     # -- evaluation ----------------------------------------------------------------------
-    def predict_fn(self, fn: Callable) -> Callable:
+    def predict_fn(self, fn: Callable, local: bool = False) -> Callable:
         """jit of ``fn(params, images) -> outputs`` returning host NumPy arrays. On a mesh
-        the batch is split over the devices when it divides evenly (else replicated)."""
+        the batch is split over the devices when it divides evenly (else replicated).
+
+        ``local``: ``images`` are this process's rows of the global batch (b = B/P, which
+        D/P must divide) and the outputs (M, b, …) are its rows too — nothing is gathered
+        (multi-host streaming evaluation, ``e3lib.evaluate.streaming``)."""
         import jax
 
         if self.mesh is None:
@@ -143,6 +147,18 @@ class Placement:
         def traced(params, images):
             with shd.active(mesh):
                 return fn(params, images)
+
+        if local:
+            rows = shd.batch_sharding(mesh)
+            per_member = jax.jit(traced, out_shardings=shd.batch_sharding(mesh, leading=1))
+
+            def call_local(params, images):
+                images = np.asarray(images)
+                shape = (len(images) * jax.process_count(), *images.shape[1:])
+                x = jax.make_array_from_process_local_data(rows, images, shape)
+                return jax.tree_util.tree_map(_local_rows_of, per_member(params, x))
+
+            return call_local
 
         jitted = jax.jit(traced, out_shardings=shd.replicated(mesh))
 
@@ -175,3 +191,11 @@ class Placement:
         from e3lib.parallel.mesh import describe
 
         return describe(self.mesh)
+
+
+def _local_rows_of(x) -> np.ndarray:
+    """This process's rows (axis 1) of an (M, B, …) array split over the batch axis."""
+    shards = {}
+    for s in x.addressable_shards:
+        shards.setdefault(s.index[1].start or 0, s)  # replicas of one block: keep one
+    return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)], axis=1)

@@ -149,18 +149,27 @@ def placement_of(job: Job):
 def batch_at(job: Job, step: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
     """The batch of ``step``: (B,H,W,3) float32, (B,); with a leading S axis if packed.
     ``rows``: only those rows of it (the part this process's devices hold); a stream
-    reads the whole batch and keeps those rows."""
+    reads only this process's block of rows (e3lib.data.stream), which are those."""
     from e3lib.data import batch_indices, to_float
 
     if job.stream is not None:
         images, labels = job.stream.batch(step)
-        if rows == slice(None):
-            return images, labels
-        cut = (slice(None), rows) if job.packed else rows
-        return images[cut], labels[cut]
+        _check_stream_rows(rows, labels.shape[-1], job.batch_size)
+        return images, labels
     per_seed = [batch_indices(len(job.labels), job.batch_size, s, step)[rows] for s in job.seeds]
     idx = np.stack(per_seed) if job.packed else per_seed[0]  # (S, B) or (B,)
     return to_float(job.images[idx]), job.labels[idx]
+
+
+def _check_stream_rows(rows: slice, local: int, batch: int) -> None:
+    """A stream's block p of b rows must be the rows the devices of process p hold."""
+    if rows == slice(None):
+        return
+    from e3lib.parallel.distributed import process_index
+
+    want = slice(process_index() * local, (process_index() + 1) * local)
+    if (rows.start or 0, rows.stop or batch) != (want.start, want.stop):
+        raise ValueError(f"this process's devices hold batch rows {rows}, its stream {want}")
 
 
 def _input_state(job: Job, step: int):

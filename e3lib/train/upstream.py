@@ -62,22 +62,33 @@ def pretrain_upstream(
     progress_mode: str = "auto",
     stop: StopFlag | None = None,
 ) -> dict:
-    """Pretrain the upstream model; returns the done-file content (params saved first)."""
+    """Pretrain the upstream model; returns the done-file content (params saved first).
+
+    A file-backed pretraining set streams (``e3lib.data.stream.StepBatches``: per-process
+    shards, seeded order, iterator state saved in each checkpoint), as fine-tuning does;
+    the embedded demo's arrays stay in memory."""
     from e3lib.data import load_upstream
-    from e3lib.evaluate import predict
+    from e3lib.data.stream import StepBatches
+    from e3lib.data.stream_suite import open_upstream_source, upstream_uses_stream
     from e3lib.metrics import error, nll
     from e3lib.models import build_model
 
     workdir = Path(workdir)
-    data, num_classes = load_upstream(ucfg)
+    data, stream = None, None
+    if upstream_uses_stream(ucfg):
+        source, num_classes, pp = open_upstream_source(ucfg)
+        stream = StepBatches(source, pp, ucfg["batch_size"], (ucfg["seed"],))
+    else:
+        data, num_classes = load_upstream(ucfg)
     mcfg = upstream_model_config(ucfg)
     model = build_model(mcfg, num_classes)
     job = Job(
         model=model,
         optimizer=upstream_optimizer(ucfg),
         num_classes=num_classes,
-        images=data.images,
-        labels=data.labels,
+        images=None if data is None else data.images,
+        labels=None if data is None else data.labels,
+        stream=stream,
         batch_size=ucfg["batch_size"],
         steps=ucfg["steps"],
         seeds=(ucfg["seed"],),
@@ -91,26 +102,50 @@ def pretrain_upstream(
         state, summary = train(job, state, ckpt, progress_mode, stop)
     finally:
         ckpt.close()
+        if stream is not None:
+            stream.close()
     from e3lib.models.convert import save_params
 
     params_dir = workdir / "params"
     if params_dir.exists():  # left by an attempt killed before its done file: redo
         shutil.rmtree(params_dir)
     save_params(params_dir, state["params"])
-    n = min(len(data), 512)
-    probs, _ = predict(model, state["params"], data.images[:n], 256)
+    probs, labels = _train_subset_probs(model, state["params"], data, stream, 512)
     return {
         "status": "ok",
         "config": dict(ucfg),
         "params_path": str(params_dir.absolute()),
         "num_classes": num_classes,
         "metrics": {
-            "train_subset_nll": nll(probs.mean(0), data.labels[:n]),
-            "train_subset_error": error(probs.mean(0), data.labels[:n]),
+            "train_subset_nll": nll(probs.mean(0), labels),
+            "train_subset_error": error(probs.mean(0), labels),
             "final_loss": summary["final"].get("loss", [None])[0],
         },
         "train": summary,
     }
+
+
+def _train_subset_probs(model, params, data, stream, n: int):
+    """Probabilities (M, n', C) and labels of the first n' = min(N, n) training examples
+    (in memory, or read in order through the eval pipeline from the stream's source)."""
+    import numpy as np
+
+    from e3lib.evaluate import make_predict_fn, predict
+
+    if stream is None:
+        n = min(len(data), n)
+        return predict(model, params, data.images[:n], 256)[0], data.labels[:n]
+    from e3lib.data.stream import Stream, Subset, eval_dataset
+
+    subset = Subset(stream.source, np.arange(min(len(stream.source), n)))
+    fn, probs, labels = make_predict_fn(model), [], []
+    batches = Stream(eval_dataset(subset, stream.pp, 256, 0, 1), threads=2, prefetch=1)
+    for b in batches:
+        valid = np.asarray(b["valid"], bool)
+        probs.append(np.asarray(fn(params, b["image"])[0])[:, valid])
+        labels.append(np.asarray(b["label"])[valid])
+    batches.close()
+    return np.concatenate(probs, axis=1), np.concatenate(labels)
 
 
 def stored_params_path(params: str | os.PathLike, done_dir: Path) -> str:
