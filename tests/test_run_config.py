@@ -68,7 +68,10 @@ def test_defaults_come_from_the_dataclasses_and_name_every_method_field():
 
 
 def test_to_dict_round_trips_and_keeps_the_resolved_dict():
-    raw = {"method": "partitioning", "model": {"ensemble_size": 2, "partition_k": "total"}}
+    raw = {
+        "method": "partitioning",
+        "model": {"ensemble_size": 2, "num_selected": 2, "partition_k": "total"},
+    }
     cfg = resolve(raw)
     d = cfg.to_dict()
     assert isinstance(d["eval"]["fewshot_shots"], list) and d["upstream"]["fresh"] == ["head"]
