@@ -1,9 +1,10 @@
 """Run configuration: defaults, validation, canonical form and run identity.
 
-A *run* is one fine-tuning job (plus its evaluation). Its configuration is a nested
-plain dict with the sections below; every field has a default in ``DEFAULTS`` and the
-resolved form (defaults filled, values checked, "None = derived" fields spelled out by
-``resolve_derived``) is what gets hashed into the run id.
+A *run* is one fine-tuning job (plus its evaluation). Its configuration has the sections
+below; every field has a default (``DEFAULTS``, derived from the typed sections of
+``e3lib.run_config``). ``resolve`` fills the defaults, checks the values, spells out the
+"None = derived" fields (``resolve_derived``) and returns a typed ``RunConfig``; its plain
+dict form (``RunConfig.to_dict``) is what gets hashed into the run id.
 
 Notation used in field docs: E experts, K experts selected per token, M ensemble
 members, o experts shared by all members (overlap), C capacity factor, λ load-balance
@@ -23,11 +24,13 @@ mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one dev
            part of the run id: it changes where arrays live, not the results (beyond
            float tolerance), so one run has one id on any number of devices.
 
-Adding a field: put its default here and, if it has a closed set of values, its
-allowed values in ``CHOICES``. The sweep schema and the docs read from these tables. A field
-only one method reads is declared by that method's registry entry (``Method.fields``) and
-added to ``DEFAULTS`` below. Import order: this module imports the registry, never the
-reverse (``e3lib.models.registry`` and ``e3lib.models.sizes`` import no config).
+Adding a field: declare it with its type and default in its section of ``e3lib.run_config``,
+its type rule in ``config_rules.FIELDS`` and, if it has a closed set of values, its allowed
+values in ``CHOICES``. The sweep schema and the docs read from these tables. A field only one
+method reads is declared by that method's registry entry (``Method.fields``, which owns its
+default) and named in its ``run_config`` section. Import order: this module imports the
+registry, never the reverse (``e3lib.models.registry`` and ``e3lib.models.sizes`` import no
+config).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from e3lib import tree
+from e3lib import config_stale, tree
 from e3lib.config_derive import resolve_derived
 from e3lib.config_rules import (
     RUN_ID_EXCLUDED,
@@ -48,121 +51,15 @@ from e3lib.config_rules import (
     check_types,
     check_upstream_checkpoint,
 )
-from e3lib.config_stale import size_shape as size_shape  # re-exported
 from e3lib.config_stale import stale_fields as stale_fields  # re-exported
-from e3lib.config_stale import stale_size_shape as stale_size_shape  # re-exported
 from e3lib.errors import ConfigError
-from e3lib.models.registry import METHODS, method_of
+from e3lib.models.registry import method_named
 from e3lib.models.sizes import MODEL_SIZES, size_spec
+from e3lib.run_config import RunConfig, defaults_dict
 
-DEFAULTS: dict[str, Any] = {
-    "method": "e3",
-    "seed": 0,
-    "model": {
-        "size": "tiny",
-        "num_experts": 8,  # E
-        "num_selected": 1,  # K
-        "ensemble_size": 1,  # M (members of E3 / Tiling / Partitioning / baselines)
-        "overlap": 0,  # o: experts shared by all members (E3 with overlap)
-        "moe_placement": "last",  # "last" (last-n odd blocks) or "every" (every n-th block)
-        "moe_n": None,  # n; None = the size's default (2, or 5 for H/14)
-        "noise_mult": 1.0,  # router noise multiplier
-        # "code": σ = mult/(experts the router sees); "paper": σ = mult/E
-        "noise_scaling": "code",
-        "aux_weight": 0.01,  # λ: importance and load losses each weighted λ/2
-        "capacity_factor": 1.5,  # C at training time
-        "eval_capacity_factor": None,  # C at evaluation; None = same as training (code); paper: 8
-        "batch_priority": False,  # batch-prioritized routing
-        "expert_dropout": 0.0,  # dropout inside expert MLPs (Table 7 uses 0.1 at full scale)
-        "dropout": 0.0,  # dropout elsewhere
-        "group_images": 8,  # images per routing group (per member under E3)
-        "num_predictions": 1,  # Multi-pred: predictions from the last MoE layer (= K)
-        "permute_experts": False,  # Table 13: shuffle upstream experts before partitioning
-        "representation": True,  # pre-logits representation layer (Dense + tanh)
-        "head_bias_init": None,  # initial head bias; None = -log(num_classes) (V-MoE configs)
-        "dtype": "float32",
-        # Efficient-ensemble baselines (Appendix G).
-        "be_init": "random_sign",  # BatchEnsemble fast-weight init: random_sign | normal
-        "be_lr_scale": 1.0,  # BatchEnsemble fast-weight learning-rate factor
-        "mimo_input_repetition": 0.0,  # MIMO: probability that all members see the same image
-        "mimo_batch_repetition": 1,  # MIMO: times each batch is repeated
-    },
-    "upstream": {
-        # Checkpoint to fine-tune from instead of pretraining here: an Orbax directory, a
-        # published .npz / V-MoE sharded prefix (local path or gs:// URL), or the name of a
-        # published checkpoint (e3lib/upstreams/catalog.py; docs/checkpoints.md).
-        "checkpoint": None,
-        "checkpoint_sha256": None,  # content checksum (pinned at expansion for local files)
-        "fresh": ["head"],  # leaves that start from their initialisation, not the checkpoint
-        "method": None,  # "vmoe" or "vit"; None = derived from the method
-        "num_experts": None,  # upstream E; None = model.num_experts
-        "num_selected": None,  # upstream K; None = model.num_selected (Table 19 differs)
-        "seed": 0,
-        "steps": 300,
-        "lr": 1e-3,
-        "warmup": 30,
-        "batch_size": 64,
-        "weight_decay": 0.1,
-        "capacity_factor": 1.05,
-        "dataset": None,  # None = the upstream set paired with data.dataset
-    },
-    "data": {
-        "dataset": "demo",
-        "image_size": 16,
-        # True: the patch embedding drops the last image_size mod P pixel rows and columns
-        # (the reference code's VALID convolution: the paper's H/14 at 384 px sees 378 px);
-        # False: an image size not divisible by the patch size P is refused.
-        "crop_to_patch": False,
-        "data_dir": None,
-        # Preprocessing op strings (e3lib/data/preprocess.py), e.g. the reference's
-        # "decode_jpeg_and_inception_crop(384)|flip_lr|value_range(-1,1)", or a recipe name
-        # of e3lib.ppspec.RECIPES ("paper", "medium2", "plain"). A set pp_train, or any
-        # dataset but the embedded demo, streams the data (e3lib.data.stream); None there =
-        # "plain". The demo with None keeps its in-memory arrays.
-        "pp_train": None,
-        "pp_eval": None,
-        "input_workers": 0,  # grain worker processes decoding the stream
-    },
-    "finetune": {
-        "steps": 100,
-        "lr": 0.01,
-        "warmup": 10,
-        "schedule": "cosine",  # cosine | linear
-        "end_lr": 1e-5,
-        "batch_size": 64,
-        "momentum": 0.9,
-        "grad_clip": 10.0,
-        "mixup": 0.0,
-        "checkpoint_every": 25,
-    },
-    "eval": {
-        "batch_size": 256,
-        "fewshot_shots": [1, 5, 10, 25],
-        # How the few-shot ridge l2 is chosen: "test" (reference code: best test error) or
-        # "holdout" (best error on the task's training images not drawn as shots).
-        "fewshot_l2_selection": "test",
-        "corrupted": True,
-        "ood": True,
-        "fewshot": True,
-    },
-    # Device mesh: null = one device; {data: -1, expert: N} (-1 = the rest) or "auto"
-    # (e3lib.parallel, docs/scale.md). Excluded from the run id (``RUN_ID_EXCLUDED``).
-    "mesh": None,
-}
-
-
-def _with_method_fields(base: dict) -> dict:
-    """``base`` plus the fields the registry's methods declare (``Method.fields``)."""
-    out = base
-    for method in METHODS.values():
-        for dotted, default in method.fields.items():
-            if tree.has_leaf(out, dotted):
-                raise ValueError(f"method {method.name!r} declares {dotted!r}, which exists")
-            out = tree.merge(out, tree.nest(dotted, default))
-    return out
-
-
-DEFAULTS = _with_method_fields(DEFAULTS)
+# Every field's default, as a nested dict: derived from the typed sections of
+# ``e3lib.run_config`` (the one owner of field names, types and defaults).
+DEFAULTS: dict[str, Any] = defaults_dict()
 
 # Deep ensembles of independent runs: members fine-tuned from one upstream (downstream) or
 # each from its own upstream (upstream), Table 15.
@@ -182,12 +79,17 @@ CHOICES: dict[str, tuple] = {
 }
 
 
-def resolve(overrides: Mapping[str, Any], source: str | None = None, job: bool = False) -> dict:
-    """Fill defaults into ``overrides`` and validate. Returns the resolved config.
+def resolve(
+    overrides: Mapping[str, Any] | RunConfig, source: str | None = None, job: bool = False
+) -> RunConfig:
+    """Fill defaults into ``overrides`` and validate. Returns the resolved, typed config
+    (``e3lib.run_config.RunConfig``), which every stage after this one reads.
 
     ``job=True`` (sweep expansion, ``e3 run``, ``e3 upstream``): the config will be trained,
     so its images must also split into whole patches (``config_rules.check_pixels``).
     """
+    if isinstance(overrides, RunConfig):
+        overrides = overrides.to_dict()
     try:
         if not isinstance(overrides, Mapping):
             raise ConfigError(
@@ -198,16 +100,22 @@ def resolve(overrides: Mapping[str, Any], source: str | None = None, job: bool =
         cfg = tree.merge_known(DEFAULTS, overrides)
         validate(cfg)
         resolve_derived(cfg)
+        resolved = RunConfig.from_dict(cfg)
         if job:
-            check_pixels(cfg, size_spec(cfg))
+            check_pixels(cfg, size_spec(resolved))
     except ConfigError as err:
         if source and not err.source:
             raise ConfigError(err.field, err.value, err.rule, source) from None
         raise
-    return cfg
+    return resolved
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
+def override(cfg: RunConfig, changes: Mapping[str, Any], job: bool = False) -> RunConfig:
+    """A new resolved config: ``cfg`` with the nested ``changes`` applied, validated again."""
+    return resolve(tree.merge(cfg.to_dict(), changes), job=job)
+
+
+def validate(cfg: dict) -> None:
     """Check every field's type and range (``e3lib.config_rules.FIELDS``), the allowed
     values (``CHOICES``), the cross-field rules of the run's method (its registry entry)
     and those of the training stages (``config_rules.check_training``).
@@ -217,14 +125,15 @@ def validate(cfg: Mapping[str, Any]) -> None:
     model builders and the training code trust the resolved config.
     """
     check_types(cfg)
-    method = method_of(cfg)
+    method = method_named(cfg["method"])
     for field, allowed in CHOICES.items():
         if tree.get(cfg, field) not in allowed:
             raise ConfigError(field, tree.get(cfg, field), f"allowed: {list(allowed)}")
     check_pp(cfg["data"])
     check_upstream_checkpoint(cfg["upstream"])
-    spec = size_spec(cfg)
-    method.check(cfg, spec)
+    typed = RunConfig.from_dict(cfg)  # the method rules read it as the stages will
+    spec = size_spec(typed)
+    method.check(typed, spec)
     check_training(cfg, spec)
 
 
@@ -237,10 +146,12 @@ def short_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def non_default_fields(cfg: Mapping[str, Any], defaults: Mapping[str, Any] = DEFAULTS) -> dict:
+def non_default_fields(
+    cfg: RunConfig | Mapping[str, Any], defaults: Mapping[str, Any] = DEFAULTS
+) -> dict:
     """The part of a resolved config that differs from ``DEFAULTS`` (nested, same layout)."""
     out: dict = {}
-    for key, value in cfg.items():
+    for key, value in as_dict(cfg).items():
         default = defaults.get(key, _MISSING)
         # dict, not the Mapping ABC: this runs for every run of a paper-scale sweep union
         if isinstance(value, dict) and isinstance(default, dict):
@@ -255,7 +166,12 @@ def non_default_fields(cfg: Mapping[str, Any], defaults: Mapping[str, Any] = DEF
 _MISSING = object()
 
 
-def run_id(cfg: Mapping[str, Any]) -> str:
+def as_dict(cfg: RunConfig | Mapping[str, Any]) -> dict:
+    """The plain nested dict of a resolved config, or of a stored one (read from results)."""
+    return cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+
+
+def run_id(cfg: RunConfig | Mapping[str, Any]) -> str:
     """Identity of a resolved run config: the same config always gets the same id.
 
     Only the fields that differ from ``DEFAULTS`` are hashed, so adding a new field (with a
@@ -263,11 +179,23 @@ def run_id(cfg: Mapping[str, Any]) -> str:
     run, valid. ``RUN_ID_EXCLUDED`` fields are not hashed. Each run's results store the
     full resolved config; ``stale_fields`` detects results computed under other defaults.
     """
-    identity = {k: v for k, v in cfg.items() if k not in RUN_ID_EXCLUDED}
+    identity = {k: v for k, v in as_dict(cfg).items() if k not in RUN_ID_EXCLUDED}
     return short_hash(non_default_fields(identity))
 
 
-def upstream_config(cfg: Mapping[str, Any]) -> dict:
+def size_shape(cfg: RunConfig | Mapping[str, Any]) -> dict | None:
+    """``config_stale.size_shape`` of a resolved or a stored config."""
+    return config_stale.size_shape(as_dict(cfg))
+
+
+def stale_size_shape(
+    stored_shape: Mapping[str, Any] | None, current: RunConfig | Mapping[str, Any]
+) -> list[str]:
+    """``config_stale.stale_size_shape`` against a resolved or a stored config."""
+    return config_stale.stale_size_shape(stored_shape, as_dict(current))
+
+
+def upstream_config(cfg: RunConfig | Mapping[str, Any]) -> dict:
     """The fields the upstream (pretraining) stage reads; its checkpoint is keyed by these.
 
     Runs that differ only in fine-tuning fields (K, M, overlap, λ, lr, seed...) share it.
@@ -276,11 +204,12 @@ def upstream_config(cfg: Mapping[str, Any]) -> dict:
     checkpoint contents never share an id. Derived fields are read resolved
     (``resolve_derived``), also from a config stored before they were.
     """
+    cfg = as_dict(cfg)
     up = cfg["upstream"]
     if None in (up["method"], up["dataset"], cfg["model"]["moe_n"]) or (
         up["method"] == "vmoe" and None in (up["num_experts"], up["num_selected"])
     ):
-        cfg = resolve_derived(copy.deepcopy(dict(cfg)))
+        cfg = resolve_derived(copy.deepcopy(cfg))
     up = cfg["upstream"]
     m = cfg["model"]
     method = up["method"]
@@ -309,5 +238,5 @@ def upstream_config(cfg: Mapping[str, Any]) -> dict:
     return out
 
 
-def upstream_id(cfg: Mapping[str, Any]) -> str:
+def upstream_id(cfg: RunConfig | Mapping[str, Any]) -> str:
     return short_hash(upstream_config(cfg))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from e3lib.models.registry import METHODS, foreign_fields, method_of
+from e3lib.models.registry import METHODS, foreign_fields, method_named
 from e3lib.models.sizes import MODEL_SIZES
 
 
@@ -39,7 +39,7 @@ def resolve_derived(cfg: dict) -> dict:
     config does not know. Idempotent; returns ``cfg``.
     """
     m, up = cfg["model"], cfg["upstream"]
-    for dotted in foreign_fields(cfg):
+    for dotted in foreign_fields(cfg["method"]):
         section, name = dotted.split(".", 1)
         cfg[section][name] = _declared_default(dotted)
     if m["moe_n"] is None:
@@ -47,7 +47,7 @@ def resolve_derived(cfg: dict) -> dict:
     if m["eval_capacity_factor"] is None:
         m["eval_capacity_factor"] = m["capacity_factor"]
     if up["method"] is None:
-        up["method"] = method_of(cfg).upstream_method
+        up["method"] = method_named(cfg["method"]).upstream_method
     if up["dataset"] is None:
         up["dataset"] = cfg["data"]["dataset"]
     if up["method"] == "vmoe":

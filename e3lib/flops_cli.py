@@ -94,10 +94,10 @@ def cli_flops(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"e3 flops: {err}", file=sys.stderr)
         return 2
-    m = cfg["model"]
+    m = cfg.model
     what = (
-        f"{cfg['method']} {m['size']} E={m['num_experts']} K={m['num_selected']} "
-        f"M={m['ensemble_size']} overlap={m['overlap']} image={cfg['data']['image_size']} "
+        f"{cfg.method} {m.size} E={m.num_experts} K={m.num_selected} "
+        f"M={m.ensemble_size} overlap={m.overlap} image={cfg.data.image_size} "
         f"classes={args.num_classes}" + (f" deep-ensemble={n}" if n > 1 else "")
     )
     print(what)

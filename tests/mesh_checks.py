@@ -73,13 +73,13 @@ def job_of(cfg, placement):
     images, labels = data(4 * B)
     return train.Job(
         model=model,
-        optimizer=train.finetune_optimizer(cfg["finetune"]),
+        optimizer=train.finetune_optimizer(cfg.finetune),
         num_classes=CLASSES,
         images=images,
         labels=labels,
         batch_size=B,
-        steps=cfg["finetune"]["steps"],
-        seeds=(cfg["seed"],),
+        steps=cfg.finetune.steps,
+        seeds=(cfg.seed,),
         placement=placement,
     )
 

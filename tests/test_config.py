@@ -30,7 +30,7 @@ def test_a_new_field_with_its_default_keeps_existing_ids(monkeypatch):
     defaults = copy.deepcopy(config.DEFAULTS)
     defaults["model"]["a_future_option"] = False
     monkeypatch.setattr(config, "DEFAULTS", defaults)
-    grown = copy.deepcopy(cfg)
+    grown = cfg.to_dict()
     grown["model"]["a_future_option"] = False
     assert config.non_default_fields(grown, defaults) == config.non_default_fields(cfg)
     assert "a_future_option" not in config.non_default_fields(grown, defaults)["model"]

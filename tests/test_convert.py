@@ -123,7 +123,7 @@ def test_permute_experts_config_is_seeded():
     a = convert_for_config(up, target, cfg, keep_head=True)
     b = convert_for_config(up, target, cfg, keep_head=True)
     np.testing.assert_array_equal(_get(a, ROUTER), _get(b, ROUTER))
-    perm = expert_permutation(8, cfg["seed"])
+    perm = expert_permutation(8, cfg.seed)
     np.testing.assert_array_equal(_get(a, ROUTER), _get(up, ROUTER)[:, 0, perm].reshape(32, 2, 4))
 
 

@@ -4,7 +4,7 @@ datasets on small files written here."""
 import numpy as np
 import pytest
 
-from e3lib.config import ConfigError, resolve
+from e3lib.config import ConfigError, override, resolve
 from e3lib.data import (
     DatasetNotFoundError,
     batch_indices,
@@ -157,7 +157,7 @@ def test_real_cifar10_suite_from_npz_files(tmp_path):
     assert (len(s.train), len(s.val), len(s.test)) == (98, 2, 20)  # 2% validation (App. A.3)
     assert s.ood_near.shape == (7, 16, 16, 3) and s.ood_far.shape == (9, 16, 16, 3)
     # a corrupted suite that is asked for but absent names the corrupted dataset
-    cfg["eval"]["corrupted"] = True
+    cfg = override(cfg, {"eval": {"corrupted": True}})
     with pytest.raises(DatasetNotFoundError, match="cifar10_corrupted"):
         load_suite(cfg)
 

@@ -61,7 +61,7 @@ def assert_same_records(streamed, in_memory):
 def test_one_run_every_set(setup):
     cfg, suite, model, params = setup
     want = records_from_predictions(
-        run_predictions(model, params[0], suite, cfg), [1, 5], cfg["seed"], "test"
+        run_predictions(model, params[0], suite, cfg), [1, 5], cfg.seed, "test"
     )
     got, sizes = stream_records(
         [run_predictor(model, params[0])], _from_data_suite(suite, PP_EVAL, PP_EVAL), cfg, threads=1
@@ -82,9 +82,7 @@ def test_deep_ensemble_of_two_runs(setup):
     cfg, suite, model, params = setup
     cfg = cfg_of(corrupted=False)
     runs = [run_predictions(model, p, suite, cfg) for p in params]
-    want = records_from_predictions(
-        combine_predictions(runs, ["a", "b"]), [1, 5], cfg["seed"], "test"
-    )
+    want = records_from_predictions(combine_predictions(runs, ["a", "b"]), [1, 5], cfg.seed, "test")
     got, _ = stream_records(
         [run_predictor(model, p) for p in params],
         _from_data_suite(suite, PP_EVAL, PP_EVAL),
@@ -112,5 +110,5 @@ def test_array_record_splits_written_here(setup, tmp_path):
     )
     got, _ = stream_records([run_predictor(model, params[0])], streamed, cfg, threads=2)
     preds = run_predictions(model, params[0], suite, cfg)
-    want = records_from_predictions(preds, [1, 5], cfg["seed"], "test")
+    want = records_from_predictions(preds, [1, 5], cfg.seed, "test")
     assert_same_records(got, want)

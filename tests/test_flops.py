@@ -6,6 +6,8 @@ abstract inputs (nothing is allocated or executed), a few seconds each.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -288,7 +290,7 @@ def test_unknown_dispatch_and_method_name_the_field():
     with pytest.raises(ConfigError, match="dispatch"):
         flops_breakdown(cfg_of("vmoe"), dispatch="dense")
     with pytest.raises(ConfigError, match="method='no_such_method'.*allowed"):
-        flops_breakdown(dict(cfg_of("vmoe"), method="no_such_method"))
+        flops_breakdown(dataclasses.replace(cfg_of("vmoe"), method="no_such_method"))
 
 
 def test_baselines_of_table12_relations():

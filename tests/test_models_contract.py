@@ -1,5 +1,7 @@
 """The model contract of docs/architecture.md for every built method, on the tiny size."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,7 +95,7 @@ def test_builders_trust_the_resolved_config():
     # Validation happens once, in resolve; build_model does not re-check the fields
     # (a negative λ slipped past resolve would reach the router unchanged).
     cfg = resolve({"method": "vmoe"})
-    cfg["model"]["aux_weight"] = -1.0
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, aux_weight=-1.0))
     net = build_model(cfg, 10)
     variables = jax.eval_shape(lambda: net.init({"params": jax.random.key(0)}, IMAGES))
     assert "Encoder" in variables["params"]

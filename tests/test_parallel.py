@@ -95,7 +95,7 @@ def test_mesh_is_not_part_of_the_run_id_and_is_type_checked_by_resolve():
 
 
 def test_divisibility_errors_name_field_value_and_what_divides():
-    from e3lib.config import resolve
+    from e3lib.config import override, resolve
 
     cfg = resolve(
         {
@@ -110,14 +110,14 @@ def test_divisibility_errors_name_field_value_and_what_divides():
         r"the 8 devices .* e.g. 16",
     ):
         check_divisibility(cfg, (4, 2))
-    cfg["finetune"]["batch_size"] = 16
-    cfg["model"]["group_images"] = 8  # 16 images -> 2 groups, not a multiple of 8
+    cfg = override(cfg, {"finetune": {"batch_size": 16}, "model": {"group_images": 8}})
+    # 16 images -> 2 groups, not a multiple of 8
     with pytest.raises(ConfigError, match=r"model.group_images=8: .* gives 2 routing groups"):
         check_divisibility(cfg, (4, 2))
-    cfg["model"]["group_images"] = 2
+    cfg = override(cfg, {"model": {"group_images": 2}})
     check_divisibility(cfg, (4, 2))  # 8 groups on 8 devices
     with pytest.raises(ConfigError, match=r"mesh.expert=16: must divide model.num_experts = 8"):
-        check_divisibility(dict(cfg, finetune={"batch_size": 32}), (1, 16))
+        check_divisibility(override(cfg, {"finetune": {"batch_size": 32}}), (1, 16))
     cfg6 = resolve(
         {
             "method": "e3",

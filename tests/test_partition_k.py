@@ -31,7 +31,7 @@ def _layout(cfg):
 
 
 def test_default_is_the_papers_text_per_subset():
-    assert _cfg()["model"]["partition_k"] == "per_subset"
+    assert _cfg().model.partition_k == "per_subset"
     assert run_id(_cfg()) == run_id(_cfg("per_subset"))  # the default, spelled or not
     assert run_id(_cfg()) != run_id(_cfg("total"))
 

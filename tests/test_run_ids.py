@@ -119,7 +119,7 @@ def test_upstream_k_unset_or_equal_is_one_run():
     # V-MoE K=2, E=8: upstream.num_selected unset means the fine-tune's K=2.
     assert run_id(_vmoe()) == run_id(_vmoe(num_selected=2))
     assert upstream_id(_vmoe()) == upstream_id(_vmoe(num_selected=2))
-    assert _vmoe()["upstream"]["num_selected"] == 2
+    assert _vmoe().upstream.num_selected == 2
     # ... but an upstream with K=4 is another run.
     assert run_id(_vmoe()) != run_id(_vmoe(num_selected=4))
 
@@ -143,14 +143,14 @@ def test_each_derived_default_resolves_to_its_value(implicit, explicit):
 
 def test_dense_upstream_ignores_moe_upstream_fields():
     vit = resolve({"method": "vit"})
-    assert vit["upstream"]["method"] == "vit"
-    assert vit["upstream"]["num_experts"] is None and vit["upstream"]["num_selected"] is None
+    assert vit.upstream.method == "vit"
+    assert vit.upstream.num_experts is None and vit.upstream.num_selected is None
     assert run_id(vit) == run_id(resolve({"method": "vit", "upstream": {"num_selected": 4}}))
 
 
 def test_resolve_is_idempotent():
     cfg = resolve({"method": "e3", "model": {"ensemble_size": 2, "size": "H/14"}})
-    assert cfg["model"]["moe_n"] == 5
+    assert cfg.model.moe_n == 5
     assert resolve(cfg) == cfg and run_id(resolve(cfg)) == run_id(cfg)
 
 

@@ -60,7 +60,7 @@ def test_soft_moe_model_contract_and_weights_in_the_model(model):
     (logits, aux), state = net.apply(variables, IMAGES, mutable=["intermediates"])
     assert logits.shape == (2, predictions_per_image(cfg), 5) == (2, 1, 5)
     moe = state["intermediates"]["Encoder"]["encoderblock_3"]["Moe"]
-    P = 8 * cfg["model"]["slots_per_expert"]  # E·n slots
+    P = 8 * cfg.model.slots_per_expert  # E·n slots
     assert moe["dispatch"][0].shape == (2, 1, 17, P)  # (B, M, T, P)
     np.testing.assert_allclose(moe["dispatch"][0].sum(axis=2), 1.0, rtol=1e-5)
     np.testing.assert_allclose(moe["combine"][0].sum(axis=3), 1.0, rtol=1e-5)

@@ -47,7 +47,7 @@ over = {
 cfg = resolve(over)
 cfg_mesh = resolve(dict(over, mesh={"data": 4, "expert": 2}))
 model = build_model(cfg, CLASSES)
-fresh = init_params(model, cfg["seed"], PX)
+fresh = init_params(model, cfg.seed, PX)
 
 # Events in order: shard files read and converted leaves put on the mesh.
 events = []

@@ -36,12 +36,15 @@ The derivation and the comparison with every cell of Tables 20-22 are in docs/fl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from e3lib.errors import ConfigError
 from e3lib.models.layout import Backbone, MoeLayout, compute_capacity
 from e3lib.models.registry import method_of, moe_layout
 from e3lib.models.sizes import size_spec
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 FLOPS_PER_MAC = 2
 TRAIN_MATMUL_FACTOR = 3  # forward + gradients w.r.t. both operands
@@ -59,7 +62,7 @@ DISPATCH_KINDS = ("indices", "einsum")
 class MoeBlock(NamedTuple):
     """One MoE block as the cost model sees it, per image (passed to ``Method.moe_flops``)."""
 
-    cfg: Mapping[str, Any]
+    cfg: RunConfig
     spec: Mapping[str, Any]
     layout: MoeLayout
     rows: int  # rows per image entering the block
@@ -79,9 +82,9 @@ class MoeBlock(NamedTuple):
 
 def top_k_moe_flops(blk: MoeBlock) -> dict[str, float]:
     """Experts on full capacity buffers, the router, and (einsum) dispatch/combine."""
-    m, H, Q = blk.cfg["model"], blk.spec["hidden"], blk.spec["mlp"]
-    E, K, r, T = m["num_experts"], m["num_selected"], blk.rows, blk.tokens
-    C = compute_capacity(blk.group_rows * T, blk.layout.selections(K), E, m["capacity_factor"])
+    m, H, Q = blk.cfg.model, blk.spec["hidden"], blk.spec["mlp"]
+    E, K, r, T = m.num_experts, m.num_selected, blk.rows, blk.tokens
+    C = compute_capacity(blk.group_rows * T, blk.layout.selections(K), E, m.capacity_factor)
     slots = E * C * r / blk.group_rows  # expert rows per image
     out = {
         "experts": blk.train_matmul(slots, H, 2 * Q),
@@ -111,16 +114,16 @@ def _rows_per_block(
     return per_block, rows
 
 
-def rows_per_block(cfg: Mapping[str, Any]) -> tuple[list[int], int]:
+def rows_per_block(cfg: RunConfig) -> tuple[list[int], int]:
     """Rows per image entering each block of the run's model, and rows reaching the head."""
     spec = size_spec(cfg)
     layout = moe_layout(cfg, spec)
     backbone = method_of(cfg).backbone(cfg, spec, layout)
-    return _rows_per_block(backbone, spec, layout, cfg["model"]["num_selected"])
+    return _rows_per_block(backbone, spec, layout, cfg.model.num_selected)
 
 
 def flops_breakdown(
-    cfg: Mapping[str, Any], num_classes: int = 1000, dispatch: str = "indices"
+    cfg: RunConfig, num_classes: int = 1000, dispatch: str = "indices"
 ) -> dict[str, float]:
     """FLOPs per image of one training step (forward + backward), by term.
 
@@ -129,9 +132,9 @@ def flops_breakdown(
     """
     if dispatch not in DISPATCH_KINDS:
         raise ConfigError("dispatch", dispatch, f"allowed: {list(DISPATCH_KINDS)}")
-    method, m, spec = method_of(cfg), cfg["model"], size_spec(cfg)
+    method, m, spec = method_of(cfg), cfg.model, size_spec(cfg)
     P, H, Q, A = spec["patch"], spec["hidden"], spec["mlp"], spec["heads"]
-    image = cfg["data"]["image_size"]
+    image = cfg.data.image_size
     if image < P:
         raise ConfigError("data.image_size", image, f"must be >= the patch size {P}")
     N = (image // P) ** 2
@@ -158,7 +161,7 @@ def flops_breakdown(
     out["patch_embedding"] = (
         INPUT_LAYER_FACTOR * mac * backbone.input_rows * N * P * P * backbone.input_channels * H
     )
-    per_block, out_rows = _rows_per_block(backbone, spec, layout, m["num_selected"])
+    per_block, out_rows = _rows_per_block(backbone, spec, layout, m.num_selected)
     for b, r in enumerate(per_block):
         out["attention_projections"] += TRAIN_MATMUL_FACTOR * r * T * mac * 4 * H * H
         out["attention_scores"] += TRAIN_MATMUL_FACTOR * r * 2 * mac * T * T * H
@@ -167,32 +170,30 @@ def flops_breakdown(
             out["mlp"] += TRAIN_MATMUL_FACTOR * r * T * mac * 2 * H * Q
             out["elementwise"] += r * T * EW_PER_MLP * Q
             continue
-        group_rows = m["group_images"] * (1 if backbone.rows_are_inputs else r)
+        group_rows = m.group_images * (1 if backbone.rows_are_inputs else r)
         blk = MoeBlock(cfg, spec, layout, r, T, group_rows, b == moe_blocks[-1], dispatch)
         for term, value in moe_cost(blk).items():
             out[term] += value
-    rep = H * H if m["representation"] else 0
+    rep = H * H if m.representation else 0
     out["head"] = (
         TRAIN_MATMUL_FACTOR * out_rows * mac * (rep + H * num_classes * backbone.head_outputs)
     )
     return out
 
 
-def analytic_gflops(
-    cfg: Mapping[str, Any], num_classes: int = 1000, dispatch: str = "indices"
-) -> float:
+def analytic_gflops(cfg: RunConfig, num_classes: int = 1000, dispatch: str = "indices") -> float:
     """GFLOPs per image of a training step (forward + backward), the quantity of Table 20."""
     return sum(flops_breakdown(cfg, num_classes, dispatch).values()) / 1e9
 
 
-def top_k_moe_params(cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout) -> int:
+def top_k_moe_params(cfg: RunConfig, spec: Mapping[str, Any], layout: MoeLayout) -> int:
     """E expert MLPs (2HQ + Q + H each) and the router kernel (H, R, E_r)."""
     H, Q = spec["hidden"], spec["mlp"]
     R, E_r = len(layout.subsets), len(layout.subsets[0])
-    return cfg["model"]["num_experts"] * (2 * H * Q + Q + H) + H * R * E_r
+    return cfg.model.num_experts * (2 * H * Q + Q + H) + H * R * E_r
 
 
-def analytic_params(cfg: Mapping[str, Any], num_classes: int) -> int:
+def analytic_params(cfg: RunConfig, num_classes: int) -> int:
     """Parameters of the run's model, counted from the formula (Table 23: JFT head V=18,291).
 
     Embedding P²·c·H + H (c input channels), class token H, position embeddings T·H; per
@@ -203,9 +204,9 @@ def analytic_params(cfg: Mapping[str, Any], num_classes: int) -> int:
     (``Method.extra_params``: BatchEnsemble's fast weights). Equals the count from shapes
     (``e3lib.models.params.count_params``).
     """
-    method, m, spec = method_of(cfg), cfg["model"], size_spec(cfg)
+    method, m, spec = method_of(cfg), cfg.model, size_spec(cfg)
     P, H, Q, L = spec["patch"], spec["hidden"], spec["mlp"], spec["layers"]
-    T = (cfg["data"]["image_size"] // P) ** 2 + 1
+    T = (cfg.data.image_size // P) ** 2 + 1
     layout = moe_layout(cfg, spec)
     backbone = method.backbone(cfg, spec, layout)
     moe_blocks = set(spec["moe_layers"]) if layout is not None else set()
@@ -216,7 +217,7 @@ def analytic_params(cfg: Mapping[str, Any], num_classes: int) -> int:
         total += moe_params(cfg, spec, layout) if b in moe_blocks else 2 * H * Q + Q + H
     total += 2 * H
     total += method.extra_params(cfg, spec)
-    if m["representation"]:
+    if m.representation:
         total += H * H + H
     total += backbone.head_outputs * (H * num_classes + num_classes)
     return int(total)

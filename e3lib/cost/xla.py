@@ -10,11 +10,13 @@ analytic count of ``e3lib.cost.analytic`` (docs/flops.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 
-def _abstract_train_step(cfg: Mapping[str, Any], num_classes: int, batch: int | None):
+def _abstract_train_step(cfg: RunConfig, num_classes: int, batch: int | None):
     """The jitted loss-and-gradient function and its abstract arguments (nothing allocated)."""
     import jax
     import jax.numpy as jnp
@@ -23,8 +25,8 @@ def _abstract_train_step(cfg: Mapping[str, Any], num_classes: int, batch: int | 
     from e3lib.models.losses import ensemble_train_loss
 
     model = build_model(cfg, num_classes)
-    B = batch or cfg["model"]["group_images"]
-    size = cfg["data"]["image_size"]
+    B = batch or cfg.model.group_images
+    size = cfg.data.image_size
     images = jax.ShapeDtypeStruct((B, size, size, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((B,), jnp.int32)
     key = jax.random.key(0)
@@ -43,7 +45,7 @@ def _abstract_train_step(cfg: Mapping[str, Any], num_classes: int, batch: int | 
     return step, (variables["params"], images, labels, key), B
 
 
-def compiled_train_step(cfg: Mapping[str, Any], num_classes: int, batch: int | None = None):
+def compiled_train_step(cfg: RunConfig, num_classes: int, batch: int | None = None):
     """Lower and compile the training step on abstract inputs: (compiled, batch size)."""
     step, args, B = _abstract_train_step(cfg, num_classes, batch)
     return step.lower(*args).compile(), B
@@ -56,9 +58,7 @@ def _cost_dict(compiled) -> dict:
     return dict(cost or {})
 
 
-def xla_cost(
-    cfg: Mapping[str, Any], num_classes: int = 1000, batch: int | None = None
-) -> dict[str, float]:
+def xla_cost(cfg: RunConfig, num_classes: int = 1000, batch: int | None = None) -> dict[str, float]:
     """XLA's compiled cost of the training step, per image, plus the compiled memory.
 
     Keys: ``gflops`` (per image), ``batch``, ``temp_bytes``, ``argument_bytes``,
@@ -85,6 +85,6 @@ def xla_cost(
     return out
 
 
-def xla_gflops(cfg: Mapping[str, Any], num_classes: int = 1000, batch: int | None = None) -> float:
+def xla_gflops(cfg: RunConfig, num_classes: int = 1000, batch: int | None = None) -> float:
     """GFLOPs per image of the compiled training step (XLA cost analysis, never executed)."""
     return xla_cost(cfg, num_classes, batch)["gflops"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from e3lib.config import CHOICES, ConfigError
 from e3lib.data.embedded import demo_suite, upstream_set
 from e3lib.data.loaders import DatasetNotFoundError, load_split
 from e3lib.data.suite import DataSuite, FewShotTask, Labeled, batch_indices, to_float
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 __all__ = [
     "DATASETS",
@@ -102,15 +105,15 @@ def check_dataset(name: Any, field: str = "data.dataset") -> None:
         raise ConfigError(field, name, f"allowed: {list(DATASETS)}")
 
 
-def load_suite(cfg: Mapping[str, Any]) -> DataSuite:
+def load_suite(cfg: RunConfig) -> DataSuite:
     """The downstream data of a resolved run config."""
-    data, ev = cfg["data"], cfg["eval"]
-    name, size = data["dataset"], data["image_size"]
+    data, ev = cfg.data, cfg.eval
+    name, size = data.dataset, data.image_size
     check_dataset(name)
     if name == "demo":
-        suite = demo_suite(size, corrupted=bool(ev["corrupted"]))
-        return suite if ev["fewshot"] else _without_fewshot(suite)
-    return _real_suite(name, size, data["data_dir"], ev)
+        suite = demo_suite(size, corrupted=bool(ev.corrupted))
+        return suite if ev.fewshot else _without_fewshot(suite)
+    return _real_suite(name, size, data.data_dir, ev)
 
 
 def _without_fewshot(suite: DataSuite) -> DataSuite:
@@ -129,7 +132,7 @@ def _real_suite(name: str, size: int, data_dir: str | None, ev: Mapping[str, Any
     val = Labeled(images[val_idx], labels[val_idx])
     test = Labeled(*load_split(name, "test", data_dir, size))
     suite = DataSuite(name=name, num_classes=spec.num_classes, train=train, val=val, test=test)
-    if ev["corrupted"] and spec.corrupted:
+    if ev.corrupted and spec.corrupted:
         suite.corrupted = {
             c: {
                 s: Labeled(*load_split(spec.corrupted, f"{c}_{s}", data_dir, size))
@@ -138,12 +141,12 @@ def _real_suite(name: str, size: int, data_dir: str | None, ev: Mapping[str, Any
             for c in BENCHMARK_CORRUPTIONS
         }
         suite.shifted = {s: Labeled(*load_split(s, "test", data_dir, size)) for s in spec.shifted}
-    if ev["ood"]:
+    if ev.ood:
         if spec.ood_near:
             suite.ood_near = load_split(spec.ood_near, "test", data_dir, size, need_labels=False)[0]
         if spec.ood_far:
             suite.ood_far = load_split(spec.ood_far, "test", data_dir, size, need_labels=False)[0]
-    if ev["fewshot"]:
+    if ev.fewshot:
         for task in FEWSHOT_DATASETS:
             pool = Labeled(*load_split(task, "train", data_dir, size))
             tst = Labeled(*load_split(task, "test", data_dir, size))
@@ -153,7 +156,7 @@ def _real_suite(name: str, size: int, data_dir: str | None, ev: Mapping[str, Any
     return suite
 
 
-def load_upstream(ucfg: Mapping[str, Any]) -> tuple[Labeled, int]:
+def load_upstream(ucfg: RunConfig) -> tuple[Labeled, int]:
     """Pretraining set of an upstream config and its number of classes.
 
     ``demo`` pairs with the embedded upstream set (20 classes); any other name is read

@@ -11,9 +11,8 @@ name of ``e3lib.ppspec.RECIPES``, or a string; None = ``plain``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,9 +28,12 @@ from e3lib.data.sources import (
 )
 from e3lib.ppspec import pp_string
 
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
-def uses_stream(cfg: Mapping[str, Any]) -> bool:
-    return cfg["data"]["dataset"] != "demo" or cfg["data"]["pp_train"] is not None
+
+def uses_stream(cfg: RunConfig) -> bool:
+    return cfg.data.dataset != "demo" or cfg.data.pp_train is not None
 
 
 def upstream_uses_stream(ucfg: Mapping[str, Any]) -> bool:
@@ -127,15 +129,15 @@ def _from_data_suite(suite, pp_train: str, pp_eval: str) -> StreamSuite:
     return out
 
 
-def open_stream_suite(cfg: Mapping[str, Any]) -> StreamSuite:
+def open_stream_suite(cfg: RunConfig) -> StreamSuite:
     """The sources of a resolved run config (only the sets its ``eval`` section asks for)."""
     from e3lib.data import BENCHMARK_CORRUPTIONS, FEWSHOT_DATASETS, REAL, check_dataset, load_suite
 
-    data, ev = cfg["data"], cfg["eval"]
-    name, size, root = data["dataset"], data["image_size"], data["data_dir"]
+    data, ev = cfg.data, cfg.eval
+    name, size, root = data.dataset, data.image_size, data.data_dir
     check_dataset(name)
-    pp_train = pp_string(data["pp_train"], size, "train")
-    pp_eval = pp_string(data["pp_eval"], size, "eval")
+    pp_train = pp_string(data.pp_train, size, "train")
+    pp_eval = pp_string(data.pp_eval, size, "eval")
     if name == "demo":
         return _from_data_suite(load_suite(cfg), pp_train, pp_eval)
     spec = REAL[name]
@@ -150,18 +152,18 @@ def open_stream_suite(cfg: Mapping[str, Any]) -> StreamSuite:
         Subset(full, val_idx),
         open_source(name, "test", root),
     )
-    if ev["corrupted"] and spec.corrupted:
+    if ev.corrupted and spec.corrupted:
         suite.corrupted = {
             c: {s: open_source(spec.corrupted, f"{c}_{s}", root) for s in range(1, 6)}
             for c in BENCHMARK_CORRUPTIONS
         }
         suite.shifted = {s: open_source(s, "test", root) for s in spec.shifted}
-    if ev["ood"]:
+    if ev.ood:
         for split in ("ood_near", "ood_far"):
             other = getattr(spec, split)
             if other:
                 setattr(suite, split, open_source(other, "test", root))
-    if ev["fewshot"]:
+    if ev.fewshot:
         suite.fewshot = {
             t: FewShotSources(open_source(t, "train", root), open_source(t, "test", root))
             for t in FEWSHOT_DATASETS

@@ -3,12 +3,14 @@ Notation: M members, N examples, B batch, C classes, D feature size."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from e3lib.evaluate.records import SEP, records_from_predictions, run_cost
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 
 def make_predict_fn(model, placement=None, local: bool = False):
@@ -52,14 +54,14 @@ def predict(
     return np.concatenate(probs, axis=1), np.concatenate(feats, axis=1)
 
 
-def run_predictions(model, params, suite, cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def run_predictions(model, params, suite, cfg: RunConfig) -> dict[str, np.ndarray]:
     """Apply the model to every set the run's ``eval`` section asks for."""
     from e3lib.parallel.placement import Placement
 
-    ev = cfg["eval"]
+    ev = cfg.eval
     fn = make_predict_fn(model, Placement.for_config(cfg))  # [parallel hook]
     # No larger than needed for the test set, and whole routing groups of images.
-    bs = min(ev["batch_size"], _round_up(len(suite.test), cfg["model"]["group_images"]))
+    bs = min(ev.batch_size, _round_up(len(suite.test), cfg.model.group_images))
 
     def probs_of(images):
         return predict(model, params, images, bs, fn)[0]
@@ -69,7 +71,7 @@ def run_predictions(model, params, suite, cfg: Mapping[str, Any]) -> dict[str, n
     if suite.val is not None and len(suite.val.labels):
         out[SEP.join(["probs", "val"])] = probs_of(suite.val.images)
         out[SEP.join(["labels", "val"])] = suite.val.labels
-    if ev["corrupted"]:
+    if ev.corrupted:
         for name, by_sev in suite.corrupted.items():
             for sev, data in by_sev.items():
                 out[SEP.join(["probs", "corrupted", name, str(sev)])] = probs_of(data.images)
@@ -77,12 +79,12 @@ def run_predictions(model, params, suite, cfg: Mapping[str, Any]) -> dict[str, n
         for name, data in suite.shifted.items():
             out[SEP.join(["probs", "shifted", name])] = probs_of(data.images)
             out[SEP.join(["labels", "shifted", name])] = data.labels
-    if ev["ood"]:
+    if ev.ood:
         for split in ("ood_near", "ood_far"):
             images = getattr(suite, split)
             if images is not None:
                 out[SEP.join(["probs", split])] = probs_of(images)
-    if ev["fewshot"]:
+    if ev.fewshot:
         for task, t in suite.fewshot.items():
             for part, data in (("train", t.train), ("test", t.test)):
                 out[SEP.join(["features", "fewshot", task, part])] = predict(
@@ -97,10 +99,10 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-def evaluate_run(model, params, suite, cfg: Mapping[str, Any]):
+def evaluate_run(model, params, suite, cfg: RunConfig):
     """(records, predictions dict, clean labels, cost) of a trained run."""
     preds = run_predictions(model, params, suite, cfg)
     records = records_from_predictions(
-        preds, cfg["eval"]["fewshot_shots"], cfg["seed"], cfg["eval"]["fewshot_l2_selection"]
+        preds, cfg.eval.fewshot_shots, cfg.seed, cfg.eval.fewshot_l2_selection
     )
     return records, preds, preds["labels"], run_cost(cfg, suite.num_classes)

@@ -7,12 +7,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from e3lib import metrics
 from e3lib.checkpoint import atomic_save_npz, atomic_write_json
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 SEP = "."
 RESULTS_FORMAT = 2  # results.json layout; e3lib.aggregate.formats reads 1 and 2
@@ -151,7 +154,7 @@ def records_from_metrics(
     return records
 
 
-def run_cost(cfg: Mapping[str, Any], num_classes: int) -> dict:
+def run_cost(cfg: RunConfig, num_classes: int) -> dict:
     """Analytic GFLOPs per image (training step, Table 20) and parameter count of ``cfg``."""
     from e3lib.cost.analytic import analytic_gflops, analytic_params
 

@@ -28,12 +28,15 @@ consecutive images, in every process's block.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from e3lib import metrics_stream as ms
 from e3lib.evaluate.records import fewshot_modes, records_from_metrics
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -87,11 +90,11 @@ def _merged(acc):
     return ms.merge_all(gather_objects(acc))
 
 
-def eval_batch_size(cfg: Mapping[str, Any], test_size: int, devices: int = 1) -> int:
+def eval_batch_size(cfg: RunConfig, test_size: int, devices: int = 1) -> int:
     """B of every set: no larger than the test set needs, whole routing groups; with
     several processes a multiple of group_images × ``devices`` (module docstring)."""
-    group = cfg["model"]["group_images"]
-    bs = min(cfg["eval"]["batch_size"], _round_up(test_size, group))
+    group = cfg.model.group_images
+    bs = min(cfg.eval.batch_size, _round_up(test_size, group))
     return bs if devices == 1 else _round_up(bs, group * devices)
 
 
@@ -106,14 +109,14 @@ def _processes(processes) -> tuple[int, int]:
 def stream_records(
     predictors: Sequence[Predictor],
     suite,
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     threads: int = 4,
     processes: tuple[int, int] | None = None,
 ) -> tuple[list[dict], dict]:
     """(records, sizes) of the sets the run's ``eval`` section asks for; ``sizes`` gives
     the examples read per set. ``processes``: (p, P), default JAX's (each process reads
     its share; the accumulators are merged across processes)."""
-    ev = cfg["eval"]
+    ev = cfg.eval
     predict = combined(predictors)
     procs = _processes(processes)
     devices = 1
@@ -139,12 +142,12 @@ def stream_records(
     oods = {
         s: ms.OODAccumulator()
         for s in ("ood_near", "ood_far")
-        if ev["ood"] and getattr(suite, s) is not None
+        if ev.ood and getattr(suite, s) is not None
     }
     clean = accumulate(suite.test, "test", tuple(oods.values()))
     val = accumulate(suite.val, "val") if suite.val is not None and len(suite.val) else None
     corrupted, shifted = {}, {}
-    if ev["corrupted"]:
+    if ev.corrupted:
         for name, by_sev in suite.corrupted.items():
             for sev, src in by_sev.items():
                 corrupted[(name, sev)] = accumulate(src, f"corrupted.{name}.{sev}")
@@ -157,11 +160,9 @@ def stream_records(
         sizes[split] = len(source)
         ood[split] = _merged(acc).result()
     fewshot = {}
-    if ev["fewshot"] and suite.fewshot:
+    if ev.fewshot and suite.fewshot:
         fewshot = _fewshot(predict, suite, cfg, bs, threads, sizes, procs)
-    records = records_from_metrics(
-        clean, val, corrupted, shifted, ood, fewshot, ev["fewshot_shots"]
-    )
+    records = records_from_metrics(clean, val, corrupted, shifted, ood, fewshot, ev.fewshot_shots)
     return records, sizes
 
 
@@ -171,15 +172,15 @@ def _fewshot(predict, suite, cfg, bs, threads, sizes, procs) -> dict:
     drawn shots would batch them differently); only the drawn shots' features are kept."""
     from e3lib.data.stream_suite import source_labels
 
-    ev = cfg["eval"]
+    ev = cfg.eval
     tasks, members = {}, None
     for task, src in sorted(suite.fewshot.items()):
         collector = ms.FewShotFeatures(
             task,
             source_labels(src.pool),
-            ev["fewshot_shots"],
-            cfg["seed"],
-            ev["fewshot_l2_selection"],
+            ev.fewshot_shots,
+            cfg.seed,
+            ev.fewshot_l2_selection,
         )
         for b in _batches(src.pool, suite.pp_eval, bs, threads, procs):
             valid = np.asarray(b["valid"], bool)
@@ -202,7 +203,7 @@ PARAMS_DIR = "params"  # a streamed run's final parameters (Orbax), under its ou
 STREAMED_KEY = "streamed"  # the one array of a streamed run's predictions.npz
 
 
-def evaluate_streamed(model, params, suite, cfg: Mapping[str, Any], out):
+def evaluate_streamed(model, params, suite, cfg: RunConfig, out):
     """(records, compact predictions, None, cost) of a streamed run. Its predictions.npz
     holds only ``streamed`` (no per-example arrays); the final parameters are written to
     ``out/params`` (4 bytes per parameter in float32), from which a deep ensemble

@@ -28,7 +28,7 @@ initialisation. With all fast weights equal to one the model is the ViT, member 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -37,6 +37,9 @@ from flax import traverse_util
 
 from e3lib.models.factory import DTYPES, dense_mlp, vit_kwargs
 from e3lib.models.vit import MlpBlock, VisionTransformer
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 Array = jax.Array
 
@@ -129,20 +132,20 @@ class BatchEnsembleMlp(nn.Module):
 
 
 def batchensemble_mlp_factory(
-    cfg: Mapping[str, Any], spec: Mapping[str, Any]
+    cfg: RunConfig, spec: Mapping[str, Any]
 ) -> Callable[[int, bool], nn.Module]:
     """Dense MLPs, except ``BatchEnsembleMlp`` (named "Mlp") in the last-n blocks."""
-    m = cfg["model"]
+    m = cfg.model
 
     def factory(block: int, train: bool) -> nn.Module:
         if block not in spec["moe_layers"]:
             return dense_mlp(cfg, spec)
         return BatchEnsembleMlp(
             spec["mlp"],
-            m["ensemble_size"],
-            m["be_init"],
-            m["dropout"],
-            dtype=DTYPES[m["dtype"]],
+            m.ensemble_size,
+            m.be_init,
+            m.dropout,
+            dtype=DTYPES[m.dtype],
             name="Mlp",
         )
 
@@ -150,13 +153,13 @@ def batchensemble_mlp_factory(
 
 
 def build_batchensemble(
-    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: None, num_classes: int
+    cfg: RunConfig, spec: Mapping[str, Any], layout: None, num_classes: int
 ) -> nn.Module:
     """BatchEnsemble ViT: rows tiled M times before the first BatchEnsemble block."""
     return VisionTransformer(
         mlp_factory=batchensemble_mlp_factory(cfg, spec),
         tile_before=spec["moe_layers"][0],
-        ensemble_size=cfg["model"]["ensemble_size"],
+        ensemble_size=cfg.model.ensemble_size,
         **vit_kwargs(cfg, spec, num_classes),
     )
 
@@ -170,7 +173,7 @@ def _is_fast(path: str) -> bool:
 
 
 def prepare_upstream(
-    upstream: Mapping, target: Mapping, cfg: Mapping[str, Any], keep_head: bool = False
+    upstream: Mapping, target: Mapping, cfg: RunConfig, keep_head: bool = False
 ) -> dict:
     """ViT upstream params -> BatchEnsemble shapes, before ``convert.convert_params``.
 
@@ -209,7 +212,7 @@ def param_labels(params: Mapping) -> Any:
     return jax.tree_util.tree_map(lambda fast: "fast" if fast else "slow", fast_weight_mask(params))
 
 
-def with_fast_weight_lr_scale(optimizer, cfg: Mapping[str, Any]):
+def with_fast_weight_lr_scale(optimizer, cfg: RunConfig):
     """The fine-tuning optimizer with the fast weights' updates multiplied by
     ``model.be_lr_scale`` (for BatchEnsemble runs; other methods get ``optimizer`` back).
 
@@ -218,7 +221,7 @@ def with_fast_weight_lr_scale(optimizer, cfg: Mapping[str, Any]):
     """
     import optax
 
-    scale = float(cfg["model"]["be_lr_scale"])
-    if cfg["method"] != "batchensemble" or scale == 1.0:
+    scale = float(cfg.model.be_lr_scale)
+    if cfg.method != "batchensemble" or scale == 1.0:
         return optimizer
     return optax.chain(optimizer, optax.masked(optax.scale(scale), fast_weight_mask))

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from e3lib.errors import ConfigError
 
-Cfg = Mapping[str, Any]
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
+
+Cfg: TypeAlias = "RunConfig"  # e3lib.run_config (type only: it sits above)
 Spec = Mapping[str, Any]  # ``sizes.size_spec(cfg)``
 
 # Partitioning's K (``model.partition_k``, the registry entry's field): "per_subset" or
@@ -25,16 +28,16 @@ PARTITION_K = ("per_subset", "total")
 
 
 def check_moe(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    E, K = m["num_experts"], m["num_selected"]
+    m = cfg.model
+    E, K = m.num_experts, m.num_selected
     if K > E:
         raise ConfigError("model.num_selected", K, f"K must be <= num_experts E={E}")
 
 
 def check_e3(cfg: Cfg, spec: Spec) -> None:
     check_moe(cfg, spec)
-    m = cfg["model"]
-    E, K, M, o = m["num_experts"], m["num_selected"], m["ensemble_size"], m["overlap"]
+    m = cfg.model
+    E, K, M, o = m.num_experts, m.num_selected, m.ensemble_size, m.overlap
     if not isinstance(o, int) or isinstance(o, bool):
         raise ConfigError("model.overlap", o, "must be an integer number of shared experts")
     if o > E:
@@ -57,9 +60,9 @@ def check_e3(cfg: Cfg, spec: Spec) -> None:
 
 
 def check_partitioning(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    E, K, M = m["num_experts"], m["num_selected"], m["ensemble_size"]
-    mode = m["partition_k"]
+    m = cfg.model
+    E, K, M = m.num_experts, m.num_selected, m.ensemble_size
+    mode = m.partition_k
     if mode not in PARTITION_K:
         raise ConfigError("model.partition_k", mode, f"allowed: {list(PARTITION_K)}")
     if E % M:
@@ -83,23 +86,22 @@ def check_partitioning(cfg: Cfg, spec: Spec) -> None:
 
 def check_multipred(cfg: Cfg, spec: Spec) -> None:
     check_moe(cfg, spec)
-    m = cfg["model"]
-    if m["num_predictions"] != m["num_selected"]:
+    m = cfg.model
+    if m.num_predictions != m.num_selected:
         raise ConfigError(
             "model.num_predictions",
-            m["num_predictions"],
-            f"Multi-pred yields one prediction per selected expert: must equal "
-            f"K={m['num_selected']}",
+            m.num_predictions,
+            f"Multi-pred yields one prediction per selected expert: must equal K={m.num_selected}",
         )
 
 
 def check_single(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    if m["ensemble_size"] != 1:
+    m = cfg.model
+    if m.ensemble_size != 1:
         raise ConfigError(
             "model.ensemble_size",
-            m["ensemble_size"],
-            f"method {cfg['method']!r} has a single member: must be 1",
+            m.ensemble_size,
+            f"method {cfg.method!r} has a single member: must be 1",
         )
 
 
@@ -113,16 +115,16 @@ def _is_number(v: Any) -> bool:
 
 
 def check_batchensemble(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
+    m = cfg.model
     if not spec["moe_layers"]:
         raise ConfigError(
             "model.moe_n",
-            m["moe_n"],
+            m.moe_n,
             "BatchEnsemble needs at least one block "
             "with fast weights (the last-n placement of the MoE layers): must be "
             ">= 1",
         )
-    scale = m["be_lr_scale"]
+    scale = m.be_lr_scale
     if not _is_number(scale) or scale <= 0:
         raise ConfigError(
             "model.be_lr_scale", scale, "must be a positive number (the paper sweeps 0.5, 1, 2)"
@@ -134,10 +136,10 @@ def check_mc_dropout(cfg: Cfg, spec: Spec) -> None:
     if not spec["moe_layers"]:
         raise ConfigError(
             "model.moe_n",
-            cfg["model"]["moe_n"],
+            cfg.model.moe_n,
             "MC-Dropout samples the expert dropout of the MoE layers: must be >= 1",
         )
-    rate = cfg["model"]["expert_dropout"]
+    rate = cfg.model.expert_dropout
     if rate >= 1:
         raise ConfigError(
             "model.expert_dropout",
@@ -148,31 +150,29 @@ def check_mc_dropout(cfg: Cfg, spec: Spec) -> None:
 
 def check_mimo(cfg: Cfg, spec: Spec) -> None:
     check_moe(cfg, spec)
-    m = cfg["model"]
-    rho = m["mimo_input_repetition"]
+    m = cfg.model
+    rho = m.mimo_input_repetition
     if not _is_number(rho) or not 0 <= rho <= 1:
         raise ConfigError("model.mimo_input_repetition", rho, "must be a probability in [0, 1]")
-    br = m["mimo_batch_repetition"]
+    br = m.mimo_batch_repetition
     if isinstance(br, bool) or not isinstance(br, int) or br < 1:
         raise ConfigError("model.mimo_batch_repetition", br, "must be a positive integer")
 
 
 def check_soft_moe(cfg: Cfg, spec: Spec) -> None:
-    m = cfg["model"]
-    n = m["slots_per_expert"]
+    m = cfg.model
+    n = m.slots_per_expert
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError("model.slots_per_expert", n, "must be a positive integer")
-    if not isinstance(m["soft_moe_normalize"], bool):
-        raise ConfigError(
-            "model.soft_moe_normalize", m["soft_moe_normalize"], "must be true or false"
-        )
-    if cfg["method"] == "soft_moe":
+    if not isinstance(m.soft_moe_normalize, bool):
+        raise ConfigError("model.soft_moe_normalize", m.soft_moe_normalize, "must be true or false")
+    if cfg.method == "soft_moe":
         check_single(cfg, spec)
-    elif m["num_experts"] % m["ensemble_size"] or m["overlap"]:
+    elif m.num_experts % m.ensemble_size or m.overlap:
         raise ConfigError(
             "model.ensemble_size",
-            m["ensemble_size"],
+            m.ensemble_size,
             f"soft_e3 gives each "
-            f"member E/M experts of its own: E={m['num_experts']} must be "
+            f"member E/M experts of its own: E={m.num_experts} must be "
             f"divisible by M and model.overlap must be 0",
         )

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,9 @@ from flax import traverse_util
 
 from e3lib.models.registry import method_of, moe_layout
 from e3lib.models.sizes import size_spec
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -240,16 +243,16 @@ def _checked(path: str, value: Array, leaf: Array) -> Array:
     return jnp.asarray(value, leaf.dtype)
 
 
-def conversion_rules(cfg: Mapping[str, Any], keep_head: bool = False) -> dict:
+def conversion_rules(cfg: RunConfig, keep_head: bool = False) -> dict:
     """Keyword arguments of ``convert_params`` for the run's method: router ``subsets`` of
     its MoE layout, the seeded expert ``permutation`` (``model.permute_experts``), the
     ``fresh`` patterns (``upstream.fresh``) and ``keep_head`` (the head is kept from the
     upstream when ``keep_head`` or when ``upstream.fresh`` does not list it)."""
-    m = cfg["model"]
-    fresh = tuple((cfg.get("upstream") or {}).get("fresh") or ())
+    m = cfg.model
+    fresh = tuple(cfg.upstream.fresh)
     keep_head = keep_head or not matches("head/kernel", fresh)  # fresh: [] keeps the head
     layout = moe_layout(cfg, size_spec(cfg))
-    perm = expert_permutation(m["num_experts"], cfg["seed"]) if m["permute_experts"] else None
+    perm = expert_permutation(m.num_experts, cfg.seed) if m.permute_experts else None
     return dict(
         subsets=layout.subsets if layout is not None else None,
         permutation=perm,
@@ -261,7 +264,7 @@ def conversion_rules(cfg: Mapping[str, Any], keep_head: bool = False) -> dict:
 def convert_for_config(
     upstream: Params,
     target: Params,
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     keep_head: bool = False,
     record: dict | None = None,
     put: Callable[[str, Array], Any] | None = None,

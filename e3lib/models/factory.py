@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,33 +42,36 @@ from e3lib.models.layout import MoeLayout, default_backbone, router_noise_std
 from e3lib.models.moe import MoeMlp
 from e3lib.models.vit import DenseMlp, VisionTransformer
 
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-Cfg = Mapping[str, Any]
+Cfg: TypeAlias = "RunConfig"  # e3lib.run_config (type only: it sits above)
 Spec = Mapping[str, Any]
 
 
 def vit_kwargs(cfg: Cfg, spec: Spec, num_classes: int) -> dict:
     """Backbone arguments of ``VisionTransformer`` common to every method."""
-    m = cfg["model"]
-    bias = m["head_bias_init"]
+    m = cfg.model
+    bias = m.head_bias_init
     return dict(
         num_classes=num_classes,
         patch_size=spec["patch"],
         hidden_size=spec["hidden"],
         num_layers=spec["layers"],
         num_heads=spec["heads"],
-        dropout_rate=m["dropout"],
+        dropout_rate=m.dropout,
         attention_dropout_rate=0.0,
-        representation=m["representation"],
+        representation=m.representation,
         head_bias_init=-math.log(num_classes) if bias is None else float(bias),
-        dtype=DTYPES[m["dtype"]],
+        dtype=DTYPES[m.dtype],
     )
 
 
 def dense_mlp(cfg: Cfg, spec: Spec) -> nn.Module:
     """A block's dense ViT MLP (named "Mlp")."""
-    m = cfg["model"]
-    return DenseMlp(spec["mlp"], m["dropout"], dtype=DTYPES[m["dtype"]], name="Mlp")
+    m = cfg.model
+    return DenseMlp(spec["mlp"], m.dropout, dtype=DTYPES[m.dtype], name="Mlp")
 
 
 def dense_mlp_factory(cfg: Cfg, spec: Spec) -> Callable[[int, bool], nn.Module]:
@@ -89,7 +92,7 @@ def moe_mlp_factory(
     ``ensemble_size``: M copies of each image entering the MoE layers (``layout.ensemble_size``
     unless the method tiles differently, as MC-Dropout does at training time).
     """
-    m = cfg["model"]
+    m = cfg.model
     moe_blocks = spec["moe_layers"]
     noise_std = layer_noise_std(cfg, layout)
 
@@ -97,22 +100,22 @@ def moe_mlp_factory(
         if block not in moe_blocks:
             return dense_mlp(cfg, spec)
         return MoeMlp(
-            num_experts=m["num_experts"],
+            num_experts=m.num_experts,
             mlp_dim=spec["mlp"],
             subsets=layout.subsets,
-            num_selected=layout.router_k(m["num_selected"]),
+            num_selected=layout.router_k(m.num_selected),
             noise_std=noise_std,
-            aux_weight=m["aux_weight"],
+            aux_weight=m.aux_weight,
             router_per_copy=layout.router_per_copy,
             ensemble_size=ensemble_size,
-            group_images=m["group_images"],
-            capacity_factor=m["capacity_factor"],
-            eval_capacity_factor=m["eval_capacity_factor"],
-            batch_priority=m["batch_priority"],
-            expert_dropout=m["expert_dropout"],
+            group_images=m.group_images,
+            capacity_factor=m.capacity_factor,
+            eval_capacity_factor=m.eval_capacity_factor,
+            batch_priority=m.batch_priority,
+            expert_dropout=m.expert_dropout,
             keep_selections_apart=layout.multipred_last and block == moe_blocks[-1],
             expert_dropout_at_eval=expert_dropout_at_eval,
-            dtype=DTYPES[m["dtype"]],
+            dtype=DTYPES[m.dtype],
             name="Moe",
         )
 
@@ -121,10 +124,8 @@ def moe_mlp_factory(
 
 def layer_noise_std(cfg: Cfg, layout: MoeLayout) -> float:
     """σ of every MoE layer's router noise for this config."""
-    m = cfg["model"]
-    return router_noise_std(
-        m["noise_mult"], m["num_experts"], len(layout.subsets[0]), m["noise_scaling"]
-    )
+    m = cfg.model
+    return router_noise_std(m.noise_mult, m.num_experts, len(layout.subsets[0]), m.noise_scaling)
 
 
 def build_vit(cfg: Cfg, spec: Spec, layout: MoeLayout | None, num_classes: int) -> nn.Module:

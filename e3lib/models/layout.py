@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 
 class MoeLayout(NamedTuple):
@@ -102,7 +105,7 @@ class Backbone(NamedTuple):
     rows_are_inputs: bool = False  # routing groups count rows, not images (MIMO)
 
 
-def default_backbone(cfg: Any, spec: Mapping[str, Any], layout: MoeLayout | None) -> Backbone:
+def default_backbone(cfg: RunConfig, spec: Mapping[str, Any], layout: MoeLayout | None) -> Backbone:
     """Rows tiled ``layout.ensemble_size`` times before the first MoE block (none: dense)."""
     if layout is None:
         return Backbone()

@@ -25,7 +25,7 @@ Fine-tuning starts from a V-MoE checkpoint with the V-MoE conversion (same param
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,9 @@ import jax.numpy as jnp
 from e3lib.models.factory import moe_mlp_factory, vit_kwargs
 from e3lib.models.layout import MoeLayout
 from e3lib.models.vit import VisionTransformer
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 Array = jax.Array
 
@@ -67,7 +70,7 @@ class McDropoutVisionTransformer(nn.Module):
 
 
 def build_mc_dropout(
-    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
+    cfg: RunConfig, spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
 ) -> nn.Module:
     """MC-Dropout V-MoE: V-MoE routing, expert dropout sampled M times at evaluation."""
     first_moe_block = spec["moe_layers"][0]
@@ -82,4 +85,4 @@ def build_mc_dropout(
             mlp_factory=factory, tile_before=first_moe_block, ensemble_size=copies, **kwargs
         )
 
-    return McDropoutVisionTransformer(make_vit=make_vit, eval_seed=cfg["seed"])
+    return McDropoutVisionTransformer(make_vit=make_vit, eval_seed=cfg.seed)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -43,6 +43,9 @@ from flax import traverse_util
 from e3lib.models.factory import moe_mlp_factory, vit_kwargs
 from e3lib.models.layout import MoeLayout
 from e3lib.models.vit import VisionTransformer
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 Array = jax.Array
 
@@ -135,11 +138,11 @@ class MimoVisionTransformer(nn.Module):
 
 
 def build_mimo(
-    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
+    cfg: RunConfig, spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
 ) -> nn.Module:
     """MIMO V-MoE: V-MoE routing over rows that carry M images on the channel axis."""
-    m = cfg["model"]
-    M = m["ensemble_size"]
+    m = cfg.model
+    M = m.ensemble_size
     factory = moe_mlp_factory(cfg, spec, layout, ensemble_size=1)  # rows are not tiled
     kwargs = vit_kwargs(cfg, spec, num_classes)  # head bias −log(C) for each member's C
     kwargs["num_classes"] = M * num_classes
@@ -147,16 +150,16 @@ def build_mimo(
         make_vit=lambda: VisionTransformer(mlp_factory=factory, **kwargs),
         ensemble_size=M,
         num_classes=num_classes,
-        input_repetition=float(m["mimo_input_repetition"]),
-        batch_repetition=m["mimo_batch_repetition"],
+        input_repetition=float(m.mimo_input_repetition),
+        batch_repetition=m.mimo_batch_repetition,
     )
 
 
 def prepare_upstream(
-    upstream: Mapping, target: Mapping, cfg: Mapping[str, Any], keep_head: bool = False
+    upstream: Mapping, target: Mapping, cfg: RunConfig, keep_head: bool = False
 ) -> dict:
     """V-MoE upstream params -> MIMO shapes (App. B.3), before ``convert.convert_params``."""
-    M = cfg["model"]["ensemble_size"]
+    M = cfg.model.ensemble_size
     source = dict(traverse_util.flatten_dict(dict(upstream), sep="/"))
     shapes = {
         p: tuple(v.shape) for p, v in traverse_util.flatten_dict(dict(target), sep="/").items()

@@ -6,18 +6,20 @@ Notation: B images, H hidden size, E experts, C classes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
-def param_shapes(cfg: Mapping[str, Any], num_classes: int, image_size: int | None = None) -> Any:
+
+def param_shapes(cfg: RunConfig, num_classes: int, image_size: int | None = None) -> Any:
     """The parameter tree of the run's model as ``jax.ShapeDtypeStruct`` leaves."""
     from e3lib.models.build import build_model
 
-    size = image_size or cfg["data"]["image_size"]
+    size = image_size or cfg.data.image_size
     model = build_model(cfg, num_classes)
     images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)  # (B=1, H, W, 3)
     variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), images)
@@ -29,6 +31,6 @@ def count_tree(tree: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def count_params(cfg: Mapping[str, Any], num_classes: int, image_size: int | None = None) -> int:
+def count_params(cfg: RunConfig, num_classes: int, image_size: int | None = None) -> int:
     """Total parameter count of the run's model at ``image_size`` (default: data.image_size)."""
     return count_tree(param_shapes(cfg, num_classes, image_size))

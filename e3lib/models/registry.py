@@ -68,7 +68,7 @@ from e3lib.models.terms import (
 
 
 def _ensemble_size(cfg: Cfg) -> int:
-    return cfg["model"]["ensemble_size"]
+    return cfg.model.ensemble_size
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ METHODS: dict[str, Method] = {
             check_multipred,
             "Table 4",
             layout=multipred_layout,
-            predictions=lambda cfg: cfg["model"]["num_selected"],
+            predictions=lambda cfg: cfg.model.num_selected,
         ),
         Method(
             "batchensemble",
@@ -215,18 +215,22 @@ METHODS: dict[str, Method] = {
 }
 
 
-def method_of(cfg: Cfg) -> Method:
-    """The registry entry of a run config's ``method`` (ConfigError if there is none)."""
-    name = cfg["method"]
+def method_named(name: str) -> Method:
+    """The registry entry of the method ``name`` (ConfigError if there is none)."""
     if name not in METHODS:
         raise ConfigError("method", name, f"allowed: {sorted(METHODS)}")
     return METHODS[name]
 
 
-def foreign_fields(cfg: Cfg) -> list[str]:
-    """Dotted fields declared by some method (``Method.fields``) that the run's method
+def method_of(cfg: Cfg) -> Method:
+    """The registry entry of a resolved run config's ``method``."""
+    return method_named(cfg.method)
+
+
+def foreign_fields(name: str) -> list[str]:
+    """Dotted fields declared by some method (``Method.fields``) that the method ``name``
     neither declares nor ``reads``: they do not change its model."""
-    own = method_of(cfg)
+    own = method_named(name)
     mine = set(own.fields) | set(own.reads)
     return [f for m in METHODS.values() for f in m.fields if f not in mine]
 

@@ -5,10 +5,12 @@ Notation: H hidden size, Q MLP width, L blocks, P patch size, n MoE blocks ("las
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from e3lib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 # Model sizes of the paper (Table 6 / reference code) plus small ones for CPU.
 # patch: P; hidden: H; mlp: Q; layers: L; heads; moe_last_n: default n of the "last-n"
@@ -42,12 +44,12 @@ def moe_layers(num_layers: int, placement: str, n: int) -> tuple[int, ...]:
     raise ConfigError("model.moe_placement", placement, "allowed: ['last', 'every']")
 
 
-def size_spec(cfg: Mapping[str, Any]) -> dict:
+def size_spec(cfg: RunConfig) -> dict:
     """The size table entry of the run, with the MoE block indices resolved (``moe_layers``)."""
-    m = cfg["model"]
-    if m["size"] not in MODEL_SIZES:
-        raise ConfigError("model.size", m["size"], f"allowed: {list(MODEL_SIZES)}")
-    spec = dict(MODEL_SIZES[m["size"]])
-    n = m["moe_n"] if m["moe_n"] is not None else spec["moe_last_n"]
-    spec["moe_layers"] = moe_layers(spec["layers"], m["moe_placement"], n)
+    m = cfg.model
+    if m.size not in MODEL_SIZES:
+        raise ConfigError("model.size", m.size, f"allowed: {list(MODEL_SIZES)}")
+    spec = dict(MODEL_SIZES[m.size])
+    n = m.moe_n if m.moe_n is not None else spec["moe_last_n"]
+    spec["moe_layers"] = moe_layers(spec["layers"], m.moe_placement, n)
     return spec

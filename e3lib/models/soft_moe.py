@@ -28,7 +28,7 @@ V-MoE checkpoint converts into them; Φ and the scale start from their initialis
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -39,6 +39,9 @@ from flax import traverse_util
 from e3lib.models.factory import DTYPES, dense_mlp, vit_kwargs
 from e3lib.models.layout import MoeLayout, default_backbone
 from e3lib.models.vit import MlpBlock, VisionTransformer
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 Array = jax.Array
 FRESH_LEAVES = ("slots", "slot_scale")  # Soft MoE leaves a V-MoE upstream does not have
@@ -130,23 +133,23 @@ class SoftMoeMlp(nn.Module):
 
 
 def soft_moe_mlp_factory(
-    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout
+    cfg: RunConfig, spec: Mapping[str, Any], layout: MoeLayout
 ) -> Callable[[int, bool], nn.Module]:
     """Dense MLPs, except ``SoftMoeMlp`` (named "Moe") in the blocks ``spec["moe_layers"]``."""
-    m = cfg["model"]
+    m = cfg.model
 
     def factory(block: int, train: bool) -> nn.Module:
         if block not in spec["moe_layers"]:
             return dense_mlp(cfg, spec)
         return SoftMoeMlp(
-            num_experts=m["num_experts"],
+            num_experts=m.num_experts,
             mlp_dim=spec["mlp"],
             subsets=layout.subsets,
-            slots_per_expert=m["slots_per_expert"],
+            slots_per_expert=m.slots_per_expert,
             ensemble_size=layout.ensemble_size,
-            normalize=m["soft_moe_normalize"],
-            expert_dropout=m["expert_dropout"],
-            dtype=DTYPES[m["dtype"]],
+            normalize=m.soft_moe_normalize,
+            expert_dropout=m.expert_dropout,
+            dtype=DTYPES[m.dtype],
             name="Moe",
         )
 
@@ -154,7 +157,7 @@ def soft_moe_mlp_factory(
 
 
 def build_soft_moe(
-    cfg: Mapping[str, Any], spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
+    cfg: RunConfig, spec: Mapping[str, Any], layout: MoeLayout, num_classes: int
 ) -> nn.Module:
     """Soft MoE ViT (and its E³ ensemble: rows tiled M times before the first MoE block)."""
     rows = default_backbone(cfg, spec, layout)
@@ -167,7 +170,7 @@ def build_soft_moe(
 
 
 def prepare_upstream(
-    upstream: Mapping, target: Mapping, cfg: Mapping[str, Any], keep_head: bool = False
+    upstream: Mapping, target: Mapping, cfg: RunConfig, keep_head: bool = False
 ) -> dict:
     """V-MoE upstream -> Soft MoE: Φ and its scale keep the target's initialisation; the
     expert MLPs and everything else convert as for V-MoE. The upstream router is not used:

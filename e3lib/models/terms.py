@@ -28,7 +28,7 @@ PARTITION_FIELDS = {"model.partition_k": "per_subset"}
 
 
 def _all_experts(cfg: Cfg) -> tuple[tuple[int, ...], ...]:
-    return (tuple(range(cfg["model"]["num_experts"])),)
+    return (tuple(range(cfg.model.num_experts)),)
 
 
 def one_router(cfg: Cfg, spec: Spec) -> MoeLayout:  # V-MoE, MIMO
@@ -36,23 +36,21 @@ def one_router(cfg: Cfg, spec: Spec) -> MoeLayout:  # V-MoE, MIMO
 
 
 def one_router_tiled(cfg: Cfg, spec: Spec) -> MoeLayout:  # Tiling, MC-Dropout
-    return MoeLayout(_all_experts(cfg), True, cfg["model"]["ensemble_size"])
+    return MoeLayout(_all_experts(cfg), True, cfg.model.ensemble_size)
 
 
 def e3_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
-    m = cfg["model"]
-    E, M, o = m["num_experts"], m["ensemble_size"], m["overlap"]
+    m = cfg.model
+    E, M, o = m.num_experts, m.ensemble_size, m.overlap
     if o == E:  # every member sees every expert: Tiling
         return one_router_tiled(cfg, spec)
     return MoeLayout(expert_subsets(E, M, o), True, M)
 
 
 def partitioning_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
-    m = cfg["model"]
-    split = m["ensemble_size"] if m["partition_k"] == "total" else 1
-    return MoeLayout(
-        expert_subsets(m["num_experts"], m["ensemble_size"], 0), False, 1, k_split=split
-    )
+    m = cfg.model
+    split = m.ensemble_size if m.partition_k == "total" else 1
+    return MoeLayout(expert_subsets(m.num_experts, m.ensemble_size, 0), False, 1, k_split=split)
 
 
 def multipred_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
@@ -60,22 +58,22 @@ def multipred_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
 
 
 def batchensemble_backbone(cfg: Cfg, spec: Spec, layout: MoeLayout | None) -> Backbone:
-    return Backbone(tile_before=spec["moe_layers"][0], ensemble_size=cfg["model"]["ensemble_size"])
+    return Backbone(tile_before=spec["moe_layers"][0], ensemble_size=cfg.model.ensemble_size)
 
 
 def mimo_backbone(cfg: Cfg, spec: Spec, layout: MoeLayout | None) -> Backbone:
-    m = cfg["model"]
+    m = cfg.model
     return Backbone(
-        input_rows=m["mimo_batch_repetition"],
-        input_channels=3 * m["ensemble_size"],
-        head_outputs=m["ensemble_size"],
+        input_rows=m.mimo_batch_repetition,
+        input_channels=3 * m.ensemble_size,
+        head_outputs=m.ensemble_size,
         rows_are_inputs=True,
     )
 
 
 def batchensemble_params(cfg: Cfg, spec: Spec) -> int:
     """r_m, s_m of both dense layers and M − 1 more bias copies, per BatchEnsemble MLP."""
-    H, Q, M = spec["hidden"], spec["mlp"], cfg["model"]["ensemble_size"]
+    H, Q, M = spec["hidden"], spec["mlp"], cfg.model.ensemble_size
     return len(spec["moe_layers"]) * (3 * M - 1) * (H + Q)
 
 
@@ -131,16 +129,14 @@ def prepare_mimo(upstream, target, cfg, keep_head):
 
 
 def soft_e3_layout(cfg: Cfg, spec: Spec) -> MoeLayout:
-    m = cfg["model"]
-    return MoeLayout(
-        expert_subsets(m["num_experts"], m["ensemble_size"], 0), True, m["ensemble_size"]
-    )
+    m = cfg.model
+    return MoeLayout(expert_subsets(m.num_experts, m.ensemble_size, 0), True, m.ensemble_size)
 
 
 def soft_moe_flops(blk: Any) -> dict:
     """Logits XΦ, slot inputs DᵀX, experts on r·P slots, outputs CỸ, and two softmaxes."""
     H, Q, T, r = blk.spec["hidden"], blk.spec["mlp"], blk.tokens, blk.rows
-    P = len(blk.layout.subsets[0]) * blk.cfg["model"]["slots_per_expert"]
+    P = len(blk.layout.subsets[0]) * blk.cfg.model.slots_per_expert
     return {
         "router": blk.train_matmul(r * T, H, P),
         "dispatch": blk.train_matmul(r * P, T, H) + blk.train_matmul(r * T, P, H),
@@ -150,9 +146,9 @@ def soft_moe_flops(blk: Any) -> dict:
 
 
 def soft_moe_params(cfg: Cfg, spec: Spec, layout: MoeLayout) -> int:
-    H, Q, m = spec["hidden"], spec["mlp"], cfg["model"]
-    slots = len(layout.subsets) * len(layout.subsets[0]) * m["slots_per_expert"]
-    return m["num_experts"] * (2 * H * Q + Q + H) + H * slots + int(m["soft_moe_normalize"])
+    H, Q, m = spec["hidden"], spec["mlp"], cfg.model
+    slots = len(layout.subsets) * len(layout.subsets[0]) * m.slots_per_expert
+    return m.num_experts * (2 * H * Q + Q + H) + H * slots + int(m.soft_moe_normalize)
 
 
 def build_soft_moe(cfg, spec, layout, num_classes):

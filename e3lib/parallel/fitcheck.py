@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 GIB = 2**30
 # Memory per device (per TPU core for v3, per chip otherwise), GiB.
@@ -55,7 +57,7 @@ def tpu_devices(tpu_type: str) -> tuple[str, int]:
     return chip, max(1, int(match.group(2)) // cores_per_device)
 
 
-def activation_units(cfg: Mapping[str, Any], devices: int) -> tuple[float, float]:
+def activation_units(cfg: RunConfig, devices: int) -> tuple[float, float]:
     """(token-feature, attention-score) element counts per device of one step's saved
     activations, up to constants: Σ_blocks B/D·M_b·T·(H + Q·f) and Σ B/D·M_b·A·T², with
     f = K·C_f in MoE blocks and 1 in dense ones, M_b the rows per image entering block b
@@ -65,16 +67,16 @@ def activation_units(cfg: Mapping[str, Any], devices: int) -> tuple[float, float
     from e3lib.models.sizes import size_spec
 
     spec = size_spec(cfg)
-    m = cfg["model"]
-    T = (cfg["data"]["image_size"] // spec["patch"]) ** 2 + 1
+    m = cfg.model
+    T = (cfg.data.image_size // spec["patch"]) ** 2 + 1
     H, Q, heads = spec["hidden"], spec["mlp"], spec["heads"]
-    images = cfg["finetune"]["batch_size"] / devices
+    images = cfg.finetune.batch_size / devices
     moe = set(spec["moe_layers"]) if moe_layout(cfg, spec) is not None else set()
     per_block, _ = rows_per_block(cfg)
     tok = att = 0.0
     for b, rows in enumerate(per_block):
         r = images * rows
-        f = m["num_selected"] * m["capacity_factor"] if b in moe else 1.0
+        f = m.num_selected * m.capacity_factor if b in moe else 1.0
         tok += r * T * (H + Q * f)
         att += r * heads * T * T
     return tok, att
@@ -87,7 +89,7 @@ def activation_units(cfg: Mapping[str, Any], devices: int) -> tuple[float, float
 CALIBRATION = {"state": 5.85, "token": 17.7, "attention": 8.25}
 
 
-def expert_params(cfg: Mapping[str, Any]) -> int:
+def expert_params(cfg: RunConfig) -> int:
     """Parameters of the stacked expert MLPs (E·(2HQ + Q + H) per MoE block): the ones the
     expert axis splits."""
     from e3lib.models.registry import moe_layout
@@ -97,18 +99,18 @@ def expert_params(cfg: Mapping[str, Any]) -> int:
     if moe_layout(cfg, spec) is None:
         return 0
     H, Q = spec["hidden"], spec["mlp"]
-    return len(spec["moe_layers"]) * cfg["model"]["num_experts"] * (2 * H * Q + Q + H)
+    return len(spec["moe_layers"]) * cfg.model.num_experts * (2 * H * Q + Q + H)
 
 
 def analytic_bytes(
-    cfg: Mapping[str, Any], devices: int, num_classes: int = 1000, expert_axis: int | None = None
+    cfg: RunConfig, devices: int, num_classes: int = 1000, expert_axis: int | None = None
 ) -> float:
     """Closed-form per-device peak memory (bytes) of the train step on ``devices``,
     calibrated on compiled plans; the expert axis defaults to the mesh "auto" picks."""
     from e3lib.cost.analytic import analytic_params
 
     experts = expert_params(cfg)
-    n = expert_axis or _largest_divisor(devices, cfg["model"]["num_experts"])
+    n = expert_axis or _largest_divisor(devices, cfg.model.num_experts)
     per_device = (analytic_params(cfg, num_classes) - experts) + experts / n
     tok, att = activation_units(cfg, devices)
     c = CALIBRATION
@@ -124,24 +126,24 @@ def fits(peak_bytes: float, chip: str, headroom: float = 1.0) -> bool:
     return peak_bytes * headroom <= CHIP_GIB[chip] * GIB
 
 
-def smallest_tpu(cfg: Mapping[str, Any], family: str, num_classes: int = 1000) -> str | None:
+def smallest_tpu(cfg: RunConfig, family: str, num_classes: int = 1000) -> str | None:
     """The smallest slice of a TPU family ("v3", "v4", "v5p", "v5litepod") whose devices
     hold the step with ``HEADROOM`` (None if none does)."""
     for n in TPU_SIZES[family]:
         name = f"{family}-{n}"
         chip, devices = tpu_devices(name)
-        if cfg["finetune"]["batch_size"] % devices:
+        if cfg.finetune.batch_size % devices:
             continue
         if fits(analytic_bytes(cfg, devices, num_classes), chip, HEADROOM):
             return name
     return None
 
 
-def smallest_gpus(cfg: Mapping[str, Any], num_classes: int = 1000, most: int = 1024) -> int | None:
+def smallest_gpus(cfg: RunConfig, num_classes: int = 1000, most: int = 1024) -> int | None:
     """The fewest 80 GiB GPUs (a power of two) that hold the step with ``HEADROOM``."""
     n = 1
     while n <= most:
-        if cfg["finetune"]["batch_size"] % n == 0 and fits(
+        if cfg.finetune.batch_size % n == 0 and fits(
             analytic_bytes(cfg, n, num_classes), GPU_CHIP, HEADROOM
         ):
             return n
@@ -150,7 +152,7 @@ def smallest_gpus(cfg: Mapping[str, Any], num_classes: int = 1000, most: int = 1
 
 
 def request_problems(
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     tpu_type: str | None,
     gpus: int | None,
     num_classes: int = 1000,
@@ -186,11 +188,11 @@ def request_problems(
 
 
 def per_device_table(
-    cfg: Mapping[str, Any], device_counts=(8, 16, 32, 64, 128, 256, 512), num_classes: int = 1000
+    cfg: RunConfig, device_counts=(8, 16, 32, 64, 128, 256, 512), num_classes: int = 1000
 ) -> dict[int, float]:
     """GiB per device of ``cfg`` at each device count (docs/scale.md's analytic table)."""
     return {
         d: round(analytic_bytes(cfg, d, num_classes) / GIB, 1)
         for d in device_counts
-        if math.gcd(d, cfg["finetune"]["batch_size"]) == d
+        if math.gcd(d, cfg.finetune.batch_size) == d
     }

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e3lib.config_rules import MESH_AXES, check_mesh
 from e3lib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 AXES = MESH_AXES
 
@@ -32,11 +35,11 @@ def validate_field(value: Any) -> None:
     check_mesh(value)
 
 
-def num_experts(cfg: Mapping[str, Any]) -> int | None:
+def num_experts(cfg: RunConfig) -> int | None:
     """E of a run's model, or None for methods without routed layers (ViT, BatchEnsemble)."""
     from e3lib.models.registry import method_of
 
-    return cfg["model"]["num_experts"] if method_of(cfg).layout is not None else None
+    return cfg.model.num_experts if method_of(cfg).layout is not None else None
 
 
 def mesh_shape(spec: Any, num_devices: int, experts: int | None) -> tuple[int, int]:
@@ -74,13 +77,13 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def routing_groups(cfg: Mapping[str, Any], batch: int) -> int:
+def routing_groups(cfg: RunConfig, batch: int) -> int:
     """G of a step of ``batch`` images (e3lib.models.moe.to_groups: whole images per group)."""
-    return batch // math.gcd(batch, cfg["model"]["group_images"])
+    return batch // math.gcd(batch, cfg.model.group_images)
 
 
 def check_divisibility(
-    cfg: Mapping[str, Any], shape: Sequence[int], batches: Mapping[str, int] | None = None
+    cfg: RunConfig, shape: Sequence[int], batches: Mapping[str, int] | None = None
 ) -> None:
     """Raise ConfigError, before anything compiles, when the run does not split evenly.
 
@@ -90,7 +93,7 @@ def check_divisibility(
     devices = data * expert
     if devices == 1:
         return
-    batches = batches or {"finetune.batch_size": cfg["finetune"]["batch_size"]}
+    batches = batches or {"finetune.batch_size": cfg.finetune.batch_size}
     for field, b in batches.items():
         if b % devices:
             raise ConfigError(
@@ -106,7 +109,7 @@ def check_divisibility(
             if g % devices:
                 raise ConfigError(
                     "model.group_images",
-                    cfg["model"]["group_images"],
+                    cfg.model.group_images,
                     f"{field}={b} gives {g} routing groups, not a multiple of "
                     f"the {devices} devices; group_images dividing "
                     f"{b // devices} would",
@@ -122,7 +125,7 @@ def check_divisibility(
         _check_member_boundaries(cfg, E, expert)
 
 
-def _check_member_boundaries(cfg: Mapping[str, Any], E: int, expert: int) -> None:
+def _check_member_boundaries(cfg: RunConfig, E: int, expert: int) -> None:
     """Disjoint expert subsets (one router per member, no shared experts): each device's
     experts belong to one subset, or it holds whole subsets (E/N divides E/M or the other
     way round), so a member's experts never straddle a shard boundary."""
@@ -149,7 +152,7 @@ def _next_multiple(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-def build_mesh(spec: Any, cfg: Mapping[str, Any] | None = None, devices: Sequence | None = None):
+def build_mesh(spec: Any, cfg: RunConfig | None = None, devices: Sequence | None = None):
     """The ``jax.sharding.Mesh`` of ``spec`` over ``devices`` (default: all), or None for
     ``spec`` None (one device). Checks divisibility against ``cfg`` first."""
     if spec is None:

@@ -11,12 +11,15 @@ Notation: B global batch, P processes, S packed seeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from e3lib.parallel import sharding as shd
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 
 class Placement:
@@ -24,11 +27,11 @@ class Placement:
         self.mesh = mesh
 
     @classmethod
-    def for_config(cls, cfg: Mapping[str, Any]) -> Placement:
+    def for_config(cls, cfg: RunConfig) -> Placement:
         """The run's placement; divisibility is checked here, before anything compiles."""
         from e3lib.parallel.mesh import build_mesh
 
-        return cls(build_mesh(cfg.get("mesh"), cfg))
+        return cls(build_mesh(cfg.mesh, cfg))
 
     # -- state ---------------------------------------------------------------------------
     def state_shardings(self, state: Any, packed: bool = False) -> Any:

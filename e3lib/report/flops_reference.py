@@ -18,6 +18,7 @@ from e3lib import tree
 from e3lib.config import resolve
 from e3lib.cost.analytic import analytic_gflops
 from e3lib.errors import ConfigError
+from e3lib.run_config import RunConfig
 from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
@@ -31,9 +32,9 @@ def _load_reference(table_id: str) -> dict:
         return yaml.safe_load(f)
 
 
-def _flat(cfg: Mapping[str, Any]) -> dict:
+def _flat(cfg: RunConfig) -> dict:
     """Dotted run-config fields as the reference rows key them, plus ``method``."""
-    return tree.flatten({k: v for k, v in cfg.items() if k != "seed"})
+    return tree.flatten({k: v for k, v in cfg.to_dict().items() if k != "seed"})
 
 
 def _readings(row: Mapping[str, Any]) -> list[tuple[dict, str]]:
@@ -48,7 +49,7 @@ def _readings(row: Mapping[str, Any]) -> list[tuple[dict, str]]:
 
 
 def paper_gflops(
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     deep_ensemble: int = 1,
     dispatch: str = "indices",
     ignore: tuple[str, ...] = (),
@@ -80,7 +81,7 @@ def paper_gflops(
     return None
 
 
-def row_config(table: Mapping[str, Any], row_key: Mapping[str, Any]) -> tuple[dict, int]:
+def row_config(table: Mapping[str, Any], row_key: Mapping[str, Any]) -> tuple[RunConfig, int]:
     """The resolved run config of a Table 20/22 row, and its deep-ensemble size."""
     flat = dict(table.get("setting_fields", {}))
     flat.update({k: v for k, v in row_key.items() if k != ENSEMBLE_RUNS_AXIS})

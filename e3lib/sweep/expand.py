@@ -27,11 +27,21 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from e3lib import tree
-from e3lib.config import DEFAULTS, ConfigError, canonical_json, resolve, run_id, upstream_id
+from e3lib.config import (
+    DEFAULTS,
+    ConfigError,
+    as_dict,
+    canonical_json,
+    resolve,
+    run_id,
+    upstream_id,
+)
+from e3lib.run_config import RunConfig
 from e3lib.sweep import guards
 from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS, add_ensembles, matches
 from e3lib.sweep.load import SweepDoc, read_doc, refuse_renamed_fields, variant_doc
@@ -194,9 +204,9 @@ class Expansion:
         self.sweep, self.base, self.file = sweep, base, file
         self.checkpoints = dict(checkpoints or {})  # published name -> path
         self._rows: dict[tuple, str] = {}  # (axis values, seed or replicate) -> id
-        self._resolved: dict[tuple, dict] = {}  # point -> resolved config (seed 0)
+        self._resolved: dict[tuple, RunConfig] = {}  # point -> resolved config
 
-    def resolved(self, point: dict, seed: int, extra: Mapping[str, Any] | None = None) -> dict:
+    def resolved(self, point: dict, seed: int, extra: Mapping[str, Any] | None = None) -> RunConfig:
         """The resolved config of a point and seed. The cross-field rules do not involve
         the seed, so each point is resolved (validated) once and copied per seed."""
         full = {**point, **(extra or {})}
@@ -214,13 +224,12 @@ class Expansion:
                 raise SweepError(
                     self.file, f"{err.field} in {where}", err.value, err.rule
                 ) from None
-        cfg0 = self._resolved[key]
-        copied = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg0.items()}
-        return copied | {"seed": seed}
+        return replace(self._resolved[key], seed=seed)
 
-    def axes_of(self, cfg: Mapping[str, Any]) -> dict:
+    def axes_of(self, cfg: RunConfig | Mapping[str, Any]) -> dict:
         """A run's row: its value of every axis (``ensemble.runs``: 1)."""
-        return {a: 1 if a == ENSEMBLE_RUNS_AXIS else tree.get(cfg, a) for a in self.sweep.axes}
+        d = as_dict(cfg)
+        return {a: 1 if a == ENSEMBLE_RUNS_AXIS else tree.get(d, a) for a in self.sweep.axes}
 
     def claim_row(self, axes: Mapping[str, Any], position: int, entry_id: str) -> str | None:
         """Record ``entry_id`` as the row (axes, seed or replicate); the earlier id if taken."""
@@ -230,7 +239,8 @@ class Expansion:
         self._rows[key] = entry_id
         return None
 
-    def add_run(self, cfg: dict, axes: dict, seed: int) -> str:
+    def add_run(self, cfg: RunConfig, axes: dict, seed: int) -> str:
+        """Add the run of ``cfg``; the sweep's tables hold its plain dict (the job config)."""
         rid = run_id(cfg)
         owner = self.claim_row(axes, seed, rid)
         if owner is not None:
@@ -245,9 +255,12 @@ class Expansion:
                 )
             return rid
         if rid not in self.sweep.runs:
-            self.sweep.runs[rid] = cfg
+            self.sweep.runs[rid] = cfg.to_dict()
             self.sweep.run_upstream[rid] = upstream_id(cfg)
-        self.sweep.entries.append(run_entry(rid, seed, axes, self.sweep.run_upstream[rid], cfg))
+        entry_cfg = self.sweep.runs[rid]
+        self.sweep.entries.append(
+            run_entry(rid, seed, axes, self.sweep.run_upstream[rid], entry_cfg)
+        )
         return rid
 
     def add_point(self, point: dict, seeds: Sequence[int]) -> dict[int, str]:

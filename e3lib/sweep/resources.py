@@ -56,12 +56,16 @@ def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
     """Why a fine-tuning job's requested TPU slice / GPUs cannot hold its train step
     (``e3lib.parallel.fitcheck``: the analytic estimate calibrated on compiled plans)."""
     from e3lib.parallel.fitcheck import request_problems
+    from e3lib.run_config import RunConfig
 
     res = job_resources(cfg, "finetune")
     mesh = cfg.get("mesh")
     expert = mesh.get("expert") if isinstance(mesh, Mapping) else None
     return request_problems(
-        cfg, res["tpu_type"], res["gpus"], expert_axis=expert if expert and expert > 0 else None
+        RunConfig.from_dict(cfg),  # a sweep's job config: resolved at expansion
+        res["tpu_type"],
+        res["gpus"],
+        expert_axis=expert if expert and expert > 0 else None,
     )
 
 

@@ -23,14 +23,15 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import run_id, short_hash, size_shape, upstream_id
 from e3lib.errors import ConfigError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
+from e3lib.run_config import RunConfig, require_run_config
 from e3lib.train.cache import setup_jax_cache
 from e3lib.train.loop import Job, init_params, initial_state, stack_states, train, unstack_state
 from e3lib.train.optim import finetune_optimizer
@@ -39,7 +40,7 @@ from e3lib.train.stage import EXIT_BAD_INPUT, read_config, run_stage
 from e3lib.upstreams.load import load_checkpoint_for_run, upstream_checkpoint
 
 
-def adapt_upstream(upstream_params: Mapping, fresh_params: Mapping, cfg: Mapping) -> dict:
+def adapt_upstream(upstream_params: Mapping, fresh_params: Mapping, cfg: RunConfig) -> dict:
     """Upstream params → the run's model (new head, router regrouping, posemb resize,
     optional expert permutation): ``e3lib.models.convert.convert_for_config``."""
     from e3lib.models.convert import convert_for_config
@@ -73,14 +74,14 @@ def resolve_params_path(stored: str, done_dir: Path) -> Path:
     return path
 
 
-def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
+def finetune_job(cfgs: Sequence[RunConfig], suite, model) -> Job:
     """The training job of packed configs; ``suite`` is a ``DataSuite`` (in-memory arrays)
     or a ``StreamSuite`` (its train source read through a ``StepBatches`` stream)."""
     from e3lib.data.stream import StepBatches
     from e3lib.data.stream_suite import StreamSuite
     from e3lib.models.batchensemble import with_fast_weight_lr_scale
 
-    ft = cfgs[0]["finetune"]
+    ft = cfgs[0].finetune
     # BatchEnsemble: fast weights at be_lr_scale × the learning rate (App. G.1).
     optimizer = with_fast_weight_lr_scale(finetune_optimizer(ft), cfgs[0])
     seeds = tuple(c["seed"] for c in cfgs)
@@ -89,9 +90,9 @@ def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
         StepBatches(
             suite.train,
             suite.pp_train,
-            ft["batch_size"],
+            ft.batch_size,
             seeds,
-            workers=cfgs[0]["data"]["input_workers"],
+            workers=cfgs[0].data.input_workers,
         )
         if streamed
         else None
@@ -103,34 +104,38 @@ def finetune_job(cfgs: Sequence[Mapping[str, Any]], suite, model) -> Job:
         images=None if streamed else suite.train.images,
         labels=None if streamed else suite.train.labels,
         stream=stream,
-        batch_size=ft["batch_size"],
-        steps=ft["steps"],
+        batch_size=ft.batch_size,
+        steps=ft.steps,
         seeds=seeds,
-        mixup=float(ft["mixup"]),
-        checkpoint_every=ft["checkpoint_every"],
-        desc=f"finetune {cfgs[0]['method']}",
+        mixup=float(ft.mixup),
+        checkpoint_every=ft.checkpoint_every,
+        desc=f"finetune {cfgs[0].method}",
     )
 
 
-def check_packable(cfgs: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
-    base = dict(cfgs[0], seed=None)
+def check_packable(cfgs: Sequence[RunConfig], sources: Sequence[str]) -> None:
+    base = replace(cfgs[0], seed=0)
     for c, src in zip(cfgs[1:], sources[1:]):
-        if dict(c, seed=None) != base:
-            diff = sorted(k for k in c if k != "seed" and c[k] != cfgs[0][k])
+        if replace(c, seed=0) != base:
+            diff = sorted(
+                f.name
+                for f in fields(c)
+                if f.name != "seed" and getattr(c, f.name) != getattr(cfgs[0], f.name)
+            )
             raise ConfigError(
                 "seed",
-                c["seed"],
+                c.seed,
                 f"packed configs may differ only in seed; "
                 f"{src} differs from {sources[0]} in {diff}",
                 source=src,
             )
-    seeds = [c["seed"] for c in cfgs]
+    seeds = [c.seed for c in cfgs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError("seed", seeds, "packed configs need distinct seeds", source=sources[0])
 
 
 def finetune_and_evaluate(
-    cfgs: Sequence[Mapping[str, Any]],
+    cfgs: Sequence[RunConfig],
     upstream_dir: str | None,
     outs: Sequence[str | os.PathLike],
     checkpoint_dir: str | os.PathLike | None,
@@ -152,13 +157,15 @@ def finetune_and_evaluate(
     from e3lib.parallel.placement import Placement
 
     started = utc_now()
+    for c in cfgs:
+        require_run_config(c, "finetune_and_evaluate")
     cfg0 = cfgs[0]
     placement = Placement.for_config(cfg0)  # [parallel hook] mesh + divisibility checks
     suite = open_stream_suite(cfg0) if uses_stream(cfg0) else load_suite(cfg0)
     model = build_model(cfg0, suite.num_classes)
     job = finetune_job(cfgs, suite, model)
     job.placement = placement
-    size = cfg0["data"]["image_size"]
+    size = cfg0.data.image_size
     # A checkpoint named by upstream.checkpoint (no upstream stage), or a published one the
     # upstream stage registered, is read and converted by e3lib.upstreams.
     checkpoint = None if upstream_params is not None else upstream_checkpoint(cfg0, upstream_dir)
@@ -169,12 +176,12 @@ def finetune_and_evaluate(
     put = placement.put_param if placement.mesh is not None and not job.packed else None
     states = []
     for c in cfgs:
-        fresh = init_params(model, c["seed"], size)
+        fresh = init_params(model, c.seed, size)
         if checkpoint is not None:
             params = load_checkpoint_for_run(checkpoint, fresh, c, put=put)
         else:
             params = adapt_upstream(upstream_params, fresh, c) if upstream_params else fresh
-        states.append(initial_state(job.optimizer, params, c["seed"]))
+        states.append(initial_state(job.optimizer, params, c.seed))
     state = stack_states(states) if job.packed else states[0]
     ckpt = None
     if checkpoint_dir is not None:
@@ -196,7 +203,7 @@ def finetune_and_evaluate(
                     "message": msg,
                     "step": err.step,
                     "loss": err.loss if i in bad else None,
-                    "config": c,
+                    "config": c.to_dict(),
                 },
             )
         raise
@@ -222,7 +229,7 @@ def finetune_and_evaluate(
             {
                 "run_id": run_id(c),
                 "status": "ok",
-                "config": c,
+                "config": c.to_dict(),
                 "model_shape": size_shape(c),
                 "upstream_id": upstream_id(c),
                 "provenance": dict(provenance(started), devices=placement.describe()),

@@ -14,9 +14,12 @@ Notation: T total steps, t step index (0-based).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e3lib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from e3lib.run_config import FinetuneConfig
 
 
 def lr_schedule(
@@ -38,12 +41,12 @@ def lr_schedule(
     raise ConfigError(f"{field}.schedule", kind, "allowed: ['cosine', 'linear']")
 
 
-def finetune_optimizer(ft: Mapping[str, Any]):
+def finetune_optimizer(ft: FinetuneConfig):
     import optax
 
-    sched = lr_schedule(ft["schedule"], ft["lr"], ft["warmup"], ft["steps"], ft["end_lr"])
-    parts = [optax.clip_by_global_norm(ft["grad_clip"])] if ft["grad_clip"] > 0 else []
-    return optax.chain(*parts, optax.sgd(sched, momentum=ft["momentum"]))
+    sched = lr_schedule(ft.schedule, ft.lr, ft.warmup, ft.steps, ft.end_lr)
+    parts = [optax.clip_by_global_norm(ft.grad_clip)] if ft.grad_clip > 0 else []
+    return optax.chain(*parts, optax.sgd(sched, momentum=ft.momentum))
 
 
 def upstream_optimizer(up: Mapping[str, Any]):

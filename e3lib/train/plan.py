@@ -20,13 +20,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from e3lib.parallel.fitcheck import CHIP_GIB, GIB, analytic_bytes, fits
 
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
-def abstract_state(cfg: Mapping[str, Any], num_classes: int):
+
+def abstract_state(cfg: RunConfig, num_classes: int):
     """Model, optimizer and the train state as shape structs (nothing allocated)."""
     import jax
     import jax.numpy as jnp
@@ -36,18 +38,18 @@ def abstract_state(cfg: Mapping[str, Any], num_classes: int):
     from e3lib.train.optim import finetune_optimizer
 
     model = build_model(cfg, num_classes)
-    optimizer = finetune_optimizer(cfg["finetune"])
-    size = cfg["data"]["image_size"]
+    optimizer = finetune_optimizer(cfg.finetune)
+    size = cfg.data.image_size
 
     def init():
         x = jnp.zeros((1, size, size, 3), jnp.float32)
         params = model.init({"params": jax.random.key(0)}, x, train=False)["params"]
-        return initial_state(optimizer, params, cfg["seed"])
+        return initial_state(optimizer, params, cfg.seed)
 
     return model, optimizer, jax.eval_shape(init)
 
 
-def compile_step(cfg: Mapping[str, Any], num_classes: int = 1000, devices=None) -> dict:
+def compile_step(cfg: RunConfig, num_classes: int = 1000, devices=None) -> dict:
     """AOT-compile the run's train step on its mesh; returns the plan's numbers."""
     import jax
     import jax.numpy as jnp
@@ -59,7 +61,7 @@ def compile_step(cfg: Mapping[str, Any], num_classes: int = 1000, devices=None) 
     from e3lib.train.loop import Job, make_train_step
 
     devices = list(jax.devices() if devices is None else devices)
-    mesh = build_mesh(cfg.get("mesh") or "auto", cfg, devices)
+    mesh = build_mesh(cfg.mesh or "auto", cfg, devices)
     model, optimizer, state = abstract_state(cfg, num_classes)
 
     class Lowering(Placement):  # hands back the jit object instead of a caller
@@ -67,7 +69,7 @@ def compile_step(cfg: Mapping[str, Any], num_classes: int = 1000, devices=None) 
             return self.jitted_step(step_fn, state, packed)
 
     placement = Lowering(mesh)
-    B, size = cfg["finetune"]["batch_size"], cfg["data"]["image_size"]
+    B, size = cfg.finetune.batch_size, cfg.data.image_size
     job = Job(
         model=model,
         optimizer=optimizer,
@@ -75,9 +77,9 @@ def compile_step(cfg: Mapping[str, Any], num_classes: int = 1000, devices=None) 
         images=None,
         labels=None,
         batch_size=B,
-        steps=cfg["finetune"]["steps"],
-        seeds=(cfg["seed"],),
-        mixup=float(cfg["finetune"]["mixup"]),
+        steps=cfg.finetune.steps,
+        seeds=(cfg.seed,),
+        mixup=float(cfg.finetune.mixup),
         placement=placement,
     )
     shardings = placement.state_shardings(state)
@@ -103,8 +105,8 @@ def compile_step(cfg: Mapping[str, Any], num_classes: int = 1000, devices=None) 
         for s, sh in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(shardings))
     )
     return {
-        "size": cfg["model"]["size"],
-        "method": cfg["method"],
+        "size": cfg.model.size,
+        "method": cfg.method,
         "devices": len(devices),
         "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)),
         "batch": B,
@@ -150,8 +152,8 @@ def cli_plan(argv: list[str]) -> int:
         return 2
     if a.analytic:
         out = {
-            "size": cfg["model"]["size"],
-            "method": cfg["method"],
+            "size": cfg.model.size,
+            "method": cfg.method,
             "devices": a.devices,
             "peak_bytes": analytic_bytes(cfg, a.devices, a.num_classes),
         }

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,9 @@ from e3lib.models.convert import (
     matches,
 )
 from e3lib.models.registry import method_of
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 Shape = tuple[int, ...]
 
@@ -84,7 +87,7 @@ def _abstract(shapes: Mapping[str, Shape], dtypes: Mapping[str, Any] | None = No
 def plan_adaptation(
     source: Mapping[str, Shape],
     target: Mapping[str, Shape],
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     stored: Mapping[str, str] | None = None,
     where: str = "checkpoint",
 ) -> Plan:
@@ -107,16 +110,16 @@ def plan_adaptation(
             if name != e3:
                 text = text.replace(f"    {e3} ", f"    {name} ")
         raise AdaptationError(
-            f"{where} does not fit the run's model (method {cfg['method']}, size "
-            f"{cfg['model']['size']}):\n  {text}\n  upstream.fresh = "
-            f"{list(cfg['upstream']['fresh'])}: list leaves meant to start from their "
+            f"{where} does not fit the run's model (method {cfg.method}, size "
+            f"{cfg.model.size}):\n  {text}\n  upstream.fresh = "
+            f"{list(cfg.upstream.fresh)}: list leaves meant to start from their "
             f"initialisation (e.g. head, pre_logits, Router)"
         ) from None
     used = {s for _, s in record.values()}
     dropped = {
         s: shape
         for s, shape in source.items()
-        if s not in used and matches(s, ["head", *cfg["upstream"]["fresh"]])
+        if s not in used and matches(s, ["head", *cfg.upstream.fresh])
     }
     return Plan(record, target, source, dropped)
 
@@ -130,7 +133,7 @@ def shapes_of(params: Mapping) -> dict[str, Shape]:
 def adapt_published(
     ckpt,
     fresh_params: Mapping,
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     place: Callable[[str, Any], Any] | None = None,
     put: Callable[[str, Any], Any] | None = None,
 ) -> dict:
@@ -154,7 +157,7 @@ def adapt_published(
     return convert_for_config(upstream, fresh_params, cfg, put=put)
 
 
-def _adapt_streamed(ckpt, plan: Plan, fresh_params: Mapping, cfg: Mapping, put) -> dict:
+def _adapt_streamed(ckpt, plan: Plan, fresh_params: Mapping, cfg: RunConfig, put) -> dict:
     """Convert and ``put`` the target leaves of each checkpoint leaf as the reader hands it
     over (``convert_params`` on that one leaf and its targets, with the run's rules)."""
     rules = conversion_rules(cfg)
@@ -175,12 +178,12 @@ def _adapt_streamed(ckpt, plan: Plan, fresh_params: Mapping, cfg: Mapping, put) 
     return traverse_util.unflatten_dict({t: out[t] for t in target}, sep="/")
 
 
-def target_shapes(cfg: Mapping[str, Any], num_classes: int) -> dict[str, Shape]:
+def target_shapes(cfg: RunConfig, num_classes: int) -> dict[str, Shape]:
     """The run's parameter shapes without initialising them (``jax.eval_shape``)."""
     from e3lib.models import build_model
 
     model = build_model(cfg, num_classes)
-    size = cfg["data"]["image_size"]
+    size = cfg.data.image_size
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     shapes = jax.eval_shape(
         lambda k, x: model.init({"params": k}, x, train=False), jax.random.key(0), x

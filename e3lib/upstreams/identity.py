@@ -10,22 +10,25 @@ share an id.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from e3lib.errors import ConfigError
 from e3lib.upstreams.catalog import checkpoint_path
 from e3lib.upstreams.source import checkpoint_identity, detect_format
 
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
-def pinned_config(cfg: Mapping[str, Any], overrides: Mapping[str, str] | None = None) -> dict:
+
+def pinned_config(cfg: RunConfig, overrides: Mapping[str, str] | None = None) -> RunConfig:
     """``cfg`` with ``upstream.checkpoint`` a path and its checksum pinned (see above)."""
-    up = cfg["upstream"]
-    path = checkpoint_path(up["checkpoint"], overrides)
+    up = cfg.upstream
+    path = checkpoint_path(up.checkpoint, overrides)
     if not path:
-        return dict(cfg)
-    sha = up["checkpoint_sha256"]
+        return cfg
+    sha = up.checkpoint_sha256
     if "://" not in path and detect_format(path) is not None:
         try:
             found = checkpoint_identity(path)["sha256"]
@@ -34,8 +37,7 @@ def pinned_config(cfg: Mapping[str, Any], overrides: Mapping[str, str] | None = 
         if sha is not None and sha != found:
             raise ConfigError("upstream.checkpoint_sha256", sha, f"{path} has checksum {found}")
         sha = found
-    if path == up["checkpoint"] and sha == up["checkpoint_sha256"]:
-        return dict(cfg)
-    out = copy.deepcopy(dict(cfg))
-    out["upstream"].update(checkpoint=path, checkpoint_sha256=sha)
-    return out
+    if path == up.checkpoint and sha == up.checkpoint_sha256:
+        return cfg
+    # Both fields were validated by resolve; a path and a 64-digit checksum keep them valid.
+    return replace(cfg, upstream=replace(up, checkpoint=path, checkpoint_sha256=sha))

@@ -14,9 +14,12 @@ import argparse
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e3lib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
 
 def infer_model(shapes: Mapping[str, tuple]) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def _placement(info: Mapping[str, Any]):
     return None
 
 
-def _read_run_config(path: str) -> dict:
+def _read_run_config(path: str) -> RunConfig:
     import json
 
     import yaml
@@ -133,8 +136,8 @@ def inspect_lines(
             where=f"checkpoint {path}",
         )
         out.append(
-            f"mapping onto {for_config} (method {cfg['method']}, size "
-            f"{cfg['model']['size']}, {num_classes} classes):"
+            f"mapping onto {for_config} (method {cfg.method}, size "
+            f"{cfg.model.size}, {num_classes} classes):"
         )
         out += ["  " + line for line in plan.lines(ckpt.params)]
     return out

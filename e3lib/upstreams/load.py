@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e3lib.errors import ConfigError
 from e3lib.upstreams.adapt import AdaptationError, adapt_published
 from e3lib.upstreams.catalog import checkpoint_path
 from e3lib.upstreams.source import is_published, open_published
 
+if TYPE_CHECKING:
+    from e3lib.run_config import RunConfig
 
-def upstream_checkpoint(cfg: Mapping[str, Any], upstream_dir: str | None) -> str | None:
+
+def upstream_checkpoint(cfg: RunConfig, upstream_dir: str | None) -> str | None:
     """The checkpoint path to load for this run, or None (use the upstream stage's params).
 
     With an upstream dir: its ``params_path`` when that is a published checkpoint. Without
@@ -32,16 +35,16 @@ def upstream_checkpoint(cfg: Mapping[str, Any], upstream_dir: str | None) -> str
             if path and is_published(path):
                 return path
         return None
-    return checkpoint_path(cfg["upstream"]["checkpoint"]) or None
+    return checkpoint_path(cfg.upstream.checkpoint) or None
 
 
-def open_checked(path: str, cfg: Mapping[str, Any]):
+def open_checked(path: str, cfg: RunConfig):
     """The published checkpoint at ``path``, its checksum checked against the config's."""
     try:
         ckpt = open_published(path)
     except (OSError, ValueError) as err:
         raise ConfigError("upstream.checkpoint", path, f"cannot be read: {err}") from None
-    want = cfg["upstream"].get("checkpoint_sha256")
+    want = cfg.upstream.checkpoint_sha256
     if want is not None and want != ckpt.sha256:
         raise ConfigError("upstream.checkpoint_sha256", want, f"{path} has checksum {ckpt.sha256}")
     return ckpt
@@ -50,7 +53,7 @@ def open_checked(path: str, cfg: Mapping[str, Any]):
 def load_checkpoint_for_run(
     path: str,
     fresh_params: Mapping,
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     place: Callable[[str, Any], Any] | None = None,
     put: Callable[[str, Any], Any] | None = None,
 ) -> dict:
