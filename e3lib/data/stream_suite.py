@@ -11,6 +11,7 @@ name of ``e3lib.ppspec.RECIPES``, or a string; None = ``plain``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
