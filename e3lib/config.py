@@ -22,6 +22,8 @@ eval       evaluation options (batch size, few-shot shots, which suites to run)
 mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one device). Not
            part of the run id: it changes where arrays live, not the results (beyond
            float tolerance), so one run has one id on any number of devices.
+           ``finetune.log_every`` / ``upstream.log_every`` (how often the loss history is
+           recorded) are likewise left out of the ids (``RUN_ID_EXCLUDED``).
 
 Adding a field: put its default here and, if it has a closed set of values, its
 allowed values in ``CHOICES``. The sweep schema and the docs read from these tables. A field
@@ -105,6 +107,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.1,
         "capacity_factor": 1.05,
         "dataset": None,  # None = the upstream set paired with data.dataset
+        # Steps per loss-history point (e3lib.curves); None = ⌈steps/100⌉. Not part of any id.
+        "log_every": None,
     },
     "data": {
         "dataset": "demo",
@@ -134,6 +138,8 @@ DEFAULTS: dict[str, Any] = {
         "grad_clip": 10.0,
         "mixup": 0.0,
         "checkpoint_every": 25,
+        # Steps per loss-history point (e3lib.curves); None = ⌈steps/100⌉. Not part of the id.
+        "log_every": None,
     },
     "eval": {
         "batch_size": 256,
@@ -264,6 +270,10 @@ def run_id(cfg: Mapping[str, Any]) -> str:
     full resolved config; ``stale_fields`` detects results computed under other defaults.
     """
     identity = {k: v for k, v in cfg.items() if k not in RUN_ID_EXCLUDED}
+    for dotted in RUN_ID_EXCLUDED:  # section.field entries
+        section, _, name = dotted.partition(".")
+        if name and isinstance(identity.get(section), Mapping) and name in identity[section]:
+            identity[section] = {k: v for k, v in identity[section].items() if k != name}
     return short_hash(non_default_fields(identity))
 
 
