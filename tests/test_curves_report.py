@@ -28,8 +28,7 @@ LOSS = {
 }
 UPSTREAM = [5.0, 4.0, 3.0, 2.0, 1.5, 1.2, 1.1, 1.05, 1.04, 1.04]
 CELLS = [
-    {"axes": {"method": m}, "metrics": {"nll": [0.6, 0.61]}, "gflops": 1.0}
-    for m in ("e3", "vmoe")
+    {"axes": {"method": m}, "metrics": {"nll": [0.6, 0.61]}, "gflops": 1.0} for m in ("e3", "vmoe")
 ]
 
 

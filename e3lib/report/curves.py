@@ -115,7 +115,8 @@ def curves_figure(ds: xr.Dataset, out: Path, sweep: str) -> Figure | None:
 def page_context(ds: xr.Dataset | None, why: str, figures_dir: Path, sweep: str) -> dict:
     """Everything the template shows (figure, group table, curves without points)."""
     if ds is None:
-        return {"why": why, "figure": None, "groups": [], "missing": [], "threshold": None, "frac": None}
+        empty = {"figure": None, "groups": [], "missing": [], "threshold": None, "frac": None}
+        return {"why": why, **empty}
     missing = [
         {
             "kind": str(ds["kind"].values[i]),
