@@ -110,18 +110,18 @@ class CurveRecorder:
 
     def restore(self, state: Mapping[str, Any] | None, step: int) -> None:
         """Continue from a checkpoint's ``state()`` at ``step``; None (a checkpoint saved
-        without one): start afresh at ``step`` (``first_step`` says where)."""
-        if state is None:
+        without one) or one recorded with another ``log_every`` (the field is not part of
+        the run id): start afresh at ``step`` (``first_step`` says where)."""
+        if state is None or int(state["log_every"]) != self.log_every:
             self.first_step = step
             self.points = {"step": [], **{q: [] for q in QUANTITIES}}
             self._open(step)
             return
         w = state["window"]
-        if w["start"] + w["count"] != step or int(state["log_every"]) != self.log_every:
+        if w["start"] + w["count"] != step:
             raise ValueError(
                 f"curve history of the checkpoint at step {step} ends at step "
-                f"{w['start'] + w['count']} with log_every {state['log_every']} "
-                f"(this run: {self.log_every})"
+                f"{w['start'] + w['count']}"
             )
         self.first_step = int(state.get("first_step", 0))
         self.points = {k: list(v) for k, v in state["points"].items()}

@@ -54,6 +54,13 @@ def test_recorder_state_round_trips_through_json_mid_window():
     assert resumed.curve()["loss"] == whole.curve()["loss"]  # exact
     with pytest.raises(ValueError, match="ends at step 4"):
         CurveRecorder(7, 1, log_every=3).restore(saved, 6)
+    # resumed with another log_every (not part of the run id): a fresh curve from step 4
+    other = CurveRecorder(7, 1, log_every=2)
+    other.restore(saved, 4)
+    feed(other, losses[4:], start=4)
+    c = other.curve()
+    assert c["first_step"] == 4 and c["step"] == [6, 7]
+    assert c["loss"] == [(losses[4] + losses[5]) / 2, losses[6]]
 
 
 def test_recorder_refuses_a_skipped_step():
