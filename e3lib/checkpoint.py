@@ -10,7 +10,9 @@ Data position: for in-memory data the batch of step t is a function of (seed, t)
 (``e3lib.data.batch_indices``), so the step is the data position. A streamed run passes
 its input iterator state (``extra``, JSON) to ``save``: it is written as
 ``directory/<step>/input_state.json`` before the integrity manifest, so the manifest covers
-it, and ``input_state(step)`` reads it back on resume.
+it, and ``input_state(step)`` reads it back on resume. The loss history so far
+(``history``, JSON, e3lib.curves) is written the same way as ``directory/<step>/history.json``
+and read back by ``history(step)``.
 
 Integrity: after each save, the SHA-256 of every file of the step is written to
 ``directory/integrity/<step>.json``. ``restore_verified`` checks the latest step against its
@@ -41,6 +43,7 @@ from e3lib import atomic
 from e3lib.integrity import compare_digests, file_digests
 
 INPUT_STATE = "input_state.json"
+HISTORY = "history.json"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -129,9 +132,12 @@ class TrainCheckpoints:
             self._set_aside(step, problem)
         return None, None
 
-    def save(self, step: int, state: Any, force: bool = False, extra: Any = None) -> bool:
+    def save(
+        self, step: int, state: Any, force: bool = False, extra: Any = None, history: Any = None
+    ) -> bool:
         """Save ``state`` at ``step`` if it is a multiple of ``every`` (or ``force``), with
-        ``extra`` (JSON-able, e.g. the input iterator state) beside it when given."""
+        ``extra`` (JSON-able, e.g. the input iterator state) and ``history`` (the loss
+        history so far) beside it when given."""
         if not force and step % self.every:
             return False
         if self.manager.latest_step() == step:
@@ -141,6 +147,8 @@ class TrainCheckpoints:
         if _primary():
             if extra is not None:
                 atomic.write_json(self._step_dir(step) / INPUT_STATE, extra)
+            if history is not None:
+                atomic.write_json(self._step_dir(step) / HISTORY, history)
             self._write_manifest(step)
         _barrier(f"manifest_{step}")
         return True
@@ -148,6 +156,11 @@ class TrainCheckpoints:
     def input_state(self, step: int) -> Any:
         """The ``extra`` saved with ``step`` (None if there is none)."""
         path = self._step_dir(step) / INPUT_STATE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def history(self, step: int) -> Any:
+        """The ``history`` saved with ``step`` (None if there is none)."""
+        path = self._step_dir(step) / HISTORY
         return json.loads(path.read_text()) if path.is_file() else None
 
     def restore(self, like: Any, step: int | None = None) -> Any:

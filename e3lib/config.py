@@ -23,6 +23,8 @@ eval       evaluation options (batch size, few-shot shots, which suites to run)
 mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one device). Not
            part of the run id: it changes where arrays live, not the results (beyond
            float tolerance), so one run has one id on any number of devices.
+           ``finetune.log_every`` / ``upstream.log_every`` (how often the loss history is
+           recorded) are likewise left out of the ids (``RUN_ID_EXCLUDED``).
 
 Adding a field: declare it with its type and default in its section of ``e3lib.run_config``,
 its type rule in ``config_rules.FIELDS`` and, if it has a closed set of values, its allowed
@@ -180,6 +182,10 @@ def run_id(cfg: RunConfig | Mapping[str, Any]) -> str:
     full resolved config; ``stale_fields`` detects results computed under other defaults.
     """
     identity = {k: v for k, v in as_dict(cfg).items() if k not in RUN_ID_EXCLUDED}
+    for dotted in RUN_ID_EXCLUDED:  # section.field entries
+        section, _, name = dotted.partition(".")
+        if name and isinstance(identity.get(section), Mapping) and name in identity[section]:
+            identity[section] = {k: v for k, v in identity[section].items() if k != name}
     return short_hash(non_default_fields(identity))
 
 

@@ -26,8 +26,9 @@ MAX_SEED = 2**31 - 1
 
 # Top-level fields that say how a run is executed, not what it computes: left out of the
 # run id (e3lib.config.run_id) and of ``stale_fields`` (the device mesh: results on any mesh
-# equal the single-device ones within float tolerance, tests/test_parallel.py).
-RUN_ID_EXCLUDED = ("mesh",)
+# equal the single-device ones within float tolerance, tests/test_parallel.py; how often the
+# loss history is recorded, e3lib.curves). Top-level names or "section.field".
+RUN_ID_EXCLUDED = ("mesh", "finetune.log_every", "upstream.log_every")
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ FIELDS: dict[str, Field] = {
     "upstream.weight_decay": _num(0),
     "upstream.capacity_factor": _num(0, lo_open=True),
     "upstream.dataset": STR_OR_NULL,
+    "upstream.log_every": _int(1, null=True),
     "data.dataset": CHOICE,
     "data.image_size": _int(1),
     "data.crop_to_patch": BOOL,
@@ -149,6 +151,7 @@ FIELDS: dict[str, Field] = {
     "finetune.grad_clip": _num(0),
     "finetune.mixup": _num(0),
     "finetune.checkpoint_every": _int(1),
+    "finetune.log_every": _int(1, null=True),
     "eval.batch_size": _int(1),
     "eval.fewshot_shots": Field("int_list"),
     "eval.fewshot_l2_selection": CHOICE,

@@ -26,7 +26,7 @@ def stale_fields(
     diffs: list[str] = []
     for key, value in current.items():
         dotted = f"{path}{key}"
-        if key not in stored or (not path and key in RUN_ID_EXCLUDED):
+        if key not in stored or dotted in RUN_ID_EXCLUDED:
             continue
         old = stored[key]
         if isinstance(value, Mapping) and isinstance(old, Mapping):

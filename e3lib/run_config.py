@@ -98,6 +98,8 @@ class UpstreamConfig:
     weight_decay: float = 0.1
     capacity_factor: float = 1.05
     dataset: str | None = None  # None = the upstream set paired with data.dataset
+    # Steps per loss-history point (e3lib.curves); None = ⌈steps/100⌉. Not part of any id.
+    log_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ class FinetuneConfig:
     grad_clip: float = 10.0
     mixup: float = 0.0
     checkpoint_every: int = 25
+    # Steps per loss-history point (e3lib.curves); None = ⌈steps/100⌉. Not part of the id.
+    log_every: int | None = None
 
 
 @dataclass(frozen=True)

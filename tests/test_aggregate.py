@@ -134,8 +134,13 @@ def test_netcdf_roundtrip_atomic_and_cli(sweep, tmp_path):
         ["--index", str(index), "--results-root", str(root), "--out", str(out)]
     )
     assert rc == 0
-    # no temp file left; beside the dataset its checksum record
-    assert sorted(p.name for p in out.parent.iterdir()) == ["dataset.done.json", "dataset.nc"]
+    # no temp file left; beside the dataset its checksum record, and the training curves
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "curves.done.json",
+        "curves.nc",
+        "dataset.done.json",
+        "dataset.nc",
+    ]
     back = aggregate.open_dataset(out)
     np.testing.assert_allclose(back["nll"].values, ds["nll"].values, equal_nan=True)
     assert back.attrs["axes"] == ds.attrs["axes"]

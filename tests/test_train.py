@@ -72,6 +72,11 @@ def test_upstream_done_file_is_written_last_with_params(upstream_dir):
     assert done["params_path"] == "params" and (upstream_dir / "params").is_dir()
     assert done["config"]["capacity_factor"] == 1.05 and done["config"]["method"] == "vmoe"
     assert np.isfinite(done["metrics"]["final_loss"])
+    # its loss history beside it: 6 steps, log_every null = ⌈6/100⌉ = 1 → 6 points
+    curve = json.loads((upstream_dir / "curves.json").read_text())
+    assert curve["step"] == [1, 2, 3, 4, 5, 6] and "curves" not in done
+    assert curve["loss"][-1] == pytest.approx(done["metrics"]["final_loss"], rel=1e-6)
+    assert curve["lr"][0] == 0.0  # linear warmup from 0 over 1 step
 
 
 def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(

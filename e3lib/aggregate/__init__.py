@@ -9,6 +9,7 @@ hyperparameter selection (the ``e3 aggregate`` command).
     dataset    load_index, build_dataset, write_netcdf_atomic, open_dataset
     (seed statistics: e3lib.stats)
     selection  select_grid (the only place a hyperparameter selection is made)
+    curves     build_curves: the runs' and upstreams' training curves (``curves.nc``)
     cli        ``e3 aggregate``
 
 Notation: S seeds, n seeds with a value in a cell, n_req seeds the sweep requested there.

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from e3lib import integrity
+from e3lib.aggregate.curves import build_curves, curves_path
 from e3lib.aggregate.dataset import (
     build_dataset,
     damaged_entries,
@@ -25,6 +26,11 @@ def cli_aggregate(argv: list[str]) -> int:
     parser.add_argument("--index", required=True, help="results/sweeps/{sweep}/index.json")
     parser.add_argument("--results-root", default="results")
     parser.add_argument("--out", required=True, help="results/sweeps/{sweep}/dataset.nc")
+    parser.add_argument(
+        "--curves",
+        default=None,
+        help="training curves of the runs and upstreams (default: curves.nc beside --out)",
+    )
     args = parser.parse_args(argv)
     try:
         index = load_index(args.index)
@@ -41,15 +47,18 @@ def cli_aggregate(argv: list[str]) -> int:
             )
             return 2
         ds = build_dataset(index, args.results_root, index_path=args.index)
+        curves = build_curves(index, args.results_root)
     except AggregateError as err:
         print(f"e3 aggregate: {err}", file=sys.stderr)
         return 2
     write_netcdf_atomic(ds, args.out)
+    write_netcdf_atomic(curves, args.curves or curves_path(args.out))
     a = ds.attrs
     print(
         f"e3 aggregate: {a['sweep']}: {a['entries_ok']} ok, {a['entries_missing']} missing, "
         f"{a['entries_diverged']} diverged, {a['entries_member_failed']} member_failed "
-        f"→ {args.out}"
+        f"→ {args.out}; {int((curves['note'] == '').sum())} of {curves.sizes['curve']} "
+        f"training curves → {args.curves or curves_path(args.out)}"
     )
     if index.get("select"):
         view = select_grid(ds)

@@ -5,6 +5,7 @@ file is written atomically (temporary file + rename). Layout under ``out``:
 
     index.html               tables, sweeps, figures, provenance, regenerate commands
     sweep_{sweep}.html       provenance, run list (linked to each results.json), figures
+    curves_{sweep}.html      training curves and plateau table (e3lib.report.curves)
     {table_id}.html|.md|.tex one table, its paper values and its verdicts
     figures/fig_*.png
 """
@@ -25,6 +26,8 @@ import xarray as xr
 
 from e3lib import atomic
 from e3lib.aggregate import STATUS_FLAGS, axis_dim, dataset_axes
+from e3lib.aggregate.curves import curves_path
+from e3lib.report.curves import curves_page, load_curves, page_context
 from e3lib.report.selection import selection_summary
 from e3lib.report.spec import TABLE_IDS, default_spec
 from e3lib.report.tables import Table, build_table
@@ -225,11 +228,36 @@ def render_sweep_page(site: Site, inp: Input) -> None:
             figures=figures,
             commands=commands,
             selection=selection_summary(inp),
+            curves_page=curves_page(sweep),
             index_link=True,
             **_common(),
         )
     )
     write_atomic(site.out / _sweep_page(inp), html)
+
+
+def render_curves_page(site: Site, inp: Input) -> None:
+    """``curves_{sweep}.html``: the training curves of the sweep's runs and upstreams."""
+    sweep = inp.ds.attrs["sweep"]
+    cds, why = load_curves(inp.path)
+    ctx = page_context(cds, why, site.out / "figures", sweep)
+    fig = ctx.pop("figure")
+    figure = {"href": _rel(fig.path, site.out), "title": fig.title} if fig else None
+    html = (
+        env(True)
+        .get_template("curves.html.j2")
+        .render(
+            title=f"Training curves: {sweep}",
+            sweep=sweep,
+            sweep_page=_sweep_page(inp),
+            figure=figure,
+            commands=[f"snakemake {curves_path(inp.path)}", report_command(site.inputs, site.out)],
+            index_link=True,
+            **ctx,
+            **_common(),
+        )
+    )
+    write_atomic(site.out / curves_page(sweep), html)
 
 
 def render_index(site: Site) -> None:
@@ -303,5 +331,6 @@ def build_site(inputs: Sequence[Input], out: str | Path, only: Sequence[str] = (
             render_table_files(site, t, linked=True)
     for inp in inputs:
         render_sweep_page(site, inp)
+        render_curves_page(site, inp)
     render_index(site)
     return site

@@ -5,6 +5,7 @@ Recipe: ``e3lib.train.optim.finetune_optimizer`` (SGD with momentum, clipping, w
 then cosine/linear decay); BatchEnsemble fast weights at ``be_lr_scale`` × the learning
 rate. A diverged run writes ``diverged.json`` in its out dir (never results.json); a
 finished one writes predictions.npz then results.json (``e3lib.evaluate.write_results``).
+Its loss history (e3lib.curves) goes to ``curves.json`` beside results.json.
 A streamed run (``e3lib.data.stream_suite.uses_stream``: a file-backed dataset or a set
 ``data.pp_train``) trains from a ``StepBatches`` stream and evaluates batch by batch
 (``e3lib.evaluate.streaming``); its predictions.npz is compact and its final parameters
@@ -28,13 +29,14 @@ from pathlib import Path
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import run_id, short_hash, size_shape, upstream_id
+from e3lib.curves import CURVES_FILE, write_curve
 from e3lib.errors import ConfigError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
 from e3lib.run_config import RunConfig, require_run_config
 from e3lib.train.cache import setup_jax_cache
 from e3lib.train.loop import Job, init_params, initial_state, stack_states, train, unstack_state
-from e3lib.train.optim import finetune_optimizer
+from e3lib.train.optim import finetune_lr, finetune_optimizer, host_schedule
 from e3lib.train.signals import Diverged, StopFlag
 from e3lib.train.stage import EXIT_BAD_INPUT, read_config, run_stage
 from e3lib.upstreams.load import load_checkpoint_for_run, upstream_checkpoint
@@ -110,6 +112,8 @@ def finetune_job(cfgs: Sequence[RunConfig], suite, model) -> Job:
         mixup=float(ft.mixup),
         checkpoint_every=ft.checkpoint_every,
         desc=f"finetune {cfgs[0].method}",
+        log_every=ft.log_every,
+        lr_at=host_schedule(finetune_lr(ft)),
     )
 
 
@@ -221,9 +225,10 @@ def finetune_and_evaluate(
         if not is_writer():  # [parallel hook] one process writes
             continue
         cost["train_seconds"] = summary["train_seconds"]
-        train_info = {k: v for k, v in summary.items() if k != "final"}
+        train_info = {k: v for k, v in summary.items() if k not in ("final", "curves")}
         train_info["final"] = {k: v[i] for k, v in summary["final"].items()}
         train_info["packed_seeds"] = list(job.seeds) if job.packed else None
+        write_curve(Path(out) / CURVES_FILE, summary["curves"][i])  # before results.json
         write_results(
             out,
             {

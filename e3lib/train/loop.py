@@ -16,7 +16,10 @@ t (router noise, dropout, mixup) is ``fold_in(rng, t)`` and its batch is
 exactly the steps an uninterrupted run would (bitwise on CPU). A streamed job
 (``Job.stream``, e3lib.data.stream.StepBatches) saves its input iterator state inside each
 checkpoint and restores it on resume, so it continues at the exact next example.
-Checkpoints are written every ``checkpoint_every`` steps (``e3lib.checkpoint``). SIGTERM
+Checkpoints are written every ``checkpoint_every`` steps (``e3lib.checkpoint``), each with
+the loss history so far (``e3lib.curves.CurveRecorder``: a point every ``Job.log_every``
+steps, the mean loss, cross-entropy, aux loss and learning rate of its steps), so a
+resumed run's history equals the uninterrupted run's. SIGTERM
 saves a checkpoint at the current step and raises ``Preempted``; a non-finite loss
 raises ``Diverged``.
 
@@ -41,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from e3lib.checkpoint import TrainCheckpoints
+from e3lib.curves import MEASURED, CurveRecorder
 from e3lib.progress import Progress
 from e3lib.train.signals import Diverged, Preempted, StopFlag, fault_injection, inject_fault
 
@@ -62,6 +66,8 @@ class Job:
     desc: str = "train"
     stream: Any = None  # e3lib.data.stream.StepBatches; None = images/labels above
     placement: Any = None  # e3lib.parallel.placement.Placement; None = one device
+    log_every: int | None = None  # steps per loss-history point; None = ⌈steps/100⌉
+    lr_at: Callable | None = None  # step indices → learning rates (the schedule), for curves
 
     @property
     def packed(self) -> bool:
@@ -205,6 +211,7 @@ def train(
     placement = placement_of(job)
     state = placement.put_state(state, job.packed)
     resumed_from = None
+    recorder = CurveRecorder(job.steps, len(job.seeds), job.log_every, job.lr_at)
     if checkpoints is not None:
         # The newest step that passes its integrity check; damaged ones are set aside.
         restored, resumed_from = checkpoints.restore_verified(state)
@@ -213,6 +220,7 @@ def train(
             input_state = checkpoints.input_state(resumed_from)
             if job.stream is not None and input_state is not None:
                 job.stream.restore(input_state, _step_of(placement, state))
+            recorder.restore(checkpoints.history(resumed_from), _step_of(placement, state))
 
     def batch_of(t):  # this process's rows of batch t, as (global) arrays
         return placement.put_batch(lambda rows: batch_at(job, t, rows), job.batch_size, job.packed)
@@ -227,7 +235,13 @@ def train(
         while step < job.steps:
             if placement.agree(stop is not None and stop.stop):  # same step on every host
                 if checkpoints is not None:
-                    checkpoints.save(step, state, force=True, extra=_input_state(job, step))
+                    checkpoints.save(
+                        step,
+                        state,
+                        force=True,
+                        extra=_input_state(job, step),
+                        history=recorder.state(),
+                    )
                 raise Preempted(step)
             t_step = time.perf_counter()
             state, metrics = step_fn(state, *batch)
@@ -239,9 +253,12 @@ def train(
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
                 raise Diverged(step, float(losses[bad[0]]), int(bad[0]) if job.packed else None)
+            recorder.add(step, {k: placement.fetch(metrics[k]) for k in MEASURED})
             step += 1
             if checkpoints is not None:
-                checkpoints.save(step, state, extra=_input_state(job, step))
+                checkpoints.save(
+                    step, state, extra=_input_state(job, step), history=recorder.state()
+                )
             progress.update(step, float(losses.mean()))
             inject_fault(fault, step)
     finally:
@@ -258,6 +275,7 @@ def train(
         "train_seconds": time.perf_counter() - t0,
         "first_step_seconds": compile_seconds,
         "final": last,
+        "curves": [recorder.curve(i) for i in range(len(job.seeds))],  # one per seed
     }
 
 

@@ -41,10 +41,27 @@ def lr_schedule(
     raise ConfigError(f"{field}.schedule", kind, "allowed: ['cosine', 'linear']")
 
 
+def finetune_lr(ft: FinetuneConfig):
+    """The fine-tuning learning rate of step t (an Optax schedule)."""
+    return lr_schedule(ft.schedule, ft.lr, ft.warmup, ft.steps, ft.end_lr)
+
+
+def upstream_lr(up: Mapping[str, Any]):
+    """The upstream learning rate of step t (an Optax schedule)."""
+    return lr_schedule("linear", up["lr"], up["warmup"], up["steps"], 0.0, field="upstream")
+
+
+def host_schedule(schedule):
+    """``schedule`` as step indices (NumPy) → learning rates (NumPy float64)."""
+    import numpy as np
+
+    return lambda steps: np.asarray(schedule(np.asarray(steps)), dtype=np.float64)
+
+
 def finetune_optimizer(ft: FinetuneConfig):
     import optax
 
-    sched = lr_schedule(ft.schedule, ft.lr, ft.warmup, ft.steps, ft.end_lr)
+    sched = finetune_lr(ft)
     parts = [optax.clip_by_global_norm(ft.grad_clip)] if ft.grad_clip > 0 else []
     return optax.chain(*parts, optax.sgd(sched, momentum=ft.momentum))
 
@@ -52,7 +69,7 @@ def finetune_optimizer(ft: FinetuneConfig):
 def upstream_optimizer(up: Mapping[str, Any]):
     import optax
 
-    sched = lr_schedule("linear", up["lr"], up["warmup"], up["steps"], 0.0, field="upstream")
+    sched = upstream_lr(up)
     return optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=up["weight_decay"]),

@@ -4,7 +4,9 @@ Pretrains the upstream model of a run config with the upstream recipe
 (``e3lib.train.optim.upstream_optimizer``, training capacity factor
 ``upstream.capacity_factor``), or registers an existing checkpoint
 (``upstream.checkpoint``: an Orbax directory or a published checkpoint, e3lib.upstreams).
-Its done file (written last) names the saved parameters.
+Its done file (written last) names the saved parameters; a pretrained one has its loss
+history (e3lib.curves) in ``curves.json`` beside it. ``upstream.log_every`` (steps per
+history point) is read from the run config, not from the upstream's identity.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import resolve, upstream_config, upstream_id
+from e3lib.curves import CURVES_FILE, write_curve
 from e3lib.errors import ConfigError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
 from e3lib.train.cache import setup_jax_cache
 from e3lib.train.loop import Job, init_params, initial_state, train
-from e3lib.train.optim import upstream_optimizer
+from e3lib.train.optim import host_schedule, upstream_lr, upstream_optimizer
 from e3lib.train.signals import Diverged, StopFlag
 from e3lib.train.stage import EXIT_BAD_INPUT, EXIT_OK, read_config, run_stage
 from e3lib.upstreams.catalog import checkpoint_path
@@ -61,12 +64,14 @@ def pretrain_upstream(
     workdir: str | os.PathLike,
     progress_mode: str = "auto",
     stop: StopFlag | None = None,
+    log_every: int | None = None,
 ) -> dict:
     """Pretrain the upstream model; returns the done-file content (params saved first).
 
     A file-backed pretraining set streams (``e3lib.data.stream.StepBatches``: per-process
     shards, seeded order, iterator state saved in each checkpoint), as fine-tuning does;
-    the embedded demo's arrays stay in memory."""
+    the embedded demo's arrays stay in memory. Its loss history (``e3lib.curves``, a point
+    every ``log_every`` steps) is under ``"curves"``."""
     from e3lib.data import load_upstream
     from e3lib.data.stream import StepBatches
     from e3lib.data.stream_suite import open_upstream_source, upstream_uses_stream
@@ -94,6 +99,8 @@ def pretrain_upstream(
         seeds=(ucfg["seed"],),
         checkpoint_every=25,
         desc=f"upstream {ucfg['method']}",
+        log_every=log_every,
+        lr_at=host_schedule(upstream_lr(ucfg)),
     )
     params = init_params(model, ucfg["seed"], ucfg["image_size"])
     state = initial_state(job.optimizer, params, ucfg["seed"])
@@ -121,7 +128,8 @@ def pretrain_upstream(
             "train_subset_error": error(probs.mean(0), labels),
             "final_loss": summary["final"].get("loss", [None])[0],
         },
-        "train": summary,
+        "train": {k: v for k, v in summary.items() if k != "curves"},
+        "curves": summary["curves"][0],
     }
 
 
@@ -215,12 +223,15 @@ def cli_upstream(argv: list[str]) -> int:
 
         code, done = run_stage(
             "e3 upstream",
-            lambda stop: pretrain_upstream(ucfg, a.workdir, a.log_mode, stop),
+            lambda stop: pretrain_upstream(
+                ucfg, a.workdir, a.log_mode, stop, cfg.upstream.log_every
+            ),
             on_diverged=record_divergence,
         )
         if code != EXIT_OK:
             return code
         done["upstream_id"] = upstream_id(cfg)
+        write_curve(Path(a.done).parent / CURVES_FILE, done.pop("curves"))
     done["provenance"] = provenance(started)
     done["params_path"] = stored_params_path(done["params_path"], Path(a.done).parent)
     atomic_write_json(a.done, done)

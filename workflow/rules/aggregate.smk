@@ -4,7 +4,8 @@
 # or failed entries are counted in the dataset, never dropped silently. Every entry's files
 # are checked against the checksums in its done.json first (a damaged one is set aside and
 # the job fails: rerunning the same command recomputes it); dataset.done.json records the
-# dataset's own checksum.
+# dataset's own checksum. curves.nc holds the training curves of the sweep's runs and
+# their upstreams (each one's curves.json; e3lib.aggregate.curves).
 
 
 localrules:
@@ -23,6 +24,7 @@ rule aggregate:
             labels={"sweep": "{sweep}"},
         ),
         done=f"{RESULTS}/sweeps/{{sweep}}/dataset.done.json",
+        curves=f"{RESULTS}/sweeps/{{sweep}}/curves.nc",
     log:
         f"{LOGS}/aggregate/{{sweep}}.log",
     conda:
@@ -31,4 +33,4 @@ rule aggregate:
         results=lambda wc, input: str(Path(input.index).parents[2]),
     shell:
         "python -m e3lib.cli aggregate --index {input.index} --results-root {params.results} "
-        "--out {output.dataset} > {log} 2>&1"
+        "--out {output.dataset} --curves {output.curves} > {log} 2>&1"

@@ -1,8 +1,9 @@
 # Fine-tuning and evaluation of one run: one `e3 run` job (it evaluates right after
 # training, in the same process, so the trained weights never leave the job). The job
 # first writes its resolved config (configs/{run}.json, from the in-memory plan, only if
-# changed) and then runs `e3 run` on it. Outputs: results.json + predictions.npz (written
-# by e3 run) and done.json (its status, written by stage.py: "ok" or "diverged"). Only
+# changed) and then runs `e3 run` on it. Outputs: results.json + predictions.npz +
+# curves.json (the loss history; written by e3 run) and done.json (its status, written by
+# stage.py: "ok" or "diverged"). Only
 # done.json is declared: a diverged run has no results.json yet is a finished job.
 # Checkpoints are in params, not outputs, so a retried (e.g. preempted, exit 4) job resumes.
 # A run whose config sets upstream.checkpoint has no upstream input: `e3 run` reads that
@@ -33,6 +34,6 @@ rule finetune:
     shell:
         "python workflow/scripts/stage.py --status {output.done} --log {log} "
         "--write {params.config} {params.config_text:q} "
-        "--expect {params.out}/results.json {params.out}/predictions.npz -- "
+        "--expect {params.out}/results.json {params.out}/predictions.npz {params.out}/curves.json -- "
         "python -m e3lib.cli run --config {params.config} {params.upstream} --out {params.out} "
         "--checkpoints {params.checkpoints} --log-mode plain"

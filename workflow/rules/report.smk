@@ -10,6 +10,8 @@ localrules:
 rule report:
     input:
         datasets=[dataset_path(s) for s in CONFIGURED_SWEEPS],
+        # read beside each dataset: the training-curves page of each sweep
+        curves=[f"{RESULTS}/sweeps/{s}/curves.nc" for s in CONFIGURED_SWEEPS],
     output:
         index=report(
             f"{REPORTS}/index.html",

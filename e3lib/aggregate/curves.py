@@ -1,0 +1,160 @@
+"""Training curves of a sweep → one xarray Dataset (``curves.nc`` beside ``dataset.nc``).
+
+Notation: R curves (the sweep's finished runs, then the upstreams they start from), P points
+(the longest curve's; shorter ones are NaN-padded).
+
+Layout (``format_version`` 1)
+-----------------------------
+dims        ``curve`` (R), ``point`` (P)
+curves      ``step``, ``loss``, ``ce``, ``aux_loss``, ``lr`` (curve, point): e3lib.curves
+            points (step = steps done when the point closed); NaN past a curve's end
+per curve   ``kind`` ("run" | "upstream"), ``id`` (run or upstream id), ``group`` (the
+            run's axis values "axis=value, ..."; "upstream <id>"), ``seed`` (-1 for an
+            upstream), one string variable per sweep axis (``axis_dim``; "" for an
+            upstream), ``upstream_id``, ``note`` ("" or why there is no curve: a result
+            written before curves were recorded), ``final_loss`` (last point),
+            ``plateau_drop``, ``plateaued`` (1 yes, 0 no, -1 unknown)
+attrs       sweep, axes (JSON), plateau_frac, plateau_threshold, format_version
+
+Only runs with status ok are curves here (the others are counted in dataset.nc). An
+upstream given as a checkpoint file (no pretraining) has no curve and is not listed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from e3lib.aggregate.axes import axis_dim, axis_label
+from e3lib.aggregate.dataset import resolve_result_path
+from e3lib.aggregate.formats import entry_status
+from e3lib.aggregate.schemas import read_json
+from e3lib.config import upstream_id
+from e3lib.curves import (
+    CURVES_FILE,
+    PLATEAU_FRAC,
+    PLATEAU_THRESHOLD,
+    QUANTITIES,
+    plateau,
+    read_curve,
+)
+
+CURVES_DATASET_FORMAT = 1
+NO_CURVE = f"no {CURVES_FILE} (a result written before training curves were recorded)"
+
+
+def curves_path(dataset: str | Path) -> Path:
+    """The curves file beside a sweep dataset: ``.../dataset.nc`` → ``.../curves.nc``."""
+    return Path(dataset).with_name("curves.nc")
+
+
+def _upstream_of(entry: Mapping[str, Any], result: Mapping[str, Any]) -> str | None:
+    if result.get("upstream_id"):
+        return str(result["upstream_id"])
+    config = result.get("config") or entry.get("config")
+    if config and not (config.get("upstream") or {}).get("checkpoint"):
+        return upstream_id(config)
+    return None
+
+
+def _row(kind: str, ident: str, group: str, seed: int, curve: dict | None, **extra) -> dict:
+    row = {"kind": kind, "id": ident, "group": group, "seed": seed, "curve": curve}
+    row.update(extra)
+    return row
+
+
+def build_curves(index: Mapping[str, Any], results_root: str | Path) -> xr.Dataset:
+    """Read the curves.json of every finished run of the sweep and of their upstreams."""
+    root = Path(results_root)
+    axes: list[str] = list(index["axes"])
+    rows, upstreams = [], {}
+    for entry in index["entries"]:
+        if entry.get("kind", "run") != "run":
+            continue  # deep ensembles train nothing of their own
+        result_path = resolve_result_path(entry["result"], root)
+        state, _ = entry_status(result_path.parent / "done.json")
+        if state != "ok" or not result_path.exists():
+            continue
+        result = read_json(result_path)
+        labels = {a: axis_label(entry["axes"].get(a)) for a in axes}
+        group = ", ".join(f"{a}={labels[a]}" for a in axes) or "all runs"
+        curve = read_curve(result_path.parent / CURVES_FILE)
+        up = _upstream_of(entry, result)
+        if up is not None:
+            upstreams.setdefault(up, None)
+        rows.append(
+            _row("run", entry["id"], group, int(entry["seed"]), curve, axes=labels, up=up or "")
+        )
+    for up in upstreams:
+        up_dir = root / "upstream" / up
+        if not (up_dir / "done.json").exists():
+            note = f"no upstream done file {up_dir / 'done.json'}"
+            rows.append(_row("upstream", up, f"upstream {up}", -1, None, axes={}, up=up, note=note))
+            continue
+        if "train" not in read_json(up_dir / "done.json"):
+            continue  # a registered checkpoint: nothing was trained here
+        curve = read_curve(up_dir / CURVES_FILE)
+        rows.append(_row("upstream", up, f"upstream {up}", -1, curve, axes={}, up=up))
+    return _to_dataset(index, axes, rows)
+
+
+def _to_dataset(index: Mapping[str, Any], axes: list[str], rows: list[dict]) -> xr.Dataset:
+    R = len(rows)
+    P = max([1] + [len(r["curve"]["step"]) for r in rows if r["curve"]])
+    values = {q: np.full((R, P), np.nan) for q in ("step",) + QUANTITIES}  # (R, P)
+    final = np.full(R, np.nan)
+    drop = np.full(R, np.nan)
+    plateaued = np.full(R, -1, dtype=np.int8)
+    notes = []
+    for i, r in enumerate(rows):
+        c = r["curve"]
+        notes.append("" if c else r.get("note", NO_CURVE))
+        if not c:
+            continue
+        n = len(c["step"])
+        for q in values:
+            values[q][i, :n] = np.asarray(c[q], dtype=np.float64)
+        if n:
+            final[i] = float(c["loss"][-1])
+        p = plateau(c["loss"])
+        if p["drop"] is not None:
+            drop[i], plateaued[i] = p["drop"], int(p["plateaued"])
+    data_vars: dict[str, Any] = {
+        q: (("curve", "point"), values[q], {"kind": "curve"}) for q in values
+    }
+    per_curve = {
+        "kind": [r["kind"] for r in rows],
+        "id": [r["id"] for r in rows],
+        "group": [r["group"] for r in rows],
+        "upstream_id": [r["up"] for r in rows],
+        "note": notes,
+    }
+    for name, vals in per_curve.items():
+        data_vars[name] = ("curve", np.asarray(vals, dtype=str).reshape(R))
+    for a in axes:
+        data_vars[axis_dim(a)] = (
+            "curve",
+            np.asarray([r["axes"].get(a, "") for r in rows], dtype=str).reshape(R),
+            {"axis_name": a},
+        )
+    data_vars["seed"] = ("curve", np.asarray([r["seed"] for r in rows], dtype=np.int64))
+    data_vars["final_loss"] = ("curve", final)
+    data_vars["plateau_drop"] = ("curve", drop)
+    data_vars["plateaued"] = (
+        "curve",
+        plateaued,
+        {"flag_values": np.asarray([-1, 0, 1], np.int8), "flag_meanings": "unknown no yes"},
+    )
+    attrs = {
+        "format_version": CURVES_DATASET_FORMAT,
+        "sweep": index["sweep"],
+        "axes": json.dumps(axes),
+        "plateau_frac": PLATEAU_FRAC,
+        "plateau_threshold": PLATEAU_THRESHOLD,
+    }
+    return xr.Dataset(data_vars, attrs=attrs)

@@ -1,0 +1,132 @@
+"""Training curves through aggregation and the report: curves.nc gathers the runs' and
+upstreams' curves.json (a run without one is listed, not dropped), and the sweep's curves
+page shows the final loss and the plateau statistic, hand-derived below."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from done_files import write_done_files
+
+from e3lib import aggregate
+from e3lib.aggregate.curves import NO_CURVE, build_curves
+from e3lib.curves import plateau
+from e3lib.report import cli_report, synthetic
+
+# 10 points each, so the plateau windows are single points (w = max(1, ⌊10·0.1⌋) = 1):
+#   e3 seed 0:  prev 1.00, last 0.99 → drop 1%      → plateaued
+#   e3 seed 1:  prev 1.20, last 1.01 → drop 15.83%  → not
+#   e3 mean:    prev 1.10, last 1.00 → drop 9.09%   → not; final (0.99 + 1.01)/2 = 1.00
+#   vmoe seed 0: flat 2.0 → drop 0 → plateaued; seed 1 has no curves.json (old result)
+#   upstream:   prev 1.04, last 1.04 → drop 0 → plateaued; final 1.04
+LOSS = {
+    ("e3", 0): [2.0] * 8 + [1.0, 0.99],
+    ("e3", 1): [2.0] * 8 + [1.2, 1.01],
+    ("vmoe", 0): [3.0] * 8 + [2.0, 2.0],
+}
+UPSTREAM = [5.0, 4.0, 3.0, 2.0, 1.5, 1.2, 1.1, 1.05, 1.04, 1.04]
+CELLS = [
+    {"axes": {"method": m}, "metrics": {"nll": [0.6, 0.61]}, "gflops": 1.0} for m in ("e3", "vmoe")
+]
+
+
+def curve_file(loss):
+    n = len(loss)
+    return {
+        "format": 1,
+        "log_every": 3,
+        "steps": 3 * n,
+        "first_step": 0,
+        "step": [3 * (j + 1) for j in range(n)],
+        "loss": loss,
+        "ce": [v - 0.01 for v in loss],
+        "aux_loss": [0.01] * n,
+        "lr": [0.1] * n,
+        "plateau": plateau(loss),
+    }
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    index_path = synthetic.write_sweep(tmp_path, "toy", ["method"], [0, 1], CELLS)
+    write_done_files(tmp_path, index_path)
+    index = json.loads(Path(index_path).read_text())
+    for e in index["entries"]:
+        run = tmp_path / "runs" / e["id"]
+        results = json.loads((run / "results.json").read_text())
+        results["upstream_id"] = "up1"
+        (run / "results.json").write_text(json.dumps(results))
+        key = (e["axes"]["method"], e["seed"])
+        if key in LOSS:
+            (run / "curves.json").write_text(json.dumps(curve_file(LOSS[key])))
+    up = tmp_path / "upstream" / "up1"
+    up.mkdir(parents=True)
+    (up / "done.json").write_text(json.dumps({"status": "ok", "train": {"steps": 30}}))
+    (up / "curves.json").write_text(json.dumps(curve_file(UPSTREAM)))
+    return tmp_path, index_path
+
+
+def test_build_curves_gathers_runs_and_their_upstream(sweep):
+    root, index_path = sweep
+    ds = build_curves(aggregate.load_index(index_path), root)
+    assert ds.sizes == {"curve": 5, "point": 10}
+    kinds = list(ds["kind"].values)
+    assert kinds.count("run") == 4 and kinds[-1] == "upstream"
+    by = {(str(g), int(s)): i for i, (g, s) in enumerate(zip(ds["group"].values, ds["seed"]))}
+    e3_1 = by[("method=e3", 1)]
+    assert list(ds["loss"].values[e3_1]) == LOSS[("e3", 1)]
+    assert list(ds["step"].values[e3_1]) == [3.0 * (j + 1) for j in range(10)]
+    assert ds["plateau_drop"].values[e3_1] == pytest.approx(0.19 / 1.2)
+    assert ds["plateaued"].values[e3_1] == 0
+    assert ds["plateaued"].values[by[("method=e3", 0)]] == 1
+    old = by[("method=vmoe", 1)]
+    assert str(ds["note"].values[old]) == NO_CURVE and np.isnan(ds["loss"].values[old]).all()
+    assert ds["plateaued"].values[old] == -1
+    up = by[("upstream up1", -1)]
+    assert ds["final_loss"].values[up] == 1.04 and str(ds["id"].values[up]) == "up1"
+    assert list(ds["method"].values) == ["e3", "e3", "vmoe", "vmoe", ""]
+
+
+def test_aggregate_writes_curves_beside_the_dataset(sweep):
+    root, index_path = sweep
+    out = root / "sweeps" / "toy" / "dataset.nc"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["--index", str(index_path), "--results-root", str(root), "--out", str(out)]
+    assert aggregate.cli_aggregate(args) == 0
+    with xr.open_dataset(out.with_name("curves.nc")) as ds:
+        assert ds.sizes["curve"] == 5 and ds.attrs["plateau_threshold"] == 0.02
+        assert int((ds["note"] == "").sum()) == 4
+
+
+def test_report_curves_page_table_and_missing_curves(sweep, tmp_path):
+    root, index_path = sweep
+    out = root / "sweeps" / "toy" / "dataset.nc"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["--index", str(index_path), "--results-root", str(root), "--out", str(out)]
+    assert aggregate.cli_aggregate(args) == 0
+    site = tmp_path / "site"
+    assert cli_report(["--datasets", str(out), "--out", str(site)]) == 0
+    assert 'href="curves_toy.html"' in (site / "sweep_toy.html").read_text()
+    page = (site / "curves_toy.html").read_text()
+    assert (site / "figures" / "curves_toy.png").stat().st_size > 1000
+    rows = {
+        r.split("</td>")[1].split(">")[-1]: r
+        for r in page.split("<tr>")
+        if r.startswith('<td class="label">')
+    }
+    e3 = rows["method=e3"]
+    assert ">2/2<" in e3 and ">1.0000<" in e3 and ">9.09%<" in e3 and ">no<" in e3
+    assert ">1/2<" in e3  # seeds plateaued
+    vmoe = rows["method=vmoe"]
+    assert ">1/2<" in vmoe and ">2.0000<" in vmoe and ">0.00%<" in vmoe and ">yes<" in vmoe
+    up = rows["upstream up1"]
+    assert ">1.0400<" in up and ">yes<" in up
+    assert "Runs without a curve (1)" in page and "written before training curves" in page
+
+    # A dataset aggregated before curves were collected: the page says so.
+    out.with_name("curves.nc").unlink()
+    assert cli_report(["--datasets", str(out), "--out", str(site)]) == 0
+    page = (site / "curves_toy.html").read_text()
+    assert "No training curves" in page and "run `e3 aggregate` again" in page
