@@ -1,7 +1,7 @@
 """Training speed of the demo fine-tune, measured in one run on this machine.
 
 Prints:
-1. steps/s of the demo fine-tune (sweeps/demo.yaml's model and data, batch 64) for ViT,
+1. steps/s of the demo fine-tune (model size `demo`, 16 px, batch 64) for ViT,
    V-MoE (K=2) and E³ (K=1, M=2), after the first (compiling) step, through the real training loop;
 2. the E³ / V-MoE step-time ratio beside the ratio of their XLA-compiled training FLOPs;
 3. two seeds of E³ fine-tuned (and evaluated) packed in one ``e3 run`` process vs two
@@ -23,7 +23,7 @@ import time
 from contextlib import redirect_stderr
 from pathlib import Path
 
-from bench_step import DEMO as DEMO_BASE  # the demo's model and data (sweeps/demo.yaml)
+from bench_step import DEMO as DEMO_BASE  # the demo's model and data (size `demo`, 16 px)
 
 CASES = {
     "ViT": {"method": "vit"},

@@ -34,6 +34,19 @@ def test_demo_suite_has_the_papers_structure():
         assert counts.min() >= 25  # enough for the 25-shot setting
 
 
+def test_digits_read_without_sklearn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from e3lib.data.embedded import _digits
+
+    images, labels = _digits()
+    ref = load_digits()
+    assert images.shape == (1797, 8, 8) and images.dtype == np.float64
+    np.testing.assert_array_equal(images, ref.images / 16.0)
+    np.testing.assert_array_equal(labels, ref.target)
+    assert labels.dtype == np.int32 and images.max() == 1.0 and images.min() == 0.0
+
+
 def test_demo_splits_are_disjoint_and_deterministic():
     a, b = demo_suite.__wrapped__(16), demo_suite.__wrapped__(16)  # rebuilt, not cached
     assert np.array_equal(a.train.images, b.train.images)

@@ -48,10 +48,21 @@ FEWSHOT_POOL_PER_CLASS = 30  # ≥ 25, the largest shot count of the paper
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    """scikit-learn's 8×8 digits, (1797, 8, 8) intensities in [0, 1] and labels.
 
-    d = load_digits()
-    return (d.images / 16.0).astype(np.float64), d.target.astype(np.int32)  # (1797, 8, 8)
+    Read from the CSV file scikit-learn ships (what ``sklearn.datasets.load_digits`` reads,
+    with the same parsing) without importing scikit-learn, whose import costs seconds in
+    every job; ``tests/test_data.py`` pins the arrays equal to ``load_digits``."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ImportError("the embedded data needs scikit-learn's digits: pip install scikit-learn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    data = np.loadtxt(path, delimiter=",")  # (1797, 65): 64 pixels, then the label
+    images = data[:, :-1].reshape(-1, 8, 8)  # (1797, 64) → (1797, 8, 8)
+    return (images / 16.0).astype(np.float64), data[:, -1].astype(np.int32)
 
 
 def _resize(gray: np.ndarray, size: int) -> np.ndarray:
