@@ -6,11 +6,12 @@ prints one line per configuration: the upstream's loss and error on its training
 the fine-tune's final loss and, on the clean test split, error, NLL and ECE (mean ± sample
 standard deviation over the seeds), and the wall time of each stage.
 
-    .venv/bin/python benchmarks/small_regime.py --grid upstream_steps [--workdir DIR]
+    .venv/bin/python benchmarks/small_regime.py --grid upstream [--workdir DIR]
 
-Grids (``GRIDS``): ``upstream_steps`` (V-MoE and ViT after 300/1000/3000 upstream steps),
-``finetune_steps`` (100 vs 300 fine-tuning steps), ``experts`` (V-MoE K=1 with E = 2, 4, 8,
-old and new upstream budget), ``methods`` (ViT, V-MoE, E³ at the chosen budget). Upstreams
+Grids (``GRIDS``): ``upstream`` (V-MoE after 300/1000/3000 upstream steps at lr 1e-3 and
+1000 at 3e-3, ViT after 1000 at both rates; fine-tune 100 steps), ``finetune`` (ViT, V-MoE,
+E³ fine-tuned 100 or 300 steps from the chosen upstream), ``experts`` (V-MoE K=1 with
+E = 2, 4, 8 under the old budget and the chosen one). Upstreams
 and fine-tunes are cached in ``--workdir`` by the hash of their config, so grids sharing an
 upstream train it once. Corrupted, OOD and few-shot evaluation are off (clean test only).
 """
@@ -33,20 +34,30 @@ sys.path.insert(0, str(ROOT))
 
 EVAL_OFF = ["eval.corrupted=false", "eval.ood=false", "eval.fewshot=false"]
 VMOE2 = "method=vmoe,model.num_selected=2,upstream.num_selected=2"
+E3 = "method=e3,model.num_selected=1,model.ensemble_size=2,upstream.num_selected=2"
+NEW_UP = "upstream.steps=1000,upstream.lr=0.003"  # recipes/small.yaml
 GRIDS = {
-    "upstream_steps": [f"{VMOE2},upstream.steps={s}" for s in (300, 1000, 3000)]
-    + [f"method=vit,upstream.steps={s}" for s in (300, 1000, 3000)],
-    "finetune_steps": [f"{VMOE2},upstream.steps=3000,finetune.steps={s}" for s in (100, 300)],
-    "experts": [
-        f"method=vmoe,model.num_selected=1,model.num_experts={e},upstream.steps={s}"
-        for s in (300, 3000)
-        for e in (2, 4, 8)
-    ],
-    "methods": [
-        "method=vit,upstream.steps=3000",
+    # upstream budget, fine-tune 100 steps (the old default)
+    "upstream": [
+        f"{VMOE2},upstream.steps=300",
+        f"{VMOE2},upstream.steps=1000",
         f"{VMOE2},upstream.steps=3000",
-        "method=e3,model.num_selected=1,model.ensemble_size=2,upstream.num_selected=2,"
-        "upstream.steps=3000",
+        f"{VMOE2},{NEW_UP}",
+        "method=vit,upstream.steps=1000",
+        f"method=vit,{NEW_UP}",
+    ],
+    # fine-tune budget on the chosen upstream
+    "finetune": [
+        f"{m},{NEW_UP},finetune.steps={s}" for s in (100, 300) for m in ("method=vit", VMOE2, E3)
+    ],
+    # V-MoE K=1 with E = 2, 4, 8: old budget (upstream 300 steps, fine-tune 100) and new
+    "experts": [
+        f"method=vmoe,model.num_selected=1,model.num_experts={e},upstream.steps=300"
+        for e in (2, 4, 8)
+    ]
+    + [
+        f"method=vmoe,model.num_selected=1,model.num_experts={e},{NEW_UP},finetune.steps=300"
+        for e in (2, 4, 8)
     ],
 }
 SEEDS = (0, 1, 2)
