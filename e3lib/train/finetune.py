@@ -84,7 +84,7 @@ def finetune_job(cfgs: Sequence[RunConfig], suite, model) -> Job:
     ft = cfgs[0].finetune
     # BatchEnsemble: fast weights at be_lr_scale × the learning rate (App. G.1).
     optimizer = with_fast_weight_lr_scale(finetune_optimizer(ft), cfgs[0])
-    seeds = tuple(c["seed"] for c in cfgs)
+    seeds = tuple(c.seed for c in cfgs)
     streamed = isinstance(suite, StreamSuite)
     stream = (
         StepBatches(
