@@ -87,9 +87,9 @@ class Step:
         from e3lib.train import Job, finetune_optimizer, init_params, initial_state, make_train_step
 
         self.cfg = cfg = resolve(merged(overrides, {"finetune": {"batch_size": batch}}))
-        size = cfg["data"]["image_size"]
+        size = cfg.data.image_size
         model = build_model(cfg, NUM_CLASSES)
-        optimizer = finetune_optimizer(cfg["finetune"])
+        optimizer = finetune_optimizer(cfg.finetune)
         job = Job(
             model=model,
             optimizer=optimizer,
@@ -97,7 +97,7 @@ class Step:
             images=np.zeros((1, size, size, 3), np.uint8),
             labels=np.zeros(1, np.int32),
             batch_size=batch,
-            steps=cfg["finetune"]["steps"],
+            steps=cfg.finetune.steps,
             seeds=(0,),
         )
         self.state = initial_state(optimizer, init_params(model, 0, size), 0)

@@ -32,7 +32,8 @@ CASES = {
 }
 
 
-def case_config(name: str, steps: int, **extra) -> dict:
+def case_config(name: str, steps: int, **extra):
+    """The resolved config (``RunConfig``) of a case."""
     from e3lib.config import resolve
 
     over = json.loads(json.dumps(DEMO_BASE))
@@ -44,7 +45,7 @@ def case_config(name: str, steps: int, **extra) -> dict:
     return resolve(over)
 
 
-def loop_steps_per_second(cfg: dict) -> tuple[float, float]:
+def loop_steps_per_second(cfg) -> tuple[float, float]:
     """(steady-state steps/s, first-step seconds) of the fine-tuning loop, no checkpoints."""
     from e3lib import train
     from e3lib.data import load_suite
@@ -53,9 +54,7 @@ def loop_steps_per_second(cfg: dict) -> tuple[float, float]:
     suite = load_suite(cfg)
     model = build_model(cfg, suite.num_classes)
     job = train.finetune_job([cfg], suite, model)
-    state = train.initial_state(
-        job.optimizer, train.init_params(model, cfg["seed"], 16), cfg["seed"]
-    )
+    state = train.initial_state(job.optimizer, train.init_params(model, cfg.seed, 16), cfg.seed)
     with redirect_stderr(io.StringIO()):
         _, summary = train.train(job, state, None, "plain")
     steady = summary["train_seconds"] - summary["first_step_seconds"]
@@ -123,7 +122,7 @@ def main() -> None:
         cfgs = []
         for seed in (0, 1):
             cfgs.append(tmp / f"seed{seed}.json")
-            cfgs[-1].write_text(json.dumps(case_config("E3", a.steps) | {"seed": seed}))
+            cfgs[-1].write_text(json.dumps(case_config("E3", a.steps).to_dict() | {"seed": seed}))
         separate = sum(
             run_process([c], [tmp / f"sep{i}"], str(tmp / f"cache{i}")) for i, c in enumerate(cfgs)
         )

@@ -29,12 +29,13 @@ from e3lib.models.batchensemble import (
 from e3lib.models.convert import convert_for_config
 from e3lib.models.mimo import member_positions, shuffled_rows, unshuffle
 from e3lib.models.params import count_tree
+from e3lib.run_config import RunConfig
 
 IMAGE, CLASSES, BATCH = 8, 3, 4
 RNGS = {"dropout": jax.random.key(7), "gating": jax.random.key(8)}
 
 
-def cfg_of(method: str, **model) -> dict:
+def cfg_of(method: str, **model) -> RunConfig:
     return resolve({"method": method, "model": model, "data": {"image_size": IMAGE}})
 
 
@@ -42,7 +43,7 @@ def images(batch: int = BATCH, seed: int = 0) -> jax.Array:
     return jax.random.normal(jax.random.key(seed), (batch, IMAGE, IMAGE, 3))
 
 
-def shapes(cfg: dict):
+def shapes(cfg: RunConfig):
     net = build_model(cfg, CLASSES)
     return jax.eval_shape(lambda: net.init({"params": jax.random.key(0)}, images(), train=False))[
         "params"
@@ -72,13 +73,13 @@ def init(cfg: dict, seed: int = 1):
 
 @functools.cache
 def _compiled_eval(cfg_json: str):
-    net = build_model(json.loads(cfg_json), CLASSES)
+    net = build_model(resolve(json.loads(cfg_json)), CLASSES)
     return jax.jit(lambda p, x: net.apply({"params": p}, x, train=False))
 
 
 def evaluate(cfg, params, x):
     """Evaluation-mode (logits, aux) of ``cfg``'s model; one compilation per config."""
-    return _compiled_eval(json.dumps(cfg, sort_keys=True))(params, x)
+    return _compiled_eval(json.dumps(cfg.to_dict(), sort_keys=True))(params, x)
 
 
 # ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from e3lib import sweep
+from e3lib.config import resolve
 from e3lib.cost.analytic import analytic_gflops, analytic_params
 from e3lib.models import build_model
 from e3lib.models.params import count_tree
@@ -38,8 +39,10 @@ def test_table12_small_variant_builds_every_baseline_row():
     assert {c["model"]["mimo_batch_repetition"] for c in runs["mimo"]} == {1, 2}
     assert {c["model"]["expert_dropout"] for c in runs["mc_dropout"]} == {0.1}
     for method in BASELINES:
-        for cfg in runs[method][:2]:
-            size = cfg["data"]["image_size"]
+        for stored in runs[method][:2]:
+            cfg = resolve(stored)  # the plan holds plain dicts; the builders take RunConfig
+            assert cfg.to_dict() == stored
+            size = cfg.data.image_size
             net = build_model(cfg, 10)
             x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
             variables = jax.eval_shape(
@@ -74,8 +77,6 @@ def test_baseline_rows_in_other_variants(name, variant):
 
 def test_baseline_gflops_by_hand_and_against_table12():
     def cfg(method, size="tiny", image=16, **model):
-        from e3lib.config import resolve
-
         return resolve(
             {"method": method, "model": dict(size=size, **model), "data": {"image_size": image}}
         )

@@ -115,7 +115,7 @@ def write_run(d, run_id, upstream, probs, labels, cost=1.0):
         {
             "run_id": run_id,
             "status": "ok",
-            "config": cfg,
+            "config": cfg.to_dict(),  # as results store it
             "upstream_id": upstream,
             "cost": {"gflops_per_image_train": cost, "params": 10},
             "records": [],

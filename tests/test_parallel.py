@@ -76,13 +76,13 @@ def test_mesh_is_not_part_of_the_run_id_and_is_type_checked_by_resolve():
     meshed = resolve(
         {"method": "e3", "model": {"ensemble_size": 2}, "mesh": {"data": -1, "expert": 2}}
     )
-    assert meshed["mesh"] == {"data": -1, "expert": 2}
+    assert meshed.mesh == {"data": -1, "expert": 2}
     assert (
         run_id(meshed)
         == run_id(plain)
         == run_id(resolve({"method": "e3", "model": {"ensemble_size": 2}, "mesh": "auto"}))
     )
-    assert stale_fields(plain, meshed) == []
+    assert stale_fields(plain.to_dict(), meshed.to_dict()) == []  # as results store them
     for bad, field, words in (
         ({"data": 0}, "mesh.data", "positive integer or -1"),
         ({"data": -1, "expert": -1}, "mesh", "at most one axis"),

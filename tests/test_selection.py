@@ -290,7 +290,7 @@ def test_tiny_run_and_ensemble_write_val_records(tmp_path):
     outs = [tmp_path / "r0", tmp_path / "r1"]
     paths = [tmp_path / f"cfg{s}.json" for s in (0, 1)]
     for path, cfg in zip(paths, cfgs):
-        path.write_text(json.dumps(cfg))
+        path.write_text(json.dumps(cfg.to_dict()))
     # `e3 run` with two seeds packed in one process (one compile)
     assert (
         train.cli_run(

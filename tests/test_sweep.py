@@ -682,6 +682,7 @@ def test_every_paper_job_requests_devices_that_hold_its_step():
     GPU count hold the step (analytic per-device estimate + 10% headroom), so the
     workflow's fit check (``check_fits``) passes them all."""
     from e3lib.parallel.fitcheck import GIB, HEADROOM, analytic_bytes, tpu_devices
+    from e3lib.run_config import RunConfig
 
     checked = set()
     for path, sweep in paper_plans():
@@ -699,8 +700,9 @@ def test_every_paper_job_requests_devices_that_hold_its_step():
             res = S.job_resources(cfg, "finetune")
             chip, devices = tpu_devices(res["tpu_type"])
             mem = {"v3": 16, "v4": 32, "v5p": 95}[chip]
-            assert analytic_bytes(cfg, devices) * HEADROOM <= mem * GIB, (path.stem, rid)
-            assert analytic_bytes(cfg, res["gpus"]) * HEADROOM <= 80 * GIB, (path.stem, rid)
+            typed = RunConfig.from_dict(cfg)  # a sweep's run config, resolved at expansion
+            assert analytic_bytes(typed, devices) * HEADROOM <= mem * GIB, (path.stem, rid)
+            assert analytic_bytes(typed, res["gpus"]) * HEADROOM <= 80 * GIB, (path.stem, rid)
             assert cfg["finetune"]["batch_size"] % devices == 0
     assert len(checked) > 20
 

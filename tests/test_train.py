@@ -291,7 +291,7 @@ def test_finetune_optimizer_clips_global_norm_then_sgd_momentum():
                 "end_lr": 1.0,
             }
         }
-    )["finetune"]
+    ).finetune
     opt = train.finetune_optimizer(ft)
     params = {"w": jnp.zeros(2)}
     state = opt.init(params)

@@ -44,7 +44,7 @@ def _run(tmp_path, prefix):
         "eval": {"corrupted": False, "ood": False, "fewshot": False, "batch_size": 64},
     }
     path = tmp_path / "run.json"
-    path.write_text(json.dumps(resolve(cfg)))
+    path.write_text(json.dumps(resolve(cfg).to_dict()))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(

@@ -64,7 +64,7 @@ def put(path, x):
 meshed = load_checkpoint_for_run(prefix, fresh, cfg_mesh, put=put)
 vmoe_sharded._read_bytes = read_bytes
 single = load_checkpoint_for_run(prefix, fresh, cfg)
-state = placement.put_state(initial_state(finetune_optimizer(cfg_mesh["finetune"]), meshed, 0))
+state = placement.put_state(initial_state(finetune_optimizer(cfg_mesh.finetune), meshed, 0))
 
 leaves = {}
 flat_single = traverse_util.flatten_dict(single, sep="/")

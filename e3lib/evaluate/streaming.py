@@ -233,15 +233,17 @@ def ensemble_streamed_records(run_dirs, results: Sequence[Mapping]) -> list[dict
     config and parameters (``run/params``) and every set is re-read batch by batch."""
     from pathlib import Path
 
+    from e3lib.config import resolve
     from e3lib.data.stream_suite import open_stream_suite
     from e3lib.models import build_model
     from e3lib.models.convert import restore_params
 
-    cfg0 = results[0]["config"]
+    cfgs = [resolve(res["config"]) for res in results]  # stored as plain dicts
+    cfg0 = cfgs[0]
     suite = open_stream_suite(cfg0)
     predictors = []
-    for run_dir, res in zip(run_dirs, results):
-        model = build_model(res["config"], suite.num_classes)
+    for run_dir, cfg in zip(run_dirs, cfgs):
+        model = build_model(cfg, suite.num_classes)
         params = restore_params(Path(run_dir) / PARAMS_DIR, key=None)
         predictors.append(run_predictor(model, params))
     return stream_records(predictors, suite, cfg0)[0]

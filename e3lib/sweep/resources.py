@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from e3lib.config import as_dict
+from e3lib.run_config import RunConfig
 from e3lib.sweep.schema import SweepError
 
 # Per model size: accelerator for fine-tuning and for pretraining (Cloud TPU type, Slurm
@@ -30,14 +32,18 @@ SIZE_RESOURCES: dict[str, dict[str, Any]] = {
 STAGES = ("finetune", "upstream")  # order of the (fine-tune, pretraining) pairs above
 
 
-def job_resources(cfg: Mapping[str, Any], stage: str, attempt: int = 1) -> dict[str, Any]:
-    """Resources of one job from its run config; runtime and memory grow with ``attempt``.
+def job_resources(
+    cfg: RunConfig | Mapping[str, Any], stage: str, attempt: int = 1
+) -> dict[str, Any]:
+    """Resources of one job from its run config (resolved, or the plain dict of a sweep's
+    plan); runtime and memory grow with ``attempt``.
 
     Returns tpu_type, gpus, mem_mb, runtime (minutes). Runtime scales with the stage's
     steps relative to 1000 (at least 10 minutes per attempt).
     """
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}; allowed: {list(STAGES)}")
+    cfg = as_dict(cfg)
     table = SIZE_RESOURCES[cfg["model"]["size"]]
     i = STAGES.index(stage)
     steps = cfg["upstream"]["steps"] if stage == "upstream" else cfg["finetune"]["steps"]
@@ -56,7 +62,6 @@ def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
     """Why a fine-tuning job's requested TPU slice / GPUs cannot hold its train step
     (``e3lib.parallel.fitcheck``: the analytic estimate calibrated on compiled plans)."""
     from e3lib.parallel.fitcheck import request_problems
-    from e3lib.run_config import RunConfig
 
     res = job_resources(cfg, "finetune")
     mesh = cfg.get("mesh")
