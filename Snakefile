@@ -20,6 +20,7 @@ rule all:
     default_target: True
     input:
         report=f"{REPORTS}/index.html",
+        shown=report_stamp(),
         plans=[plan_stamp(s) for s in CONFIGURED_SWEEPS],
 
 

@@ -188,6 +188,14 @@ def index_tsv_path(root: str, sweep: str) -> str:
     return f"{root}/sweeps/{sweep}/index.tsv"
 
 
+def report_stamp_path(reports: str, datasets: Sequence[str]) -> str:
+    """The workflow report's record of the datasets it shows: ``{reports}/.rendered/{hash}``
+    of their paths (in order). The report job writes it and removes the others, so another
+    set of sweeps (or results root) finds its stamp missing and renders the report again,
+    with every job its datasets still need."""
+    return f"{reports}/.rendered/{short_hash([str(d) for d in datasets], 16)}"
+
+
 def config_text(obj: Any) -> str:
     """The text of a config file: canonical JSON on one line (what ids hash)."""
     return canonical_json(obj) + "\n"

@@ -125,6 +125,15 @@ def dataset_path(name):
     return f"{RESULTS}/sweeps/{name}/dataset.nc"
 
 
+def report_stamp():
+    """The report's stamp of the configured sweeps' datasets (e3lib.sweep.report_stamp_path):
+    missing when the report shows another set, so `all` renders it again, and Snakemake
+    schedules every job whose output the new datasets still lack."""
+    return e3sweep.report_stamp_path(
+        REPORTS, [dataset_path(s) for s in CONFIGURED_SWEEPS]
+    )
+
+
 # --------------------------------------------------------------------------- start-up checks
 # Only in the main Snakemake process (job processes on other hosts never touch locks or
 # results here), before Snakemake locks the directory and builds the DAG:

@@ -1,5 +1,10 @@
 # HTML report: every table and figure of the configured sweeps (reports/index.html), or
 # one paper table (reports/{table}.html) from only the sweeps that reproduce it.
+# Snakemake leaves an output alone while its inputs are missing (it takes them for
+# deleted intermediates), so the report also writes a stamp named by the datasets it
+# shows (reports/.rendered/{hash}; the others are removed). `all` asks for the stamp of
+# the configured sweeps: running another set of sweeps into the same results finds it
+# missing, renders the report again and schedules what those sweeps still need.
 
 
 localrules:
@@ -26,15 +31,18 @@ rule report:
             category="Figures",
             labels={"figure": "{name}"},
         ),
+        shown=report_stamp(),
     log:
         f"{LOGS}/report/index.log",
     conda:
         "../../environment.yml"
     params:
         reports=lambda wc, output: os.path.dirname(output[0]) or ".",
+        stamps=lambda wc, output: os.path.dirname(output.shown),
     shell:
         "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} > {log} 2>&1 "
-        "&& mkdir -p {output.figures}"
+        "&& mkdir -p {output.figures} && rm -f {params.stamps}/* "
+        "&& printf '%s\\n' {input.datasets} > {output.shown}"
 
 
 rule report_table:
