@@ -234,12 +234,18 @@ def _complete(cwd: Path, results: str, reports: str, sweep_file: str) -> None:
         [
             f"{results}/sweeps/{sweep.name}/dataset.nc",
             f"{results}/sweeps/{sweep.name}/dataset.done.json",
+            f"{results}/sweeps/{sweep.name}/curves.nc",
         ],
-        [f"{reports}/index.html"],
+        # the report of this sweep alone, with its stamp of the datasets it shows
+        [
+            f"{reports}/index.html",
+            S.report_stamp_path(reports, [f"{results}/sweeps/{sweep.name}/dataset.nc"]),
+        ],
     ]
     # As if the jobs finished a minute ago, in order, after the sweep file was written.
     t = time.time() - 60
     os.utime(cwd / sweep_file, (t - 1, t - 1))
+    shutil.rmtree(cwd / reports / ".rendered", ignore_errors=True)  # the report job's too
     for i, stage in enumerate(stages):
         for rel in stage:
             p = cwd / rel
@@ -283,6 +289,48 @@ def test_second_invocation_does_nothing_and_a_new_seed_runs_only_its_jobs(checko
     write_sweep(checkout, "grow", 3)  # back to the first plan: its index is rewritten
     back = smk(checkout, "-n", "--cores", "1", *conf)
     assert job_counts(back.stdout).get("sweep_index") == 1, back.stdout[-2000:]
+
+
+def test_sweeps_run_one_after_another_each_get_their_jobs_and_report(checkout):
+    """A's report is built; B's plan stamp was left by an interrupted run, older than it.
+    Snakemake leaves a present output alone while its inputs are missing, so running B
+    alone used to be "Nothing to be done": B's stamp of the report's datasets makes the
+    report rerun, and with it every job B's dataset still needs."""
+    a = write_sweep(checkout, "seq_a", 3)
+    base_b = {"model": {"size": "tiny", "num_experts": 8}, "upstream": {"num_selected": 1}}
+    b = write_sweep(checkout, "seq_b", 3, base=base_b)
+    res, rep = "res_seq", "rep_seq"
+    conf_a = ["--config", f"sweeps=[{a}]", f"results={res}", f"reports={rep}"]
+    conf_b = ["--config", f"sweeps=[{b}]", f"results={res}", f"reports={rep}"]
+    _complete(checkout, res, rep, a)
+    sweep_b = S.load_sweep(checkout / b)
+    stamp = checkout / res / "sweeps/seq_b/plan" / sweep_b.fingerprint()
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text(f"{sweep_b.fingerprint()}\n")
+    # both older than A's report, as in a checkout whose sweep files came first
+    t = (checkout / rep / "index.html").stat().st_mtime - 3600
+    for older in (stamp, checkout / b):
+        os.utime(older, (t, t))
+
+    r = smk(checkout, "-n", "--cores", "2", *conf_b)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = job_counts(r.stdout)
+    # B shares no run with A (E=8, not 4): 3 seeds of V-MoE and E3 from their one upstream
+    # (K=1), 3 ensemble replicates
+    assert counts.get("finetune") == 6 and counts.get("upstream") == 1, r.stdout[-3000:]
+    assert counts.get("ensemble") == 3
+    assert counts.get("sweep_index") == counts.get("aggregate") == counts.get("report") == 1
+    assert "sweep_plan" not in counts  # B's stamp is there
+    planned = set(re.findall(rf"output: {res}/runs/([0-9a-f]{{12}})/done.json", r.stdout))
+    assert planned == {e["id"] for e in sweep_b.entries if e["kind"] == "run"}
+
+    # B ran to its report; A alone again: only the report (A's dataset is up to date)
+    _complete(checkout, res, rep, b)
+    back = job_counts(smk(checkout, "-n", "--cores", "2", *conf_a).stdout)
+    assert back == {"report": 1, "all": 1, "total": 2}
+    # both: a report of the two datasets, nothing else
+    conf_ab = ["--config", f"sweeps=[{a},{b}]", f"results={res}", f"reports={rep}"]
+    assert job_counts(smk(checkout, "-n", "--cores", "2", *conf_ab).stdout) == back
 
 
 def test_table_target_runs_only_the_sweeps_of_that_table(checkout):
