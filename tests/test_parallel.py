@@ -284,6 +284,7 @@ def test_two_processes_run_end_to_end_write_once_and_agree_on_preemption(tmp_pat
             assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
     # results written once: only the writer's temporary-then-rename files, no stray copies
     assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == [
+        "curves.json",
         "predictions.npz",
         "results.json",
     ]

@@ -1,8 +1,10 @@
 """The typed run config: what ``resolve`` returns, its dict form and the run ids it keeps.
 
 ``tests/fixtures/run_ids_small.json`` holds the run and upstream ids of every shipped
-sweep's ``small`` variant as expanded when ``resolve`` still returned a plain dict: the typed
-config must hash to exactly these.
+sweep's ``small`` variant. Written first when ``resolve`` still returned a plain dict (the
+typed config hashed to exactly those ids), it now pins them against unnoticed changes: a
+deliberate change of a shipped sweep or of its recipe rewrites it with
+``python tests/test_run_config.py --write-pinned`` (and says so in its commit).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from e3lib.run_config import SECTIONS, ModelConfig, RunConfig, require_run_confi
 from e3lib.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-PINNED = json.loads((ROOT / "tests" / "fixtures" / "run_ids_small.json").read_text())
+PINNED_FILE = ROOT / "tests" / "fixtures" / "run_ids_small.json"
+PINNED = json.loads(PINNED_FILE.read_text())
+
+
+def small_ids(name: str) -> dict:
+    """Sorted run and upstream ids of one shipped sweep's small variant."""
+    sweep = load_sweep(ROOT / "sweeps" / name, "small")
+    return {"runs": sorted(sweep.runs), "upstreams": sorted(set(sweep.run_upstream.values()))}
 
 
 def test_resolve_returns_the_typed_config_with_typed_fields():
@@ -87,9 +96,8 @@ def test_to_dict_round_trips_and_keeps_the_resolved_dict():
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_shipped_small_sweeps_keep_their_run_ids(name):
+    assert small_ids(name) == PINNED[name]
     sweep = load_sweep(ROOT / "sweeps" / name, "small")
-    assert sorted(sweep.runs) == PINNED[name]["runs"]
-    assert sorted(set(sweep.run_upstream.values())) == PINNED[name]["upstreams"]
     for rid, d in sweep.runs.items():
         cfg = resolve(d, job=True)  # a job config read back, as `e3 run` does
         assert cfg.to_dict() == d and RunConfig.from_dict(d).to_dict() == d
@@ -107,3 +115,12 @@ def test_consumers_refuse_a_plain_dict():
         finetune_and_evaluate([plain], None, ["unused"], None)
     with pytest.raises(TypeError, match="RunConfig"):
         require_run_config(plain, "here")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--write-pinned"]:
+        sys.exit("usage: python tests/test_run_config.py --write-pinned")
+    names = sorted(p.name for p in (ROOT / "sweeps").glob("*.yaml"))
+    PINNED_FILE.write_text(json.dumps({n: small_ids(n) for n in names}, indent=1) + "\n")

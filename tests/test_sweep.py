@@ -599,7 +599,8 @@ def test_demo_sweep_is_small():
     sw = S.load_sweep(REPO / "sweeps" / "demo.yaml")
     runs = runs_of(sw)
     assert 6 <= len(runs) <= 10
-    assert {e["config"]["model"]["size"] for e in runs} == {"demo"}
+    assert {e["config"]["model"]["size"] for e in runs} == {"tiny"}
+    assert {e["config"]["finetune"]["steps"] for e in runs} == {300}  # recipes/small.yaml
     assert {e["config"]["data"]["image_size"] for e in runs} == {16}
     assert len({e["seed"] for e in runs}) >= 2
     assert any(e["kind"] == "ensemble" for e in sw.entries)

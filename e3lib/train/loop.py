@@ -226,6 +226,8 @@ def train(
         return placement.put_batch(lambda rows: batch_at(job, t, rows), job.batch_size, job.packed)
 
     step = _step_of(placement, state)
+    if resumed_from is None and step > 0:  # started from a state past step 0, no checkpoint
+        recorder.restore(None, step)
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)
     t0, compile_seconds, metrics = time.perf_counter(), None, None
