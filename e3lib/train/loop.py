@@ -255,7 +255,9 @@ def train(
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
                 raise Diverged(step, float(losses[bad[0]]), int(bad[0]) if job.packed else None)
-            recorder.add(step, {k: placement.fetch(metrics[k]) for k in MEASURED})
+            # the loss is already on the host (``losses``); fetch only the other quantities
+            rest = {k: placement.fetch(metrics[k]) for k in MEASURED if k != "loss"}
+            recorder.add(step, {"loss": losses, **rest})
             step += 1
             if checkpoints is not None:
                 checkpoints.save(
