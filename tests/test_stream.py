@@ -126,10 +126,14 @@ def test_worker_processes_and_their_state(records):
         src, "decode|flip_lr|value_range(-1,1)", 4, seed=2, process_index=0, process_count=1
     )
     want = take(ds, 6)
-    run = Stream(ds, workers=1)
+    run = Stream(ds, workers=2)
     got = [next(run) for _ in range(3)]
     saved = run.state_json()
+    assert json.loads(saved) == {"next_index": 3}  # the next batch, whatever the workers
+    run.set_state({"next_index": 1})  # a seek back while the workers read ahead
+    again = next(run)
     run.close()
+    np.testing.assert_array_equal(again["image"], want[1]["image"])
     resumed = Stream(ds, workers=1)
     resumed.load_state_json(saved)
     got += [next(resumed) for _ in range(3)]
@@ -137,6 +141,20 @@ def test_worker_processes_and_their_state(records):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g["index"], w["index"])
         np.testing.assert_array_equal(g["image"], w["image"])
+
+
+def test_state_index_reads_old_worker_pipeline_states():
+    from e3lib.data.stream import state_index
+
+    assert state_index({"next_index": 7}) == 7
+    # grain's interleaved worker state: worker 0 read batches 0, 2, 4; worker 1 read 1, 3
+    old = {
+        "next_index_in_cycle": 1,
+        "iterators_in_use_states": [{"next_index": 3}, {"next_index": 2}],
+    }
+    assert state_index(old) == 5
+    with pytest.raises(ValueError, match="next_index"):
+        state_index({"position": 3})
 
 
 @pytest.mark.parametrize("procs", [1, 2, 4])

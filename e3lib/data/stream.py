@@ -13,10 +13,11 @@ routing group of consecutive images, is the same for any P. Each epoch's example
 split into disjoint per-process shards that cover it, and example g's augmentation is
 drawn from ``np.random.default_rng([seed, g])`` — identical for any P and worker count.
 
-State. The pipeline is a grain ``MapDataset`` turned into an iterator; the iterator's
-state (``Stream.get_state``, a small JSON-able dict: the next batch index, per worker when
-decoding runs in worker processes) is saved with the training checkpoint and restored
-with ``Stream.set_state``; a resumed run continues at the exact next example.
+State. The pipeline is a grain ``MapDataset`` turned into an iterator; the stream's
+state (``Stream.get_state``, ``{"next_index": i}``, the next batch index whatever the
+number of worker processes) is saved with the training checkpoint and restored with
+``Stream.set_state``, which reopens the iterator at batch i: a resumed run continues at
+the exact next example.
 
 Evaluation reads positions 0 … ⌈N/B⌉·B − 1 in order, process p again its block of b of
 every batch; positions ≥ N are padding (``valid`` False), so every process runs the same
@@ -170,33 +171,59 @@ def eval_dataset(
 
 class Stream:
     """Iterator over a dataset of batches, with decoding in ``workers`` processes
-    (0: threads of this process) and ``prefetch`` batches read ahead."""
+    (0: threads of this process) and ``prefetch`` batches read ahead.
+
+    Its state is the index of the next batch, ``{"next_index": i}``: the dataset is a
+    MapDataset, so batch i is a pure function of i. ``set_state`` does not ask grain's
+    iterator (or its worker processes) to seek: it closes the iterator and builds a new
+    one over ``dataset[i:]``, started lazily on the next ``next``, so a restore or a seek
+    never races with workers that are already reading ahead.
+    """
 
     def __init__(
-        self, dataset: grain.MapDataset, workers: int = 0, threads: int = 4, prefetch: int = 4
+        self,
+        dataset: grain.MapDataset,
+        workers: int = 0,
+        threads: int = 4,
+        prefetch: int = 4,
     ):
-        it_ds = dataset.to_iter_dataset(
-            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
+        self.dataset, self.workers = dataset, workers
+        self.threads, self.prefetch = threads, prefetch
+        self._next = 0  # index of the next batch handed out
+        self._iter = None  # built on first use, over dataset[self._next:]
+
+    def _open(self):
+        ds = self.dataset[self._next :] if self._next else self.dataset
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=self.prefetch)
         )
-        if workers > 0:
+        if self.workers > 0:
             from absl import flags
 
             if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags
                 flags.FLAGS.mark_as_parsed()
-            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-        self._iter = iter(it_ds)
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+        return iter(it_ds)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        return next(self._iter)
+        if self._iter is None:
+            self._iter = self._open()
+        item = next(self._iter)
+        self._next += 1
+        return item
 
     def get_state(self) -> dict:
-        return self._iter.get_state()
+        return {"next_index": self._next}
 
     def set_state(self, state: dict) -> None:
-        self._iter.set_state(state)
+        index = state_index(state)
+        if index == self._next and self._iter is not None:
+            return
+        self.close()
+        self._next = index
 
     def state_json(self) -> str:
         return json.dumps(self.get_state(), sort_keys=True)
@@ -205,9 +232,22 @@ class Stream:
         self.set_state(json.loads(text))
 
     def close(self) -> None:
-        close = getattr(self._iter, "close", None)
+        it, self._iter = self._iter, None
+        close = getattr(it, "close", None)
         if close is not None:
             close()
+
+
+def state_index(state: dict) -> int:
+    """The next batch index of a saved stream state: ``{"next_index": i}``, or the state of
+    grain's worker pipeline that checkpoints written before held (k workers, worker j
+    having read batches j, j + k, …: the next batch is the sum of the workers' counts)."""
+    if "next_index" in state:
+        return int(state["next_index"])
+    workers = state.get("iterators_in_use_states")
+    if workers is None:
+        raise ValueError(f"not a stream state (no 'next_index'): {sorted(state)}")
+    return sum(int(w["next_index"]) for w in workers if w is not None)
 
 
 class StepBatches:
@@ -241,7 +281,7 @@ class StepBatches:
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         if step != self.next_step:
-            self.set_state([_seek_state(s.get_state(), step, self.workers) for s in self.streams])
+            self.set_state([{"next_index": step}] * len(self.streams))
         self._before = {k: v for k, v in self._before.items() if k >= step - 2}
         self._before[step] = self.get_state()
         batches = [next(s) for s in self.streams]
@@ -275,17 +315,3 @@ class StepBatches:
     def close(self) -> None:
         for s in self.streams:
             s.close()
-
-
-def _seek_state(template: dict, step: int, workers: int) -> dict:
-    """The iterator state whose next batch is ``step``: ``{"next_index": step}`` in
-    process; with k worker processes (grain's ``mp_prefetch``: worker i reads batches
-    i, i + k, …) the next worker is step mod k and worker i has read ⌈(step − i)/k⌉."""
-    if workers <= 0:
-        return {"next_index": step}
-    state = json.loads(json.dumps(template))
-    k = len(state["iterators_in_use_states"])
-    state["next_index_in_cycle"] = step % k
-    for i, worker in enumerate(state["iterators_in_use_states"]):
-        worker["next_index"] = max(0, -(-(step - i) // k))
-    return state
