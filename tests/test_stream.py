@@ -191,6 +191,40 @@ def test_tfds_build_is_streamed(tmp_path):
     assert (values[:, 0] // 30).astype(int).tolist() == batch["label"].tolist()
 
 
+def test_tfds_source_opens_once_under_concurrent_first_reads(monkeypatch):
+    # A source unpickled in a grain worker process is opened by whichever reader thread
+    # comes first; concurrent first reads must open (and import) once, the others wait.
+    import pickle
+    import threading
+    import time
+
+    import tensorflow_datasets as tfds
+
+    from e3lib.data.sources import TfdsSource
+
+    opened = []
+
+    class Builder:
+        def as_data_source(self, split):
+            time.sleep(0.2)  # a slow open: without the lock every thread would get here
+            return [{"image": np.zeros((2, 2, 3), np.uint8), "label": 3}]
+
+    def builder_from_directory(path):
+        opened.append(path)
+        return Builder()
+
+    monkeypatch.setattr(tfds, "builder_from_directory", builder_from_directory)
+    src = pickle.loads(pickle.dumps(TfdsSource("/no/such/build", "train")))  # as a worker
+    labels = []
+    threads = [threading.Thread(target=lambda: labels.append(src[0]["label"])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert labels == [3, 3, 3, 3]
+    assert opened == ["/no/such/build"]  # one open for four threads
+
+
 def test_train_val_split_matches_the_in_memory_suite():
     train, val = split_train_val(100, 0.02)
     perm = np.random.default_rng(0).permutation(100)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import io
 import struct
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,6 +93,9 @@ class RecordSource:
         return decode_record(self.source[i])
 
 
+_TFDS_OPEN_LOCK = threading.Lock()  # per process: not part of any pickled source
+
+
 class TfdsSource:
     """A TFDS array_record build (no TensorFlow), features ``image`` and ``label``."""
 
@@ -100,12 +104,17 @@ class TfdsSource:
         self._source = None
 
     def _open(self):
+        # One thread opens (and imports tensorflow_datasets); grain's reader threads wait.
+        # Without the lock, threads of a fresh worker process import it concurrently and
+        # can deadlock in Python 3.11 (the import lock against etils' lazy-module
+        # cached_property lock).
         if self._source is None:
-            import tensorflow_datasets as tfds
+            with _TFDS_OPEN_LOCK:
+                if self._source is None:
+                    import tensorflow_datasets as tfds
 
-            self._source = tfds.builder_from_directory(self.build_dir).as_data_source(
-                split=self.split
-            )
+                    builder = tfds.builder_from_directory(self.build_dir)
+                    self._source = builder.as_data_source(split=self.split)
         return self._source
 
     def __getstate__(self):
