@@ -177,7 +177,7 @@ class Stream:
     MapDataset, so batch i is a pure function of i. ``set_state`` does not ask grain's
     iterator (or its worker processes) to seek: it closes the iterator and builds a new
     one over ``dataset[i:]``, started lazily on the next ``next``, so a restore or a seek
-    never races with workers that are already reading ahead.
+    never has to coordinate with workers that are already reading ahead.
     """
 
     def __init__(
@@ -274,7 +274,6 @@ class StepBatches:
         self.datasets = [
             train_dataset(source, pp, batch_size, s, process_index, process_count) for s in seeds
         ]
-        self.workers = workers
         self.streams = [Stream(d, workers) for d in self.datasets]
         self.next_step = 0
         self._before: dict[int, list[dict]] = {}
