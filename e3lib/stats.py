@@ -65,6 +65,15 @@ class TestResult:
     p_beyond: float = math.nan  # TOST only: p of |d| > δ
     reason: str = ""  # why not computable
 
+    @classmethod
+    def not_computable(
+        cls, test: str, statistic_name: str, n: tuple[int, ...], reason: str, **known: float | None
+    ) -> TestResult:
+        """A result whose outcome is ``NOT_COMPUTABLE``; ``known``: statistic, p, alpha, df,
+        margin as far as they were computed (NaN / None otherwise)."""
+        fields = {"statistic": math.nan, "p": math.nan, **known}
+        return cls(test, statistic_name, n=n, outcome=NOT_COMPUTABLE, reason=reason, **fields)
+
     @property
     def computable(self) -> bool:
         return self.outcome != NOT_COMPUTABLE
@@ -173,9 +182,7 @@ def welch_test(
     name = f"Welch t-test ({_ALTERNATIVE[alternative]})"
     d, se, df, reason = _welch_parts(a, b)
     if reason:
-        return TestResult(
-            name, "t", math.nan, math.nan, (len(a), len(b)), NOT_COMPUTABLE, alpha, reason=reason
-        )
+        return TestResult.not_computable(name, "t", (len(a), len(b)), reason, alpha=alpha)
     t = (d - shift) / se
     p = {
         "two-sided": 2 * sps.t.sf(abs(t), df),
@@ -183,16 +190,8 @@ def welch_test(
         "greater": sps.t.sf(t, df),
     }[alternative]
     if not math.isfinite(p):
-        return TestResult(
-            name,
-            "t",
-            t,
-            math.nan,
-            (len(a), len(b)),
-            NOT_COMPUTABLE,
-            alpha,
-            df,
-            reason="NaN statistic",
+        return TestResult.not_computable(
+            name, "t", (len(a), len(b)), "NaN statistic", statistic=t, alpha=alpha, df=df
         )
     return TestResult(
         name,
@@ -219,16 +218,8 @@ def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0
     name = "TOST (two one-sided Welch t-tests)"
     d, se, df, reason = _welch_parts(a, b)
     if reason:
-        return TestResult(
-            name,
-            "t",
-            math.nan,
-            math.nan,
-            (len(a), len(b)),
-            NOT_COMPUTABLE,
-            alpha,
-            margin=margin,
-            reason=reason,
+        return TestResult.not_computable(
+            name, "t", (len(a), len(b)), reason, alpha=alpha, margin=margin
         )
     t_low, t_up = (d + margin) / se, (d - margin) / se
     p_low, p_up = float(sps.t.sf(t_low, df)), float(sps.t.cdf(t_up, df))
@@ -237,17 +228,15 @@ def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0
     beyond = sps.t.sf(t_up, df) if d >= 0 else sps.t.cdf(t_low, df)
     p_beyond = float(min(1.0, 2 * beyond))
     if not (math.isfinite(p) and math.isfinite(p_beyond)):
-        return TestResult(
+        return TestResult.not_computable(
             name,
             "t",
-            t,
-            math.nan,
             (len(a), len(b)),
-            NOT_COMPUTABLE,
-            alpha,
-            df,
-            margin,
-            reason="NaN statistic",
+            "NaN statistic",
+            statistic=t,
+            alpha=alpha,
+            df=df,
+            margin=margin,
         )
     outcome = EQUIVALENT if p < alpha else DIFFERENT if p_beyond < alpha else INCONCLUSIVE
     return TestResult(
@@ -265,23 +254,16 @@ def spearman_test(levels: Mapping[float, Sequence[float]], alpha: float = 0.05) 
     n = tuple(len(_finite(v)) for v in levels.values())
     name = "Spearman rank correlation"
     if len(ys) < 3 or len(set(xs.tolist())) < 2:
-        return TestResult(
-            name,
-            "ρ",
-            math.nan,
-            math.nan,
-            n,
-            NOT_COMPUTABLE,
-            alpha,
-            reason="fewer than 3 values or 2 levels",
+        return TestResult.not_computable(
+            name, "ρ", n, "fewer than 3 values or 2 levels", alpha=alpha
         )
     with warnings.catch_warnings():  # constant input: scipy warns and returns NaN
         warnings.simplefilter("ignore")
         res = sps.spearmanr(xs, ys)
     rho, p = float(res.statistic), float(res.pvalue)
     if not (math.isfinite(rho) and math.isfinite(p)):
-        return TestResult(
-            name, "ρ", rho, p, n, NOT_COMPUTABLE, alpha, reason="NaN statistic (constant values)"
+        return TestResult.not_computable(
+            name, "ρ", n, "NaN statistic (constant values)", statistic=rho, p=p, alpha=alpha
         )
     return TestResult(name, "ρ", rho, p, n, SIGNIFICANT if p < alpha else NOT_SIGNIFICANT, alpha)
 
@@ -305,7 +287,7 @@ def monotone(levels: Mapping[float, Sequence[float]], direction: str) -> TestRes
     elif any(np.ptp(v) > 1e-9 * max(1.0, float(np.abs(v).max())) for v in vals.values()):
         reason = "values differ between seeds: not deterministic"
     if reason:
-        return TestResult(name, "steps", math.nan, math.nan, n, NOT_COMPUTABLE, reason=reason)
+        return TestResult.not_computable(name, "steps", n, reason)
     series = np.array([v[0] for v in vals.values()])
     steps = np.diff(series)
     ok = bool(np.all(steps > 0) if direction == "increasing" else np.all(steps < 0))
