@@ -11,7 +11,10 @@ standard deviation over the seeds), and the wall time of each stage.
 Grids (``GRIDS``): ``upstream`` (V-MoE after 300/1000/3000 upstream steps at lr 1e-3 and
 1000 at 3e-3, ViT after 1000 at both rates; fine-tune 100 steps), ``finetune`` (ViT, V-MoE,
 E³ fine-tuned 100 or 300 steps from the chosen upstream), ``experts`` (V-MoE K=1 with
-E = 2, 4, 8 under the old budget and the chosen one). Upstreams
+E = 2, 4, 8 under the old budget and the chosen one), ``renderings`` (ViT against V-MoE on
+the plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1000 to 4000
+upstream steps; ``tiny`` and ``mini``). Each line also gives the upstream curve's plateau
+statistic (``drop``, ``e3lib.curves.plateau``). Upstreams
 and fine-tunes are cached in ``--workdir`` by the hash of their config, so grids sharing an
 upstream train it once. Corrupted, OOD and few-shot evaluation are off (clean test only).
 """
@@ -49,6 +52,18 @@ GRIDS = {
     # fine-tune budget on the chosen upstream
     "finetune": [
         f"{m},{NEW_UP},finetune.steps={s}" for s in (100, 300) for m in ("method=vit", VMOE2, E3)
+    ],
+    # the upstream set rendered R times (upstream.renderings), fine-tune 300 steps
+    "renderings": [
+        f"{m},{NEW_UP},upstream.renderings={r},upstream.steps={n},finetune.steps=300"
+        for r, n in ((1, 1000), (8, 1000), (8, 2000), (8, 4000))
+        for m in ("method=vit", VMOE2)
+    ]
+    + [  # the wider `mini` model; R = 8, 2000 steps also from a second upstream seed
+        f"{m},model.size=mini,{NEW_UP},upstream.renderings={r},upstream.steps={n},"
+        f"upstream.seed={u},finetune.steps=300"
+        for r, n, u in ((1, 1000, 0), (8, 1000, 0), (8, 2000, 0), (8, 2000, 1))
+        for m in ("method=vit", VMOE2)
     ],
     # V-MoE K=1 with E = 2, 4, 8: old budget (upstream 300 steps, fine-tune 100) and new
     "experts": [
@@ -99,6 +114,7 @@ def run_case(spec: str, workdir: Path) -> str:
             "--out", *[str(o) for o in outs], "--checkpoints", str(ft_dir / "ckpt"))  # fmt: skip
     t2 = time.perf_counter()
     up = json.loads((up_dir / "done.json").read_text())["metrics"]
+    up_drop = json.loads((up_dir / "curves.json").read_text())["plateau"]["drop"]
     values: dict[str, list[float]] = {"loss": []}
     for out in outs:
         res = json.loads((out / "results.json").read_text())
@@ -112,6 +128,7 @@ def run_case(spec: str, workdir: Path) -> str:
     )
     return (
         f"{spec:78s} | upstream loss {up['final_loss']:.3f} err {up['train_subset_error']:.3f}"
+        f" drop {up_drop:.3f}"
         f" | fine-tune {cells} | {t1 - t0:4.0f}s + {t2 - t1:4.0f}s"
     )
 

@@ -241,6 +241,8 @@ def upstream_config(cfg: RunConfig | Mapping[str, Any]) -> dict:
     }
     if up["checkpoint"]:  # absent otherwise: upstream ids without a checkpoint are unchanged
         out["checkpoint_sha256"] = up["checkpoint_sha256"]
+    if up.get("renderings", 1) != 1:  # absent at 1: ids of the plain set are unchanged
+        out["renderings"] = up["renderings"]
     return out
 
 

@@ -133,6 +133,7 @@ FIELDS: dict[str, Field] = {
     "upstream.weight_decay": _num(0),
     "upstream.capacity_factor": _num(0, lo_open=True),
     "upstream.dataset": STR_OR_NULL,
+    "upstream.renderings": _int(1),
     "upstream.log_every": _int(1, null=True),
     "data.dataset": CHOICE,
     "data.image_size": _int(1),
@@ -253,6 +254,14 @@ def check_training(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     if up["checkpoint"] is None and up["warmup"] >= up["steps"]:
         raise ConfigError(
             "upstream.warmup", up["warmup"], f"must be < upstream.steps = {up['steps']}"
+        )
+    pretrain_set = up["dataset"] or data["dataset"]  # None pairs with data.dataset
+    if up["renderings"] != 1 and pretrain_set != "demo":
+        raise ConfigError(
+            "upstream.renderings",
+            up["renderings"],
+            f"must be 1 with the upstream set {pretrain_set!r} (only the embedded demo "
+            "upstream set has renderings)",
         )
     if ft["end_lr"] > ft["lr"]:
         raise ConfigError(

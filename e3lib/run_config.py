@@ -98,6 +98,9 @@ class UpstreamConfig:
     weight_decay: float = 0.1
     capacity_factor: float = 1.05
     dataset: str | None = None  # None = the upstream set paired with data.dataset
+    # The embedded (``demo``) upstream set only: renderings of each digit and orientation;
+    # 1 = the plain set, more adds copies with random colours, shift, rotation and scale.
+    renderings: int = 1
     # Steps per loss-history point (e3lib.curves); None = ⌈steps/100⌉. Not part of any id.
     log_every: int | None = None
 

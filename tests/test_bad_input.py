@@ -218,6 +218,12 @@ def test_unwritable_output_path(tmp_path):
         ({"model": {"group_images": 0}}, "model.group_images", "positive integer"),
         ({"eval": {"batch_size": 0}}, "eval.batch_size", "positive integer"),
         ({"finetune": {"momentum": 1.5}}, "finetune.momentum", "in [0, 1)"),
+        ({"upstream": {"renderings": 0}}, "upstream.renderings", "positive integer"),
+        (
+            {"upstream": {"renderings": 4, "dataset": "imagenet21k"}},
+            "upstream.renderings",
+            "must be 1 with the upstream set 'imagenet21k'",
+        ),
     ],
 )
 def test_run_time_rules_are_checked_at_expansion_and_by_e3_run(tmp_path, over, field, words):

@@ -65,6 +65,37 @@ def test_upstream_set_differs_from_downstream():
     assert not any(img.tobytes() in rows for img in down.test.images)
 
 
+def test_upstream_renderings_extend_the_plain_set_with_jittered_copies():
+    plain, _ = upstream_set(16)
+    three, classes = upstream_set(16, 3)
+    n = len(plain)  # 898 digits of half A, upright and rotated
+    assert n == 1796 and len(three) == 3 * n and classes == 20
+    assert np.array_equal(three.images[:n], plain.images)  # rendering 0 is the plain set
+    assert np.array_equal(three.labels, np.tile(plain.labels, 3))
+    for r in (1, 2):  # new colours and a jitter: no copy repeats its source image
+        copy = three.images[r * n : (r + 1) * n]
+        same = np.all(copy == plain.images, axis=(1, 2, 3))
+        assert not same.any()
+    assert not np.array_equal(three.images[n : 2 * n], three.images[2 * n :])
+    upstream_set.cache_clear()
+    assert np.array_equal(upstream_set(16, 3)[0].images, three.images)  # deterministic
+
+
+def test_jitter_moves_a_pixel_by_the_drawn_shift():
+    from e3lib.data.embedded import _jitter
+
+    class Fixed:  # rotation 0, scale 1, shift (+1, -2) pixels
+        def uniform(self, lo, hi, shape):
+            if (lo, hi) == (-15.0, 15.0):
+                return np.zeros(shape)
+            return np.ones(shape) if (lo, hi) == (0.9, 1.1) else np.array([[1.0, -2.0]])
+
+    gray = np.zeros((1, 16, 16))
+    gray[0, 5, 9] = 1.0
+    moved = _jitter(gray, Fixed())
+    assert moved[0, 6, 7] == pytest.approx(1.0) and moved.sum() == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 def test_corruptions_grow_with_severity_and_are_deterministic(name):
     rng = np.random.default_rng(0)
@@ -179,7 +210,9 @@ def test_upstream_of_demo_and_of_a_local_dataset(tmp_path):
     from e3lib.config import upstream_config
 
     data, classes = load_upstream(upstream_config(resolve({})))
-    assert classes == 20
+    assert classes == 20 and len(data) == 1796
+    data, _ = load_upstream(upstream_config(resolve({"upstream": {"renderings": 2}})))
+    assert len(data) == 2 * 1796
     write_npz(tmp_path / "imagenet21k" / "train.npz", 12, 16, 6, 5)
     ucfg = upstream_config(
         resolve({"upstream": {"dataset": "imagenet21k"}, "data": {"data_dir": str(tmp_path)}})

@@ -148,6 +148,16 @@ def test_dense_upstream_ignores_moe_upstream_fields():
     assert run_id(vit) == run_id(resolve({"method": "vit", "upstream": {"num_selected": 4}}))
 
 
+def test_upstream_renderings_key_the_upstream_only_when_not_one():
+    plain = resolve({"method": "vit"})
+    one = resolve({"method": "vit", "upstream": {"renderings": 1}})
+    assert "renderings" not in upstream_config(plain)  # ids of the plain set unchanged
+    assert upstream_id(plain) == upstream_id(one) and run_id(plain) == run_id(one)
+    eight = resolve({"method": "vit", "upstream": {"renderings": 8}})
+    assert upstream_config(eight)["renderings"] == 8
+    assert upstream_id(eight) != upstream_id(plain) and run_id(eight) != run_id(plain)
+
+
 def test_resolve_is_idempotent():
     cfg = resolve({"method": "e3", "model": {"ensemble_size": 2, "size": "H/14"}})
     assert cfg.model.moe_n == 5

@@ -8,7 +8,11 @@ Recipe (all draws from fixed seeds, so every machine builds identical arrays):
 
 - The 1797 digits are split once into two halves by a fixed permutation.
 - **upstream** (pretraining, C=20): half A, each digit shown upright *and* rotated by
-  90°, label = digit + 10·rotated, random foreground/background colours per image.
+  90°, label = digit + 10·rotated, random foreground/background colours per image. With
+  R renderings (``upstream.renderings``), R − 1 further copies of each of those images,
+  each with new random colours and a random affine jitter (rotation ±15°, scale 0.9–1.1,
+  shift ±S/8 pixels): N = 1796·R images, a pretraining set that is not memorised in the
+  epochs of a small upstream (rendering 0 is the plain set, bit for bit).
 - **downstream** (fine-tuning, C=8): half B, digits 0–7 only, white-on-blue colours;
   train / validation / test = 60% / 10% / 30% of those images.
 - **corrupted**: the downstream test set under 10 corruptions × 5 severities
@@ -121,20 +125,45 @@ def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
 
 
+def _random_colours(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Light foreground, dark background: (n, 3) each."""
+    fg = rng.uniform(0.55, 1.0, (n, 3))
+    return fg, rng.uniform(0.0, 0.35, (n, 3))
+
+
+def _jitter(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, S, S) → (N, S, S): each image rotated by ±15°, scaled by 0.9–1.1 and shifted by
+    ±S/8 pixels about its centre (bilinear, zero fill)."""
+    n, size, _ = gray.shape
+    angle = np.deg2rad(rng.uniform(-15.0, 15.0, n))
+    scale = rng.uniform(0.9, 1.1, n)
+    shift = rng.uniform(-size / 8, size / 8, (n, 2))
+    centre = (size - 1) / 2.0
+    out = np.empty_like(gray)
+    for i in range(n):
+        c, s = np.cos(angle[i]) / scale[i], np.sin(angle[i]) / scale[i]
+        inverse = np.array([[c, -s], [s, c]])  # output pixel → input pixel
+        offset = centre - inverse @ (centre + shift[i])
+        out[i] = ndimage.affine_transform(gray[i], inverse, offset, order=1, cval=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
 @functools.lru_cache(maxsize=4)
-def upstream_set(image_size: int = 16) -> tuple[Labeled, int]:
-    """The upstream pretraining set and its number of classes (20)."""
+def upstream_set(image_size: int = 16, renderings: int = 1) -> tuple[Labeled, int]:
+    """The upstream pretraining set (``renderings`` copies, see the module docstring) and
+    its number of classes (20)."""
     gray8, digit = _digits()
     half_a, _ = _halves(len(digit))
     g = gray8[half_a]
     rotated = np.rot90(g, k=1, axes=(1, 2))  # (N, 8, 8)
-    gray = np.concatenate([g, rotated])  # (2N, 8, 8)
+    gray = _resize(np.concatenate([g, rotated]), image_size)  # (2N, S, S)
     labels = np.concatenate([digit[half_a], digit[half_a] + 10])
-    rng = np.random.default_rng(2024)
-    fg = rng.uniform(0.55, 1.0, (len(gray), 3))
-    bg = rng.uniform(0.0, 0.35, (len(gray), 3))
-    images = _colourise(_resize(gray, image_size), fg, bg)
-    return Labeled(images, labels), UPSTREAM_CLASSES
+    images = [_colourise(gray, *_random_colours(len(gray), np.random.default_rng(2024)))]
+    for r in range(1, renderings):
+        rng = np.random.default_rng((2024, r))
+        images.append(_colourise(_jitter(gray, rng), *_random_colours(len(gray), rng)))
+    # R × (2N, S, S, 3) → (R·2N, S, S, 3), rendering-major
+    return Labeled(np.concatenate(images), np.tile(labels, renderings)), UPSTREAM_CLASSES
 
 
 @functools.lru_cache(maxsize=4)
