@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from e3lib import aggregate
+from e3lib.report import alignment, synthetic, tables
 from e3lib.report import spec as spec_mod
-from e3lib.report import synthetic, tables
 from e3lib.report.figures import pareto_front, reliability_bins
 
 # Table 2 style sweep, 3 seeds. Hand-derived statistics (std with ddof=1):
@@ -357,6 +357,15 @@ def test_page_states_the_configuration_that_ran(tmp_path):
         "size tiny, E=8, data demo, fine-tune steps 300; axes: num_selected, "
         "overlap; seeds 0, 1, 2 (3)"
     )
+    # a larger upstream set is stated; the plain one (renderings 1) is not
+    base = {"model.size": "tiny", "upstream.renderings": 1}
+    assert alignment.describe_run(_overlap_ds(tmp_path / "r", SMALL), base).startswith(
+        "size tiny; axes"
+    )
+    eight = alignment.describe_run(
+        _overlap_ds(tmp_path / "r8", SMALL), {**base, "upstream.renderings": 8}
+    )
+    assert eight.startswith("size tiny, upstream renderings 8; axes")
     # every paper title loses its configuration (size, E, dataset) in a variant's title
     for tid in spec_mod.TABLE_IDS:
         ref = spec_mod.load_reference(tid)

@@ -44,7 +44,9 @@ RUN_FIELDS = (
     "data.image_size",
     "finetune.steps",
     "upstream.steps",
+    "upstream.renderings",
 )
+_PLAIN = {"upstream.renderings": 1}  # not stated at these values: nothing to say
 _NAMES = {
     "model.size": "size",
     "model.num_experts": "E",
@@ -55,6 +57,7 @@ _NAMES = {
     "data.image_size": "image px",
     "finetune.steps": "fine-tune steps",
     "upstream.steps": "upstream steps",
+    "upstream.renderings": "upstream renderings",
 }
 
 
@@ -94,7 +97,7 @@ def describe_run(ds: xr.Dataset, config: Mapping[str, Any]) -> str:
     fixed = [
         f"{_NAMES[f]} {config[f]}" if _NAMES[f][0].islower() else f"{_NAMES[f]}={config[f]}"
         for f in RUN_FIELDS
-        if f in config and f not in axes
+        if f in config and f not in axes and _PLAIN.get(f, object()) != config[f]
     ]
     seeds = json.loads(ds.attrs.get("seeds_requested", "[]"))
     text = ", ".join(fixed) if fixed else "configuration not recorded in the results"
