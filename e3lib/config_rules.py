@@ -28,7 +28,12 @@ MAX_SEED = 2**31 - 1
 # run id (e3lib.config.run_id) and of ``stale_fields`` (the device mesh: results on any mesh
 # equal the single-device ones within float tolerance, tests/test_parallel.py; how often the
 # loss history is recorded, e3lib.curves). Top-level names or "section.field".
-RUN_ID_EXCLUDED = ("mesh", "finetune.log_every", "upstream.log_every")
+RUN_ID_EXCLUDED = (
+    "mesh",
+    "finetune.log_every",
+    "upstream.log_every",
+    "upstream.checkpoint_every",
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,7 @@ FIELDS: dict[str, Field] = {
     "upstream.dataset": STR_OR_NULL,
     "upstream.renderings": _int(1),
     "upstream.log_every": _int(1, null=True),
+    "upstream.checkpoint_every": _int(1),
     "data.dataset": CHOICE,
     "data.image_size": _int(1),
     "data.crop_to_patch": BOOL,

@@ -103,6 +103,9 @@ class UpstreamConfig:
     renderings: int = 1
     # Steps per loss-history point (e3lib.curves); None = ⌈steps/100⌉. Not part of any id.
     log_every: int | None = None
+    # Steps between pretraining checkpoints (a preemption saves too), as the reference
+    # configs' 1000. Not part of any id: a resumed run equals the uninterrupted one.
+    checkpoint_every: int = 1000
 
 
 @dataclass(frozen=True)

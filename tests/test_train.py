@@ -79,6 +79,23 @@ def test_upstream_done_file_is_written_last_with_params(upstream_dir):
     assert curve["lr"][0] == 0.0  # linear warmup from 0 over 1 step
 
 
+def test_upstream_checkpoints_every_upstream_checkpoint_every_steps(tmp_path, upstream_dir):
+    # the fixture's 6 steps at the default interval (1000): no periodic checkpoint
+    assert not any(p.name.isdigit() for p in (upstream_dir / "ckpt").iterdir())
+    cfg = write_cfg(tmp_path / "cfg.json", {"upstream": {"checkpoint_every": 2}})
+    work = tmp_path / "up"
+    rc = train.cli_upstream(
+        ["--config", str(cfg), "--workdir", str(work), "--done", str(work / "done.json")]
+    )
+    assert rc == 0
+    kept = sorted(int(p.name) for p in (work / "ckpt").iterdir() if p.name.isdigit())
+    assert kept == [4, 6]  # saved at 2, 4, 6; the latest two kept
+    done = json.loads((work / "done.json").read_text())
+    first = json.loads((upstream_dir / "done.json").read_text())
+    assert done["upstream_id"] == first["upstream_id"]  # not part of the upstream's identity
+    assert done["train"]["final"] == first["train"]["final"]
+
+
 def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(
     tmp_path, upstream_dir, capsys
 ):

@@ -6,7 +6,8 @@ Pretrains the upstream model of a run config with the upstream recipe
 (``upstream.checkpoint``: an Orbax directory or a published checkpoint, e3lib.upstreams).
 Its done file (written last) names the saved parameters; a pretrained one has its loss
 history (e3lib.curves) in ``curves.json`` beside it. ``upstream.log_every`` (steps per
-history point) is read from the run config, not from the upstream's identity.
+history point) and ``upstream.checkpoint_every`` are read from the run config, not from the
+upstream's identity.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def pretrain_upstream(
     progress_mode: str = "auto",
     stop: StopFlag | None = None,
     log_every: int | None = None,
+    checkpoint_every: int = 1000,
 ) -> dict:
     """Pretrain the upstream model; returns the done-file content (params saved first).
 
@@ -97,7 +99,7 @@ def pretrain_upstream(
         batch_size=ucfg["batch_size"],
         steps=ucfg["steps"],
         seeds=(ucfg["seed"],),
-        checkpoint_every=25,
+        checkpoint_every=checkpoint_every,
         desc=f"upstream {ucfg['method']}",
         log_every=log_every,
         lr_at=host_schedule(upstream_lr(ucfg)),
@@ -224,7 +226,12 @@ def cli_upstream(argv: list[str]) -> int:
         code, done = run_stage(
             "e3 upstream",
             lambda stop: pretrain_upstream(
-                ucfg, a.workdir, a.log_mode, stop, cfg.upstream.log_every
+                ucfg,
+                a.workdir,
+                a.log_mode,
+                stop,
+                cfg.upstream.log_every,
+                cfg.upstream.checkpoint_every,
             ),
             on_diverged=record_divergence,
         )
