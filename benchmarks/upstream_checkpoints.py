@@ -9,12 +9,15 @@ training time (``train.train_seconds`` of the done file, compilation included) a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from small_regime import _e3  # `e3 <command>` in a subprocess, its error on failure
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -22,17 +25,13 @@ sys.path.insert(0, str(ROOT))
 
 def train_seconds(cfg: dict, every: int, work: Path) -> float:
     run = work / f"every{every}"
-    if run.exists():
-        subprocess.run(["rm", "-rf", str(run)], check=True)
+    shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    cfg = json.loads(json.dumps(cfg))
+    cfg = copy.deepcopy(cfg)
     cfg["upstream"]["checkpoint_every"] = every
     (run / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "e3lib.cli", "upstream", "--config", str(run / "cfg.json")]
-    cmd += ["--workdir", str(run), "--done", str(run / "done.json"), "--log-mode", "plain"]
-    done = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True)
-    if done.returncode:
-        raise RuntimeError(done.stderr.decode()[-2000:])
+    _e3("upstream", "--config", str(run / "cfg.json"), "--workdir", str(run),
+        "--done", str(run / "done.json"))  # fmt: skip
     return json.loads((run / "done.json").read_text())["train"]["train_seconds"]
 
 

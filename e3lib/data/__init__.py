@@ -164,7 +164,7 @@ def load_upstream(ucfg: RunConfig) -> tuple[Labeled, int]:
     """
     name, size = ucfg["dataset"], ucfg["image_size"]
     if name == "demo":
-        return upstream_set(size, int(ucfg.get("renderings", 1)))
+        return upstream_set(size, ucfg.get("renderings", 1))
     if not isinstance(name, str) or not name:
         raise ConfigError("upstream.dataset", name, "must be a dataset name")
     images, labels = load_split(name, "train", ucfg["data_dir"], size)

@@ -26,6 +26,7 @@ from e3lib.curves import CURVES_FILE, write_curve
 from e3lib.errors import ConfigError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
+from e3lib.run_config import UpstreamConfig
 from e3lib.train.cache import setup_jax_cache
 from e3lib.train.loop import Job, init_params, initial_state, train
 from e3lib.train.optim import host_schedule, upstream_lr, upstream_optimizer
@@ -66,7 +67,7 @@ def pretrain_upstream(
     progress_mode: str = "auto",
     stop: StopFlag | None = None,
     log_every: int | None = None,
-    checkpoint_every: int = 1000,
+    checkpoint_every: int = UpstreamConfig.checkpoint_every,
 ) -> dict:
     """Pretrain the upstream model; returns the done-file content (params saved first).
 
