@@ -13,8 +13,11 @@ Grids (``GRIDS``): ``upstream`` (V-MoE after 300/1000/3000 upstream steps at lr 
 E³ fine-tuned 100 or 300 steps from the chosen upstream), ``experts`` (V-MoE K=1 with
 E = 2, 4, 8 under the old budget and the chosen one), ``renderings`` (ViT against V-MoE on
 the plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1000 to 4000
-upstream steps; ``tiny`` and ``mini``). Each line also gives the upstream curve's plateau
-statistic (``drop``, ``e3lib.curves.plateau``). Upstreams
+upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the plain set after
+1000 and 2000 upstream steps, ``tiny`` and ``mini``). Each line also gives the upstream
+curve's plateau statistic (``drop``, ``e3lib.curves.plateau``) and, where the upstream
+recorded one, its held-out NLL and error and the held-out curve's plateau statistic
+(``held``). Upstreams
 and fine-tunes are cached in ``--workdir`` by the hash of their config, so grids sharing an
 upstream train it once. Corrupted, OOD and few-shot evaluation are off (clean test only).
 """
@@ -38,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 EVAL_OFF = ["eval.corrupted=false", "eval.ood=false", "eval.fewshot=false"]
 VMOE2 = "method=vmoe,model.num_selected=2,upstream.num_selected=2"
 E3 = "method=e3,model.num_selected=1,model.ensemble_size=2,upstream.num_selected=2"
-NEW_UP = "upstream.steps=1000,upstream.lr=0.003"  # recipes/small.yaml
+NEW_UP = "upstream.steps=1000,upstream.lr=0.003"  # chosen on the training loss; now 2000 (heldout)
 GRIDS = {
     # upstream budget, fine-tune 100 steps (the old default)
     "upstream": [
@@ -63,6 +66,13 @@ GRIDS = {
         f"{m},model.size=mini,{NEW_UP},upstream.renderings={r},upstream.steps={n},"
         f"upstream.seed={u},finetune.steps=300"
         for r, n, u in ((1, 1000, 0), (8, 1000, 0), (8, 2000, 0), (8, 2000, 1))
+        for m in ("method=vit", VMOE2)
+    ],
+    # the plain set, upstream budget by the held-out loss's plateau, fine-tune 300 steps
+    "heldout": [
+        f"{m},model.size={z},upstream.lr=0.003,upstream.steps={n},finetune.steps=300"
+        for z in ("tiny", "mini")
+        for n in (1000, 2000)
         for m in ("method=vit", VMOE2)
     ],
     # V-MoE K=1 with E = 2, 4, 8: old budget (upstream 300 steps, fine-tune 100) and new
@@ -114,7 +124,14 @@ def run_case(spec: str, workdir: Path) -> str:
             "--out", *[str(o) for o in outs], "--checkpoints", str(ft_dir / "ckpt"))  # fmt: skip
     t2 = time.perf_counter()
     up = json.loads((up_dir / "done.json").read_text())["metrics"]
-    up_drop = json.loads((up_dir / "curves.json").read_text())["plateau"]["drop"]
+    up_curve = json.loads((up_dir / "curves.json").read_text())
+    up_drop = up_curve["plateau"]["drop"]
+    held = ""
+    if "heldout" in up_curve:  # upstreams trained before held-out points were recorded lack it
+        held = (
+            f" held nll {up['heldout_nll']:.3f} err {up['heldout_error']:.3f}"
+            f" drop {up_curve['plateau_heldout']['drop']:.3f}"
+        )
     values: dict[str, list[float]] = {"loss": []}
     for out in outs:
         res = json.loads((out / "results.json").read_text())
@@ -128,7 +145,7 @@ def run_case(spec: str, workdir: Path) -> str:
     )
     return (
         f"{spec:78s} | upstream loss {up['final_loss']:.3f} err {up['train_subset_error']:.3f}"
-        f" drop {up_drop:.3f}"
+        f" drop {up_drop:.3f}{held}"
         f" | fine-tune {cells} | {t1 - t0:4.0f}s + {t2 - t1:4.0f}s"
     )
 

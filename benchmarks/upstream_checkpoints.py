@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def train_seconds(cfg: dict, every: int, work: Path) -> float:
-    run = work / f"every{every}"
+def train_seconds(cfg: dict, upstream: dict, work: Path) -> float:
+    """Train seconds of the upstream of ``cfg`` with the fields ``upstream`` set."""
+    run = work / "_".join(f"{k}{v}" for k, v in upstream.items())
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     cfg = copy.deepcopy(cfg)
-    cfg["upstream"]["checkpoint_every"] = every
+    cfg["upstream"].update(upstream)
     (run / "cfg.json").write_text(json.dumps(cfg))
     _e3("upstream", "--config", str(run / "cfg.json"), "--workdir", str(run),
         "--done", str(run / "done.json"))  # fmt: skip
@@ -48,11 +49,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("E3_JAX_CACHE", str(work / "jax_cache"))
-        train_seconds(cfg, a.steps, work)  # warm the compilation cache
+        train_seconds(cfg, {"checkpoint_every": a.steps}, work)  # warm the compilation cache
         times: dict[int, list[float]] = {25: [], a.steps: []}
         for _ in range(a.repeats):
             for every in times:
-                times[every].append(train_seconds(cfg, every, work))
+                times[every].append(train_seconds(cfg, {"checkpoint_every": every}, work))
     for every, ts in times.items():
         print(f"checkpoint_every {every:5d}: train seconds {', '.join(f'{t:.1f}' for t in ts)}")
     best = {every: min(ts) for every, ts in times.items()}

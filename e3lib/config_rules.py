@@ -33,6 +33,7 @@ RUN_ID_EXCLUDED = (
     "finetune.log_every",
     "upstream.log_every",
     "upstream.checkpoint_every",
+    "upstream.eval_every",
 )
 
 
@@ -141,6 +142,7 @@ FIELDS: dict[str, Field] = {
     "upstream.renderings": _int(1),
     "upstream.log_every": _int(1, null=True),
     "upstream.checkpoint_every": _int(1),
+    "upstream.eval_every": _int(0, null=True),
     "data.dataset": CHOICE,
     "data.image_size": _int(1),
     "data.crop_to_patch": BOOL,

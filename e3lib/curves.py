@@ -17,8 +17,18 @@ w points)|; the curve has *plateaued* when drop < ``PLATEAU_THRESHOLD`` (2%), i.
 loss fell by less than 2% over the last tenth of training (a rising loss counts as
 plateaued). Fewer than 2 points: no statistic (None).
 
+Held-out loss (``CurveRecorder.add_heldout``; the upstream stage evaluates its held-out
+set every ``upstream.eval_every`` steps and at the last step): points ``(step, loss, error)``
+of the model's cross-entropy and error on a fixed set it does not train on, under
+``"heldout"`` with their own plateau statistic ``"plateau_heldout"`` (the same test on
+these points). The training loss of a finite set keeps falling towards 0 while the learning
+rate decays; the held-out loss says whether more training still improves the model on
+unseen examples (a held-out loss that rises has plateaued too: it overfits).
+
 File (``curves.json``, written atomically): ``{"format", "log_every", "steps", "step",
-"loss", "ce", "aux_loss", "lr", "plateau"}`` with one list per quantity (one seed).
+"loss", "ce", "aux_loss", "lr", "plateau"}`` with one list per quantity (one seed), and
+``"heldout": {"every", "first_step", "step", "loss", "error"}`` and ``"plateau_heldout"``
+when a held-out set was evaluated.
 """
 
 from __future__ import annotations
@@ -37,8 +47,15 @@ CURVES_FILE = "curves.json"
 QUANTITIES = ("loss", "ce", "aux_loss", "lr")  # averaged per point
 MEASURED = ("loss", "ce", "aux_loss")  # from the train step; lr from the schedule
 MAX_POINTS = 100  # points of a run when log_every is None
+HELDOUT_POINTS = 20  # held-out points of a run when its interval is None
 PLATEAU_FRAC = 0.1
 PLATEAU_THRESHOLD = 0.02
+HELDOUT = ("loss", "error")  # per held-out point
+
+
+def default_heldout_every(steps: int, every: int | None = None) -> int:
+    """Steps between held-out evaluations: ``every`` if set (0 = none), else ⌈T/20⌉."""
+    return int(every) if every is not None else max(1, math.ceil(steps / HELDOUT_POINTS))
 
 
 def default_log_every(steps: int, log_every: int | None = None) -> int:
@@ -65,6 +82,8 @@ class CurveRecorder:
         self.lr_at = lr_at
         self.first_step = 0  # > 0: resumed from a checkpoint that had no history
         self.points: dict[str, list] = {"step": [], **{q: [] for q in QUANTITIES}}
+        self.heldout_every: int | None = None  # set by the first ``add_heldout``
+        self.heldout = _no_heldout(0)
         self._open(0)
 
     def _open(self, start: int) -> None:
@@ -84,6 +103,20 @@ class CurveRecorder:
         done = step + 1
         if done % self.log_every == 0 or done == self.steps:
             self._close(done)
+
+    def add_heldout(self, done: int, every: int, values: Mapping[str, Sequence[float]]) -> None:
+        """A held-out point after ``done`` steps: ``values[q]`` per seed for each of
+        ``HELDOUT``; ``every`` is the evaluation interval (recorded with the points)."""
+        if self.heldout_every is None:
+            self.heldout_every = int(every)
+        elif int(every) != self.heldout_every:
+            raise ValueError(
+                f"held-out points every {every} steps, before every {self.heldout_every}"
+            )
+        self.heldout["step"].append(int(done))
+        for q in HELDOUT:
+            v = np.asarray(values[q], dtype=np.float64).reshape(-1)
+            self.heldout[q].append([float(x) for x in v])
 
     def _close(self, done: int) -> None:
         n = self.count
@@ -106,6 +139,8 @@ class CurveRecorder:
             "first_step": self.first_step,
             "points": self.points,
             "window": {"start": self.start, "count": self.count, "sums": self.sums},
+            "heldout_every": self.heldout_every,
+            "heldout": self.heldout,
         }
 
     def restore(self, state: Mapping[str, Any] | None, step: int) -> None:
@@ -115,6 +150,7 @@ class CurveRecorder:
         if state is None or int(state["log_every"]) != self.log_every:
             self.first_step = step
             self.points = {"step": [], **{q: [] for q in QUANTITIES}}
+            self.heldout_every, self.heldout = None, _no_heldout(step)
             self._open(step)
             return
         w = state["window"]
@@ -127,6 +163,15 @@ class CurveRecorder:
         self.points = {k: list(v) for k, v in state["points"].items()}
         self.start, self.count = int(w["start"]), int(w["count"])
         self.sums = {q: [float(x) for x in w["sums"][q]] for q in MEASURED}
+        # A checkpoint from before held-out points were recorded: they start here.
+        self.heldout_every = state.get("heldout_every")
+        held = state.get("heldout") or _no_heldout(step)
+        self.heldout = {k: (list(v) if isinstance(v, list) else v) for k, v in held.items()}
+
+    def restart_heldout(self, step: int) -> None:
+        """Drop the held-out points (their interval changed on resume); new ones start at
+        ``step``."""
+        self.heldout_every, self.heldout = None, _no_heldout(step)
 
     def curve(self, seed_index: int = 0) -> dict:
         """One seed's curve, as ``curves.json`` holds it (with its plateau statistic)."""
@@ -140,7 +185,18 @@ class CurveRecorder:
         for q in QUANTITIES:
             out[q] = [p[seed_index] for p in self.points[q]]
         out["plateau"] = plateau(out["loss"])
+        if self.heldout["step"]:
+            held = {"every": self.heldout_every, "first_step": self.heldout["first_step"]}
+            held["step"] = list(self.heldout["step"])
+            for q in HELDOUT:
+                held[q] = [p[seed_index] for p in self.heldout[q]]
+            out["heldout"] = held
+            out["plateau_heldout"] = plateau(held["loss"])
         return out
+
+
+def _no_heldout(first_step: int) -> dict:
+    return {"first_step": int(first_step), "step": [], **{q: [] for q in HELDOUT}}
 
 
 def plateau(

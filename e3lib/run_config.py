@@ -106,6 +106,9 @@ class UpstreamConfig:
     # Steps between pretraining checkpoints (a preemption saves too), as the reference
     # configs' 1000. Not part of any id: a resumed run equals the uninterrupted one.
     checkpoint_every: int = 1000
+    # Steps between evaluations of the held-out loss (e3lib.curves, e3lib.train.upstream);
+    # None = ⌈steps/20⌉, 0 = none. Not part of any id.
+    eval_every: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Training curves: the recorder's windowed means, the plateau statistic, curves.json of a
 tiny fine-tune (points and means hand-derived), and a resumed run's history equal to the
-uninterrupted one's."""
+uninterrupted one's; held-out points and their own plateau statistic."""
 
 import json
 import math
@@ -10,7 +10,13 @@ import pytest
 
 from e3lib import train
 from e3lib.config import resolve, run_id
-from e3lib.curves import CurveRecorder, default_log_every, plateau, read_curve
+from e3lib.curves import (
+    CurveRecorder,
+    default_heldout_every,
+    default_log_every,
+    plateau,
+    read_curve,
+)
 
 # -- recorder ---------------------------------------------------------------------------------
 
@@ -168,3 +174,59 @@ def test_resumed_history_equals_uninterrupted(tmp_path, monkeypatch):
         json.loads((tmp_path / "b" / "results.json").read_text())["train"]["resumed_from_step"] == 3
     )
     assert a == b  # every point bitwise equal
+
+
+# -- held-out points --------------------------------------------------------------------------
+
+
+def test_heldout_points_and_their_own_plateau():
+    rec = CurveRecorder(6, 1, log_every=3)
+    feed(rec, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5])
+    assert "heldout" not in rec.curve()  # none recorded: no key
+    for done, (loss, err) in zip((2, 4, 6), ((2.0, 0.5), (1.5, 0.3), (1.5, 0.25))):
+        rec.add_heldout(done, 2, {"loss": [loss], "error": [err]})
+    c = rec.curve()
+    assert c["heldout"] == {
+        "every": 2,
+        "first_step": 0,
+        "step": [2, 4, 6],
+        "loss": [2.0, 1.5, 1.5],
+        "error": [0.5, 0.3, 0.25],
+    }
+    # 3 points: window 1; (1.5 − 1.5) / 1.5 = 0 < 2%: plateaued, while the training loss
+    # (points 4.0, 1.1667) still falls by 71%
+    assert c["plateau_heldout"]["drop"] == 0.0 and c["plateau_heldout"]["plateaued"] is True
+    assert c["plateau"]["drop"] == pytest.approx(1 - (3.5 / 3) / 4.0)
+    with pytest.raises(ValueError, match="every 3 steps, before every 2"):
+        rec.add_heldout(6, 3, {"loss": [1.0], "error": [0.0]})
+
+
+def test_heldout_points_round_trip_and_restart_on_a_new_interval():
+    rec = CurveRecorder(6, 1, log_every=2)
+    feed(rec, [3.0, 2.0, 1.0, 1.0])
+    rec.add_heldout(2, 2, {"loss": [2.5], "error": [0.4]})
+    rec.add_heldout(4, 2, {"loss": [2.0], "error": [0.3]})
+    saved = json.loads(json.dumps(rec.state()))
+    resumed = CurveRecorder(6, 1, log_every=2)
+    resumed.restore(saved, 4)
+    assert resumed.heldout_every == 2
+    resumed.add_heldout(6, 2, {"loss": [1.9], "error": [0.3]})
+    assert resumed.curve()["heldout"]["step"] == [2, 4, 6]
+    assert resumed.curve()["heldout"]["loss"] == [2.5, 2.0, 1.9]
+    resumed.restart_heldout(4)  # resumed with another interval: its points start afresh
+    resumed.add_heldout(6, 1, {"loss": [1.9], "error": [0.3]})
+    held = resumed.curve()["heldout"]
+    assert held["first_step"] == 4 and held["step"] == [6] and held["every"] == 1
+    # a checkpoint written before held-out points were recorded restores without them
+    old = {k: v for k, v in saved.items() if not k.startswith("heldout")}
+    legacy = CurveRecorder(6, 1, log_every=2)
+    legacy.restore(old, 4)
+    assert legacy.heldout_every is None and legacy.heldout["first_step"] == 4
+
+
+def test_default_heldout_every_gives_20_points():
+    assert default_heldout_every(1000) == 50
+    assert default_heldout_every(2000) == 100
+    assert default_heldout_every(30) == 2  # ⌈30/20⌉
+    assert default_heldout_every(6) == 1
+    assert default_heldout_every(1000, 7) == 7 and default_heldout_every(1000, 0) == 0

@@ -21,12 +21,21 @@ from e3lib.report import cli_report, synthetic
 #   e3 mean:    prev 1.10, last 1.00 → drop 9.09%   → not; final (0.99 + 1.01)/2 = 1.00
 #   vmoe seed 0: flat 2.0 → drop 0 → plateaued; seed 1 has no curves.json (old result)
 #   upstream:   prev 1.04, last 1.04 → drop 0 → plateaued; final 1.04
+#   its 5 held-out points (window 1): prev 1.52, last 1.55 → drop −0.03/1.52 = −1.97%, a
+#   rising held-out loss → plateaued; final NLL 1.55, error 37%
 LOSS = {
     ("e3", 0): [2.0] * 8 + [1.0, 0.99],
     ("e3", 1): [2.0] * 8 + [1.2, 1.01],
     ("vmoe", 0): [3.0] * 8 + [2.0, 2.0],
 }
 UPSTREAM = [5.0, 4.0, 3.0, 2.0, 1.5, 1.2, 1.1, 1.05, 1.04, 1.04]
+HELDOUT = {
+    "every": 6,
+    "first_step": 0,
+    "step": [6, 12, 18, 24, 30],
+    "loss": [2.0, 1.6, 1.5, 1.52, 1.55],
+    "error": [0.5, 0.4, 0.35, 0.36, 0.37],
+}
 CELLS = [
     {"axes": {"method": m}, "metrics": {"nll": [0.6, 0.61]}, "gflops": 1.0} for m in ("e3", "vmoe")
 ]
@@ -64,14 +73,14 @@ def sweep(tmp_path):
     up = tmp_path / "upstream" / "up1"
     up.mkdir(parents=True)
     (up / "done.json").write_text(json.dumps({"status": "ok", "train": {"steps": 30}}))
-    (up / "curves.json").write_text(json.dumps(curve_file(UPSTREAM)))
+    (up / "curves.json").write_text(json.dumps({**curve_file(UPSTREAM), "heldout": HELDOUT}))
     return tmp_path, index_path
 
 
 def test_build_curves_gathers_runs_and_their_upstream(sweep):
     root, index_path = sweep
     ds = build_curves(aggregate.load_index(index_path), root)
-    assert ds.sizes == {"curve": 5, "point": 10}
+    assert ds.sizes == {"curve": 5, "point": 10, "heldout_point": 5}
     kinds = list(ds["kind"].values)
     assert kinds.count("run") == 4 and kinds[-1] == "upstream"
     by = {(str(g), int(s)): i for i, (g, s) in enumerate(zip(ds["group"].values, ds["seed"]))}
@@ -87,6 +96,12 @@ def test_build_curves_gathers_runs_and_their_upstream(sweep):
     up = by[("upstream up1", -1)]
     assert ds["final_loss"].values[up] == 1.04 and str(ds["id"].values[up]) == "up1"
     assert list(ds["method"].values) == ["e3", "e3", "vmoe", "vmoe", ""]
+    assert list(ds["heldout_loss"].values[up]) == HELDOUT["loss"]
+    assert list(ds["heldout_step"].values[up]) == HELDOUT["step"]
+    assert ds["heldout_plateau_drop"].values[up] == pytest.approx(-0.03 / 1.52)
+    assert ds["heldout_plateaued"].values[up] == 1
+    assert np.isnan(ds["heldout_loss"].values[e3_1]).all()  # runs record no held-out points
+    assert ds["heldout_plateaued"].values[e3_1] == -1
 
 
 def test_aggregate_writes_curves_beside_the_dataset(sweep):
@@ -123,6 +138,10 @@ def test_report_curves_page_table_and_missing_curves(sweep, tmp_path):
     assert ">1/2<" in vmoe and ">2.0000<" in vmoe and ">0.00%<" in vmoe and ">yes<" in vmoe
     up = rows["upstream up1"]
     assert ">1.0400<" in up and ">yes<" in up
+    # held-out columns: final NLL 1.55, error 37%, drop −1.97% (rising) → plateaued
+    assert ">1.5500<" in up and ">37.00%<" in up and ">-1.97%<" in up
+    assert up.count(">yes<") == 2
+    assert e3.count(">—<") == 4  # a fine-tune has no held-out points
     assert "Runs without a curve (1)" in page and "written before training curves" in page
 
     # A dataset aggregated before curves were collected: the page says so.

@@ -81,6 +81,25 @@ def test_upstream_renderings_extend_the_plain_set_with_jittered_copies():
     assert np.array_equal(upstream_set(16, 3)[0].images, three.images)  # deterministic
 
 
+def test_upstream_heldout_is_the_upstream_task_on_other_digits():
+    from e3lib.data.embedded import _digits, _halves, upstream_heldout
+
+    held = upstream_heldout(16)
+    gray8, digit = _digits()
+    _, half_b = _halves(len(digit))
+    assert len(held) == 2 * len(half_b) == 1798
+    # upright digits keep their label, the rotated copies get digit + 10
+    assert np.array_equal(held.labels, np.concatenate([digit[half_b], digit[half_b] + 10]))
+    train_rows = {img.tobytes() for img in upstream_set(16)[0].images}
+    assert not any(img.tobytes() in train_rows for img in held.images)
+    # random colours: light digits on dark backgrounds, not the downstream's fixed pair
+    corner = held.images[:, 0, 0, :]  # (N, 3): the background pixel of nearly every digit
+    assert np.mean(corner.max(axis=1) <= round(0.35 * 255)) > 0.95
+    assert len(np.unique(corner, axis=0)) > 1000
+    upstream_heldout.cache_clear()
+    assert np.array_equal(upstream_heldout(16).images, held.images)  # deterministic
+
+
 def test_jitter_moves_a_pixel_by_the_drawn_shift():
     from e3lib.data.embedded import _jitter
 

@@ -96,6 +96,64 @@ def test_upstream_checkpoints_every_upstream_checkpoint_every_steps(tmp_path, up
     assert done["train"]["final"] == first["train"]["final"]
 
 
+def _upstream(tmp_path, name, upstream, env_extra=None):
+    cfg = write_cfg(tmp_path / f"{name}.json", {"upstream": upstream})
+    work = tmp_path / name
+    args = ["--config", cfg, "--workdir", work, "--done", work / "done.json", "--log-mode", "plain"]
+    return e3("upstream", *args, env_extra=env_extra), work
+
+
+def test_upstream_records_its_heldout_loss_every_eval_every_steps(tmp_path, upstream_dir):
+    from e3lib.config import upstream_config
+    from e3lib.data.embedded import upstream_heldout
+    from e3lib.evaluate import predict
+    from e3lib.models import build_model
+    from e3lib.models.convert import restore_params
+    from e3lib.train.upstream import upstream_model_config
+
+    fixture = json.loads((upstream_dir / "curves.json").read_text())
+    assert fixture["heldout"]["step"] == [1, 2, 3, 4, 5, 6]  # 6 steps: every ⌈6/20⌉ = 1
+    done, work = _upstream(tmp_path, "every4", {"eval_every": 4})
+    assert done.returncode == 0, done.stderr
+    curve = json.loads((work / "curves.json").read_text())
+    result = json.loads((work / "done.json").read_text())
+    held = curve["heldout"]
+    assert held["every"] == 4 and held["step"] == [4, 6]  # every 4 steps and at the last
+    assert held["loss"][-1] == fixture["heldout"]["loss"][-1]  # the same model after 6 steps
+    assert result["metrics"]["heldout_nll"] == held["loss"][-1]
+    assert result["metrics"]["heldout_error"] == held["error"][-1]
+    # the final point, recomputed: mean −log p(label) of the saved model on half B's digits
+    ucfg = upstream_config(resolve(json.loads((tmp_path / "every4.json").read_text())))
+    model = build_model(upstream_model_config(ucfg), 20)
+    data = upstream_heldout(16)
+    probs = predict(model, restore_params(work / "params"), data.images, 256)[0].mean(0)
+    picked = probs[np.arange(len(data)), data.labels]  # (1798,)
+    assert len(data) == 1798
+    assert held["loss"][-1] == pytest.approx(float(-np.log(picked).mean()), rel=1e-5)
+    assert held["error"][-1] == pytest.approx(float((probs.argmax(1) != data.labels).mean()))
+    # evaluating changes neither the training nor the upstream's identity
+    first = json.loads((upstream_dir / "done.json").read_text())
+    assert result["upstream_id"] == first["upstream_id"]
+    assert result["train"]["final"] == first["train"]["final"]
+    done, work = _upstream(tmp_path, "off", {"eval_every": 0})
+    assert done.returncode == 0, done.stderr
+    assert "heldout" not in json.loads((work / "curves.json").read_text())
+    assert "heldout_nll" not in json.loads((work / "done.json").read_text())["metrics"]
+
+
+def test_resumed_upstream_keeps_its_heldout_points(tmp_path):
+    whole, a = _upstream(tmp_path, "a", {"eval_every": 2})
+    assert whole.returncode == 0, whole.stderr
+    cut, b = _upstream(tmp_path, "b", {"eval_every": 2}, {"E3_FAULT_AT_STEP": "term:3"})
+    assert cut.returncode == train.EXIT_PREEMPTED, cut.stderr
+    saved = json.loads((b / "ckpt" / "3" / "history.json").read_text())
+    assert saved["heldout"]["step"] == [2]
+    again, b = _upstream(tmp_path, "b", {"eval_every": 2})
+    assert again.returncode == 0, again.stderr
+    ca, cb = (json.loads((d / "curves.json").read_text()) for d in (a, b))
+    assert cb["heldout"]["step"] == [2, 4, 6] and ca == cb
+
+
 def test_upstream_from_an_existing_checkpoint_is_registered_not_trained(
     tmp_path, upstream_dir, capsys
 ):

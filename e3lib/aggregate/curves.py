@@ -1,13 +1,16 @@
 """Training curves of a sweep → one xarray Dataset (``curves.nc`` beside ``dataset.nc``).
 
 Notation: R curves (the sweep's finished runs, then the upstreams they start from), P points
-(the longest curve's; shorter ones are NaN-padded).
+(the longest curve's; shorter ones are NaN-padded), Q held-out points (likewise).
 
 Layout (``format_version`` 1)
 -----------------------------
-dims        ``curve`` (R), ``point`` (P)
+dims        ``curve`` (R), ``point`` (P), ``heldout_point`` (Q)
 curves      ``step``, ``loss``, ``ce``, ``aux_loss``, ``lr`` (curve, point): e3lib.curves
             points (step = steps done when the point closed); NaN past a curve's end
+held-out    ``heldout_step``, ``heldout_loss``, ``heldout_error`` (curve, heldout_point):
+            the held-out points of an upstream that recorded them (NaN for the others),
+            ``heldout_plateau_drop``, ``heldout_plateaued`` (curve; -1 = none)
 per curve   ``kind`` ("run" | "upstream"), ``id`` (run or upstream id), ``group`` (the
             run's axis values "axis=value, ..."; "upstream <id>"), ``seed`` (-1 for an
             upstream), one string variable per sweep axis (``axis_dim``; "" for an
@@ -37,6 +40,7 @@ from e3lib.aggregate.schemas import read_json
 from e3lib.config import upstream_id
 from e3lib.curves import (
     CURVES_FILE,
+    HELDOUT,
     PLATEAU_FRAC,
     PLATEAU_THRESHOLD,
     QUANTITIES,
@@ -107,9 +111,11 @@ def _to_dataset(index: Mapping[str, Any], axes: list[str], rows: list[dict]) -> 
     R = len(rows)
     P = max([1] + [len(r["curve"]["step"]) for r in rows if r["curve"]])
     values = {q: np.full((R, P), np.nan) for q in ("step",) + QUANTITIES}  # (R, P)
+    Q = max([1] + [len(r["curve"].get("heldout", {}).get("step", [])) for r in rows if r["curve"]])
+    held = {q: np.full((R, Q), np.nan) for q in ("step",) + HELDOUT}  # (R, Q)
     final = np.full(R, np.nan)
-    drop = np.full(R, np.nan)
-    plateaued = np.full(R, -1, dtype=np.int8)
+    drop, held_drop = np.full(R, np.nan), np.full(R, np.nan)
+    plateaued, held_plateaued = np.full(R, -1, dtype=np.int8), np.full(R, -1, dtype=np.int8)
     notes = []
     for i, r in enumerate(rows):
         c = r["curve"]
@@ -124,9 +130,18 @@ def _to_dataset(index: Mapping[str, Any], axes: list[str], rows: list[dict]) -> 
         p = plateau(c["loss"])
         if p["drop"] is not None:
             drop[i], plateaued[i] = p["drop"], int(p["plateaued"])
+        h = c.get("heldout")
+        if h:
+            for q in held:
+                held[q][i, : len(h["step"])] = np.asarray(h[q], dtype=np.float64)
+            p = plateau(h["loss"])
+            if p["drop"] is not None:
+                held_drop[i], held_plateaued[i] = p["drop"], int(p["plateaued"])
     data_vars: dict[str, Any] = {
         q: (("curve", "point"), values[q], {"kind": "curve"}) for q in values
     }
+    for q in held:
+        data_vars[f"heldout_{q}"] = (("curve", "heldout_point"), held[q], {"kind": "heldout"})
     per_curve = {
         "kind": [r["kind"] for r in rows],
         "id": [r["id"] for r in rows],
@@ -150,6 +165,8 @@ def _to_dataset(index: Mapping[str, Any], axes: list[str], rows: list[dict]) -> 
         plateaued,
         {"flag_values": np.asarray([-1, 0, 1], np.int8), "flag_meanings": "unknown no yes"},
     )
+    data_vars["heldout_plateau_drop"] = ("curve", held_drop)
+    data_vars["heldout_plateaued"] = ("curve", held_plateaued, data_vars["plateaued"][2])
     attrs = {
         "format_version": CURVES_DATASET_FORMAT,
         "sweep": index["sweep"],

@@ -13,6 +13,8 @@ Recipe (all draws from fixed seeds, so every machine builds identical arrays):
   each with new random colours and a random affine jitter (rotation ±15°, scale 0.9–1.1,
   shift ±S/8 pixels): N = 1796·R images, a pretraining set that is not memorised in the
   epochs of a small upstream (rendering 0 is the plain set, bit for bit).
+- **upstream held-out** (the pretraining's held-out loss, never trained on): half B's
+  digits rendered the same way (upright and rotated, random colours), N = 1798.
 - **downstream** (fine-tuning, C=8): half B, digits 0–7 only, white-on-blue colours;
   train / validation / test = 60% / 10% / 30% of those images.
 - **corrupted**: the downstream test set under 10 corruptions × 5 severities
@@ -148,22 +150,39 @@ def _jitter(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _upstream_gray(idx: np.ndarray, gray8, digit, image_size: int):
+    """Digits ``idx`` upright and rotated by 90°: (2N, S, S) intensities, labels (2N,)."""
+    g = gray8[idx]
+    rotated = np.rot90(g, k=1, axes=(1, 2))  # (N, 8, 8)
+    gray = _resize(np.concatenate([g, rotated]), image_size)  # (2N, S, S)
+    return gray, np.concatenate([digit[idx], digit[idx] + 10])
+
+
 @functools.lru_cache(maxsize=4)
 def upstream_set(image_size: int = 16, renderings: int = 1) -> tuple[Labeled, int]:
     """The upstream pretraining set (``renderings`` copies, see the module docstring) and
     its number of classes (20)."""
     gray8, digit = _digits()
     half_a, _ = _halves(len(digit))
-    g = gray8[half_a]
-    rotated = np.rot90(g, k=1, axes=(1, 2))  # (N, 8, 8)
-    gray = _resize(np.concatenate([g, rotated]), image_size)  # (2N, S, S)
-    labels = np.concatenate([digit[half_a], digit[half_a] + 10])
+    gray, labels = _upstream_gray(half_a, gray8, digit, image_size)
     images = [_colourise(gray, *_random_colours(len(gray), np.random.default_rng(2024)))]
     for r in range(1, renderings):
         rng = np.random.default_rng((2024, r))
         images.append(_colourise(_jitter(gray, rng), *_random_colours(len(gray), rng)))
     # R × (2N, S, S, 3) → (R·2N, S, S, 3), rendering-major
     return Labeled(np.concatenate(images), np.tile(labels, renderings)), UPSTREAM_CLASSES
+
+
+@functools.lru_cache(maxsize=4)
+def upstream_heldout(image_size: int = 16) -> Labeled:
+    """The upstream task on digits no upstream trains on: half B's digits, upright and
+    rotated by 90° (label = digit + 10·rotated), random colours of their own seed. The
+    pretraining's held-out loss (e3lib.curves) is measured on it; nothing trains on it."""
+    gray8, digit = _digits()
+    _, half_b = _halves(len(digit))
+    gray, labels = _upstream_gray(half_b, gray8, digit, image_size)
+    colours = _random_colours(len(gray), np.random.default_rng(2025))
+    return Labeled(_colourise(gray, *colours), labels)
 
 
 @functools.lru_cache(maxsize=4)

@@ -56,6 +56,18 @@ def open_upstream_source(ucfg: Mapping[str, Any]) -> tuple[Any, int, str]:
     return source, int(labels.max()) + 1, pp_string(None, ucfg["image_size"], "train")
 
 
+def open_upstream_heldout(ucfg: Mapping[str, Any]) -> tuple[Any, str] | None:
+    """(source, pp) of the held-out set of a file-backed pretraining set: split
+    ``validation`` of ``upstream.dataset`` (None when it has none)."""
+    from e3lib.data.sources import DatasetNotFoundError
+
+    try:
+        source = open_source(ucfg["dataset"], "validation", ucfg["data_dir"])
+    except DatasetNotFoundError:
+        return None
+    return source, pp_string(None, ucfg["image_size"], "eval")
+
+
 @dataclass
 class FewShotSources:
     pool: Any

@@ -1,6 +1,7 @@
 """The training-curves page of a sweep (``curves_{sweep}.html``): loss vs step of every run
-group (mean over seeds with a ±1 standard-error band) and of the upstreams, and a table of
-each group's final loss and plateau statistic. Reads ``curves.nc`` beside the sweep's
+group (mean over seeds with a ±1 standard-error band) and of the upstreams, the upstreams'
+held-out loss, and a table of each group's final loss and plateau statistic (for an
+upstream also those of its held-out loss). Reads ``curves.nc`` beside the sweep's
 dataset (``e3 aggregate``, e3lib.aggregate.curves); without one the page says so.
 
 Notation: n seeds of a group (curves with points), P points.
@@ -8,7 +9,8 @@ Notation: n seeds of a group (curves with points), P points.
 Per group: ``final loss`` = mean over its seeds of each curve's last point; the plateau
 statistic (``e3lib.curves.plateau``) is that of the seed-mean curve (points averaged over
 seeds, which share one step grid), and ``seeds plateaued`` counts the seeds whose own
-curve plateaued.
+curve plateaued. The held-out columns apply the same test to the held-out points
+(``heldout_*`` of curves.nc; "—" where none were recorded).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def group_rows(ds: xr.Dataset) -> list[dict]:
         have = [i for i in idx if _with_points(ds, i)]
         row = {"kind": kind, "group": group, "n": len(have), "n_all": len(idx)}
         row.update(final=None, drop=None, plateaued=None, seeds_plateaued="")
+        row.update(_heldout_columns(ds, have))
         if have:
             loss = ds["loss"].values[have]  # (n, P)
             mean_curve = np.nanmean(loss, axis=0)
@@ -76,13 +79,38 @@ def group_rows(ds: xr.Dataset) -> list[dict]:
     return rows
 
 
-def _long(ds: xr.Dataset, kind: str) -> pd.DataFrame:
-    """(group, seed, step, loss) rows of every point of the curves of one kind."""
+def _heldout_columns(ds: xr.Dataset, have: list[int]) -> dict:
+    """Final held-out loss and error (mean over the curves) and the plateau statistic of the
+    mean held-out curve; None where the curves recorded no held-out points."""
+    none = {"held_final": None, "held_error": None, "held_drop": None, "held_plateaued": None}
+    if "heldout_loss" not in ds or not have:
+        return none
+    loss = ds["heldout_loss"].values[have]  # (n, Q)
+    if not np.isfinite(loss).any():
+        return none
+    last = [row[np.isfinite(row)][-1] for row in loss if np.isfinite(row).any()]
+    errors = ds["heldout_error"].values[have]
+    last_err = [row[np.isfinite(row)][-1] for row in errors if np.isfinite(row).any()]
+    mean_curve = np.nanmean(loss, axis=0)
+    p = plateau(mean_curve[np.isfinite(mean_curve)])
+    return {
+        "held_final": float(np.mean(last)),
+        "held_error": float(np.mean(last_err)),
+        "held_drop": p["drop"],
+        "held_plateaued": p["plateaued"],
+    }
+
+
+def _long(ds: xr.Dataset, kind: str, prefix: str = "") -> pd.DataFrame:
+    """(group, seed, step, loss) rows of every point of the curves of one kind
+    (``prefix`` "heldout_": their held-out points)."""
     records = []
     for i in range(ds.sizes["curve"]):
         if str(ds["kind"].values[i]) != kind or not _with_points(ds, i):
             continue
-        steps, loss = ds["step"].values[i], ds["loss"].values[i]
+        if prefix and f"{prefix}loss" not in ds:
+            break
+        steps, loss = ds[f"{prefix}step"].values[i], ds[f"{prefix}loss"].values[i]
         keep = np.isfinite(steps) & np.isfinite(loss)
         for s, v in zip(steps[keep], loss[keep]):
             records.append(
@@ -97,16 +125,26 @@ def _long(ds: xr.Dataset, kind: str) -> pd.DataFrame:
 
 
 def curves_figure(ds: xr.Dataset, out: Path, sweep: str) -> Figure | None:
-    """Loss vs step: run groups (mean ± standard error over seeds), then the upstreams."""
-    panels = [(k, df) for k in ("run", "upstream") if not (df := _long(ds, k)).empty]
+    """Loss vs step: run groups (mean ± standard error over seeds), the upstreams, then the
+    upstreams' held-out loss."""
+    kinds = {
+        "run": ("", "fine-tuning loss", "training loss (CE + aux)"),
+        "upstream": ("", "upstream loss", "training loss (CE + aux)"),
+        "heldout": ("heldout_", "upstream held-out loss", "held-out NLL"),
+    }
+    panels = []
+    for name, (prefix, title, ylabel) in kinds.items():
+        df = _long(ds, "run" if name == "run" else "upstream", prefix)
+        if not df.empty:
+            panels.append((title, ylabel, df))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
-    for ax, (kind, df) in zip(axes[0], panels):
+    for ax, (title, ylabel, df) in zip(axes[0], panels):
         sns.lineplot(data=df, x="step", y="loss", hue="group", errorbar="se", ax=ax)
-        ax.set_title(f"{sweep}: {'fine-tuning' if kind == 'run' else 'upstream'} loss")
+        ax.set_title(f"{sweep}: {title}")
         ax.set_xlabel("training step")
-        ax.set_ylabel("training loss (CE + aux)")
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, title=None)
     path = Path(out) / f"curves_{sweep}.png"
     return Figure(_save(fig, path), f"{sweep}: training loss curves", "curves")

@@ -18,8 +18,9 @@ exactly the steps an uninterrupted run would (bitwise on CPU). A streamed job
 checkpoint and restores it on resume, so it continues at the exact next example.
 Checkpoints are written every ``checkpoint_every`` steps (``e3lib.checkpoint``), each with
 the loss history so far (``e3lib.curves.CurveRecorder``: a point every ``Job.log_every``
-steps, the mean loss, cross-entropy, aux loss and learning rate of its steps), so a
-resumed run's history equals the uninterrupted run's. SIGTERM
+steps, the mean loss, cross-entropy, aux loss and learning rate of its steps; and, if the job
+has a held-out set, ``Job.heldout``'s loss and error every ``Job.heldout_every`` steps and
+at the last), so a resumed run's history equals the uninterrupted run's. SIGTERM
 saves a checkpoint at the current step and raises ``Preempted``; a non-finite loss
 raises ``Diverged``.
 
@@ -68,6 +69,10 @@ class Job:
     placement: Any = None  # e3lib.parallel.placement.Placement; None = one device
     log_every: int | None = None  # steps per loss-history point; None = ⌈steps/100⌉
     lr_at: Callable | None = None  # step indices → learning rates (the schedule), for curves
+    # params → {"loss": [...], "error": [...]} (one entry per seed) on a held-out set,
+    # evaluated every ``heldout_every`` steps and at the last (e3lib.curves); None = none
+    heldout: Callable | None = None
+    heldout_every: int = 0
 
     @property
     def packed(self) -> bool:
@@ -228,6 +233,8 @@ def train(
     step = _step_of(placement, state)
     if resumed_from is None and step > 0:  # started from a state past step 0, no checkpoint
         recorder.restore(None, step)
+    if recorder.heldout_every not in (None, job.heldout_every):  # interval changed on resume
+        recorder.restart_heldout(step)
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)
     t0, compile_seconds, metrics = time.perf_counter(), None, None
@@ -259,6 +266,8 @@ def train(
             rest = {k: placement.fetch(metrics[k]) for k in MEASURED if k != "loss"}
             recorder.add(step, {"loss": losses, **rest})
             step += 1
+            if job.heldout is not None and (step % job.heldout_every == 0 or step == job.steps):
+                recorder.add_heldout(step, job.heldout_every, job.heldout(state["params"]))
             if checkpoints is not None:
                 checkpoints.save(
                     step, state, extra=_input_state(job, step), history=recorder.state()

@@ -5,9 +5,12 @@ Pretrains the upstream model of a run config with the upstream recipe
 ``upstream.capacity_factor``), or registers an existing checkpoint
 (``upstream.checkpoint``: an Orbax directory or a published checkpoint, e3lib.upstreams).
 Its done file (written last) names the saved parameters; a pretrained one has its loss
-history (e3lib.curves) in ``curves.json`` beside it. ``upstream.log_every`` (steps per
-history point) and ``upstream.checkpoint_every`` are read from the run config, not from the
-upstream's identity.
+history (e3lib.curves) in ``curves.json`` beside it, with the held-out loss and error
+every ``upstream.eval_every`` steps (None = ⌈steps/20⌉, 0 = none) on the upstream set's
+held-out examples: the embedded demo's ``upstream_heldout`` (digits no upstream trains on),
+or split ``validation`` of a file-backed set (its first ``HELDOUT_EXAMPLES``; none when the
+set has no such split). ``upstream.log_every``, ``upstream.eval_every`` and
+``upstream.checkpoint_every`` are read from the run config, not from the upstream's identity.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import resolve, upstream_config, upstream_id
-from e3lib.curves import CURVES_FILE, write_curve
+from e3lib.curves import CURVES_FILE, default_heldout_every, write_curve
 from e3lib.errors import ConfigError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
@@ -35,6 +38,8 @@ from e3lib.train.stage import EXIT_BAD_INPUT, EXIT_OK, read_config, run_stage
 from e3lib.upstreams.catalog import checkpoint_path
 from e3lib.upstreams.load import open_checked
 from e3lib.upstreams.source import is_published
+
+HELDOUT_EXAMPLES = 2048  # of a file-backed set's validation split, read at each evaluation
 
 
 def upstream_model_config(ucfg: Mapping[str, Any]) -> dict:
@@ -68,13 +73,14 @@ def pretrain_upstream(
     stop: StopFlag | None = None,
     log_every: int | None = None,
     checkpoint_every: int = UpstreamConfig.checkpoint_every,
+    eval_every: int | None = UpstreamConfig.eval_every,
 ) -> dict:
     """Pretrain the upstream model; returns the done-file content (params saved first).
 
     A file-backed pretraining set streams (``e3lib.data.stream.StepBatches``: per-process
     shards, seeded order, iterator state saved in each checkpoint), as fine-tuning does;
     the embedded demo's arrays stay in memory. Its loss history (``e3lib.curves``, a point
-    every ``log_every`` steps) is under ``"curves"``."""
+    every ``log_every`` steps, held-out points every ``eval_every``) is under ``"curves"``."""
     from e3lib.data import load_upstream
     from e3lib.data.stream import StepBatches
     from e3lib.data.stream_suite import open_upstream_source, upstream_uses_stream
@@ -90,6 +96,8 @@ def pretrain_upstream(
         data, num_classes = load_upstream(ucfg)
     mcfg = upstream_model_config(ucfg)
     model = build_model(mcfg, num_classes)
+    heldout = _heldout_set(ucfg, stream is not None)
+    every = default_heldout_every(ucfg["steps"], eval_every) if heldout is not None else 0
     job = Job(
         model=model,
         optimizer=upstream_optimizer(ucfg),
@@ -104,6 +112,8 @@ def pretrain_upstream(
         desc=f"upstream {ucfg['method']}",
         log_every=log_every,
         lr_at=host_schedule(upstream_lr(ucfg)),
+        heldout=_heldout_metrics(model, heldout) if every else None,
+        heldout_every=every,
     )
     params = init_params(model, ucfg["seed"], ucfg["image_size"])
     state = initial_state(job.optimizer, params, ucfg["seed"])
@@ -121,36 +131,81 @@ def pretrain_upstream(
         shutil.rmtree(params_dir)
     save_params(params_dir, state["params"])
     probs, labels = _train_subset_probs(model, state["params"], data, stream, 512)
+    metrics = {
+        "train_subset_nll": nll(probs.mean(0), labels),
+        "train_subset_error": error(probs.mean(0), labels),
+        "final_loss": summary["final"].get("loss", [None])[0],
+    }
+    held = summary["curves"][0].get("heldout")
+    if held:
+        metrics.update(heldout_nll=held["loss"][-1], heldout_error=held["error"][-1])
     return {
         "status": "ok",
         "config": dict(ucfg),
         "params_path": str(params_dir.absolute()),
         "num_classes": num_classes,
-        "metrics": {
-            "train_subset_nll": nll(probs.mean(0), labels),
-            "train_subset_error": error(probs.mean(0), labels),
-            "final_loss": summary["final"].get("loss", [None])[0],
-        },
+        "metrics": metrics,
         "train": {k: v for k, v in summary.items() if k != "curves"},
         "curves": summary["curves"][0],
     }
 
 
+def _heldout_set(ucfg: Mapping[str, Any], streamed: bool):
+    """The upstream's held-out examples: in-memory ``Labeled`` (the demo), ``(source,
+    pp)`` (a file-backed set's validation split), or None (no such split)."""
+    if not streamed:
+        from e3lib.data.embedded import upstream_heldout
+
+        return upstream_heldout(ucfg["image_size"])
+    from e3lib.data.stream_suite import open_upstream_heldout
+
+    return open_upstream_heldout(ucfg)
+
+
+def _heldout_metrics(model, heldout):
+    """params → {"loss": [NLL], "error": [error]} of the model on ``heldout``."""
+    from e3lib.evaluate import make_predict_fn
+    from e3lib.metrics import error, nll
+
+    fn = make_predict_fn(model)
+    if isinstance(heldout, tuple):
+        source, pp = heldout
+        data, n = None, HELDOUT_EXAMPLES
+    else:
+        source, pp, data, n = None, None, heldout, len(heldout)
+
+    def metrics(params):
+        probs, labels = _subset_probs(fn, params, data, source, pp, n)
+        probs = probs.mean(0)  # (M, N, C) → (N, C)
+        return {"loss": [nll(probs, labels)], "error": [error(probs, labels)]}
+
+    return metrics
+
+
 def _train_subset_probs(model, params, data, stream, n: int):
     """Probabilities (M, n', C) and labels of the first n' = min(N, n) training examples
     (in memory, or read in order through the eval pipeline from the stream's source)."""
+    from e3lib.evaluate import make_predict_fn
+
+    source, pp = (None, None) if stream is None else (stream.source, stream.pp)
+    return _subset_probs(make_predict_fn(model), params, data, source, pp, n)
+
+
+def _subset_probs(fn, params, data, source, pp, n: int):
+    """Probabilities (M, n', C) and labels of the first n' = min(N, n) examples of
+    ``data`` (in memory) or of ``source`` (read in order through the eval pipeline)."""
     import numpy as np
 
-    from e3lib.evaluate import make_predict_fn, predict
+    from e3lib.evaluate import predict
 
-    if stream is None:
+    if source is None:
         n = min(len(data), n)
-        return predict(model, params, data.images[:n], 256)[0], data.labels[:n]
+        return predict(None, params, data.images[:n], 256, fn)[0], data.labels[:n]
     from e3lib.data.stream import Stream, Subset, eval_dataset
 
-    subset = Subset(stream.source, np.arange(min(len(stream.source), n)))
-    fn, probs, labels = make_predict_fn(model), [], []
-    batches = Stream(eval_dataset(subset, stream.pp, 256, 0, 1), threads=2, prefetch=1)
+    subset = Subset(source, np.arange(min(len(source), n)))
+    probs, labels = [], []
+    batches = Stream(eval_dataset(subset, pp, 256, 0, 1), threads=2, prefetch=1)
     for b in batches:
         valid = np.asarray(b["valid"], bool)
         probs.append(np.asarray(fn(params, b["image"])[0])[:, valid])
@@ -233,6 +288,7 @@ def cli_upstream(argv: list[str]) -> int:
                 stop,
                 cfg.upstream.log_every,
                 cfg.upstream.checkpoint_every,
+                cfg.upstream.eval_every,
             ),
             on_diverged=record_divergence,
         )
