@@ -193,6 +193,47 @@ def test_streamed_upstream_preempted_resumes_bitwise(tmp_path, monkeypatch):
         np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=k)
 
 
+def test_streamed_upstream_heldout_loss_reads_the_validation_split(tmp_path, monkeypatch):
+    # A file-backed pretraining set with a validation split: its held-out points are the
+    # model's NLL and error there (recomputed below from the saved parameters); without
+    # the split the pretraining records none.
+    from e3lib.config import resolve, upstream_config
+    from e3lib.data.sources import write_array_record
+    from e3lib.evaluate import predict
+    from e3lib.models import build_model
+    from e3lib.models.convert import restore_params
+    from e3lib.train.upstream import upstream_model_config
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (34, 8, 8, 3), np.uint8)
+    labels = np.arange(34) % 5
+    for name in ("toyup", "toyval"):
+        (tmp_path / name).mkdir()
+        write_array_record(tmp_path / name / "train.array_record", zip(images[:24], labels[:24]))
+    write_array_record(
+        tmp_path / "toyval" / "validation.array_record", zip(images[24:], labels[24:])
+    )
+    cfg = {
+        "method": "vit",
+        "data": {"image_size": 8, "data_dir": str(tmp_path)},
+        "upstream": {"dataset": "toyval", "steps": 4, "warmup": 1, "batch_size": 8},
+    }
+    cfg["upstream"]["eval_every"] = 2
+    assert upstream(tmp_path, "val", cfg, monkeypatch) == 0
+    curve = json.loads((tmp_path / "up_val" / "curves.json").read_text())
+    held = curve["heldout"]
+    assert held["step"] == [2, 4]
+    model = build_model(upstream_model_config(upstream_config(resolve(cfg))), 5)
+    params = restore_params(tmp_path / "up_val" / "params")
+    probs = predict(model, params, images[24:], 16)[0].mean(0)  # (10, 5)
+    picked = probs[np.arange(10), labels[24:]]
+    assert held["loss"][-1] == pytest.approx(float(-np.log(picked).mean()), rel=1e-5)
+    assert held["error"][-1] == pytest.approx(float((probs.argmax(1) != labels[24:]).mean()))
+    cfg["upstream"]["dataset"] = "toyup"  # no validation split
+    assert upstream(tmp_path, "noval", cfg, monkeypatch) == 0
+    assert "heldout" not in json.loads((tmp_path / "up_noval" / "curves.json").read_text())
+
+
 def _leaves(tree, prefix=""):
     for k, v in tree.items():
         if isinstance(v, dict):
