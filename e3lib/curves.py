@@ -150,7 +150,7 @@ class CurveRecorder:
         if state is None or int(state["log_every"]) != self.log_every:
             self.first_step = step
             self.points = {"step": [], **{q: [] for q in QUANTITIES}}
-            self.heldout_every, self.heldout = None, _no_heldout(step)
+            self.restart_heldout(step)
             self._open(step)
             return
         w = state["window"]

@@ -88,14 +88,15 @@ def _heldout_columns(ds: xr.Dataset, have: list[int]) -> dict:
     loss = ds["heldout_loss"].values[have]  # (n, Q)
     if not np.isfinite(loss).any():
         return none
-    last = [row[np.isfinite(row)][-1] for row in loss if np.isfinite(row).any()]
-    errors = ds["heldout_error"].values[have]
-    last_err = [row[np.isfinite(row)][-1] for row in errors if np.isfinite(row).any()]
+
+    def final(rows):  # mean over curves of each one's last recorded point
+        return float(np.mean([r[np.isfinite(r)][-1] for r in rows if np.isfinite(r).any()]))
+
     mean_curve = np.nanmean(loss, axis=0)
     p = plateau(mean_curve[np.isfinite(mean_curve)])
     return {
-        "held_final": float(np.mean(last)),
-        "held_error": float(np.mean(last_err)),
+        "held_final": final(loss),
+        "held_error": final(ds["heldout_error"].values[have]),
         "held_drop": p["drop"],
         "held_plateaued": p["plateaued"],
     }
@@ -105,11 +106,9 @@ def _long(ds: xr.Dataset, kind: str, prefix: str = "") -> pd.DataFrame:
     """(group, seed, step, loss) rows of every point of the curves of one kind
     (``prefix`` "heldout_": their held-out points)."""
     records = []
-    for i in range(ds.sizes["curve"]):
+    for i in range(ds.sizes["curve"] if f"{prefix}loss" in ds else 0):
         if str(ds["kind"].values[i]) != kind or not _with_points(ds, i):
             continue
-        if prefix and f"{prefix}loss" not in ds:
-            break
         steps, loss = ds[f"{prefix}step"].values[i], ds[f"{prefix}loss"].values[i]
         keep = np.isfinite(steps) & np.isfinite(loss)
         for s, v in zip(steps[keep], loss[keep]):

@@ -96,8 +96,9 @@ def pretrain_upstream(
         data, num_classes = load_upstream(ucfg)
     mcfg = upstream_model_config(ucfg)
     model = build_model(mcfg, num_classes)
-    heldout = _heldout_set(ucfg, stream is not None)
-    every = default_heldout_every(ucfg["steps"], eval_every) if heldout is not None else 0
+    every = default_heldout_every(ucfg["steps"], eval_every)
+    heldout = _heldout_set(ucfg, stream is not None) if every else None
+    every = every if heldout is not None else 0
     job = Job(
         model=model,
         optimizer=upstream_optimizer(ucfg),
