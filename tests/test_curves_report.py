@@ -11,7 +11,7 @@ import xarray as xr
 from done_files import write_done_files
 
 from e3lib import aggregate
-from e3lib.aggregate.curves import NO_CURVE, build_curves
+from e3lib.aggregate.curves import NO_CURVE, build_curves, upstream_groups
 from e3lib.curves import plateau
 from e3lib.report import cli_report, synthetic
 
@@ -141,7 +141,7 @@ def test_report_curves_page_table_and_missing_curves(sweep, tmp_path):
     # held-out columns: final NLL 1.55, error 37%, drop −1.97% (rising) → plateaued
     assert ">1.5500<" in up and ">37.00%<" in up and ">-1.97%<" in up
     assert up.count(">yes<") == 2
-    assert e3.count(">—<") == 4  # a fine-tune has no held-out points
+    assert e3.count(">—<") == 5  # a fine-tune has no held-out points
     assert "Runs without a curve (1)" in page and "written before training curves" in page
 
     # A dataset aggregated before curves were collected: the page says so.
@@ -149,3 +149,77 @@ def test_report_curves_page_table_and_missing_curves(sweep, tmp_path):
     assert cli_report(["--datasets", str(out), "--out", str(site)]) == 0
     page = (site / "curves_toy.html").read_text()
     assert "No training curves" in page and "run `e3 aggregate` again" in page
+
+
+# Upstreams grouped by configuration: upA and upB are seeds 0 and 1 of one pretraining
+# (K = 2), upC another (K = 1). Held-out points, window 1 (5 points):
+#   upA: prev 1.50, last 1.44 → drop 4%      → not plateaued
+#   upB: prev 1.70, last 1.71 → rising       → plateaued
+#   their mean curve: prev (1.50 + 1.70)/2 = 1.60, last (1.44 + 1.71)/2 = 1.575
+#     → drop 0.025/1.60 = 1.5625% → plateaued; seeds plateaued 1/2; final NLL 1.575
+HELD_AB = {"upA": [2.0, 1.6, 1.5, 1.50, 1.44], "upB": [2.0, 1.6, 1.5, 1.70, 1.71]}
+UP_CONFIG = {"method": "vmoe", "size": "tiny", "num_experts": 8, "steps": 30, "data_dir": None}
+UPSTREAM_OF = {("e3", 0): "upA", ("e3", 1): "upB", ("vmoe", 0): "upC", ("vmoe", 1): "upC"}
+UPSTREAM_SETTINGS = {"upA": (2, 0), "upB": (2, 1), "upC": (1, 0)}  # (num_selected, seed)
+
+
+def test_upstream_groups_name_a_configuration_without_its_seed():
+    a = {**UP_CONFIG, "num_selected": 2, "seed": 0}
+    labels = upstream_groups(
+        {
+            "upA": a,
+            "upB": {**a, "seed": 1},
+            "upC": {**a, "num_selected": 1},
+            "upD": {**a, "method": "vit", "num_experts": None, "num_selected": None},
+            "old": None,
+        }
+    )
+    assert labels == {
+        "upA": "upstream method=vmoe, size=tiny, num_experts=8, num_selected=2",
+        "upB": "upstream method=vmoe, size=tiny, num_experts=8, num_selected=2",
+        "upC": "upstream method=vmoe, size=tiny, num_experts=8, num_selected=1",
+        "upD": "upstream method=vit, size=tiny",
+        "old": "upstream old",
+    }
+
+
+def test_upstream_seeds_of_one_configuration_form_one_group(sweep, tmp_path):
+    root, index_path = sweep
+    for e in json.loads(Path(index_path).read_text())["entries"]:
+        run = root / "runs" / e["id"]
+        results = json.loads((run / "results.json").read_text())
+        results["upstream_id"] = UPSTREAM_OF[(e["axes"]["method"], e["seed"])]
+        (run / "results.json").write_text(json.dumps(results))
+    for up, (k, seed) in UPSTREAM_SETTINGS.items():
+        (root / "upstream" / up).mkdir(parents=True)
+        config = {**UP_CONFIG, "num_selected": k, "seed": seed}
+        done = {"status": "ok", "config": config, "train": {"steps": 30}}
+        (root / "upstream" / up / "done.json").write_text(json.dumps(done))
+        held = {**HELDOUT, "loss": HELD_AB.get(up, HELDOUT["loss"])}
+        curve = {**curve_file(UPSTREAM), "heldout": held}
+        (root / "upstream" / up / "curves.json").write_text(json.dumps(curve))
+    out = root / "sweeps" / "toy" / "dataset.nc"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["--index", str(index_path), "--results-root", str(root), "--out", str(out)]
+    assert aggregate.cli_aggregate(args) == 0
+    with xr.open_dataset(out.with_name("curves.nc")) as ds:
+        ups = {
+            str(i): (str(g), int(s))
+            for i, g, s, k in zip(*(ds[v].values for v in ("id", "group", "seed", "kind")))
+            if k == "upstream"
+        }
+    k2 = "upstream method=vmoe, size=tiny, num_selected=2"
+    k1 = "upstream method=vmoe, size=tiny, num_selected=1"
+    assert ups == {"upA": (k2, 0), "upB": (k2, 1), "upC": (k1, 0)}
+    site = tmp_path / "site"
+    assert cli_report(["--datasets", str(out), "--out", str(site)]) == 0
+    page = (site / "curves_toy.html").read_text()
+    rows = {
+        r.split("</td>")[1].split(">")[-1]: r
+        for r in page.split("<tr>")
+        if r.startswith('<td class="label">upstream')
+    }
+    assert set(rows) == {k2, k1}
+    assert ">2/2<" in rows[k2] and ">1.5750<" in rows[k2] and ">1.56%<" in rows[k2]
+    assert rows[k2].count(">yes<") == 2 and ">1/2<" in rows[k2]  # mean curve; seeds 1/2
+    assert ">-1.97%<" in rows[k1] and ">1/1<" in rows[k1]

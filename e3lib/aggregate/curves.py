@@ -12,10 +12,12 @@ held-out    ``heldout_step``, ``heldout_loss``, ``heldout_error`` (curve, heldou
             the held-out points of an upstream that recorded them (NaN for the others),
             ``heldout_plateau_drop``, ``heldout_plateaued`` (curve; -1 = none)
 per curve   ``kind`` ("run" | "upstream"), ``id`` (run or upstream id), ``group`` (the
-            run's axis values "axis=value, ..."; "upstream <id>"), ``seed`` (-1 for an
-            upstream), one string variable per sweep axis (``axis_dim``; "" for an
-            upstream), ``upstream_id``, ``note`` ("" or why there is no curve: a result
-            written before curves were recorded), ``final_loss`` (last point),
+            run's axis values "axis=value, ..."; for an upstream its pretraining settings
+            but the seed, ``upstream_groups``), ``seed`` (the run's or the upstream's; -1
+            for an upstream whose done file has no config), one string variable per sweep
+            axis (``axis_dim``; "" for an upstream), ``upstream_id``, ``note`` ("" or why
+            there is no curve: a result written before curves were recorded),
+            ``final_loss`` (last point),
             ``plateau_drop``, ``plateaued`` (1 yes, 0 no, -1 unknown)
 attrs       sweep, axes (JSON), plateau_frac, plateau_threshold, format_version
 
@@ -94,17 +96,44 @@ def build_curves(index: Mapping[str, Any], results_root: str | Path) -> xr.Datas
         rows.append(
             _row("run", entry["id"], group, int(entry["seed"]), curve, axes=labels, up=up or "")
         )
+    done = {}
     for up in upstreams:
         up_dir = root / "upstream" / up
         if not (up_dir / "done.json").exists():
             note = f"no upstream done file {up_dir / 'done.json'}"
             rows.append(_row("upstream", up, f"upstream {up}", -1, None, axes={}, up=up, note=note))
-            continue
-        if "train" not in read_json(up_dir / "done.json"):
-            continue  # a registered checkpoint: nothing was trained here
-        curve = read_curve(up_dir / CURVES_FILE)
-        rows.append(_row("upstream", up, f"upstream {up}", -1, curve, axes={}, up=up))
+        elif "train" in (d := read_json(up_dir / "done.json")):  # else a registered checkpoint
+            done[up] = d
+    labels = upstream_groups({up: d.get("config") for up, d in done.items()})
+    for up, d in done.items():
+        seed = int((d.get("config") or {}).get("seed", -1))
+        curve = read_curve(root / "upstream" / up / CURVES_FILE)
+        rows.append(_row("upstream", up, labels[up], seed, curve, axes={}, up=up))
     return _to_dataset(index, axes, rows)
+
+
+def upstream_groups(configs: Mapping[str, Mapping[str, Any] | None]) -> dict[str, str]:
+    """Group label of each upstream (id → its done file's config): its pretraining settings
+    but the seed, so the seeds of one configuration form one group — its method and size,
+    then every other field whose value differs among the upstreams given ("upstream
+    method=vmoe, size=tiny, num_experts=8, num_selected=2"; a None value is left out).
+    An upstream whose done file has no config (written before they carried one) is a group
+    of its own, "upstream <id>"."""
+    known = {up: c for up, c in configs.items() if c}
+    fields = [k for c in known.values() for k in c if k not in _NOT_GROUPED]
+    varying = [
+        k
+        for k in dict.fromkeys(fields)
+        if k in ("method", "size") or len({json.dumps(c.get(k)) for c in known.values()}) > 1
+    ]
+    labels = {up: f"upstream {up}" for up in configs}
+    for up, c in known.items():
+        shown = [f"{k}={c[k]}" for k in varying if c.get(k) is not None]
+        labels[up] = "upstream " + ", ".join(shown)
+    return labels
+
+
+_NOT_GROUPED = ("seed", "checkpoint", "checkpoint_sha256", "data_dir")
 
 
 def _to_dataset(index: Mapping[str, Any], axes: list[str], rows: list[dict]) -> xr.Dataset:

@@ -9,8 +9,9 @@ Notation: n seeds of a group (curves with points), P points.
 Per group: ``final loss`` = mean over its seeds of each curve's last point; the plateau
 statistic (``e3lib.curves.plateau``) is that of the seed-mean curve (points averaged over
 seeds, which share one step grid), and ``seeds plateaued`` counts the seeds whose own
-curve plateaued. The held-out columns apply the same test to the held-out points
-(``heldout_*`` of curves.nc; "—" where none were recorded).
+curve plateaued. An upstream group is one pretraining configuration over its seeds
+(``e3lib.aggregate.curves.upstream_groups``). The held-out columns apply the same tests to
+the held-out points (``heldout_*`` of curves.nc; "—" where none were recorded).
 """
 
 from __future__ import annotations
@@ -80,25 +81,33 @@ def group_rows(ds: xr.Dataset) -> list[dict]:
 
 
 def _heldout_columns(ds: xr.Dataset, have: list[int]) -> dict:
-    """Final held-out loss and error (mean over the curves) and the plateau statistic of the
-    mean held-out curve; None where the curves recorded no held-out points."""
-    none = {"held_final": None, "held_error": None, "held_drop": None, "held_plateaued": None}
+    """Final held-out loss and error (mean over the curves with held-out points), the plateau
+    statistic of their mean held-out curve (None unless they share one step grid) and how
+    many of them plateaued on their own; None where no curve recorded held-out points."""
+    none = dict.fromkeys(("held_final", "held_error", "held_drop", "held_plateaued"))
+    none["held_seeds_plateaued"] = ""
     if "heldout_loss" not in ds or not have:
         return none
-    loss = ds["heldout_loss"].values[have]  # (n, Q)
-    if not np.isfinite(loss).any():
+    have = [i for i in have if np.isfinite(ds["heldout_loss"].values[i]).any()]
+    if not have:
         return none
+    loss = ds["heldout_loss"].values[have]  # (n, Q)
 
     def final(rows):  # mean over curves of each one's last recorded point
-        return float(np.mean([r[np.isfinite(r)][-1] for r in rows if np.isfinite(r).any()]))
+        return float(np.mean([r[np.isfinite(r)][-1] for r in rows]))
 
-    mean_curve = np.nanmean(loss, axis=0)
-    p = plateau(mean_curve[np.isfinite(mean_curve)])
+    steps = ds["heldout_step"].values[have]  # (n, Q)
+    p = {"drop": None, "plateaued": None}
+    if all(np.array_equal(s, steps[0], equal_nan=True) for s in steps):  # one step grid
+        mean_curve = np.nanmean(loss, axis=0)
+        p = plateau(mean_curve[np.isfinite(mean_curve)])
+    flags = ds["heldout_plateaued"].values[have]
     return {
         "held_final": final(loss),
         "held_error": final(ds["heldout_error"].values[have]),
         "held_drop": p["drop"],
         "held_plateaued": p["plateaued"],
+        "held_seeds_plateaued": f"{int((flags == 1).sum())}/{len(have)}",
     }
 
 
