@@ -171,14 +171,18 @@ def test_upstream_groups_name_a_configuration_without_its_seed():
             "upB": {**a, "seed": 1},
             "upC": {**a, "num_selected": 1},
             "upD": {**a, "method": "vit", "num_experts": None, "num_selected": None},
+            "upE": {**a, "renderings": 8},  # absent (1) in the others of its method
             "old": None,
         }
     )
+    # num_experts is 8 for every V-MoE (None for the ViT): not shown; renderings is
+    # absent from three V-MoEs and 8 in one: shown where set
     assert labels == {
-        "upA": "upstream method=vmoe, size=tiny, num_experts=8, num_selected=2",
-        "upB": "upstream method=vmoe, size=tiny, num_experts=8, num_selected=2",
-        "upC": "upstream method=vmoe, size=tiny, num_experts=8, num_selected=1",
+        "upA": "upstream method=vmoe, size=tiny, num_selected=2",
+        "upB": "upstream method=vmoe, size=tiny, num_selected=2",
+        "upC": "upstream method=vmoe, size=tiny, num_selected=1",
         "upD": "upstream method=vit, size=tiny",
+        "upE": "upstream method=vmoe, size=tiny, num_selected=2, renderings=8",
         "old": "upstream old",
     }
 

@@ -114,26 +114,26 @@ def build_curves(index: Mapping[str, Any], results_root: str | Path) -> xr.Datas
 
 def upstream_groups(configs: Mapping[str, Mapping[str, Any] | None]) -> dict[str, str]:
     """Group label of each upstream (id → its done file's config): its pretraining settings
-    but the seed, so the seeds of one configuration form one group — its method and size,
-    then every other field whose value differs among the upstreams given ("upstream
-    method=vmoe, size=tiny, num_experts=8, num_selected=2"; a None value is left out).
-    An upstream whose done file has no config (written before they carried one) is a group
-    of its own, "upstream <id>"."""
+    but the seed, so the seeds of one configuration form one group and two configurations
+    never share a label. Shown: its method and size, then every other field whose value
+    differs among the upstreams of one method ("upstream method=vmoe, size=tiny,
+    num_selected=2"; a None or absent value is left out). An upstream whose done file has
+    no config (written before they carried one) is a group of its own, "upstream <id>"."""
     known = {up: c for up, c in configs.items() if c}
-    fields = [k for c in known.values() for k in c if k not in _NOT_GROUPED]
-    varying = [
+    fields = dict.fromkeys(k for c in known.values() for k in c)
+    values: dict[str, dict[Any, set[str]]] = {k: {} for k in fields}  # field → method → JSONs
+    for c in known.values():
+        for k, by_method in values.items():
+            by_method.setdefault(c.get("method"), set()).add(json.dumps(c.get(k)))
+    shown = ["method", "size"] + [
         k
-        for k in dict.fromkeys(fields)
-        if k in ("method", "size") or len({json.dumps(c.get(k)) for c in known.values()}) > 1
+        for k, by_method in values.items()
+        if k not in ("method", "size", "seed") and any(len(v) > 1 for v in by_method.values())
     ]
     labels = {up: f"upstream {up}" for up in configs}
     for up, c in known.items():
-        shown = [f"{k}={c[k]}" for k in varying if c.get(k) is not None]
-        labels[up] = "upstream " + ", ".join(shown)
+        labels[up] = "upstream " + ", ".join(f"{k}={c[k]}" for k in shown if c.get(k) is not None)
     return labels
-
-
-_NOT_GROUPED = ("seed", "checkpoint", "checkpoint_sha256", "data_dir")
 
 
 def _to_dataset(index: Mapping[str, Any], axes: list[str], rows: list[dict]) -> xr.Dataset:
