@@ -120,10 +120,9 @@ def upstream_groups(configs: Mapping[str, Mapping[str, Any] | None]) -> dict[str
     num_selected=2"; a None or absent value is left out). An upstream whose done file has
     no config (written before they carried one) is a group of its own, "upstream <id>"."""
     known = {up: c for up, c in configs.items() if c}
-    fields = dict.fromkeys(k for c in known.values() for k in c)
-    values: dict[str, dict[Any, set[str]]] = {k: {} for k in fields}  # field → method → JSONs
+    values: dict[str, dict[Any, set[str]]] = {k: {} for c in known.values() for k in c}
     for c in known.values():
-        for k, by_method in values.items():
+        for k, by_method in values.items():  # field → method → its values, as JSON
             by_method.setdefault(c.get("method"), set()).add(json.dumps(c.get(k)))
     shown = ["method", "size"] + [
         k

@@ -8,10 +8,11 @@ Notation: n seeds of a group (curves with points), P points.
 
 Per group: ``final loss`` = mean over its seeds of each curve's last point; the plateau
 statistic (``e3lib.curves.plateau``) is that of the seed-mean curve (points averaged over
-seeds, which share one step grid), and ``seeds plateaued`` counts the seeds whose own
-curve plateaued. An upstream group is one pretraining configuration over its seeds
-(``e3lib.aggregate.curves.upstream_groups``). The held-out columns apply the same tests to
-the held-out points (``heldout_*`` of curves.nc; "—" where none were recorded).
+seeds; none when their step grids differ, e.g. a resume with another interval), and
+``seeds plateaued`` counts the seeds whose own curve plateaued. An upstream group is one
+pretraining configuration over its seeds (``e3lib.aggregate.curves.upstream_groups``).
+The held-out columns apply the same tests to the held-out points (``heldout_*`` of
+curves.nc; "—" where none were recorded).
 """
 
 from __future__ import annotations
@@ -66,18 +67,30 @@ def group_rows(ds: xr.Dataset) -> list[dict]:
         row.update(final=None, drop=None, plateaued=None, seeds_plateaued="")
         row.update(_heldout_columns(ds, have))
         if have:
-            loss = ds["loss"].values[have]  # (n, P)
-            mean_curve = np.nanmean(loss, axis=0)
-            p = plateau(mean_curve[np.isfinite(mean_curve)])
-            flags = ds["plateaued"].values[have]
+            p = _seed_mean_plateau(ds, have)
             row.update(
                 final=float(np.nanmean(ds["final_loss"].values[have])),
                 drop=p["drop"],
                 plateaued=p["plateaued"],
-                seeds_plateaued=f"{int((flags == 1).sum())}/{len(have)}",
+                seeds_plateaued=_count_plateaued(ds["plateaued"].values[have]),
             )
         rows.append(row)
     return rows
+
+
+def _seed_mean_plateau(ds: xr.Dataset, have: list[int], prefix: str = "") -> dict:
+    """The plateau statistic of the mean curve of ``have`` (``prefix`` "heldout_": of their
+    held-out points); drop and plateaued None unless the curves share one step grid."""
+    steps = ds[f"{prefix}step"].values[have]  # (n, P)
+    if not all(np.array_equal(s, steps[0], equal_nan=True) for s in steps):
+        return {"drop": None, "plateaued": None}
+    mean_curve = np.nanmean(ds[f"{prefix}loss"].values[have], axis=0)  # (P,)
+    return plateau(mean_curve[np.isfinite(mean_curve)])
+
+
+def _count_plateaued(flags: np.ndarray) -> str:
+    """ "k/n": how many of n curves' own plateau flags (1 yes, 0 no, -1 unknown) say yes."""
+    return f"{int((flags == 1).sum())}/{len(flags)}"
 
 
 def _heldout_columns(ds: xr.Dataset, have: list[int]) -> dict:
@@ -91,23 +104,17 @@ def _heldout_columns(ds: xr.Dataset, have: list[int]) -> dict:
     have = [i for i in have if np.isfinite(ds["heldout_loss"].values[i]).any()]
     if not have:
         return none
-    loss = ds["heldout_loss"].values[have]  # (n, Q)
 
     def final(rows):  # mean over curves of each one's last recorded point
         return float(np.mean([r[np.isfinite(r)][-1] for r in rows]))
 
-    steps = ds["heldout_step"].values[have]  # (n, Q)
-    p = {"drop": None, "plateaued": None}
-    if all(np.array_equal(s, steps[0], equal_nan=True) for s in steps):  # one step grid
-        mean_curve = np.nanmean(loss, axis=0)
-        p = plateau(mean_curve[np.isfinite(mean_curve)])
-    flags = ds["heldout_plateaued"].values[have]
+    p = _seed_mean_plateau(ds, have, "heldout_")
     return {
-        "held_final": final(loss),
+        "held_final": final(ds["heldout_loss"].values[have]),
         "held_error": final(ds["heldout_error"].values[have]),
         "held_drop": p["drop"],
         "held_plateaued": p["plateaued"],
-        "held_seeds_plateaued": f"{int((flags == 1).sum())}/{len(have)}",
+        "held_seeds_plateaued": _count_plateaued(ds["heldout_plateaued"].values[have]),
     }
 
 
