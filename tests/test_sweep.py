@@ -255,6 +255,73 @@ def test_upstream_ensembles_pretrain_one_upstream_per_member():
     assert members[1]["axes"]["method"] == "up_de_member"
 
 
+def test_upstream_seeds_shared_or_one_upstream_per_fine_tuning_seed():
+    doc = {**BASE, "base": {"method": "vmoe", "model": {"num_experts": 8}}, "seeds": 3}
+    shared = runs_of(expand(doc))
+    assert [e["config"]["upstream"]["seed"] for e in shared] == [0, 0, 0]
+    assert len({e["upstream_id"] for e in shared}) == 1
+    per_run = runs_of(expand({**doc, "upstream_seeds": "per_run"}))
+    assert [e["config"]["upstream"]["seed"] for e in per_run] == [0, 1, 2]
+    assert [e["seed"] for e in per_run] == [0, 1, 2]
+    assert len({e["upstream_id"] for e in per_run}) == 3
+    # seed 0 is the same run either way (upstream seed 0)
+    assert per_run[0]["id"] == shared[0]["id"]
+    assert {e["id"] for e in per_run[1:]}.isdisjoint(e["id"] for e in shared)
+    # a variant sets it for itself only
+    over = {**doc, "variants": {"small": {"upstream_seeds": "per_run"}, "paper": {}}}
+    assert len({e["upstream_id"] for e in runs_of(expand(over))}) == 3
+    assert len({e["upstream_id"] for e in runs_of(expand(over, "paper"))}) == 1
+
+
+def test_per_run_upstream_seeds_make_upstream_ensemble_members_the_rows_themselves():
+    doc = {
+        **BASE,
+        "base": {"method": "vmoe", "model": {"num_experts": 8}},
+        "seeds": 4,
+        "upstream_seeds": "per_run",
+        "ensembles": [{"label": "up_de", "kind": "upstream", "runs": [2]}],
+    }
+    sw = expand(doc)
+    rows = {e["id"] for e in runs_of(sw)}
+    assert len(rows) == 4  # no up_de_member runs: member j is the row of seed j
+    assert {e["axes"]["method"] for e in runs_of(sw)} == {"vmoe"}
+    ens = [e for e in sw.entries if e["kind"] == "ensemble"]
+    # 4 seeds, runs of 2: 2 disjoint replicates, raised to 3 (MIN_REPLICATES)
+    assert len(ens) == 3 and all(set(e["members"]) <= rows for e in ens)
+
+
+def test_per_run_upstream_seeds_with_a_published_checkpoint_is_refused():
+    doc = {
+        **BASE,
+        "base": {
+            "method": "vmoe",
+            "model": {"size": "B/16", "num_experts": 8, "moe_placement": "every", "moe_n": 2},
+            "upstream": {"checkpoint": "vmoe_b16_in21k"},
+        },
+        "seeds": 2,
+        "upstream_seeds": "per_run",
+    }
+    assert (
+        len({e["upstream_id"] for e in runs_of(expand({**doc, "upstream_seeds": "shared"}))}) == 1
+    )
+    with pytest.raises(S.SweepError) as info:
+        expand(doc)
+    assert info.value.field == "upstream_seeds" and info.value.file == "t.yaml"
+    assert "upstream.checkpoint" in str(info.value) and "allowed: shared" in str(info.value)
+    # nor can an upstream ensemble draw distinct pretrainings from one checkpoint
+    up_de = {"label": "up_de", "kind": "upstream", "runs": [2]}
+    with pytest.raises(S.SweepError, match=r"distinct upstreams.*upstream.checkpoint"):
+        expand({**doc, "upstream_seeds": "shared", "seeds": 5, "ensembles": [up_de]})
+    # and members of a downstream ensemble must share their upstream
+    down = {"label": "de", "kind": "downstream", "runs": [2]}
+    per_run = {**BASE, "base": {"method": "vmoe"}, "seeds": 5, "upstream_seeds": "per_run"}
+    with pytest.raises(S.SweepError, match=r"share one upstream.*per_run"):
+        expand({**per_run, "ensembles": [down]})
+    with pytest.raises(S.SweepError, match=r"upstream_seeds.*each") as info:
+        expand({**doc, "upstream_seeds": "each"})
+    assert "per_run" in str(info.value) and "shared" in str(info.value)
+
+
 def test_the_same_point_from_two_cases_is_one_run():
     # identical cases are refused (tests/test_bad_input.py); cases that resolve alike are one run
     sw = expand({**BASE, "axes": [{"cases": [{"finetune.lr": 0.01}, {"model.overlap": 0}]}]})

@@ -183,9 +183,10 @@ def _add_size(
                 f"{where}.kind",
                 "downstream",
                 "downstream ensemble members must share one upstream but the "
-                "seeds change it; use kind: upstream",
+                "seeds change it (upstream_seeds: per_run?); use kind: upstream",
             )
-        if ens["kind"] == "upstream" and len(ups) != size:
+        checkpoint = x.sweep.runs[members[0]]["upstream"]["checkpoint"]
+        if ens["kind"] == "upstream" and (len(ups) != size or checkpoint):
             raise SweepError(
                 x.file,
                 f"{where}.kind",

@@ -10,7 +10,8 @@ file, the field, the value and what is allowed:
 5. ``guards``: seeds, replicates and the number of jobs (``max_runs``), counted before any
    point exists; ``expand_points``: the axis groups' product (``when`` groups only where
    they match; a field assigned twice to one point is refused);
-6. ``Expansion.add_point``: every point x seed through ``e3lib.config.resolve`` (cross-field
+6. ``Expansion.add_point``: every point x seed (``upstream_seeds: per_run``: with
+   ``upstream.seed`` = seed) through ``e3lib.config.resolve`` (cross-field
    rules: K <= E/M, E - o divisible by M, ...), one run each; a published checkpoint's name
    becomes its path (``checkpoints`` overrides first) and a local checkpoint's checksum is
    pinned (``e3lib.upstreams.identity.pinned_config``);
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,10 @@ from e3lib.config import (
 )
 from e3lib.run_config import RunConfig
 from e3lib.sweep import guards
-from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS, add_ensembles, matches
+from e3lib.sweep.ensembles import ENSEMBLE_RUNS_AXIS, add_ensembles
 from e3lib.sweep.load import SweepDoc, read_doc, refuse_renamed_fields, variant_doc
 from e3lib.sweep.plan import Plan, Sweep, run_entry
+from e3lib.sweep.points import expand_points, fmt_point, group_paths, iter_points
 from e3lib.sweep.schema import SweepError, check_schema
 from e3lib.upstreams.catalog import check_overrides
 from e3lib.upstreams.identity import pinned_config
@@ -54,28 +56,6 @@ from e3lib.upstreams.identity import pinned_config
 SELECT_DEFAULTS = {"metric": "nll", "split": "val", "mode": "min", "member": "ensemble"}
 # Axes a selection may not range over: they are what the tables compare.
 UNSELECTABLE_AXES = ("method", "model.ensemble_size", ENSEMBLE_RUNS_AXIS)
-
-
-def _fmt_point(point: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in point.items()) or "base"
-
-
-def group_points(group: Mapping[str, Any]) -> list[dict]:
-    """The assignments one axis group contributes: a list of {path: value}."""
-    if "name" in group:
-        return [{group["name"]: v} for v in group["values"]]
-    if "zip" in group:
-        names = list(group["zip"])
-        return [dict(zip(names, vals)) for vals in zip(*(group["zip"][n] for n in names))]
-    return [dict(case) for case in group["cases"]]
-
-
-def _group_paths(group: Mapping[str, Any]) -> list[str]:
-    if "name" in group:
-        return [group["name"]]
-    if "zip" in group:
-        return list(group["zip"])
-    return list(dict.fromkeys(k for case in group["cases"] for k in case))
 
 
 def axis_names(doc: SweepDoc) -> list[str]:
@@ -90,7 +70,7 @@ def axis_names(doc: SweepDoc) -> list[str]:
                     doc.file, f"{where}.zip", lengths, "zipped axes must have lists of equal length"
                 )
         guards.check_axis_values(group, where, doc.file)
-        for path in _group_paths(group):
+        for path in group_paths(group):
             if path == "seed":
                 raise SweepError(
                     doc.file, where, "seed", "seeds are declared with `seeds:`, not as an axis"
@@ -124,52 +104,6 @@ def base_config(doc: SweepDoc) -> dict:
         raise SweepError(doc.file, f"base.{err.field}", err.value, err.rule) from None
 
 
-def iter_points(
-    groups: Sequence[Mapping[str, Any]],
-    base_cfg: Mapping[str, Any],
-    doc: SweepDoc | None = None,
-    i: int = 0,
-    point: dict | None = None,
-) -> Iterator[dict]:
-    """The points of ``groups[i:]`` extending ``point``, lazily, in product order. A group
-    may not re-assign a field an earlier group assigned to the same point (its values would
-    silently replace the earlier ones): refused, naming both groups."""
-    point = {} if point is None else point
-    if i == len(groups):
-        yield point
-        return
-    group = groups[i]
-    cond = group.get("when") or {}
-    current = {path: point.get(path, tree.get(base_cfg, path)) for path in cond}
-    if not matches(cond, current):
-        yield from iter_points(groups, base_cfg, doc, i + 1, point)
-        return
-    for a in group_points(group):
-        again = [k for k in a if k in point]
-        if again:
-            file, where = (doc.file, doc.axis_field(i)) if doc else ("(sweep)", f"axes[{i}]")
-            first = next(j for j in range(i) if again[0] in _group_paths(groups[j]))
-            first_at = doc.axis_field(first) if doc else f"axes[{first}]"
-            raise SweepError(
-                file,
-                where,
-                again[0],
-                f"this field is already an axis ({first_at}) of the points it "
-                f"applies to (e.g. {_fmt_point(point)}); an axis listed twice "
-                "would silently replace the earlier values: list it once, or "
-                "give the groups disjoint `when:` conditions",
-            )
-        yield from iter_points(groups, base_cfg, doc, i + 1, {**point, **a})
-
-
-def expand_points(
-    groups: Sequence[Mapping[str, Any]], base_cfg: Mapping[str, Any], doc: SweepDoc | None = None
-) -> list[dict]:
-    """Product of the axis groups in order; a group with ``when`` only expands the points
-    whose current values (assigned, else the base config's) match it."""
-    return list(iter_points(groups, base_cfg, doc))
-
-
 def check_select(doc: SweepDoc, axes: Sequence[str]) -> dict | None:
     """The sweep's `select:` block with defaults filled in; `over` must name its axes."""
     block = doc.select
@@ -199,9 +133,15 @@ class Expansion:
     run_id = staticmethod(run_id)
 
     def __init__(
-        self, sweep: Sweep, base: dict, file: str, checkpoints: Mapping[str, str] | None = None
+        self,
+        sweep: Sweep,
+        base: dict,
+        file: str,
+        checkpoints: Mapping[str, str] | None = None,
+        upstream_seeds: str = "shared",
     ):
         self.sweep, self.base, self.file = sweep, base, file
+        self.upstream_seeds = upstream_seeds  # "shared" or "per_run" (sweep.schema.yaml)
         self.checkpoints = dict(checkpoints or {})  # published name -> path
         self._rows: dict[tuple, str] = {}  # (axis values, seed or replicate) -> id
         self._resolved: dict[tuple, RunConfig] = {}  # point -> resolved config
@@ -220,7 +160,7 @@ class Expansion:
                     resolve({**over, "seed": seed}, job=True), self.checkpoints
                 )
             except ConfigError as err:
-                where = f"run ({_fmt_point(point)}, seed={seed})"
+                where = f"run ({fmt_point(point)}, seed={seed})"
                 raise SweepError(
                     self.file, f"{err.field} in {where}", err.value, err.rule
                 ) from None
@@ -264,10 +204,22 @@ class Expansion:
         return rid
 
     def add_point(self, point: dict, seeds: Sequence[int]) -> dict[int, str]:
-        """One run per seed of ``point``; returns seed -> run id."""
+        """One run per seed of ``point``; returns seed -> run id. With ``upstream_seeds:
+        per_run`` seed s fine-tunes from upstream seed s: each seed needs its own upstream."""
+        per_run = self.upstream_seeds == "per_run"
         by_seed = {}
         for s in seeds:
-            cfg = self.resolved(point, s)
+            cfg = self.resolved(point, s, {"upstream.seed": s} if per_run else None)
+            if per_run and cfg.upstream.checkpoint:
+                raise SweepError(
+                    self.file,
+                    "upstream_seeds",
+                    "per_run",
+                    f"the runs of ({fmt_point(point)}) fine-tune from upstream.checkpoint "
+                    f"{cfg.upstream.checkpoint!r}, one upstream for every seed; per_run "
+                    "needs a pretraining job per seed; allowed: shared, or per_run "
+                    "without upstream.checkpoint",
+                )
             by_seed[s] = self.add_run(cfg, self.axes_of(cfg), s)
         return by_seed
 
@@ -319,7 +271,7 @@ def expand_doc(
         seeds=d.seeds,
     )
     sweep.select = check_select(d, sweep.axes)
-    x = Expansion(sweep, d.base, file, checkpoints)
+    x = Expansion(sweep, d.base, file, checkpoints, d.upstream_seeds)
     point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg, d)]
     add_ensembles(x, d, point_runs)
     return sweep

@@ -20,7 +20,7 @@ from e3lib.sweep.schema import SweepError
 
 VARIANTS = ("small", "paper", "public")
 # Fields an overlay replaces wholesale (``base`` is merged, ``add_axes`` appended).
-REPLACED = ("axes", "seeds", "ensembles", "select")
+REPLACED = ("axes", "seeds", "upstream_seeds", "ensembles", "select")
 # Fields that were renamed: old name -> (new name, why). Files using the old name are
 # refused with a message naming the new one (never read with a guessed meaning).
 RENAMED_ENSEMBLE_FIELDS = {
@@ -102,6 +102,7 @@ class SweepDoc:
     ensembles: list[dict]
     select: dict | None
     max_runs: int = guards.DEFAULT_MAX_RUNS
+    upstream_seeds: str = "shared"  # or "per_run": fine-tune seed s from upstream seed s
     # where each replaceable field came from: "axes" or "variants.paper.axes", ...
     where: dict[str, str] = field(default_factory=dict)
     n_axes_own: int = 0  # axis groups before the overlay's add_axes
@@ -157,6 +158,7 @@ def variant_doc(doc: dict, variant: str, file: str, max_runs: int | None = None)
         ensembles=list(out["ensembles"] or []),
         select=out["select"],
         max_runs=max_runs,
+        upstream_seeds=out["upstream_seeds"] or "shared",
         where=where,
         n_axes_own=len(overlay["axes"]) if "axes" in overlay else len(doc.get("axes") or []),
     )
