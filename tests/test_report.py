@@ -374,6 +374,28 @@ def test_page_states_the_configuration_that_ran(tmp_path):
             assert not any(w in sub for w in ("ImageNet", "E=32", "B/32", "S/32", "CIFAR")), sub
 
 
+def test_page_states_the_upstream_seeds_the_fine_tunes_started_from(tmp_path):
+    import json
+    from pathlib import Path
+
+    def ran(root, upstream, per_run=False):
+        ds = _overlap_ds(root, {**SMALL, "upstream": upstream})
+        for path in set(np.asarray(ds["result_path"].values).ravel().tolist()):
+            r = json.loads(Path(path).read_text())
+            if per_run:  # upstream_seeds: per_run: fine-tune seed s from upstream seed s
+                r["config"]["upstream"]["seed"] = r["config"]["seed"]
+            Path(path).write_text(json.dumps(r))
+        return alignment.describe_run(ds, alignment.run_configuration(ds))
+
+    shared = ran(tmp_path / "s", {"seed": 0})
+    assert shared.startswith("size tiny, E=8, data demo, fine-tune steps 300, upstream seed 0;")
+    per_run = ran(tmp_path / "p", {"seed": 0}, per_run=True)
+    assert "fine-tune steps 300, upstream seeds 0, 1, 2 (3); axes" in per_run
+    # from a published checkpoint there is no pretraining seed to state
+    public = ran(tmp_path / "c", {"seed": 0, "checkpoint": "gs://x/vmoe"})
+    assert "upstream seed" not in public
+
+
 def test_alignment_needs_the_experts_that_ran(tmp_path):
     # without E in the runs' configuration o/E is unknown: no paper row is guessed
     t3 = tables.build_table("table3", [_overlap_ds(tmp_path, {})])

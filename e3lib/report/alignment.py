@@ -17,7 +17,8 @@ ties to the earlier one). Three refinements, declared in ``reference/{id}.yaml``
 
 ``run_configuration`` gives the fields every run of a sweep shares (``RUN_FIELDS``): from
 the dataset attribute ``run_config`` (JSON) when present, else from the runs'
-results.json files named in ``result_path``.
+results.json files named in ``result_path``; ``upstream.seed`` is given either way, as the
+list of every pretraining seed when the runs (or ensemble members) have several.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ RUN_FIELDS = (
     "finetune.steps",
     "upstream.steps",
     "upstream.renderings",
+    "upstream.seed",
 )
 _PLAIN = {"upstream.renderings": 1}  # not stated at these values: nothing to say
 _NAMES = {
@@ -58,6 +60,7 @@ _NAMES = {
     "finetune.steps": "fine-tune steps",
     "upstream.steps": "upstream steps",
     "upstream.renderings": "upstream renderings",
+    "upstream.seed": "upstream seed",
 }
 
 
@@ -85,17 +88,28 @@ def run_configuration(ds: xr.Dataset) -> dict[str, Any]:
         for cfg in _configs_of(json.loads(p.read_text())):
             for f in RUN_FIELDS:
                 v = tree.get(cfg, f, None)
+                if f == "upstream.seed" and tree.get(cfg, "upstream.checkpoint", None):
+                    continue  # a published checkpoint: no pretraining seed
                 if v is not None:
                     seen.setdefault(f, set()).add(json.dumps(v))
                     values[f] = v
-    return {f: values[f] for f in RUN_FIELDS if len(seen.get(f, ())) == 1}
+    out = {f: values[f] for f in RUN_FIELDS if len(seen.get(f, ())) == 1}
+    if len(seen.get("upstream.seed", ())) > 1:  # several pretrainings: list them all
+        out["upstream.seed"] = sorted(json.loads(v) for v in seen["upstream.seed"])
+    return out
+
+
+def _describe_field(f: str, v: Any) -> str:
+    if isinstance(v, list):  # "upstream seeds 0, 1, 2 (3)"
+        return f"{_NAMES[f]}s {', '.join(str(x) for x in v)} ({len(v)})"
+    return f"{_NAMES[f]} {v}" if _NAMES[f][0].islower() else f"{_NAMES[f]}={v}"
 
 
 def describe_run(ds: xr.Dataset, config: Mapping[str, Any]) -> str:
     """``size tiny, E=8, data demo, ...; axes: K, o; seeds 0, 1, 2 (3)`` for a page."""
     axes = dataset_axes(ds)
     fixed = [
-        f"{_NAMES[f]} {config[f]}" if _NAMES[f][0].islower() else f"{_NAMES[f]}={config[f]}"
+        _describe_field(f, config[f])
         for f in RUN_FIELDS
         if f in config and f not in axes and _PLAIN.get(f, object()) != config[f]
     ]

@@ -146,7 +146,7 @@ def write_sweep(
                 config or {},
                 tree.unflatten({k: v for k, v in cell_axes.items() if k != ENSEMBLE_RUNS_AXIS}),
             )
-            run_config = {"axes": cell_axes, **run_config}
+            run_config = {"axes": cell_axes, "seed": seed, **run_config}
             if kind == "ensemble":  # as e3lib.evaluate.ensemble writes it
                 member = {**run_config, "method": cell.get("member_method", "vmoe")}
                 run_config = {
