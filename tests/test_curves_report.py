@@ -194,14 +194,7 @@ def test_upstream_seeds_of_one_configuration_form_one_group(sweep, tmp_path):
         results = json.loads((run / "results.json").read_text())
         results["upstream_id"] = UPSTREAM_OF[(e["axes"]["method"], e["seed"])]
         (run / "results.json").write_text(json.dumps(results))
-    for up, (k, seed) in UPSTREAM_SETTINGS.items():
-        (root / "upstream" / up).mkdir(parents=True)
-        config = {**UP_CONFIG, "num_selected": k, "seed": seed}
-        done = {"status": "ok", "config": config, "train": {"steps": 30}}
-        (root / "upstream" / up / "done.json").write_text(json.dumps(done))
-        held = {**HELDOUT, "loss": HELD_AB.get(up, HELDOUT["loss"])}
-        curve = {**curve_file(UPSTREAM), "heldout": held}
-        (root / "upstream" / up / "curves.json").write_text(json.dumps(curve))
+    _write_upstreams(root)
     out = root / "sweeps" / "toy" / "dataset.nc"
     out.parent.mkdir(parents=True, exist_ok=True)
     args = ["--index", str(index_path), "--results-root", str(root), "--out", str(out)]
@@ -217,13 +210,79 @@ def test_upstream_seeds_of_one_configuration_form_one_group(sweep, tmp_path):
     assert ups == {"upA": (k2, 0), "upB": (k2, 1), "upC": (k1, 0)}
     site = tmp_path / "site"
     assert cli_report(["--datasets", str(out), "--out", str(site)]) == 0
-    page = (site / "curves_toy.html").read_text()
-    rows = {
-        r.split("</td>")[1].split(">")[-1]: r
-        for r in page.split("<tr>")
-        if r.startswith('<td class="label">upstream')
-    }
+    rows = _upstream_rows((site / "curves_toy.html").read_text())
     assert set(rows) == {k2, k1}
     assert ">2/2<" in rows[k2] and ">1.5750<" in rows[k2] and ">1.56%<" in rows[k2]
     assert rows[k2].count(">yes<") == 2 and ">1/2<" in rows[k2]  # mean curve; seeds 1/2
     assert ">-1.97%<" in rows[k1] and ">1/1<" in rows[k1]
+
+
+def _write_upstreams(root):
+    for up, (k, seed) in UPSTREAM_SETTINGS.items():
+        (root / "upstream" / up).mkdir(parents=True)
+        config = {**UP_CONFIG, "num_selected": k, "seed": seed}
+        done = {"status": "ok", "config": config, "train": {"steps": 30}}
+        (root / "upstream" / up / "done.json").write_text(json.dumps(done))
+        held = {**HELDOUT, "loss": HELD_AB.get(up, HELDOUT["loss"])}
+        curve = {**curve_file(UPSTREAM), "heldout": held}
+        (root / "upstream" / up / "curves.json").write_text(json.dumps(curve))
+
+
+def _upstream_rows(page):
+    return {
+        r.split("</td>")[1].split(">")[-1]: r
+        for r in page.split("<tr>")
+        if r.startswith('<td class="label">upstream')
+    }
+
+
+def test_pretrainings_page_judges_a_configuration_on_its_seeds_in_every_sweep(tmp_path):
+    # sweep "a" fine-tunes from upA (K = 2, seed 0) and upC (K = 1), sweep "b" from upB
+    # (K = 2, seed 1) and upC: each sweep's page sees one seed of K = 2, the pretrainings
+    # page both (upC once), with the hand-derived values of the test above
+    root = tmp_path / "results"
+    ups = {"a": {"e3": "upA", "vmoe": "upC"}, "b": {"e3": "upB", "vmoe": "upC"}}
+    _write_upstreams(root)
+    datasets = []
+    for name, by_method in ups.items():
+        index_path = synthetic.write_sweep(root, name, ["method"], [0, 1], CELLS)
+        write_done_files(root, index_path)
+        for e in json.loads(Path(index_path).read_text())["entries"]:
+            run = root / "runs" / e["id"]
+            results = json.loads((run / "results.json").read_text())
+            results["upstream_id"] = by_method[e["axes"]["method"]]
+            (run / "results.json").write_text(json.dumps(results))
+        out = root / "sweeps" / name / "dataset.nc"
+        args = ["--index", str(index_path), "--results-root", str(root), "--out", str(out)]
+        assert aggregate.cli_aggregate(args) == 0
+        datasets.append(str(out))
+    site = tmp_path / "site"
+    assert cli_report(["--datasets", *datasets, "--out", str(site)]) == 0
+    k2 = "upstream method=vmoe, size=tiny, num_selected=2"
+    k1 = "upstream method=vmoe, size=tiny, num_selected=1"
+    a = _upstream_rows((site / "curves_a.html").read_text())
+    b = _upstream_rows((site / "curves_b.html").read_text())
+    # on its own sweep's page seed 0 falls 4% (prev 1.50, last 1.44), seed 1 rises
+    assert ">1/1<" in a[k2] and ">4.00%<" in a[k2] and ">no<" in a[k2] and ">0/1<" in a[k2]
+    assert ">1/1<" in b[k2] and ">-0.59%<" in b[k2] and ">no<" not in b[k2]
+    page = (site / "pretrainings.html").read_text()
+    rows = _upstream_rows(page)
+    assert set(rows) == {k2, k1}
+    # both seeds: mean curve prev 1.60, last 1.575 → 1.5625% → plateaued; 1 of 2 seeds
+    assert ">2/2<" in rows[k2] and ">1.5750<" in rows[k2] and ">1.56%<" in rows[k2]
+    assert rows[k2].count(">yes<") == 2 and ">1/2<" in rows[k2]
+    assert ">1/1<" in rows[k1] and ">-1.97%<" in rows[k1]  # upC once, though both use it
+    assert (site / "figures" / "pretrainings.png").stat().st_size > 1000
+    assert 'href="pretrainings.html"' in (site / "index.html").read_text()
+    assert 'href="index.html">← report' in page
+
+
+def test_pretrainings_page_without_upstream_curves_says_so(sweep, tmp_path):
+    root, index_path = sweep
+    (root / "upstream" / "up1" / "curves.json").unlink()  # the only upstream: no curve
+    out = root / "sweeps" / "toy" / "dataset.nc"
+    args = ["--index", str(index_path), "--results-root", str(root), "--out", str(out)]
+    assert aggregate.cli_aggregate(args) == 0
+    assert cli_report(["--datasets", str(out), "--out", str(tmp_path / "site")]) == 0
+    page = (tmp_path / "site" / "pretrainings.html").read_text()
+    assert "no sweep of the report has an upstream curve" in page

@@ -215,8 +215,9 @@ def test_chromium_no_console_errors_no_broken_links_screenshot(site, tmp_path):
     shot = tmp_path / "index.png"
     res = check_site(out / "index.html", screenshot=shot)
     assert res.console_errors == [] and res.broken_links == []
-    # index, 5 table pages, 4 sweep pages and their 4 training-curves pages
-    assert len(res.pages) == 14
+    # index, 5 table pages, 4 sweep pages, their 4 training-curves pages, the pretrainings
+    assert len(res.pages) == 15
+    assert any(p.endswith("/pretrainings.html") for p in res.pages)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
 

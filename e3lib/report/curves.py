@@ -13,10 +13,17 @@ seeds; none when their step grids differ, e.g. a resume with another interval), 
 pretraining configuration over its seeds (``e3lib.aggregate.curves.upstream_groups``).
 The held-out columns apply the same tests to the held-out points (``heldout_*`` of
 curves.nc; "—" where none were recorded).
+
+The pretrainings page (``PRETRAININGS_PAGE``, ``report_upstreams``) holds every upstream of
+the report once, grouped by its configuration over all the sweeps: a pretraining several
+sweeps share (or whose seeds different sweeps train) is judged on all its seeds, where a
+sweep's own page sees only the seeds that sweep uses.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -28,9 +35,15 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from e3lib.aggregate.curves import CURVES_DATASET_FORMAT, curves_path  # noqa: E402
+from e3lib.aggregate.curves import (  # noqa: E402
+    CURVES_DATASET_FORMAT,
+    curves_path,
+    upstream_groups,
+)
 from e3lib.curves import plateau  # noqa: E402
 from e3lib.report.figures import Figure, _save  # noqa: E402
+
+PRETRAININGS_PAGE = "pretrainings.html"  # no "curves_" prefix: never a sweep's page
 
 
 def curves_page(sweep: str) -> str:
@@ -49,6 +62,63 @@ def load_curves(dataset: str | Path) -> tuple[xr.Dataset | None, str]:
         if ds.attrs.get("format_version") != CURVES_DATASET_FORMAT:
             return None, f"{path}: format_version {ds.attrs.get('format_version')!r}, expected 1"
         return ds.load(), ""
+
+
+def _done_config(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None  # labelled "upstream <id>" (upstream_groups)
+
+
+def report_upstreams(inputs: Sequence[tuple[str | Path, str | Path]]) -> xr.Dataset | None:
+    """The upstream curves of every (dataset, results root) given, each upstream once
+    (C curves), regrouped by configuration over all of them: ``upstream_groups`` of the
+    configs in ``{root}/upstream/{id}/done.json``. None when no sweep has an upstream curve."""
+    parts, seen, configs = [], set(), {}
+    for dataset, root in inputs:
+        ds, _ = load_curves(dataset)
+        if ds is None:
+            continue
+        ids = [str(v) for v in ds["id"].values]
+        keep = [
+            i
+            for i, kind in enumerate(ds["kind"].values)
+            if kind == "upstream" and ids[i] not in seen and _with_points(ds, i)
+        ]
+        seen.update(ids[i] for i in keep)
+        configs.update(
+            {ids[i]: _done_config(Path(root) / "upstream" / ids[i] / "done.json") for i in keep}
+        )
+        axis_vars = [v for v in ds.data_vars if "axis_name" in ds[v].attrs]
+        parts += [ds.drop_vars(axis_vars).isel(curve=keep)] if keep else []
+    if not parts:
+        return None
+    P, Q = (max(p.sizes[d] for p in parts) for d in ("point", "heldout_point"))
+    padded = [
+        p.pad(point=(0, P - p.sizes["point"]), heldout_point=(0, Q - p.sizes["heldout_point"]))
+        for p in parts
+    ]
+    out = xr.concat(padded, dim="curve", combine_attrs="drop_conflicts")  # (C, P), (C, Q)
+    labels = upstream_groups(configs)
+    out["group"] = ("curve", np.asarray([labels[str(i)] for i in out["id"].values], dtype=str))
+    out.attrs["sweep"] = "all sweeps"
+    return out
+
+
+def pretrainings_context(inputs: Sequence[tuple[str | Path, str]], figures_dir: Path) -> dict:
+    """``page_context`` of the pretrainings page; ``inputs``: (dataset, the results root
+    it was aggregated from). The root beside the dataset (``{root}/sweeps/{name}/dataset.nc``)
+    comes first: a relative root names a folder of wherever aggregation ran."""
+
+    def root(dataset: str | Path, given: str) -> Path:
+        here = Path(dataset).resolve().parents[2]
+        return here if (here / "upstream").is_dir() or not given else Path(given)
+
+    roots = [(d, root(d, r)) for d, r in inputs]
+    cds = report_upstreams(roots)
+    why = "" if cds is not None else "no sweep of the report has an upstream curve"
+    return page_context(cds, why, figures_dir, "all sweeps", "pretrainings")
 
 
 def _with_points(ds: xr.Dataset, i: int) -> bool:
@@ -139,7 +209,7 @@ def _long(ds: xr.Dataset, kind: str, prefix: str = "") -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["group", "seed", "step", "loss"])
 
 
-def curves_figure(ds: xr.Dataset, out: Path, sweep: str) -> Figure | None:
+def curves_figure(ds: xr.Dataset, out: Path, sweep: str, stem: str = "") -> Figure | None:
     """Loss vs step: run groups (mean ± standard error over seeds), the upstreams, then the
     upstreams' held-out loss."""
     kinds = {
@@ -161,11 +231,13 @@ def curves_figure(ds: xr.Dataset, out: Path, sweep: str) -> Figure | None:
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, title=None)
-    path = Path(out) / f"curves_{sweep}.png"
+    path = Path(out) / f"{stem or 'curves_' + sweep}.png"
     return Figure(_save(fig, path), f"{sweep}: training loss curves", "curves")
 
 
-def page_context(ds: xr.Dataset | None, why: str, figures_dir: Path, sweep: str) -> dict:
+def page_context(
+    ds: xr.Dataset | None, why: str, figures_dir: Path, sweep: str, stem: str = ""
+) -> dict:
     """Everything the template shows (figure, group table, curves without points)."""
     if ds is None:
         empty = {"figure": None, "groups": [], "missing": [], "threshold": None, "frac": None}
@@ -182,7 +254,7 @@ def page_context(ds: xr.Dataset | None, why: str, figures_dir: Path, sweep: str)
     ]
     return {
         "why": "" if ds.sizes["curve"] else "the sweep has no finished runs yet",
-        "figure": curves_figure(ds, figures_dir, sweep),
+        "figure": curves_figure(ds, figures_dir, sweep, stem),
         "groups": group_rows(ds),
         "missing": missing,
         "threshold": float(ds.attrs["plateau_threshold"]),

@@ -6,6 +6,7 @@ file is written atomically (temporary file + rename). Layout under ``out``:
     index.html               tables, sweeps, figures, provenance, regenerate commands
     sweep_{sweep}.html       provenance, run list (linked to each results.json), figures
     curves_{sweep}.html      training curves and plateau table (e3lib.report.curves)
+    pretrainings.html        every upstream of the report, by configuration
     {table_id}.html|.md|.tex one table, its paper values and its verdicts
     figures/fig_*.png
 """
@@ -27,7 +28,13 @@ import xarray as xr
 from e3lib import atomic
 from e3lib.aggregate import STATUS_FLAGS, axis_dim, dataset_axes
 from e3lib.aggregate.curves import curves_path
-from e3lib.report.curves import curves_page, load_curves, page_context
+from e3lib.report.curves import (
+    PRETRAININGS_PAGE,
+    curves_page,
+    load_curves,
+    page_context,
+    pretrainings_context,
+)
 from e3lib.report.selection import selection_summary
 from e3lib.report.spec import TABLE_IDS, default_spec
 from e3lib.report.tables import Table, build_table
@@ -236,28 +243,34 @@ def render_sweep_page(site: Site, inp: Input) -> None:
     write_atomic(site.out / _sweep_page(inp), html)
 
 
-def render_curves_page(site: Site, inp: Input) -> None:
-    """``curves_{sweep}.html``: the training curves of the sweep's runs and upstreams."""
-    sweep = inp.ds.attrs["sweep"]
-    cds, why = load_curves(inp.path)
-    ctx = page_context(cds, why, site.out / "figures", sweep)
+def render_curves_page(site: Site, inp: Input | None) -> None:
+    """``curves_{sweep}.html``: the training curves of the sweep's runs and upstreams; with
+    ``inp`` None, ``pretrainings.html``: every upstream of the report by configuration."""
+    if inp is None:
+        roots = [(i.path, i.ds.attrs.get("results_root") or "") for i in site.inputs]
+        ctx = pretrainings_context(roots, site.out / "figures")
+        head = {
+            "title": "Pretrainings of the report",
+            "sweep": None,
+            "back": ("index.html", "report"),
+        }
+        commands, page = [report_command(site.inputs, site.out)], PRETRAININGS_PAGE
+    else:
+        sweep = inp.ds.attrs["sweep"]
+        cds, why = load_curves(inp.path)
+        ctx = page_context(cds, why, site.out / "figures", sweep)
+        back = (_sweep_page(inp), f"sweep {sweep}")
+        head = {"title": f"Training curves: sweep {sweep}", "sweep": sweep, "back": back}
+        commands = [f"snakemake {curves_path(inp.path)}", report_command(site.inputs, site.out)]
+        page = curves_page(sweep)
     fig = ctx.pop("figure")
     figure = {"href": _rel(fig.path, site.out), "title": fig.title} if fig else None
     html = (
         env(True)
         .get_template("curves.html.j2")
-        .render(
-            title=f"Training curves: {sweep}",
-            sweep=sweep,
-            sweep_page=_sweep_page(inp),
-            figure=figure,
-            commands=[f"snakemake {curves_path(inp.path)}", report_command(site.inputs, site.out)],
-            index_link=True,
-            **ctx,
-            **_common(),
-        )
+        .render(figure=figure, commands=commands, index_link=True, **head, **ctx, **_common())
     )
-    write_atomic(site.out / curves_page(sweep), html)
+    write_atomic(site.out / page, html)
 
 
 def render_index(site: Site) -> None:
@@ -298,6 +311,7 @@ def render_index(site: Site) -> None:
             figures=figures,
             synthetic=synthetic,
             sweeps=[_sweep_summary(i, True) for i in site.inputs],
+            pretrainings_page=PRETRAININGS_PAGE,
             index_link=False,
             commands=[
                 f"snakemake {site.out.as_posix()}/index.html",
@@ -332,5 +346,6 @@ def build_site(inputs: Sequence[Input], out: str | Path, only: Sequence[str] = (
     for inp in inputs:
         render_sweep_page(site, inp)
         render_curves_page(site, inp)
+    render_curves_page(site, None)
     render_index(site)
     return site
