@@ -71,13 +71,12 @@ def _done_config(path: Path) -> dict | None:
         return None  # labelled "upstream <id>" (upstream_groups)
 
 
-def report_upstreams(inputs: Sequence[tuple[str | Path, str | Path]]) -> xr.Dataset | None:
-    """The upstream curves of every (dataset, results root) given, each upstream once
+def report_upstreams(inputs: Sequence[tuple[xr.Dataset | None, str | Path]]) -> xr.Dataset | None:
+    """The upstream curves of every (sweep's curves, results root) given, each upstream once
     (C curves), regrouped by configuration over all of them: ``upstream_groups`` of the
     configs in ``{root}/upstream/{id}/done.json``. None when no sweep has an upstream curve."""
     parts, seen, configs = [], set(), {}
-    for dataset, root in inputs:
-        ds, _ = load_curves(dataset)
+    for ds, root in inputs:
         if ds is None:
             continue
         ids = [str(v) for v in ds["id"].values]
@@ -106,17 +105,19 @@ def report_upstreams(inputs: Sequence[tuple[str | Path, str | Path]]) -> xr.Data
     return out
 
 
-def pretrainings_context(inputs: Sequence[tuple[str | Path, str]], figures_dir: Path) -> dict:
-    """``page_context`` of the pretrainings page; ``inputs``: (dataset, the results root
-    it was aggregated from). The root beside the dataset (``{root}/sweeps/{name}/dataset.nc``)
-    comes first: a relative root names a folder of wherever aggregation ran."""
+def pretrainings_context(
+    inputs: Sequence[tuple[str | Path, xr.Dataset | None, str]], figures_dir: Path
+) -> dict:
+    """``page_context`` of the pretrainings page; ``inputs``: (dataset, its curves as
+    ``load_curves`` gave them, the results root it was aggregated from). The root beside the
+    dataset (``{root}/sweeps/{name}/dataset.nc``) comes first: a relative root names a
+    folder of wherever aggregation ran."""
 
     def root(dataset: str | Path, given: str) -> Path:
         here = Path(dataset).resolve().parents[2]
         return here if (here / "upstream").is_dir() or not given else Path(given)
 
-    roots = [(d, root(d, r)) for d, r in inputs]
-    cds = report_upstreams(roots)
+    cds = report_upstreams([(c, root(d, r)) for d, c, r in inputs])
     why = "" if cds is not None else "no sweep of the report has an upstream curve"
     return page_context(cds, why, figures_dir, "all sweeps", "pretrainings")
 

@@ -59,6 +59,7 @@ class Site:
     inputs: list[Input]
     tables: dict[str, Table | None] = field(default_factory=dict)
     figures: dict[str, list] = field(default_factory=dict)  # sweep → [Figure]
+    curves: dict[str, tuple] = field(default_factory=dict)  # dataset → load_curves(it), once
 
 
 def _common() -> dict:
@@ -243,26 +244,30 @@ def render_sweep_page(site: Site, inp: Input) -> None:
     write_atomic(site.out / _sweep_page(inp), html)
 
 
-def render_curves_page(site: Site, inp: Input | None) -> None:
-    """``curves_{sweep}.html``: the training curves of the sweep's runs and upstreams; with
-    ``inp`` None, ``pretrainings.html``: every upstream of the report by configuration."""
-    if inp is None:
-        roots = [(i.path, i.ds.attrs.get("results_root") or "") for i in site.inputs]
-        ctx = pretrainings_context(roots, site.out / "figures")
-        head = {
-            "title": "Pretrainings of the report",
-            "sweep": None,
-            "back": ("index.html", "report"),
-        }
-        commands, page = [report_command(site.inputs, site.out)], PRETRAININGS_PAGE
-    else:
-        sweep = inp.ds.attrs["sweep"]
-        cds, why = load_curves(inp.path)
-        ctx = page_context(cds, why, site.out / "figures", sweep)
-        back = (_sweep_page(inp), f"sweep {sweep}")
-        head = {"title": f"Training curves: sweep {sweep}", "sweep": sweep, "back": back}
-        commands = [f"snakemake {curves_path(inp.path)}", report_command(site.inputs, site.out)]
-        page = curves_page(sweep)
+def render_curves_page(site: Site, inp: Input) -> None:
+    """``curves_{sweep}.html``: the training curves of the sweep's runs and upstreams."""
+    sweep = inp.ds.attrs["sweep"]
+    cds, why = site.curves[str(inp.path)]
+    ctx = page_context(cds, why, site.out / "figures", sweep)
+    back = (_sweep_page(inp), f"sweep {sweep}")
+    head = {"title": f"Training curves: sweep {sweep}", "sweep": sweep, "back": back}
+    commands = [f"snakemake {curves_path(inp.path)}", report_command(site.inputs, site.out)]
+    _write_curves_page(site, ctx, head, commands, curves_page(sweep))
+
+
+def render_pretrainings_page(site: Site) -> None:
+    """``pretrainings.html``: every upstream of the report once, by configuration."""
+    given = [
+        (i.path, site.curves[str(i.path)][0], i.ds.attrs.get("results_root") or "")
+        for i in site.inputs
+    ]
+    ctx = pretrainings_context(given, site.out / "figures")
+    head = {"title": "Pretrainings of the report", "sweep": None, "back": ("index.html", "report")}
+    commands = [report_command(site.inputs, site.out)]
+    _write_curves_page(site, ctx, head, commands, PRETRAININGS_PAGE)
+
+
+def _write_curves_page(site: Site, ctx: dict, head: dict, commands: list, page: str) -> None:
     fig = ctx.pop("figure")
     figure = {"href": _rel(fig.path, site.out), "title": fig.title} if fig else None
     html = (
@@ -343,9 +348,10 @@ def build_site(inputs: Sequence[Input], out: str | Path, only: Sequence[str] = (
     for t in site.tables.values():
         if t is not None:
             render_table_files(site, t, linked=True)
+    site.curves = {str(i.path): load_curves(i.path) for i in inputs}
     for inp in inputs:
         render_sweep_page(site, inp)
         render_curves_page(site, inp)
-    render_curves_page(site, None)
+    render_pretrainings_page(site)
     render_index(site)
     return site
