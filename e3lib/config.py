@@ -24,7 +24,8 @@ mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one dev
            part of the run id: it changes where arrays live, not the results (beyond
            float tolerance), so one run has one id on any number of devices.
            ``finetune.log_every`` / ``upstream.log_every`` (how often the loss history is
-           recorded), ``upstream.eval_every`` (how often its held-out loss is) and
+           recorded), ``finetune.eval_every`` / ``upstream.eval_every`` (how often the
+           held-out loss is) and
            ``upstream.checkpoint_every`` are likewise left out of the ids
            (``RUN_ID_EXCLUDED``).
 

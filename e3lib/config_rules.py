@@ -31,6 +31,7 @@ MAX_SEED = 2**31 - 1
 RUN_ID_EXCLUDED = (
     "mesh",
     "finetune.log_every",
+    "finetune.eval_every",
     "upstream.log_every",
     "upstream.checkpoint_every",
     "upstream.eval_every",
@@ -161,6 +162,7 @@ FIELDS: dict[str, Field] = {
     "finetune.mixup": _num(0),
     "finetune.checkpoint_every": _int(1),
     "finetune.log_every": _int(1, null=True),
+    "finetune.eval_every": _int(0, null=True),
     "eval.batch_size": _int(1),
     "eval.fewshot_shots": Field("int_list"),
     "eval.fewshot_l2_selection": CHOICE,

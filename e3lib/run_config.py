@@ -148,6 +148,9 @@ class FinetuneConfig:
     checkpoint_every: int = 25
     # Steps per loss-history point (e3lib.curves); None = ⌈steps/100⌉. Not part of the id.
     log_every: int | None = None
+    # Steps between evaluations of the validation split's loss and error during training
+    # (e3lib.curves, e3lib.train.finetune); None = ⌈steps/20⌉, 0 = none. Not part of the id.
+    eval_every: int | None = None
 
 
 @dataclass(frozen=True)

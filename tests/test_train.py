@@ -377,3 +377,45 @@ def test_finetune_optimizer_clips_global_norm_then_sgd_momentum():
     # momentum trace after step 0: [6,8]; after step 1: [6,8] + 0.9·[6,8] = 1.9·[6,8];
     # update = −lr·trace = −1.9·[6,8]
     assert np.allclose(upd["w"], -1.9 * np.array([6.0, 8.0]), rtol=1e-6)
+
+
+def test_finetune_records_its_validation_loss_every_eval_every_steps(tmp_path):
+    def run(name, finetune, seeds=(0,)):
+        cfgs = [
+            resolve(dict(TINY, seed=s, finetune={**TINY["finetune"], **finetune})) for s in seeds
+        ]
+        outs = [tmp_path / f"{name}{s}" for s in seeds]
+        train.finetune_and_evaluate(cfgs, None, outs, None, "plain")
+        return [
+            (
+                json.loads((o / "curves.json").read_text()),
+                json.loads((o / "results.json").read_text()),
+            )
+            for o in outs
+        ]
+
+    [(curve, result)] = run("every4", {"eval_every": 4})
+    held = curve["heldout"]
+    assert held["every"] == 4 and held["step"] == [4, 8, 12]  # 12 steps: at 4, 8 and the last
+    # the last point is the final model on the validation split: the final evaluation's
+    # ensemble NLL and error of split "val"
+    val = {
+        r["metric"]: r["value"]
+        for r in result["records"]
+        if r["split"] == "val" and r["member"] == "ensemble"
+    }
+    assert held["loss"][-1] == pytest.approx(val["nll"], rel=1e-5)
+    assert held["error"][-1] == pytest.approx(val["error"], abs=1e-9)
+    assert curve["plateau_heldout"]["window"] == 1  # ⌊3 · 0.1⌋ → 1 point per window
+    # evaluating changes neither the training nor the run's identity
+    [(_, off)] = run("off", {"eval_every": 0})
+    assert off["run_id"] == result["run_id"] and off["train"]["final"] == result["train"]["final"]
+    assert "heldout" not in json.loads((tmp_path / "off0" / "curves.json").read_text())
+    # the default: ⌈12/20⌉ = 1 → a point after every step; packed seeds get one curve each,
+    # equal to their separate runs' points
+    packed = run("packed", {}, seeds=(3, 4))
+    for (c, _), s in zip(packed, (3, 4)):
+        [(single, _)] = run(f"single{s}-", {}, seeds=(s,))
+        assert c["heldout"]["step"] == list(range(1, 13))
+        assert c["heldout"]["loss"] == pytest.approx(single["heldout"]["loss"], rel=1e-4)
+    assert packed[0][0]["heldout"]["loss"] != packed[1][0]["heldout"]["loss"]

@@ -9,7 +9,8 @@ dims        ``curve`` (R), ``point`` (P), ``heldout_point`` (Q)
 curves      ``step``, ``loss``, ``ce``, ``aux_loss``, ``lr`` (curve, point): e3lib.curves
             points (step = steps done when the point closed); NaN past a curve's end
 held-out    ``heldout_step``, ``heldout_loss``, ``heldout_error`` (curve, heldout_point):
-            the held-out points of an upstream that recorded them (NaN for the others),
+            the held-out points of a run (its validation split) or an upstream (its
+            held-out examples) that recorded them (NaN for the others),
             ``heldout_plateau_drop``, ``heldout_plateaued`` (curve; -1 = none)
 per curve   ``kind`` ("run" | "upstream"), ``id`` (run or upstream id), ``group`` (the
             run's axis values "axis=value, ..."; for an upstream its pretraining settings

@@ -1,8 +1,9 @@
 """The training-curves page of a sweep (``curves_{sweep}.html``): loss vs step of every run
-group (mean over seeds with a ±1 standard-error band) and of the upstreams, the upstreams'
-held-out loss, and a table of each group's final loss and plateau statistic (for an
-upstream also those of its held-out loss). Reads ``curves.nc`` beside the sweep's
-dataset (``e3 aggregate``, e3lib.aggregate.curves); without one the page says so.
+group (mean over seeds with a ±1 standard-error band) and of the upstreams, their held-out
+loss (a run's validation split, an upstream's held-out examples), and a table of each
+group's final loss and plateau statistic with those of its held-out loss. Reads
+``curves.nc`` beside the sweep's dataset (``e3 aggregate``, e3lib.aggregate.curves);
+without one the page says so.
 
 Notation: n seeds of a group (curves with points), P points.
 
@@ -210,23 +211,31 @@ def _long(ds: xr.Dataset, kind: str, prefix: str = "") -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["group", "seed", "step", "loss"])
 
 
+PANELS = (  # (curve kind, prefix of its variables, title, y label), in figure order
+    ("run", "", "fine-tuning loss", "training loss (CE + aux)"),
+    ("run", "heldout_", "fine-tuning validation loss", "validation NLL"),
+    ("upstream", "", "upstream loss", "training loss (CE + aux)"),
+    ("upstream", "heldout_", "upstream held-out loss", "held-out NLL"),
+)
+
+
 def curves_figure(ds: xr.Dataset, out: Path, sweep: str, stem: str = "") -> Figure | None:
-    """Loss vs step: run groups (mean ± standard error over seeds), the upstreams, then the
-    upstreams' held-out loss."""
-    kinds = {
-        "run": ("", "fine-tuning loss", "training loss (CE + aux)"),
-        "upstream": ("", "upstream loss", "training loss (CE + aux)"),
-        "heldout": ("heldout_", "upstream held-out loss", "held-out NLL"),
-    }
+    """Loss vs step (mean ± standard error over seeds): the run groups' training loss and
+    validation loss, then the upstreams' training and held-out loss; panels without points
+    are left out, two per row."""
     panels = []
-    for name, (prefix, title, ylabel) in kinds.items():
-        df = _long(ds, "run" if name == "run" else "upstream", prefix)
+    for kind, prefix, title, ylabel in PANELS:
+        df = _long(ds, kind, prefix)
         if not df.empty:
             panels.append((title, ylabel, df))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
-    for ax, (title, ylabel, df) in zip(axes[0], panels):
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)  # ⌈panels / 2⌉
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (title, ylabel, df) in zip(axes.flat, panels):
         sns.lineplot(data=df, x="step", y="loss", hue="group", errorbar="se", ax=ax)
         ax.set_title(f"{sweep}: {title}")
         ax.set_xlabel("training step")

@@ -5,7 +5,10 @@ Recipe: ``e3lib.train.optim.finetune_optimizer`` (SGD with momentum, clipping, w
 then cosine/linear decay); BatchEnsemble fast weights at ``be_lr_scale`` × the learning
 rate. A diverged run writes ``diverged.json`` in its out dir (never results.json); a
 finished one writes predictions.npz then results.json (``e3lib.evaluate.write_results``).
-Its loss history (e3lib.curves) goes to ``curves.json`` beside results.json.
+Its loss history (e3lib.curves) goes to ``curves.json`` beside results.json, with the
+validation split's NLL and error every ``finetune.eval_every`` steps (None = ⌈steps/20⌉,
+0 = none; ``attach_validation``): the held-out curve that says whether more fine-tuning
+would still help, where the training loss of a small set keeps falling towards 0.
 A streamed run (``e3lib.data.stream_suite.uses_stream``: a file-backed dataset or a set
 ``data.pp_train``) trains from a ``StepBatches`` stream and evaluates batch by batch
 (``e3lib.evaluate.streaming``); its predictions.npz is compact and its final parameters
@@ -29,12 +32,13 @@ from pathlib import Path
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import run_id, short_hash, size_shape, upstream_id
-from e3lib.curves import CURVES_FILE, write_curve
+from e3lib.curves import CURVES_FILE, default_heldout_every, write_curve
 from e3lib.errors import ConfigError
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
 from e3lib.run_config import RunConfig, require_run_config
 from e3lib.train.cache import setup_jax_cache
+from e3lib.train.heldout import heldout_metrics
 from e3lib.train.loop import Job, init_params, initial_state, stack_states, train, unstack_state
 from e3lib.train.optim import finetune_lr, finetune_optimizer, host_schedule
 from e3lib.train.signals import Diverged, StopFlag
@@ -117,6 +121,21 @@ def finetune_job(cfgs: Sequence[RunConfig], suite, model) -> Job:
     )
 
 
+def attach_validation(job: Job, suite, ft) -> None:
+    """Give ``job`` its held-out points: the suite's validation split (in memory, or its
+    first ``HELDOUT_EXAMPLES`` through the eval pipeline) every ``finetune.eval_every``
+    steps (None = ⌈steps/20⌉, 0 = none); nothing when the suite has no validation split.
+    After the placement is set: on a mesh the evaluation runs sharded."""
+    from e3lib.data.stream_suite import StreamSuite
+
+    every = default_heldout_every(ft.steps, ft.eval_every)
+    if not every or suite.val is None or not len(suite.val):
+        return
+    val = (suite.val, suite.pp_eval) if isinstance(suite, StreamSuite) else suite.val
+    job.heldout = heldout_metrics(job.model, val, job.packed, job.placement)
+    job.heldout_every = every
+
+
 def check_packable(cfgs: Sequence[RunConfig], sources: Sequence[str]) -> None:
     base = replace(cfgs[0], seed=0)
     for c, src in zip(cfgs[1:], sources[1:]):
@@ -169,6 +188,7 @@ def finetune_and_evaluate(
     model = build_model(cfg0, suite.num_classes)
     job = finetune_job(cfgs, suite, model)
     job.placement = placement
+    attach_validation(job, suite, cfg0.finetune)
     size = cfg0.data.image_size
     # A checkpoint named by upstream.checkpoint (no upstream stage), or a published one the
     # upstream stage registered, is read and converted by e3lib.upstreams.

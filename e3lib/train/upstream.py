@@ -8,9 +8,10 @@ Its done file (written last) names the saved parameters; a pretrained one has it
 history (e3lib.curves) in ``curves.json`` beside it, with the held-out loss and error
 every ``upstream.eval_every`` steps (None = ⌈steps/20⌉, 0 = none) on the upstream set's
 held-out examples: the embedded demo's ``upstream_heldout`` (digits no upstream trains on),
-or split ``validation`` of a file-backed set (its first ``HELDOUT_EXAMPLES``; none when the
-set has no such split). ``upstream.log_every``, ``upstream.eval_every`` and
-``upstream.checkpoint_every`` are read from the run config, not from the upstream's identity.
+or split ``validation`` of a file-backed set (its first
+``e3lib.train.heldout.HELDOUT_EXAMPLES``; none when the set has no such split).
+``upstream.log_every``, ``upstream.eval_every`` and ``upstream.checkpoint_every`` are read
+from the run config, not from the upstream's identity.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
 from e3lib.run_config import UpstreamConfig
 from e3lib.train.cache import setup_jax_cache
+from e3lib.train.heldout import heldout_metrics, subset_probs
 from e3lib.train.loop import Job, init_params, initial_state, train
 from e3lib.train.optim import host_schedule, upstream_lr, upstream_optimizer
 from e3lib.train.signals import Diverged, StopFlag
@@ -38,8 +40,6 @@ from e3lib.train.stage import EXIT_BAD_INPUT, EXIT_OK, read_config, run_stage
 from e3lib.upstreams.catalog import checkpoint_path
 from e3lib.upstreams.load import open_checked
 from e3lib.upstreams.source import is_published
-
-HELDOUT_EXAMPLES = 2048  # of a file-backed set's validation split, read at each evaluation
 
 
 def upstream_model_config(ucfg: Mapping[str, Any]) -> dict:
@@ -113,7 +113,7 @@ def pretrain_upstream(
         desc=f"upstream {ucfg['method']}",
         log_every=log_every,
         lr_at=host_schedule(upstream_lr(ucfg)),
-        heldout=_heldout_metrics(model, heldout) if every else None,
+        heldout=heldout_metrics(model, heldout) if every else None,
         heldout_every=every,
     )
     params = init_params(model, ucfg["seed"], ucfg["image_size"])
@@ -163,56 +163,13 @@ def _heldout_set(ucfg: Mapping[str, Any], streamed: bool):
     return open_upstream_heldout(ucfg)
 
 
-def _heldout_metrics(model, heldout):
-    """params → {"loss": [NLL], "error": [error]} of the model on ``heldout``."""
-    from e3lib.evaluate import make_predict_fn
-    from e3lib.metrics import error, nll
-
-    fn = make_predict_fn(model)
-    if isinstance(heldout, tuple):
-        source, pp = heldout
-        data, n = None, HELDOUT_EXAMPLES
-    else:
-        source, pp, data, n = None, None, heldout, len(heldout)
-
-    def metrics(params):
-        probs, labels = _subset_probs(fn, params, data, source, pp, n)
-        probs = probs.mean(0)  # (M, N, C) → (N, C)
-        return {"loss": [nll(probs, labels)], "error": [error(probs, labels)]}
-
-    return metrics
-
-
 def _train_subset_probs(model, params, data, stream, n: int):
     """Probabilities (M, n', C) and labels of the first n' = min(N, n) training examples
     (in memory, or read in order through the eval pipeline from the stream's source)."""
     from e3lib.evaluate import make_predict_fn
 
     source, pp = (None, None) if stream is None else (stream.source, stream.pp)
-    return _subset_probs(make_predict_fn(model), params, data, source, pp, n)
-
-
-def _subset_probs(fn, params, data, source, pp, n: int):
-    """Probabilities (M, n', C) and labels of the first n' = min(N, n) examples of
-    ``data`` (in memory) or of ``source`` (read in order through the eval pipeline)."""
-    import numpy as np
-
-    from e3lib.evaluate import predict
-
-    if source is None:
-        n = min(len(data), n)
-        return predict(None, params, data.images[:n], 256, fn)[0], data.labels[:n]
-    from e3lib.data.stream import Stream, Subset, eval_dataset
-
-    subset = Subset(source, np.arange(min(len(source), n)))
-    probs, labels = [], []
-    batches = Stream(eval_dataset(subset, pp, 256, 0, 1), threads=2, prefetch=1)
-    for b in batches:
-        valid = np.asarray(b["valid"], bool)
-        probs.append(np.asarray(fn(params, b["image"])[0])[:, valid])
-        labels.append(np.asarray(b["label"])[valid])
-    batches.close()
-    return np.concatenate(probs, axis=1), np.concatenate(labels)
+    return subset_probs(make_predict_fn(model), params, data, source, pp, n)
 
 
 def stored_params_path(params: str | os.PathLike, done_dir: Path) -> str:
