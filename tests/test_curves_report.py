@@ -36,6 +36,15 @@ HELDOUT = {
     "loss": [2.0, 1.6, 1.5, 1.52, 1.55],
     "error": [0.5, 0.4, 0.35, 0.36, 0.37],
 }
+# The e3 runs' validation points (window 1); the vmoe runs have none:
+#   seed 0: prev 0.70, last 0.70 → drop 0           → plateaued
+#   seed 1: prev 0.66, last 0.60 → drop 0.06/0.66 = 9.09% → not
+#   mean:   prev 0.68, last 0.65 → drop 0.03/0.68 = 4.41% → not; seeds plateaued 1/2;
+#           final NLL (0.70 + 0.60)/2 = 0.65, error (0.10 + 0.12)/2 = 11%
+VALIDATION = {
+    0: {"loss": [1.0, 0.8, 0.7, 0.70, 0.70], "error": [0.3, 0.2, 0.1, 0.1, 0.10]},
+    1: {"loss": [1.0, 0.8, 0.7, 0.66, 0.60], "error": [0.3, 0.2, 0.1, 0.1, 0.12]},
+}
 CELLS = [
     {"axes": {"method": m}, "metrics": {"nll": [0.6, 0.61]}, "gflops": 1.0} for m in ("e3", "vmoe")
 ]
@@ -69,7 +78,10 @@ def sweep(tmp_path):
         (run / "results.json").write_text(json.dumps(results))
         key = (e["axes"]["method"], e["seed"])
         if key in LOSS:
-            (run / "curves.json").write_text(json.dumps(curve_file(LOSS[key])))
+            curve = curve_file(LOSS[key])
+            if key[0] == "e3":
+                curve["heldout"] = {**HELDOUT, **VALIDATION[key[1]]}
+            (run / "curves.json").write_text(json.dumps(curve))
     up = tmp_path / "upstream" / "up1"
     up.mkdir(parents=True)
     (up / "done.json").write_text(json.dumps({"status": "ok", "train": {"steps": 30}}))
@@ -100,8 +112,32 @@ def test_build_curves_gathers_runs_and_their_upstream(sweep):
     assert list(ds["heldout_step"].values[up]) == HELDOUT["step"]
     assert ds["heldout_plateau_drop"].values[up] == pytest.approx(-0.03 / 1.52)
     assert ds["heldout_plateaued"].values[up] == 1
-    assert np.isnan(ds["heldout_loss"].values[e3_1]).all()  # runs record no held-out points
-    assert ds["heldout_plateaued"].values[e3_1] == -1
+    assert list(ds["heldout_loss"].values[e3_1]) == VALIDATION[1]["loss"]
+    assert ds["heldout_plateau_drop"].values[e3_1] == pytest.approx(0.06 / 0.66)
+    assert ds["heldout_plateaued"].values[e3_1] == 0
+    assert ds["heldout_plateaued"].values[by[("method=e3", 0)]] == 1
+    vmoe = by[("method=vmoe", 0)]  # a run that recorded no validation points
+    assert np.isnan(ds["heldout_loss"].values[vmoe]).all()
+    assert ds["heldout_plateaued"].values[vmoe] == -1
+
+
+def test_curves_figure_has_a_panel_for_each_kind_of_points(sweep):
+    from e3lib.report.curves import figure_panels
+
+    root, index_path = sweep
+    ds = build_curves(aggregate.load_index(index_path), root)
+    panels = figure_panels(ds)
+    assert [p[0] for p in panels] == [
+        "fine-tuning loss",
+        "fine-tuning validation loss",
+        "upstream loss",
+        "upstream held-out loss",
+    ]
+    # the validation panel: the two e3 seeds' 5 points (the vmoe runs recorded none)
+    assert len(panels[1][2]) == 10 and set(panels[1][2]["group"]) == {"method=e3"}
+    runs_only = ds.isel(curve=[i for i, k in enumerate(ds["kind"].values) if k == "run"])
+    no_validation = runs_only.assign(heldout_loss=runs_only["heldout_loss"] * np.nan)
+    assert [p[0] for p in figure_panels(no_validation)] == ["fine-tuning loss"]
 
 
 def test_aggregate_writes_curves_beside_the_dataset(sweep):
@@ -141,7 +177,10 @@ def test_report_curves_page_table_and_missing_curves(sweep, tmp_path):
     # held-out columns: final NLL 1.55, error 37%, drop −1.97% (rising) → plateaued
     assert ">1.5500<" in up and ">37.00%<" in up and ">-1.97%<" in up
     assert up.count(">yes<") == 2
-    assert e3.count(">—<") == 5  # a fine-tune has no held-out points
+    # validation columns: final NLL 0.65, error 11%, mean-curve drop 4.41% → not, 1/2 seeds
+    assert ">0.6500<" in e3 and ">11.00%<" in e3 and ">4.41%<" in e3 and e3.count(">no<") == 2
+    assert e3.count(">1/2<") == 2
+    assert vmoe.count(">—<") == 5  # no validation points recorded
     assert "Runs without a curve (1)" in page and "written before training curves" in page
 
     # A dataset aggregated before curves were collected: the page says so.

@@ -308,6 +308,12 @@ def test_per_run_upstream_seeds_with_a_published_checkpoint_is_refused():
         expand(doc)
     assert info.value.field == "upstream_seeds" and info.value.file == "t.yaml"
     assert "upstream.checkpoint" in str(info.value) and "allowed: shared" in str(info.value)
+    # set by a variant: the error names the variant's field
+    in_variant = {k: v for k, v in doc.items() if k != "upstream_seeds"}
+    in_variant["variants"] = {"small": {"upstream_seeds": "per_run"}, "paper": {}}
+    with pytest.raises(S.SweepError) as info:
+        expand(in_variant)
+    assert info.value.field == "variants.small.upstream_seeds"
     # nor can an upstream ensemble draw distinct pretrainings from one checkpoint
     up_de = {"label": "up_de", "kind": "upstream", "runs": [2]}
     with pytest.raises(S.SweepError, match=r"distinct upstreams.*upstream.checkpoint"):

@@ -219,15 +219,21 @@ PANELS = (  # (curve kind, prefix of its variables, title, y label), in figure o
 )
 
 
-def curves_figure(ds: xr.Dataset, out: Path, sweep: str, stem: str = "") -> Figure | None:
-    """Loss vs step (mean ± standard error over seeds): the run groups' training loss and
-    validation loss, then the upstreams' training and held-out loss; panels without points
-    are left out, two per row."""
+def figure_panels(ds: xr.Dataset) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, y label, long-form points) of each of ``PANELS`` that has points."""
     panels = []
     for kind, prefix, title, ylabel in PANELS:
         df = _long(ds, kind, prefix)
         if not df.empty:
             panels.append((title, ylabel, df))
+    return panels
+
+
+def curves_figure(ds: xr.Dataset, out: Path, sweep: str, stem: str = "") -> Figure | None:
+    """Loss vs step (mean ± standard error over seeds): the run groups' training loss and
+    validation loss, then the upstreams' training and held-out loss; panels without points
+    are left out, two per row."""
+    panels = figure_panels(ds)
     if not panels:
         return None
     cols = min(2, len(panels))

@@ -139,9 +139,11 @@ class Expansion:
         file: str,
         checkpoints: Mapping[str, str] | None = None,
         upstream_seeds: str = "shared",
+        upstream_seeds_field: str = "upstream_seeds",
     ):
         self.sweep, self.base, self.file = sweep, base, file
         self.upstream_seeds = upstream_seeds  # "shared" or "per_run" (sweep.schema.yaml)
+        self.upstream_seeds_field = upstream_seeds_field  # where the file sets it
         self.checkpoints = dict(checkpoints or {})  # published name -> path
         self._rows: dict[tuple, str] = {}  # (axis values, seed or replicate) -> id
         self._resolved: dict[tuple, RunConfig] = {}  # point -> resolved config
@@ -213,7 +215,7 @@ class Expansion:
             if per_run and cfg.upstream.checkpoint:
                 raise SweepError(
                     self.file,
-                    "upstream_seeds",
+                    self.upstream_seeds_field,
                     "per_run",
                     f"the runs of ({fmt_point(point)}) fine-tune from upstream.checkpoint "
                     f"{cfg.upstream.checkpoint!r}, one upstream for every seed; per_run "
@@ -271,7 +273,7 @@ def expand_doc(
         seeds=d.seeds,
     )
     sweep.select = check_select(d, sweep.axes)
-    x = Expansion(sweep, d.base, file, checkpoints, d.upstream_seeds)
+    x = Expansion(sweep, d.base, file, checkpoints, d.upstream_seeds, d.where["upstream_seeds"])
     point_runs = [(p, x.add_point(p, d.seeds)) for p in expand_points(d.axes, base_cfg, d)]
     add_ensembles(x, d, point_runs)
     return sweep
