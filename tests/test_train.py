@@ -267,6 +267,9 @@ def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_
     assert a["train"]["resumed_from_step"] is None
     assert b["train"]["resumed_from_step"] == 8
     assert a["records"] == b["records"]  # every metric value bitwise equal
+    # and the loss history, validation points included (one after every step: ⌈12/20⌉ = 1)
+    ca, cb = (json.loads((d / "curves.json").read_text()) for d in (tmp_path / "a", out))
+    assert cb["heldout"]["step"] == list(range(1, 13)) and ca == cb
     assert a["train"]["final"] == b["train"]["final"]
     pa, pb = np.load(tmp_path / "a" / "predictions.npz"), np.load(out / "predictions.npz")
     assert sorted(pa.files) == sorted(pb.files)
