@@ -81,6 +81,16 @@ def test_streamed_run_preempted_resumes_bitwise(tmp_path, tfds_root, monkeypatch
     with np.load(tmp_path / "a" / "predictions.npz") as z:
         assert z.files == ["streamed"]
     assert (tmp_path / "a" / "params").is_dir()
+    # the validation points, read through the eval pipeline after every step (⌈10/20⌉ = 1):
+    # the last is the final evaluation's val split, and the resumed run has the same ones
+    ca, cb = (json.loads((tmp_path / n / "curves.json").read_text()) for n in ("a", "b"))
+    assert ca["heldout"]["step"] == list(range(1, 11)) and ca == cb
+    val = {
+        r["metric"]: r["value"]
+        for r in a["records"]
+        if r["split"] == "val" and r["member"] == "ensemble"
+    }
+    assert ca["heldout"]["loss"][-1] == pytest.approx(val["nll"], rel=1e-5)
 
 
 def test_streamed_resume_restores_the_saved_iterator_state(tmp_path, tfds_root, monkeypatch):
