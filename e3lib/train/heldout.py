@@ -29,6 +29,7 @@ def heldout_metrics(
 
     from e3lib.evaluate import make_predict_fn
     from e3lib.metrics import error, nll
+    from e3lib.train.loop import unstack_state
 
     fn = make_predict_fn(model, placement)
     if isinstance(heldout, tuple):
@@ -46,7 +47,7 @@ def heldout_metrics(
             per_seed = [one(params)]
         else:
             s = len(jax.tree_util.tree_leaves(params)[0])
-            per_seed = [one(jax.tree_util.tree_map(lambda x, i=i: x[i], params)) for i in range(s)]
+            per_seed = [one(unstack_state(params, i)) for i in range(s)]
         return {"loss": [p[0] for p in per_seed], "error": [p[1] for p in per_seed]}
 
     return metrics
