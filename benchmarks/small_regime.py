@@ -14,12 +14,14 @@ E³ fine-tuned 100 or 300 steps from the chosen upstream), ``experts`` (V-MoE K=
 E = 2, 4, 8 under the old budget and the chosen one), ``renderings`` (ViT against V-MoE on
 the plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1000 to 4000
 upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the plain set after
-1000 and 2000 upstream steps, ``tiny`` and ``mini``). Each line also gives the upstream
-curve's plateau statistic (``drop``, ``e3lib.curves.plateau``) and, where the upstream
-recorded one, its held-out NLL and error and the held-out curve's plateau statistic
-(``held``). Upstreams
-and fine-tunes are cached in ``--workdir`` by the hash of their config, so grids sharing an
-upstream train it once. Corrupted, OOD and few-shot evaluation are off (clean test only).
+1000 and 2000 upstream steps, ``tiny`` and ``mini``), ``sizes`` (ViT against V-MoE K=1 at
+the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each; then a
+summary per width over the upstream seeds). Each line also gives the upstream curve's
+plateau statistic (``drop``, ``e3lib.curves.plateau``), where the upstream recorded one its
+held-out NLL and error and the held-out curve's plateau statistic (``held``), and the
+fine-tune's error and NLL on the validation split (``val``). Upstreams and fine-tunes are
+cached in ``--workdir`` by the hash of their config, so grids sharing an upstream train it
+once. Corrupted, OOD and few-shot evaluation are off (clean test and validation only).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ EVAL_OFF = ["eval.corrupted=false", "eval.ood=false", "eval.fewshot=false"]
 VMOE2 = "method=vmoe,model.num_selected=2,upstream.num_selected=2"
 E3 = "method=e3,model.num_selected=1,model.ensemble_size=2,upstream.num_selected=2"
 NEW_UP = "upstream.steps=1000,upstream.lr=0.003"  # chosen on the training loss; now 2000 (heldout)
+RECIPE = "upstream.steps=2000,upstream.lr=0.003,finetune.steps=300"  # sweeps/recipes/small.yaml
+VIT = "method=vit"
+VMOE1 = "method=vmoe,model.num_selected=1,upstream.num_selected=2"
+SIZES = ("tiny", "mini", "midi")
+UPSTREAM_SEEDS = (0, 1, 2, 3, 4)
 GRIDS = {
     # upstream budget, fine-tune 100 steps (the old default)
     "upstream": [
@@ -75,6 +82,14 @@ GRIDS = {
         for n in (1000, 2000)
         for m in ("method=vit", VMOE2)
     ],
+    # sparse against dense by width (tiny H=32, mini 64, midi 128) and pretraining: ViT
+    # against V-MoE K=1 (upstream K=2) from each of UPSTREAM_SEEDS, the recipe's budget
+    "sizes": [
+        f"{m},model.size={z},upstream.seed={u},{RECIPE}"
+        for z in SIZES
+        for u in UPSTREAM_SEEDS
+        for m in (VIT, VMOE1)
+    ],
     # V-MoE K=1 with E = 2, 4, 8: old budget (upstream 300 steps, fine-tune 100) and new
     "experts": [
         f"method=vmoe,model.num_selected=1,model.num_experts={e},upstream.steps=300"
@@ -100,7 +115,9 @@ def _e3(*args: str) -> None:
         raise RuntimeError(f"{' '.join(args[:1])} failed:\n{done.stderr[-2000:]}")
 
 
-def run_case(spec: str, workdir: Path) -> str:
+def run_case(spec: str, workdir: Path) -> tuple[str, dict[str, list[float]]]:
+    """Train (or read from the cache) one configuration: its printed line and, per metric,
+    the values of the fine-tuning seeds."""
     from e3lib import tree
     from e3lib.config import resolve, upstream_config
 
@@ -137,17 +154,50 @@ def run_case(spec: str, workdir: Path) -> str:
         res = json.loads((out / "results.json").read_text())
         values["loss"].append(float(np.mean(res["train"]["final"]["loss"])))
         for rec in res["records"]:
-            if rec["split"] == "clean" and rec["member"] == "ensemble":
-                values.setdefault(rec["metric"], []).append(rec["value"])
+            if rec["split"] in ("clean", "val") and rec["member"] == "ensemble":
+                key = rec["metric"] if rec["split"] == "clean" else f"val {rec['metric']}"
+                values.setdefault(key, []).append(rec["value"])
     cells = " ".join(
         f"{m} {np.mean(values[m]):.3f}±{np.std(values[m], ddof=1):.3f}"
-        for m in ("loss", "error", "nll", "ece")
+        for m in ("loss", "error", "nll", "ece", "val error", "val nll")
+        if m in values
     )
-    return (
+    line = (
         f"{spec:78s} | upstream loss {up['final_loss']:.3f} err {up['train_subset_error']:.3f}"
         f" drop {up_drop:.3f}{held}"
         f" | fine-tune {cells} | {t1 - t0:4.0f}s + {t2 - t1:4.0f}s"
     )
+    return line, dict(values, **{"upstream held-out nll": [up.get("heldout_nll", np.nan)]})
+
+
+def sizes_summary(results: dict[str, dict[str, list[float]]]) -> None:
+    """Sparse against dense per width, over pretrainings: each upstream seed's fine-tunes
+    averaged into one value, V-MoE against ViT by a two-sided Welch test over upstream
+    seeds (n = len(UPSTREAM_SEEDS)), and how many upstream seeds the V-MoE is lower on."""
+    from e3lib.stats import welch_p
+
+    metrics = ("nll", "error", "val nll", "val error", "upstream held-out nll")
+    print(f"\n== sizes: per-upstream means over {len(SEEDS)} fine-tunes, n = "
+          f"{len(UPSTREAM_SEEDS)} upstream seeds; V-MoE K=1 vs ViT")  # fmt: skip
+    for z in SIZES:
+        for metric in metrics:
+            per = {
+                m: [
+                    float(
+                        np.mean(results[f"{m},model.size={z},upstream.seed={u},{RECIPE}"][metric])
+                    )
+                    for u in UPSTREAM_SEEDS
+                ]
+                for m in (VIT, VMOE1)
+            }
+            wins = sum(s < d for s, d in zip(per[VMOE1], per[VIT], strict=True))
+            print(
+                f"{z:5s} {metric:22s} V-MoE {np.mean(per[VMOE1]):.4f} ViT {np.mean(per[VIT]):.4f}"
+                f" | V-MoE lower on {wins}/{len(UPSTREAM_SEEDS)} upstreams"
+                f" | Welch p = {welch_p(per[VMOE1], per[VIT]):.3f}"
+                f" | V-MoE {' '.join(f'{v:.3f}' for v in per[VMOE1])}"
+                f" | ViT {' '.join(f'{v:.3f}' for v in per[VIT])}"
+            )
 
 
 def main() -> None:
@@ -161,8 +211,12 @@ def main() -> None:
     print(f"jax {jax.__version__}, {os.cpu_count()} cpus; seeds {list(SEEDS)}; tiny, 16 px")
     for grid in a.grid:
         print(f"\n== {grid}")
+        results = {}
         for spec in GRIDS[grid]:
-            print(run_case(spec, a.workdir), flush=True)
+            line, results[spec] = run_case(spec, a.workdir)
+            print(line, flush=True)
+        if grid == "sizes":
+            sizes_summary(results)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 # Model sizes of the paper (Table 6 / reference code) plus small ones for CPU.
 # patch: P; hidden: H; mlp: Q; layers: L; heads; moe_last_n: default n of the "last-n"
 # placement. tiny and mini keep tests and the small sweep variants fast; their kernels are so
-# small that a CPU step is bound by per-kernel overhead (~10% of the matmul rate). "demo", the
+# small that a CPU step is bound by per-kernel overhead (~10% of the matmul rate). midi
+# doubles mini's width, for studies of width on CPU (docs/small_regime.md). "demo", the
 # embedded demo's size, has ViT-Ti's width (H=192, 3 heads of 64) in 4 blocks: large enough
 # for a compute-bound CPU step (docs/flops.md, "Training-step performance").
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(patch=4, hidden=32, mlp=64, layers=4, heads=2, moe_last_n=2),
     "mini": dict(patch=4, hidden=64, mlp=128, layers=4, heads=4, moe_last_n=2),
+    "midi": dict(patch=4, hidden=128, mlp=256, layers=4, heads=4, moe_last_n=2),
     "demo": dict(patch=4, hidden=192, mlp=768, layers=4, heads=3, moe_last_n=2),
     "S/32": dict(patch=32, hidden=512, mlp=2048, layers=8, heads=8, moe_last_n=2),
     "B/32": dict(patch=32, hidden=768, mlp=3072, layers=12, heads=12, moe_last_n=2),

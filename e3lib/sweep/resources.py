@@ -21,6 +21,7 @@ from e3lib.sweep.schema import SweepError
 SIZE_RESOURCES: dict[str, dict[str, Any]] = {
     "tiny": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=2000, min_per_kstep=1),
     "mini": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=3000, min_per_kstep=2),
+    "midi": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=3000, min_per_kstep=3),
     "demo": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=4000, min_per_kstep=3),
     "S/32": dict(tpu=("v3-8", "v3-32"), gpus=(2, 8), mem_mb=32000, min_per_kstep=4),
     "B/32": dict(tpu=("v3-32", "v3-64"), gpus=(4, 8), mem_mb=48000, min_per_kstep=8),
