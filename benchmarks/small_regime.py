@@ -15,8 +15,10 @@ E = 2, 4, 8 under the old budget and the chosen one), ``renderings`` (ViT agains
 the plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1000 to 4000
 upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the plain set after
 1000 and 2000 upstream steps, ``tiny`` and ``mini``), ``sizes`` (ViT against V-MoE K=1 at
-the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each; then a
-summary per width over the upstream seeds). Each line also gives the upstream curve's
+the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each),
+``sizes_renderings`` (the same at ``mini`` on 8 renderings of the upstream set, three
+upstream seeds); these two
+end in a summary per cell over the upstream seeds. Each line also gives the upstream curve's
 plateau statistic (``drop``, ``e3lib.curves.plateau``), where the upstream recorded one its
 held-out NLL and error and the held-out curve's plateau statistic (``held``), and the
 fine-tune's error and NLL on the validation split (``val``). Upstreams and fine-tunes are
@@ -47,8 +49,13 @@ NEW_UP = "upstream.steps=1000,upstream.lr=0.003"  # chosen on the training loss;
 RECIPE = "upstream.steps=2000,upstream.lr=0.003,finetune.steps=300"  # sweeps/recipes/small.yaml
 VIT = "method=vit"
 VMOE1 = "method=vmoe,model.num_selected=1,upstream.num_selected=2"
-SIZES = ("tiny", "mini", "midi")
-UPSTREAM_SEEDS = (0, 1, 2, 3, 4)
+PAIR = (VIT, VMOE1)
+OVER_PRETRAININGS = {  # grid -> (its cells, the upstream seeds each cell runs from)
+    # the recipe at widths tiny (H=32), mini (64), midi (128)
+    "sizes": ([f"model.size={z},{RECIPE}" for z in ("tiny", "mini", "midi")], range(5)),
+    # mini on 8 renderings of the upstream set (the `renderings` grid's winning cell)
+    "sizes_renderings": ([f"model.size=mini,upstream.renderings=8,{RECIPE}"], range(3)),
+}
 GRIDS = {
     # upstream budget, fine-tune 100 steps (the old default)
     "upstream": [
@@ -82,14 +89,12 @@ GRIDS = {
         for n in (1000, 2000)
         for m in ("method=vit", VMOE2)
     ],
-    # sparse against dense by width (tiny H=32, mini 64, midi 128) and pretraining: ViT
-    # against V-MoE K=1 (upstream K=2) from each of UPSTREAM_SEEDS, the recipe's budget
-    "sizes": [
-        f"{m},model.size={z},upstream.seed={u},{RECIPE}"
-        for z in SIZES
-        for u in UPSTREAM_SEEDS
-        for m in (VIT, VMOE1)
-    ],
+    # sparse against dense over pretrainings (OVER_PRETRAININGS): ViT against V-MoE K=1
+    # (upstream K=2) from each upstream seed
+    **{
+        grid: [f"{m},{cell},upstream.seed={u}" for cell in cells for u in ups for m in PAIR]
+        for grid, (cells, ups) in OVER_PRETRAININGS.items()
+    },
     # V-MoE K=1 with E = 2, 4, 8: old budget (upstream 300 steps, fine-tune 100) and new
     "experts": [
         f"method=vmoe,model.num_selected=1,model.num_experts={e},upstream.steps=300"
@@ -170,30 +175,28 @@ def run_case(spec: str, workdir: Path) -> tuple[str, dict[str, list[float]]]:
     return line, dict(values, **{"upstream held-out nll": [up.get("heldout_nll", np.nan)]})
 
 
-def sizes_summary(results: dict[str, dict[str, list[float]]]) -> None:
-    """Sparse against dense per width, over pretrainings: each upstream seed's fine-tunes
+def pretrainings_summary(grid: str, results: dict[str, dict[str, list[float]]]) -> None:
+    """Sparse against dense per cell, over pretrainings: each upstream seed's fine-tunes
     averaged into one value, V-MoE against ViT by a two-sided Welch test over upstream
-    seeds (n = len(UPSTREAM_SEEDS)), and how many upstream seeds the V-MoE is lower on."""
+    seeds (n = their number), and on how many upstream seeds the V-MoE is lower."""
     from e3lib.stats import welch_p
 
     metrics = ("nll", "error", "val nll", "val error", "upstream held-out nll")
-    print(f"\n== sizes: per-upstream means over {len(SEEDS)} fine-tunes, n = "
-          f"{len(UPSTREAM_SEEDS)} upstream seeds; V-MoE K=1 vs ViT")  # fmt: skip
-    for z in SIZES:
+    cells, ups = OVER_PRETRAININGS[grid]
+    print(f"\n== {grid}: per-upstream means over {len(SEEDS)} fine-tunes, n = "
+          f"{len(ups)} upstream seeds; V-MoE K=1 vs ViT")  # fmt: skip
+    for cell in cells:
+        print(cell)
         for metric in metrics:
             per = {
-                m: [
-                    float(
-                        np.mean(results[f"{m},model.size={z},upstream.seed={u},{RECIPE}"][metric])
-                    )
-                    for u in UPSTREAM_SEEDS
-                ]
-                for m in (VIT, VMOE1)
-            }
+                m: [float(np.mean(results[f"{m},{cell},upstream.seed={u}"][metric]))
+                    for u in ups]
+                for m in PAIR
+            }  # fmt: skip
             wins = sum(s < d for s, d in zip(per[VMOE1], per[VIT], strict=True))
             print(
-                f"{z:5s} {metric:22s} V-MoE {np.mean(per[VMOE1]):.4f} ViT {np.mean(per[VIT]):.4f}"
-                f" | V-MoE lower on {wins}/{len(UPSTREAM_SEEDS)} upstreams"
+                f"  {metric:22s} V-MoE {np.mean(per[VMOE1]):.4f} ViT {np.mean(per[VIT]):.4f}"
+                f" | V-MoE lower on {wins}/{len(ups)} upstreams"
                 f" | Welch p = {welch_p(per[VMOE1], per[VIT]):.3f}"
                 f" | V-MoE {' '.join(f'{v:.3f}' for v in per[VMOE1])}"
                 f" | ViT {' '.join(f'{v:.3f}' for v in per[VIT])}"
@@ -215,8 +218,8 @@ def main() -> None:
         for spec in GRIDS[grid]:
             line, results[spec] = run_case(spec, a.workdir)
             print(line, flush=True)
-        if grid == "sizes":
-            sizes_summary(results)
+        if grid in OVER_PRETRAININGS:
+            pretrainings_summary(grid, results)
 
 
 if __name__ == "__main__":
