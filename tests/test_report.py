@@ -388,7 +388,10 @@ def test_page_states_the_upstream_seeds_the_fine_tunes_started_from(tmp_path):
         return alignment.describe_run(ds, alignment.run_configuration(ds))
 
     shared = ran(tmp_path / "s", {"seed": 0})
-    assert shared.startswith("size tiny, E=8, data demo, fine-tune steps 300, upstream seed 0;")
+    assert shared.startswith(
+        "size tiny, E=8, data demo, fine-tune steps 300, upstream seed 0 (shared by all seeds:"
+        " the spread between pretrainings is not in the tests);"
+    )
     per_run = ran(tmp_path / "p", {"seed": 0}, per_run=True)
     assert "fine-tune steps 300, upstream seeds 0, 1, 2 (3); axes" in per_run
     # from a published checkpoint there is no pretraining seed to state

@@ -99,9 +99,16 @@ def run_configuration(ds: xr.Dataset) -> dict[str, Any]:
     return out
 
 
+# After a single pretraining seed: every seed of the page fine-tuned from that one upstream
+# per configuration, so its spreads and tests leave out the pretraining's variance.
+ONE_PRETRAINING = "shared by all seeds: the spread between pretrainings is not in the tests"
+
+
 def _describe_field(f: str, v: Any) -> str:
     if isinstance(v, list):  # "upstream seeds 0, 1, 2 (3)"
         return f"{_NAMES[f]}s {', '.join(str(x) for x in v)} ({len(v)})"
+    if f == "upstream.seed":  # "upstream seed 0 (shared by all seeds: ...)"
+        return f"{_NAMES[f]} {v} ({ONE_PRETRAINING})"
     return f"{_NAMES[f]} {v}" if _NAMES[f][0].islower() else f"{_NAMES[f]}={v}"
 
 
