@@ -17,8 +17,8 @@ upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the pl
 1000 and 2000 upstream steps, ``tiny`` and ``mini``), ``sizes`` (ViT against V-MoE K=1 at
 the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each),
 ``sizes_renderings`` (the same at ``mini`` on 8 renderings of the upstream set, three
-upstream seeds); these two
-end in a summary per cell over the upstream seeds. Each line also gives the upstream curve's
+upstream seeds); these two end in a summary per cell over the upstream seeds. Each line
+also gives the upstream curve's
 plateau statistic (``drop``, ``e3lib.curves.plateau``), where the upstream recorded one its
 held-out NLL and error and the held-out curve's plateau statistic (``held``), and the
 fine-tune's error and NLL on the validation split (``val``). Upstreams and fine-tunes are
@@ -211,7 +211,7 @@ def main() -> None:
     os.environ.setdefault("E3_JAX_CACHE", str((a.workdir / "jax_cache").absolute()))
     import jax
 
-    print(f"jax {jax.__version__}, {os.cpu_count()} cpus; seeds {list(SEEDS)}; tiny, 16 px")
+    print(f"jax {jax.__version__}, {os.cpu_count()} cpus; seeds {list(SEEDS)}; 16 px")
     for grid in a.grid:
         print(f"\n== {grid}")
         results = {}
