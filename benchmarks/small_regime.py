@@ -56,6 +56,13 @@ OVER_PRETRAININGS = {  # grid -> (its cells, the upstream seeds each cell runs f
     # mini on 8 renderings of the upstream set (the `renderings` grid's winning cell)
     "sizes_renderings": ([f"model.size=mini,upstream.renderings=8,{RECIPE}"], range(3)),
 }
+
+
+def pretraining_spec(method: str, cell: str, upstream_seed: int) -> str:
+    """The spec of one (model, cell, upstream seed) of an OVER_PRETRAININGS grid."""
+    return f"{method},{cell},upstream.seed={upstream_seed}"
+
+
 GRIDS = {
     # upstream budget, fine-tune 100 steps (the old default)
     "upstream": [
@@ -92,7 +99,7 @@ GRIDS = {
     # sparse against dense over pretrainings (OVER_PRETRAININGS): ViT against V-MoE K=1
     # (upstream K=2) from each upstream seed
     **{
-        grid: [f"{m},{cell},upstream.seed={u}" for cell in cells for u in ups for m in PAIR]
+        grid: [pretraining_spec(m, cell, u) for cell in cells for u in ups for m in PAIR]
         for grid, (cells, ups) in OVER_PRETRAININGS.items()
     },
     # V-MoE K=1 with E = 2, 4, 8: old budget (upstream 300 steps, fine-tune 100) and new
@@ -189,7 +196,7 @@ def pretrainings_summary(grid: str, results: dict[str, dict[str, list[float]]]) 
         print(cell)
         for metric in metrics:
             per = {
-                m: [float(np.mean(results[f"{m},{cell},upstream.seed={u}"][metric]))
+                m: [float(np.mean(results[pretraining_spec(m, cell, u)][metric]))
                     for u in ups]
                 for m in PAIR
             }  # fmt: skip

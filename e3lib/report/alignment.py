@@ -99,8 +99,8 @@ def run_configuration(ds: xr.Dataset) -> dict[str, Any]:
     return out
 
 
-# After a single pretraining seed: every seed of the page fine-tuned from that one upstream
-# per configuration, so its spreads and tests leave out the pretraining's variance.
+# Said of a single upstream seed: every seed of the page fine-tuned from that one pretraining
+# per configuration, so its spreads and tests leave out the variance between pretrainings.
 ONE_PRETRAINING = "shared by all seeds: the spread between pretrainings is not in the tests"
 
 
