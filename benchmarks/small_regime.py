@@ -16,14 +16,14 @@ the plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1
 upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the plain set after
 1000 and 2000 upstream steps, ``tiny`` and ``mini``), ``sizes`` (ViT against V-MoE K=1 at
 the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each),
-``sizes_renderings`` (the same at ``mini`` on 8 renderings of the upstream set, three
-upstream seeds); these two end in a summary per cell over the upstream seeds. Each line
-also gives the upstream curve's
-plateau statistic (``drop``, ``e3lib.curves.plateau``), where the upstream recorded one its
-held-out NLL and error and the held-out curve's plateau statistic (``held``), and the
-fine-tune's error and NLL on the validation split (``val``). Upstreams and fine-tunes are
-cached in ``--workdir`` by the hash of their config, so grids sharing an upstream train it
-once. Corrupted, OOD and few-shot evaluation are off (clean test and validation only).
+``sizes_renderings`` (the same at ``mini`` on 8 renderings of the upstream set, at the
+recipe's 2000 upstream steps and at 4000); these two end in a summary per cell over the
+upstream seeds. Each line also gives the upstream curve's plateau statistic (``drop``,
+``e3lib.curves.plateau``), where the upstream recorded one its held-out NLL and error and
+the held-out curve's plateau statistic (``held``), and the fine-tune's error and NLL on the
+validation split (``val``). Upstreams and fine-tunes are cached in ``--workdir`` by the hash
+of their config, so grids sharing an upstream train it once. Corrupted, OOD and few-shot
+evaluation are off (clean test and validation only).
 """
 
 from __future__ import annotations
@@ -47,14 +47,22 @@ VMOE2 = "method=vmoe,model.num_selected=2,upstream.num_selected=2"
 E3 = "method=e3,model.num_selected=1,model.ensemble_size=2,upstream.num_selected=2"
 NEW_UP = "upstream.steps=1000,upstream.lr=0.003"  # chosen on the training loss; now 2000 (heldout)
 RECIPE = "upstream.steps=2000,upstream.lr=0.003,finetune.steps=300"  # sweeps/recipes/small.yaml
+RECIPE_LONG = "upstream.steps=4000,upstream.lr=0.003,finetune.steps=300"
 VIT = "method=vit"
 VMOE1 = "method=vmoe,model.num_selected=1,upstream.num_selected=2"
 PAIR = (VIT, VMOE1)
 OVER_PRETRAININGS = {  # grid -> (its cells, the upstream seeds each cell runs from)
     # the recipe at widths tiny (H=32), mini (64), midi (128)
     "sizes": ([f"model.size={z},{RECIPE}" for z in ("tiny", "mini", "midi")], range(5)),
-    # mini on 8 renderings of the upstream set (the `renderings` grid's winning cell)
-    "sizes_renderings": ([f"model.size=mini,upstream.renderings=8,{RECIPE}"], range(3)),
+    # mini on 8 renderings of the upstream set (the `renderings` grid's winning cell), at
+    # the recipe's upstream budget and at twice it
+    "sizes_renderings": (
+        [
+            f"model.size=mini,upstream.renderings=8,{RECIPE}",
+            f"model.size=mini,upstream.renderings=8,{RECIPE_LONG}",
+        ],
+        range(5),
+    ),
 }
 
 
