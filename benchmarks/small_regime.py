@@ -16,14 +16,16 @@ the plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1
 upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the plain set after
 1000 and 2000 upstream steps, ``tiny`` and ``mini``), ``sizes`` (ViT against V-MoE K=1 at
 the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each),
-``sizes_renderings`` (the same at ``mini`` on 8 renderings of the upstream set, at the
-recipe's 2000 upstream steps and at 4000); these two end in a summary per cell over the
+``sizes_corrupted`` (the same fine-tunes also evaluated on the corrupted test split),
+``sizes_renderings`` (the ``sizes`` pair at ``mini`` on 8 renderings of the upstream set, at the
+recipe's 2000 upstream steps and at 4000); these three end in a summary per cell over the
 upstream seeds. Each line also gives the upstream curve's plateau statistic (``drop``,
 ``e3lib.curves.plateau``), where the upstream recorded one its held-out NLL and error and
 the held-out curve's plateau statistic (``held``), and the fine-tune's error and NLL on the
 validation split (``val``). Upstreams and fine-tunes are cached in ``--workdir`` by the hash
 of their config, so grids sharing an upstream train it once. Corrupted, OOD and few-shot
-evaluation are off (clean test and validation only).
+evaluation are off (clean test and validation only) but for the corrupted split of
+``sizes_corrupted``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ PAIR = (VIT, VMOE1)
 OVER_PRETRAININGS = {  # grid -> (its cells, the upstream seeds each cell runs from)
     # the recipe at widths tiny (H=32), mini (64), midi (128)
     "sizes": ([f"model.size={z},{RECIPE}" for z in ("tiny", "mini", "midi")], range(5)),
+    # the same fine-tunes (same upstreams) also evaluated on the corrupted test split
+    "sizes_corrupted": (
+        [f"model.size={z},{RECIPE},eval.corrupted=true" for z in ("tiny", "mini", "midi")],
+        range(5),
+    ),
     # mini on 8 renderings of the upstream set (the `renderings` grid's winning cell), at
     # the recipe's upstream budget and at twice it
     "sizes_renderings": (
@@ -177,9 +184,15 @@ def run_case(spec: str, workdir: Path) -> tuple[str, dict[str, list[float]]]:
             if rec["split"] in ("clean", "val") and rec["member"] == "ensemble":
                 key = rec["metric"] if rec["split"] == "clean" else f"val {rec['metric']}"
                 values.setdefault(key, []).append(rec["value"])
+        # corrupted split: the mean over every corruption and severity, as the report's c_*
+        for metric in ("nll", "error"):
+            per = [r["value"] for r in res["records"] if r["split"] == "corrupted"
+                   and r["member"] == "ensemble" and r["metric"] == metric]  # fmt: skip
+            if per:
+                values.setdefault(f"c {metric}", []).append(float(np.mean(per)))
     cells = " ".join(
         f"{m} {np.mean(values[m]):.3f}±{np.std(values[m], ddof=1):.3f}"
-        for m in ("loss", "error", "nll", "ece", "val error", "val nll")
+        for m in ("loss", "error", "nll", "ece", "val error", "val nll", "c error", "c nll")
         if m in values
     )
     line = (
@@ -197,6 +210,7 @@ def pretrainings_summary(grid: str, results: dict[str, dict[str, list[float]]]) 
     from e3lib.stats import welch_p
 
     metrics = ("nll", "error", "val nll", "val error", "upstream held-out nll")
+    metrics += ("c nll", "c error") if "corrupted" in grid else ()
     cells, ups = OVER_PRETRAININGS[grid]
     print(f"\n== {grid}: per-upstream means over {len(SEEDS)} fine-tunes, n = "
           f"{len(ups)} upstream seeds; V-MoE K=1 vs ViT")  # fmt: skip
