@@ -210,7 +210,7 @@ def pretrainings_summary(grid: str, results: dict[str, dict[str, list[float]]]) 
     from e3lib.stats import welch_p
 
     metrics = ("nll", "error", "val nll", "val error", "upstream held-out nll")
-    metrics += ("c nll", "c error") if "corrupted" in grid else ()
+    metrics += tuple(m for m in ("c nll", "c error") if all(m in r for r in results.values()))
     cells, ups = OVER_PRETRAININGS[grid]
     print(f"\n== {grid}: per-upstream means over {len(SEEDS)} fine-tunes, n = "
           f"{len(ups)} upstream seeds; V-MoE K=1 vs ViT")  # fmt: skip
