@@ -10,22 +10,21 @@ standard deviation over the seeds), and the wall time of each stage.
 
 Grids (``GRIDS``): ``upstream`` (V-MoE after 300/1000/3000 upstream steps at lr 1e-3 and
 1000 at 3e-3, ViT after 1000 at both rates; fine-tune 100 steps), ``finetune`` (ViT, V-MoE,
-E³ fine-tuned 100 or 300 steps from the chosen upstream), ``experts`` (V-MoE K=1 with
-E = 2, 4, 8 under the old budget and the chosen one), ``renderings`` (ViT against V-MoE on
-the plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1000 to 4000
-upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the plain set after
-1000 and 2000 upstream steps, ``tiny`` and ``mini``), ``sizes`` (ViT against V-MoE K=1 at
-the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each),
-``sizes_corrupted`` (the same fine-tunes also evaluated on the corrupted test split),
-``sizes_renderings`` (the ``sizes`` pair at ``mini`` on 8 renderings of the upstream set, at the
-recipe's 2000 upstream steps and at 4000); these three end in a summary per cell over the
-upstream seeds. Each line also gives the upstream curve's plateau statistic (``drop``,
-``e3lib.curves.plateau``), where the upstream recorded one its held-out NLL and error and
-the held-out curve's plateau statistic (``held``), and the fine-tune's error and NLL on the
-validation split (``val``). Upstreams and fine-tunes are cached in ``--workdir`` by the hash
-of their config, so grids sharing an upstream train it once. Corrupted, OOD and few-shot
-evaluation are off (clean test and validation only) but for the corrupted split of
-``sizes_corrupted``.
+E³ fine-tuned 100 or 300 steps from the chosen upstream), ``experts`` (V-MoE K=1 with E = 2,
+4, 8 under the old budget and the chosen one), ``renderings`` (ViT against V-MoE on the
+plain upstream set and on 8 renderings of it, ``upstream.renderings``, for 1000 to 4000
+upstream steps; ``tiny`` and ``mini``), ``heldout`` (ViT against V-MoE on the plain set
+after 1000 and 2000 upstream steps, ``tiny`` and ``mini``), ``sizes`` (ViT against V-MoE K=1
+at the recipe's budget, widths ``tiny``, ``mini``, ``midi``, from five upstream seeds each,
+also on the corrupted test split), ``sizes_renderings`` (the ``sizes`` pair at ``mini`` on 8
+renderings of the upstream set, at the recipe's 2000 upstream steps and at 4000); these two
+end in a summary per cell over the upstream seeds. Each line also gives the upstream curve's
+plateau statistic (``drop``, ``e3lib.curves.plateau``), where the upstream recorded one its
+held-out NLL and error and the held-out curve's plateau statistic (``held``), and the
+fine-tune's error and NLL on the validation split (``val``). Upstreams and fine-tunes are
+cached in ``--workdir`` by the hash of their config, so grids sharing an upstream train it
+once. Corrupted, OOD and few-shot evaluation are off (clean test and validation only) but
+for the corrupted split of ``sizes``.
 """
 
 from __future__ import annotations
@@ -54,10 +53,8 @@ VIT = "method=vit"
 VMOE1 = "method=vmoe,model.num_selected=1,upstream.num_selected=2"
 PAIR = (VIT, VMOE1)
 OVER_PRETRAININGS = {  # grid -> (its cells, the upstream seeds each cell runs from)
-    # the recipe at widths tiny (H=32), mini (64), midi (128)
-    "sizes": ([f"model.size={z},{RECIPE}" for z in ("tiny", "mini", "midi")], range(5)),
-    # the same fine-tunes (same upstreams) also evaluated on the corrupted test split
-    "sizes_corrupted": (
+    # the recipe at widths tiny (H=32), mini (64), midi (128); also the corrupted test split
+    "sizes": (
         [f"model.size={z},{RECIPE},eval.corrupted=true" for z in ("tiny", "mini", "midi")],
         range(5),
     ),
@@ -184,12 +181,10 @@ def run_case(spec: str, workdir: Path) -> tuple[str, dict[str, list[float]]]:
             if rec["split"] in ("clean", "val") and rec["member"] == "ensemble":
                 key = rec["metric"] if rec["split"] == "clean" else f"val {rec['metric']}"
                 values.setdefault(key, []).append(rec["value"])
-        # corrupted split: the mean over every corruption and severity, as the report's c_*
-        for metric in ("nll", "error"):
-            per = [r["value"] for r in res["records"] if r["split"] == "corrupted"
-                   and r["member"] == "ensemble" and r["metric"] == metric]  # fmt: skip
-            if per:
-                values.setdefault(f"c {metric}", []).append(float(np.mean(per)))
+            # the corrupted split's mean over corruptions and severities (the report's c_*)
+            if rec["split"] == "corrupted" and rec["corruption"] == "mean":
+                if rec["member"] == "ensemble" and rec["metric"] in ("nll", "error"):
+                    values.setdefault(f"c {rec['metric']}", []).append(rec["value"])
     cells = " ".join(
         f"{m} {np.mean(values[m]):.3f}±{np.std(values[m], ddof=1):.3f}"
         for m in ("loss", "error", "nll", "ece", "val error", "val nll", "c error", "c nll")
