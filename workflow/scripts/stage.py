@@ -23,6 +23,9 @@ files no longer match their checksums is set aside (its status file renamed) and
 fails: rerunning the same command recomputes the member, then the ensemble.
 
 The log is appended to, one header per attempt, so a retried job keeps its history.
+With ``E3_EXIT_CODE_FILE`` set, the command's exit code is also written to that file, for
+a launcher that must tell a preemption (4) from other failures through Snakemake, whose
+own exit code is 1 for every failed job (the ``skypilot`` profile's run script).
 
 Multi-host jobs (a TPU slice through the ``tpu`` profile, a multi-node Slurm allocation):
 every host runs this script with the same arguments. Only process 0 (``E3_PROCESS_ID``,
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         log.flush()
         rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
         log.write(f"=== exit code {rc}\n")
+    if os.environ.get("E3_EXIT_CODE_FILE"):
+        atomic.write_text(os.environ["E3_EXIT_CODE_FILE"], f"{rc}\n")
     if rc == 0:
         missing = [p for p in args.expect if not os.path.exists(p)]
         if missing:

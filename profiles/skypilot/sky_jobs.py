@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Snakemake jobs as SkyPilot managed jobs (the `skypilot` profile's submit / status / cancel,
+and the clean-up of what a crashed driver left).
+
+Snakemake's cluster-generic executor calls
+
+    sky_jobs.py submit JOBSCRIPT     prints the job's id, NAME@MANAGED_JOB_ID (or local:NAME)
+    sky_jobs.py status ID            prints running | success | failed
+    cancel ID ...                    (profiles/skypilot/cancel: returns at once)
+
+and by hand:
+
+    sky_jobs.py task JOBSCRIPT       prints the SkyPilot task YAML (calls nothing)
+    sky_jobs.py cleanup [--dry-run] [--results DIR] [--sweeps F ...] [--variant V]
+
+`submit` names the job from its stage and id (sky_task.py: ``e3-ft-<run id>``) and first
+asks SkyPilot's queue for a live managed job of that name: one is reattached to (a driver
+killed and started again, or a resubmission while the job still runs), none is launched
+with ``sky jobs launch --detach-run``. Jobs without an accelerator run on this machine.
+The controller of SkyPilot recovers preemptions and exit code 4 (e3's preempted code) by
+itself; `status` reports what it gave up on as failed (STATUS below).
+
+Everything goes through the ``sky`` command (E3_SKY: another one, e.g. in a separate
+virtual environment), so this script needs only the standard library and PyYAML.
+Other settings: sky_task.Settings (E3_SKY_*); E3_SKY_STATE_DIR (default
+.snakemake/sky-jobs: task files, local jobs, the queue cache); E3_SKY_QUEUE_TTL (seconds a
+queue listing serves every status check, default 20).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sky_task  # noqa: E402
+
+# SkyPilot managed-job states → Snakemake's. CANCELLING is on its way to CANCELLED: failed,
+# and never reattached to. Unknown states count as running (a new intermediate state),
+# unless they start with FAILED.
+RUNNING = ("PENDING", "SUBMITTED", "STARTING", "RUNNING", "RECOVERING")
+STATUS = {
+    **dict.fromkeys(RUNNING, "running"),
+    "SUCCEEDED": "success",
+    **dict.fromkeys(
+        (
+            "CANCELLING",
+            "CANCELLED",
+            "FAILED",
+            "FAILED_SETUP",
+            "FAILED_PRECHECKS",
+            "FAILED_NO_RESOURCE",
+            "FAILED_CONTROLLER",
+        ),
+        "failed",
+    ),
+}
+LIVE = RUNNING  # a job of one of these states is reattached to, never launched twice
+
+
+def snakemake_status(state: str) -> str:
+    if state in STATUS:
+        return STATUS[state]
+    return "failed" if state.startswith("FAILED") else "running"
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def state_dir() -> str:
+    d = env("E3_SKY_STATE_DIR", os.path.join(".snakemake", "sky-jobs"))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def write_atomic(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def sky(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([env("E3_SKY", "sky"), *args], text=True, capture_output=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"sky {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+def queue(max_age: float = 0.0) -> list[dict]:
+    """Managed jobs of this user (all states), from a listing at most ``max_age`` s old."""
+    cache = os.path.join(state_dir(), "queue.json")
+    try:
+        if time.time() - os.path.getmtime(cache) <= max_age:
+            with open(cache) as f:
+                return json.load(f)
+    except (OSError, ValueError):
+        pass
+    records = json.loads(sky("jobs", "queue", "--all", "--output", "json").stdout or "[]")
+    write_atomic(cache, json.dumps(records))
+    return records
+
+
+def live_job(name: str, records: list[dict]) -> dict | None:
+    live = [r for r in records if r.get("job_name") == name and r.get("status") in LIVE]
+    return max(live, key=lambda r: r["job_id"]) if live else None
+
+
+# ----------------------------------------------------------------------------- local jobs
+
+
+def local_path(name: str, ext: str) -> str:
+    return os.path.join(state_dir(), f"{name}.{ext}")
+
+
+def submit_local(name: str, jobscript: str) -> str:
+    rc = local_path(name, "rc")
+    if os.path.exists(rc):
+        os.remove(rc)
+    log = open(local_path(name, "log"), "a")
+    proc = subprocess.Popen(
+        ["sh", "-c", 'bash "$1"; echo $? > "$2"', "sh", jobscript, rc],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    write_atomic(local_path(name, "pid"), str(proc.pid))
+    return f"local:{name}"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def status_local(name: str) -> str:
+    try:
+        with open(local_path(name, "rc")) as f:
+            return "success" if f.read().strip() == "0" else "failed"
+    except OSError:
+        pass
+    try:
+        with open(local_path(name, "pid")) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return "failed"
+    return "running" if alive(pid) else "failed"
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    settings = sky_task.Settings.from_env()
+    job = sky_task.Job.read(args.jobscript)
+    name = job.name(settings.project)
+    if sky_task.accelerators(job.resources, settings)[0] is None:
+        print(submit_local(name, os.path.abspath(args.jobscript)))
+        return 0
+    doc = sky_task.task(job, os.getcwd(), settings)
+    live = live_job(name, queue())
+    if live:
+        print(
+            f"sky_jobs.py: reattached to {name} (managed job {live['job_id']}, {live['status']})",
+            file=sys.stderr,
+        )
+        print(f"{name}@{live['job_id']}")
+        return 0
+    path = os.path.join(state_dir(), f"{name}.yaml")
+    write_atomic(path, sky_task.to_yaml(doc))
+    sky("jobs", "launch", path, "--name", name, "--yes", "--detach-run")
+    launched = live_job(name, queue()) or max(
+        (r for r in queue() if r.get("job_name") == name), key=lambda r: r["job_id"], default=None
+    )
+    if launched is None:
+        print(f"sky_jobs.py: {name} launched but not in `sky jobs queue`", file=sys.stderr)
+        return 1
+    print(f"{name}@{launched['job_id']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.job.startswith("local:"):
+        print(status_local(args.job.split(":", 1)[1]))
+        return 0
+    job_id = int(args.job.rsplit("@", 1)[1])
+    ttl = float(env("E3_SKY_QUEUE_TTL", "20"))
+    try:
+        record = next((r for r in queue(ttl) if r.get("job_id") == job_id), None)
+        if record is None:  # launched after the cached listing
+            record = next((r for r in queue() if r.get("job_id") == job_id), None)
+    except (RuntimeError, ValueError) as err:  # API server unreachable: ask again later
+        print(f"sky_jobs.py status: {err}", file=sys.stderr)
+        print("running")
+        return 0
+    print(snakemake_status(record["status"]) if record else "failed")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Local jobs are stopped; managed jobs are cancelled by a detached `sky jobs cancel`
+    (Snakemake gives a cancel command 2 seconds)."""
+    ids = []
+    for job in args.jobs:
+        if job.startswith("local:"):
+            try:
+                with open(local_path(job.split(":", 1)[1], "pid")) as f:
+                    os.killpg(int(f.read()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+        elif "@" in job:
+            ids.append(job.rsplit("@", 1)[1])
+    if ids:
+        subprocess.Popen(
+            [env("E3_SKY", "sky"), "jobs", "cancel", "--yes", *ids],
+            stdin=subprocess.DEVNULL,
+            stdout=open(os.path.join(state_dir(), "cancel.log"), "a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    job = sky_task.Job.read(args.jobscript)
+    print(sky_task.to_yaml(sky_task.task(job, os.getcwd(), sky_task.Settings.from_env())), end="")
+    return 0
+
+
+ENTRY_DIRS = {"finetune": "runs", "upstream": "upstream", "ensemble": "ensembles"}
+
+
+def plan_ids(sweeps: list[str], variant: str) -> set[str]:
+    """Run, upstream and ensemble ids of the sweeps' plan (e3lib.sweep, as the workflow)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from e3lib import sweep
+
+    plan = sweep.Catalog(sweeps, variant, "sweeps").configured
+    return set(plan.runs) | set(plan.upstreams) | set(plan.ensembles)
+
+
+def orphan_reason(record: dict, results: str, known: set[str] | None) -> str | None:
+    """Why a live job of this project is an orphan, or None when a rerun still needs it."""
+    labels = record.get("labels") or {}
+    stage, ident = labels.get("e3-stage"), labels.get("e3-run")
+    if not (stage and ident):
+        return "no e3-stage / e3-run labels: not launched by this profile"
+    done = os.path.join(results, ENTRY_DIRS.get(stage, stage), ident, "done.json")
+    if os.path.exists(done):
+        return f"finished: {done} exists"
+    if known is not None and ident not in known:
+        return "not in the plan of the given sweeps"
+    return None
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """List the project's live managed jobs and cancel the orphans (or all, with --all)."""
+    project = sky_task.Settings.from_env().project
+    known = plan_ids(args.sweeps, args.variant) if args.sweeps else None
+    mine = [
+        r
+        for r in queue()
+        if r.get("status") in LIVE
+        and (
+            (r.get("labels") or {}).get("e3-project") == project
+            or str(r.get("job_name", "")).startswith(f"{project}-")
+        )
+    ]
+    orphans = []
+    for r in sorted(mine, key=lambda r: r["job_id"]):
+        why = "--all" if args.all else orphan_reason(r, args.results, known)
+        verdict = f"orphan ({why})" if why else "kept (a rerun of the workflow reattaches to it)"
+        print(f"{r['job_id']}\t{r.get('job_name')}\t{r.get('status')}\t{verdict}")
+        if why:
+            orphans.append(str(r["job_id"]))
+    if not orphans:
+        print(f"no orphaned managed jobs of project {project!r}")
+    elif args.dry_run:
+        print(f"would cancel {len(orphans)} managed job(s): {' '.join(orphans)}")
+    else:
+        sky("jobs", "cancel", "--yes", *orphans)
+        print(f"cancelled {len(orphans)} managed job(s): {' '.join(orphans)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sky_jobs.py", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("submit", "task"):
+        sub.add_parser(name).add_argument("jobscript")
+    sub.add_parser("status").add_argument("job")
+    sub.add_parser("cancel").add_argument("jobs", nargs="*")
+    c = sub.add_parser("cleanup", help="cancel the project's orphaned managed jobs")
+    c.add_argument("--dry-run", action="store_true", help="list, cancel nothing")
+    c.add_argument("--results", default="results", help="the workflow's results root")
+    c.add_argument("--sweeps", nargs="*", default=[], help="jobs of other runs are orphans")
+    c.add_argument("--variant", default="small")
+    c.add_argument("--all", action="store_true", help="cancel every live job of the project")
+    args = ap.parse_args(argv)
+    commands = {
+        "submit": cmd_submit,
+        "status": cmd_status,
+        "cancel": cmd_cancel,
+        "task": cmd_task,
+        "cleanup": cmd_cleanup,
+    }
+    try:
+        return commands[args.command](args)
+    except (sky_task.TaskError, RuntimeError) as err:
+        print(f"sky_jobs.py {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
