@@ -129,6 +129,12 @@ def main(args: list[str]) -> int:
         run(int(args[1]), args[2])
     elif args[:2] == ["jobs", "launch"]:
         assert "--yes" in args and "--detach-run" in args, args
+        failures = os.path.join(STATE, "launch_failures")
+        done = len(open(failures).read()) if os.path.exists(failures) else 0
+        if done < int(os.environ.get("FAKE_SKY_LAUNCH_FAILS", "0")):  # the first N fail
+            open(failures, "a").write("x")
+            print("sky: ResourcesUnavailableError: quota exceeded", file=sys.stderr)
+            return 1
         launch(args[2], args[args.index("--name") + 1])
     elif args[:2] == ["jobs", "queue"]:
         assert "--all" in args and args[args.index("--output") + 1] == "json", args

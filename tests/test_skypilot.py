@@ -148,7 +148,7 @@ def test_generated_tasks_parse_with_skypilots_own_parser(tmp_path):
     docs = {}
     for kind, settings in [
         ("tpu", sky_task.Settings(bucket="gs://bkt/e3")),
-        ("gpu", sky_task.Settings(accelerator="H100", spot=False)),
+        ("gpu", sky_task.Settings(accelerator="H100", spot=False, bucket="none")),
     ]:
         job = sky_task.Job.read(str(write_jobscript(tmp_path / f"{kind}.sh")))
         path = tmp_path / f"{kind}.yaml"
@@ -198,7 +198,9 @@ def fake_sky(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SKY_DIR", str(state))
     monkeypatch.setenv("E3_SKY_STATE_DIR", str(tmp_path / "jobs"))
     monkeypatch.setenv("E3_SKY_QUEUE_TTL", "0")
-    for var in ("FAKE_SKY_STATES", "E3_SKY_ACCELERATOR", "E3_SKY_BUCKET", "E3_SKY_PROJECT"):
+    monkeypatch.setenv("E3_SKY_BUCKET", "none")  # the fake runs jobs in place
+    monkeypatch.setenv("E3_SKY_RETRY_SECONDS", "0")
+    for var in ("FAKE_SKY_STATES", "E3_SKY_ACCELERATOR", "E3_SKY_PROJECT"):
         monkeypatch.delenv(var, raising=False)
 
     class Fake:
@@ -281,10 +283,38 @@ def test_every_managed_job_state(fake_sky, state, expected):
 def test_status_when_skypilot_is_unreachable_or_the_job_unknown(fake_sky, monkeypatch):
     fake_sky.seed({"job_id": 3, "job_name": "e3-ft-aa", "status": "RUNNING"})
     assert sky_jobs("status", "e3-ft-aa@9").stdout.strip() == "failed"
+    assert sky_jobs("status", "e3-finetune-12-3fa9c1").stdout.strip() == "failed"  # not ours
     monkeypatch.setenv("FAKE_SKY_DOWN", "1")
     r = sky_jobs("status", "e3-ft-aa@3")  # never an error: Snakemake would stop everything
     assert r.returncode == 0 and r.stdout.strip() == "running"
     assert "API server unreachable" in r.stderr
+
+
+def test_submit_refuses_without_a_bucket_or_with_a_bad_project(tmp_path, fake_sky, monkeypatch):
+    js = str(write_jobscript(tmp_path / "js.sh"))
+    monkeypatch.delenv("E3_SKY_BUCKET")
+    r = sky_jobs("submit", js)
+    assert r.returncode == 1 and "E3_SKY_BUCKET is not set" in r.stderr
+    monkeypatch.setenv("E3_SKY_BUCKET", "none")
+    monkeypatch.setenv("E3_SKY_PROJECT", "My_Lab")
+    r = sky_jobs("submit", js)
+    assert r.returncode == 1 and "E3_SKY_PROJECT='My_Lab': lowercase letters" in r.stderr
+    assert fake_sky.calls() == []
+
+
+def test_a_failed_launch_is_tried_again_after_looking_for_the_job(tmp_path, fake_sky, monkeypatch):
+    monkeypatch.setenv("FAKE_SKY_STATES", "PENDING")
+    monkeypatch.setenv("FAKE_SKY_LAUNCH_FAILS", "1")
+    sub = sky_jobs("submit", str(write_jobscript(tmp_path / "js.sh")))
+    assert sub.returncode == 0 and sub.stdout.strip() == "e3-ft-0123456789ab@1", sub.stderr
+    assert "quota exceeded" in sub.stderr
+    assert [c[:2] for c in fake_sky.calls()] == [["jobs", "queue"], ["jobs", "launch"]] * 2 + [
+        ["jobs", "queue"]
+    ]
+    monkeypatch.setenv("FAKE_SKY_LAUNCH_FAILS", "9")
+    other = write_jobscript(tmp_path / "js2.sh")
+    other.write_text(other.read_text().replace("0123456789ab", "fedcba987654"))
+    assert sky_jobs("submit", str(other)).returncode == 1  # E3_SKY_SUBMIT_TRIES=3 tries
 
 
 def test_submit_after_a_driver_crash_reattaches_instead_of_launching_twice(tmp_path, fake_sky):

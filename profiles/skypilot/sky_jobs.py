@@ -24,7 +24,8 @@ Everything goes through the ``sky`` command (E3_SKY: another one, e.g. in a sepa
 virtual environment), so this script needs only the standard library and PyYAML.
 Other settings: sky_task.Settings (E3_SKY_*); E3_SKY_STATE_DIR (default
 .snakemake/sky-jobs: task files, local jobs, the queue cache); E3_SKY_QUEUE_TTL (seconds a
-queue listing serves every status check, default 20).
+queue listing serves every status check, default 20); E3_SKY_SUBMIT_TRIES (default 3) and
+E3_SKY_RETRY_SECONDS (first wait, doubled each time, default 30) when `sky` fails at submit.
 """
 
 from __future__ import annotations
@@ -170,30 +171,42 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(submit_local(name, os.path.abspath(args.jobscript)))
         return 0
     doc = sky_task.task(job, os.getcwd(), settings)
+    path = os.path.join(state_dir(), f"{name}.yaml")
+    write_atomic(path, sky_task.to_yaml(doc))
+    tries, wait = int(env("E3_SKY_SUBMIT_TRIES", "3")), float(env("E3_SKY_RETRY_SECONDS", "30"))
+    for attempt in range(tries):
+        try:
+            print(f"{name}@{launch_or_reattach(name, path)}")
+            return 0
+        except RuntimeError as err:  # an API server or cloud hiccup: look again, later
+            print(f"sky_jobs.py submit {name}: {err}", file=sys.stderr)
+            if attempt + 1 < tries:
+                time.sleep(wait * 2**attempt)
+    return 1
+
+
+def launch_or_reattach(name: str, path: str) -> int:
+    """The managed job id of the live job ``name``, launched from ``path`` if none is."""
     live = live_job(name, queue())
     if live:
         print(
             f"sky_jobs.py: reattached to {name} (managed job {live['job_id']}, {live['status']})",
             file=sys.stderr,
         )
-        print(f"{name}@{live['job_id']}")
-        return 0
-    path = os.path.join(state_dir(), f"{name}.yaml")
-    write_atomic(path, sky_task.to_yaml(doc))
+        return live["job_id"]
     sky("jobs", "launch", path, "--name", name, "--yes", "--detach-run")
-    launched = live_job(name, queue()) or max(
-        (r for r in queue() if r.get("job_name") == name), key=lambda r: r["job_id"], default=None
-    )
-    if launched is None:
-        print(f"sky_jobs.py: {name} launched but not in `sky jobs queue`", file=sys.stderr)
-        return 1
-    print(f"{name}@{launched['job_id']}")
-    return 0
+    records = [r for r in queue() if r.get("job_name") == name]
+    if not records:
+        raise RuntimeError(f"{name} launched but not in `sky jobs queue`")
+    return (live_job(name, records) or max(records, key=lambda r: r["job_id"]))["job_id"]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.job.startswith("local:"):
         print(status_local(args.job.split(":", 1)[1]))
+        return 0
+    if "@" not in args.job:  # not an id of this profile (e.g. one of the former gcloud driver)
+        print("failed")
         return 0
     job_id = int(args.job.rsplit("@", 1)[1])
     ttl = float(env("E3_SKY_QUEUE_TTL", "20"))

@@ -72,8 +72,14 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        project = _env("E3_SKY_PROJECT", "e3")
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,19}", project):
+            raise TaskError(
+                f"E3_SKY_PROJECT={project!r}: lowercase letters, digits and '-', starting "
+                "with a letter, at most 20 (it begins every job name and label)"
+            )
         return cls(
-            project=_env("E3_SKY_PROJECT", "e3"),
+            project=project,
             accelerator=_env("E3_SKY_ACCELERATOR", "tpu"),
             gpus_per_node=int(_env("E3_SKY_GPUS_PER_NODE", "8")),
             spot=_env("E3_SKY_SPOT", "1") == "1",
@@ -167,8 +173,16 @@ def remote_args(line: str, workdir: str) -> list[str]:
 
 def mounts(job: Job, settings: Settings) -> dict:
     """The bucket folders mounted over the job's output and log roots (``results``, ``logs``
-    or whatever the workflow's config names), each at ``<bucket>/<root>``."""
+    or whatever the workflow's config names), each at ``<bucket>/<root>``. Without a
+    bucket, outputs written on the cloud machines would never reach Snakemake: refused,
+    unless ``E3_SKY_BUCKET=none`` says the machines share a filesystem at the workdir."""
     if not settings.bucket:
+        raise TaskError(
+            "E3_SKY_BUCKET is not set: the bucket (gs://BUCKET/PREFIX) that holds the "
+            "results and logs of the cloud jobs (docs/launch.md); E3_SKY_BUCKET=none if "
+            f"the machines share a filesystem at {REMOTE_WORKDIR}"
+        )
+    if settings.bucket == "none":
         return {}
     roots = set()
     for path in [*job.props.get("output", []), *job.props.get("log", [])]:
