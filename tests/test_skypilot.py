@@ -116,6 +116,28 @@ def test_task_of_a_multi_node_gpu_job(tmp_path):
     assert "python -m snakemake --snakefile Snakefile --target-jobs" in doc["run"]
 
 
+@pytest.mark.parametrize(
+    "tpu_type,runtime",
+    [
+        ("v3-32", "tpu-ubuntu2204-base"),
+        ("v4-64", "tpu-ubuntu2204-base"),
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-128", "v2-alpha-tpuv5"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ],
+)
+def test_tpu_software_follows_the_generation(tmp_path, tpu_type, runtime):
+    job = sky_task.Job.read(str(write_jobscript(tmp_path / "js.sh", tpu_type=tpu_type)))
+    doc = sky_task.task(job, "/work/e3", sky_task.Settings(bucket="none"))
+    assert doc["resources"]["accelerators"] == f"tpu-{tpu_type}" and doc["num_nodes"] == 1
+    assert doc["resources"]["accelerator_args"] == {"runtime_version": runtime}
+    assert "file_mounts" not in doc and doc["setup"].endswith("'jax[tpu]'")
+    pinned = sky_task.Settings(bucket="none", tpu_runtime="tpu-vm-v4-base")
+    assert sky_task.task(job, "/w", pinned)["resources"]["accelerator_args"] == {
+        "runtime_version": "tpu-vm-v4-base"
+    }
+
+
 def test_run_script_maps_skypilot_nodes_onto_jax_distributed(tmp_path):
     """The run script on rank 1 of 2 nodes: E3_* from SKYPILOT_*; the stage command's exit
     code 4 (recorded by stage.py) becomes the job's, not Snakemake's 1."""
