@@ -141,6 +141,8 @@ def main(args: list[str]) -> int:
         if os.environ.get("FAKE_SKY_DOWN"):
             print("sky: API server unreachable", file=sys.stderr)
             return 1
+        if os.environ.get("FAKE_SKY_NOTICE"):
+            print("Tip: a newer SkyPilot is available.\n")
         queue()
     elif args[:2] == ["jobs", "cancel"]:
         assert "--yes" in args, args

@@ -306,6 +306,9 @@ def test_status_when_skypilot_is_unreachable_or_the_job_unknown(fake_sky, monkey
     fake_sky.seed({"job_id": 3, "job_name": "e3-ft-aa", "status": "RUNNING"})
     assert sky_jobs("status", "e3-ft-aa@9").stdout.strip() == "failed"
     assert sky_jobs("status", "e3-finetune-12-3fa9c1").stdout.strip() == "failed"  # not ours
+    monkeypatch.setenv("FAKE_SKY_NOTICE", "1")  # lines before the JSON listing: still read
+    noticed = sky_jobs("status", "e3-ft-aa@9")
+    assert noticed.stdout.strip() == "failed" and noticed.stderr == ""
     monkeypatch.setenv("FAKE_SKY_DOWN", "1")
     r = sky_jobs("status", "e3-ft-aa@3")  # never an error: Snakemake would stop everything
     assert r.returncode == 0 and r.stdout.strip() == "running"

@@ -88,11 +88,19 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def sky(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([env("E3_SKY", "sky"), *args], text=True, capture_output=True)
-    if check and r.returncode != 0:
+def sky(*args: str) -> str:
+    """Run `sky ARGS`; its stdout, or RuntimeError with its message."""
+    exe = env("E3_SKY", "sky")
+    try:
+        r = subprocess.run([exe, *args], text=True, capture_output=True)
+    except OSError as err:
+        raise RuntimeError(
+            f"{exe}: {err.strerror}; install SkyPilot (pip install -e '.[skypilot]') "
+            "or name its command in E3_SKY"
+        ) from None
+    if r.returncode != 0:
         raise RuntimeError(f"sky {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
-    return r
+    return r.stdout
 
 
 def queue(max_age: float = 0.0) -> list[dict]:
@@ -104,7 +112,12 @@ def queue(max_age: float = 0.0) -> list[dict]:
                 return json.load(f)
     except (OSError, ValueError):
         pass
-    records = json.loads(sky("jobs", "queue", "--all", "--output", "json").stdout or "[]")
+    out = sky("jobs", "queue", "--all", "--output", "json")
+    start = 0 if out.startswith("[") else out.find("\n[") + 1  # after any notice lines
+    try:
+        records = json.loads(out[start:] or "[]")
+    except ValueError:
+        raise RuntimeError(f"sky jobs queue: not a JSON list: {out[:300]!r}") from None
     write_atomic(cache, json.dumps(records))
     return records
 
@@ -214,7 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         record = next((r for r in queue(ttl) if r.get("job_id") == job_id), None)
         if record is None:  # launched after the cached listing
             record = next((r for r in queue() if r.get("job_id") == job_id), None)
-    except (RuntimeError, ValueError) as err:  # API server unreachable: ask again later
+    except RuntimeError as err:  # API server unreachable: ask again later
         print(f"sky_jobs.py status: {err}", file=sys.stderr)
         print("running")
         return 0
