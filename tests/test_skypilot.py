@@ -359,6 +359,24 @@ def test_submit_after_a_driver_crash_reattaches_instead_of_launching_twice(tmp_p
     assert len(fake_sky.calls("jobs", "launch")) == 1
 
 
+def test_a_job_without_accelerator_runs_here_once(tmp_path, fake_sky):
+    js = write_jobscript(tmp_path / "js.sh", tpu_type="none", gpu=0)
+    marker = tmp_path / "ran"
+    head, line = js.read_text().rsplit("\n", 2)[:2]
+    js.write_text(f"{head}\necho x >> {marker}; sleep 5\n{line}\n")
+    first = sky_jobs("submit", str(js)).stdout.strip()
+    again = sky_jobs("submit", str(js))  # a driver restarted while it runs
+    assert first == again.stdout.strip() == "local:e3-ft-0123456789ab"
+    assert "reattached to the local job" in again.stderr
+    assert sky_jobs("status", first).stdout.strip() == "running"
+    deadline = time.time() + 30
+    while (status := sky_jobs("status", first).stdout.strip()) == "running":
+        assert time.time() < deadline
+        time.sleep(0.3)
+    assert status == "failed"  # the jobscript's snakemake line fails outside a workflow
+    assert marker.read_text() == "x\n" and fake_sky.calls() == []
+
+
 def test_cancel_returns_at_once_and_the_job_is_cancelled(tmp_path, fake_sky, monkeypatch):
     fake_sky.seed({"job_id": 2, "job_name": "e3-ft-aa", "status": "RUNNING"})
     monkeypatch.setenv("FAKE_SKY_CANCEL_SECONDS", "3")  # longer than Snakemake waits (2 s)

@@ -135,6 +135,10 @@ def local_path(name: str, ext: str) -> str:
 
 
 def submit_local(name: str, jobscript: str) -> str:
+    """Run the jobscript here, detached; a run of the same job still going is reattached to."""
+    if status_local(name) == "running" and not os.path.exists(local_path(name, "rc")):
+        print(f"sky_jobs.py: reattached to the local job {name}", file=sys.stderr)
+        return f"local:{name}"
     rc = local_path(name, "rc")
     if os.path.exists(rc):
         os.remove(rc)
