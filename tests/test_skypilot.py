@@ -1,5 +1,5 @@
 """The skypilot profile (profiles/skypilot): SkyPilot tasks built from Snakemake jobscripts,
-and submit / status / cancel / cleanup against a fake `sky` command (tests/fake_sky.py)
+and submit / status / cancel / clean-up against a fake `sky` command (tests/fake_sky.py)
 that replays managed-job states or executes the task's `run` like SkyPilot's controller."""
 
 from __future__ import annotations
@@ -240,10 +240,14 @@ def fake_sky(tmp_path, monkeypatch):
     return Fake()
 
 
-def sky_jobs(*args, cwd=None) -> subprocess.CompletedProcess:
+def sky_jobs(*args, cwd=None, script=SKY_JOBS) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SKY_JOBS), *args], capture_output=True, text=True, cwd=cwd, timeout=60
+        [sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd, timeout=60
     )
+
+
+def sky_cleanup(*args, cwd=None) -> subprocess.CompletedProcess:
+    return sky_jobs(*args, cwd=cwd, script=PROFILE / "sky_cleanup.py")
 
 
 def test_replayed_states_map_onto_snakemake_statuses(fake_sky):
@@ -399,15 +403,16 @@ def test_cleanup_cancels_only_the_orphans(tmp_path, fake_sky):
         # finished but still holding a slice: orphan
         {"job_id": 1, "job_name": "e3-ft-aaaaaaaaaaaa", "status": "RUNNING",
          "labels": label("finetune", "aaaaaaaaaaaa")},
-        # not finished, a rerun reattaches: kept
-        {"job_id": 2, "job_name": "e3-up-bbbbbbbbbbbb", "status": "PENDING",
-         "labels": label("upstream", "bbbbbbbbbbbb")},
+        # not finished, a rerun reattaches: kept (no labels listed before a cluster is up)
+        {"job_id": 2, "job_name": "e3-up-bbbbbbbbbbbb", "status": "PENDING", "labels": None},
         # over already, or another project's: not listed
         {"job_id": 3, "job_name": "e3-ft-cccccccccccc", "status": "SUCCEEDED",
          "labels": label("finetune", "cccccccccccc")},
         {"job_id": 4, "job_name": "other-job", "status": "RUNNING", "labels": {}},
+        # the project's prefix but not one of its names: listed, never cancelled
+        {"job_id": 5, "job_name": "e3-notebook", "status": "RUNNING", "labels": None},
     )  # fmt: skip
-    dry = sky_jobs("cleanup", "--dry-run", "--results", str(tmp_path / "results"))
+    dry = sky_cleanup("--dry-run", "--results", str(tmp_path / "results"))
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     assert lines[0].startswith("1\te3-ft-aaaaaaaaaaaa\tRUNNING\torphan (finished: ")
@@ -415,16 +420,13 @@ def test_cleanup_cancels_only_the_orphans(tmp_path, fake_sky):
         lines[1]
         == "2\te3-up-bbbbbbbbbbbb\tPENDING\tkept (a rerun of the workflow reattaches to it)"
     )
-    assert lines[2] == "would cancel 1 managed job(s): 1" and len(lines) == 3
+    assert lines[2] == "5\te3-notebook\tRUNNING\tleft alone (not named e3-<ft|up|ens>-<id>)"
+    assert lines[3] == "would cancel 1 managed job(s): 1" and len(lines) == 4
     assert fake_sky.calls("jobs", "cancel") == []
-    real = sky_jobs("cleanup", "--results", str(tmp_path / "results"))
+    real = sky_cleanup("--results", str(tmp_path / "results"))
     assert real.stdout.splitlines()[-1] == "cancelled 1 managed job(s): 1"
-    assert [j["status"] for j in fake_sky.jobs()] == [
-        "CANCELLED",
-        "PENDING",
-        "SUCCEEDED",
-        "RUNNING",
-    ]
+    statuses = [j["status"] for j in fake_sky.jobs()]
+    assert statuses == ["CANCELLED", "PENDING", "SUCCEEDED", "RUNNING", "RUNNING"]
 
 
 def test_cleanup_with_sweeps_finds_jobs_unknown_to_the_workflow(fake_sky):
@@ -438,7 +440,7 @@ def test_cleanup_with_sweeps_finds_jobs_unknown_to_the_workflow(fake_sky):
         {"job_id": 2, "job_name": "e3-ft-0000deadbeef", "status": "RUNNING",
          "labels": label("0000deadbeef")},
     )  # fmt: skip
-    r = sky_jobs("cleanup", "--dry-run", "--sweeps", "sweeps/demo.yaml", cwd=REPO)
+    r = sky_cleanup("--dry-run", "--sweeps", "sweeps/demo.yaml", cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
         f"1\te3-ft-{known}\tRUNNING\tkept (a rerun of the workflow reattaches to it)",

@@ -1,6 +1,5 @@
 #!/usr/bin/env python3
-"""Snakemake jobs as SkyPilot managed jobs (the `skypilot` profile's submit / status / cancel,
-and the clean-up of what a crashed driver left).
+"""Snakemake jobs as SkyPilot managed jobs (the `skypilot` profile's submit / status / cancel).
 
 Snakemake's cluster-generic executor calls
 
@@ -11,7 +10,8 @@ Snakemake's cluster-generic executor calls
 and by hand:
 
     sky_jobs.py task JOBSCRIPT       prints the SkyPilot task YAML (calls nothing)
-    sky_jobs.py cleanup [--dry-run] [--results DIR] [--sweeps F ...] [--variant V]
+
+(sky_cleanup.py lists and cancels what a crashed driver left.)
 
 `submit` names the job from its stage and id (sky_task.py: ``e3-ft-<run id>``) and first
 asks SkyPilot's queue for a live managed job of that name: one is reattached to (a driver
@@ -269,62 +269,6 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
-ENTRY_DIRS = {"finetune": "runs", "upstream": "upstream", "ensemble": "ensembles"}
-
-
-def plan_ids(sweeps: list[str], variant: str) -> set[str]:
-    """Run, upstream and ensemble ids of the sweeps' plan (e3lib.sweep, as the workflow)."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    from e3lib import sweep
-
-    plan = sweep.Catalog(sweeps, variant, "sweeps").configured
-    return set(plan.runs) | set(plan.upstreams) | set(plan.ensembles)
-
-
-def orphan_reason(record: dict, results: str, known: set[str] | None) -> str | None:
-    """Why a live job of this project is an orphan, or None when a rerun still needs it."""
-    labels = record.get("labels") or {}
-    stage, ident = labels.get("e3-stage"), labels.get("e3-run")
-    if not (stage and ident):
-        return "no e3-stage / e3-run labels: not launched by this profile"
-    done = os.path.join(results, ENTRY_DIRS.get(stage, stage), ident, "done.json")
-    if os.path.exists(done):
-        return f"finished: {done} exists"
-    if known is not None and ident not in known:
-        return "not in the plan of the given sweeps"
-    return None
-
-
-def cmd_cleanup(args: argparse.Namespace) -> int:
-    """List the project's live managed jobs and cancel the orphans (or all, with --all)."""
-    project = sky_task.Settings.from_env().project
-    known = plan_ids(args.sweeps, args.variant) if args.sweeps else None
-    mine = [
-        r
-        for r in queue()
-        if r.get("status") in LIVE
-        and (
-            (r.get("labels") or {}).get("e3-project") == project
-            or str(r.get("job_name", "")).startswith(f"{project}-")
-        )
-    ]
-    orphans = []
-    for r in sorted(mine, key=lambda r: r["job_id"]):
-        why = "--all" if args.all else orphan_reason(r, args.results, known)
-        verdict = f"orphan ({why})" if why else "kept (a rerun of the workflow reattaches to it)"
-        print(f"{r['job_id']}\t{r.get('job_name')}\t{r.get('status')}\t{verdict}")
-        if why:
-            orphans.append(str(r["job_id"]))
-    if not orphans:
-        print(f"no orphaned managed jobs of project {project!r}")
-    elif args.dry_run:
-        print(f"would cancel {len(orphans)} managed job(s): {' '.join(orphans)}")
-    else:
-        sky("jobs", "cancel", "--yes", *orphans)
-        print(f"cancelled {len(orphans)} managed job(s): {' '.join(orphans)}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sky_jobs.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -332,19 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name).add_argument("jobscript")
     sub.add_parser("status").add_argument("job")
     sub.add_parser("cancel").add_argument("jobs", nargs="*")
-    c = sub.add_parser("cleanup", help="cancel the project's orphaned managed jobs")
-    c.add_argument("--dry-run", action="store_true", help="list, cancel nothing")
-    c.add_argument("--results", default="results", help="the workflow's results root")
-    c.add_argument("--sweeps", nargs="*", default=[], help="jobs of other runs are orphans")
-    c.add_argument("--variant", default="small")
-    c.add_argument("--all", action="store_true", help="cancel every live job of the project")
     args = ap.parse_args(argv)
     commands = {
         "submit": cmd_submit,
         "status": cmd_status,
         "cancel": cmd_cancel,
         "task": cmd_task,
-        "cleanup": cmd_cleanup,
     }
     try:
         return commands[args.command](args)
