@@ -514,3 +514,15 @@ def test_a_preempted_job_is_recovered_by_skypilot_not_resubmitted(tmp_path, fake
     assert job["status"] == "SUCCEEDED" and job["recovery_count"] == 1
     log = (work / "logs" / "train.log").read_text()
     assert "=== exit code 4" in log and "=== exit code 0" in log
+
+
+def test_a_jobs_entry_from_its_labels_or_its_name():
+    import sky_cleanup
+
+    labelled = {"job_name": "x", "labels": {"e3-project": "e3", "e3-stage": "ensemble",
+                                            "e3-run": "abc"}}  # fmt: skip
+    assert sky_cleanup.entry_of(labelled, "e3") == ("ensemble", "abc")
+    assert sky_cleanup.entry_of({"job_name": "lab-a-up-0123"}, "lab-a") == ("upstream", "0123")
+    assert sky_cleanup.entry_of({"job_name": "e3-ft-0123"}, "lab-a") is None
+    assert sky_cleanup.entry_of({"job_name": "e3-notebook"}, "e3") is None
+    assert sky_cleanup.entry_of({"job_name": "e3-ft-"}, "e3") is None

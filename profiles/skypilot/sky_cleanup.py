@@ -41,9 +41,10 @@ def entry_of(record: dict, project: str) -> tuple[str, str] | None:
     labels = record.get("labels") or {}
     if labels.get("e3-project") == project and labels.get("e3-stage") and labels.get("e3-run"):
         return labels["e3-stage"], labels["e3-run"]
-    parts = str(record.get("job_name", "")).split("-", 2)
-    if len(parts) == 3 and parts[0] == project and parts[1] in sky_task.ABBREV_STAGE:
-        return sky_task.ABBREV_STAGE[parts[1]], parts[2]
+    name = str(record.get("job_name", ""))
+    stage, _, ident = name[len(project) + 1 :].partition("-")
+    if name.startswith(f"{project}-") and stage in sky_task.ABBREV_STAGE and ident:
+        return sky_task.ABBREV_STAGE[stage], ident
     return None
 
 
@@ -76,8 +77,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         if args.all:
             why = "--all"
         elif entry is None:
-            print(f"{r['job_id']}\t{r.get('job_name')}\t{r.get('status')}\tleft alone "
-                  f"(not named {project}-<ft|up|ens>-<id>)")  # fmt: skip
+            why = f"not named {project}-<ft|up|ens>-<id>"
+            print(f"{r['job_id']}\t{r.get('job_name')}\t{r.get('status')}\tleft alone ({why})")
             continue
         else:
             why = orphan_reason(entry, args.results, known)
