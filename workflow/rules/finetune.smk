@@ -8,6 +8,8 @@
 # Checkpoints are in params, not outputs, so a retried (e.g. preempted, exit 4) job resumes.
 # A run whose config sets upstream.checkpoint has no upstream input: `e3 run` reads that
 # checkpoint itself, and no pretraining job is scheduled (docs/checkpoints.md).
+# A job of several GPUs under the slurm profile runs one Slurm task per GPU: srun
+# (params.launch, from its resources) starts the command on every task (docs/scale.md).
 
 
 rule finetune:

@@ -2,6 +2,8 @@
 # fine-tunes from it). The job writes its config (configs/upstream/{up}.json: a run config
 # whose upstream this is) and runs `e3 upstream` on it. The Orbax checkpoints live in the
 # work dir, which is not an output: a retried job resumes from them.
+# Under the slurm profile a job of several GPUs starts its command on each of its
+# Slurm tasks through srun (params.launch; docs/scale.md).
 
 
 rule upstream:
