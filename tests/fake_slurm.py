@@ -19,6 +19,7 @@ on one machine: ``install(bindir, state)`` puts ``sbatch``, ``srun``, ``sacct``,
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -127,9 +128,12 @@ def sbatch(state: Path, argv: list[str]) -> int:
     script = opts.get("--wrap")
     if script is None:
         script = sys.stdin.read() if rest == ["/dev/stdin"] else Path(rest[0]).read_text()
-    counter = state / "next_id"
-    job = int(counter.read_text()) if counter.exists() else 1001
-    counter.write_text(str(job + 1))
+    with open(state / "next_id", "a+") as counter:  # the plugin submits from two threads
+        fcntl.flock(counter, fcntl.LOCK_EX)
+        counter.seek(0)
+        job = int(counter.read() or 1001)
+        counter.truncate(0)
+        counter.write(str(job + 1))
     record(state, {"command": "sbatch", "argv": argv, "script": script, "job": job})
     nodes = int(get(opts, "--nodes", "-N", default="1"))
     per_node = get(opts, "--ntasks-per-node")
