@@ -296,9 +296,7 @@ def test_two_slurm_tasks_train_like_one_process_with_one_writer(tmp_path, fake_s
     results and done.json, and the records equal one process's."""
     cfg1 = tmp_path / "single.json"
     cfg1.write_text(json.dumps(TINY_RUN))
-    ref = e3_run(cfg1, tmp_path / "ref", tmp_path / "ck_ref", 1)
-    _, err = ref.communicate(timeout=600)
-    assert ref.returncode == 0, err[-3000:]
+    ref = e3_run(cfg1, tmp_path / "ref", tmp_path / "ck_ref", 1)  # meanwhile: the two tasks
 
     text = json.dumps(dict(TINY_RUN, mesh={"data": -1, "expert": 2}))
     cfg, out, ck = tmp_path / "cfg" / "run.json", tmp_path / "run", tmp_path / "ck"
@@ -336,6 +334,8 @@ def test_two_slurm_tasks_train_like_one_process_with_one_writer(tmp_path, fake_s
         "plain",
     ]
     r = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err[-3000:]
     logs = "".join(p.read_text()[-2000:] for p in sorted(log.parent.iterdir()))
     assert r.returncode == 0, r.stderr[-2000:] + logs
     assert fake_slurm.calls(fake_slurm_bin, "srun")[0]["argv"][:2] == [
