@@ -28,7 +28,8 @@ Modules, by stage (each importable on its own; this package re-exports the publi
     catalog     lookups by id for the workflow (pure: writes nothing)
     guards      limits and checks against hanging or silently wrong input (``max_runs``)
     outputs     ``check_output_dirs``: results / reports / logs usable, refused at parse
-    resources   ``job_resources`` per job for Snakemake; ``check_fits`` of paper jobs
+    resources   ``job_resources`` per job for Snakemake, ``slurm_resources`` / ``srun_prefix``
+                (Slurm tasks); ``check_fits`` of paper jobs
     cli         ``e3 expand``
 """
 
@@ -67,7 +68,15 @@ from e3lib.sweep.plan import (
     write_index,
     write_plan,
 )
-from e3lib.sweep.resources import SIZE_RESOURCES, STAGES, check_fits, fit_problems, job_resources
+from e3lib.sweep.resources import (
+    SIZE_RESOURCES,
+    STAGES,
+    check_fits,
+    fit_problems,
+    job_resources,
+    slurm_resources,
+    srun_prefix,
+)
 from e3lib.sweep.schema import SCHEMA_PATH, SweepError, check_schema, load_schema, table_ids
 
 __all__ = [
@@ -102,6 +111,8 @@ __all__ = [
     "SIZE_RESOURCES",
     "STAGES",
     "job_resources",
+    "slurm_resources",
+    "srun_prefix",
     "check_fits",
     "fit_problems",
     "SCHEMA_PATH",

@@ -104,3 +104,50 @@ def check_fits(plan: Any, variant: str) -> None:
                     + "; ".join(seen[key])
                     + " (e3lib/sweep/resources.py SIZE_RESOURCES, docs/scale.md)",
                 )
+
+
+# ----------------------------------------------------------------------------- Slurm tasks
+# A Slurm job of G GPUs runs one task (one JAX process) per GPU: ``jax.distributed``'s
+# Slurm detection reads ranks from SLURM_PROCID / SLURM_NTASKS, the coordinator from the
+# step's first node, and gives each process the GPU numbered SLURM_LOCALID on its node, so
+# every task sees the node's GPUs and uses one. G ≤ the node's GPUs: one node; more: whole
+# nodes. The keys are the Slurm executor plugin's (``mpi`` marks a job whose command starts
+# its own tasks); jobs of 0 or 1 GPU keep one task and none of them.
+
+
+def slurm_resources(gpus: int, gpus_per_node: int) -> dict[str, Any]:
+    """``nodes``, ``tasks_per_node`` and ``mpi`` of a Slurm job of ``gpus`` GPUs on nodes of
+    ``gpus_per_node`` (0: the workflow does not split jobs into Slurm tasks; {})."""
+    if gpus_per_node == 0 or gpus <= 1:
+        return {}
+    nodes = max(1, gpus // gpus_per_node)
+    if nodes * min(gpus, gpus_per_node) != gpus:
+        raise ValueError(
+            f"gpus {gpus} on nodes of slurm_gpus_per_node={gpus_per_node}: a job of more "
+            "GPUs than one node has must fill whole nodes (set-resources gpu, or the "
+            "workflow config slurm_gpus_per_node)"
+        )
+    if gpus // nodes < 2:
+        raise ValueError(
+            f"slurm_gpus_per_node={gpus_per_node}: the Slurm plugin starts several tasks "
+            "per node only (tasks_per_node > 1); use nodes of 2 or more GPUs"
+        )
+    return {"nodes": nodes, "tasks_per_node": gpus // nodes, "mpi": "srun"}
+
+
+def srun_prefix(resources: Mapping[str, Any]) -> str:
+    """The launcher of a job's command from its final resources (site overrides included):
+    ``srun`` with the job's task geometry, one GPU per task visible as SLURM_LOCALID, and
+    every task killed when one fails (no rank waits alone in a collective); '' for a job
+    without ``mpi`` (one task, the command as it is)."""
+    mpi = resources.get("mpi")
+    if not mpi:
+        return ""
+    nodes, per_node = int(resources["nodes"]), int(resources["tasks_per_node"])
+    flags = [f"--nodes={nodes}", f"--ntasks-per-node={per_node}"]
+    gpus = int(resources.get("gpu") or 0)
+    if gpus:
+        flags.append(f"--gpus-per-node={gpus // nodes}")
+    if resources.get("cpus_per_task"):
+        flags.append(f"--cpus-per-task={int(resources['cpus_per_task'])}")
+    return " ".join([str(mpi), *flags, "--kill-on-bad-exit=1"]) + " "

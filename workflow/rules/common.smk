@@ -177,3 +177,19 @@ def stage_resource(stage, key):
         return e3sweep.job_resources(cfg, stage, attempt)[key]
 
     return get
+
+
+def slurm_resource(stage, key):
+    """nodes / tasks_per_node / mpi of a job of several GPUs when jobs run as Slurm tasks
+    (config slurm_gpus_per_node > 0); None (unset) otherwise."""
+
+    def get(wildcards, attempt):
+        gpus = stage_resource(stage, "gpus")(wildcards, attempt)
+        return e3sweep.slurm_resources(gpus, config["slurm_gpus_per_node"]).get(key)
+
+    return get
+
+
+def launcher(wildcards, resources):
+    """The job command's prefix: `srun ...` for a job of several Slurm tasks, else ''."""
+    return e3sweep.srun_prefix(resources)

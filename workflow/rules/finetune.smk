@@ -8,6 +8,8 @@
 # Checkpoints are in params, not outputs, so a retried (e.g. preempted, exit 4) job resumes.
 # A run whose config sets upstream.checkpoint has no upstream input: `e3 run` reads that
 # checkpoint itself, and no pretraining job is scheduled (docs/checkpoints.md).
+# A job of several GPUs under the slurm profile runs one Slurm task per GPU: srun
+# (params.launch, from its resources) starts the command on every task (docs/scale.md).
 
 
 rule finetune:
@@ -25,14 +27,18 @@ rule finetune:
         gpu=stage_resource("finetune", "gpus"),
         mem_mb=stage_resource("finetune", "mem_mb"),
         runtime=stage_resource("finetune", "runtime"),
+        nodes=slurm_resource("finetune", "nodes"),
+        tasks_per_node=slurm_resource("finetune", "tasks_per_node"),
+        mpi=slurm_resource("finetune", "mpi"),
     params:
+        launch=launcher,
         config=lambda wc: e3sweep.config_path(RESULTS, wc.run),
         config_text=lambda wc: e3sweep.config_text(run_config(wc.run)),
         out=f"{RESULTS}/runs/{{run}}",
         checkpoints=f"{RESULTS}/checkpoints/{{run}}",
         upstream=lambda wc: upstream_arg(wc.run),
     shell:
-        "python workflow/scripts/stage.py --status {output.done} --log {log} "
+        "{params.launch}python workflow/scripts/stage.py --status {output.done} --log {log} "
         "--write {params.config} {params.config_text:q} "
         "--expect {params.out}/results.json {params.out}/predictions.npz {params.out}/curves.json -- "
         "python -m e3lib.cli run --config {params.config} {params.upstream} --out {params.out} "

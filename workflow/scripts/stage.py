@@ -31,8 +31,9 @@ Multi-host jobs (a TPU slice through the ``tpu`` profile, a multi-node Slurm all
 every host runs this script with the same arguments. Only process 0 (``E3_PROCESS_ID``,
 else ``SLURM_PROCID``, else the TPU worker id ``CLOUD_TPU_TASK_ID`` / ``TPU_WORKER_ID``;
 0 when none is set) writes the status file and checks ``--expect``; the others log to
-``LOG.p<id>`` and return the command's exit code, which e3 agrees across processes
-(docs/scale.md).
+``LOG.p<id>`` and return the same job outcome (0 for a recorded "diverged" too), from the
+command's exit code, which e3 agrees across processes: srun's exit code, the largest of its
+tasks', is then the job's (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stage.py: no command after '--'", file=sys.stderr)
         return 2
     proc = process_id()
+    recorded = bool(args.status)  # the job's outcome follows the status file on every process
     if proc != 0:  # one writer of the status file: process 0
         args.status, args.expect = None, []
         args.log = f"{args.log}.p{proc}"
@@ -115,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     not_ok = {p: s for p in args.require_ok if (s := read_status(p)) != "ok"}
-    if not_ok and args.status:
-        write_status(args.status, {"status": "member_failed", "members": not_ok})
+    if not_ok and recorded:
+        if args.status:
+            write_status(args.status, {"status": "member_failed", "members": not_ok})
         return 0
 
     for path, text in args.write:
@@ -144,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.status, {"status": "ok", "exit_code": 0, "started": started, "files": files}
             )
         return 0
-    if rc == EXIT_DIVERGED and args.status:
-        write_status(args.status, {"status": "diverged", "exit_code": rc})
+    if rc == EXIT_DIVERGED and recorded:
+        if args.status:
+            write_status(args.status, {"status": "diverged", "exit_code": rc})
         return 0
     what = "preempted; a retry resumes from the checkpoint" if rc == EXIT_PREEMPTED else "failed"
     print(
