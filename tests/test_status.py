@@ -366,3 +366,52 @@ def test_cli_json_on_the_demo(tmp_path, demo, capsys, monkeypatch):
     assert cli_status(["sweeps/demo.yaml", "--stale-minutes", "0"]) == 2
     assert cli_status(["sweeps/nope.yaml"]) == 2
     assert "sweep file not found" in capsys.readouterr().err
+
+
+def test_report_index_shows_the_status_with_failing_jobs_linked_to_their_logs(tmp_path, demo):
+    import xarray as xr
+
+    from e3lib.report.html import Input, Site, render_index
+    from e3lib.sweep import write_index
+
+    sweep, runs, _ = demo
+    ids = killed_half_way(tmp_path, demo)
+    index = tmp_path / "results/sweeps/demo/index.json"
+    index.parent.mkdir(parents=True)
+    write_index(sweep, index, index.with_suffix(".tsv"))
+    attrs = {"sweep": "demo", "index_path": str(index), "results_root": str(tmp_path / "results")}
+    # aggregated when 3 entries were finished; the folder now holds 5 (4 runs, 1 ensemble)
+    ds = xr.Dataset(attrs={**attrs, "reproduces": '["demo"]', "entries_ok": 3})
+    gone = xr.Dataset(attrs={**attrs, "sweep": "gone", "index_path": str(tmp_path / "no.json")})
+    out = tmp_path / "reports"
+    out.mkdir()
+    site = Site(out=out, inputs=[Input(tmp_path / "d.nc", ds), Input(tmp_path / "g.nc", gone)])
+    site.logs = str(tmp_path / "logs")
+    render_index(site)
+    html = (out / "index.html").read_text()
+    assert '<h2 id="status">' in html
+    assert f'<a href="../logs/finetune/{ids["exit1"]}.log">' in html
+    assert f'<a href="../logs/upstream/{ids["up_vit"]}.log">' in html
+    assert "the results folder holds 5 finished entries, the dataset 3" in html
+    assert f"Status not available: index {tmp_path / 'no.json'} cannot be read" in html
+    # the finetune row: 9 jobs, 4 done, 0 running, 2 failed (flagged), 0, 0, 3 not started
+    row = html.split('<td class="label">finetune</td>', 1)[1].split("</tr>", 1)[0]
+    cells = [c.split(">", 1)[1].split("<", 1)[0] for c in row.split("<td")[1:]]
+    assert cells == ["9", "4", "0", "2", "0", "0", "3"]
+    assert '<td class="flag">2</td>' in row
+
+
+def test_read_head_stops_before_the_records_and_falls_back_to_the_whole_file(tmp_path):
+    from e3lib.report.status_cost import read_head
+
+    doc = {
+        "format": 2,
+        "provenance": {"devices": {"num_devices": 8}},
+        "cost": {"train_seconds": 9.5},
+    }
+    records = [{"metric": "nll", "value": i, "note": '\n "records": '} for i in range(5000)]
+    big = write(tmp_path / "a.json", json.dumps({**doc, "records": records}, indent=1))
+    assert read_head(big, chunk=4096) == doc  # the head only: records never parsed
+    compact = write(tmp_path / "b.json", json.dumps({**doc, "records": records[:2]}))
+    assert read_head(compact)["records"] == records[:2]  # no indented key: the whole file
+    assert read_head(tmp_path / "absent.json") is None

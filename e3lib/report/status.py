@@ -65,18 +65,22 @@ def table_entries(entries: Sequence[dict], table: str, spec: Mapping) -> list[di
 
 
 def entry_jobs(entries: Iterable[dict], runs: Mapping[str, dict]) -> dict[tuple, dict | None]:
-    """(stage, id) → run config (None for an ensemble) of the entries and their upstreams.
-    ``runs``: run id → index entry of every run of the sweep (ensemble members included)."""
+    """(stage, id) → run config of the entries, their ensembles' members and their
+    upstreams; None for an ensemble, or a run whose entry has no config (a hand-written
+    index: then no upstream and no estimate). ``runs``: run id → index entry of every run
+    of the sweep (a sweep's ensemble members are its runs)."""
     jobs: dict[tuple, dict | None] = {}
     for e in entries:
-        members = e["members"] if e["kind"] == "ensemble" else [e["id"]]
         if e["kind"] == "ensemble":
             jobs[("ensemble", e["id"])] = None
-        for rid in members:
-            run = runs[rid]
-            jobs[("finetune", rid)] = run["config"]
-            if not run["config"]["upstream"]["checkpoint"]:  # else no pretraining job
-                jobs[("upstream", run["upstream_id"])] = run["config"]
+        for rid in e["members"] if e["kind"] == "ensemble" else [e["id"]]:
+            run = runs.get(rid)
+            if run is None:
+                continue
+            cfg = run.get("config")
+            jobs[("finetune", rid)] = cfg
+            if cfg and not cfg["upstream"]["checkpoint"]:  # else no pretraining job
+                jobs[("upstream", run["upstream_id"])] = cfg
     return jobs
 
 
@@ -87,13 +91,14 @@ class Reader:
         self.results, self.logs, self.now = results, logs, now
         self.stale = stale_minutes * 60
         self.jobs: dict[tuple, Job] = {}
-        self.finished: dict[tuple, status_cost.Finished] = {}
+        self.finished: dict[tuple, tuple[tuple, status_cost.Finished]] = {}  # key, took
 
     def read(self, key: tuple, cfg: Mapping | None) -> Job:
         if key not in self.jobs:
             job = job_state(self.results, self.logs, *key, self.now, self.stale)
-            if job.state == "done" and cfg is not None:
-                f = status_cost.done_cost(job, self.results, status_cost.stage_steps(key[0], cfg))
+            if job.state == "done" and key[0] != "ensemble":
+                steps = status_cost.stage_steps(key[0], cfg) if cfg else 0
+                f = status_cost.done_cost(job, self.results, steps)
                 if f is not None:
                     self.finished[key] = (status_cost.group_key(key[0], cfg), f)
             self.jobs[key] = job
@@ -203,6 +208,28 @@ def status(
         "sweeps": [sweep_status(sw, reader, rates, prior) for sw in sweeps],
         "total": scope_status(every, reader, rates, prior),
     }
+
+
+def _hours(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
+
+
+def cost_line(s: dict) -> str:
+    spent = f"device-hours spent {_hours(s['device_hours_spent'])}"
+    if s["jobs_without_cost"]:
+        spent += f" (+{s['jobs_without_cost']} jobs with no time record)"
+    if s["jobs_without_estimate"] and not (s["hours_left"] or s["device_hours_left"]):
+        left = f"left: no estimate ({s['jobs_without_estimate']} jobs)"
+    else:
+        left = (
+            f"left ~{_hours(s['device_hours_left'])} device-hours, "
+            f"~{_hours(s['hours_left'])} job-hours"
+        )
+        if s["estimate_from"]:
+            left += f" (from {', '.join(s['estimate_from'])})"
+        if s["jobs_without_estimate"]:
+            left += f", {s['jobs_without_estimate']} jobs with no estimate"
+    return f"{spent}; {left}"
 
 
 def from_index(index: Mapping, file: str | Path = "") -> SweepEntries:

@@ -20,7 +20,7 @@ from pathlib import Path
 from e3lib import safeyaml, tree
 from e3lib.errors import ConfigError
 from e3lib.report.jobstate import STATES
-from e3lib.report.status import DEFAULT_STALE_MINUTES, from_sweep, status
+from e3lib.report.status import DEFAULT_STALE_MINUTES, cost_line, from_sweep, status
 from e3lib.sweep import VARIANTS, SweepError, expand_sweeps
 
 CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -32,28 +32,6 @@ def workflow_defaults() -> dict:
     """Default of each workflow config key (what ``snakemake`` runs without --config)."""
     props = safeyaml.load_file(CONFIG_SCHEMA)["properties"]
     return {k: v["default"] for k, v in props.items() if "default" in v}
-
-
-def _hours(x: float) -> str:
-    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
-
-
-def cost_line(s: dict) -> str:
-    spent = f"device-hours spent {_hours(s['device_hours_spent'])}"
-    if s["jobs_without_cost"]:
-        spent += f" (+{s['jobs_without_cost']} jobs with no time record)"
-    if s["jobs_without_estimate"] and not (s["hours_left"] or s["device_hours_left"]):
-        left = f"left: no estimate ({s['jobs_without_estimate']} jobs)"
-    else:
-        left = (
-            f"left ~{_hours(s['device_hours_left'])} device-hours, "
-            f"~{_hours(s['hours_left'])} job-hours"
-        )
-        if s["estimate_from"]:
-            left += f" (from {', '.join(s['estimate_from'])})"
-        if s["jobs_without_estimate"]:
-            left += f", {s['jobs_without_estimate']} jobs with no estimate"
-    return f"{spent}; {left}"
 
 
 def grid(rows: list[tuple[str, dict]]) -> list[str]:

@@ -25,6 +25,7 @@ Hours left are job-hours run one after another: divide by the jobs that run at o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +60,35 @@ def _number(x: object) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
+def read_head(path: Path, chunk: int = 1 << 16) -> dict | None:
+    """The fields of a results.json before its ``records`` (the bulk of a paper run's file:
+    hundreds of KB, where provenance and cost are the first few KB). The file is written
+    by ``json.dumps(indent=1)``, so a top-level key is the only one at one space of
+    indentation; without that key, or if the head does not parse, the whole file is read."""
+    marker = '\n "records": '
+    try:
+        with open(path) as f:
+            text = ""
+            while marker not in text and (more := f.read(chunk)):
+                text += more
+    except OSError:
+        return None
+    if marker in text:
+        head = text[: text.index(marker)].rstrip().rstrip(",") + "\n}"
+        try:
+            return json.loads(head)
+        except ValueError:
+            pass
+    return read_json(path)
+
+
 def done_cost(job: Job, results: str | Path, steps: int) -> Finished | None:
     """Fill ``job.device_hours`` of a done training job from its record; what it took."""
     out_dir, _ = job_dirs(results, job.stage, job.id)
-    record = read_json(out_dir / ("results.json" if job.stage == "finetune" else "done.json"))
+    if job.stage == "finetune":
+        record = read_head(out_dir / "results.json")
+    else:
+        record = read_json(out_dir / "done.json")
     if record is None:
         return None
     prov = record.get("provenance") or {}
@@ -137,7 +163,7 @@ def summarize(
         elif job.state != "not_started":
             unknown += 1
         if job.state in UNFINISHED:
-            est = time_left(job, job.stage, cfg, rates, prior)
+            est = None if cfg is None else time_left(job, job.stage, cfg, rates, prior)
             if est is None:
                 no_estimate += 1
             else:
