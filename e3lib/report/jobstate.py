@@ -29,7 +29,9 @@ stage.py appends ``=== <start time> <command>`` to the log before each attempt a
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,21 +59,22 @@ class Job:
     last_change: float | None = None  # POSIX time of its newest file (not done jobs)
 
 
-def job_dirs(results: str | Path, stage: str, job_id: str) -> tuple[Path, Path | None]:
-    """(folder of its done.json and progress.json, its checkpoint folder or None)."""
-    r = Path(results)
+def job_dirs(results: str | Path, stage: str, job_id: str) -> tuple[str, str | None]:
+    """(folder of its done.json and progress.json, its checkpoint folder or None). Paths
+    are strings: a status reads a few files of each of thousands of jobs."""
+    r = os.fspath(results)
     if stage == "upstream":
-        return r / "upstream" / job_id, r / "upstream" / job_id / "ckpt"
+        return f"{r}/upstream/{job_id}", f"{r}/upstream/{job_id}/ckpt"
     if stage == "finetune":
-        return r / "runs" / job_id, r / "checkpoints" / job_id
-    return r / "ensembles" / job_id, None
+        return f"{r}/runs/{job_id}", f"{r}/checkpoints/{job_id}"
+    return f"{r}/ensembles/{job_id}", None
 
 
-def log_path(logs: str | Path, stage: str, job_id: str) -> Path:
-    return Path(logs) / stage / f"{job_id}.log"
+def log_path(logs: str | Path, stage: str, job_id: str) -> str:
+    return f"{os.fspath(logs)}/{stage}/{job_id}.log"
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: str | Path) -> dict | None:
     """A small JSON record, or None where it is absent or unreadable (being replaced)."""
     try:
         with open(path) as f:
@@ -81,11 +84,11 @@ def read_json(path: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def last_attempt(log: Path) -> tuple[bool, int | None] | None:
+def last_attempt(log: str) -> tuple[bool, int | None] | None:
     """(the log has an attempt header, exit code of its last attempt or None while open),
     or None without a log."""
     try:
-        size = log.stat().st_size
+        size = os.stat(log).st_size
         with open(log, "rb") as f:
             f.seek(max(0, size - LOG_TAIL_BYTES))
             text = f.read().decode("utf-8", "replace")
@@ -99,25 +102,37 @@ def last_attempt(log: Path) -> tuple[bool, int | None] | None:
     return True, int(codes[-1]) if codes else None
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
-
-
-def newest_change(paths: list[Path | None]) -> float | None:
+def newest_change(paths: list[str | None]) -> float | None:
     """Newest mtime of the files given, and of the entries of the folders given (a new
     checkpoint step is a new entry)."""
     times = []
     for p in paths:
-        if p is None:
+        try:
+            st = os.stat(p) if p else None
+        except OSError:
             continue
-        times.append(_mtime(p))
-        if p.is_dir():
-            times.extend(_mtime(c) for c in p.iterdir())
-    times = [t for t in times if t is not None]
+        if st is None:
+            continue
+        times.append(st.st_mtime)
+        if stat.S_ISDIR(st.st_mode):
+            times.extend(_entry_mtimes(p))
     return max(times) if times else None
+
+
+def _entry_mtimes(folder: str) -> list[float]:
+    """The mtimes of a folder's entries; one removed meanwhile (Orbax renames a step's
+    temporary folder when it completes) is skipped."""
+    out = []
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                try:
+                    out.append(e.stat().st_mtime)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return out
 
 
 def _iso_time(text: object) -> float | None:
@@ -161,17 +176,17 @@ def job_state(
     seconds without a change after which an open attempt counts as failed."""
     out_dir, ckpt = job_dirs(results, stage, job_id)
     log = log_path(logs, stage, job_id)
-    job = Job(stage, job_id, "not_started", log=str(log) if log.exists() else None)
-    done = read_json(out_dir / "done.json")
+    job = Job(stage, job_id, "not_started", log=log if os.path.exists(log) else None)
+    done = read_json(f"{out_dir}/done.json")
     if done is not None:
         return _done_state(job, done)
-    diverged = read_json(out_dir / "diverged.json")
+    diverged = read_json(f"{out_dir}/diverged.json")
     if diverged is not None:
         at = f" at step {diverged['step']}" if "step" in diverged else ""
         job.state, job.reason = "diverged", f"diverged{at} (diverged.json)"
         return job
-    updated = progress_of(job, read_json(out_dir / "progress.json"))
-    changes = [t for t in (newest_change([log, out_dir / "progress.json", ckpt]), updated) if t]
+    updated = progress_of(job, read_json(f"{out_dir}/progress.json"))
+    changes = [t for t in (newest_change([log, f"{out_dir}/progress.json", ckpt]), updated) if t]
     if not changes:
         return job  # not_started
     job.last_change = max(changes)

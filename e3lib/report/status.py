@@ -121,12 +121,17 @@ def scope_status(
 
 
 def _labels(entries: Sequence[dict]) -> dict[str, str]:
-    """Run or ensemble id → its row in words (axis values, seed or replicate)."""
-    out = {}
+    """Run or ensemble id → its row in words (axis values, seed or replicate); upstream
+    id → the methods and number of the sweep's runs that fine-tune from it."""
+    out, users = {}, {}
     for e in entries:
         axes = ", ".join(f"{k}={axis_text(v)}" for k, v in e["axes"].items())
         pos = f"replicate={e['replicate']}" if e["kind"] == "ensemble" else f"seed={e['seed']}"
         out.setdefault(e["id"], f"{axes}, {pos}")
+        if e["kind"] == "run" and e.get("upstream_id"):
+            users.setdefault(e["upstream_id"], []).append(axis_text(e["axes"].get("method")))
+    for up, methods in users.items():
+        out.setdefault(up, f"pretraining of {len(methods)} runs: {', '.join(sorted(set(methods)))}")
     return out
 
 
@@ -217,7 +222,7 @@ def _hours(x: float) -> str:
 def cost_line(s: dict) -> str:
     spent = f"device-hours spent {_hours(s['device_hours_spent'])}"
     if s["jobs_without_cost"]:
-        spent += f" (+{s['jobs_without_cost']} jobs with no time record)"
+        spent += f" (+{s['jobs_without_cost']} jobs that recorded no device-hours)"
     if s["jobs_without_estimate"] and not (s["hours_left"] or s["device_hours_left"]):
         left = f"left: no estimate ({s['jobs_without_estimate']} jobs)"
     else:

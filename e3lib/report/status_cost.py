@@ -60,7 +60,7 @@ def _number(x: object) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def read_head(path: Path, chunk: int = 1 << 16) -> dict | None:
+def read_head(path: str | Path, chunk: int = 1 << 16) -> dict | None:
     """The fields of a results.json before its ``records`` (the bulk of a paper run's file:
     hundreds of KB, where provenance and cost are the first few KB). The file is written
     by ``json.dumps(indent=1)``, so a top-level key is the only one at one space of
@@ -86,9 +86,9 @@ def done_cost(job: Job, results: str | Path, steps: int) -> Finished | None:
     """Fill ``job.device_hours`` of a done training job from its record; what it took."""
     out_dir, _ = job_dirs(results, job.stage, job.id)
     if job.stage == "finetune":
-        record = read_head(out_dir / "results.json")
+        record = read_head(f"{out_dir}/results.json")
     else:
-        record = read_json(out_dir / "done.json")
+        record = read_json(f"{out_dir}/done.json")
     if record is None:
         return None
     prov = record.get("provenance") or {}
@@ -97,7 +97,7 @@ def done_cost(job: Job, results: str | Path, steps: int) -> Finished | None:
     wall = _number(throughput.get("wall_seconds")) or _number(train.get("train_seconds"))
     devices = throughput.get("num_devices") or (prov.get("devices") or {}).get("num_devices")
     if not devices:  # an upstream's done.json records none: its last progress record
-        devices = (read_json(out_dir / "progress.json") or {}).get("num_devices")
+        devices = (read_json(f"{out_dir}/progress.json") or {}).get("num_devices")
     hours = _number(throughput.get("device_hours"))
     if hours is None and wall is not None and isinstance(devices, int):
         hours = wall * devices / 3600
