@@ -15,6 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from e3lib import integrity
 from e3lib.aggregate.axes import axis_label
 from e3lib.report import status as S
 from e3lib.report.status_cli import cli_status, render_text
@@ -297,6 +298,18 @@ def test_a_finished_sweep(tmp_path, demo):
     assert s["problems"] == [] and s["running"] == []
     assert s["device_hours_spent"] == pytest.approx(2 * 0.1 + 9 * 60 / HOUR)
     assert (s["hours_left"], s["jobs_without_estimate"], s["estimate_from"]) == (0, 0, [])
+    # the start-up check sets a damaged entry aside: rerunning recomputes it
+    damaged = runs[("e3", 0)]["id"]
+    integrity.set_aside(tmp_path / "results/runs" / damaged / "done.json", "size differs")
+    s = status_of(tmp_path, sweep)["sweeps"][0]
+    assert s["jobs"]["finetune"] == counts(done=8, failed=1)
+    (p,) = s["problems"]
+    assert (p["id"], p["reason"]) == (
+        damaged,
+        "its done.json was set aside as damaged: a rerun recomputes it",
+    )
+    # left: 300 steps at the finished e3 runs' 60 s / 300 steps on 1 device
+    assert s["hours_left"] == pytest.approx(60 / HOUR) and s["estimate_from"] == ["finished runs"]
 
 
 def test_not_started_sweep_has_no_estimate_unless_a_plan_gives_one(tmp_path, demo):

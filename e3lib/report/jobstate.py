@@ -17,7 +17,8 @@ stage.py appends ``=== <start time> <command>`` to the log before each attempt a
                    upstream has no status file: its job fails with exit code 3)
     member_failed  done.json says "member_failed" (a deep ensemble with a member not ok)
     failed         no done.json and the log's last attempt ended with an exit code (4:
-                   preempted or interrupted, a rerun resumes from the checkpoint), or it
+                   preempted or interrupted, a rerun resumes from the checkpoint; 0: its
+                   done.json was set aside as damaged, or its outputs are missing), or it
                    has no exit code and nothing of the job changed for ``stale`` seconds
                    (a killed process or a lost host), or progress/checkpoints exist with
                    no log and no recent change
@@ -135,6 +136,14 @@ def _entry_mtimes(folder: str) -> list[float]:
     return out
 
 
+def _set_aside(folder: str) -> bool:
+    """Whether a done file of the folder was set aside (``e3lib.integrity.set_aside``)."""
+    try:
+        return any(n.startswith("done.json.damaged-") for n in os.listdir(folder))
+    except OSError:
+        return False
+
+
 def _iso_time(text: object) -> float | None:
     try:
         t = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
@@ -197,6 +206,8 @@ def job_state(
         job.state = "failed"
         if code == EXIT_PREEMPTED:
             job.reason = "interrupted (exit 4): a rerun resumes from its checkpoint"
+        elif code == 0 and _set_aside(out_dir):
+            job.reason = "its done.json was set aside as damaged: a rerun recomputes it"
         elif code == 0:
             job.reason = "exit 0 but no done.json: its outputs are missing"
         else:
