@@ -428,3 +428,18 @@ def test_read_head_stops_before_the_records_and_falls_back_to_the_whole_file(tmp
     compact = write(tmp_path / "b.json", json.dumps({**doc, "records": records[:2]}))
     assert read_head(compact)["records"] == records[:2]  # no indented key: the whole file
     assert read_head(tmp_path / "absent.json") is None
+
+
+def test_a_job_killed_by_a_signal_is_named_so(tmp_path, demo):
+    sweep, runs, _ = demo
+    run = runs[("vit", 1)]["id"]
+    log = f"{tmp_path}/logs/finetune/{run}.log"
+    out = tmp_path / "results/runs" / run
+    assert (
+        run_stage(["--status", str(out / "done.json"), "--log", log], ["sh", "-c", "kill -9 $$"])
+        == -9
+    )
+    assert Path(log).read_text().endswith("=== exit code -9\n")  # subprocess's convention
+    (p,) = status_of(tmp_path, sweep)["sweeps"][0]["problems"]
+    assert (p["id"], p["state"], p["reason"]) == (run, "failed", "killed by signal 9 (SIGKILL)")
+    assert p["row"].startswith("method=vit, ")  # axes in the sweep's order

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -136,6 +137,13 @@ def _entry_mtimes(folder: str) -> list[float]:
     return out
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
+
+
 def _set_aside(folder: str) -> bool:
     """Whether a done file of the folder was set aside (``e3lib.integrity.set_aside``)."""
     try:
@@ -210,6 +218,8 @@ def job_state(
             job.reason = "its done.json was set aside as damaged: a rerun recomputes it"
         elif code == 0:
             job.reason = "exit 0 but no done.json: its outputs are missing"
+        elif code < 0:  # the command died of a signal (subprocess's convention)
+            job.reason = f"killed by signal {-code} ({_signal_name(-code)})"
         else:
             job.reason = f"exit code {code}"
         return job

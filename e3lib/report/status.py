@@ -33,6 +33,7 @@ class SweepEntries:
     variant: str
     reproduces: list[str]
     entries: list[dict] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)  # in the sweep's order (rows in words)
 
 
 def axis_text(value: object) -> str:
@@ -120,12 +121,13 @@ def scope_status(
     return {"jobs": counts(j for j, _ in read), **status_cost.summarize(read, rates, prior)}
 
 
-def _labels(entries: Sequence[dict]) -> dict[str, str]:
-    """Run or ensemble id → its row in words (axis values, seed or replicate); upstream
-    id → the methods and number of the sweep's runs that fine-tune from it."""
+def _labels(entries: Sequence[dict], order: Sequence[str] = ()) -> dict[str, str]:
+    """Run or ensemble id → its row in words (axis values in the sweep's ``order``, seed or
+    replicate); upstream id → the methods and number of the runs that fine-tune from it."""
     out, users = {}, {}
     for e in entries:
-        axes = ", ".join(f"{k}={axis_text(v)}" for k, v in e["axes"].items())
+        names = [a for a in order if a in e["axes"]] + [a for a in e["axes"] if a not in order]
+        axes = ", ".join(f"{k}={axis_text(e['axes'][k])}" for k in names)
         pos = f"replicate={e['replicate']}" if e["kind"] == "ensemble" else f"seed={e['seed']}"
         out.setdefault(e["id"], f"{axes}, {pos}")
         if e["kind"] == "run" and e.get("upstream_id"):
@@ -170,7 +172,7 @@ def sweep_status(sw: SweepEntries, reader: Reader, rates: Mapping, prior=None) -
         }
         for t in sw.reproduces
     ]
-    labels = _labels(sw.entries)
+    labels = _labels(sw.entries, sw.axes)
     rows = {"problems": [], "running": []}
     for key in sorted(jobs, key=lambda k: (STAGES.index(k[0]), k[1])):
         job = reader.jobs[key]
@@ -245,11 +247,12 @@ def from_index(index: Mapping, file: str | Path = "") -> SweepEntries:
         index.get("variant", ""),
         list(index.get("reproduces") or []),
         list(index["entries"]),
+        list(index.get("axes") or []),
     )
 
 
 def from_sweep(sweep) -> SweepEntries:
     """The entries of an expanded ``e3lib.sweep.Sweep``."""
     return SweepEntries(
-        sweep.name, sweep.file, sweep.variant, list(sweep.reproduces), sweep.entries
+        sweep.name, sweep.file, sweep.variant, list(sweep.reproduces), sweep.entries, sweep.axes
     )
