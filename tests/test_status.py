@@ -405,7 +405,7 @@ def test_report_index_shows_the_status_with_failing_jobs_linked_to_their_logs(tm
     assert '<h2 id="status">' in html
     assert f'<a href="../logs/finetune/{ids["exit1"]}.log">' in html
     assert f'<a href="../logs/upstream/{ids["up_vit"]}.log">' in html
-    assert "the results folder holds 5 finished entries, the dataset 3" in html
+    assert "the results folder holds 5 finished entries, the dataset 3: aggregate again" in html
     assert f"Status not available: index {tmp_path / 'no.json'} cannot be read" in html
     # the finetune row: 9 jobs, 4 done, 0 running, 2 failed (flagged), 0, 0, 3 not started
     row = html.split('<td class="label">finetune</td>', 1)[1].split("</tr>", 1)[0]

@@ -68,10 +68,7 @@ def sweep_status_views(inputs: Sequence, logs: str, rel: Callable[[str], str | N
         in_dataset = int(inp.ds.attrs.get("entries_ok", 0))
         lag = None
         if finished != in_dataset:
-            lag = (
-                f"the results folder holds {finished} finished entries, the dataset "
-                f"{in_dataset}: aggregate again (snakemake {inp.path})"
-            )
+            lag = f"the results folder holds {finished} finished entries, the dataset {in_dataset}"
         views.append(
             {
                 "sweep": s["sweep"],
@@ -81,6 +78,7 @@ def sweep_status_views(inputs: Sequence, logs: str, rel: Callable[[str], str | N
                 "rows": _rows(s),
                 "cost": cost_line(s),
                 "lag": lag,
+                "aggregate": f"snakemake {inp.path}",
                 "problems": [_job(r, rel) for r in s["problems"]],
                 "running": [_job(r, rel) for r in s["running"]],
             }
