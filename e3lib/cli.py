@@ -9,6 +9,7 @@
     e3 flops      print GFLOPs per image and parameter count of a config, before launching
     e3 checkpoint inspect a published upstream checkpoint (and its mapping onto a run)
     e3 plan       compile the train step for D virtual devices: per-device memory vs the chip
+    e3 status     where sweeps stand: jobs done / running / failed, device-hours, time left
 
 Each subcommand takes its own arguments (``e3 <subcommand> --help``). The functions below
 import their command where it is called, so ``e3 expand`` does not pay for importing JAX.
@@ -74,6 +75,12 @@ def plan(argv: list[str]) -> int:
     return cli_plan(argv)
 
 
+def status(argv: list[str]) -> int:
+    from e3lib.report.status_cli import cli_status
+
+    return cli_status(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "upstream": upstream,
     "run": run,
@@ -84,6 +91,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "flops": flops,
     "checkpoint": checkpoint,
     "plan": plan,
+    "status": status,
 }
 
 

@@ -38,6 +38,11 @@ def cli_report(argv: list[str]) -> int:
         metavar="TABLE_ID",
         help=f"write only these tables' .html/.md/.tex; one of {list(TABLE_IDS)}",
     )
+    parser.add_argument(
+        "--logs",
+        default="logs",
+        help="the jobs' log folder: the index links the logs of failed jobs (default: logs)",
+    )
     args = parser.parse_args(argv)
 
     bad = [t for t in args.only if t not in TABLE_IDS]
@@ -82,7 +87,7 @@ def cli_report(argv: list[str]) -> int:
                 return 2
         inputs.append(Input(Path(p), ds))
     try:
-        site = build_site(inputs, args.out, args.only)
+        site = build_site(inputs, args.out, args.only, args.logs)
     except SpecError as err:
         print(f"e3 report: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 Every link is relative, so ``reports/index.html`` opens from disk with no network; every
 file is written atomically (temporary file + rename). Layout under ``out``:
 
-    index.html               tables, sweeps, figures, provenance, regenerate commands
+    index.html               tables, sweeps and their status, figures, provenance, commands
     sweep_{sweep}.html       provenance, run list (linked to each results.json), figures
     curves_{sweep}.html      training curves and plateau table (e3lib.report.curves)
     pretrainings.html        every upstream of the report, by configuration
@@ -37,6 +37,7 @@ from e3lib.report.curves import (
 )
 from e3lib.report.selection import selection_summary
 from e3lib.report.spec import TABLE_IDS, default_spec
+from e3lib.report.status_page import sweep_status_views
 from e3lib.report.tables import Table, build_table
 from e3lib.report.templating import env
 
@@ -60,6 +61,7 @@ class Site:
     tables: dict[str, Table | None] = field(default_factory=dict)
     figures: dict[str, list] = field(default_factory=dict)  # sweep → [Figure]
     curves: dict[str, tuple] = field(default_factory=dict)  # dataset → load_curves(it), once
+    logs: str = "logs"  # the jobs' logs (the index's status links the failing ones)
 
 
 def _common() -> dict:
@@ -316,6 +318,7 @@ def render_index(site: Site) -> None:
             figures=figures,
             synthetic=synthetic,
             sweeps=[_sweep_summary(i, True) for i in site.inputs],
+            status=sweep_status_views(site.inputs, site.logs, lambda p: _rel(p, site.out)),
             pretrainings_page=PRETRAININGS_PAGE,
             index_link=False,
             commands=[
@@ -328,11 +331,13 @@ def render_index(site: Site) -> None:
     write_atomic(site.out / "index.html", html)
 
 
-def build_site(inputs: Sequence[Input], out: str | Path, only: Sequence[str] = ()) -> Site:
+def build_site(
+    inputs: Sequence[Input], out: str | Path, only: Sequence[str] = (), logs: str = "logs"
+) -> Site:
     """Render the whole site, or with ``only`` just those tables' three files."""
     from e3lib.report.figures import sweep_figures
 
-    site = Site(out=Path(out), inputs=list(inputs))
+    site = Site(out=Path(out), inputs=list(inputs), logs=logs)
     site.out.mkdir(parents=True, exist_ok=True)
     datasets = [i.ds for i in inputs]
     spec = default_spec()

@@ -181,8 +181,10 @@ class Expansion:
         self._rows[key] = entry_id
         return None
 
-    def add_run(self, cfg: RunConfig, axes: dict, seed: int) -> str:
-        """Add the run of ``cfg``; the sweep's tables hold its plain dict (the job config)."""
+    def add_run(self, cfg: RunConfig | dict, axes: dict, seed: int) -> str:
+        """Add the run of ``cfg``; the sweep's tables hold its plain dict (the job config).
+        ``cfg`` may be that plain dict already (converted once: the cost of expansion)."""
+        cfg = as_dict(cfg)
         rid = run_id(cfg)
         owner = self.claim_row(axes, seed, rid)
         if owner is not None:
@@ -197,7 +199,7 @@ class Expansion:
                 )
             return rid
         if rid not in self.sweep.runs:
-            self.sweep.runs[rid] = cfg.to_dict()
+            self.sweep.runs[rid] = cfg
             self.sweep.run_upstream[rid] = upstream_id(cfg)
         entry_cfg = self.sweep.runs[rid]
         self.sweep.entries.append(
@@ -222,7 +224,8 @@ class Expansion:
                     "needs a pretraining job per seed; allowed: shared, or per_run "
                     "without upstream.checkpoint",
                 )
-            by_seed[s] = self.add_run(cfg, self.axes_of(cfg), s)
+            plain = cfg.to_dict()  # once per run: run_id, upstream_id and axes read it
+            by_seed[s] = self.add_run(plain, self.axes_of(plain), s)
         return by_seed
 
 

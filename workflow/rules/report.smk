@@ -1,5 +1,6 @@
-# HTML report: every table and figure of the configured sweeps (reports/index.html), or
-# one paper table (reports/{table}.html) from only the sweeps that reproduce it.
+# HTML report: every table and figure of the configured sweeps (reports/index.html, with
+# the status of each sweep's jobs: e3lib.report.status), or one paper table
+# (reports/{table}.html) from only the sweeps that reproduce it.
 # Snakemake leaves an output alone while its inputs are missing (it takes them for
 # deleted intermediates), so the report also writes a stamp named by the datasets it
 # shows (reports/.rendered/{hash}; the others are removed). `all` asks for the stamp of
@@ -39,8 +40,9 @@ rule report:
     params:
         reports=lambda wc, output: os.path.dirname(output[0]) or ".",
         stamps=lambda wc, output: os.path.dirname(output.shown),
+        logs=LOGS,  # the index links the logs of failed jobs
     shell:
-        "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} > {log} 2>&1 "
+        "python -m e3lib.cli report --datasets {input.datasets} --out {params.reports} --logs {params.logs} > {log} 2>&1 "
         "&& mkdir -p {output.figures} && rm -f {params.stamps}/* "
         "&& printf '%s\\n' {input.datasets} > {output.shown}"
 
