@@ -79,11 +79,11 @@ CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
-    "upstream.momentum_dtype": ("float32", "bfloat16"),
-    "finetune.momentum_dtype": ("float32", "bfloat16"),
     "model.be_init": ("random_sign", "normal"),
     "upstream.method": (None, "vmoe", "vit"),
+    "upstream.momentum_dtype": ("float32", "bfloat16"),
     "finetune.schedule": ("cosine", "linear"),
+    "finetune.momentum_dtype": ("float32", "bfloat16"),
     "eval.fewshot_l2_selection": ("test", "holdout"),
     # The embedded default plus the real datasets e3lib.data can read (e3lib/data/__init__.py).
     "data.dataset": ("demo", "cifar10", "cifar100", "imagenet2012"),
