@@ -23,6 +23,7 @@ eval       evaluation options (batch size, few-shot shots, which suites to run)
 mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one device). Not
            part of the run id: it changes where arrays live, not the results (beyond
            float tolerance), so one run has one id on any number of devices.
+           ``model.remat`` (which activations the backward pass recomputes) is too.
            ``finetune.log_every`` / ``upstream.log_every`` (how often the loss history is
            recorded), ``finetune.eval_every`` / ``upstream.eval_every`` (how often the
            held-out loss is) and
@@ -50,6 +51,7 @@ from e3lib import config_stale, tree
 from e3lib.config_derive import resolve_derived
 from e3lib.config_rules import (
     RUN_ID_EXCLUDED,
+    check_microsteps,
     check_pixels,
     check_pp,
     check_training,
@@ -75,9 +77,13 @@ CHOICES: dict[str, tuple] = {
     "model.moe_placement": ("last", "every"),
     "model.noise_scaling": ("code", "paper"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "model.be_init": ("random_sign", "normal"),
     "upstream.method": (None, "vmoe", "vit"),
+    "upstream.momentum_dtype": ("float32", "bfloat16"),
     "finetune.schedule": ("cosine", "linear"),
+    "finetune.momentum_dtype": ("float32", "bfloat16"),
     "eval.fewshot_l2_selection": ("test", "holdout"),
     # The embedded default plus the real datasets e3lib.data can read (e3lib/data/__init__.py).
     "data.dataset": ("demo", "cifar10", "cifar100", "imagenet2012"),
@@ -140,6 +146,13 @@ def validate(cfg: dict) -> None:
     spec = size_spec(typed)
     method.check(typed, spec)
     check_training(cfg, spec)
+    upstream_method = cfg["upstream"]["method"] or method.upstream_method
+    groups = DEFAULTS["model"]["group_images"]  # the upstream model's
+    check_microsteps(
+        cfg,
+        cfg["model"]["group_images"] if method.layout is not None else 1,
+        groups if upstream_method == "vmoe" else 1,
+    )
 
 
 def canonical_json(obj: Any) -> str:
@@ -246,6 +259,11 @@ def upstream_config(cfg: RunConfig | Mapping[str, Any]) -> dict:
         out["checkpoint_sha256"] = up["checkpoint_sha256"]
     if up.get("renderings", 1) != 1:  # absent at 1: ids of the plain set are unchanged
         out["renderings"] = up["renderings"]
+    # Absent at their defaults, so the ids of upstreams trained without them are unchanged.
+    if up.get("momentum_dtype", "float32") != "float32":
+        out["momentum_dtype"] = up["momentum_dtype"]
+    if up.get("microsteps", 1) != 1:
+        out["microsteps"] = up["microsteps"]
     return out
 
 

@@ -26,10 +26,12 @@ MAX_SEED = 2**31 - 1
 
 # Top-level fields that say how a run is executed, not what it computes: left out of the
 # run id (e3lib.config.run_id) and of ``stale_fields`` (the device mesh: results on any mesh
-# equal the single-device ones within float tolerance, tests/test_parallel.py; how often the
-# loss history is recorded, e3lib.curves). Top-level names or "section.field".
+# equal the single-device ones within float tolerance, tests/test_parallel.py; the
+# rematerialisation policy, which recomputes the same values, tests/test_levers.py; how
+# often the loss history is recorded, e3lib.curves). Top-level names or "section.field".
 RUN_ID_EXCLUDED = (
     "mesh",
+    "model.remat",
     "finetune.log_every",
     "finetune.eval_every",
     "upstream.log_every",
@@ -119,6 +121,8 @@ FIELDS: dict[str, Field] = {
     "model.representation": BOOL,
     "model.head_bias_init": _num(null=True),
     "model.dtype": CHOICE,
+    "model.param_dtype": CHOICE,
+    "model.remat": CHOICE,
     "model.be_init": CHOICE,
     "model.be_lr_scale": _num(0, lo_open=True),
     "model.mimo_input_repetition": _num(0, 1),
@@ -139,6 +143,8 @@ FIELDS: dict[str, Field] = {
     "upstream.batch_size": _int(1),
     "upstream.weight_decay": _num(0),
     "upstream.capacity_factor": _num(0, lo_open=True),
+    "upstream.momentum_dtype": CHOICE,
+    "upstream.microsteps": _int(1),
     "upstream.dataset": STR_OR_NULL,
     "upstream.renderings": _int(1),
     "upstream.log_every": _int(1, null=True),
@@ -158,6 +164,8 @@ FIELDS: dict[str, Field] = {
     "finetune.end_lr": _num(0),
     "finetune.batch_size": _int(1),
     "finetune.momentum": _num(0, 1, hi_open=True),
+    "finetune.momentum_dtype": CHOICE,
+    "finetune.microsteps": _int(1),
     "finetune.grad_clip": _num(0),
     "finetune.mixup": _num(0),
     "finetune.checkpoint_every": _int(1),
@@ -295,6 +303,29 @@ def check_training(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
             data["image_size"],
             f"must be >= the patch size {spec['patch']} of model.size {m['size']}",
         )
+
+
+def check_microsteps(cfg: Mapping[str, Any], group_images: int, upstream_group_images: int) -> None:
+    """``microsteps`` splits a stage's batch B into equal micro-batches, each made of whole
+    routing groups (gcd(B, group_images) images, ``e3lib.models.moe.to_groups``), so the
+    micro-batches hold exactly the full batch's groups. ``group_images``: images per routing
+    group of the fine-tuned / the upstream model, 1 for a model that does not route."""
+    up = cfg["upstream"]
+    stages = [("finetune", cfg["finetune"], group_images)]
+    if up["checkpoint"] is None:  # pretrained here
+        stages.append(("upstream", up, upstream_group_images))
+    for stage, section, images in stages:
+        ms, batch = section["microsteps"], section["batch_size"]
+        whole = math.gcd(batch, images)  # images per routing group of the full batch
+        if ms > 1 and (batch % ms or (batch // ms) % whole):
+            ok = [d for d in range(1, batch + 1) if batch % d == 0 and (batch // d) % whole == 0]
+            groups = f" of whole routing groups ({whole} images each)" if whole > 1 else ""
+            raise ConfigError(
+                f"{stage}.microsteps",
+                ms,
+                f"must split {stage}.batch_size = {batch} into equal micro-batches{groups}; "
+                f"allowed: {ok}",
+            )
 
 
 def check_pixels(cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:

@@ -65,7 +65,14 @@ class ModelConfig:
     representation: bool = True  # pre-logits representation layer (Dense + tanh)
     # initial head bias; None = -log(num_classes) (V-MoE configs)
     head_bias_init: float | None = None
+    # Memory levers (docs/training.md, "Memory levers"): compute dtype of the dense,
+    # attention and expert matmuls; dtype the parameters are stored and updated in (the
+    # router, auxiliary losses and the head's losses compute in float32 either way);
+    # rematerialisation of each encoder block (a jax.checkpoint_policies name, not part of
+    # the run id).
     dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
     # Efficient-ensemble baselines (Appendix G).
     be_init: str = "random_sign"  # BatchEnsemble fast-weight init: random_sign | normal
     be_lr_scale: float = 1.0  # BatchEnsemble fast-weight learning-rate factor
@@ -97,6 +104,8 @@ class UpstreamConfig:
     batch_size: int = 64
     weight_decay: float = 0.1
     capacity_factor: float = 1.05
+    momentum_dtype: str = "float32"  # Adam's first moment (optax mu_dtype)
+    microsteps: int = 1  # gradient accumulation: micro-batches of batch_size/microsteps
     dataset: str | None = None  # None = the upstream set paired with data.dataset
     # The embedded (``demo``) upstream set only: renderings of each digit and orientation;
     # 1 = the plain set, more adds copies with random colours, shift, rotation and scale.
@@ -143,6 +152,12 @@ class FinetuneConfig:
     end_lr: float = 1e-5
     batch_size: int = 64
     momentum: float = 0.9
+    # Dtype of the momentum accumulator (optax accumulator_dtype); the paper's "SGD with
+    # momentum (using half-precision)" is bfloat16.
+    momentum_dtype: str = "float32"
+    # Gradient accumulation: the step's batch in micro-batches of batch_size/microsteps,
+    # their gradients averaged into one update (e3lib.train.loop).
+    microsteps: int = 1
     grad_clip: float = 10.0
     mixup: float = 0.0
     checkpoint_every: int = 25

@@ -65,6 +65,7 @@ def vit_kwargs(cfg: Cfg, spec: Spec, num_classes: int) -> dict:
         representation=m.representation,
         head_bias_init=-math.log(num_classes) if bias is None else float(bias),
         dtype=DTYPES[m.dtype],
+        remat=m.remat,
     )
 
 

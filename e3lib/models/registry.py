@@ -240,6 +240,12 @@ def predictions_per_image(cfg: Cfg) -> int:
     return method_of(cfg).predictions(cfg)
 
 
+def routing_group_images(cfg: Cfg) -> int:
+    """Images per routing group of the run's model (``model.group_images``; 1 for methods
+    without routed layers): what a micro-batch keeps whole (e3lib.train.micro)."""
+    return cfg.model.group_images if method_of(cfg).layout is not None else 1
+
+
 def moe_layout(cfg: Cfg, spec: Spec) -> MoeLayout | None:
     """The MoE layout of a resolved run config (None for methods without routed layers)."""
     method = method_of(cfg)

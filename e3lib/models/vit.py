@@ -19,6 +19,13 @@ Seams for other methods:
   (rows ``r·F + f``, as Multi-pred does); the residual is then repeated to match.
 * ``tile_before`` / ``ensemble_size``: rows are repeated M times (``repeat_rows``) before
   that block, so the block holding the first MoE layer already runs on the M copies.
+
+Precision and memory (docs/training.md, "Memory levers"): ``dtype`` is the compute dtype of
+the convolution, LayerNorms, attention and MLP matmuls (parameters are promoted to it where
+they are used); routers and the returned logits are float32. ``remat`` rematerialises each
+encoder block (``flax.linen.remat`` with a named ``jax.checkpoint_policies`` policy): the
+backward pass recomputes the block's activations instead of keeping them, from the same
+rngs, so values and gradients are unchanged.
 """
 
 from __future__ import annotations
@@ -123,6 +130,23 @@ class EncoderBlock(nn.Module):
         return x + y, metrics
 
 
+# ``model.remat`` -> what the backward pass may keep of a block's forward pass (None: nothing
+# but the block's inputs, everything else is recomputed).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def block_class(remat: str) -> type[nn.Module]:
+    """``EncoderBlock``, rematerialised by the policy ``remat`` unless it is "none"."""
+    if remat == "none":
+        return EncoderBlock
+    # static_argnums counts ``self``: argument 2 is ``train`` (a Python bool)
+    return nn.remat(EncoderBlock, policy=REMAT_POLICIES[remat], static_argnums=(2,))
+
+
 class Encoder(nn.Module):
     """Position embeddings, ``num_layers`` blocks, final LayerNorm."""
 
@@ -134,6 +158,7 @@ class Encoder(nn.Module):
     tile_before: int | None = None  # block index before which rows are repeated
     ensemble_size: int = 1  # M copies made there
     dtype: Any = jnp.float32
+    remat: str = "none"  # a key of REMAT_POLICIES, or "none"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict]:
@@ -145,11 +170,12 @@ class Encoder(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         metrics: dict = {}
         repeated = False
+        block = block_class(self.remat)
         for b in range(self.num_layers):
             if b == self.tile_before:
                 x = repeat_rows(x, self.ensemble_size)  # (B, T, H) -> (B·M, T, H)
                 repeated = True
-            x, block_metrics = EncoderBlock(
+            x, block_metrics = block(
                 block_index=b,
                 num_heads=self.num_heads,
                 mlp_factory=self.mlp_factory,
@@ -157,7 +183,7 @@ class Encoder(nn.Module):
                 attention_dropout_rate=self.attention_dropout_rate,
                 dtype=self.dtype,
                 name=f"encoderblock_{b}",
-            )(x, train=train)
+            )(x, train)
             if block_metrics is not None:
                 metrics[f"encoderblock_{b}"] = block_metrics
         if not repeated and self.ensemble_size > 1:  # no block to tile before: copy at the end
@@ -186,6 +212,7 @@ class VisionTransformer(nn.Module):
     tile_before: int | None = None
     ensemble_size: int = 1
     dtype: Any = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> tuple[Array, dict]:
@@ -212,6 +239,7 @@ class VisionTransformer(nn.Module):
             tile_before=self.tile_before,
             ensemble_size=self.ensemble_size,
             dtype=self.dtype,
+            remat=self.remat,
             name="Encoder",
         )(x, train=train)
         x = x[:, 0]  # class token: (B·F, H)

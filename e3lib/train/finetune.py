@@ -86,6 +86,7 @@ def finetune_job(cfgs: Sequence[RunConfig], suite, model) -> Job:
     from e3lib.data.stream import StepBatches
     from e3lib.data.stream_suite import StreamSuite
     from e3lib.models.batchensemble import with_fast_weight_lr_scale
+    from e3lib.models.registry import routing_group_images
 
     ft = cfgs[0].finetune
     # BatchEnsemble: fast weights at be_lr_scale × the learning rate (App. G.1).
@@ -118,6 +119,8 @@ def finetune_job(cfgs: Sequence[RunConfig], suite, model) -> Job:
         desc=f"finetune {cfgs[0].method}",
         log_every=ft.log_every,
         lr_at=host_schedule(finetune_lr(ft)),
+        microsteps=ft.microsteps,
+        group_images=routing_group_images(cfgs[0]),
     )
 
 
@@ -205,7 +208,7 @@ def finetune_and_evaluate(
             params = load_checkpoint_for_run(checkpoint, fresh, c, put=put)
         else:
             params = adapt_upstream(upstream_params, fresh, c) if upstream_params else fresh
-        states.append(initial_state(job.optimizer, params, c.seed))
+        states.append(initial_state(job.optimizer, params, c.seed, c.model.param_dtype))
     state = stack_states(states) if job.packed else states[0]
     ckpt = None
     if checkpoint_dir is not None:

@@ -8,6 +8,10 @@ Loss = mean over images and members of member cross-entropy + Σ-layers aux loss
 optional mixup (``finetune.mixup`` = α: λ ~ Beta(α, α), each image mixed with the next
 one in the batch).
 
+Micro-steps (``Job.microsteps``, gradient accumulation, ``e3lib.train.micro``): the batch,
+after mixup, is cut into micro-batches whose gradients are averaged into the one update.
+The parameters are stored in ``initial_state``'s ``param_dtype``.
+
 Determinism and resumption
 --------------------------
 The training state is ``{"params", "opt_state", "step", "rng"}``. The randomness of step
@@ -47,6 +51,7 @@ import numpy as np
 from e3lib.checkpoint import TrainCheckpoints
 from e3lib.curves import MEASURED, CurveRecorder
 from e3lib.progress import Progress
+from e3lib.train.micro import accumulated, check_micro_batches
 from e3lib.train.signals import Diverged, Preempted, StopFlag, fault_injection, inject_fault
 
 
@@ -73,6 +78,9 @@ class Job:
     # evaluated every ``heldout_every`` steps and at the last (e3lib.curves); None = none
     heldout: Callable | None = None
     heldout_every: int = 0
+    microsteps: int = 1  # μ micro-batches per step (gradient accumulation)
+    microsteps_field: str = "finetune.microsteps"  # the config field μ comes from
+    group_images: int = 1  # images per routing group a micro-batch keeps whole (1: no groups)
 
     @property
     def packed(self) -> bool:
@@ -89,14 +97,21 @@ def init_params(model, seed: int, image_size: int):
     return jax.jit(lambda k: model.init({"params": k}, x, train=False))(k_init)["params"]
 
 
-def initial_state(optimizer, params, seed: int) -> dict:
+def initial_state(optimizer, params, seed: int, param_dtype: str = "float32") -> dict:
+    """The train state of ``params``, whose floating leaves are stored in ``param_dtype``."""
     import jax
     import jax.numpy as jnp
 
     k_train = jax.random.split(jax.random.key(seed))[1]
-    # Own copies: the train step donates its state, and ``params`` may share buffers with
-    # the upstream tree it was converted from.
-    params = jax.tree_util.tree_map(jnp.array, params)
+    dtype = jnp.dtype(param_dtype)
+
+    def stored(x):
+        # Own copies: the train step donates its state, and ``params`` may share buffers
+        # with the upstream tree it was converted from.
+        floating = jnp.issubdtype(jnp.result_type(x), jnp.floating)
+        return jnp.array(x, dtype) if floating else jnp.array(x)
+
+    params = jax.tree_util.tree_map(stored, params)
     return {
         "params": params,
         "opt_state": optimizer.init(params),
@@ -114,6 +129,19 @@ def make_train_step(job: Job) -> Callable:
     from e3lib.models.losses import ensemble_train_loss
 
     model, optimizer, num_classes, alpha = job.model, job.optimizer, job.num_classes, job.mixup
+    micro, mesh = job.microsteps, placement_of(job).mesh
+    shards = 1 if mesh is None else mesh.size  # blocks of batch rows, one per device
+    check_micro_batches(job.batch_size, micro, shards, job.group_images, job.microsteps_field)
+
+    def loss_fn(params, images, targets, k_drop, k_gate):
+        logits, aux = model.apply(
+            {"params": params}, images, train=True, rngs={"dropout": k_drop, "gating": k_gate}
+        )
+        ce = ensemble_train_loss(logits, targets)  # logits (B, M, C)
+        return ce + aux["aux_loss"], (ce, aux["aux_loss"])
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    gradients = accumulated(grad_fn, micro, shards)  # the plain grad_fn when μ = 1
 
     def step_fn(state, images, labels):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -123,15 +151,7 @@ def make_train_step(job: Job) -> Callable:
             lam = jax.random.beta(k_mix, alpha, alpha)
             images = lam * images + (1 - lam) * jnp.roll(images, 1, axis=0)
             targets = lam * targets + (1 - lam) * jnp.roll(targets, 1, axis=0)
-
-        def loss_fn(params):
-            logits, aux = model.apply(
-                {"params": params}, images, train=True, rngs={"dropout": k_drop, "gating": k_gate}
-            )
-            ce = ensemble_train_loss(logits, targets)  # logits (B, M, C)
-            return ce + aux["aux_loss"], (ce, aux["aux_loss"])
-
-        (loss, (ce, aux_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (loss, ce, aux_loss), grads = gradients(state["params"], images, targets, k_drop, k_gate)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {
             "params": optax.apply_updates(state["params"], updates),

@@ -5,10 +5,14 @@ Notation: T total steps, t step index (0-based).
 - Fine-tuning (paper App. A.3/A.4, reference configs): SGD with momentum 0.9
   (``finetune.momentum``), gradient global-norm clipping at 10 (``finetune.grad_clip``;
   0 disables it), linear warmup to ``finetune.lr`` over ``finetune.warmup`` steps then
-  cosine or linear decay to ``finetune.end_lr`` at step T.
+  cosine or linear decay to ``finetune.end_lr`` at step T. The momentum accumulator is
+  held in ``finetune.momentum_dtype`` (the paper's "SGD with momentum (using
+  half-precision)": bfloat16; optax ``accumulator_dtype``).
 - Upstream (V-MoE paper's upstream recipe, standing in for JFT checkpoints): Adam
   (β₁ 0.9, β₂ 0.999) with decoupled weight decay ``upstream.weight_decay``, global-norm
-  clipping at 1, linear warmup then linear decay to 0.
+  clipping at 1, linear warmup then linear decay to 0; the first moment in
+  ``upstream.momentum_dtype`` (optax ``mu_dtype``; the second stays in the parameters'
+  dtype).
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def finetune_optimizer(ft: FinetuneConfig):
 
     sched = finetune_lr(ft)
     parts = [optax.clip_by_global_norm(ft.grad_clip)] if ft.grad_clip > 0 else []
-    return optax.chain(*parts, optax.sgd(sched, momentum=ft.momentum))
+    momentum = optax.sgd(sched, momentum=ft.momentum, accumulator_dtype=ft.momentum_dtype)
+    return optax.chain(*parts, momentum)
 
 
 def upstream_optimizer(up: Mapping[str, Any]):
@@ -72,5 +77,11 @@ def upstream_optimizer(up: Mapping[str, Any]):
     sched = upstream_lr(up)
     return optax.chain(
         optax.clip_by_global_norm(1.0),
-        optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=up["weight_decay"]),
+        optax.adamw(
+            sched,
+            b1=0.9,
+            b2=0.999,
+            weight_decay=up["weight_decay"],
+            mu_dtype=up.get("momentum_dtype", "float32"),  # in the upstream id if not float32
+        ),
     )

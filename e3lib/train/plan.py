@@ -44,7 +44,7 @@ def abstract_state(cfg: RunConfig, num_classes: int):
     def init():
         x = jnp.zeros((1, size, size, 3), jnp.float32)
         params = model.init({"params": jax.random.key(0)}, x, train=False)["params"]
-        return initial_state(optimizer, params, cfg.seed)
+        return initial_state(optimizer, params, cfg.seed, cfg.model.param_dtype)
 
     return model, optimizer, jax.eval_shape(init)
 
@@ -55,6 +55,7 @@ def compile_step(cfg: RunConfig, num_classes: int = 1000, devices=None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
+    from e3lib.models.registry import routing_group_images
     from e3lib.parallel import sharding as shd
     from e3lib.parallel.mesh import build_mesh
     from e3lib.parallel.placement import Placement
@@ -81,6 +82,8 @@ def compile_step(cfg: RunConfig, num_classes: int = 1000, devices=None) -> dict:
         seeds=(cfg.seed,),
         mixup=float(cfg.finetune.mixup),
         placement=placement,
+        microsteps=cfg.finetune.microsteps,
+        group_images=routing_group_images(cfg),
     )
     shardings = placement.state_shardings(state)
     state_in = jax.tree_util.tree_map(

@@ -42,12 +42,14 @@ from e3lib.upstreams.load import open_checked
 from e3lib.upstreams.source import is_published
 
 
-def upstream_model_config(ucfg: Mapping[str, Any]) -> dict:
-    """A resolved run config describing the upstream model (for ``build_model``)."""
+def upstream_model_config(ucfg: Mapping[str, Any], remat: str = "none") -> dict:
+    """A resolved run config describing the upstream model (for ``build_model``); ``remat``
+    (the run's ``model.remat``) recomputes the same values, so it is no part of the upstream."""
     model = {
         "size": ucfg["size"],
         "capacity_factor": ucfg["capacity_factor"],
         "representation": ucfg["representation"],
+        "remat": remat,
     }
     if ucfg["method"] == "vmoe":
         model.update(
@@ -74,6 +76,7 @@ def pretrain_upstream(
     log_every: int | None = None,
     checkpoint_every: int = UpstreamConfig.checkpoint_every,
     eval_every: int | None = UpstreamConfig.eval_every,
+    remat: str = "none",
 ) -> dict:
     """Pretrain the upstream model; returns the done-file content (params saved first).
 
@@ -86,6 +89,7 @@ def pretrain_upstream(
     from e3lib.data.stream_suite import open_upstream_source, upstream_uses_stream
     from e3lib.metrics import error, nll
     from e3lib.models import build_model
+    from e3lib.models.registry import routing_group_images
 
     workdir = Path(workdir)
     data, stream = None, None
@@ -94,7 +98,7 @@ def pretrain_upstream(
         stream = StepBatches(source, pp, ucfg["batch_size"], (ucfg["seed"],))
     else:
         data, num_classes = load_upstream(ucfg)
-    mcfg = upstream_model_config(ucfg)
+    mcfg = upstream_model_config(ucfg, remat)
     model = build_model(mcfg, num_classes)
     every = default_heldout_every(ucfg["steps"], eval_every)
     heldout = _heldout_set(ucfg, stream is not None) if every else None
@@ -115,6 +119,9 @@ def pretrain_upstream(
         lr_at=host_schedule(upstream_lr(ucfg)),
         heldout=heldout_metrics(model, heldout) if every else None,
         heldout_every=every,
+        microsteps=ucfg.get("microsteps", 1),  # in the upstream's identity unless 1
+        microsteps_field="upstream.microsteps",
+        group_images=routing_group_images(mcfg),
     )
     params = init_params(model, ucfg["seed"], ucfg["image_size"])
     state = initial_state(job.optimizer, params, ucfg["seed"])
@@ -247,6 +254,7 @@ def cli_upstream(argv: list[str]) -> int:
                 cfg.upstream.log_every,
                 cfg.upstream.checkpoint_every,
                 cfg.upstream.eval_every,
+                cfg.model.remat,
             ),
             on_diverged=record_divergence,
         )
