@@ -75,6 +75,7 @@ CHOICES: dict[str, tuple] = {
     "model.moe_placement": ("last", "every"),
     "model.noise_scaling": ("code", "paper"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.dispatch_dtype": ("float32", "bfloat16"),
     "model.be_init": ("random_sign", "normal"),
     "upstream.method": (None, "vmoe", "vit"),
     "finetune.schedule": ("cosine", "linear"),

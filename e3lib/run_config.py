@@ -66,6 +66,9 @@ class ModelConfig:
     # initial head bias; None = -log(num_classes) (V-MoE configs)
     head_bias_init: float | None = None
     dtype: str = "float32"
+    # MoE token buffers (dispatch, all-to-all, combine): "float32" = the activations' own
+    # dtype, no cast; "bfloat16" = the reference's bfloat16 dispatcher (gates stay float32)
+    dispatch_dtype: str = "float32"
     # Efficient-ensemble baselines (Appendix G).
     be_init: str = "random_sign"  # BatchEnsemble fast-weight init: random_sign | normal
     be_lr_scale: float = 1.0  # BatchEnsemble fast-weight learning-rate factor

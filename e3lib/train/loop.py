@@ -79,17 +79,42 @@ class Job:
         return len(self.seeds) > 1
 
 
-def init_params(model, seed: int, image_size: int):
-    """Fresh parameters of ``model`` from ``seed`` (the init key is split from the seed)."""
+def init_params(model, seed: int, image_size: int, placement=None):
+    """Fresh parameters of ``model`` from ``seed`` (the init key is split from the seed).
+
+    [parallel hook] With a mesh placement each leaf is computed straight into its sharding
+    (``jax.jit`` with ``out_shardings`` from the ``jax.eval_shape`` structs): no device
+    ever holds a whole model. The values equal the single-device ones (partitionable
+    random bits)."""
     import jax
     import jax.numpy as jnp
 
     k_init = jax.random.split(jax.random.key(seed))[0]
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return jax.jit(lambda k: model.init({"params": k}, x, train=False))(k_init)["params"]
+
+    def init(k):
+        return model.init({"params": k}, x, train=False)["params"]
+
+    return _jit_into(init, placement)(k_init)
 
 
-def initial_state(optimizer, params, seed: int) -> dict:
+def _jit_into(fn: Callable, placement) -> Callable:
+    """``jax.jit(fn)``, with outputs in the placement's state shardings if it has a mesh."""
+    import jax
+
+    if placement is None or placement.mesh is None:
+        return jax.jit(fn)
+
+    def call(*args):
+        shardings = placement.state_shardings(jax.eval_shape(fn, *args))
+        return jax.jit(fn, out_shardings=shardings)(*args)
+
+    return call
+
+
+def initial_state(optimizer, params, seed: int, placement=None) -> dict:
+    """The train state of ``params``; with a mesh placement the optimizer state is created
+    in its shardings (``init_params``)."""
     import jax
     import jax.numpy as jnp
 
@@ -97,9 +122,12 @@ def initial_state(optimizer, params, seed: int) -> dict:
     # Own copies: the train step donates its state, and ``params`` may share buffers with
     # the upstream tree it was converted from.
     params = jax.tree_util.tree_map(jnp.array, params)
+    on_mesh = placement is not None and placement.mesh is not None
     return {
         "params": params,
-        "opt_state": optimizer.init(params),
+        "opt_state": _jit_into(optimizer.init, placement)(params)
+        if on_mesh
+        else optimizer.init(params),
         "step": jnp.asarray(0, jnp.int32),
         "rng": jax.random.key_data(k_train),
     }
