@@ -2,7 +2,10 @@
 (XLA_FLAGS is set there, never for the suite): a step and an evaluation on meshes 8×1,
 4×2 and 2×4 (4×2 only for Tiling, Partitioning, Multi-pred, BatchEnsemble, MC-Dropout and
 MIMO) equal the single-device ones; experts and their optimizer state are sharded;
-a checkpoint saved on 8 devices restores on 1 and 4; two processes × 4 devices run
+with ``fsdp`` the dense state is split over ``data`` too, with the same results; a fresh
+state is created in its shardings, bitwise equal to one device's; the compiled V-MoE and
+E³ steps move tokens by all-to-all and all-gather nothing; a checkpoint saved on 8 devices
+restores on 1 and 4; two processes × 4 devices run
 ``e3 run`` end to end, write results once, agree on exit codes and resume after SIGTERM."""
 
 import json
@@ -192,6 +195,62 @@ def test_damaged_sharded_checkpoint_falls_back_to_the_previous_step(mesh_rows):
     # step 2 had one byte changed: refused, step 1 restored into the 4-device shardings
     assert r["fallbacks"] == [2] and r["restored_step"] == 1
     assert r["restored_equal"] and r["restored_on_devices"] == [4]
+
+
+def test_fsdp_splits_dense_state_over_data_and_equals_one_device(mesh_rows):
+    rows = {r["method"]: r for r in mesh_rows if r["check"] == "fsdp"}
+    assert set(rows) == {"vmoe", "e3"}
+    for name, r in rows.items():
+        assert abs(r["loss"][0] - r["loss"][1]) <= 1e-5 * abs(r["loss"][0]), name
+        assert r["params_diff"] < 1e-5 and r["opt_diff"] < 1e-5, name
+        assert r["probs_diff"] < 1e-5, name
+        # data = 4: the largest dim divisible by 4 goes to data, after the expert rule
+        assert r["shapes"]["params/head/kernel"] == [32, 10]
+        assert r["specs"]["params/head/kernel"] == "P('data',)", name
+        assert r["specs"]["params/head/bias"] == "P()", name  # 10: not divisible by 4
+        assert r["specs"]["opt_state/1/0/trace/head/kernel"] == "P('data',)", name
+        experts = "params/Encoder/encoderblock_3/Moe/Mlp/Dense_0/kernel"
+        assert r["shapes"][experts] == [8, 32, 64]
+        assert r["specs"][experts] == "P('expert', None, 'data')", name
+        assert r["specs"]["step"] == "P()", name
+        # all but a few small leaves are split 4 ways more than without fsdp
+        assert 3.9 < r["device_bytes_without_fsdp"] / r["device_bytes"] <= 4, name
+
+
+def test_fresh_state_is_created_in_its_shardings_and_equals_one_device_bitwise(mesh_rows):
+    (r,) = [r for r in mesh_rows if r["check"] == "sharded_init"]
+    assert r["params_bitwise"] and r["opt_bitwise"] and r["all_placed"], r
+    assert r["sharded_over_data"] > 0.9 * r["leaves"], r
+
+
+def test_tokens_move_by_all_to_all_and_nothing_is_all_gathered(mesh_rows):
+    rows = {r["method"]: r for r in mesh_rows if r["check"] == "collectives"}
+    assert set(rows) == {"vmoe", "e3"}
+    for name, r in rows.items():
+        # one MoE layer: dispatch and combine forward, their transposes backward
+        assert r["ops"]["all-to-all"] == 4, (name, r["ops"])
+        # E = 8 experts of H = 32, Q = 64 (kernels and biases), 2 per device on expert = 4
+        assert r["expert_shapes"] == ["[8, 32, 64]", "[8, 32]", "[8, 64, 32]", "[8, 64]"]
+        for shape in ("8,32,64", "8,64,32", "2,32,64", "2,64,32"):
+            assert not any(f"[{shape}]" in g for g in r["all_gather_shapes"]), (name, shape)
+        # nor tokens: no all-gather at all (dense weights replicated, grads all-reduced)
+        assert r["ops"]["all-gather"] == 0, (name, r["all_gather_shapes"])
+        assert not r["involuntary_remat"], name
+
+
+def test_fsdp_mesh_option_is_validated_and_not_part_of_the_run_id():
+    from e3lib.config import resolve, run_id
+    from e3lib.parallel.mesh import fsdp_of
+
+    plain = resolve({"method": "vmoe"})
+    sharded = resolve({"method": "vmoe", "mesh": {"data": -1, "expert": 2, "fsdp": True}})
+    assert run_id(plain) == run_id(sharded) and fsdp_of(sharded.mesh)
+    assert mesh_shape(sharded.mesh, 8, 8) == (4, 2) and not fsdp_of("auto")
+    with pytest.raises(ConfigError) as info:
+        resolve({"mesh": {"data": -1, "fsdp": "yes"}})
+    assert info.value.field == "mesh.fsdp" and "true or false" in str(info.value)
+    with pytest.raises(ConfigError, match=r"options: \['fsdp'\]"):
+        resolve({"mesh": {"data": -1, "replica": 2}})
 
 
 # -- two processes × 4 devices through `e3 run` ----------------------------------------------

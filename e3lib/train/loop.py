@@ -83,38 +83,40 @@ def init_params(model, seed: int, image_size: int, placement=None):
     """Fresh parameters of ``model`` from ``seed`` (the init key is split from the seed).
 
     [parallel hook] With a mesh placement each leaf is computed straight into its sharding
-    (``jax.jit`` with ``out_shardings`` from the ``jax.eval_shape`` structs): no device
-    ever holds a whole model. The values equal the single-device ones (partitionable
-    random bits)."""
+    (``jit_into_shardings``): no device ever holds a whole model. The values equal the
+    single-device ones (partitionable random bits)."""
     import jax
-    import jax.numpy as jnp
 
     k_init = jax.random.split(jax.random.key(seed))[0]
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-
-    def init(k):
-        return model.init({"params": k}, x, train=False)["params"]
-
-    return _jit_into(init, placement)(k_init)
+    init = param_init(model, image_size)
+    return jit_into_shardings(init, placement, k_init)(k_init)
 
 
-def _jit_into(fn: Callable, placement) -> Callable:
-    """``jax.jit(fn)``, with outputs in the placement's state shardings if it has a mesh."""
+def param_init(model, image_size: int) -> Callable:
+    """init key -> fresh parameters of ``model`` for images of ``image_size`` pixels."""
+    import jax.numpy as jnp
+
+    def init(key):
+        x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+        return model.init({"params": key}, x, train=False)["params"]
+
+    return init
+
+
+def jit_into_shardings(fn: Callable, placement, *args):
+    """``jax.jit(fn)``; on a mesh placement with ``out_shardings`` = the state shardings of
+    ``fn``'s outputs (their shapes from ``jax.eval_shape`` on ``args``, arrays or shape
+    structs), so each output is created in its shards. The jit object: ``.lower`` works."""
     import jax
 
     if placement is None or placement.mesh is None:
         return jax.jit(fn)
-
-    def call(*args):
-        shardings = placement.state_shardings(jax.eval_shape(fn, *args))
-        return jax.jit(fn, out_shardings=shardings)(*args)
-
-    return call
+    return jax.jit(fn, out_shardings=placement.state_shardings(jax.eval_shape(fn, *args)))
 
 
 def initial_state(optimizer, params, seed: int, placement=None) -> dict:
     """The train state of ``params``; with a mesh placement the optimizer state is created
-    in its shardings (``init_params``)."""
+    in its shardings (``jit_into_shardings``)."""
     import jax
     import jax.numpy as jnp
 
@@ -123,11 +125,10 @@ def initial_state(optimizer, params, seed: int, placement=None) -> dict:
     # the upstream tree it was converted from.
     params = jax.tree_util.tree_map(jnp.array, params)
     on_mesh = placement is not None and placement.mesh is not None
+    opt_init = jit_into_shardings(optimizer.init, placement, params) if on_mesh else optimizer.init
     return {
         "params": params,
-        "opt_state": _jit_into(optimizer.init, placement)(params)
-        if on_mesh
-        else optimizer.init(params),
+        "opt_state": opt_init(params),
         "step": jnp.asarray(0, jnp.int32),
         "rng": jax.random.key_data(k_train),
     }
