@@ -23,6 +23,7 @@ from e3lib.evaluate import make_predict_fn  # noqa: E402
 from e3lib.models import build_model  # noqa: E402
 from e3lib.parallel.mesh import build_mesh  # noqa: E402
 from e3lib.parallel.placement import Placement  # noqa: E402
+from e3lib.train import loop  # noqa: E402
 from e3lib.train.cache import setup_jax_cache  # noqa: E402
 
 setup_jax_cache()  # $E3_JAX_CACHE: repeated programs (checkpoint runs) compile once
@@ -325,6 +326,50 @@ def check_sharded_init():
         ),
         flush=True,
     )
+
+
+def check_abstract_init():
+    """The fresh-state programs of a run on 2 × 4 with fsdp, compiled on abstract arguments
+    (nothing allocated): the bytes of the whole state, of one device's shards by the
+    shardings, and of one device's outputs and temporaries by XLA's memory analysis."""
+
+    cfg = fsdp_config("vmoe", (2, 4))
+    placement = Placement.for_config(cfg)
+    model = build_model(cfg, CLASSES)
+    key = jax.random.key(0)
+    init = loop.jit_into_shardings(loop.param_init(model, PX), placement, key)
+    params = jax.eval_shape(loop.param_init(model, PX), key)
+    opt_init = loop.jit_into_shardings(
+        train.finetune_optimizer(cfg.finetune).init, placement, params
+    )
+    programs = {"params": init.lower(key), "opt_state": opt_init.lower(params)}
+    for name, lowered in programs.items():
+        compiled = lowered.compile()
+        outs = jax.tree_util.tree_leaves(lowered.out_info)
+        shardings = jax.tree_util.tree_leaves(compiled.output_shardings)
+        full = [int(np.prod(o.shape, dtype=np.int64)) * o.dtype.itemsize for o in outs]
+        shard = [
+            int(np.prod(sh.shard_shape(o.shape), dtype=np.int64)) * o.dtype.itemsize
+            for o, sh in zip(outs, shardings)
+        ]
+        mem = compiled.memory_analysis()
+        print(
+            json.dumps(
+                {
+                    "check": "abstract_init",
+                    "program": name,
+                    "full_bytes": sum(full),
+                    "shard_bytes": sum(shard),
+                    "replicated_bytes": sum(f for f, b in zip(full, shard) if b == f),
+                    "largest_leaf_bytes": max(full),
+                    "output_bytes": int(mem.output_size_in_bytes),
+                    "temp_bytes": int(mem.temp_size_in_bytes),
+                    "sharded_leaves": sum(b < f for f, b in zip(full, shard)),
+                    "leaves": len(full),
+                }
+            ),
+            flush=True,
+        )
 
 
 @contextlib.contextmanager

@@ -223,6 +223,19 @@ def test_fresh_state_is_created_in_its_shardings_and_equals_one_device_bitwise(m
     assert r["sharded_over_data"] > 0.9 * r["leaves"], r
 
 
+def test_fresh_state_programs_never_hold_the_whole_state_on_one_device(mesh_rows):
+    rows = {r["program"]: r for r in mesh_rows if r["check"] == "abstract_init"}
+    assert set(rows) == {"params", "opt_state"}
+    for name, r in rows.items():
+        # 2 × 4 with fsdp: dense leaves split 2 ways (data), expert leaves 8 (expert × data)
+        assert r["shard_bytes"] <= r["full_bytes"] / 2 + r["replicated_bytes"], (name, r)
+        assert r["replicated_bytes"] <= 8, (name, r)  # at most the momentum's step count
+        # XLA's own account of one device's outputs: its shards (+ alignment), no more
+        assert r["shard_bytes"] <= r["output_bytes"] <= 1.02 * r["shard_bytes"], (name, r)
+        # outputs and temporaries together stay below the whole state
+        assert r["output_bytes"] + r["temp_bytes"] < r["full_bytes"], (name, r)
+
+
 def test_tokens_move_by_all_to_all_and_nothing_is_all_gathered(mesh_rows):
     rows = {r["method"]: r for r in mesh_rows if r["check"] == "collectives"}
     assert set(rows) == {"vmoe", "e3"}
@@ -410,3 +423,45 @@ def test_plan_compiles_the_step_for_virtual_devices_and_counts_sharded_state():
     assert out["state_bytes"] == 2 * 4 * per_device + 4 + 4 + 8
     assert out["peak_bytes"] > out["state_bytes"] and out["fits"] and out["chip_gib"] == 16
     assert out["step_tflops_per_device"] > 0
+
+
+def test_h14_fresh_state_shardings_leave_no_large_leaf_whole_on_a_device():
+    """H/14, E = 32, 384 px on an abstract 64-device mesh (data 2 × expert 32, fsdp): the
+    shardings ``init_params`` / ``initial_state`` compile their outputs into (no devices,
+    nothing allocated: ``jax.eval_shape`` and ``jax.sharding.AbstractMesh``)."""
+    import jax
+    import numpy as np
+    from jax.sharding import AbstractMesh
+
+    from e3lib.config import resolve
+    from e3lib.cost.analytic import analytic_params
+    from e3lib.models import build_model
+    from e3lib.parallel.placement import Placement
+    from e3lib.train.loop import param_init
+    from e3lib.train.optim import finetune_optimizer
+
+    cfg = resolve(
+        {
+            "method": "vmoe",
+            "model": {"size": "H/14", "num_experts": 32, "num_selected": 2},
+            "data": {"image_size": 384},
+        }
+    )
+    placement = Placement(AbstractMesh((2, 32), ("data", "expert")), fsdp=True)
+    params = jax.eval_shape(param_init(build_model(cfg, 1000), 384), jax.random.key(0))
+    momentum = jax.eval_shape(finetune_optimizer(cfg.finetune).init, params)
+    for tree in (params, momentum):
+        leaves = jax.tree_util.tree_leaves(tree)
+        shardings = jax.tree_util.tree_leaves(placement.state_shardings(tree))
+        full = [x.size * x.dtype.itemsize for x in leaves]
+        held = [
+            int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
+            for x, s in zip(leaves, shardings)
+        ]
+        # float32 parameters (and momentum) of the whole model: about 9.9 GiB
+        assert abs(sum(full) - 4 * analytic_params(cfg, 1000)) <= 8
+        # every leaf but the optimizer's step count is split at least over data (2)
+        assert sum(f for f, h in zip(full, held) if h == f) <= 4
+        assert all(h <= f // 2 for f, h in zip(full, held) if f > 4)
+        # one device: the dense half plus 1/64 of the experts, under 1.2 GiB of 9.9
+        assert sum(held) < 0.12 * sum(full)
