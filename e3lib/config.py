@@ -79,6 +79,7 @@ CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
+    "model.dispatch_dtype": ("float32", "bfloat16"),
     "model.be_init": ("random_sign", "normal"),
     "upstream.method": (None, "vmoe", "vit"),
     "upstream.momentum_dtype": ("float32", "bfloat16"),

@@ -59,7 +59,7 @@ class Field:
             "str": "a string",
             "int_list": "a list of positive integers",
             "str_list": "a list of non-empty strings",
-            "mesh": "null, 'auto' or {data: -1|n, expert: -1|n} (at most one -1)",
+            "mesh": "null, 'auto' or {data: -1|n, expert: -1|n, fsdp: true|false} (at most one -1)",
         }
         noun = "integer" if self.kind == "int" else "finite number"
         if self.kind in fixed:
@@ -123,6 +123,7 @@ FIELDS: dict[str, Field] = {
     "model.dtype": CHOICE,
     "model.param_dtype": CHOICE,
     "model.remat": CHOICE,
+    "model.dispatch_dtype": CHOICE,
     "model.be_init": CHOICE,
     "model.be_lr_scale": _num(0, lo_open=True),
     "model.mimo_input_repetition": _num(0, 1),
@@ -181,27 +182,34 @@ FIELDS: dict[str, Field] = {
 }
 
 MESH_AXES = ("data", "expert")  # axes of the device mesh (e3lib.parallel, docs/scale.md)
+MESH_OPTIONS = ("fsdp",)  # boolean options of the mesh mapping (FSDP, docs/scale.md)
 
 
 def check_mesh(v: Any, dotted: str = "mesh") -> None:
     """The ``mesh`` field: null (one device), "auto", or sizes of the (data, expert) axes,
-    each a positive integer or -1 (the rest of the devices; at most one axis)."""
+    each a positive integer or -1 (the rest of the devices; at most one axis), and the
+    boolean ``fsdp``."""
     if v is None or v == "auto":
         return
     if not isinstance(v, Mapping):
         raise ConfigError(dotted, v, f"must be {FIELDS['mesh'].allowed()}")
-    unknown = sorted(set(v) - set(MESH_AXES))
+    unknown = sorted(set(v) - set(MESH_AXES) - set(MESH_OPTIONS))
     if unknown:
         raise ConfigError(
-            f"{dotted}.{unknown[0]}", v[unknown[0]], f"allowed axes: {list(MESH_AXES)}"
+            f"{dotted}.{unknown[0]}",
+            v[unknown[0]],
+            f"allowed axes: {list(MESH_AXES)}, options: {list(MESH_OPTIONS)}",
         )
+    for option in MESH_OPTIONS:
+        if option in v and not isinstance(v[option], bool):
+            raise ConfigError(f"{dotted}.{option}", v[option], "must be true or false")
     for axis in MESH_AXES:
         n = v.get(axis, -1 if axis == "data" else 1)
         if not _is_int(n) or (n < 1 and n != -1):
             raise ConfigError(
                 f"{dotted}.{axis}", n, "must be a positive integer or -1 (the rest of the devices)"
             )
-    if list(v.values()).count(-1) > 1:
+    if [v.get(axis) for axis in MESH_AXES].count(-1) > 1:
         raise ConfigError(dotted, dict(v), "at most one axis may be -1")
 
 

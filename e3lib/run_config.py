@@ -73,6 +73,9 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    # MoE token buffers (dispatch, all-to-all, combine): "float32" = the activations' own
+    # dtype, no cast; "bfloat16" = the reference's bfloat16 dispatcher (gates stay float32)
+    dispatch_dtype: str = "float32"
     # Efficient-ensemble baselines (Appendix G).
     be_init: str = "random_sign"  # BatchEnsemble fast-weight init: random_sign | normal
     be_lr_scale: float = 1.0  # BatchEnsemble fast-weight learning-rate factor

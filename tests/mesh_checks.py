@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 
 import jax  # noqa: E402
@@ -22,6 +23,7 @@ from e3lib.evaluate import make_predict_fn  # noqa: E402
 from e3lib.models import build_model  # noqa: E402
 from e3lib.parallel.mesh import build_mesh  # noqa: E402
 from e3lib.parallel.placement import Placement  # noqa: E402
+from e3lib.train import loop  # noqa: E402
 from e3lib.train.cache import setup_jax_cache  # noqa: E402
 
 setup_jax_cache()  # $E3_JAX_CACHE: repeated programs (checkpoint runs) compile once
@@ -225,6 +227,237 @@ def check_checkpoint():
     shutil.rmtree(tmp)
 
 
+def fsdp_config(name, mesh):
+    cfg = config(name, mesh)
+    return resolve(dict(cfg.to_dict(), mesh={"data": mesh[0], "expert": mesh[1], "fsdp": True}))
+
+
+def leaf_specs(state):
+    return {
+        train_path(path): str(leaf.sharding.spec)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
+
+
+def train_path(path):
+    from e3lib.parallel.sharding import path_string
+
+    return path_string(path)
+
+
+def device_bytes(tree):
+    """Bytes one device holds of ``tree`` (device 0's shards)."""
+    dev = jax.devices()[0]
+    return sum(
+        s.data.nbytes
+        for leaf in jax.tree_util.tree_leaves(tree)
+        for s in leaf.addressable_shards
+        if s.device == dev
+    )
+
+
+def check_fsdp():
+    """One step and an evaluation with dense state split over ``data`` (4 × 2, fsdp) equal
+    one device's; the shardings of a few leaves and device 0's share of the state."""
+    for name in ("vmoe", "e3"):
+        ref_state, ref_metrics, ref_probs = one_step_and_eval(config(name), Placement(None))
+        cfg = fsdp_config(name, (4, 2))
+        placement = Placement.for_config(cfg)
+        state, metrics, probs = one_step_and_eval(cfg, placement)
+        plain = Placement.for_config(config(name, (4, 2)))
+        replicated_state = plain.put_state(ref_state)
+        specs = leaf_specs(state)
+        print(
+            json.dumps(
+                {
+                    "check": "fsdp",
+                    "method": name,
+                    "loss": [ref_metrics["loss"], metrics["loss"]],
+                    "params_diff": max_diff(ref_state["params"], state["params"]),
+                    "opt_diff": max_diff(ref_state["opt_state"], state["opt_state"]),
+                    "probs_diff": float(np.max(np.abs(ref_probs - probs))),
+                    "specs": {k: v for k, v in specs.items() if SPEC_KEYS.search(k)},
+                    "shapes": {
+                        train_path(p): list(leaf.shape)
+                        for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+                        if SPEC_KEYS.search(train_path(p))
+                    },
+                    "device_bytes": device_bytes(state),
+                    "device_bytes_without_fsdp": device_bytes(replicated_state),
+                }
+            ),
+            flush=True,
+        )
+
+
+SPEC_KEYS = __import__("re").compile(
+    r"^params/(head/kernel|head/bias|Encoder/encoderblock_\d+/Moe/Mlp/Dense_0/kernel)$"
+    r"|^opt_state/.*head/kernel$|^step$"
+)
+
+
+def check_sharded_init():
+    """Fresh parameters and optimizer state created in their shardings on 4 × 2 (fsdp)
+    equal, bitwise, those of one device, and are placed by the sharding rules."""
+    cfg = fsdp_config("vmoe", (4, 2))
+    placement = Placement.for_config(cfg)
+    model = build_model(cfg, CLASSES)
+    optimizer = train.finetune_optimizer(cfg.finetune)
+    ref = train.initial_state(optimizer, train.init_params(model, 3, PX), 3)
+    fresh = train.init_params(model, 3, PX, placement)
+    state = train.initial_state(optimizer, fresh, 3, placement=placement)
+    made = {"params": state["params"], "opt_state": state["opt_state"]}  # step, rng: scalars
+    want = placement.state_shardings(made)
+    placed = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(lambda x, s: x.sharding == s, made, want)
+    )
+    print(
+        json.dumps(
+            {
+                "check": "sharded_init",
+                "params_bitwise": max_diff(ref["params"], state["params"]) == 0.0,
+                "opt_bitwise": max_diff(ref["opt_state"], state["opt_state"]) == 0.0,
+                "all_placed": all(placed),
+                "leaves": len(placed),
+                "sharded_over_data": sum(
+                    "data" in str(x.sharding.spec) for x in jax.tree_util.tree_leaves(made)
+                ),
+            }
+        ),
+        flush=True,
+    )
+
+
+def check_abstract_init():
+    """The fresh-state programs of a run on 2 × 4 with fsdp, compiled on abstract arguments
+    (nothing allocated): the bytes of the whole state, of one device's shards by the
+    shardings, and of one device's outputs and temporaries by XLA's memory analysis."""
+
+    cfg = fsdp_config("vmoe", (2, 4))
+    placement = Placement.for_config(cfg)
+    model = build_model(cfg, CLASSES)
+    key = jax.random.key(0)
+    init = loop.jit_into_shardings(loop.param_init(model, PX), placement, key)
+    params = jax.eval_shape(loop.param_init(model, PX), key)
+    opt_init = loop.jit_into_shardings(
+        train.finetune_optimizer(cfg.finetune).init, placement, params
+    )
+    programs = {"params": init.lower(key), "opt_state": opt_init.lower(params)}
+    for name, lowered in programs.items():
+        compiled = lowered.compile()
+        outs = jax.tree_util.tree_leaves(lowered.out_info)
+        shardings = jax.tree_util.tree_leaves(compiled.output_shardings)
+        full = [int(np.prod(o.shape, dtype=np.int64)) * o.dtype.itemsize for o in outs]
+        shard = [
+            int(np.prod(sh.shard_shape(o.shape), dtype=np.int64)) * o.dtype.itemsize
+            for o, sh in zip(outs, shardings)
+        ]
+        mem = compiled.memory_analysis()
+        print(
+            json.dumps(
+                {
+                    "check": "abstract_init",
+                    "program": name,
+                    "full_bytes": sum(full),
+                    "shard_bytes": sum(shard),
+                    "replicated_bytes": sum(f for f, b in zip(full, shard) if b == f),
+                    "largest_leaf_bytes": max(full),
+                    "output_bytes": int(mem.output_size_in_bytes),
+                    "temp_bytes": int(mem.temp_size_in_bytes),
+                    "sharded_leaves": sum(b < f for f, b in zip(full, shard)),
+                    "leaves": len(full),
+                }
+            ),
+            flush=True,
+        )
+
+
+@contextlib.contextmanager
+def stderr_to(path):
+    """fd 2 (where XLA's C++ logging goes) into ``path`` while inside."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def compiled_step_text(cfg):
+    """HLO text of the run's train step compiled for its mesh (never executed)."""
+    from e3lib.train.plan import abstract_state
+
+    model, optimizer, state = abstract_state(cfg, CLASSES)
+    placement = Placement.for_config(cfg)
+    job = job_of(cfg, placement)
+    jitted = {}
+
+    class Lowering(Placement):  # keeps the jit object the step is built with
+        def jit_step(self, step_fn, packed=False):
+            jitted["step"] = self.jitted_step(step_fn, state, packed)
+            return jitted["step"]
+
+    job.placement = Lowering(placement.mesh, placement.fsdp)
+    train.make_train_step(job)
+    shardings = job.placement.state_shardings(state)
+    state_in = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings
+    )
+    batch = job.placement.put_batch(lambda rows: train.batch_at(job, 0, rows), B)
+    return jitted["step"].lower(state_in, *batch).compile().as_text(), state
+
+
+def check_collectives():
+    """V-MoE (K=2) and E³ on data 2 × expert 4: the compiled step's collectives, the
+    shapes all-gathers produce, the expert weights' shapes, and XLA's log while compiling."""
+    import re
+    import tempfile
+
+    for name in ("vmoe", "e3"):
+        cfg = config(name, (2, 4))
+        log = Path(tempfile.mkdtemp()) / "xla.log"
+        with stderr_to(log):
+            text, state = compiled_step_text(cfg)
+        ops = {
+            op: len(re.findall(rf"\s{op}(-start)?\(", text))
+            for op in ("all-to-all", "all-gather", "all-reduce", "reduce-scatter")
+        }
+        gathered = [
+            m.group(1) for m in re.finditer(r"= (\(?[a-z0-9]+\[[^=]*?) all-gather(-start)?\(", text)
+        ]
+        experts = sorted(
+            {
+                str(list(leaf.shape))
+                for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]
+                if "/Moe/Mlp/" in train_path(path)
+            }
+        )
+        print(
+            json.dumps(
+                {
+                    "check": "collectives",
+                    "method": name,
+                    "ops": ops,
+                    "all_gather_shapes": gathered,
+                    "expert_shapes": experts,
+                    "expert_shard_leading": E // 4,
+                    "involuntary_remat": "Involuntary full rematerialization" in log.read_text(),
+                }
+            ),
+            flush=True,
+        )
+
+
 if __name__ == "__main__":
-    for what in sys.argv[1:] or ["equivalence", "checkpoint"]:
+    for what in sys.argv[1:] or [
+        "equivalence",
+        "checkpoint",
+        "fsdp",
+        "sharded_init",
+        "collectives",
+    ]:
         globals()[f"check_{what}"]()

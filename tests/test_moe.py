@@ -8,7 +8,7 @@ from model_helpers import random_params
 
 from e3lib.models.layout import compute_capacity
 from e3lib.models.moe import MoeMlp, dense_moe_reference, from_groups, to_groups
-from e3lib.models.routing import NoisyTopKRouter, buffer_positions
+from e3lib.models.routing import NoisyTopKRouter, Routing, buffer_positions
 from e3lib.models.vit import MlpBlock
 
 
@@ -206,3 +206,63 @@ def test_expert_dropout_only_in_training():
     np.testing.assert_array_equal(
         moe.apply({"params": params}, x)[0], no_dropout.apply({"params": params}, x)[0]
     )
+
+
+def _global_scatter_dispatch(x, routing, positions, E, C):
+    """The former single-scatter dispatch + gather combine of the whole (G, S) batch at
+    once (the per-group dispatch must give the same numbers)."""
+    G, S, H = x.shape
+    kept = positions < C
+    slot = jnp.where(kept, positions, C)
+    group = jnp.broadcast_to(jnp.arange(G)[:, None, None], slot.shape)
+    updates = jnp.broadcast_to(x[:, :, None, :], slot.shape + (H,))
+    buffers = (
+        jnp.zeros((E, G, C, H)).at[routing.expert_index, group, slot].set(updates, mode="drop")
+    )
+    return buffers, kept, group
+
+
+def test_per_group_dispatch_and_combine_equal_one_scatter_over_the_batch():
+    from e3lib.models.moe import combine, dispatch
+
+    rng = np.random.default_rng(0)
+    G, S, H, E, K, C = 3, 10, 4, 4, 2, 4  # 20 selections for 16 slots: some dropped
+    x = jnp.asarray(rng.normal(size=(G, S, H)), jnp.float32)
+    gates = jnp.asarray(rng.random((G, S, K)), jnp.float32)
+    index = jnp.asarray(
+        np.stack([np.stack([rng.permutation(E)[:K] for _ in range(S)]) for _ in range(G)]),
+        jnp.int32,
+    )  # (G, S, K) distinct experts per token
+    routing = Routing(index, gates, gates[..., 0])
+    positions = jax.vmap(lambda i: buffer_positions(i, E))(index)
+    buffers, kept = dispatch(x, routing, positions, E, C)
+    want, want_kept, group = _global_scatter_dispatch(x, routing, positions, E, C)
+    assert buffers.shape == (E, G, C, H) and not bool(kept.all())
+    np.testing.assert_array_equal(buffers, want)
+    np.testing.assert_array_equal(kept, want_kept)
+    out = buffers * 2.0 - 1.0  # any per-slot expert function
+    y = combine(out, routing, positions, kept)
+    picked = out[index, group, jnp.clip(positions, 0, C - 1)]  # (G, S, K, H)
+    y_want = jnp.sum(picked * jnp.where(kept, gates, 0.0)[..., None], axis=2)
+    np.testing.assert_allclose(y, y_want, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_dispatch_moves_bfloat16_buffers_and_keeps_float32_gates():
+    x = jax.random.normal(jax.random.key(2), (4, 6, 8))  # B=4, T=6, H=8
+    f32, bf16 = _moe(E=4, K=2, C=1.5), _moe(E=4, K=2, C=1.5, dispatch_dtype=jnp.bfloat16)
+    params = _init(f32, x)
+    y32, m32 = _apply(f32, params, x)
+    y16, m16 = _apply(bf16, params, x)
+    # routing and its losses are computed in float32 before the dispatch: identical
+    for k in ("aux_loss", "importance_loss", "load_loss", "dropped_fraction"):
+        assert float(m16[k]) == float(m32[k]), k
+    assert y16.dtype == jnp.float32
+    # inputs and outputs rounded to bfloat16 once each (relative error 2^-9 per rounding)
+    scale = float(jnp.max(jnp.abs(y32)))
+    np.testing.assert_allclose(y16, y32, atol=2 * 2.0**-8 * scale)
+    assert float(jnp.max(jnp.abs(y16 - y32))) > 0  # it did round
+    # G = 4/2 groups, E = 4, C = roundup4(ceil(12·2·1.5/4)) = 12, H = 8: the (G, E, C, H)
+    # buffers are scattered, and the (G, S, K, H) outputs gathered, in bfloat16 only
+    jaxpr = str(jax.make_jaxpr(lambda p: _apply(bf16, p, x))(params))
+    assert "bf16[2,4,12,8] = scatter" in jaxpr and "f32[2,4,12,8] = scatter" not in jaxpr
+    assert "bf16[2,12,2,8] = gather" in jaxpr and "f32[2,12,2,8] = gather" not in jaxpr

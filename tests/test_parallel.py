@@ -2,7 +2,10 @@
 (XLA_FLAGS is set there, never for the suite): a step and an evaluation on meshes 8×1,
 4×2 and 2×4 (4×2 only for Tiling, Partitioning, Multi-pred, BatchEnsemble, MC-Dropout and
 MIMO) equal the single-device ones; experts and their optimizer state are sharded;
-a checkpoint saved on 8 devices restores on 1 and 4; two processes × 4 devices run
+with ``fsdp`` the dense state is split over ``data`` too, with the same results; a fresh
+state is created in its shardings, bitwise equal to one device's; the compiled V-MoE and
+E³ steps move tokens by all-to-all and all-gather nothing; a checkpoint saved on 8 devices
+restores on 1 and 4; two processes × 4 devices run
 ``e3 run`` end to end, write results once, agree on exit codes and resume after SIGTERM."""
 
 import json
@@ -194,6 +197,75 @@ def test_damaged_sharded_checkpoint_falls_back_to_the_previous_step(mesh_rows):
     assert r["restored_equal"] and r["restored_on_devices"] == [4]
 
 
+def test_fsdp_splits_dense_state_over_data_and_equals_one_device(mesh_rows):
+    rows = {r["method"]: r for r in mesh_rows if r["check"] == "fsdp"}
+    assert set(rows) == {"vmoe", "e3"}
+    for name, r in rows.items():
+        assert abs(r["loss"][0] - r["loss"][1]) <= 1e-5 * abs(r["loss"][0]), name
+        assert r["params_diff"] < 1e-5 and r["opt_diff"] < 1e-5, name
+        assert r["probs_diff"] < 1e-5, name
+        # data = 4: the largest dim divisible by 4 goes to data, after the expert rule
+        assert r["shapes"]["params/head/kernel"] == [32, 10]
+        assert r["specs"]["params/head/kernel"] == "P('data',)", name
+        assert r["specs"]["params/head/bias"] == "P()", name  # 10: not divisible by 4
+        assert r["specs"]["opt_state/1/0/trace/head/kernel"] == "P('data',)", name
+        experts = "params/Encoder/encoderblock_3/Moe/Mlp/Dense_0/kernel"
+        assert r["shapes"][experts] == [8, 32, 64]
+        assert r["specs"][experts] == "P('expert', None, 'data')", name
+        assert r["specs"]["step"] == "P()", name
+        # all but a few small leaves are split 4 ways more than without fsdp
+        assert 3.9 < r["device_bytes_without_fsdp"] / r["device_bytes"] <= 4, name
+
+
+def test_fresh_state_is_created_in_its_shardings_and_equals_one_device_bitwise(mesh_rows):
+    (r,) = [r for r in mesh_rows if r["check"] == "sharded_init"]
+    assert r["params_bitwise"] and r["opt_bitwise"] and r["all_placed"], r
+    assert r["sharded_over_data"] > 0.9 * r["leaves"], r
+
+
+def test_fresh_state_programs_never_hold_the_whole_state_on_one_device(mesh_rows):
+    rows = {r["program"]: r for r in mesh_rows if r["check"] == "abstract_init"}
+    assert set(rows) == {"params", "opt_state"}
+    for name, r in rows.items():
+        # 2 × 4 with fsdp: dense leaves split 2 ways (data), expert leaves 8 (expert × data)
+        assert r["shard_bytes"] <= r["full_bytes"] / 2 + r["replicated_bytes"], (name, r)
+        assert r["replicated_bytes"] <= 8, (name, r)  # at most the momentum's step count
+        # XLA's own account of one device's outputs: its shards (+ alignment), no more
+        assert r["shard_bytes"] <= r["output_bytes"] <= 1.02 * r["shard_bytes"], (name, r)
+        # outputs and temporaries together stay below the whole state
+        assert r["output_bytes"] + r["temp_bytes"] < r["full_bytes"], (name, r)
+
+
+def test_tokens_move_by_all_to_all_and_nothing_is_all_gathered(mesh_rows):
+    rows = {r["method"]: r for r in mesh_rows if r["check"] == "collectives"}
+    assert set(rows) == {"vmoe", "e3"}
+    for name, r in rows.items():
+        # one MoE layer: dispatch and combine forward, their transposes backward
+        assert r["ops"]["all-to-all"] == 4, (name, r["ops"])
+        # E = 8 experts of H = 32, Q = 64 (kernels and biases), 2 per device on expert = 4
+        assert r["expert_shapes"] == ["[8, 32, 64]", "[8, 32]", "[8, 64, 32]", "[8, 64]"]
+        for shape in ("8,32,64", "8,64,32", "2,32,64", "2,64,32"):
+            assert not any(f"[{shape}]" in g for g in r["all_gather_shapes"]), (name, shape)
+        # nor tokens: no all-gather at all (dense weights replicated, grads all-reduced)
+        assert r["ops"]["all-gather"] == 0, (name, r["all_gather_shapes"])
+        assert not r["involuntary_remat"], name
+
+
+def test_fsdp_mesh_option_is_validated_and_not_part_of_the_run_id():
+    from e3lib.config import resolve, run_id
+    from e3lib.parallel.mesh import fsdp_of
+
+    plain = resolve({"method": "vmoe"})
+    sharded = resolve({"method": "vmoe", "mesh": {"data": -1, "expert": 2, "fsdp": True}})
+    assert run_id(plain) == run_id(sharded) and fsdp_of(sharded.mesh)
+    assert mesh_shape(sharded.mesh, 8, 8) == (4, 2) and not fsdp_of("auto")
+    with pytest.raises(ConfigError) as info:
+        resolve({"mesh": {"data": -1, "fsdp": "yes"}})
+    assert info.value.field == "mesh.fsdp" and "true or false" in str(info.value)
+    with pytest.raises(ConfigError, match=r"options: \['fsdp'\]"):
+        resolve({"mesh": {"data": -1, "replica": 2}})
+
+
 # -- two processes × 4 devices through `e3 run` ----------------------------------------------
 
 TINY_RUN = {
@@ -351,3 +423,45 @@ def test_plan_compiles_the_step_for_virtual_devices_and_counts_sharded_state():
     assert out["state_bytes"] == 2 * 4 * per_device + 4 + 4 + 8
     assert out["peak_bytes"] > out["state_bytes"] and out["fits"] and out["chip_gib"] == 16
     assert out["step_tflops_per_device"] > 0
+
+
+def test_h14_fresh_state_shardings_leave_no_large_leaf_whole_on_a_device():
+    """H/14, E = 32, 384 px on an abstract 64-device mesh (data 2 × expert 32, fsdp): the
+    shardings ``init_params`` / ``initial_state`` compile their outputs into (no devices,
+    nothing allocated: ``jax.eval_shape`` and ``jax.sharding.AbstractMesh``)."""
+    import jax
+    import numpy as np
+    from jax.sharding import AbstractMesh
+
+    from e3lib.config import resolve
+    from e3lib.cost.analytic import analytic_params
+    from e3lib.models import build_model
+    from e3lib.parallel.placement import Placement
+    from e3lib.train.loop import param_init
+    from e3lib.train.optim import finetune_optimizer
+
+    cfg = resolve(
+        {
+            "method": "vmoe",
+            "model": {"size": "H/14", "num_experts": 32, "num_selected": 2},
+            "data": {"image_size": 384},
+        }
+    )
+    placement = Placement(AbstractMesh((2, 32), ("data", "expert")), fsdp=True)
+    params = jax.eval_shape(param_init(build_model(cfg, 1000), 384), jax.random.key(0))
+    momentum = jax.eval_shape(finetune_optimizer(cfg.finetune).init, params)
+    for tree in (params, momentum):
+        leaves = jax.tree_util.tree_leaves(tree)
+        shardings = jax.tree_util.tree_leaves(placement.state_shardings(tree))
+        full = [x.size * x.dtype.itemsize for x in leaves]
+        held = [
+            int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
+            for x, s in zip(leaves, shardings)
+        ]
+        # float32 parameters (and momentum) of the whole model: about 9.9 GiB
+        assert abs(sum(full) - 4 * analytic_params(cfg, 1000)) <= 8
+        # every leaf but the optimizer's step count is split at least over data (2)
+        assert sum(f for f, h in zip(full, held) if h == f) <= 4
+        assert all(h <= f // 2 for f, h in zip(full, held) if f > 4)
+        # one device: the dense half plus 1/64 of the experts, under 1.2 GiB of 9.9
+        assert sum(held) < 0.12 * sum(full)

@@ -117,6 +117,7 @@ def moe_mlp_factory(
             keep_selections_apart=layout.multipred_last and block == moe_blocks[-1],
             expert_dropout_at_eval=expert_dropout_at_eval,
             dtype=DTYPES[m.dtype],
+            dispatch_dtype=None if m.dispatch_dtype == "float32" else DTYPES[m.dispatch_dtype],
             name="Moe",
         )
 

@@ -9,14 +9,18 @@ Data path of one MoE layer:
 1. (B·M, T, H) -> (G, S, H): each group holds whole images, their M copies interleaved
    copy-fast, S = images_per_group·T·M (reference ``reshape_to_group_size_representation``).
 2. ``NoisyTopKRouter`` gives (G, S, J) expert ids and gates; ``buffer_positions`` queues them.
-3. Dispatch: tokens are scattered into expert buffers (E, G, C, H) = (E, G·C, H); selections
-   at position ≥ C are dropped. MLP compute is E·G·C rows = about S·J·C_f per group: it grows
+3. Dispatch: each group's tokens are scattered into its expert buffers (E, G, C, H);
+   selections at position ≥ C are dropped. On a mesh the buffers then move from the devices
+   of their groups to those of their experts (all-to-all, ``mesh_hook.to_expert_shards``).
+   ``dispatch_dtype`` bfloat16 sends them in bfloat16 (the reference's bfloat16 dispatcher),
+   cast back for the experts. MLP compute is E·G·C rows = about S·J·C_f per group: it grows
    with K and the capacity factor, not with E.
 4. Experts: one ``MlpBlock`` vmapped over E with stacked parameters (E, H, Q), (E, Q, H);
    every expert starts from the same initialisation (``split_rngs`` params off).
-5. Combine: each (token, selection) gathers its expert output and scales it by the raw gate
-   (0 if dropped); the J contributions are summed, or kept apart (Multi-pred, eq. 3) as
-   F = J rows per input row.
+5. Combine: the outputs move back (all-to-all, in ``dispatch_dtype``); each (token,
+   selection) gathers its expert output and scales it by the raw float32 gate (0 if
+   dropped); the J contributions are summed, or kept apart (Multi-pred, eq. 3) as F = J
+   rows per input row.
 
 ``dense_moe_reference`` runs every expert on every token: a test oracle only.
 """
@@ -31,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from e3lib.models.layout import compute_capacity
-from e3lib.models.mesh_hook import constrain_expert_buffers
+from e3lib.models.mesh_hook import to_expert_shards, to_group_shards
 from e3lib.models.routing import NoisyTopKRouter, Routing, buffer_positions
 from e3lib.models.vit import MlpBlock
 
@@ -70,20 +74,22 @@ def from_groups(y: Array, ensemble_size: int, tokens: int) -> Array:
 def dispatch(
     x: Array, routing: Routing, positions: Array, num_experts: int, capacity: int
 ) -> tuple[Array, Array]:
-    """Scatter tokens into expert buffers. x: (G, S, H) -> buffers (E, G·C, H), kept (G, S, J).
+    """Scatter tokens into expert buffers. x: (G, S, H) -> buffers (E, G, C, H), kept (G, S, J).
 
-    The scatter writes straight into the expert-major (E, G, C, H) layout, so no transpose
-    of the buffers is needed before the expert MLPs.
+    One scatter per group (``jax.vmap`` over G, written expert-major): each group's buffers
+    are written on the device that holds the group, so on a mesh nothing but the exchange
+    of ``mesh_hook.to_expert_shards`` moves tokens between devices.
     """
-    groups, tokens, hidden = x.shape
+    hidden = x.shape[-1]
     kept = positions < capacity  # (G, S, J)
     slot = jnp.where(kept, positions, capacity)  # C = out of range
-    group_index = jnp.broadcast_to(jnp.arange(groups)[:, None, None], slot.shape)
-    updates = jnp.broadcast_to(x[:, :, None, :], slot.shape + (hidden,))  # (G, S, J, H)
-    buffers = jnp.zeros((num_experts, groups, capacity, hidden), x.dtype)
-    buffers = buffers.at[routing.expert_index, group_index, slot].set(updates, mode="drop")
-    # (E, G, C, H) -> (E, G·C, H)
-    return buffers.reshape(num_experts, groups * capacity, hidden), kept
+
+    def one_group(xg, expert, at):  # (S, H), (S, J), (S, J) -> (E, C, H)
+        updates = jnp.broadcast_to(xg[:, None, :], at.shape + (hidden,))  # (S, J, H)
+        buffers = jnp.zeros((num_experts, capacity, hidden), xg.dtype)
+        return buffers.at[expert, at].set(updates, mode="drop")
+
+    return jax.vmap(one_group, out_axes=1)(x, routing.expert_index, slot), kept
 
 
 def combine(
@@ -91,20 +97,22 @@ def combine(
     routing: Routing,
     positions: Array,
     kept: Array,
-    groups: int,
     sum_selections: bool = True,
+    dtype: Any = None,
 ) -> Array:
     """Gather expert outputs back to tokens, weighted by the raw gates.
 
-    expert_out: (E, G·C, H) -> (G, S, H), or (G, S, J, H) when ``sum_selections`` is False.
+    expert_out: (E, G, C, H) -> (G, S, H), or (G, S, J, H) when ``sum_selections`` is False.
+    ``dtype``: of the weighting and sum (default ``expert_out``'s); a bfloat16-dispatched
+    ``expert_out`` is gathered in bfloat16 and weighted in float32, as the reference's
+    bfloat16 dispatcher combines bfloat16 data with float32 gates.
     """
-    num_experts, _, hidden = expert_out.shape
-    # (E, G·C, H) -> (E, G, C, H), gathered expert-major (no transpose)
-    expert_out = expert_out.reshape(num_experts, groups, -1, hidden)
     capacity = expert_out.shape[2]
-    group_index = jnp.broadcast_to(jnp.arange(groups)[:, None, None], positions.shape)
     slot = jnp.clip(positions, 0, capacity - 1)
-    gathered = expert_out[routing.expert_index, group_index, slot]  # (G, S, J, H)
+    # per group: (E, C, H)[(S, J), (S, J)] -> (S, J, H)
+    gathered = jax.vmap(lambda out, expert, at: out[expert, at], in_axes=(1, 0, 0))(
+        expert_out, routing.expert_index, slot
+    ).astype(dtype or expert_out.dtype)  # (G, S, J, H)
     weights = jnp.where(kept, routing.gates, 0.0).astype(gathered.dtype)  # (G, S, J)
     contributions = gathered * weights[..., None]
     return contributions.sum(axis=2) if sum_selections else contributions
@@ -129,6 +137,8 @@ class MoeMlp(nn.Module):
     keep_selections_apart: bool = False  # Multi-pred: J outputs per row instead of their sum
     expert_dropout_at_eval: bool = False  # MC-Dropout (App. G.2): expert dropout also at eval
     dtype: Any = jnp.float32
+    # dtype of the dispatched and combined token buffers; None: the activations' own
+    dispatch_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict]:
@@ -154,8 +164,12 @@ class MoeMlp(nn.Module):
             lambda idx, pr: buffer_positions(idx, self.num_experts, pr),
             in_axes=(0, 0 if priority is not None else None),
         )(routing.expert_index, priority)
-        buffers, kept = dispatch(xg, routing, positions, self.num_experts, capacity)
-        buffers = constrain_expert_buffers(buffers)  # E on the mesh's expert axis, if any
+        moved = self.dispatch_dtype or xg.dtype
+        sent = xg.astype(moved)  # bfloat16 dispatch: half the bytes moved
+        buffers, kept = dispatch(sent, routing, positions, self.num_experts, capacity)
+        buffers = to_expert_shards(buffers)  # all-to-all to the experts' devices, if a mesh
+        # (E, G, C, H) -> (E, G·C, H), back in the layer's dtype for the expert MLPs
+        buffers = buffers.reshape(self.num_experts, -1, buffers.shape[-1]).astype(xg.dtype)
         experts = nn.vmap(
             MlpBlock,
             variable_axes={"params": 0},
@@ -172,14 +186,16 @@ class MoeMlp(nn.Module):
             dtype=self.dtype,
             name="Mlp",
         )(buffers)  # (E, G·C, H)
-        expert_out = constrain_expert_buffers(expert_out)
+        # (E, G·C, H) -> (E, G, C, H)
+        received = expert_out.reshape(self.num_experts, groups, capacity, -1)
+        received = to_group_shards(received.astype(moved))
         y = combine(
-            expert_out,
+            received,
             routing,
             positions,
             kept,
-            groups,
             sum_selections=not self.keep_selections_apart,
+            dtype=expert_out.dtype,
         )
         self.sow("intermediates", "expert_index", routing.expert_index)
         self.sow("intermediates", "kept", kept)

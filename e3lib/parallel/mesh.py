@@ -12,7 +12,9 @@ groups of one step, E experts, M members, o overlap.
 
 Run-config field ``mesh``: null (default) = one device, exactly as before;
 ``{data: -1, expert: N}`` (-1 = the rest of the devices); ``"auto"`` = expert axis as
-large as possible (the largest divisor of D that divides E), data the rest.
+large as possible (the largest divisor of D that divides E), data the rest. The mapping's
+``fsdp: true`` also splits dense parameters and their optimizer state over ``data``
+(``e3lib.parallel.sharding``, FSDP); it changes where state lives, not the mesh.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ AXES = MESH_AXES
 def validate_field(value: Any) -> None:
     """Type check of the ``mesh`` field (no devices needed): ``config_rules.check_mesh``."""
     check_mesh(value)
+
+
+def fsdp_of(spec: Any) -> bool:
+    """Whether the ``mesh`` field asks for FSDP sharding of the dense state."""
+    return isinstance(spec, Mapping) and bool(spec.get("fsdp", False))
 
 
 def num_experts(cfg: RunConfig) -> int | None:

@@ -23,19 +23,22 @@ if TYPE_CHECKING:
 
 
 class Placement:
-    def __init__(self, mesh=None):
+    def __init__(self, mesh=None, fsdp: bool = False):
         self.mesh = mesh
+        self.fsdp = fsdp  # dense state split over the data axis too (sharding.py, FSDP)
 
     @classmethod
     def for_config(cls, cfg: RunConfig) -> Placement:
         """The run's placement; divisibility is checked here, before anything compiles."""
-        from e3lib.parallel.mesh import build_mesh
+        from e3lib.parallel.mesh import build_mesh, fsdp_of
 
-        return cls(build_mesh(cfg.mesh, cfg))
+        return cls(build_mesh(cfg.mesh, cfg), fsdp_of(cfg.mesh))
 
     # -- state ---------------------------------------------------------------------------
     def state_shardings(self, state: Any, packed: bool = False) -> Any:
-        return shd.tree_shardings(state, self.mesh, leading=int(packed))
+        """Shardings of a state-like tree (params, optimizer state, a whole train state,
+        or their ``jax.eval_shape`` structs)."""
+        return shd.tree_shardings(state, self.mesh, leading=int(packed), fsdp=self.fsdp)
 
     def put_state(self, state: Any, packed: bool = False) -> Any:
         """Commit every leaf: one device, or the mesh by the sharding rules (each process
@@ -61,7 +64,9 @@ class Placement:
             return x
         import jax
 
-        sharding = shd.param_sharding(self.mesh, path, np.ndim(x))
+        sharding = shd.param_sharding(self.mesh, path, np.shape(x), fsdp=self.fsdp)
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x  # already placed (a leaf kept from a sharded initialisation)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 

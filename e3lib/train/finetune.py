@@ -201,14 +201,17 @@ def finetune_and_evaluate(
     # On a mesh, each converted leaf goes to its devices (sharding by the rules) as soon as
     # it is ready; packed seeds are stacked on the host first, then placed by put_state.
     put = placement.put_param if placement.mesh is not None and not job.packed else None
+    # [parallel hook] one run on a mesh: fresh parameters and optimizer state are created in
+    # their shardings (never whole on one device)
+    where = placement if put is not None else None
     states = []
     for c in cfgs:
-        fresh = init_params(model, c.seed, size)
+        fresh = init_params(model, c.seed, size, where)
         if checkpoint is not None:
             params = load_checkpoint_for_run(checkpoint, fresh, c, put=put)
         else:
             params = adapt_upstream(upstream_params, fresh, c) if upstream_params else fresh
-        states.append(initial_state(job.optimizer, params, c.seed, c.model.param_dtype))
+        states.append(initial_state(job.optimizer, params, c.seed, c.model.param_dtype, where))
     state = stack_states(states) if job.packed else states[0]
     ckpt = None
     if checkpoint_dir is not None:

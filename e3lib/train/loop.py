@@ -87,18 +87,47 @@ class Job:
         return len(self.seeds) > 1
 
 
-def init_params(model, seed: int, image_size: int):
-    """Fresh parameters of ``model`` from ``seed`` (the init key is split from the seed)."""
+def init_params(model, seed: int, image_size: int, placement=None):
+    """Fresh parameters of ``model`` from ``seed`` (the init key is split from the seed).
+
+    [parallel hook] With a mesh placement each leaf is computed straight into its sharding
+    (``jit_into_shardings``): no device ever holds a whole model. The values equal the
+    single-device ones (partitionable random bits)."""
     import jax
-    import jax.numpy as jnp
 
     k_init = jax.random.split(jax.random.key(seed))[0]
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return jax.jit(lambda k: model.init({"params": k}, x, train=False))(k_init)["params"]
+    init = param_init(model, image_size)
+    return jit_into_shardings(init, placement, k_init)(k_init)
 
 
-def initial_state(optimizer, params, seed: int, param_dtype: str = "float32") -> dict:
-    """The train state of ``params``, whose floating leaves are stored in ``param_dtype``."""
+def param_init(model, image_size: int) -> Callable:
+    """init key -> fresh parameters of ``model`` for images of ``image_size`` pixels."""
+    import jax.numpy as jnp
+
+    def init(key):
+        x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+        return model.init({"params": key}, x, train=False)["params"]
+
+    return init
+
+
+def jit_into_shardings(fn: Callable, placement, *args):
+    """``jax.jit(fn)``; on a mesh placement with ``out_shardings`` = the state shardings of
+    ``fn``'s outputs (their shapes from ``jax.eval_shape`` on ``args``, arrays or shape
+    structs), so each output is created in its shards. The jit object: ``.lower`` works."""
+    import jax
+
+    if placement is None or placement.mesh is None:
+        return jax.jit(fn)
+    return jax.jit(fn, out_shardings=placement.state_shardings(jax.eval_shape(fn, *args)))
+
+
+def initial_state(
+    optimizer, params, seed: int, param_dtype: str = "float32", placement=None
+) -> dict:
+    """The train state of ``params``, whose floating leaves are stored in ``param_dtype``;
+    with a mesh placement the optimizer state is created in its shardings
+    (``jit_into_shardings``)."""
     import jax
     import jax.numpy as jnp
 
@@ -112,9 +141,11 @@ def initial_state(optimizer, params, seed: int, param_dtype: str = "float32") ->
         return jnp.array(x, dtype) if floating else jnp.array(x)
 
     params = jax.tree_util.tree_map(stored, params)
+    on_mesh = placement is not None and placement.mesh is not None
+    opt_init = jit_into_shardings(optimizer.init, placement, params) if on_mesh else optimizer.init
     return {
         "params": params,
-        "opt_state": optimizer.init(params),
+        "opt_state": opt_init(params),
         "step": jnp.asarray(0, jnp.int32),
         "rng": jax.random.key_data(k_train),
     }

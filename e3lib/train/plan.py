@@ -57,7 +57,7 @@ def compile_step(cfg: RunConfig, num_classes: int = 1000, devices=None) -> dict:
 
     from e3lib.models.registry import routing_group_images
     from e3lib.parallel import sharding as shd
-    from e3lib.parallel.mesh import build_mesh
+    from e3lib.parallel.mesh import build_mesh, fsdp_of
     from e3lib.parallel.placement import Placement
     from e3lib.train.loop import Job, make_train_step
 
@@ -69,7 +69,7 @@ def compile_step(cfg: RunConfig, num_classes: int = 1000, devices=None) -> dict:
         def jit_step(self, step_fn, packed=False):
             return self.jitted_step(step_fn, state, packed)
 
-    placement = Lowering(mesh)
+    placement = Lowering(mesh, fsdp_of(cfg.mesh))
     B, size = cfg.finetune.batch_size, cfg.data.image_size
     job = Job(
         model=model,
