@@ -73,6 +73,7 @@ class Job:
     # evaluated every ``heldout_every`` steps and at the last (e3lib.curves); None = none
     heldout: Callable | None = None
     heldout_every: int = 0
+    monitor: Any = None  # e3lib.monitor.RunMonitor: live metrics, progress.json, throughput
 
     @property
     def packed(self) -> bool:
@@ -237,6 +238,8 @@ def train(
         recorder.restart_heldout(step)
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)
+    if job.monitor is not None:
+        job.monitor.begin(step, recorder, placement.fetch)
     t0, compile_seconds, metrics = time.perf_counter(), None, None
     fault = fault_injection()
     batch = batch_of(step) if step < job.steps else None
@@ -265,9 +268,12 @@ def train(
             # the loss is already on the host (``losses``); fetch only the other quantities
             rest = {k: placement.fetch(metrics[k]) for k in MEASURED if k != "loss"}
             recorder.add(step, {"loss": losses, **rest})
+            step_seconds = time.perf_counter() - t_step
             step += 1
             if job.heldout is not None and (step % job.heldout_every == 0 or step == job.steps):
                 recorder.add_heldout(step, job.heldout_every, job.heldout(state["params"]))
+            if job.monitor is not None:  # before the checkpoint: its points are on disk
+                job.monitor.after_step(step, step_seconds, metrics, recorder)
             if checkpoints is not None:
                 checkpoints.save(
                     step, state, extra=_input_state(job, step), history=recorder.state()
