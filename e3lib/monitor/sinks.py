@@ -64,8 +64,15 @@ class TensorBoardSink:
         from tensorboardX import SummaryWriter
 
         purge = None if resumed_step is None else resumed_step + 1
-        # flushed at every logging interval by the monitor (see RunMonitor)
-        self.writer = SummaryWriter(str(out / TB_DIR), purge_step=purge, flush_secs=3600)
+        # Flushed at every logging interval by the monitor (see RunMonitor). TensorBoard
+        # reads a folder's files in name order: the start step in the name keeps two
+        # attempts started within one second (same time stamp) apart and in order.
+        self.writer = SummaryWriter(
+            str(out / TB_DIR),
+            purge_step=purge,
+            flush_secs=3600,
+            filename_suffix=f".step{resumed_step or 0:09d}",
+        )
         self.tags = tags
 
     def start(self, metric_tags: list[str]) -> None:
