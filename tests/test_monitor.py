@@ -35,7 +35,7 @@ def loss_at(step: int, attempt: int) -> float:
     return 10.0 * attempt + step  # distinct per attempt: the reader must show the last one
 
 
-def drive(out: Path, log: LogConfig, attempt: int, stop: int, restored=None, close=True):
+def drive(out: Path, log: LogConfig, attempt: int, stop: int, restored=None, close=True, ckpt=2):
     """Steps up to ``stop`` as e3lib.train.loop feeds them (start after ``restored``:
     (step, recorder state)); returns the monitor and the recorder's state after each step
     (what a checkpoint there would hold)."""
@@ -44,7 +44,7 @@ def drive(out: Path, log: LogConfig, attempt: int, stop: int, restored=None, clo
     if restored is not None:
         start, state = restored
         rec.restore(state, start)
-    mon = RunMonitor("finetune", [out], [TAGS], log, STEPS, B, 1e9, 1, True)
+    mon = RunMonitor("finetune", [out], [TAGS], log, STEPS, B, 1e9, checkpoint_every=ckpt)
     mon.begin(start, rec, np.asarray)
     states = {}
     for t in range(start, stop):
@@ -81,13 +81,12 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_tensorboard_holds_every_series_and_a_resume_adds_no_duplicate(tmp_path):
     log = LogConfig()
-    # attempt 1 writes up to step 10 and is killed (never closed); its last checkpoint
-    # was at step 6, whose recorder state attempt 2 restores
-    mon1, states = drive(tmp_path, log, attempt=1, stop=10, close=False)
-    mon1.sinks[0][0].flush()  # what a SIGKILL leaves: events flushed at each point
+    # attempt 1 (checkpoints every 3 steps) writes up to step 10 and is killed (never
+    # closed); attempt 2 restores the recorder state of its last checkpoint, step 9
+    mon1, states = drive(tmp_path, log, attempt=1, stop=10, close=False, ckpt=3)
     first = json.loads((tmp_path / PROGRESS_FILE).read_text())
-    assert first["step"] == 10 and first["previous_wall_seconds"] == 0  # a fresh start
-    drive(tmp_path, log, attempt=2, stop=STEPS, restored=(6, states[6]))
+    assert first["step"] == 9 and first["previous_wall_seconds"] == 0  # a fresh start
+    drive(tmp_path, log, attempt=2, stop=STEPS, restored=(9, states[9]), ckpt=3)
 
     s = read_scalars(tmp_path / "tb")
     assert set(s) >= {
@@ -97,9 +96,10 @@ def test_tensorboard_holds_every_series_and_a_resume_adds_no_duplicate(tmp_path)
     }  # fmt: skip
     # one point per log interval, none twice: steps 2, 4, ..., 12
     assert [st for st, _ in s["train/loss"]] == [2, 4, 6, 8, 10, 12]
-    # points up to the checkpoint from attempt 1, the rest from attempt 2 (mean of 2 steps)
-    assert [v for _, v in s["train/loss"]] == [11.5, 13.5, 15.5, 27.5, 29.5, 31.5]
-    assert [v for _, v in s["train/ce"]] == [10.5, 12.5, 14.5, 26.5, 28.5, 30.5]
+    # points up to the checkpoint from attempt 1 (loss 10 + step, mean of 2 steps); point
+    # 10 averages attempt 1's step 9 (restored window) and attempt 2's step 10 (20 + 10)
+    assert [v for _, v in s["train/loss"]] == [11.5, 13.5, 15.5, 17.5, 24.5, 31.5]
+    assert [v for _, v in s["train/ce"]] == [10.5, 12.5, 14.5, 16.5, 23.5, 30.5]
     assert [st for st, _ in s["heldout/loss"]] == [4, 8, 12]
     assert s["train/grad_norm"][-1] == (12, 24.0)  # the point's last step
     assert s["train/lr"][0][1] == pytest.approx(0.1)
@@ -111,12 +111,27 @@ def test_tensorboard_holds_every_series_and_a_resume_adds_no_duplicate(tmp_path)
         "images_per_second_per_device", "previous_wall_seconds",
     }  # fmt: skip
     assert (progress["stage"], progress["step"], progress["steps"]) == ("finetune", 12, 12)
-    # 6 steps in attempt 2, the first not timed: 5 steps × 8 images / (5 × 0.01 s) / 1 device
+    # 3 steps in attempt 2, the first not timed: 2 steps × 8 images / (2 × 0.01 s) / 1 device
     assert progress["images_per_second_per_device"] == pytest.approx(800.0)
     # attempt 2 counts attempt 1's wall time (which counted the one before it)
     assert progress["previous_wall_seconds"] == pytest.approx(
         first["previous_wall_seconds"] + first["wall_seconds"]
     )
+
+
+def test_flushes_and_progress_records_at_most_every_interval_and_at_checkpoints(
+    tmp_path, monkeypatch
+):
+    import e3lib.monitor.run as run
+
+    monkeypatch.setattr(run, "WRITE_EVERY_SECONDS", 1e9)  # never due by time
+    drive(tmp_path / "a", LogConfig(), attempt=1, stop=10, close=False, ckpt=None)
+    assert json.loads((tmp_path / "a" / PROGRESS_FILE).read_text())["step"] == 0  # at begin
+    drive(tmp_path / "b", LogConfig(), attempt=1, stop=10, close=False, ckpt=4)
+    assert json.loads((tmp_path / "b" / PROGRESS_FILE).read_text())["step"] == 8
+    monkeypatch.setattr(run, "WRITE_EVERY_SECONDS", 0.0)  # due at every point
+    drive(tmp_path / "c", LogConfig(), attempt=1, stop=10, close=False, ckpt=None)
+    assert json.loads((tmp_path / "c" / PROGRESS_FILE).read_text())["step"] == 10
 
 
 def test_throughput_record(tmp_path):

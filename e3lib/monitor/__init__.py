@@ -53,12 +53,27 @@ def finetune_monitor(
     ft = cfgs[0].finetune
     flops = _step_flops(cfgs[0], num_classes, ft.batch_size * len(cfgs))
     return RunMonitor(
-        "finetune", outs, tags, cfgs[0].log, ft.steps, ft.batch_size, flops, num_devices, writer
+        "finetune",
+        outs,
+        tags,
+        cfgs[0].log,
+        ft.steps,
+        ft.batch_size,
+        flops,
+        num_devices=num_devices,
+        writer=writer,
+        checkpoint_every=ft.checkpoint_every,
     )
 
 
 def upstream_monitor(
-    ucfg: Mapping[str, Any], model_cfg, upstream_id: str, out, log_cfg, num_classes: int
+    ucfg: Mapping[str, Any],
+    model_cfg,
+    upstream_id: str,
+    out,
+    log_cfg,
+    num_classes: int,
+    checkpoint_every: int | None = None,
 ) -> RunMonitor:
     """The monitor of an upstream pretraining job, on one device (``model_cfg``: its model
     as a run config, e3lib.train.upstream.upstream_model_config)."""
@@ -67,7 +82,14 @@ def upstream_monitor(
     tags = [RunTags("upstream", upstream_id, int(ucfg["seed"]), name, {}, params)]
     flops = _step_flops(model_cfg, num_classes, int(ucfg["batch_size"]))
     return RunMonitor(
-        "upstream", [Path(out)], tags, log_cfg, ucfg["steps"], ucfg["batch_size"], flops, 1, True
+        "upstream",
+        [Path(out)],
+        tags,
+        log_cfg,
+        ucfg["steps"],
+        ucfg["batch_size"],
+        flops,
+        checkpoint_every=checkpoint_every,
     )
 
 

@@ -5,7 +5,11 @@ T steps, k steps per loss-history point (e3lib.curves).
 
 Fed by the training loop (e3lib.train.loop) after every step with the step's wall seconds
 (dispatch to the loss on the host, the sync the loop already does) and its metrics; when a
-loss-history point closes (every k steps) it writes, on process 0 only:
+loss-history point closes (every k steps) it writes, on process 0 only (the sinks flushed
+and progress.json rewritten at such a point when ``WRITE_EVERY_SECONDS`` have passed since
+the last write, at every checkpoint step, before its checkpoint, and at the end, so a short
+step with a point per step pays one flush and one fsync'd file per two seconds, and a
+checkpoint never covers a point the event files lack):
 
 - to every sink (e3lib.monitor.sinks) of each run: ``train/{loss,ce,aux_loss,lr}`` (the
   point's means, as curves.json holds them), ``train/grad_norm`` (of the point's last step:
@@ -43,6 +47,7 @@ from e3lib.provenance import utc_now
 PROGRESS_FILE = "progress.json"
 TRAIN_TAGS = ("loss", "ce", "aux_loss", "lr")
 HPARAM_METRICS = ["train/loss", "heldout/loss", "heldout/error"]
+WRITE_EVERY_SECONDS = 2.0  # between flushes and progress records, but see the docstring
 
 
 class RunMonitor:
@@ -59,6 +64,7 @@ class RunMonitor:
         step_flops: float | None,
         num_devices: int = 1,
         writer: bool = True,
+        checkpoint_every: int | None = None,
     ):
         import jax
 
@@ -67,6 +73,7 @@ class RunMonitor:
         self.outs = [Path(o) for o in outs]
         self.steps, self.images_per_step = int(steps), int(batch_size) * len(tags)
         self.step_flops, self.writer = step_flops, writer
+        self.checkpoint_every, self.last_write = checkpoint_every, float("-inf")
         self.device = jax.devices()[0]
         self.num_devices = int(num_devices)
         self.sinks: list[list] = [[] for _ in tags]
@@ -110,7 +117,8 @@ class RunMonitor:
             return
         new_points = len(recorder.points["step"]) > self.points_seen
         new_held = len(recorder.heldout["step"]) > self.held_seen
-        if not (new_points or new_held):
+        checkpointed = bool(self.checkpoint_every) and done % self.checkpoint_every == 0
+        if not (new_points or new_held or checkpointed):
             return
         grad = np.atleast_1d(self.fetch(metrics["grad_norm"])) if new_points else None
         rate = self.images_per_second_per_device()
@@ -126,10 +134,12 @@ class RunMonitor:
                 values = {f"heldout/{q}": held[q][j][i] for q in ("loss", "error")}
                 self._emit(i, held["step"][j], values)
         self.points_seen, self.held_seen = len(recorder.points["step"]), len(held["step"])
-        for run in self.sinks:
-            for s in run:
-                s.flush()  # on disk before the step's checkpoint: a resume loses nothing
-        self.write_progress()
+        due = time.perf_counter() - self.last_write >= WRITE_EVERY_SECONDS
+        if checkpointed or due or done == self.steps:
+            for run in self.sinks:
+                for s in run:
+                    s.flush()  # on disk before the step's checkpoint: a resume loses nothing
+            self.write_progress()
 
     # -- the stage's end ----------------------------------------------------------------------
     def log_records(self, i: int, records: Sequence[Mapping[str, Any]]) -> None:
@@ -220,6 +230,7 @@ class RunMonitor:
         }
         for out in self.outs:
             atomic.write_json(out / PROGRESS_FILE, record)
+        self.last_write = time.perf_counter()
 
 
 def _read_progress(out: Path) -> dict:

@@ -8,16 +8,18 @@ values there, and its config's non-default fields (what tells the runs of a swee
 TensorBoard shows them as hparams (filter and sort runs in the HParams tab) and a text
 summary; W&B as the run's config, group (its sweep) and tags; MLflow as run tags and params.
 
-Resumption: TensorBoard gets ``purge_step`` = the restored step + 1, so events a killed
-attempt wrote past its last checkpoint are hidden by TensorBoard's reader (one point per
-step); W&B resumes the run of the same id (``resume="allow"``) and MLflow the run tagged
-with the same run id, both logging from the restored step on.
+Resumption: a later attempt's event file starts with a ``SessionLog.START`` event at the
+restored step + 1 (what tensorboardX's ``purge_step`` writes), so TensorBoard's reader
+hides the events a killed attempt wrote past its last checkpoint (one point per step);
+W&B resumes the run of the same id (``resume="allow"``) and MLflow the run tagged with the
+same run id, both logging from the restored step on.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,42 +58,50 @@ def _scalar(v: Any) -> Any:
 
 
 class TensorBoardSink:
-    """Event files under ``<out>/tb`` through tensorboardX's SummaryWriter."""
+    """Event files under ``<out>/tb``: tensorboardX's synchronous ``EventsWriter`` and
+    summary protos (its ``SummaryWriter`` queues events to a thread, so its ``flush``
+    cannot promise that an event added before it is on disk)."""
 
     name = "tensorboard"
 
     def __init__(self, out: Path, tags: RunTags, resumed_step: int | None):
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
-        purge = None if resumed_step is None else resumed_step + 1
-        # Flushed at every logging interval by the monitor (see RunMonitor). TensorBoard
-        # reads a folder's files in name order: the start step in the name keeps two
-        # attempts started within one second (same time stamp) apart and in order.
-        self.writer = SummaryWriter(
-            str(out / TB_DIR),
-            purge_step=purge,
-            flush_secs=3600,
-            filename_suffix=f".step{resumed_step or 0:09d}",
-        )
+        (out / TB_DIR).mkdir(parents=True, exist_ok=True)
+        # TensorBoard reads a folder's files in name order: the start step in the name
+        # keeps two attempts started within one second (same time stamp) apart, in order.
+        self.events = EventsWriter(str(out / TB_DIR / "events"), f".step{resumed_step or 0:09d}")
         self.tags = tags
+        if resumed_step is not None:  # TensorBoard drops what earlier files hold past it
+            from tensorboardX.proto.event_pb2 import SessionLog
+
+            start = SessionLog(status=SessionLog.START)
+            self._write(resumed_step + 1, session_log=start)
+
+    def _write(self, step: int, **fields) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        self.events.write_event(Event(wall_time=time.time(), step=int(step), **fields))
 
     def start(self, metric_tags: list[str]) -> None:
-        from tensorboardX.summary import hparams
+        from tensorboardX.summary import hparams, text
 
         flat = self.tags.flat()
-        self.writer.add_text("run", _markdown(flat), 0)
+        self._write(0, summary=text("run", _markdown(flat)))
         for summary in hparams(flat, dict.fromkeys(metric_tags, 0.0)):
-            self.writer.file_writer.add_summary(summary)
+            self._write(0, summary=summary)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        from tensorboardX.summary import scalar
+
         for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+            self._write(step, summary=scalar(tag, float(value)))
 
     def flush(self) -> None:
-        self.writer.flush()
+        self.events.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        self.events.close()
 
 
 def _markdown(flat: Mapping[str, Any]) -> str:

@@ -118,7 +118,13 @@ def pretrain_upstream(
         heldout=heldout_metrics(model, heldout) if every else None,
         heldout_every=every,
         monitor=upstream_monitor(
-            ucfg, mcfg, short_hash(dict(ucfg)), workdir, log_cfg or LogConfig(), num_classes
+            ucfg,
+            mcfg,
+            short_hash(dict(ucfg)),
+            workdir,
+            log_cfg or LogConfig(),
+            num_classes,
+            checkpoint_every,
         ),
     )
     params = init_params(model, ucfg["seed"], ucfg["image_size"])
