@@ -144,6 +144,14 @@ def test_throughput_record(tmp_path):
     # 1 GFLOP per step at 100 steps/s
     assert rec["mfu"] == pytest.approx(1e9 * 100 / rec["peak_flops_per_device"])
     assert not (tmp_path / "tb").exists()  # log.tensorboard false: no event files
+    # results.json's schema takes the record and refuses a broken one
+    from e3lib.aggregate.schemas import AggregateError, validate
+
+    doc = {"format": 2, "status": "ok", "records": [], "provenance": {"throughput": rec}}
+    validate(doc, "results-v2", tmp_path / "results.json")
+    doc["provenance"]["throughput"] = dict(rec, device_hours=-1.0)
+    with pytest.raises(AggregateError, match="provenance.throughput.device_hours"):
+        validate(doc, "results-v2", tmp_path / "results.json")
 
 
 def test_published_peaks_by_device_kind():
