@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[workflow,test]"
+	$(BIN)/python -m pip install -q -e ".[workflow,test,monitor]"
 	touch $@
 
 demo: setup

@@ -20,6 +20,7 @@ upstream   how the checkpoint fine-tuning starts from is obtained (pretraining j
 data       dataset name, image size, data directory
 finetune   optimisation recipe (steps, lr, warmup, batch size, clipping, mixup, ...)
 eval       evaluation options (batch size, few-shot shots, which suites to run)
+log        live-metric sinks (TensorBoard, W&B, MLflow; e3lib.monitor). Not part of the run id.
 mesh       device mesh of the job (e3lib.parallel, docs/scale.md; null = one device). Not
            part of the run id: it changes where arrays live, not the results (beyond
            float tolerance), so one run has one id on any number of devices.
@@ -88,6 +89,7 @@ CHOICES: dict[str, tuple] = {
     "eval.fewshot_l2_selection": ("test", "holdout"),
     # The embedded default plus the real datasets e3lib.data can read (e3lib/data/__init__.py).
     "data.dataset": ("demo", "cifar10", "cifar100", "imagenet2012"),
+    "log.wandb_mode": ("offline", "online"),
 }
 
 

@@ -37,6 +37,7 @@ RUN_ID_EXCLUDED = (
     "upstream.log_every",
     "upstream.checkpoint_every",
     "upstream.eval_every",
+    "log",
 )
 
 
@@ -179,6 +180,11 @@ FIELDS: dict[str, Field] = {
     "eval.ood": BOOL,
     "eval.fewshot": BOOL,
     "mesh": Field("mesh", null=True),
+    "log.tensorboard": BOOL,
+    "log.wandb_project": STR_OR_NULL,
+    "log.wandb_mode": CHOICE,
+    "log.mlflow_uri": STR_OR_NULL,
+    "log.mlflow_experiment": STR_OR_NULL,
 }
 
 MESH_AXES = ("data", "expert")  # axes of the device mesh (e3lib.parallel, docs/scale.md)

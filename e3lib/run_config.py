@@ -185,12 +185,25 @@ class EvalConfig:
     fewshot: bool = True
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    """Where a run streams its live metrics (e3lib.monitor, docs/training.md "Watching a
+    run"). Not part of the run id (``RUN_ID_EXCLUDED``): logging never changes results."""
+
+    tensorboard: bool = True  # event files under the run's folder (tb/)
+    wandb_project: str | None = None  # a W&B project: log there too (None = no W&B)
+    wandb_mode: str = "offline"  # "offline" (no network; `wandb sync` later) or "online"
+    mlflow_uri: str | None = None  # an MLflow tracking URI (file:, sqlite:, http:); None = none
+    mlflow_experiment: str | None = None  # None = the run's sweep (or "e3" outside a sweep)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "upstream": UpstreamConfig,
     "data": DataConfig,
     "finetune": FinetuneConfig,
     "eval": EvalConfig,
+    "log": LogConfig,
 }
 
 
@@ -205,6 +218,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)  # not part of the run id
     # Device mesh: None = one device; {data: -1, expert: N} (-1 = the rest) or "auto"
     # (e3lib.parallel, docs/scale.md). Excluded from the run id (``RUN_ID_EXCLUDED``).
     mesh: Mapping[str, int] | str | None = None

@@ -358,8 +358,15 @@ def test_two_processes_run_end_to_end_write_once_and_agree_on_preemption(tmp_pat
     assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == [
         "curves.json",
         "predictions.npz",
+        "progress.json",
         "results.json",
+        "tb",
     ]
+    # live metrics from process 0 alone: one event file; throughput over the 8 devices
+    assert len(list((tmp_path / "mp" / "tb").iterdir())) == 1
+    throughput = res["provenance"]["throughput"]
+    assert throughput["num_devices"] == 8 and throughput["images_per_second_per_device"] > 0
+    assert json.loads((tmp_path / "mp" / "progress.json").read_text())["num_devices"] == 8
 
     # SIGTERM to process 1 after step 2: both stop at the same step, save, exit 4
     codes, errs = two_processes(meshed, tmp_path / "pre", tmp_path / "ck_pre", "term:2")
@@ -370,6 +377,7 @@ def test_two_processes_run_end_to_end_write_once_and_agree_on_preemption(tmp_pat
     assert codes == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     resumed = json.loads((tmp_path / "pre" / "results.json").read_text())
     assert resumed["train"]["resumed_from_step"] in (2, 3)
+    assert len(list((tmp_path / "pre" / "tb").iterdir())) == 2  # one file per attempt
     for k, v in records_by_key(resumed).items():
         if v is not None:
             assert v == pytest.approx(got[k], rel=1e-4, abs=1e-5), k

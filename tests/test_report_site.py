@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from e3lib import aggregate
@@ -41,6 +42,11 @@ def site(tmp_path_factory):
                 },
                 "gflops": 131.0,
                 "members": 2,
+                "throughput": {
+                    "images_per_second_per_device": [100.0 + o, 110.0 + o, 120.0 + o],
+                    "device_hours": [0.25, 0.5, 1.0],
+                    "mfu": [0.1, 0.2, 0.3],
+                },
             }
         )
     overlap[1]["seeds"] = {2: None}  # one missing run
@@ -167,7 +173,19 @@ def test_site_pages_tables_figures_and_runs(site):
         assert name in figs
     sweep_page = (out / "sweep_table3_overlap.html").read_text()
     assert sweep_page.count(">missing<") == 1 and "results.json" in sweep_page
+    # cost per run group: o=0 three seeds (mean 110 images/s, 1.75 device-hours, MFU 0.2),
+    # o=4 seeds 0, 1 only (104 + 114 → 109; 0.75; 0.15); 8 runs, 1.75·2 + 0.75 = 4.25 in all
+    assert "8 runs measured, 4.25 device-hours in all" in sweep_page
+    assert "<td>3</td><td>110.0</td><td>1.75</td><td>0.200</td>" in sweep_page
+    assert "<td>2</td><td>109.0</td><td>0.75</td><td>0.150</td>" in sweep_page
+    assert (
+        "No run of this sweep recorded its throughput"
+        in (out / "sweep_figure10_lambda.html").read_text()
+    )
     ds = aggregate.open_dataset(paths[0])
+    hours = ds["device_hours"].sel({aggregate.axis_dim("model.overlap"): "4"})
+    assert ds["device_hours"].attrs["kind"] == "cost" and np.isnan(hours.values).sum() == 1
+    assert float(ds["mfu"].sum()) == pytest.approx(0.6 + 0.3 + 0.6)
     assert json.loads(ds.attrs["code_commits"]) == ["synthetic"]
 
 

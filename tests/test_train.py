@@ -286,8 +286,59 @@ def test_preempt_then_kill_then_resume_matches_uninterrupted(tmp_path, upstream_
     assert {r["member"] for r in recs if r["split"] == "clean"} == {"ensemble", "0", "1"}
     prov = b["provenance"]
     assert prov["packages"]["jax"] and prov["code_commit"] and prov["finished"] >= prov["started"]
+    check_live_metrics(tmp_path / "a", out, ca, a["provenance"]["throughput"], prov["throughput"])
+    # the upstream records the same: its throughput in its done file, its own series
+    up = json.loads((upstream_dir / "done.json").read_text())["provenance"]["throughput"]
+    assert up["num_devices"] == 1 and up["images_per_second_per_device"] > 0
+    assert up["device_hours"] == up["wall_seconds"] / 3600 and 0 < up["mfu"] < 1
+    progress = json.loads((upstream_dir / "progress.json").read_text())
+    assert (progress["stage"], progress["step"], progress["steps"]) == ("upstream", 6, 6)
+    assert any((upstream_dir / "tb").glob("events.out.tfevents.*"))
     assert b["config"]["method"] == "e3" and b["upstream_id"] == a["upstream_id"]
     assert b["format"] == 2
+
+
+def check_live_metrics(a: Path, b: Path, curve: dict, ta: dict, tb: dict) -> None:
+    """TensorBoard's reader finds every series of the uninterrupted run a, and the same
+    points in run b (preempted at 5, killed after 10, resumed from 8): one per step, none
+    twice; both record their throughput (e3lib.monitor)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series = []
+    for run in (a, b):
+        acc = EventAccumulator(str(run / "tb"))
+        acc.Reload()
+        series.append(
+            {k: [(e.step, e.value) for e in acc.Scalars(k)] for k in acc.Tags()["scalars"]}
+        )
+    sa, sb = series
+    train = [f"train/{q}" for q in ("loss", "ce", "aux_loss", "lr", "grad_norm")]
+    want = {
+        *train,
+        "heldout/loss",
+        "heldout/error",
+        "throughput/images_per_second_per_device",
+        "throughput/mfu",
+        "throughput/device_hours",
+        "eval/clean/nll",
+        "eval/val/error",
+    }
+    assert want <= set(sa) and want <= set(sb)
+    for k in ("train/loss", "train/grad_norm", "heldout/loss"):
+        assert [st for st, _ in sb[k]] == list(range(1, 13)) == [st for st, _ in sa[k]], k
+    # float32 events of the curve's float64 means; the resumed run's values equal a's
+    assert [v for _, v in sa["train/loss"]] == pytest.approx(curve["loss"], rel=1e-6)
+    assert sb["train/loss"] == sa["train/loss"] and sb["train/lr"] == sa["train/lr"]
+    assert sorted(p.name for p in (b / "tb").iterdir())[0].endswith(".step000000000")
+    assert len(list((b / "tb").iterdir())) == 3  # one event file per attempt
+    for t in (ta, tb):
+        assert t["images_per_second_per_device"] > 0 and 0 < t["mfu"] < 1
+        assert t["device_hours"] == t["wall_seconds"] * t["num_devices"] / 3600
+        assert t["device_kind"] == "cpu" and t["step_flops"] > 0
+    # b's wall time counts its three attempts (the killed one up to its last record)
+    progress = json.loads((b / "progress.json").read_text())
+    assert progress["step"] == 12 and progress["previous_wall_seconds"] > 0
+    assert tb["wall_seconds"] > progress["wall_seconds"]
 
 
 def test_nan_loss_gives_diverged_status_and_no_results(tmp_path):

@@ -27,7 +27,8 @@ metrics     one float64 variable per metric name; NaN = no record. Two kinds:
             ``split`` never holds ``fewshot``; ``task`` holds the task names and
             ``mean``, ``shots`` (int64) the shot counts; ``member`` is shared (few-shot
             modes ``joint``/``disjoint`` beside member indices and ``ensemble``).
-cost        ``gflops``, ``params``, ``train_seconds``: dims (axes..., seed)
+cost        ``gflops``, ``params``, ``train_seconds``, and from results' provenance.throughput
+            ``images_per_second_per_device``, ``device_hours``, ``mfu``: dims (axes..., seed)
 bookkeeping ``status`` (axes..., seed): int8 with CF ``flag_values``/``flag_meanings``
             (ok, missing, diverged, not_requested, member_failed), read from each entry's
             done.json; ``run_id`` and ``result_path`` (axes..., seed) strings, "" where no

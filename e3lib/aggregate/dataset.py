@@ -41,6 +41,13 @@ COST_FIELDS = {
     "train_seconds": "train_seconds",
 }
 COST_UNITS = {"gflops": "GFLOPs per image (training)", "params": "count", "train_seconds": "s"}
+# provenance.throughput fields (e3lib.monitor) → variables; NaN for results without them
+# (written before throughput was recorded, deep ensembles)
+THROUGHPUT_FIELDS = {
+    "images_per_second_per_device": "images/s per device (steady state)",
+    "device_hours": "device-hours (the run's share of its job)",
+    "mfu": "model FLOPs utilisation (fraction of the device's peak)",
+}
 # netCDF4 (HDF5 underneath) reads and writes on its own; h5netcdf would also need h5py.
 NETCDF_ENGINE = "netcdf4"
 
@@ -151,7 +158,7 @@ def build_dataset(
     status = np.full(cell_shape, STATUS_FLAGS["not_requested"], dtype=np.int8)
     run_ids = np.full(cell_shape, "", dtype=object)
     result_paths = np.full(cell_shape, "", dtype=object)
-    costs = {name: np.full(cell_shape, np.nan) for name in COST_FIELDS}
+    costs = {name: np.full(cell_shape, np.nan) for name in (*COST_FIELDS, *THROUGHPUT_FIELDS)}
     loaded: list[tuple[tuple[int, ...], list[dict]]] = []
     commits: set[str] = set()
     packages: dict[str, set[str]] = {}
@@ -194,6 +201,10 @@ def build_dataset(
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 costs[name][cell] = float(v)
         prov = result.get("provenance") or {}
+        for name in THROUGHPUT_FIELDS:
+            v = (prov.get("throughput") or {}).get(name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                costs[name][cell] = float(v)
         if prov.get("code_commit"):
             commits.add(str(prov["code_commit"]))
         for pkg, ver in (prov.get("packages") or {}).items():
@@ -247,6 +258,8 @@ def build_dataset(
         data_vars[m] = (cell_dims + metric_dims[m], values[m], attrs)
     for name in COST_FIELDS:
         data_vars[name] = (cell_dims, costs[name], {"kind": "cost", "units": COST_UNITS[name]})
+    for name, units in THROUGHPUT_FIELDS.items():
+        data_vars[name] = (cell_dims, costs[name], {"kind": "cost", "units": units})
     data_vars["status"] = (
         cell_dims,
         status,

@@ -4,7 +4,7 @@ Every link is relative, so ``reports/index.html`` opens from disk with no networ
 file is written atomically (temporary file + rename). Layout under ``out``:
 
     index.html               tables, sweeps and their status, figures, provenance, commands
-    sweep_{sweep}.html       provenance, run list (linked to each results.json), figures
+    sweep_{sweep}.html       provenance, cost per run group, run list, figures
     curves_{sweep}.html      training curves and plateau table (e3lib.report.curves)
     pretrainings.html        every upstream of the report, by configuration
     {table_id}.html|.md|.tex one table, its paper values and its verdicts
@@ -28,6 +28,7 @@ import xarray as xr
 from e3lib import atomic
 from e3lib.aggregate import STATUS_FLAGS, axis_dim, dataset_axes
 from e3lib.aggregate.curves import curves_path
+from e3lib.report.costs import cost_summary
 from e3lib.report.curves import (
     PRETRAININGS_PAGE,
     curves_page,
@@ -238,6 +239,7 @@ def render_sweep_page(site: Site, inp: Input) -> None:
             figures=figures,
             commands=commands,
             selection=selection_summary(inp),
+            cost=cost_summary(inp.ds),
             curves_page=curves_page(sweep),
             index_link=True,
             **_common(),

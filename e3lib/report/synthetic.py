@@ -54,6 +54,7 @@ def write_sweep(
     "split_metrics": {"SPLIT/CORRUPTION[/SEVERITY[/MEMBER]]": {name: [...]}} (optional;
     records of that split and corruption, severity 0 and member "ensemble" unless given,
     e.g. "corrupted/mean", "shifted/imagenet_a", "fewshot/mean/5/joint"),
+    "throughput": {field: [...]} (optional; per seed, provenance.throughput fields),
     "seeds": {seed: None|"diverged"}}``; an ensemble cell also ``"kind": "ensemble"``,
     optionally ``"ensemble_kind"`` (downstream), ``"member_method"`` (the members' method,
     vmoe) and ``"replicates"``. ``select`` is written into the index as declared
@@ -174,6 +175,10 @@ def write_sweep(
                 },
                 "records": records,
             }
+            if "throughput" in cell:
+                result["provenance"]["throughput"] = {
+                    k: v[si] for k, v in cell["throughput"].items()
+                }
             (run_dir / "results.json").write_text(json.dumps(result))
             (run_dir / "done.json").write_text(json.dumps({"status": "ok"}))
             if with_predictions:

@@ -34,6 +34,7 @@ from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
 from e3lib.config import run_id, short_hash, size_shape, upstream_id
 from e3lib.curves import CURVES_FILE, default_heldout_every, write_curve
 from e3lib.errors import ConfigError
+from e3lib.monitor import finetune_monitor
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
 from e3lib.run_config import RunConfig, require_run_config
@@ -192,6 +193,10 @@ def finetune_and_evaluate(
     job = finetune_job(cfgs, suite, model)
     job.placement = placement
     attach_validation(job, suite, cfg0.finetune)
+    devices = placement.describe()
+    job.monitor = finetune_monitor(
+        cfgs, [Path(o) for o in outs], suite.num_classes, devices["num_devices"], is_writer()
+    )
     size = cfg0.data.image_size
     # A checkpoint named by upstream.checkpoint (no upstream stage), or a published one the
     # upstream stage registered, is read and converted by e3lib.upstreams.
@@ -221,7 +226,10 @@ def finetune_and_evaluate(
         ckpt = TrainCheckpoints(directory, every=job.checkpoint_every)
     try:
         state, summary = train(job, state, ckpt, progress_mode, stop)
-    except Diverged as err:
+    except BaseException as err:
+        job.monitor.close()  # the last progress record; sinks flushed on every way out
+        if not isinstance(err, Diverged):
+            raise
         bad = [0] if err.seed_index is None else [err.seed_index]
         for i, (c, out) in enumerate(zip(cfgs, outs) if is_writer() else ()):
             msg = str(err) if i in bad else f"packed with a diverged seed: {err}"
@@ -254,6 +262,8 @@ def finetune_and_evaluate(
         train_info = {k: v for k, v in summary.items() if k not in ("final", "curves")}
         train_info["final"] = {k: v[i] for k, v in summary["final"].items()}
         train_info["packed_seeds"] = list(job.seeds) if job.packed else None
+        job.monitor.log_records(i, records)
+        throughput = job.monitor.throughput(i)
         write_curve(Path(out) / CURVES_FILE, summary["curves"][i])  # before results.json
         write_results(
             out,
@@ -263,7 +273,7 @@ def finetune_and_evaluate(
                 "config": c.to_dict(),
                 "model_shape": size_shape(c),
                 "upstream_id": upstream_id(c),
-                "provenance": dict(provenance(started), devices=placement.describe()),
+                "provenance": dict(provenance(started), devices=devices, throughput=throughput),
                 "cost": cost,
                 "train": train_info,
                 "records": records,
@@ -271,6 +281,7 @@ def finetune_and_evaluate(
             probs,
             labels,
         )
+    job.monitor.close()
 
 
 def cli_run(argv: list[str]) -> int:

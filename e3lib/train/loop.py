@@ -81,6 +81,7 @@ class Job:
     microsteps: int = 1  # μ micro-batches per step (gradient accumulation)
     microsteps_field: str = "finetune.microsteps"  # the config field μ comes from
     group_images: int = 1  # images per routing group a micro-batch keeps whole (1: no groups)
+    monitor: Any = None  # e3lib.monitor.RunMonitor: live metrics, progress.json, throughput
 
     @property
     def packed(self) -> bool:
@@ -288,6 +289,8 @@ def train(
         recorder.restart_heldout(step)
     step_fn = make_train_step(job)
     progress = Progress(job.steps, job.desc, progress_mode, start=step)
+    if job.monitor is not None:
+        job.monitor.begin(step, recorder, placement.fetch)
     t0, compile_seconds, metrics = time.perf_counter(), None, None
     fault = fault_injection()
     batch = batch_of(step) if step < job.steps else None
@@ -316,9 +319,12 @@ def train(
             # the loss is already on the host (``losses``); fetch only the other quantities
             rest = {k: placement.fetch(metrics[k]) for k in MEASURED if k != "loss"}
             recorder.add(step, {"loss": losses, **rest})
+            step_seconds = time.perf_counter() - t_step
             step += 1
             if job.heldout is not None and (step % job.heldout_every == 0 or step == job.steps):
                 recorder.add_heldout(step, job.heldout_every, job.heldout(state["params"]))
+            if job.monitor is not None:  # before the checkpoint: its points are on disk
+                job.monitor.after_step(step, step_seconds, metrics, recorder)
             if checkpoints is not None:
                 checkpoints.save(
                     step, state, extra=_input_state(job, step), history=recorder.state()

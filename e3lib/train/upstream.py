@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
-from e3lib.config import resolve, upstream_config, upstream_id
+from e3lib.config import resolve, short_hash, upstream_config, upstream_id
 from e3lib.curves import CURVES_FILE, default_heldout_every, write_curve
 from e3lib.errors import ConfigError
+from e3lib.monitor import upstream_monitor
 from e3lib.progress import MODES as PROGRESS_MODES
 from e3lib.provenance import provenance, utc_now
-from e3lib.run_config import UpstreamConfig
+from e3lib.run_config import LogConfig, UpstreamConfig
 from e3lib.train.cache import setup_jax_cache
 from e3lib.train.heldout import heldout_metrics, subset_probs
 from e3lib.train.loop import Job, init_params, initial_state, train
@@ -77,6 +78,7 @@ def pretrain_upstream(
     checkpoint_every: int = UpstreamConfig.checkpoint_every,
     eval_every: int | None = UpstreamConfig.eval_every,
     remat: str = "none",
+    log_cfg: LogConfig | None = None,
 ) -> dict:
     """Pretrain the upstream model; returns the done-file content (params saved first).
 
@@ -122,12 +124,24 @@ def pretrain_upstream(
         microsteps=ucfg.get("microsteps", 1),  # in the upstream's identity unless 1
         microsteps_field="upstream.microsteps",
         group_images=routing_group_images(mcfg),
+        monitor=upstream_monitor(
+            ucfg,
+            mcfg,
+            short_hash(dict(ucfg)),
+            workdir,
+            log_cfg or LogConfig(),
+            num_classes,
+            checkpoint_every,
+        ),
     )
     params = init_params(model, ucfg["seed"], ucfg["image_size"])
     state = initial_state(job.optimizer, params, ucfg["seed"])
     ckpt = TrainCheckpoints(workdir / "ckpt", every=job.checkpoint_every)
     try:
         state, summary = train(job, state, ckpt, progress_mode, stop)
+    except BaseException:
+        job.monitor.close()
+        raise
     finally:
         ckpt.close()
         if stream is not None:
@@ -147,6 +161,9 @@ def pretrain_upstream(
     held = summary["curves"][0].get("heldout")
     if held:
         metrics.update(heldout_nll=held["loss"][-1], heldout_error=held["error"][-1])
+    job.monitor.log_records(0, [_record(k, v) for k, v in metrics.items()])
+    throughput = job.monitor.throughput()
+    job.monitor.close()
     return {
         "status": "ok",
         "config": dict(ucfg),
@@ -155,7 +172,13 @@ def pretrain_upstream(
         "metrics": metrics,
         "train": {k: v for k, v in summary.items() if k != "curves"},
         "curves": summary["curves"][0],
+        "throughput": throughput,
     }
+
+
+def _record(name: str, value) -> dict:
+    """An upstream metric as a final-evaluation record (e3lib.monitor logs ``eval/...``)."""
+    return {"split": "train", "member": "ensemble", "metric": name, "value": value}
 
 
 def _heldout_set(ucfg: Mapping[str, Any], streamed: bool):
@@ -255,14 +278,18 @@ def cli_upstream(argv: list[str]) -> int:
                 cfg.upstream.checkpoint_every,
                 cfg.upstream.eval_every,
                 cfg.model.remat,
+                cfg.log,
             ),
             on_diverged=record_divergence,
         )
         if code != EXIT_OK:
             return code
         done["upstream_id"] = upstream_id(cfg)
+        throughput = done.pop("throughput")
         write_curve(Path(a.done).parent / CURVES_FILE, done.pop("curves"))
     done["provenance"] = provenance(started)
+    if not ucfg["checkpoint"]:
+        done["provenance"]["throughput"] = throughput
     done["params_path"] = stored_params_path(done["params_path"], Path(a.done).parent)
     atomic_write_json(a.done, done)
     return EXIT_OK
