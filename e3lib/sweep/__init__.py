@@ -29,11 +29,13 @@ Modules, by stage (each importable on its own; this package re-exports the publi
     guards      limits and checks against hanging or silently wrong input (``max_runs``)
     outputs     ``check_output_dirs``: results / reports / logs usable, refused at parse
     resources   ``job_resources`` per job for Snakemake; ``check_fits`` of paper jobs
+    cost        device-hours per job and sweep before launch; ``check_budget``
     cli         ``e3 expand``
 """
 
 from e3lib.sweep.catalog import Catalog
 from e3lib.sweep.cli import cli_expand
+from e3lib.sweep.cost import check_budget, sweep_costs
 from e3lib.sweep.ensembles import (
     ENSEMBLE_KINDS,
     ENSEMBLE_RUNS_AXIS,
@@ -103,6 +105,8 @@ __all__ = [
     "STAGES",
     "job_resources",
     "check_fits",
+    "check_budget",
+    "sweep_costs",
     "fit_problems",
     "SCHEMA_PATH",
     "SweepError",

@@ -31,6 +31,46 @@ SIZE_RESOURCES: dict[str, dict[str, Any]] = {
     "H/14": dict(tpu=("v5p-128", "v3-512"), gpus=(128, 64), mem_mb=128000, min_per_kstep=150),
 }
 STAGES = ("finetune", "upstream")  # order of the (fine-tune, pretraining) pairs above
+FAMILY_ORDER = ("v3", "v4", "v5p", "v5litepod")  # the paper's chips first
+# The paper grid of the compile table (e3lib.train.plan_grid): entries at this setting,
+# without overrides, set the fine-tuning slices of SIZE_RESOURCES.
+PAPER_GRID = {"image_size": 384, "batch_size": 512, "num_experts": 32, "num_classes": 1000}
+
+
+def table_slices(table: Mapping[Any, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per model size and TPU family, the smallest compiled slice whose TPU-compiler peak
+    holds, with ``fitcheck.HEADROOM``, the step of every method compiled for that size in
+    that family (the compile table's paper-grid entries; a family where some method fits
+    no compiled slice is left out)."""
+    from e3lib.parallel.fitcheck import tpu_devices
+
+    best: dict[tuple[str, str, str], tuple[int, str] | None] = {}
+    for e in table.values():
+        k = e["key"]
+        grid = {
+            "image_size": k["image_size"],
+            "batch_size": k["finetune"]["batch_size"],
+            "num_experts": k["model"]["num_experts"],
+            "num_classes": k["num_classes"],
+        }
+        if grid != PAPER_GRID or e.get("set"):
+            continue
+        cell = (k["model"]["size"], e["target"].split("-")[0], k["method"])
+        here = (tpu_devices(e["target"])[1], e["target"])
+        if e["fits"] and (best.get(cell) is None or here < best[cell]):
+            best[cell] = here
+        best.setdefault(cell, None)
+    out: dict[str, dict[str, str]] = {}
+    for size, family in sorted({c[:2] for c in best}):
+        smallest = [v for c, v in best.items() if c[:2] == (size, family)]
+        if None not in smallest:  # every method fits some slice: the largest of those
+            out.setdefault(size, {})[family] = max(smallest)[1]
+    return out
+
+
+def preferred_slice(by_family: Mapping[str, str]) -> str | None:
+    """The slice of the first family of ``FAMILY_ORDER`` that holds the step."""
+    return next((by_family[f] for f in FAMILY_ORDER if f in by_family), None)
 
 
 def job_resources(
@@ -61,8 +101,10 @@ def job_resources(
 
 def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
     """Why a fine-tuning job's requested TPU slice / GPUs cannot hold its train step
-    (``e3lib.parallel.fitcheck``: the analytic estimate calibrated on compiled plans)."""
+    (``e3lib.parallel.fitcheck``: the TPU compiler's figure from the compile table where it
+    has the job's step, else the analytic estimate; each message names its source)."""
     from e3lib.parallel.fitcheck import request_problems
+    from e3lib.parallel.fittable import lookup
 
     res = job_resources(cfg, "finetune")
     mesh = cfg.get("mesh")
@@ -72,6 +114,7 @@ def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
         res["tpu_type"],
         res["gpus"],
         expert_axis=expert if expert and expert > 0 else None,
+        lookup=lambda tpu_type: lookup(cfg, tpu_type),
     )
 
 
@@ -81,18 +124,12 @@ def check_fits(plan: Any, variant: str) -> None:
     smallest TPU type / GPU count that fits. Other variants run on one small device."""
     if variant != "paper":
         return
+    from e3lib.parallel.fittable import key_text, program_key
+
     seen: dict[str, list[str]] = {}
     for sweep in plan.sweeps.values():
         for rid, cfg in sweep.runs.items():
-            key = repr(
-                (
-                    cfg["model"],
-                    cfg["method"],
-                    cfg["data"]["image_size"],
-                    cfg["finetune"]["batch_size"],
-                    cfg.get("mesh"),
-                )
-            )
+            key = key_text(program_key(cfg))
             if key not in seen:
                 seen[key] = fit_problems(cfg)
             if seen[key]:

@@ -1,0 +1,121 @@
+"""Cost before launch: estimated device-hours of every job of a sweep plan (fine-tuning and
+pretraining), summed per run group and per sweep, and the budget check at parse time
+(``check_budget``, called from ``workflow/rules/common.smk``).
+
+A job's device count and chip are those it requests (``job_resources``: its Cloud TPU type);
+its step time is the roofline of the compile table's entry for it when there is one
+(``e3lib.parallel.fittable``), else the analytic FLOPs (``e3lib.cost.analytic``) at the
+chip's peak, both over ``roofline.EFFICIENCY`` (``e3lib.parallel.roofline``). Pretraining
+jobs (one per upstream id, absent when ``upstream.checkpoint`` is set) are priced from
+analytic FLOPs. Evaluation is not counted. JAX is never imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from e3lib.sweep.resources import job_resources
+from e3lib.sweep.schema import SweepError
+
+DEFAULT_BUDGET_DEVICE_HOURS = 50_000.0  # per sweep file
+DEFAULT_BUDGET_RUN_DEVICE_HOURS = 20_000.0  # per job
+
+
+def _step(cfg: Mapping[str, Any], stage: str, memo: dict) -> tuple[dict, str, int]:
+    """(step estimate, tpu type, devices) of one job; memoised on what shapes the step."""
+    from e3lib.config import upstream_config, upstream_model_config
+    from e3lib.cost.analytic import analytic_gflops
+    from e3lib.parallel.fitcheck import tpu_devices
+    from e3lib.parallel.fittable import key_text, lookup, program_key
+    from e3lib.parallel.roofline import step_estimate
+    from e3lib.run_config import RunConfig
+
+    tpu_type = job_resources(cfg, stage)["tpu_type"]
+    if stage == "upstream":
+        ucfg = upstream_config(cfg)
+        memo_key = (stage, key_text(ucfg | {"steps": 0, "seed": 0, "lr": 0}), tpu_type)
+    else:
+        memo_key = (stage, key_text(program_key(cfg)), tpu_type)
+    if memo_key not in memo:
+        chip, devices = tpu_devices(tpu_type)
+        if stage == "upstream":
+            run, batch, entry = upstream_model_config(ucfg), ucfg["batch_size"], None
+        else:
+            run, batch = RunConfig.from_dict(cfg), cfg["finetune"]["batch_size"]
+            entry = lookup(cfg, tpu_type)
+        flops = analytic_gflops(run) * 1e9 * batch / devices
+        memo[memo_key] = (step_estimate(entry, flops, chip), tpu_type, devices)
+    return memo[memo_key]
+
+
+def sweep_costs(plan: Any) -> dict[str, dict[str, Any]]:
+    """Per sweep name: {"file", "total" device-hours, "groups": [...], "runs": {id: row}},
+    a group being one (stage, size, method, TPU type, source) with its job count."""
+    from e3lib.config import upstream_id
+    from e3lib.parallel.roofline import device_hours
+
+    memo: dict = {}
+    out = {}
+    for name, sweep in plan.sweeps.items():
+        groups: dict[tuple, dict[str, Any]] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        seen_up: set[str] = set()
+        for rid, cfg in sweep.runs.items():
+            jobs = [("finetune", rid, cfg["finetune"]["steps"])]
+            uid = upstream_id(cfg)
+            if not cfg["upstream"]["checkpoint"] and uid not in seen_up:
+                seen_up.add(uid)
+                jobs.append(("upstream", uid, cfg["upstream"]["steps"]))
+            for stage, job_id, steps in jobs:
+                est, tpu_type, devices = _step(cfg, stage, memo)
+                hours = device_hours(steps, est["step_s"], devices)
+                rows[f"{stage} {job_id}"] = {"device_hours": hours, "steps": steps, **est}
+                key = (stage, cfg["model"]["size"], cfg["method"], tpu_type, est["source"])
+                g = groups.setdefault(
+                    key, {"jobs": 0, "device_hours": 0.0, "step_s": est["step_s"]}
+                )
+                g["jobs"] += 1
+                g["device_hours"] += hours
+        out[name] = {
+            "file": sweep.file,
+            "total": sum(r["device_hours"] for r in rows.values()),
+            "groups": [
+                dict(zip(("stage", "size", "method", "tpu_type", "source"), k), **v)
+                for k, v in groups.items()
+            ],
+            "runs": rows,
+        }
+    return out
+
+
+def check_budget(
+    plan: Any,
+    budget_device_hours: float = DEFAULT_BUDGET_DEVICE_HOURS,
+    budget_run_device_hours: float = DEFAULT_BUDGET_RUN_DEVICE_HOURS,
+) -> None:
+    """Refuse a plan whose estimated device-hours exceed the budget: SweepError naming the
+    sweep file and, for a job over the per-job cap, the job and its estimate."""
+    for name, cost in sweep_costs(plan).items():
+        job, worst = max(cost["runs"].items(), key=lambda kv: kv[1]["device_hours"])
+        hours = worst["device_hours"]
+        if hours > budget_run_device_hours:
+            raise SweepError(
+                cost["file"],
+                job,
+                f"{worst['steps']} steps",
+                f"estimated {hours:,.0f} device-hours ({worst['source']} step time "
+                f"{worst['step_s']:.3g} s) exceed the per-job budget of "
+                f"{budget_run_device_hours:,.0f}; raise it with --config "
+                "budget_run_device_hours=... (docs/scale.md, 'Cost before launch')",
+            )
+        if cost["total"] > budget_device_hours:
+            raise SweepError(
+                cost["file"],
+                "sweep",
+                name,
+                f"estimated {cost['total']:,.0f} device-hours over {len(cost['runs'])} jobs "
+                f"exceed the budget of {budget_device_hours:,.0f} per sweep (largest job: "
+                f"{job}, {hours:,.0f}); raise it with --config budget_device_hours=... "
+                "(docs/scale.md, 'Cost before launch')",
+            )
