@@ -60,9 +60,7 @@ def test_tpu_compiler_figures_of_a_small_vmoe_on_v3_8(tmp_path):
     assert 0.8 < r["step_tflops_per_device"] * 1e12 / analytic < 1.25
     assert r["bytes_accessed_per_device"] > 0 and r["collective_bytes_per_device"] > 0
     rf = r["roofline"]
-    assert rf["bound_s"] == pytest.approx(
-        max(rf["compute_s"], rf["memory_s"]) + rf["collective_s"]
-    )
+    assert rf["bound_s"] == pytest.approx(max(rf["compute_s"], rf["memory_s"]) + rf["collective_s"])
     # compiled once: the second call reads the cache
     assert plan(tmp_path, *sets)["cached"]
 
