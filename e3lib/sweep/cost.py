@@ -27,17 +27,17 @@ def _step(cfg: Mapping[str, Any], stage: str, memo: dict) -> tuple[dict, str, in
     from e3lib.config import upstream_config, upstream_model_config
     from e3lib.cost.analytic import analytic_gflops
     from e3lib.parallel.fitcheck import tpu_devices
-    from e3lib.parallel.fittable import key_text, lookup, program_key
+    from e3lib.parallel.fittable import lookup, program_key
     from e3lib.parallel.roofline import step_estimate
     from e3lib.run_config import RunConfig
 
-    tpu_type = job_resources(cfg, stage)["tpu_type"]
     if stage == "upstream":
         ucfg = upstream_config(cfg)
-        memo_key = (stage, key_text(ucfg | {"steps": 0, "seed": 0, "lr": 0}), tpu_type)
+        memo_key = repr((stage, {k: v for k, v in ucfg.items() if k not in _UP_SCALARS}))
     else:
-        memo_key = (stage, key_text(program_key(cfg)), tpu_type)
+        memo_key = repr((stage, program_key(cfg)))
     if memo_key not in memo:
+        tpu_type = job_resources(cfg, stage)["tpu_type"]
         chip, devices = tpu_devices(tpu_type)
         if stage == "upstream":
             run, batch, entry = upstream_model_config(ucfg), ucfg["batch_size"], None
@@ -49,10 +49,12 @@ def _step(cfg: Mapping[str, Any], stage: str, memo: dict) -> tuple[dict, str, in
     return memo[memo_key]
 
 
+_UP_SCALARS = ("seed", "steps", "lr", "warmup", "weight_decay", "checkpoint_sha256")
+
+
 def sweep_costs(plan: Any) -> dict[str, dict[str, Any]]:
     """Per sweep name: {"file", "total" device-hours, "groups": [...], "runs": {id: row}},
     a group being one (stage, size, method, TPU type, source) with its job count."""
-    from e3lib.config import upstream_id
     from e3lib.parallel.roofline import device_hours
 
     memo: dict = {}
@@ -63,7 +65,7 @@ def sweep_costs(plan: Any) -> dict[str, dict[str, Any]]:
         seen_up: set[str] = set()
         for rid, cfg in sweep.runs.items():
             jobs = [("finetune", rid, cfg["finetune"]["steps"])]
-            uid = upstream_id(cfg)
+            uid = sweep.run_upstream[rid]
             if not cfg["upstream"]["checkpoint"] and uid not in seen_up:
                 seen_up.add(uid)
                 jobs.append(("upstream", uid, cfg["upstream"]["steps"]))

@@ -124,12 +124,12 @@ def check_fits(plan: Any, variant: str) -> None:
     smallest TPU type / GPU count that fits. Other variants run on one small device."""
     if variant != "paper":
         return
-    from e3lib.parallel.fittable import key_text, program_key
+    from e3lib.parallel.fittable import program_key
 
     seen: dict[str, list[str]] = {}
     for sweep in plan.sweeps.values():
         for rid, cfg in sweep.runs.items():
-            key = key_text(program_key(cfg))
+            key = repr(program_key(cfg))
             if key not in seen:
                 seen[key] = fit_problems(cfg)
             if seen[key]:
