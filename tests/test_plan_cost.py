@@ -211,3 +211,40 @@ def test_parse_time_checks_and_reference_estimates_import_no_jax(tmp_path):
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_fit_check_reads_the_table_then_scales_an_anchor_then_estimates(monkeypatch):
+    from e3lib.config import resolve
+    from e3lib.parallel.fitcheck import GIB, analytic_bytes, tpu_need
+
+    base = {
+        "method": "vmoe",
+        "model": {"size": "S/32", "num_experts": 32, "num_selected": 2},
+        "data": {"image_size": 384},
+        "finetune": {"batch_size": 512},
+    }
+    k2 = resolve(base)
+    k4 = resolve({**base, "model": {**base["model"], "num_selected": 4}})
+    fits_entry = {
+        "key": fittable.program_key(k2.to_dict()),
+        "target": "v3-8",
+        "compiler_fits": True,
+        "peak_bytes": 4 * GIB,
+    }
+    oom_entry = {
+        "key": fittable.program_key(k4.to_dict()),
+        "target": "v3-32",
+        "compiler_fits": False,
+        "oom": {"required_bytes": 20 * GIB, "required_for": "HLO temporaries"},
+    }
+    table = {(fittable.key_text(e["key"]), e["target"]): e for e in (fits_entry, oom_entry)}
+    monkeypatch.setattr(fittable, "load_table", lambda path=None: table)
+    got = tpu_need(k2, "v3-8")  # compiled: the compiler's peak
+    assert got == {"bytes": 4 * GIB, "fits": True, "source": "TPU compiler"}
+    got = tpu_need(k4, "v3-32")  # compiled, out of memory: does not fit
+    assert not got["fits"] and got["bytes"] == 20 * GIB and "out of memory" in got["source"]
+    got = tpu_need(k4, "v3-8")  # K=4 not compiled on v3-8: the K=2 figure, scaled
+    ratio = analytic_bytes(k4, 8) / analytic_bytes(k2, 8)
+    assert got["bytes"] == pytest.approx(4 * GIB * ratio) and "scaled" in got["source"]
+    got = tpu_need(k2, "v3-64")  # nothing on v3-64: the analytic estimate
+    assert got["bytes"] == analytic_bytes(k2, 64) and got["source"] == "analytic estimate"

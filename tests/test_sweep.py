@@ -752,13 +752,16 @@ def paper_plans():
 
 
 def test_every_paper_job_requests_devices_that_hold_its_step():
-    """Every fine-tuning job of every shipped sweep's paper variant: its TPU slice and its
-    GPU count hold the step (analytic per-device estimate + 10% headroom), so the
-    workflow's fit check (``check_fits``) passes them all."""
-    from e3lib.parallel.fitcheck import GIB, HEADROOM, analytic_bytes, tpu_devices
+    """Every fine-tuning job of every shipped sweep's paper variant: its TPU slice holds the
+    step (the TPU compiler's figure from the compile table where it has the step, else the
+    analytic estimate; + 10% headroom) and so does its GPU count (analytic), so the
+    workflow's fit check (``check_fits``) passes them all; and each size's slice is the
+    smallest of its family that does (the next smaller one fails some job of that size)."""
+    from e3lib.parallel.fitcheck import GIB, HEADROOM, TPU_SIZES, analytic_bytes, tpu_need
+    from e3lib.parallel.fittable import lookup
     from e3lib.run_config import RunConfig
 
-    checked = set()
+    checked, by_size = set(), {}
     for path, sweep in paper_plans():
         S.check_fits(sweep_plan(sweep), "paper")
         for rid, cfg in sweep.runs.items():
@@ -772,13 +775,20 @@ def test_every_paper_job_requests_devices_that_hold_its_step():
                 continue
             checked.add(key)
             res = S.job_resources(cfg, "finetune")
-            chip, devices = tpu_devices(res["tpu_type"])
-            mem = {"v3": 16, "v4": 32, "v5p": 95}[chip]
             typed = RunConfig.from_dict(cfg)  # a sweep's run config, resolved at expansion
-            assert analytic_bytes(typed, devices) * HEADROOM <= mem * GIB, (path.stem, rid)
+            need = tpu_need(typed, res["tpu_type"], entry=lookup(cfg, res["tpu_type"]))
+            assert need["fits"], (path.stem, rid, need)
             assert analytic_bytes(typed, res["gpus"]) * HEADROOM <= 80 * GIB, (path.stem, rid)
-            assert cfg["finetune"]["batch_size"] % devices == 0
+            by_size.setdefault(cfg["model"]["size"], []).append((cfg, typed))
     assert len(checked) > 20
+    for size, jobs in by_size.items():
+        family, n = S.SIZE_RESOURCES[size]["tpu"][0].rsplit("-", 1)
+        smaller = [m for m in TPU_SIZES[family] if m < int(n)]
+        if smaller:
+            slice_ = f"{family}-{smaller[-1]}"
+            assert not all(tpu_need(t, slice_, entry=lookup(c, slice_))["fits"] for c, t in jobs), (
+                f"{size}: every paper job fits {slice_}"
+            )
 
 
 def sweep_plan(sweep):

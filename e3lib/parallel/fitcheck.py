@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -173,42 +172,55 @@ def tpu_need(
     tpu_type: str,
     num_classes: int = 1000,
     expert_axis: int | None = None,
-    entry: Mapping[str, Any] | None = None,
+    use_table: bool = True,
 ) -> dict[str, Any]:
-    """Per-device memory of the step on a TPU slice and whether it fits with ``HEADROOM``:
-    from the compile table's ``entry`` when there is one (the TPU compiler's peak, or its
-    out-of-memory verdict), else the analytic estimate. {"bytes", "fits", "source"}."""
+    """Per-device memory of the step on a TPU slice and whether it fits with ``HEADROOM``,
+    {"bytes", "fits", "source"}, from the compile table (``fittable``) when it can:
+
+    - the table has this step on this slice: the TPU compiler's peak, or its out-of-memory
+      verdict;
+    - it has another step of the same size, image size and batch that fits this slice (an
+      anchor): the anchor's compiled peak × analytic(this) / analytic(anchor);
+    - neither: the analytic estimate."""
+    from e3lib.parallel import fittable
+
     chip, devices = tpu_devices(tpu_type)
-    if entry is None:
-        need = analytic_bytes(cfg, devices, num_classes, expert_axis)
-        return {"bytes": need, "fits": fits(need, chip, HEADROOM), "source": "analytic estimate"}
-    if entry.get("compiler_fits"):
+    d = cfg.to_dict()
+    entry = fittable.lookup(d, tpu_type, num_classes) if use_table else None
+    if entry is not None and entry.get("compiler_fits"):
         need = entry["peak_bytes"]
         return {"bytes": need, "fits": fits(need, chip, HEADROOM), "source": "TPU compiler"}
-    oom = entry.get("oom") or {}
+    if entry is not None:
+        oom = entry.get("oom") or {}
+        return {
+            "bytes": oom.get("required_bytes", math.inf),
+            "fits": False,
+            "source": "TPU compiler: out of memory, " + oom.get("required_for", "total"),
+        }
+    need = analytic_bytes(cfg, devices, num_classes, expert_axis)
+    anchor = fittable.anchor(d, tpu_type, num_classes) if use_table else None
+    if anchor is None:
+        return {"bytes": need, "fits": fits(need, chip, HEADROOM), "source": "analytic estimate"}
+    k = anchor["key"]
+    ref = analytic_bytes(fittable.key_config(k), devices, k["num_classes"])
+    need = anchor["peak_bytes"] * need / ref
     return {
-        "bytes": oom.get("required_bytes", math.inf),
-        "fits": False,
-        "source": "TPU compiler: out of memory, " + oom.get("required_for", "total"),
+        "bytes": need,
+        "fits": fits(need, chip, HEADROOM),
+        "source": f"TPU compiler's {k['model']['size']} {k['method']} figure scaled by the "
+        "analytic estimate",
     }
 
 
-Lookup = Callable[[str], "Mapping[str, Any] | None"]
-
-
-def smallest_tpu(
-    cfg: RunConfig, family: str, num_classes: int = 1000, lookup: Lookup | None = None
-) -> str | None:
+def smallest_tpu(cfg: RunConfig, family: str, num_classes: int = 1000) -> str | None:
     """The smallest slice of a TPU family ("v3", "v4", "v5p", "v5litepod") whose devices
-    hold the step with ``HEADROOM`` (None if none does); ``lookup(tpu_type)`` gives the
-    compile table's entry of the step on a slice, if any."""
+    hold the step with ``HEADROOM`` (``tpu_need``; None if none does)."""
     for n in TPU_SIZES[family]:
         name = f"{family}-{n}"
         chip, devices = tpu_devices(name)
         if cfg.finetune.batch_size % devices:
             continue
-        entry = lookup(name) if lookup else None
-        if tpu_need(cfg, name, num_classes, entry=entry)["fits"]:
+        if tpu_need(cfg, name, num_classes)["fits"]:
             return name
     return None
 
@@ -231,18 +243,17 @@ def request_problems(
     gpus: int | None,
     num_classes: int = 1000,
     expert_axis: int | None = None,
-    lookup: Lookup | None = None,
 ) -> list[str]:
     """Why a job's requested TPU type / GPU count cannot hold its step (empty: both fit),
-    each with the smallest request of that kind that would; ``lookup`` as for
-    ``smallest_tpu`` (GPUs are checked on the analytic estimate)."""
+    each with the smallest request of that kind that would (TPU slices: ``tpu_need``;
+    GPUs: the analytic estimate)."""
     out = []
     if tpu_type:
         chip, devices = tpu_devices(tpu_type)
-        need = tpu_need(cfg, tpu_type, num_classes, expert_axis, lookup and lookup(tpu_type))
+        need = tpu_need(cfg, tpu_type, num_classes, expert_axis)
         if not need["fits"]:
             family = tpu_type.split("-")[0]
-            better = smallest_tpu(cfg, family, num_classes, lookup)
+            better = smallest_tpu(cfg, family, num_classes)
             out.append(
                 f"tpu_type {tpu_type} ({devices} devices of {CHIP_GIB[chip]:g} GiB): "
                 f"about {need['bytes'] / GIB:.1f} GiB per device needed ({need['source']}; "

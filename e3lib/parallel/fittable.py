@@ -94,6 +94,44 @@ def lookup(cfg: Mapping[str, Any], target: str, num_classes: int = 1000) -> dict
     return load_table().get((key_text(program_key(cfg, num_classes)), target))
 
 
+def anchor(cfg: Mapping[str, Any], target: str, num_classes: int = 1000) -> dict | None:
+    """A compiled entry on ``target`` that fits, of the same model size, image size, global
+    batch and classes as ``cfg`` and without overrides (the same method first), or None."""
+    k = program_key(cfg, num_classes)
+    best = None
+    for (_, t), e in load_table().items():
+        ek = e["key"]
+        if t != target or not e.get("compiler_fits") or e.get("set"):
+            continue
+        same = (ek["model"]["size"], ek["image_size"], ek["finetune"]["batch_size"])
+        if same != (k["model"]["size"], k["image_size"], k["finetune"]["batch_size"]):
+            continue
+        if ek["num_classes"] == num_classes and (best is None or ek["method"] == k["method"]):
+            best = e
+    return best
+
+
+@functools.lru_cache(maxsize=256)
+def _key_config(text: str):
+    from e3lib.config import resolve
+
+    k = json.loads(text)
+    model = {f: v for f, v in k["model"].items() if f not in _NONZERO_ONLY["model"]}
+    return resolve(
+        {
+            "method": k["method"],
+            "model": model,
+            "data": {"image_size": k["image_size"]},
+            "finetune": {"batch_size": k["finetune"]["batch_size"]},
+        }
+    )
+
+
+def key_config(key: Mapping[str, Any]):
+    """A resolved run config with the fields of a program key (the rest default)."""
+    return _key_config(key_text(key))
+
+
 def write_table(entries: list[dict[str, Any]], path: Path | None = None) -> Path:
     """Write the table atomically, entries sorted by (size, method, target)."""
     from e3lib.atomic import write_text

@@ -104,7 +104,6 @@ def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
     (``e3lib.parallel.fitcheck``: the TPU compiler's figure from the compile table where it
     has the job's step, else the analytic estimate; each message names its source)."""
     from e3lib.parallel.fitcheck import request_problems
-    from e3lib.parallel.fittable import lookup
 
     res = job_resources(cfg, "finetune")
     mesh = cfg.get("mesh")
@@ -114,7 +113,6 @@ def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
         res["tpu_type"],
         res["gpus"],
         expert_axis=expert if expert and expert > 0 else None,
-        lookup=lambda tpu_type: lookup(cfg, tpu_type),
     )
 
 

@@ -5,8 +5,10 @@ cost, before anything is launched (docs/scale.md, "Fit check before launch").
     e3 plan ... --target cpu:8                                         XLA:CPU, 8 virtual devices
     e3 plan ... --analytic                                             closed-form estimate
     e3 plan --grid [--sizes ...] [--methods ...] [--targets ...] [--set ...] [--write-table]
+            [--references] [--cache-only]   the compile table (e3lib/parallel/fit_table.json)
     e3 plan --sweep sweeps/FILE.yaml [--variant paper]                 device-hours per sweep
     e3 plan --references                                               estimates vs reported times
+    e3 plan --calibrate              fit the analytic estimate's coefficients to the table
 
 A TPU target is compiled by the TPU compiler for the slice's abstract topology when libtpu
 is installed (``pip install -e '.[tpu-plan]'``); without it the command says so and prints
@@ -46,9 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="grid methods: vmoe,e3")
     p.add_argument("--targets", help="grid TPU types, comma-separated")
     p.add_argument("--write-table", action="store_true", help="merge the grid into fit_table.json")
+    p.add_argument("--cache-only", action="store_true", help="grid: skip cells not yet compiled")
     p.add_argument("--sweep", nargs="*", metavar="FILE", help="estimate device-hours of sweeps")
     p.add_argument("--variant", default="paper")
-    p.add_argument("--references", action="store_true", help="reference wall times vs estimates")
+    p.add_argument(
+        "--references",
+        action="store_true",
+        help="reference wall times vs estimates (with --grid: compile the reference configs)",
+    )
+    p.add_argument(
+        "--calibrate", action="store_true", help="fit the analytic estimate to the table"
+    )
     return p
 
 
@@ -179,10 +189,16 @@ def cli_plan(argv: list[str]) -> int:
     try:
         if a.sweep:
             return _sweep(a)
-        if a.references:
-            return _references(a)
         if a.grid:
             return _grid(a)
+        if a.references:
+            return _references(a)
+        if a.calibrate:
+            from e3lib.parallel.fittable import load_table
+            from e3lib.train.plan_grid import calibrate
+
+            print(json.dumps(calibrate(load_table()), indent=1))
+            return 0
         cfg = _config(a)
         target = a.target or f"cpu:{a.devices}"
         from e3lib.train.plan_target import parse_target
@@ -222,6 +238,8 @@ def _grid(a) -> int:
         a.num_classes,
         use_cache=not a.no_cache,
         write=a.write_table,
+        cache_only=a.cache_only,
+        references=a.references,
     )
     return 0
 

@@ -89,26 +89,39 @@ def run_grid(
     num_classes: int = 1000,
     use_cache: bool = True,
     write: bool = False,
+    cache_only: bool = False,
+    references: bool = False,
 ) -> list[dict]:
-    """Compile every cell (targets outermost, then sizes, then methods), printing one line
-    each; with ``write`` merge the entries into the shipped compile table after each."""
+    """Compile every cell (targets outermost, then sizes, then methods; then, with
+    ``references``, the reference configs), printing one line each; with ``write`` merge
+    the entries into the shipped compile table after each; with ``cache_only`` skip (and
+    list) the cells the cache lacks."""
     from e3lib.parallel.fitcheck import tpu_devices
     from e3lib.train.plan_target import compile_target
 
-    rows = []
+    cells = []
     for target in targets:
         _, devices = tpu_devices(target)
         for size in sizes:
             for method in methods:
                 cfg = fit_groups(cell_config(size, method, overrides), devices)
-                t0 = time.perf_counter()
-                r = compile_target(cfg, target, num_classes, use_cache)
-                r.setdefault("compile_seconds", round(time.perf_counter() - t0, 1))
-                r["set"] = {k: v for k, v in overrides.items()}
-                rows.append(r)
-                print(row_text(r), flush=True)
-                if write:
-                    merge_into_table([r])
+                cells.append((f"{size} {method} {target}", cfg, target, num_classes))
+    if references:
+        for name, (over, classes, target, _) in REFERENCES.items():
+            cells.append((name, reference_config({**over, **overrides}), target, classes))
+    rows = []
+    for label, cfg, target, classes in cells:
+        t0 = time.perf_counter()
+        r = compile_target(cfg, target, classes, use_cache, cache_only)
+        if r is None:
+            print(f"{label}: not compiled (not in the cache)", flush=True)
+            continue
+        r.setdefault("compile_seconds", round(time.perf_counter() - t0, 1))
+        r["set"] = dict(overrides)
+        rows.append(r)
+        print(row_text(r), flush=True)
+        if write:
+            merge_into_table([r])
     return rows
 
 
@@ -223,3 +236,35 @@ def reference_estimates() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def calibrate(table: dict) -> dict[str, Any]:
+    """Least-squares coefficients of ``fitcheck.analytic_bytes`` (state, token features,
+    attention scores) on the compile table's entries that the compiler fitted, and each
+    entry's relative error under them."""
+    import numpy as np
+
+    from e3lib.cost.analytic import analytic_params
+    from e3lib.parallel.fitcheck import _largest_divisor, activation_units, expert_params
+    from e3lib.parallel.fittable import key_config
+
+    rows, peaks, names = [], [], []
+    for (_, target), e in sorted(table.items()):
+        if not e.get("compiler_fits") or e.get("set"):
+            continue
+        k = e["key"]
+        cfg = key_config(k)
+        d = e["devices"]
+        experts = expert_params(cfg)
+        n = _largest_divisor(d, cfg.model.num_experts)
+        state = 2 * 4 * (analytic_params(cfg, k["num_classes"]) - experts + experts / n)
+        rows.append((state, *activation_units(cfg, d)))
+        peaks.append(e["peak_bytes"])
+        names.append(f"{k['model']['size']} {k['method']} {target}")
+    a, p = np.asarray(rows, float), np.asarray(peaks, float)
+    coef, *_ = np.linalg.lstsq(a / p[:, None], np.ones_like(p), rcond=None)  # relative error
+    err = a @ coef / p - 1
+    return {
+        "coefficients": dict(zip(("state", "token", "attention"), map(float, coef))),
+        "errors": dict(zip(names, map(float, err))),
+    }

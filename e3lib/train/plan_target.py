@@ -113,11 +113,16 @@ def cache_path(cfg: RunConfig, target: str, num_classes: int, vers: dict) -> Pat
 
 
 def compile_target(
-    cfg: RunConfig, target: str, num_classes: int = 1000, use_cache: bool = True
-) -> dict[str, Any]:
+    cfg: RunConfig,
+    target: str,
+    num_classes: int = 1000,
+    use_cache: bool = True,
+    cache_only: bool = False,
+) -> dict[str, Any] | None:
     """Compile the run's train step for ``target`` (a Cloud TPU type, through libtpu); the
     plan's numbers with ``fits`` (the compiler's verdict and the chip memory with
-    ``HEADROOM``) and, when it does not fit, ``oom``. Cached by config, target, versions."""
+    ``HEADROOM``) and, when it does not fit, ``oom``. Cached by config, target, versions;
+    ``cache_only``: None instead of compiling what the cache lacks."""
     from e3lib.atomic import write_json
     from e3lib.train.plan import compile_step
 
@@ -128,6 +133,8 @@ def compile_target(
     path = cache_path(cfg, tpu_type, num_classes, vers)
     if use_cache and path.exists():
         return {**json.loads(path.read_text()), "cached": True}
+    if cache_only:
+        return None
     chip, _ = tpu_devices(tpu_type)
     head = {"target": tpu_type, "chip": chip, "devices": devices, "versions": vers}
     import jax
