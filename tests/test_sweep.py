@@ -758,7 +758,6 @@ def test_every_paper_job_requests_devices_that_hold_its_step():
     workflow's fit check (``check_fits``) passes them all; and each size's slice is the
     smallest of its family that does (the next smaller one fails some job of that size)."""
     from e3lib.parallel.fitcheck import GIB, HEADROOM, TPU_SIZES, analytic_bytes, tpu_need
-    from e3lib.parallel.fittable import lookup
     from e3lib.run_config import RunConfig
 
     checked, by_size = set(), {}
@@ -776,17 +775,17 @@ def test_every_paper_job_requests_devices_that_hold_its_step():
             checked.add(key)
             res = S.job_resources(cfg, "finetune")
             typed = RunConfig.from_dict(cfg)  # a sweep's run config, resolved at expansion
-            need = tpu_need(typed, res["tpu_type"], entry=lookup(cfg, res["tpu_type"]))
+            need = tpu_need(typed, res["tpu_type"])
             assert need["fits"], (path.stem, rid, need)
             assert analytic_bytes(typed, res["gpus"]) * HEADROOM <= 80 * GIB, (path.stem, rid)
-            by_size.setdefault(cfg["model"]["size"], []).append((cfg, typed))
+            by_size.setdefault(cfg["model"]["size"], []).append(typed)
     assert len(checked) > 20
     for size, jobs in by_size.items():
         family, n = S.SIZE_RESOURCES[size]["tpu"][0].rsplit("-", 1)
         smaller = [m for m in TPU_SIZES[family] if m < int(n)]
         if smaller:
             slice_ = f"{family}-{smaller[-1]}"
-            assert not all(tpu_need(t, slice_, entry=lookup(c, slice_))["fits"] for c, t in jobs), (
+            assert not all(tpu_need(t, slice_)["fits"] for t in jobs), (
                 f"{size}: every paper job fits {slice_}"
             )
 
