@@ -248,3 +248,24 @@ def test_fit_check_reads_the_table_then_scales_an_anchor_then_estimates(monkeypa
     assert got["bytes"] == pytest.approx(4 * GIB * ratio) and "scaled" in got["source"]
     got = tpu_need(k2, "v3-64")  # nothing on v3-64: the analytic estimate
     assert got["bytes"] == analytic_bytes(k2, 64) and got["source"] == "analytic estimate"
+
+
+def test_plan_without_libtpu_says_so_and_prints_the_analytic_estimate(monkeypatch, capsys):
+    import json
+
+    from e3lib.config import resolve
+    from e3lib.parallel.fitcheck import GIB, analytic_bytes
+    from e3lib.train import plan_cli, plan_target
+
+    monkeypatch.setattr(plan_target, "libtpu_version", lambda: None)
+    sets = ["model.size=S/32", "data.image_size=64", "finetune.batch_size=64"]
+    assert plan_cli.cli_plan(["--target", "v3-32", "--json", "--set", *sets]) == 0
+    out, err = capsys.readouterr()
+    assert "libtpu is not installed" in err and "analytic estimate instead" in err
+    got = json.loads(out)
+    cfg = resolve({"model": {"size": "S/32"}, "data": {"image_size": 64},
+                   "finetune": {"batch_size": 64}})  # fmt: skip
+    assert got["source"] == "analytic estimate" and got["devices"] == 32
+    assert got["peak_gib"] == round(analytic_bytes(cfg, 32) / GIB, 2)
+    assert plan_cli.cli_plan(["--target", "v9-8", "--set", *sets]) == 2
+    assert "TPU type 'v9-8'" in capsys.readouterr().err
