@@ -160,7 +160,7 @@ def _sweep(a) -> int:
                 f"{g['device_hours']:14,.0f} device-hours"
             )
         grand += c["total"]
-    print(f"total: {grand:,.0f} device-hours")
+    print(f"total: {grand:,.0f} device-hours (a job in several sweep files counted in each)")
     return 0
 
 
