@@ -205,7 +205,7 @@ def test_parse_time_checks_and_reference_estimates_import_no_jax(tmp_path):
     code = (
         "import sys\n"
         "from e3lib import sweep as S\n"
-        "from e3lib.train.plan_grid import reference_estimates\n"
+        "from e3lib.sweep.cost import reference_estimates\n"
         f"p = S.expand_sweeps([{str(REPO / 'sweeps/table13_permutation.yaml')!r}], 'paper')\n"
         "S.check_fits(p, 'paper'); S.check_budget(p)\n"
         "rows = reference_estimates()\n"

@@ -121,3 +121,77 @@ def check_budget(
                 f"{job}, {hours:,.0f}); raise it with --config budget_device_hours=... "
                 "(docs/scale.md, 'Cost before launch')",
             )
+
+
+# Reference configs with a reported wall time (their docstrings; docs/scale.md): run-config
+# overrides, classes, steps, slice, minutes reported.
+REFERENCES = {
+    "E³ S/32 CIFAR-100 fine-tune": (
+        {
+            "method": "e3",
+            "model.size": "S/32",
+            "model.num_experts": 8,
+            "model.num_selected": 1,
+            "model.ensemble_size": 2,
+            "model.group_images": 128,
+            "model.head_bias_init": -10,
+            "data.image_size": 128,
+            "finetune.batch_size": 1024,
+            "finetune.steps": 2000,
+        },
+        100,
+        "v3-8",
+        10,
+    ),
+    "V-MoE S/32 ILSVRC2012 fine-tune, 384 px, batch 1024": (
+        {
+            "method": "vmoe",
+            "model.size": "S/32",
+            "model.num_experts": 8,
+            "model.num_selected": 2,
+            "data.image_size": 384,
+            "finetune.batch_size": 1024,
+            "finetune.steps": 10000,
+        },
+        1000,
+        "v3-8",
+        48,
+    ),
+}
+
+
+def reference_config(overrides: dict[str, Any]):
+    from e3lib import tree
+    from e3lib.config import resolve
+
+    return resolve(tree.parse_assignments([f"{k}={v}" for k, v in overrides.items()]))
+
+
+def reference_estimates() -> list[dict[str, Any]]:
+    """Estimated wall minutes of each reference config beside the reported ones (from the
+    compile table where it has the config, else analytic FLOPs; no JAX)."""
+    from e3lib.config import as_dict
+    from e3lib.cost.analytic import analytic_gflops
+    from e3lib.parallel.fitcheck import tpu_devices
+    from e3lib.parallel.fittable import lookup
+    from e3lib.parallel.roofline import step_estimate
+
+    out = []
+    for name, (overrides, classes, target, minutes) in REFERENCES.items():
+        cfg = reference_config(overrides)
+        chip, devices = tpu_devices(target)
+        flops = analytic_gflops(cfg, classes) * 1e9 * cfg.finetune.batch_size / devices
+        est = step_estimate(lookup(as_dict(cfg), target, classes), flops, chip)
+        steps = cfg.finetune.steps
+        out.append(
+            {
+                "reference": name,
+                "target": target,
+                "steps": steps,
+                "reported_minutes": minutes,
+                "bound_minutes": steps * est["bound_s"] / 60,
+                "estimated_minutes": steps * est["step_s"] / 60,
+                **est,
+            }
+        )
+    return out

@@ -165,7 +165,7 @@ def _sweep(a) -> int:
 
 
 def _references(a) -> int:
-    from e3lib.train.plan_grid import reference_estimates
+    from e3lib.sweep.cost import reference_estimates
 
     rows = reference_estimates()
     if a.json:
