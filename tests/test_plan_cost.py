@@ -185,7 +185,8 @@ def test_a_run_of_a_billion_steps_is_refused_unless_the_budget_is_raised(tmp_pat
     with pytest.raises(S.SweepError) as info:
         S.check_budget(plan)
     msg = str(info.value)
-    assert msg.startswith(f"{path}: finetune ") and "1000000000 steps" in msg
+    assert msg.startswith(f"{path}: finetune.steps=1000000000: run ")
+    assert any(f"run {rid}: estimated" in msg for rid in plan.runs)
     assert "device-hours" in msg and "budget_run_device_hours" in msg
     with pytest.raises(S.SweepError, match="budget_device_hours"):
         S.check_budget(plan, budget_run_device_hours=1e12)

@@ -102,10 +102,12 @@ def check_budget(
         job, worst = max(cost["runs"].items(), key=lambda kv: kv[1]["device_hours"])
         hours = worst["device_hours"]
         if hours > budget_run_device_hours:
+            stage, job_id = job.split()
             raise SweepError(
                 cost["file"],
-                job,
-                f"{worst['steps']} steps",
+                f"{stage}.steps",
+                worst["steps"],
+                f"{'run' if stage == 'finetune' else 'pretraining'} {job_id}: "
                 f"estimated {hours:,.0f} device-hours ({worst['source']} step time "
                 f"{worst['step_s']:.3g} s) exceed the per-job budget of "
                 f"{budget_run_device_hours:,.0f}; raise it with --config "
