@@ -275,3 +275,16 @@ def test_plan_without_libtpu_says_so_and_prints_the_analytic_estimate(monkeypatc
     assert got["peak_gib"] == round(analytic_bytes(cfg, 32) / GIB, 2)
     assert plan_cli.cli_plan(["--target", "v9-8", "--set", *sets]) == 2
     assert "TPU type 'v9-8'" in capsys.readouterr().err
+
+
+def test_plan_sweep_prints_groups_and_totals(tmp_path, capsys):
+    from e3lib.train import plan_cli
+
+    plan, path = _paper_sweep(tmp_path, 10_000)
+    (cost,) = S.sweep_costs(plan).values()
+    assert plan_cli.cli_plan(["--sweep", path, "--variant", "small"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{path} (small): 3 jobs, {cost['total']:,.0f} device-hours"
+    fine = next(line for line in out if "finetune" in line)
+    assert "S/32" in fine and "v3-8" in fine and "2 jobs" in fine
+    assert out[-1].startswith(f"total: {cost['total']:,.0f} device-hours")
