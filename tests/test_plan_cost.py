@@ -122,10 +122,10 @@ def test_program_key_ignores_what_never_changes_the_compiled_step():
 
 
 def test_shipped_size_resources_hold_the_compiled_paper_grid():
-    """Each size's fine-tuning slice is of the first TPU generation where the compile
-    table's paper-grid steps fit, and no smaller than its smallest compiled slice that
-    holds them (heavier shipped jobs may need more: tests/test_sweep.py checks that the
-    slice is the smallest holding every shipped paper job)."""
+    """For the sizes in the compile table, the fine-tuning slice is of the first TPU
+    generation (v3, v4, v5p, v5e) where the table's paper-grid steps fit, and no smaller
+    than its smallest compiled slice that holds them (heavier shipped jobs may need more:
+    tests/test_sweep.py checks that the slice is the smallest holding every paper job)."""
     from e3lib.sweep.resources import preferred_slice, table_slices
 
     derived = table_slices(fittable.load_table())
