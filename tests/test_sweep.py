@@ -822,7 +822,7 @@ def test_paper_job_too_big_for_its_request_is_refused_with_the_smallest_fit(monk
     sweep = S.expand_doc(doc, "fit.yaml", "small")
     (rid,) = sweep.runs
     S.check_fits(sweep_plan(sweep), "small")  # only the paper variant is checked
-    S.check_fits(sweep_plan(sweep), "paper")  # v3-32 and 4 GPUs hold it
+    S.check_fits(sweep_plan(sweep), "paper")  # its v3-8 and 4 GPUs hold it
     # without the compile table, on 8 v3 cores B/32 E³ (M=2) needs ~16.7 GiB per core by
     # the analytic estimate (docs/scale.md), 1 GPU ~110 GiB
     from e3lib.parallel import fittable

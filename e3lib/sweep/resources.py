@@ -15,16 +15,19 @@ from e3lib.sweep.schema import SweepError
 # GPUs of 80 GiB), host memory in MB, and minutes per 1000 fine-tuning steps at the paper's
 # setting (batch 512, 384 px). One fine-tuning job = one slice / one allocation, the
 # smallest whose devices hold the step of every shipped paper job of that size with 10%
-# headroom (docs/scale.md, "Memory per device by size": `e3 plan`, compiled and analytic;
-# the heaviest grid points, K=8 or M=4, set the GPU counts). Sites override them with
-# set-resources; ``check_fits`` refuses a paper job whose request is too small.
+# headroom by the parse-time check (docs/scale.md, "Slice size of a job": the TPU
+# compiler's figures of the compile table, scaled to heavier jobs by the analytic estimate,
+# where it has the size; the analytic estimate elsewhere; the heaviest grid points, K=8 or
+# M=4, set the GPU counts). B/32 on a v3-8: 3× S/32's FLOPs per image, so 3× its minutes.
+# Pretraining slices are analytic. Sites override them with set-resources; ``check_fits``
+# refuses a paper job whose request is too small.
 SIZE_RESOURCES: dict[str, dict[str, Any]] = {
     "tiny": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=2000, min_per_kstep=1),
     "mini": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=3000, min_per_kstep=2),
     "midi": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=3000, min_per_kstep=3),
     "demo": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=4000, min_per_kstep=3),
     "S/32": dict(tpu=("v3-8", "v3-32"), gpus=(2, 8), mem_mb=32000, min_per_kstep=4),
-    "B/32": dict(tpu=("v3-32", "v3-64"), gpus=(4, 8), mem_mb=48000, min_per_kstep=8),
+    "B/32": dict(tpu=("v3-8", "v3-64"), gpus=(4, 8), mem_mb=48000, min_per_kstep=12),
     "L/32": dict(tpu=("v4-64", "v3-128"), gpus=(8, 16), mem_mb=64000, min_per_kstep=20),
     "B/16": dict(tpu=("v3-64", "v3-128"), gpus=(16, 16), mem_mb=64000, min_per_kstep=25),
     "L/16": dict(tpu=("v5p-64", "v3-256"), gpus=(32, 32), mem_mb=96000, min_per_kstep=60),
