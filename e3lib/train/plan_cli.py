@@ -8,7 +8,6 @@ cost, before anything is launched (docs/scale.md, "Fit check before launch").
             [--references] [--cache-only]   the compile table (e3lib/parallel/fit_table.json)
     e3 plan --sweep sweeps/FILE.yaml [--variant paper]                 device-hours per sweep
     e3 plan --references                                               estimates vs reported times
-    e3 plan --calibrate              fit the analytic estimate's coefficients to the table
 
 A TPU target is compiled by the TPU compiler for the slice's abstract topology when libtpu
 is installed (``pip install -e '.[tpu-plan]'``); without it the command says so and prints
@@ -56,9 +55,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reference wall times vs estimates (with --grid: compile the reference configs)",
     )
-    p.add_argument(
-        "--calibrate", action="store_true", help="fit the analytic estimate to the table"
-    )
     return p
 
 
@@ -80,7 +76,6 @@ def _show(out: dict, as_json: bool) -> None:
 
 
 def _plan_tpu(cfg, a) -> dict:
-    from e3lib.parallel.fitcheck import tpu_devices
     from e3lib.parallel.roofline import roofline
     from e3lib.train.plan_target import compile_target, libtpu_version, parse_target
 
@@ -193,12 +188,6 @@ def cli_plan(argv: list[str]) -> int:
             return _grid(a)
         if a.references:
             return _references(a)
-        if a.calibrate:
-            from e3lib.parallel.fittable import load_table
-            from e3lib.train.plan_grid import calibrate
-
-            print(json.dumps(calibrate(load_table()), indent=1))
-            return 0
         cfg = _config(a)
         target = a.target or f"cpu:{a.devices}"
         from e3lib.train.plan_target import parse_target
@@ -229,7 +218,7 @@ def _grid(a) -> int:
     targets = split(a.targets, V3_TARGETS)
     for t in targets:
         tpu_devices(t)  # unknown types are refused before any compile
-    overrides = {k: v for k, v in _flat(tree.parse_assignments(a.set)).items()}
+    overrides = _flat(tree.parse_assignments(a.set))
     run_grid(
         split(a.sizes, SIZES),
         split(a.methods, tuple(METHODS)),

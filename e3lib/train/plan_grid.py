@@ -164,35 +164,3 @@ def merge_into_table(rows: list[dict]) -> None:
         entries[(key_text(e["key"]), e["target"])] = e
     write_table(list(entries.values()))
     print(f"e3 plan: compile table has {len(entries)} entries", file=sys.stderr)
-
-
-def calibrate(table: dict) -> dict[str, Any]:
-    """Least-squares coefficients of ``fitcheck.analytic_bytes`` (state, token features,
-    attention scores) on the compile table's entries that the compiler fitted, and each
-    entry's relative error under them."""
-    import numpy as np
-
-    from e3lib.cost.analytic import analytic_params
-    from e3lib.parallel.fitcheck import _largest_divisor, activation_units, expert_params
-    from e3lib.parallel.fittable import key_config
-
-    rows, peaks, names = [], [], []
-    for (_, target), e in sorted(table.items()):
-        if not e.get("compiler_fits") or e.get("set"):
-            continue
-        k = e["key"]
-        cfg = key_config(k)
-        d = e["devices"]
-        experts = expert_params(cfg)
-        n = _largest_divisor(d, cfg.model.num_experts)
-        state = 2 * 4 * (analytic_params(cfg, k["num_classes"]) - experts + experts / n)
-        rows.append((state, *activation_units(cfg, d)))
-        peaks.append(e["peak_bytes"])
-        names.append(f"{k['model']['size']} {k['method']} {target}")
-    a, p = np.asarray(rows, float), np.asarray(peaks, float)
-    coef, *_ = np.linalg.lstsq(a / p[:, None], np.ones_like(p), rcond=None)  # relative error
-    err = a @ coef / p - 1
-    return {
-        "coefficients": dict(zip(("state", "token", "attention"), map(float, coef))),
-        "errors": dict(zip(names, map(float, err))),
-    }
