@@ -8,7 +8,7 @@
     e3 report     render tables, figures and the HTML report
     e3 flops      print GFLOPs per image and parameter count of a config, before launching
     e3 checkpoint inspect a published upstream checkpoint (and its mapping onto a run)
-    e3 plan       compile the train step for D virtual devices: per-device memory vs the chip
+    e3 plan       compile the train step for a TPU slice or D virtual devices: memory vs chip
     e3 status     where sweeps stand: jobs done / running / failed, device-hours, time left
 
 Each subcommand takes its own arguments (``e3 <subcommand> --help``). The functions below
@@ -70,7 +70,7 @@ def checkpoint(argv: list[str]) -> int:
 
 
 def plan(argv: list[str]) -> int:
-    from e3lib.train.plan import cli_plan
+    from e3lib.train.plan_cli import cli_plan
 
     return cli_plan(argv)
 

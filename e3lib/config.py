@@ -270,5 +270,31 @@ def upstream_config(cfg: RunConfig | Mapping[str, Any]) -> dict:
     return out
 
 
+def upstream_model_config(ucfg: Mapping[str, Any], remat: str = "none") -> dict:
+    """A resolved run config describing the upstream model (for ``build_model``); ``remat``
+    (the run's ``model.remat``) recomputes the same values, so it is no part of the upstream."""
+    model = {
+        "size": ucfg["size"],
+        "capacity_factor": ucfg["capacity_factor"],
+        "representation": ucfg["representation"],
+        "remat": remat,
+    }
+    if ucfg["method"] == "vmoe":
+        model.update(
+            num_experts=ucfg["num_experts"],
+            num_selected=ucfg["num_selected"],
+            moe_placement=ucfg["moe_placement"],
+            moe_n=ucfg["moe_n"],
+        )
+    return resolve(
+        {
+            "method": ucfg["method"],
+            "seed": ucfg["seed"],
+            "model": model,
+            "data": {"image_size": ucfg["image_size"]},
+        }
+    )
+
+
 def upstream_id(cfg: RunConfig | Mapping[str, Any]) -> str:
     return short_hash(upstream_config(cfg))

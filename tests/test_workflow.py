@@ -211,6 +211,38 @@ def test_paper_job_that_does_not_fit_its_devices_stops_the_dry_run(checkout):
     assert not (checkout / "res_big").exists()
 
 
+def test_a_run_over_the_device_hour_budget_stops_the_dry_run_unless_raised(checkout):
+    # S/32 V-MoE at the paper's setting on its v3-8, for 10^9 steps: millions of
+    # device-hours (e3lib.sweep.cost, docs/scale.md "Cost before launch")
+    endless = write_sweep(
+        checkout,
+        "endless",
+        1,
+        axes=[{"name": "method", "values": ["vmoe"]}],
+        ensembles=[],
+        variants={
+            "small": {},
+            "paper": {
+                "base": {
+                    "model": {"size": "S/32", "num_experts": 32, "num_selected": 2},
+                    "data": {"image_size": 384},
+                    "finetune": {"batch_size": 512, "steps": 10**9},
+                }
+            },
+        },
+    )
+    args = ("-n", "--cores", "1", "--config", f"sweeps=[{endless}]", "variant=paper")
+    r = smk(checkout, *args, "results=res_endless")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert f"invalid sweep: {endless}: finetune.steps=1000000000: run " in out
+    assert "device-hours" in out and "budget_run_device_hours" in out
+    raised = smk(checkout, *args, "results=res_endless", "budget_run_device_hours=1e12",
+                 "budget_device_hours=1e12")  # fmt: skip
+    assert raised.returncode == 0, (raised.stdout + raised.stderr)[-3000:]
+    assert not (checkout / "res_endless").exists()
+
+
 def test_invalid_workflow_config_is_rejected(checkout):
     r = smk(checkout, "-n", "--cores", "1", "--config", "variant=huge")
     assert r.returncode != 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from e3lib.run_config import RunConfig
@@ -44,6 +44,47 @@ TPU_SIZES = {
     "v5p": (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 6144, 12288),
     "v5litepod": (1, 4, 8, 16, 32, 64, 128, 256),
 }
+
+
+# Published peak numbers per chip: dense bfloat16 FLOP/s and HBM bytes/s, and inter-chip
+# bandwidth (bytes/s, all links of one chip; ICI for TPUs, NVLink for GPUs). Sources: Cloud
+# TPU system-architecture pages (v4: 275 TFLOP/s, 1200 GB/s, ICI 2400 Gbit/s; v5e: 197,
+# 819, 1600 Gbit/s; v5p: 459, 2765, 4800 Gbit/s), the TPU v3 pod paper (Norrie et al.,
+# IEEE Micro 2021: 123 TFLOP/s and 900 GB/s per chip of 2 cores, 4 ICI links of 656
+# Gbit/s) and NVIDIA's data sheets (H100 SXM: 989 dense bf16 TFLOP/s, 3350 GB/s, NVLink
+# 900 GB/s; A100: 312, 2039 GB/s (80 GB) / 1555 GB/s (40 GB), NVLink 600 GB/s).
+# chip -> (FLOP/s, HBM bytes/s, interconnect bytes/s, JAX devices per chip).
+CHIP_PEAKS: dict[str, tuple[float, float, float, int]] = {
+    "v3": (123e12, 900e9, 4 * 656e9 / 8, 2),
+    "v4": (275e12, 1200e9, 2400e9 / 8, 1),
+    "v5e": (197e12, 819e9, 1600e9 / 8, 1),
+    "v5p": (459e12, 2765e9, 4800e9 / 8, 1),
+    "a100-40": (312e12, 1555e9, 600e9, 1),
+    "a100-80": (312e12, 2039e9, 600e9, 1),
+    "h100": (989e12, 3350e9, 900e9, 1),
+}
+
+
+def device_peaks(chip: str) -> dict[str, float]:
+    """Peak numbers of one JAX device of ``chip`` (a v3 device is half a chip)."""
+    flops, hbm, link, per_chip = CHIP_PEAKS[chip]
+    return {"flops": flops / per_chip, "hbm": hbm / per_chip, "link": link / per_chip}
+
+
+def tpu_topology(tpu_type: str) -> str:
+    """libtpu's topology name of a Cloud TPU type: v3-32 -> "v3:4x4" (16 chips, 2-D torus),
+    v4-8 -> "v4:2x2x1" (4 chips, 3-D), v5litepod-16 -> "v5e:4x4"."""
+    chip, devices = tpu_devices(tpu_type)
+    chips = devices // CHIP_PEAKS[chip][3]
+    e = chips.bit_length() - 1
+    if chips != 1 << e:
+        raise ValueError(f"TPU type {tpu_type!r}: {chips} chips is not a power of two")
+    if chip in ("v4", "v5p"):  # 3-D torus, balanced, a unit axis last (v4-8: 2x2x1)
+        dims = sorted(1 << (e // 3 + (i < e % 3)) for i in range(3))
+        dims = [d for d in dims if d > 1] + [d for d in dims if d == 1]
+    else:  # 2-D torus
+        dims = [1 << (e // 2), 1 << (e - e // 2)]
+    return f"{chip}:" + "x".join(map(str, dims))
 
 
 def tpu_devices(tpu_type: str) -> tuple[str, int]:
@@ -126,15 +167,60 @@ def fits(peak_bytes: float, chip: str, headroom: float = 1.0) -> bool:
     return peak_bytes * headroom <= CHIP_GIB[chip] * GIB
 
 
+def tpu_need(
+    cfg: RunConfig,
+    tpu_type: str,
+    num_classes: int = 1000,
+    expert_axis: int | None = None,
+    use_table: bool = True,
+) -> dict[str, Any]:
+    """Per-device memory of the step on a TPU slice and whether it fits with ``HEADROOM``,
+    {"bytes", "fits", "source"}, from the compile table (``fittable``) when it can:
+
+    - the table has this step on this slice: the TPU compiler's peak, or its out-of-memory
+      verdict;
+    - it has another step of the same size, image size and batch that fits this slice (an
+      anchor): the anchor's compiled peak × analytic(this) / analytic(anchor);
+    - neither: the analytic estimate."""
+    from e3lib.parallel import fittable
+
+    chip, devices = tpu_devices(tpu_type)
+    d = cfg.to_dict()
+    entry = fittable.lookup(d, tpu_type, num_classes) if use_table else None
+    if entry is not None and entry.get("compiler_fits"):
+        need = entry["peak_bytes"]
+        return {"bytes": need, "fits": fits(need, chip, HEADROOM), "source": "TPU compiler"}
+    if entry is not None:
+        oom = entry.get("oom") or {}
+        return {
+            "bytes": oom.get("required_bytes", math.inf),
+            "fits": False,
+            "source": "TPU compiler: out of memory, " + oom.get("required_for", "total"),
+        }
+    need = analytic_bytes(cfg, devices, num_classes, expert_axis)
+    anchor = fittable.anchor(d, tpu_type, num_classes) if use_table else None
+    if anchor is None:
+        return {"bytes": need, "fits": fits(need, chip, HEADROOM), "source": "analytic estimate"}
+    k = anchor["key"]
+    ref = analytic_bytes(fittable.key_config(k), devices, k["num_classes"])
+    need = anchor["peak_bytes"] * need / ref
+    return {
+        "bytes": need,
+        "fits": fits(need, chip, HEADROOM),
+        "source": f"TPU compiler's {k['model']['size']} {k['method']} figure scaled by the "
+        "analytic estimate",
+    }
+
+
 def smallest_tpu(cfg: RunConfig, family: str, num_classes: int = 1000) -> str | None:
     """The smallest slice of a TPU family ("v3", "v4", "v5p", "v5litepod") whose devices
-    hold the step with ``HEADROOM`` (None if none does)."""
+    hold the step with ``HEADROOM`` (``tpu_need``; None if none does)."""
     for n in TPU_SIZES[family]:
         name = f"{family}-{n}"
         chip, devices = tpu_devices(name)
         if cfg.finetune.batch_size % devices:
             continue
-        if fits(analytic_bytes(cfg, devices, num_classes), chip, HEADROOM):
+        if tpu_need(cfg, name, num_classes)["fits"]:
             return name
     return None
 
@@ -159,17 +245,19 @@ def request_problems(
     expert_axis: int | None = None,
 ) -> list[str]:
     """Why a job's requested TPU type / GPU count cannot hold its step (empty: both fit),
-    each with the smallest request of that kind that would."""
+    each with the smallest request of that kind that would (TPU slices: ``tpu_need``;
+    GPUs: the analytic estimate)."""
     out = []
     if tpu_type:
         chip, devices = tpu_devices(tpu_type)
-        need = analytic_bytes(cfg, devices, num_classes, expert_axis)
-        if not fits(need, chip, HEADROOM):
+        need = tpu_need(cfg, tpu_type, num_classes, expert_axis)
+        if not need["fits"]:
             family = tpu_type.split("-")[0]
             better = smallest_tpu(cfg, family, num_classes)
             out.append(
                 f"tpu_type {tpu_type} ({devices} devices of {CHIP_GIB[chip]:g} GiB): "
-                f"about {need / GIB:.1f} GiB per device needed (+10% headroom); "
+                f"about {need['bytes'] / GIB:.1f} GiB per device needed ({need['source']}; "
+                "+10% headroom); "
                 + (
                     f"smallest {family} slice that fits: {better}"
                     if better

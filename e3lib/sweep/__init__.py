@@ -30,11 +30,13 @@ Modules, by stage (each importable on its own; this package re-exports the publi
     outputs     ``check_output_dirs``: results / reports / logs usable, refused at parse
     resources   ``job_resources`` per job for Snakemake, ``slurm_resources`` / ``srun_prefix``
                 (Slurm tasks); ``check_fits`` of paper jobs
+    cost        device-hours per job and sweep before launch; ``check_budget``
     cli         ``e3 expand``
 """
 
 from e3lib.sweep.catalog import Catalog
 from e3lib.sweep.cli import cli_expand
+from e3lib.sweep.cost import check_budget, sweep_costs
 from e3lib.sweep.ensembles import (
     ENSEMBLE_KINDS,
     ENSEMBLE_RUNS_AXIS,
@@ -114,6 +116,8 @@ __all__ = [
     "slurm_resources",
     "srun_prefix",
     "check_fits",
+    "check_budget",
+    "sweep_costs",
     "fit_problems",
     "SCHEMA_PATH",
     "SweepError",

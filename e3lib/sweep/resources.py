@@ -15,22 +15,65 @@ from e3lib.sweep.schema import SweepError
 # GPUs of 80 GiB), host memory in MB, and minutes per 1000 fine-tuning steps at the paper's
 # setting (batch 512, 384 px). One fine-tuning job = one slice / one allocation, the
 # smallest whose devices hold the step of every shipped paper job of that size with 10%
-# headroom (docs/scale.md, "Memory per device by size": `e3 plan`, compiled and analytic;
-# the heaviest grid points, K=8 or M=4, set the GPU counts). Sites override them with
-# set-resources; ``check_fits`` refuses a paper job whose request is too small.
+# headroom by the parse-time check (docs/scale.md, "Slice size of a job": the TPU
+# compiler's figures of the compile table, scaled to heavier jobs by the analytic estimate,
+# where it has the size; the analytic estimate elsewhere; the heaviest grid points, K=8 or
+# M=4, set the GPU counts). B/32 on a v3-8: 3× S/32's FLOPs per image, so 3× its minutes.
+# Pretraining slices are analytic. Sites override them with set-resources; ``check_fits``
+# refuses a paper job whose request is too small.
 SIZE_RESOURCES: dict[str, dict[str, Any]] = {
     "tiny": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=2000, min_per_kstep=1),
     "mini": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=3000, min_per_kstep=2),
     "midi": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=3000, min_per_kstep=3),
     "demo": dict(tpu=("v5litepod-1", "v5litepod-1"), gpus=(0, 0), mem_mb=4000, min_per_kstep=3),
     "S/32": dict(tpu=("v3-8", "v3-32"), gpus=(2, 8), mem_mb=32000, min_per_kstep=4),
-    "B/32": dict(tpu=("v3-32", "v3-64"), gpus=(4, 8), mem_mb=48000, min_per_kstep=8),
+    "B/32": dict(tpu=("v3-8", "v3-64"), gpus=(4, 8), mem_mb=48000, min_per_kstep=12),
     "L/32": dict(tpu=("v4-64", "v3-128"), gpus=(8, 16), mem_mb=64000, min_per_kstep=20),
     "B/16": dict(tpu=("v3-64", "v3-128"), gpus=(16, 16), mem_mb=64000, min_per_kstep=25),
     "L/16": dict(tpu=("v5p-64", "v3-256"), gpus=(32, 32), mem_mb=96000, min_per_kstep=60),
     "H/14": dict(tpu=("v5p-128", "v3-512"), gpus=(128, 64), mem_mb=128000, min_per_kstep=150),
 }
 STAGES = ("finetune", "upstream")  # order of the (fine-tune, pretraining) pairs above
+FAMILY_ORDER = ("v3", "v4", "v5p", "v5litepod")  # the paper's chips first
+# The paper grid of the compile table (e3lib.train.plan_grid): entries at this setting,
+# without overrides, set the fine-tuning slices of SIZE_RESOURCES.
+PAPER_GRID = {"image_size": 384, "batch_size": 512, "num_experts": 32, "num_classes": 1000}
+
+
+def table_slices(table: Mapping[Any, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per model size and TPU family, the smallest compiled slice whose TPU-compiler peak
+    holds, with ``fitcheck.HEADROOM``, the step of every method compiled for that size in
+    that family (the compile table's paper-grid entries; a family where some method fits
+    no compiled slice is left out)."""
+    from e3lib.parallel.fitcheck import tpu_devices
+
+    best: dict[tuple[str, str, str], tuple[int, str] | None] = {}
+    for e in table.values():
+        k = e["key"]
+        grid = {
+            "image_size": k["image_size"],
+            "batch_size": k["finetune"]["batch_size"],
+            "num_experts": k["model"]["num_experts"],
+            "num_classes": k["num_classes"],
+        }
+        if grid != PAPER_GRID or e.get("set"):
+            continue
+        cell = (k["model"]["size"], e["target"].split("-")[0], k["method"])
+        here = (tpu_devices(e["target"])[1], e["target"])
+        if e["fits"] and (best.get(cell) is None or here < best[cell]):
+            best[cell] = here
+        best.setdefault(cell, None)
+    out: dict[str, dict[str, str]] = {}
+    for size, family in sorted({c[:2] for c in best}):
+        smallest = [v for c, v in best.items() if c[:2] == (size, family)]
+        if None not in smallest:  # every method fits some slice: the largest of those
+            out.setdefault(size, {})[family] = max(smallest)[1]
+    return out
+
+
+def preferred_slice(by_family: Mapping[str, str]) -> str | None:
+    """The slice of the first family of ``FAMILY_ORDER`` that holds the step."""
+    return next((by_family[f] for f in FAMILY_ORDER if f in by_family), None)
 
 
 def job_resources(
@@ -61,7 +104,8 @@ def job_resources(
 
 def fit_problems(cfg: Mapping[str, Any]) -> list[str]:
     """Why a fine-tuning job's requested TPU slice / GPUs cannot hold its train step
-    (``e3lib.parallel.fitcheck``: the analytic estimate calibrated on compiled plans)."""
+    (``e3lib.parallel.fitcheck``: the TPU compiler's figure from the compile table where it
+    has the job's step, else the analytic estimate; each message names its source)."""
     from e3lib.parallel.fitcheck import request_problems
 
     res = job_resources(cfg, "finetune")
@@ -81,18 +125,12 @@ def check_fits(plan: Any, variant: str) -> None:
     smallest TPU type / GPU count that fits. Other variants run on one small device."""
     if variant != "paper":
         return
+    from e3lib.parallel.fittable import program_key
+
     seen: dict[str, list[str]] = {}
     for sweep in plan.sweeps.values():
         for rid, cfg in sweep.runs.items():
-            key = repr(
-                (
-                    cfg["model"],
-                    cfg["method"],
-                    cfg["data"]["image_size"],
-                    cfg["finetune"]["batch_size"],
-                    cfg.get("mesh"),
-                )
-            )
+            key = repr(program_key(cfg))
             if key not in seen:
                 seen[key] = fit_problems(cfg)
             if seen[key]:

@@ -1,31 +1,48 @@
-"""The ``e3 plan`` command: compile a run's real train step for D virtual devices.
+"""The compiled train step behind ``e3 plan`` (``e3lib.train.plan_cli``): the run's real
+step (``e3lib.train.loop.make_train_step`` with the mesh's shardings) compiled ahead of time
+on abstract arguments for a list of devices (virtual CPU devices, or the abstract devices of
+a TPU slice from libtpu: ``e3lib.train.plan_target``). Nothing is allocated or executed.
 
-Compiles ``e3lib.train.loop.make_train_step`` with the mesh's shardings ahead of time, on
-abstract arguments (nothing is allocated or executed), and reports per-device memory from
-the compiled program (``memory_analysis``: arguments + outputs + temporaries − donated
-aliases) beside the chip's memory, the step's FLOPs (XLA cost analysis, per device) and
-the mesh. ``--analytic`` prints the calibrated closed form instead
-(``e3lib.parallel.fitcheck.analytic_bytes``).
+Reported per device: memory from the compiled program (``memory_analysis``: arguments +
+outputs + temporaries − donated aliases), the state's share of it, the step's FLOPs and
+bytes accessed (XLA cost analysis) and the bytes produced by collectives (the compiled HLO).
 
 Notation: D devices, B global batch, E experts.
-
-The compiled program is XLA:CPU's, so fusion and layout differ somewhat from TPU/GPU; the
-figures estimate the same program's footprint, they are not a measurement on the chip.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
+import re
 import time
 from typing import TYPE_CHECKING
 
-from e3lib.parallel.fitcheck import CHIP_GIB, GIB, analytic_bytes, fits
-
 if TYPE_CHECKING:
     from e3lib.run_config import RunConfig
+
+
+_COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "reduce-scatter", "collective-permute")
+_HLO_OP = re.compile(r"=\s*(?P<type>.+?)\s+(?P<op>" + "|".join(_COLLECTIVES) + r")(?:-start)?\(")
+_HLO_ARRAY = re.compile(r"\b(pred|[a-z]+[0-9]+)\[([0-9,]*)\]")
+_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+    """Bytes per device produced by each kind of collective in a compiled (partitioned)
+    HLO module: the sum of its result shapes (an async pair counted once, at its start)."""
+    out = dict.fromkeys(_COLLECTIVES, 0)
+    for line in hlo_text.splitlines():
+        m = _HLO_OP.search(line)
+        if not m:
+            continue
+        sizes = []
+        for dtype, dims in _HLO_ARRAY.findall(m.group("type")):
+            n = _ITEMSIZE.get(dtype, 8 if dtype.endswith("64") else 4)
+            for d in filter(None, dims.split(",")):
+                n *= int(d)
+            sizes.append(n)
+        # an async start's tuple also holds its operand (and sync flags): count the result
+        out[m.group("op")] += max(sizes, default=0) if "-start(" in line else sum(sizes)
+    return out
 
 
 def abstract_state(cfg: RunConfig, num_classes: int):
@@ -98,6 +115,7 @@ def compile_step(cfg: RunConfig, num_classes: int = 1000, devices=None) -> dict:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    collectives = collective_bytes(compiled.as_text())
 
     def shard_bytes(struct, sharding) -> int:
         shape = sharding.shard_shape(struct.shape)
@@ -121,72 +139,13 @@ def compile_step(cfg: RunConfig, num_classes: int = 1000, devices=None) -> dict:
             - mem.alias_size_in_bytes
         ),
         "temp_bytes": int(mem.temp_size_in_bytes),
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "alias_bytes": int(mem.alias_size_in_bytes),
         "state_bytes": int(state_bytes),
         "step_tflops_per_device": float(cost.get("flops", float("nan"))) / 1e12,
+        "bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan"))),
+        "collective_bytes_per_device": float(sum(collectives.values())),
+        "collectives": collectives,
         "compile_seconds": round(seconds, 1),
     }
-
-
-def cli_plan(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="e3 plan",
-        description="Compile a run's train step for "
-        "D virtual devices (never executed) and print per-device "
-        "memory beside the chip's, step FLOPs and the mesh.",
-    )
-    p.add_argument("--config", help="run config (JSON or YAML); --set fields override it")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
-    p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--chip", choices=sorted(CHIP_GIB), default="v4")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--analytic", action="store_true", help="closed-form estimate only")
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
-    from e3lib import tree
-    from e3lib.config import resolve
-    from e3lib.errors import ConfigError
-    from e3lib.safeyaml import YamlInputError, load_config_file
-
-    try:
-        raw = load_config_file(a.config) if a.config else {}
-        cfg = resolve(tree.merge(raw, tree.parse_assignments(a.set)))
-    except (ConfigError, YamlInputError, OSError, ValueError) as err:
-        print(f"e3 plan: {err}", file=sys.stderr)
-        return 2
-    if a.analytic:
-        out = {
-            "size": cfg.model.size,
-            "method": cfg.method,
-            "devices": a.devices,
-            "peak_bytes": analytic_bytes(cfg, a.devices, a.num_classes),
-        }
-    else:
-        # Read when the backend starts: the first device query below, unless something
-        # in this process already started it (then the device count tells).
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.devices}"
-        )
-        import jax
-
-        if jax.device_count() != a.devices:
-            print(
-                f"e3 plan: JAX already started with {jax.device_count()} devices; run "
-                "in a fresh process",
-                file=sys.stderr,
-            )
-            return 2
-        try:
-            out = compile_step(cfg, a.num_classes)
-        except ConfigError as err:
-            print(f"e3 plan: {err}", file=sys.stderr)
-            return 2
-    out["chip"], out["chip_gib"] = a.chip, CHIP_GIB[a.chip]
-    out["fits"] = fits(out["peak_bytes"], a.chip)
-    out["peak_gib"] = round(out["peak_bytes"] / GIB, 2)
-    if a.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>24}: {v}")
-    return 0

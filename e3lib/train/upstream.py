@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from e3lib.checkpoint import TrainCheckpoints, atomic_write_json
-from e3lib.config import resolve, short_hash, upstream_config, upstream_id
+from e3lib.config import short_hash, upstream_config, upstream_id, upstream_model_config
 from e3lib.curves import CURVES_FILE, default_heldout_every, write_curve
 from e3lib.errors import ConfigError
 from e3lib.monitor import upstream_monitor
@@ -41,32 +41,6 @@ from e3lib.train.stage import EXIT_BAD_INPUT, EXIT_OK, read_config, run_stage
 from e3lib.upstreams.catalog import checkpoint_path
 from e3lib.upstreams.load import open_checked
 from e3lib.upstreams.source import is_published
-
-
-def upstream_model_config(ucfg: Mapping[str, Any], remat: str = "none") -> dict:
-    """A resolved run config describing the upstream model (for ``build_model``); ``remat``
-    (the run's ``model.remat``) recomputes the same values, so it is no part of the upstream."""
-    model = {
-        "size": ucfg["size"],
-        "capacity_factor": ucfg["capacity_factor"],
-        "representation": ucfg["representation"],
-        "remat": remat,
-    }
-    if ucfg["method"] == "vmoe":
-        model.update(
-            num_experts=ucfg["num_experts"],
-            num_selected=ucfg["num_selected"],
-            moe_placement=ucfg["moe_placement"],
-            moe_n=ucfg["moe_n"],
-        )
-    return resolve(
-        {
-            "method": ucfg["method"],
-            "seed": ucfg["seed"],
-            "model": model,
-            "data": {"image_size": ucfg["image_size"]},
-        }
-    )
 
 
 def pretrain_upstream(

@@ -58,6 +58,13 @@ PLANS = _lookup(
 CONFIGURED_SWEEPS = list(PLANS.configured.sweeps)
 # A paper job whose step does not fit the devices it requests is refused (docs/scale.md).
 _lookup(e3sweep.check_fits, PLANS.configured, config["variant"])
+# A sweep or job whose estimated device-hours exceed the budget is refused (docs/scale.md).
+_lookup(
+    e3sweep.check_budget,
+    PLANS.configured,
+    config["budget_device_hours"],
+    config["budget_run_device_hours"],
+)
 
 
 wildcard_constraints:
