@@ -139,7 +139,7 @@ def test_the_judge_thread_ends_the_process_with_code_4_within_timeout_plus_inter
 
 # -- localhost jobs: SIGKILL of one process, survivors exit 4, the rerun is bitwise --------
 
-PEER_TIMEOUT = 10.0  # seconds, for these tests (a real fleet: the default 300)
+PEER_TIMEOUT = 20.0  # seconds, for these tests (a real fleet: the default 300)
 MARGIN = 15.0  # beat interval, process start-up of the log line, a loaded test machine
 STEPS = 8
 RUN = dict(
@@ -151,10 +151,12 @@ DEVICES = 4  # in all: 2 processes × 2 devices or 4 × 1, one 2 × 2 mesh
 
 
 def launch(n: int, cfg: Path, root: Path, tag: str) -> list[subprocess.Popen]:
-    """``e3 run`` as n processes of one job on localhost; logs in root/logs/<tag>.<p>."""
+    """``e3 run`` as n processes of one job on localhost; logs in root/logs/<tag>.<p>
+    (the compile cache is shared by the module's jobs, beside ``cfg``)."""
     port, logs = free_port(), root / "logs"
     logs.mkdir(exist_ok=True)
-    env = dict(device_env(DEVICES // n, root / "jax_cache"), E3_PEER_TIMEOUT=str(PEER_TIMEOUT))
+    cache = cfg.parent / "jax_cache"
+    env = dict(device_env(DEVICES // n, cache), E3_PEER_TIMEOUT=str(PEER_TIMEOUT))
     procs = []
     for p in range(n):
         cmd = [sys.executable, "-m", "e3lib.cli", "run", "--config", str(cfg)]
