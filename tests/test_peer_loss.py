@@ -155,8 +155,12 @@ def launch(n: int, cfg: Path, root: Path, tag: str) -> list[subprocess.Popen]:
     (the compile cache is shared by the module's jobs, beside ``cfg``)."""
     port, logs = free_port(), root / "logs"
     logs.mkdir(exist_ok=True)
-    cache = cfg.parent / "jax_cache"
-    env = dict(device_env(DEVICES // n, cache), E3_PEER_TIMEOUT=str(PEER_TIMEOUT))
+    env = dict(
+        device_env(DEVICES // n, cfg.parent / "jax_cache"), E3_PEER_TIMEOUT=str(PEER_TIMEOUT)
+    )
+    # On a busy machine the processes may reach their first collective far apart: give
+    # gloo's rendezvous longer than its default 30 s.
+    env["XLA_FLAGS"] += " --xla_cpu_collective_timeout_seconds=300"
     procs = []
     for p in range(n):
         cmd = [sys.executable, "-m", "e3lib.cli", "run", "--config", str(cfg)]

@@ -16,7 +16,8 @@ a watchdog, two daemon threads started by ``e3lib.parallel.distributed.start``:
 Exit code 4 is the retryable "preempted" code (``e3lib.train.stage.EXIT_PREEMPTED``): the
 workflow (or the engine) starts the job again and it resumes from the newest checkpoint
 that passes its integrity check (``e3lib.checkpoint.TrainCheckpoints.restore_verified``).
-So every survivor exits within ``timeout`` + ``interval`` seconds of the loss.
+So every survivor exits within ``timeout`` + 1.5 × ``interval`` seconds of the loss
+(the last change it saw may be one interval old; the judge looks every half interval).
 
 A collective with a lost peer can also fail at once (a reset connection) instead of
 blocking. An exception that ends the main thread then waits (``sys.excepthook``) up to
