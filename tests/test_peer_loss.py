@@ -158,9 +158,6 @@ def launch(n: int, cfg: Path, root: Path, tag: str) -> list[subprocess.Popen]:
     env = dict(
         device_env(DEVICES // n, cfg.parent / "jax_cache"), E3_PEER_TIMEOUT=str(PEER_TIMEOUT)
     )
-    # On a busy machine the processes may reach their first collective far apart: give
-    # gloo's rendezvous longer than its default 30 s.
-    env["XLA_FLAGS"] += " --xla_cpu_collective_timeout_seconds=300"
     procs = []
     for p in range(n):
         cmd = [sys.executable, "-m", "e3lib.cli", "run", "--config", str(cfg)]

@@ -183,4 +183,26 @@ def start_for_job(timeout: float) -> Watchdog:
                 time.sleep(dog.interval)  # the judge ends the process meanwhile
 
     sys.excepthook = excepthook
+    _abort_is_peer_lost(dog)
     return dog
+
+
+def _abort_is_peer_lost(dog: Watchdog) -> None:
+    """JAX's coordination client ends a process with SIGABRT (``abort``) as soon as the
+    service reports a failed task or stops answering (process 0 gone). In a job of
+    several processes that abort means a lost peer: exit with code 4 instead of 134. (A
+    C-level handler: Python's own runs too late, after ``abort`` has ended the process.)"""
+    import ctypes
+    import signal
+
+    def on_abort(signum):
+        print(
+            dog.message("JAX's coordination service ended this process (SIGABRT)"),
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_PEER_LOST)
+
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(on_abort)
+    _abort_is_peer_lost.handler = handler  # kept alive for the life of the process
+    ctypes.CDLL(None).signal(signal.SIGABRT, handler)
