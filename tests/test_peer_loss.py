@@ -151,12 +151,14 @@ DEVICES = 4  # in all: 2 processes × 2 devices or 4 × 1, one 2 × 2 mesh
 
 
 def launch(n: int, cfg: Path, root: Path, tag: str) -> list[subprocess.Popen]:
-    """``e3 run`` as n processes of one job on localhost; logs in root/logs/<tag>.<p>
-    (the compile cache is shared by the module's jobs, beside ``cfg``)."""
+    """``e3 run`` as n processes of one job on localhost; logs in root/logs/<tag>.<p>.
+    Each job has its own compile cache: JAX writes the cache from process 0 only, so in a
+    shared one process 0 would skip compiling while the others compile, and on a busy
+    machine they would reach their first collective further apart than gloo waits (30 s)."""
     port, logs = free_port(), root / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(
-        device_env(DEVICES // n, cfg.parent / "jax_cache"), E3_PEER_TIMEOUT=str(PEER_TIMEOUT)
+        device_env(DEVICES // n, root / f"jax_cache_{tag}"), E3_PEER_TIMEOUT=str(PEER_TIMEOUT)
     )
     procs = []
     for p in range(n):
@@ -203,16 +205,23 @@ def assert_bitwise(got: dict, want: dict) -> None:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """The run config, a shared compile cache, and the undisturbed run's outputs."""
+    """The run config (a shared compile cache beside it) and ``reference(n)``: the outputs
+    of the undisturbed job of n processes, run once per n."""
     root = tmp_path_factory.mktemp("peer_loss")
     cfg = root / "run.json"
     cfg.write_text(json.dumps(RUN))
-    ref = root / "ref"
-    ref.mkdir()
-    procs = launch(2, cfg, ref, "ref")
-    codes = wait_all(procs)
-    assert codes == [0, 0], log_tail(ref, "ref")
-    return cfg, outputs(ref / "out")
+    refs: dict[int, dict] = {}
+
+    def reference(n: int) -> dict:
+        if n not in refs:
+            ref = root / f"ref{n}"
+            ref.mkdir()
+            codes = wait_all(launch(n, cfg, ref, "ref"))
+            assert codes == [0] * n, log_tail(ref, "ref")
+            refs[n] = outputs(ref / "out")
+        return refs[n]
+
+    return cfg, reference
 
 
 def kill_after_checkpoint(procs, root: Path, victim: int, sig: int, step: int) -> float:
@@ -252,7 +261,8 @@ def survivors_exit_preempted(procs, victim: int, t_kill: float, root: Path, tag:
 def test_lost_process_survivors_exit_4_in_bounded_time_and_rerun_is_bitwise(
     job, tmp_path, n, victim, sig
 ):
-    cfg, want = job
+    cfg, reference = job
+    want = reference(n)
     procs = launch(n, cfg, tmp_path, "lost")
     try:
         t_kill = kill_after_checkpoint(procs, tmp_path, victim, sig, step=4)
