@@ -268,8 +268,10 @@ def test_lost_process_survivors_exit_4_in_bounded_time_and_rerun_is_bitwise(
         t_kill = kill_after_checkpoint(procs, tmp_path, victim, sig, step=4)
         took = survivors_exit_preempted(procs, victim, t_kill, tmp_path, "lost")
     finally:
-        procs[victim].kill()  # a stopped process too
-        procs[victim].wait()
+        for proc in procs:  # the victim (a stopped one too), and any survivor left hanging
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     print(f"{n} processes, process {victim} lost: survivors exited 4 after {took} s")
     assert not (tmp_path / "out" / "results.json").exists()
     ck = tmp_path / "ck"
