@@ -140,13 +140,24 @@ def test_divisibility_errors_name_field_value_and_what_divides():
 
 
 def test_start_up_flags_are_split_off_and_single_process_needs_no_join(monkeypatch):
-    for var in ("E3_COORDINATOR", "SLURM_NTASKS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES"):
+    for var in (
+        "E3_COORDINATOR",
+        "E3_PEER_TIMEOUT",
+        "SLURM_NTASKS",
+        "SLURM_JOB_ID",
+        "TPU_WORKER_HOSTNAMES",
+    ):
         monkeypatch.delenv(var, raising=False)
     settings, rest = distributed.parse(
         ["--config", "c.json", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"]
     )
     assert rest == ["--config", "c.json"]
-    assert settings == {"coordinator": "h:1", "num_processes": 2, "process_id": 1}
+    assert settings == {
+        "coordinator": "h:1",
+        "num_processes": 2,
+        "process_id": 1,
+        "peer_timeout": None,
+    }
     assert distributed.start(["--out", "x"]) == ["--out", "x"]
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "16")

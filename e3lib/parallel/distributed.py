@@ -11,15 +11,22 @@ Every host runs the same command. ``start(argv)`` joins them with
 - otherwise one process, nothing to join.
 
 On CPU the cross-process collectives use gloo (``jax_cpu_collectives_implementation``).
+
+A lost peer (a host gone without a signal) ends every other process within
+``--peer-timeout`` seconds (or ``E3_PEER_TIMEOUT``; default 300) with the retryable exit
+code 4 (``e3lib.parallel.watchdog``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 
-FLAGS = ("--coordinator", "--num-processes", "--process-id")
+from e3lib.parallel import watchdog
+
+FLAGS = ("--coordinator", "--num-processes", "--process-id", "--peer-timeout")
 
 
 def parse(argv: Sequence[str]) -> tuple[dict, list[str]]:
@@ -28,6 +35,7 @@ def parse(argv: Sequence[str]) -> tuple[dict, list[str]]:
     p.add_argument("--coordinator", default=os.environ.get("E3_COORDINATOR"))
     p.add_argument("--num-processes", type=int, default=_int_env("E3_NUM_PROCESSES"))
     p.add_argument("--process-id", type=int, default=_int_env("E3_PROCESS_ID"))
+    p.add_argument("--peer-timeout", default=os.environ.get(watchdog.ENV))
     known, rest = p.parse_known_args(list(argv))
     return vars(known), rest
 
@@ -56,6 +64,12 @@ def start(argv: Sequence[str]) -> list[str]:
         return rest
     # Only the CPU backend reads this; harmless on GPU and TPU.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    peer_timeout = watchdog.timeout_from(settings["peer_timeout"])
+    # JAX's own heartbeat ends a process with SIGABRT: a backstop behind the watchdog's.
+    timeouts = {
+        "heartbeat_timeout_seconds": math.ceil(2 * peer_timeout),
+        "shutdown_timeout_seconds": math.ceil(peer_timeout),
+    }
     if explicit:
         missing = [
             f for f, k in zip(FLAGS[1:], ("num_processes", "process_id")) if settings[k] is None
@@ -66,9 +80,11 @@ def start(argv: Sequence[str]) -> list[str]:
             coordinator_address=settings["coordinator"],
             num_processes=settings["num_processes"],
             process_id=settings["process_id"],
+            **timeouts,
         )
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
+    watchdog.start_for_job(peer_timeout)
     start._done = True
     return rest
 
