@@ -458,6 +458,7 @@ if __name__ == "__main__":
         "checkpoint",
         "fsdp",
         "sharded_init",
+        "abstract_init",
         "collectives",
     ]:
         globals()[f"check_{what}"]()

@@ -218,7 +218,7 @@ def test_schema_files_ship_with_the_package_and_are_valid():
     import jsonschema
 
     names = sorted(p.name.removesuffix(".schema.json") for p in SCHEMA_DIR.glob("*.json"))
-    assert names == ["done", "index", "results-v1", "results-v2"]
+    assert names == ["done", "index", "results-v1", "results-v2", "status"]
     for name in names:
         schema = load_schema(name)
         jsonschema.validators.validator_for(schema).check_schema(schema)

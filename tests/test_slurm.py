@@ -348,7 +348,9 @@ def test_two_slurm_tasks_train_like_one_process_with_one_writer(tmp_path, fake_s
         "curves.json",
         "done.json",
         "predictions.npz",
+        "progress.json",
         "results.json",
+        "tb",
     ]
     res = json.loads((out / "results.json").read_text())
     want = json.loads((tmp_path / "ref" / "results.json").read_text())

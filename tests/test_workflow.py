@@ -532,6 +532,7 @@ def test_public_variant_fine_tunes_from_the_published_checkpoint_with_no_upstrea
         "--config",
         "variant=public",
         "sweeps=[sweeps/table3_overlap.yaml]",
+        "budget_device_hours=1000000",  # the sweep's estimate is over the default
         "results=res_pub",
         "reports=rep_pub",
         "logs=log_pub",

@@ -49,6 +49,8 @@ def auto_detected() -> bool:
     if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
         return True
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if hosts.startswith("WARNING"):  # libtpu's sentence where no TPU is: no hosts
+        return False
     return len([h for h in hosts.split(",") if h.strip()]) > 1
 
 

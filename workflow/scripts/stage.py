@@ -52,12 +52,19 @@ from e3lib import atomic, integrity  # noqa: E402
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
 PROCESS_ID_VARS = ("E3_PROCESS_ID", "SLURM_PROCID", "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
+TPU_VARS = ("CLOUD_TPU_TASK_ID", "TPU_WORKER_ID")
+# libtpu, installed where no TPU is (the `tpu-plan` extra compiles for abstract slices), sets
+# the TPU variables of the environment its process hands on to a warning sentence that
+# starts with this: no value.
+LIBTPU_PLACEHOLDER = "WARNING"
 
 
 def process_id() -> int:
     """This host's process index in a multi-host job (0 for a single-host one)."""
     for var in PROCESS_ID_VARS:
         value = os.environ.get(var, "").strip()
+        if value.startswith(LIBTPU_PLACEHOLDER) and var in TPU_VARS:
+            continue
         if value:
             if not value.isdigit():
                 raise SystemExit(f"stage.py: {var}={value!r}: expected a process index")
